@@ -1,0 +1,51 @@
+/*
+ * Small internal helpers shared by every module of libferry: a monotonic
+ * clock, logging, and assertions that stay on in release builds.
+ */
+#ifndef FERRY_UTIL_H
+#define FERRY_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "ferry.h"
+
+static inline uint64_t ferry_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static inline uint64_t ferry_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG };
+
+void ferry_log(int level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/*
+ * Programmer errors only (a broken invariant inside ferry), never operating
+ * errors: those are returned. Stays on with NDEBUG.
+ */
+#define FERRY_ASSERT(cond)                                                   \
+	do {                                                                 \
+		if (__builtin_expect(!(cond), 0)) {                          \
+			fprintf(stderr, "ferry: %s:%d: assertion failed: %s\n", \
+				__FILE__, __LINE__, #cond);                  \
+			abort();                                             \
+		}                                                            \
+	} while (0)
+
+#define FERRY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif /* FERRY_UTIL_H */

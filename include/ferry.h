@@ -1,0 +1,191 @@
+/*
+ * libferry: live migration of QEMU virtual machines without libvirt.
+ *
+ * The public API is small on purpose. A program that embeds ferry runs one
+ * side of a migration:
+ *
+ *   - the source side, next to the source QEMU: ferry_migration_new(),
+ *     ferry_migration_run(), ferry_migration_cancel(), ferry_migration_free();
+ *   - the receiving side, next to the destination QEMU: ferry_receiver_new(),
+ *     ferry_receiver_run(), ferry_receiver_stop(), ferry_receiver_free().
+ *
+ * Every function that can fail returns 0 (or a pointer) on success and a
+ * negative errno (or NULL) on failure, and fills the caller's struct
+ * ferry_error with a message that says what failed and with which input.
+ *
+ * This header compiles on its own with -std=c11 -pedantic.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FERRY_VERSION_STRING "0.1.0"
+
+/* Longest error message kept; longer messages are truncated, never lost. */
+#define FERRY_ERROR_MSG_MAX 512
+
+struct ferry_error {
+	int code;			/* negative errno, 0 when no error */
+	char msg[FERRY_ERROR_MSG_MAX];	/* human-readable, NUL-terminated */
+};
+
+/*
+ * Record an error and return @code (a negative errno), so that a caller can
+ * write `return ferry_error_set(err, -EIO, "...", ...)`. @err may be NULL.
+ */
+int ferry_error_set(struct ferry_error *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * Prepend context to an error already recorded ("connecting to receiver: " +
+ * old message). Returns err->code. @err may be NULL.
+ */
+int ferry_error_prefix(struct ferry_error *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Phases of a migration as the source side sees them. */
+enum ferry_phase {
+	FERRY_PHASE_INIT = 0,
+	FERRY_PHASE_CONNECT,	/* QMP and receiver connections */
+	FERRY_PHASE_SETUP,	/* capabilities and parameters on both sides */
+	FERRY_PHASE_PRECOPY,	/* QEMU is streaming RAM while the guest runs */
+	FERRY_PHASE_COMPLETING,	/* source done, waiting for the destination */
+	FERRY_PHASE_CANCELLING,
+	FERRY_PHASE_DONE,
+	FERRY_PHASE_FAILED,
+};
+
+const char *ferry_phase_name(enum ferry_phase phase);
+
+/* One progress sample, delivered to the progress callback. */
+struct ferry_progress {
+	enum ferry_phase phase;
+	uint64_t elapsed_ms;
+	uint64_t pass;			/* QEMU dirty-sync count */
+	uint64_t ram_total_bytes;	/* guest RAM size */
+	uint64_t ram_transferred_bytes;	/* QEMU's count of RAM sent */
+	uint64_t ram_remaining_bytes;
+	uint64_t stream_bytes;		/* bytes of QEMU's migration stream */
+	uint64_t wire_bytes;		/* bytes of the migration on the network */
+	uint64_t throughput_bytes_per_s;	/* over the last sample period */
+	uint64_t dirty_pages_rate;	/* pages/s, as QEMU reports it */
+};
+
+typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);
+
+/* Options of the source side. Zero means "the default" for numbers. */
+struct ferry_migrate_opts {
+	const char *qmp_path;		/* source QEMU's QMP unix socket */
+	const char *to_host;		/* receiver's address */
+	uint16_t to_port;
+	bool paused;			/* leave the destination paused */
+	bool direct;			/* QEMU streams straight to QEMU */
+	uint64_t max_bandwidth_bytes_per_s;	/* 0: unlimited */
+	uint32_t downtime_ms;		/* 0: FERRY_DEFAULT_DOWNTIME_MS */
+	uint32_t progress_interval_ms;	/* 0: FERRY_DEFAULT_PROGRESS_MS */
+	uint32_t timeout_s;		/* whole migration; 0: no limit */
+	ferry_progress_fn progress;	/* may be NULL */
+	void *progress_opaque;
+};
+
+#define FERRY_DEFAULT_DOWNTIME_MS 300
+#define FERRY_DEFAULT_PROGRESS_MS 250
+
+/* What happened, filled by ferry_migration_run() whether or not it failed. */
+struct ferry_report {
+	bool completed;
+	bool direct;
+	char status[32];		/* "completed", "failed", "cancelled" */
+	char migration_id[37];		/* UUID text */
+	uint64_t total_ms;		/* ferry's wall time, connect to finish */
+	uint64_t qemu_total_ms;		/* QEMU's own total-time */
+	uint64_t downtime_ms;		/* QEMU's measured downtime */
+	uint64_t setup_ms;		/* QEMU's setup-time */
+	uint64_t ram_size_bytes;	/* guest RAM */
+	uint64_t ram_bytes;		/* bytes of QEMU's migration stream */
+	uint64_t wire_bytes;		/* bytes of the migration on the network */
+	uint64_t passes;		/* dirty-sync passes */
+	uint64_t throughput_bytes_per_s;	/* average over precopy */
+	bool source_running;		/* after a failure: did the guest survive */
+	char error[FERRY_ERROR_MSG_MAX];	/* empty when completed */
+};
+
+struct ferry_migration;
+
+/* Copy the options; strings are copied too. Returns NULL with @err set. */
+struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
+					    struct ferry_error *err);
+
+/*
+ * Run the migration to its end. Returns 0 when the migration completed and
+ * the destination took over, -errno otherwise. @report is always filled.
+ * On failure the source guest is left running (report->source_running says
+ * whether that could be confirmed).
+ */
+int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
+			struct ferry_error *err);
+
+/*
+ * Ask a running migration to stop. Async-signal-safe and thread-safe: it
+ * only writes to an eventfd. The run returns -ECANCELED.
+ */
+void ferry_migration_cancel(struct ferry_migration *m);
+
+void ferry_migration_free(struct ferry_migration *m);
+
+/* Write the report as one JSON object (one line, newline-terminated). */
+int ferry_report_write_json(const struct ferry_report *r, int fd);
+
+/* Options of the receiving side. */
+struct ferry_receiver_opts {
+	const char *listen_host;	/* address to listen on */
+	uint16_t listen_port;		/* 0: pick one (see ferry_receiver_port) */
+	const char *qmp_path;		/* destination QEMU's QMP unix socket */
+	bool once;			/* return after one migration */
+	uint32_t hello_timeout_ms;	/* 0: FERRY_DEFAULT_HELLO_TIMEOUT_MS */
+};
+
+#define FERRY_DEFAULT_HELLO_TIMEOUT_MS 10000
+
+struct ferry_receiver;
+
+/* Bind and listen now, so the port is known before run. */
+struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
+					  struct ferry_error *err);
+
+/* The port actually bound (useful with listen_port 0). */
+uint16_t ferry_receiver_port(const struct ferry_receiver *r);
+
+/*
+ * Serve migrations until stopped, or until one migration has been handled
+ * when opts.once is set. A bad connection (garbage, wrong version, stall) is
+ * logged and closed, and the receiver goes on serving. Returns 0, or the
+ * error of the migration when opts.once is set and it failed.
+ */
+int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
+		       struct ferry_error *err);
+
+/* Async-signal-safe and thread-safe: makes ferry_receiver_run() return. */
+void ferry_receiver_stop(struct ferry_receiver *r);
+
+void ferry_receiver_free(struct ferry_receiver *r);
+
+/*
+ * Where log lines go (default: stderr, with a timestamp). A NULL function
+ * restores the default. Levels: 0 error, 1 warning, 2 info, 3 debug.
+ */
+typedef void (*ferry_log_fn)(int level, const char *msg, void *opaque);
+void ferry_set_log(ferry_log_fn fn, void *opaque, int max_level);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_H */
