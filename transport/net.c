@@ -1,0 +1,272 @@
+/* TCP plumbing (see net.h). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "net.h"
+
+static int resolve(const char *host, uint16_t port, bool passive,
+		   struct addrinfo **out, struct ferry_error *err)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = passive ? AI_PASSIVE : 0,
+	};
+	char portstr[8];
+	int rc;
+
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	rc = getaddrinfo(host, portstr, &hints, out);
+	if (rc != 0)
+		return ferry_error_set(err, -EHOSTUNREACH,
+			"cannot resolve %s: %s", host, gai_strerror(rc));
+	return 0;
+}
+
+int net_listen(const char *host, uint16_t port, struct ferry_error *err)
+{
+	struct addrinfo *ai;
+	int one = 1;
+	int fd, rc;
+
+	rc = resolve(host, port, true, &ai, err);
+	if (rc < 0)
+		return rc;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = ferry_error_set(err, -errno, "socket: %s", strerror(errno));
+		goto err_free;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+		rc = ferry_error_set(err, -errno, "cannot bind %s:%u: %s",
+				     host, port, strerror(errno));
+		goto err_close;
+	}
+	if (listen(fd, NET_LISTEN_BACKLOG) < 0) {
+		rc = ferry_error_set(err, -errno, "listen on %s:%u: %s",
+				     host, port, strerror(errno));
+		goto err_close;
+	}
+	freeaddrinfo(ai);
+	return fd;
+
+err_close:
+	close(fd);
+err_free:
+	freeaddrinfo(ai);
+	return rc;
+}
+
+uint16_t net_local_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return 0;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return 0;
+}
+
+void net_peer_name(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	uint16_t port = 0;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+			inet_ntop(AF_INET, &s->sin_addr, host, sizeof(host));
+			port = ntohs(s->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+			inet_ntop(AF_INET6, &s->sin6_addr, host, sizeof(host));
+			port = ntohs(s->sin6_port);
+		}
+	}
+	snprintf(buf, len, "%s:%u", host, port);
+}
+
+/* Wait for @events on @fd until @deadline_ms (monotonic). */
+static int wait_fd(int fd, short events, uint64_t deadline_ms)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	for (;;) {
+		uint64_t now = ferry_now_ms();
+		int rc;
+
+		if (now >= deadline_ms)
+			return -ETIMEDOUT;
+		rc = poll(&p, 1, (int)(deadline_ms - now));
+		if (rc > 0)
+			return 0;
+		if (rc < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int connect_one(const struct addrinfo *a, uint64_t deadline_ms)
+{
+	socklen_t sl = sizeof(int);
+	int one = 1, soerr = 0;
+	int fd, rc, flags;
+
+	fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, a->ai_addr, a->ai_addrlen) < 0 && errno != EINPROGRESS) {
+		rc = -errno;
+		goto err_close;
+	}
+	rc = wait_fd(fd, POLLOUT, deadline_ms);
+	if (rc < 0)
+		goto err_close;
+	getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+	if (soerr) {
+		rc = -soerr;
+		goto err_close;
+	}
+	flags = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+
+err_close:
+	close(fd);
+	return rc;
+}
+
+int net_connect(const char *host, uint16_t port, int timeout_ms,
+		struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
+	struct addrinfo *ai, *a;
+	int rc, fd = -EHOSTUNREACH;
+
+	rc = resolve(host, port, false, &ai, err);
+	if (rc < 0)
+		return rc;
+	for (a = ai; a; a = a->ai_next) {
+		fd = connect_one(a, deadline);
+		if (fd >= 0)
+			break;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		return ferry_error_set(err, fd, "cannot connect to %s:%u: %s",
+				       host, port, strerror(-fd));
+	return fd;
+}
+
+int net_read_full(int fd, void *buf, size_t len, int timeout_ms,
+		  const char *what, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n;
+		int rc = wait_fd(fd, POLLIN, deadline);
+
+		if (rc == -ETIMEDOUT)
+			return ferry_error_set(err, rc,
+				"timed out after %d ms waiting for %s (%zu of %zu bytes)",
+				timeout_ms, what, got, len);
+		if (rc < 0)
+			return ferry_error_set(err, rc, "poll: %s", strerror(-rc));
+		n = recv(fd, p + got, len - got, MSG_DONTWAIT);
+		if (n == 0)
+			return ferry_error_set(err, -ECONNRESET,
+				"peer closed the connection during %s (%zu of %zu bytes)",
+				what, got, len);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return ferry_error_set(err, -errno, "reading %s: %s",
+					       what, strerror(errno));
+		}
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+int net_write_full(int fd, const void *buf, size_t len, int timeout_ms,
+		   const char *what, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
+	const uint8_t *p = buf;
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n;
+		int rc = wait_fd(fd, POLLOUT, deadline);
+
+		if (rc == -ETIMEDOUT)
+			return ferry_error_set(err, rc,
+				"timed out after %d ms sending %s", timeout_ms, what);
+		if (rc < 0)
+			return ferry_error_set(err, rc, "poll: %s", strerror(-rc));
+		n = send(fd, p + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return ferry_error_set(err, -errno, "sending %s: %s",
+					       what, strerror(errno));
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int net_ctrl_send(int fd, uint16_t type, const void *payload, uint32_t len,
+		  int timeout_ms, struct ferry_error *err)
+{
+	uint8_t msg[WIRE_CTRL_HDR_BYTES + WIRE_CTRL_PAYLOAD_MAX];
+	struct wire_ctrl_hdr h = { .len = len, .type = type };
+
+	FERRY_ASSERT(len <= WIRE_CTRL_PAYLOAD_MAX);
+	wire_ctrl_encode(&h, msg);
+	if (len)
+		memcpy(msg + WIRE_CTRL_HDR_BYTES, payload, len);
+	return net_write_full(fd, msg, WIRE_CTRL_HDR_BYTES + len, timeout_ms,
+			      wire_ctrl_name(type), err);
+}
+
+int net_ctrl_recv(int fd, struct wire_ctrl_hdr *hdr, uint8_t *payload,
+		  int timeout_ms, struct ferry_error *err)
+{
+	uint8_t raw[WIRE_CTRL_HDR_BYTES];
+	int rc;
+
+	rc = net_read_full(fd, raw, sizeof(raw), timeout_ms,
+			   "control message", err);
+	if (rc < 0)
+		return rc;
+	rc = wire_ctrl_decode(raw, hdr, err);
+	if (rc < 0)
+		return rc;
+	rc = net_read_full(fd, payload, hdr->len, timeout_ms,
+			   wire_ctrl_name(hdr->type), err);
+	if (rc < 0)
+		return rc;
+	payload[hdr->len] = '\0';
+	return 0;
+}

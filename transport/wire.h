@@ -1,0 +1,136 @@
+/*
+ * ferry's wire protocol: the hello, control messages and data frames.
+ * docs/wire-protocol.md describes the same format for a reader.
+ *
+ * Everything is big-endian (network order) and fixed-size headers are
+ * encoded field by field, never by copying a C struct, so the format does
+ * not depend on the compiler's layout.
+ *
+ * Every decode function validates what the peer sent against the named
+ * limits below, once, and returns -EPROTO (or -EBADMSG for a bad magic,
+ * -EPROTONOSUPPORT for a version we do not speak, -EMSGSIZE for a length
+ * over the limit) with a message; code after it may assume the header valid.
+ */
+#ifndef FERRY_WIRE_H
+#define FERRY_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry.h"
+
+#define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
+#define WIRE_VERSION 1
+
+/* Size of the hello that opens every TCP connection. */
+#define WIRE_HELLO_BYTES 64
+#define WIRE_MIG_ID_BYTES 16
+
+/* Connection kinds, announced in the hello. */
+enum wire_conn {
+	WIRE_CONN_CONTROL = 1,
+	WIRE_CONN_DATA = 2,
+};
+
+/* Option bits in the hello (the source's choices; the receiver follows). */
+#define WIRE_OPT_PAUSED (1u << 0)	/* leave the destination paused */
+#define WIRE_OPT_DIRECT (1u << 1)	/* QEMU streams directly, no data conn */
+#define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT)
+
+/*
+ * Guest RAM sizes a receiver accepts: anything outside is a corrupt or
+ * hostile hello. 16 TiB is far above any guest QEMU 7.2 runs.
+ */
+#define WIRE_RAM_MIN_BYTES (1ull << 20)
+#define WIRE_RAM_MAX_BYTES (16ull << 40)
+#define WIRE_STREAMS_MAX 64
+
+struct wire_hello {
+	uint16_t version;
+	uint16_t conn;		/* enum wire_conn */
+	uint32_t options;	/* WIRE_OPT_* */
+	uint8_t mig_id[WIRE_MIG_ID_BYTES];
+	uint64_t ram_bytes;
+	uint16_t stream_index;	/* data connections: which stream */
+	uint16_t stream_count;
+};
+
+void wire_hello_encode(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BYTES]);
+int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
+		      struct ferry_error *err);
+
+/*
+ * Control messages: an 8-byte header (u32 length, u16 type, u16 zero)
+ * followed by a payload of at most WIRE_CTRL_PAYLOAD_MAX bytes, usually a
+ * short UTF-8 text (an error message) or nothing.
+ */
+#define WIRE_CTRL_HDR_BYTES 8
+#define WIRE_CTRL_PAYLOAD_MAX 4096
+
+enum wire_ctrl {
+	WIRE_CTRL_READY = 1,	/* receiver -> source: destination incoming;
+				   payload: u16 port for --direct */
+	WIRE_CTRL_ERROR = 2,	/* either way: payload is the message */
+	WIRE_CTRL_FINISH = 3,	/* source -> receiver: source completed;
+				   payload: u8 resume */
+	WIRE_CTRL_FINISHED = 4,	/* receiver -> source: destination state;
+				   payload: u8 ok, then text */
+	WIRE_CTRL_CANCEL = 5,	/* source -> receiver: migration abandoned */
+	WIRE_CTRL_MAX_TYPE = 5,
+};
+
+struct wire_ctrl_hdr {
+	uint32_t len;
+	uint16_t type;
+};
+
+void wire_ctrl_encode(const struct wire_ctrl_hdr *h,
+		      uint8_t out[WIRE_CTRL_HDR_BYTES]);
+int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
+		     struct wire_ctrl_hdr *h, struct ferry_error *err);
+const char *wire_ctrl_name(uint16_t type);
+
+/*
+ * Data frames on a data connection: a 24-byte header and a payload.
+ *   u32 len       payload bytes on the wire (<= WIRE_FRAME_PAYLOAD_MAX)
+ *   u16 type      enum wire_frame
+ *   u16 flags     codec bits (none defined in version 1: must be 0)
+ *   u32 raw_len   payload bytes once decoded (== len in version 1)
+ *   u32 reserved  zero
+ *   u64 seq       per direction, from 0, +1 per frame
+ */
+#define WIRE_FRAME_HDR_BYTES 24
+/*
+ * A frame carries at most 1 MiB: large enough that per-frame costs vanish
+ * at 10 Gbit/s, small enough to bound the receiver's memory per stream.
+ */
+#define WIRE_FRAME_PAYLOAD_MAX (1u << 20)
+
+enum wire_frame {
+	WIRE_FRAME_DATA = 1,	/* source QEMU -> destination QEMU */
+	WIRE_FRAME_RETURN = 2,	/* return path, destination -> source */
+	WIRE_FRAME_END = 3,	/* the sender's QEMU closed its side */
+	WIRE_FRAME_MAX_TYPE = 3,
+};
+
+struct wire_frame_hdr {
+	uint32_t len;
+	uint16_t type;
+	uint16_t flags;
+	uint32_t raw_len;
+	uint64_t seq;
+};
+
+void wire_frame_encode(const struct wire_frame_hdr *h,
+		       uint8_t out[WIRE_FRAME_HDR_BYTES]);
+/* Validates type, flags, lengths, and that seq == *expect_seq (advanced). */
+int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
+		      uint64_t *expect_seq, struct wire_frame_hdr *h,
+		      struct ferry_error *err);
+
+/* Migration ids as text (UUID layout, 36 chars + NUL). */
+void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37]);
+int wire_mig_id_random(uint8_t id[WIRE_MIG_ID_BYTES]);
+
+#endif /* FERRY_WIRE_H */
