@@ -1,0 +1,301 @@
+/*
+ * The ferry command: a thin layer over libferry (include/ferry.h).
+ *
+ *   ferry migrate --qmp SRC_QMP --to HOST:PORT [options]
+ *   ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]
+ *
+ * Exit status: 0 when the migration completed (or the receiver stopped
+ * cleanly), 1 when it failed, 2 for a usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry.h"
+
+static struct ferry_migration *g_mig;
+static struct ferry_receiver *g_rx;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	if (g_mig)
+		ferry_migration_cancel(g_mig);
+	if (g_rx)
+		ferry_receiver_stop(g_rx);
+}
+
+static void install_signals(void)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ferry migrate --qmp SRC_QMP --to HOST:PORT [options]\n"
+		"       ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]\n"
+		"       ferry version\n"
+		"\n"
+		"migrate options:\n"
+		"  --paused            leave the destination guest paused\n"
+		"  --direct            QEMU streams straight to the destination QEMU\n"
+		"                      (ferry only orchestrates; the baseline)\n"
+		"  --bandwidth MIB_S   cap the migration rate (default: unlimited)\n"
+		"  --downtime-ms N     longest pause accepted at switchover (default %d)\n"
+		"  --timeout-s N       give up (and keep the source running) after N s\n"
+		"  --json              print the final report as one JSON object\n"
+		"  --quiet             no progress line\n",
+		FERRY_DEFAULT_DOWNTIME_MS);
+}
+
+/* Parse "HOST:PORT" or "[V6]:PORT"; @host gets a copy of the host part. */
+static int parse_hostport(const char *s, char *host, size_t len, uint16_t *port)
+{
+	const char *colon = strrchr(s, ':');
+	char *end;
+	unsigned long p;
+	size_t hl;
+
+	if (!colon || colon == s)
+		return -EINVAL;
+	hl = (size_t)(colon - s);
+	if (s[0] == '[' && colon[-1] == ']') {
+		s++;
+		hl -= 2;
+	}
+	if (hl >= len)
+		return -EINVAL;
+	memcpy(host, s, hl);
+	host[hl] = '\0';
+	errno = 0;
+	p = strtoul(colon + 1, &end, 10);
+	if (errno || *end || p > 65535 || end == colon + 1)
+		return -EINVAL;
+	*port = (uint16_t)p;
+	return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || end == s || v > UINT32_MAX)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static void print_progress(const struct ferry_progress *p, void *opaque)
+{
+	(void)opaque;
+	fprintf(stderr,
+		"\r%-10s %5.1fs  pass %-3llu  sent %6llu MiB  remaining %6llu MiB  %7.1f MiB/s  ",
+		ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
+		(unsigned long long)p->pass,
+		(unsigned long long)(p->wire_bytes >> 20),
+		(unsigned long long)(p->ram_remaining_bytes >> 20),
+		(double)p->throughput_bytes_per_s / (1 << 20));
+	fflush(stderr);
+}
+
+static void print_summary(const struct ferry_report *r)
+{
+	if (!r->completed) {
+		printf("migration %s: %s\nsource guest: %s\n", r->status, r->error,
+		       r->source_running ? "running (safe)" : "NOT confirmed running");
+		return;
+	}
+	printf("migration %s (%s) in %llu ms: downtime %llu ms, setup %llu ms, "
+	       "%llu passes, %llu MiB stream, %llu MiB on the wire, %.1f MiB/s\n",
+	       r->status, r->direct ? "direct" : "tunnel",
+	       (unsigned long long)r->total_ms, (unsigned long long)r->downtime_ms,
+	       (unsigned long long)r->setup_ms, (unsigned long long)r->passes,
+	       (unsigned long long)(r->ram_bytes >> 20),
+	       (unsigned long long)(r->wire_bytes >> 20),
+	       (double)r->throughput_bytes_per_s / (1 << 20));
+}
+
+enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
+       OPT_DOWNTIME, OPT_TIMEOUT, OPT_QUIET, OPT_LISTEN, OPT_ONCE, OPT_HELP };
+
+static const struct option long_opts[] = {
+	{ "qmp", required_argument, NULL, OPT_QMP },
+	{ "to", required_argument, NULL, OPT_TO },
+	{ "paused", no_argument, NULL, OPT_PAUSED },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "direct", no_argument, NULL, OPT_DIRECT },
+	{ "bandwidth", required_argument, NULL, OPT_BW },
+	{ "downtime-ms", required_argument, NULL, OPT_DOWNTIME },
+	{ "timeout-s", required_argument, NULL, OPT_TIMEOUT },
+	{ "quiet", no_argument, NULL, OPT_QUIET },
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "once", no_argument, NULL, OPT_ONCE },
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ 0 },
+};
+
+struct cli {
+	const char *qmp, *to, *listen;
+	bool paused, json, direct, quiet, once;
+	uint32_t bw_mib_s, downtime_ms, timeout_s;
+};
+
+static int parse_args(int argc, char **argv, struct cli *c)
+{
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+		switch (opt) {
+		case OPT_QMP: c->qmp = optarg; break;
+		case OPT_TO: c->to = optarg; break;
+		case OPT_LISTEN: c->listen = optarg; break;
+		case OPT_PAUSED: c->paused = true; break;
+		case OPT_JSON: c->json = true; break;
+		case OPT_DIRECT: c->direct = true; break;
+		case OPT_QUIET: c->quiet = true; break;
+		case OPT_ONCE: c->once = true; break;
+		case OPT_BW:
+			if (parse_u32(optarg, &c->bw_mib_s) < 0 || !c->bw_mib_s)
+				goto bad_number;
+			break;
+		case OPT_DOWNTIME:
+			if (parse_u32(optarg, &c->downtime_ms) < 0 || !c->downtime_ms)
+				goto bad_number;
+			break;
+		case OPT_TIMEOUT:
+			if (parse_u32(optarg, &c->timeout_s) < 0)
+				goto bad_number;
+			break;
+		case 'h':
+		case OPT_HELP:
+			usage(stdout);
+			exit(0);
+		default:
+			return -EINVAL;
+		}
+	}
+	return 0;
+
+bad_number:
+	fprintf(stderr, "ferry: '%s' is not a valid positive number\n", optarg);
+	return -EINVAL;
+}
+
+static int cmd_migrate(const struct cli *c)
+{
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	char host[256];
+	int rc;
+
+	if (!c->qmp || !c->to || parse_hostport(c->to, host, sizeof(host), &o.to_port) < 0) {
+		fprintf(stderr, "ferry migrate: needs --qmp SRC_QMP and --to HOST:PORT\n");
+		return 2;
+	}
+	o.qmp_path = c->qmp;
+	o.to_host = host;
+	o.paused = c->paused;
+	o.direct = c->direct;
+	o.max_bandwidth_bytes_per_s = (uint64_t)c->bw_mib_s << 20;
+	o.downtime_ms = c->downtime_ms;
+	o.timeout_s = c->timeout_s;
+	if (!c->quiet && isatty(STDERR_FILENO))
+		o.progress = print_progress;
+	g_mig = ferry_migration_new(&o, &err);
+	if (!g_mig) {
+		fprintf(stderr, "ferry migrate: %s\n", err.msg);
+		return 1;
+	}
+	install_signals();
+	rc = ferry_migration_run(g_mig, &rep, &err);
+	if (o.progress)
+		fputc('\n', stderr);
+	if (rc < 0)
+		fprintf(stderr, "ferry migrate: %s\n", err.msg);
+	if (c->json)
+		ferry_report_write_json(&rep, STDOUT_FILENO);
+	else
+		print_summary(&rep);
+	ferry_migration_free(g_mig);
+	g_mig = NULL;
+	return rc < 0 ? 1 : 0;
+}
+
+static int cmd_receive(const struct cli *c)
+{
+	struct ferry_receiver_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	char host[256];
+	int rc;
+
+	if (!c->qmp || !c->listen ||
+	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0) {
+		fprintf(stderr, "ferry receive: needs --listen HOST:PORT and --qmp DST_QMP\n");
+		return 2;
+	}
+	o.listen_host = host;
+	o.qmp_path = c->qmp;
+	o.once = c->once;
+	g_rx = ferry_receiver_new(&o, &err);
+	if (!g_rx) {
+		fprintf(stderr, "ferry receive: %s\n", err.msg);
+		return 1;
+	}
+	install_signals();
+	rc = ferry_receiver_run(g_rx, &rep, &err);
+	if (rc < 0)
+		fprintf(stderr, "ferry receive: %s\n", err.msg);
+	if (c->json && rep.status[0])
+		ferry_report_write_json(&rep, STDOUT_FILENO);
+	ferry_receiver_free(g_rx);
+	g_rx = NULL;
+	return rc < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli c = { 0 };
+	const char *cmd;
+
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	cmd = argv[1];
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("ferry %s\n", FERRY_VERSION_STRING);
+		return 0;
+	}
+	if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+	    strcmp(cmd, "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (parse_args(argc - 1, argv + 1, &c) < 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(cmd, "migrate") == 0)
+		return cmd_migrate(&c);
+	if (strcmp(cmd, "receive") == 0)
+		return cmd_receive(&c);
+	fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return 2;
+}

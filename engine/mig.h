@@ -1,0 +1,70 @@
+/*
+ * Engine internals shared by the source side (migrate.c), the receiving
+ * side (receiver.c) and the CLI: the QEMU operations a migration needs,
+ * expressed over QMP.
+ */
+#ifndef FERRY_MIG_H
+#define FERRY_MIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ferry.h"
+#include "qmp/qmp.h"
+
+/* Bound on one QMP command during a migration. */
+#define MIG_QMP_TIMEOUT_MS 10000
+/* The fd name under which ferry hands QEMU its end of the tunnel. */
+#define MIG_FDNAME "ferry-mig"
+/*
+ * "Unlimited" bandwidth: QEMU 7.2 defaults to 128 MiB/s, so ferry always
+ * sets a value. 1 TiB/s is beyond any link and within QEMU's range.
+ */
+#define MIG_BANDWIDTH_UNLIMITED (1ull << 40)
+/* After the source completes: bound on the destination finishing. */
+#define MIG_FINISH_TIMEOUT_MS 60000
+/* Bound on QEMU acknowledging migrate_cancel. */
+#define MIG_CANCEL_TIMEOUT_MS 10000
+
+/* What query-migrate says, the fields ferry uses. */
+struct mig_info {
+	char status[32];
+	uint64_t total_time_ms;
+	uint64_t downtime_ms;
+	uint64_t setup_time_ms;
+	uint64_t ram_total;
+	uint64_t ram_transferred;
+	uint64_t ram_remaining;
+	uint64_t dirty_sync_count;
+	uint64_t dirty_pages_rate;
+	uint64_t incoming_port;	/* destination, tcp incoming: bound port */
+	char error_desc[256];
+};
+
+int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err);
+
+/* Status strings of query-migrate that mean "still going". */
+bool mig_status_active(const char *status);
+
+/* Guest RAM (query-memory-size-summary base-memory + plugged-memory). */
+int mig_ram_size(struct qmp *q, uint64_t *bytes, struct ferry_error *err);
+
+/*
+ * Capabilities and parameters ferry relies on, set explicitly on both
+ * sides so that no QEMU default is inherited by accident.
+ */
+struct mig_params {
+	uint64_t max_bandwidth_bytes_per_s;
+	uint32_t downtime_ms;
+};
+
+int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
+		   struct ferry_error *err);
+
+/* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
+int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);
+
+/* query-status "status", e.g. "running", "inmigrate", "postmigrate". */
+int mig_vm_status(struct qmp *q, char *buf, size_t len, struct ferry_error *err);
+
+#endif /* FERRY_MIG_H */

@@ -1,0 +1,566 @@
+/*
+ * The source side of a migration: ferry_migration_run().
+ *
+ * Phases (enum ferry_phase), each entered from the one before it, and every
+ * error goes to fail(), which is the only way into FERRY_PHASE_FAILED:
+ *
+ *   CONNECT     source QMP, then the receiver's control connection; the
+ *               receiver prepares the destination and answers READY
+ *   SETUP       capabilities and parameters on the source; the tunnel
+ *               (data connection + relay) unless --direct; then "migrate"
+ *   PRECOPY     follow query-migrate until QEMU says completed
+ *   COMPLETING  the relay drains, FINISH tells the receiver to resume (or
+ *               not) the destination, FINISHED says it did
+ *   DONE
+ *
+ * Failure keeps the guest safe: a started migration is cancelled, the
+ * receiver is told, and the source guest is resumed if it was running.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "mig.h"
+#include "transport/net.h"
+#include "transport/relay.h"
+#include "transport/wire.h"
+#include "util.h"
+
+struct ferry_migration {
+	struct ferry_migrate_opts o;
+	char *qmp_path, *to_host;
+	int cancel_efd;
+
+	/* Per run. */
+	enum ferry_phase phase;
+	struct qmp *q;
+	int ctrl_fd;
+	struct xport_relay *relay;
+	bool migrate_started;
+	bool was_running;
+	bool dest_may_run;	/* FINISH sent, no definite answer yet */
+	uint8_t mig_id[WIRE_MIG_ID_BYTES];
+	uint64_t ram_bytes;
+	uint64_t t0_ms;
+	uint16_t direct_port;
+	struct mig_info last;
+	uint64_t last_sample_ms, last_sample_bytes, throughput;
+};
+
+const char *ferry_phase_name(enum ferry_phase p)
+{
+	static const char *const names[] = {
+		[FERRY_PHASE_INIT] = "init",
+		[FERRY_PHASE_CONNECT] = "connect",
+		[FERRY_PHASE_SETUP] = "setup",
+		[FERRY_PHASE_PRECOPY] = "precopy",
+		[FERRY_PHASE_COMPLETING] = "completing",
+		[FERRY_PHASE_CANCELLING] = "cancelling",
+		[FERRY_PHASE_DONE] = "done",
+		[FERRY_PHASE_FAILED] = "failed",
+	};
+
+	return (unsigned)p < FERRY_ARRAY_SIZE(names) && names[p] ? names[p] : "?";
+}
+
+struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
+					    struct ferry_error *err)
+{
+	struct ferry_migration *m;
+
+	if (!o->qmp_path || !o->to_host || !o->to_port) {
+		ferry_error_set(err, -EINVAL,
+			"a migration needs the source QMP socket and the receiver's HOST:PORT");
+		return NULL;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		goto err_nomem;
+	m->o = *o;
+	m->qmp_path = strdup(o->qmp_path);
+	m->to_host = strdup(o->to_host);
+	if (!m->qmp_path || !m->to_host)
+		goto err_free;
+	m->o.qmp_path = m->qmp_path;
+	m->o.to_host = m->to_host;
+	if (!m->o.downtime_ms)
+		m->o.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS;
+	if (!m->o.progress_interval_ms)
+		m->o.progress_interval_ms = FERRY_DEFAULT_PROGRESS_MS;
+	if (!m->o.max_bandwidth_bytes_per_s)
+		m->o.max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED;
+	m->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (m->cancel_efd < 0)
+		goto err_free;
+	m->ctrl_fd = -1;
+	return m;
+
+err_free:
+	free(m->qmp_path);
+	free(m->to_host);
+	free(m);
+err_nomem:
+	ferry_error_set(err, -ENOMEM, "out of memory");
+	return NULL;
+}
+
+void ferry_migration_cancel(struct ferry_migration *m)
+{
+	uint64_t one = 1;
+
+	if (write(m->cancel_efd, &one, sizeof(one)) < 0) {
+		/* Overflow only: a cancel is already pending. */
+	}
+}
+
+void ferry_migration_free(struct ferry_migration *m)
+{
+	if (!m)
+		return;
+	close(m->cancel_efd);
+	free(m->qmp_path);
+	free(m->to_host);
+	free(m);
+}
+
+static bool cancel_requested(struct ferry_migration *m)
+{
+	struct pollfd p = { .fd = m->cancel_efd, .events = POLLIN };
+
+	return poll(&p, 1, 0) > 0;
+}
+
+static void set_phase(struct ferry_migration *m, enum ferry_phase p)
+{
+	ferry_log(FERRY_LOG_DEBUG, "migration phase %s -> %s",
+		  ferry_phase_name(m->phase), ferry_phase_name(p));
+	m->phase = p;
+}
+
+/* Read the receiver's answer to our hello: READY, or ERROR with a reason. */
+static int await_ready(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr h;
+	int rc;
+
+	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "waiting for the receiver to get ready: ");
+	if (h.type == WIRE_CTRL_ERROR)
+		return ferry_error_set(err, -EREMOTEIO, "the receiver refused: %s",
+				       (char *)payload);
+	if (h.type != WIRE_CTRL_READY)
+		return ferry_error_set(err, -EPROTO,
+			"the receiver answered the hello with %s, expected READY",
+			wire_ctrl_name(h.type));
+	if (m->o.direct) {
+		if (h.len != 2)
+			return ferry_error_set(err, -EPROTO,
+				"READY for --direct must carry a port (got %u bytes)", h.len);
+		m->direct_port = (uint16_t)((payload[0] << 8) | payload[1]);
+		if (!m->direct_port)
+			return ferry_error_set(err, -EPROTO, "READY names port 0");
+	}
+	return 0;
+}
+
+static int send_hello(struct ferry_migration *m, int fd, enum wire_conn conn,
+		      struct ferry_error *err)
+{
+	struct wire_hello h = {
+		.version = WIRE_VERSION,
+		.conn = conn,
+		.options = (m->o.paused ? WIRE_OPT_PAUSED : 0) |
+			   (m->o.direct ? WIRE_OPT_DIRECT : 0),
+		.ram_bytes = m->ram_bytes,
+		.stream_index = 0,
+		.stream_count = 1,
+	};
+	uint8_t buf[WIRE_HELLO_BYTES];
+
+	memcpy(h.mig_id, m->mig_id, sizeof(h.mig_id));
+	wire_hello_encode(&h, buf);
+	return net_write_full(fd, buf, sizeof(buf), NET_CONNECT_TIMEOUT_MS,
+			      "hello", err);
+}
+
+static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
+{
+	char status[32];
+	struct mig_info info;
+	int rc;
+
+	set_phase(m, FERRY_PHASE_CONNECT);
+	m->q = qmp_connect(m->o.qmp_path, MIG_QMP_TIMEOUT_MS, err);
+	if (!m->q)
+		return ferry_error_prefix(err, "source QEMU at %s: ", m->o.qmp_path);
+	rc = mig_vm_status(m->q, status, sizeof(status), err);
+	if (rc < 0)
+		return rc;
+	m->was_running = strcmp(status, "running") == 0;
+	if (!m->was_running && strcmp(status, "paused") != 0)
+		return ferry_error_set(err, -EINVAL,
+			"the source guest is '%s'; ferry migrates a running or paused guest",
+			status);
+	rc = mig_query(m->q, &info, err);
+	if (rc < 0)
+		return rc;
+	if (mig_status_active(info.status))
+		return ferry_error_set(err, -EBUSY,
+			"the source QEMU already has a migration in state '%s'",
+			info.status);
+	rc = mig_ram_size(m->q, &m->ram_bytes, err);
+	if (rc < 0)
+		return rc;
+	rc = wire_mig_id_random(m->mig_id);
+	if (rc < 0)
+		return ferry_error_set(err, rc, "getrandom: %s", strerror(-rc));
+	rc = net_connect(m->o.to_host, m->o.to_port, NET_CONNECT_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "receiver unreachable: ");
+	m->ctrl_fd = rc;
+	rc = send_hello(m, m->ctrl_fd, WIRE_CONN_CONTROL, err);
+	if (rc < 0)
+		return rc;
+	return await_ready(m, err);
+}
+
+static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
+{
+	int qemu_end = -1, data_fd;
+	int rc;
+
+	rc = mig_hand_socket(m->q, &qemu_end, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
+	data_fd = net_connect(m->o.to_host, m->o.to_port, NET_CONNECT_TIMEOUT_MS, err);
+	if (data_fd < 0) {
+		close(qemu_end);
+		return ferry_error_prefix(err, "data connection: ");
+	}
+	rc = send_hello(m, data_fd, WIRE_CONN_DATA, err);
+	if (rc < 0) {
+		close(qemu_end);
+		close(data_fd);
+		return rc;
+	}
+	return xport_relay_start(&m->relay, qemu_end, data_fd, XPORT_ROLE_SOURCE,
+				 NULL, err);
+}
+
+static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct mig_params p = {
+		.max_bandwidth_bytes_per_s = m->o.max_bandwidth_bytes_per_s,
+		.downtime_ms = m->o.downtime_ms,
+	};
+	char uri[300];
+	int rc;
+
+	set_phase(m, FERRY_PHASE_SETUP);
+	rc = mig_setup_qemu(m->q, &p, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "configuring the source QEMU: ");
+	if (m->o.direct) {
+		snprintf(uri, sizeof(uri), strchr(m->o.to_host, ':') ?
+			 "tcp:[%s]:%u" : "tcp:%s:%u", m->o.to_host, m->direct_port);
+	} else {
+		rc = open_tunnel(m, err);
+		if (rc < 0)
+			return rc;
+		snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
+	}
+	rc = qmp_execute(m->q, "migrate", json_pack("{s:s}", "uri", uri), NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "source QEMU refused to migrate: ");
+	m->migrate_started = true;
+	return 0;
+}
+
+static uint64_t stream_bytes(struct ferry_migration *m)
+{
+	struct xport_stats st;
+
+	if (!m->relay)
+		return m->last.ram_transferred;
+	xport_relay_stats(m->relay, &st);
+	return st.local_in_bytes;
+}
+
+static uint64_t wire_bytes(struct ferry_migration *m)
+{
+	struct xport_stats st;
+
+	if (!m->relay)
+		return m->last.ram_transferred;
+	xport_relay_stats(m->relay, &st);
+	return st.wire_out_bytes + st.wire_in_bytes;
+}
+
+static void report_progress(struct ferry_migration *m)
+{
+	uint64_t now = ferry_now_ms(), bytes = wire_bytes(m);
+	struct ferry_progress p = {
+		.phase = m->phase,
+		.elapsed_ms = now - m->t0_ms,
+		.pass = m->last.dirty_sync_count,
+		.ram_total_bytes = m->ram_bytes,
+		.ram_transferred_bytes = m->last.ram_transferred,
+		.ram_remaining_bytes = m->last.ram_remaining,
+		.stream_bytes = stream_bytes(m),
+		.wire_bytes = bytes,
+		.dirty_pages_rate = m->last.dirty_pages_rate,
+	};
+
+	if (m->last_sample_ms && now > m->last_sample_ms)
+		m->throughput = (bytes - m->last_sample_bytes) * 1000 /
+				(now - m->last_sample_ms);
+	m->last_sample_ms = now;
+	m->last_sample_bytes = bytes;
+	p.throughput_bytes_per_s = m->throughput;
+	if (m->o.progress)
+		m->o.progress(&p, m->o.progress_opaque);
+}
+
+/* A control message during precopy can only be bad news. */
+static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr h;
+	int rc;
+
+	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "control connection to the receiver: ");
+	if (h.type == WIRE_CTRL_ERROR)
+		return ferry_error_set(err, -EREMOTEIO, "the receiver reports: %s",
+				       (char *)payload);
+	return ferry_error_set(err, -EPROTO,
+		"unexpected %s from the receiver during precopy",
+		wire_ctrl_name(h.type));
+}
+
+/* One turn of the precopy loop: 1 when QEMU completed, 0 to go on. */
+static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct pollfd fds[3] = {
+		{ .fd = m->cancel_efd, .events = POLLIN },
+		{ .fd = m->ctrl_fd, .events = POLLIN },
+		{ .fd = m->relay ? xport_relay_done_fd(m->relay) : -1, .events = POLLIN },
+	};
+	int rc;
+
+	poll(fds, 3, (int)m->o.progress_interval_ms);
+	if (fds[0].revents)
+		return ferry_error_set(err, -ECANCELED, "migration cancelled by request");
+	rc = mig_query(m->q, &m->last, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "source QEMU: ");
+	if (strcmp(m->last.status, "completed") == 0)
+		return 1;
+	if (!mig_status_active(m->last.status))
+		return ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
+				       m->last.status, m->last.error_desc[0] ? ": " : "",
+				       m->last.error_desc);
+	if (fds[1].revents)
+		return read_ctrl_news(m, err);
+	if (fds[2].revents) {
+		rc = xport_relay_wait(m->relay, 0, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
+	}
+	if (m->o.timeout_s && ferry_now_ms() - m->t0_ms > m->o.timeout_s * 1000ull)
+		return ferry_error_set(err, -ETIMEDOUT,
+			"the migration did not complete within %u s", m->o.timeout_s);
+	report_progress(m);
+	return 0;
+}
+
+static int phase_precopy(struct ferry_migration *m, struct ferry_error *err)
+{
+	int rc;
+
+	set_phase(m, FERRY_PHASE_PRECOPY);
+	while ((rc = precopy_step(m, err)) == 0) {
+		/* qmp events are not used yet; keep the queue from filling. */
+		struct qmp_event ev;
+
+		while (qmp_wait_event(m->q, NULL, &ev, 0, NULL) == 0)
+			qmp_event_clear(&ev);
+	}
+	return rc < 0 ? rc : 0;
+}
+
+static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	uint8_t resume = m->o.paused ? 0 : 1;
+	struct wire_ctrl_hdr h;
+	int rc;
+
+	set_phase(m, FERRY_PHASE_COMPLETING);
+	report_progress(m);
+	if (m->relay) {
+		rc = xport_relay_wait(m->relay, MIG_FINISH_TIMEOUT_MS, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "tunnel after completion: ");
+	}
+	m->dest_may_run = resume;
+	rc = net_ctrl_send(m->ctrl_fd, WIRE_CTRL_FINISH, &resume, 1,
+			   MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "waiting for the destination to finish: ");
+	/* A definite answer: the destination knows whether it runs. */
+	m->dest_may_run = false;
+	if (h.type == WIRE_CTRL_ERROR || (h.type == WIRE_CTRL_FINISHED &&
+					  (h.len < 1 || payload[0] != 1)))
+		return ferry_error_set(err, -EREMOTEIO,
+			"the destination did not take over: %s",
+			(char *)payload + (h.type == WIRE_CTRL_FINISHED ? 1 : 0));
+	if (h.type != WIRE_CTRL_FINISHED)
+		return ferry_error_set(err, -EPROTO, "expected FINISHED, got %s",
+				       wire_ctrl_name(h.type));
+	return 0;
+}
+
+/* Wait (bounded) for QEMU to leave the active states after a cancel. */
+static void cancel_qemu_migration(struct ferry_migration *m)
+{
+	uint64_t deadline = ferry_now_ms() + MIG_CANCEL_TIMEOUT_MS;
+	struct mig_info info;
+
+	qmp_execute(m->q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	while (ferry_now_ms() < deadline) {
+		if (mig_query(m->q, &info, NULL) < 0 ||
+		    !mig_status_active(info.status))
+			return;
+		usleep(50 * 1000);
+	}
+	ferry_log(FERRY_LOG_WARN, "source QEMU still in migration state '%s' %d ms after migrate_cancel",
+		  info.status, MIG_CANCEL_TIMEOUT_MS);
+}
+
+/*
+ * The failure path: whatever happened, the guest must keep running on the
+ * source. Cancel QEMU's migration, tell the receiver, stop the tunnel, and
+ * resume the source guest if it was running and is not any more (QEMU
+ * stops it at switchover, so a failure after that leaves it paused).
+ * Returns whether the source guest is confirmed running (or paused as it
+ * was before).
+ */
+static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
+{
+	char status[32] = "";
+	const char *why = err->msg;
+
+	set_phase(m, FERRY_PHASE_CANCELLING);
+	if (m->ctrl_fd >= 0)
+		net_ctrl_send(m->ctrl_fd, WIRE_CTRL_CANCEL, why,
+			      (uint32_t)strnlen(why, sizeof(err->msg)), 1000, NULL);
+	if (m->relay)
+		xport_relay_cancel(m->relay);
+	if (!m->q)
+		return false;
+	if (m->migrate_started)
+		cancel_qemu_migration(m);
+	if (mig_vm_status(m->q, status, sizeof(status), NULL) < 0)
+		return false;
+	if (m->dest_may_run) {
+		/*
+		 * The destination was told to resume and never answered: it
+		 * may be running the guest. Resuming the source too would run
+		 * two copies of one guest, so the source stays as it is.
+		 */
+		ferry_log(FERRY_LOG_ERROR,
+			  "the destination may be running the guest; source left '%s' for the operator",
+			  status);
+		return false;
+	}
+	if (m->was_running && strcmp(status, "running") != 0) {
+		ferry_log(FERRY_LOG_WARN, "source guest is '%s' after the failure; resuming it",
+			  status);
+		if (qmp_execute(m->q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL) < 0 ||
+		    mig_vm_status(m->q, status, sizeof(status), NULL) < 0)
+			return false;
+	}
+	return strcmp(status, m->was_running ? "running" : "paused") == 0;
+}
+
+static void fill_report(struct ferry_migration *m, struct ferry_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->direct = m->o.direct;
+	wire_mig_id_format(m->mig_id, r->migration_id);
+	r->total_ms = ferry_now_ms() - m->t0_ms;
+	r->qemu_total_ms = m->last.total_time_ms;
+	r->downtime_ms = m->last.downtime_ms;
+	r->setup_ms = m->last.setup_time_ms;
+	r->ram_size_bytes = m->ram_bytes;
+	r->ram_bytes = stream_bytes(m);
+	r->wire_bytes = wire_bytes(m);
+	r->passes = m->last.dirty_sync_count;
+	if (m->last.total_time_ms)
+		r->throughput_bytes_per_s = r->wire_bytes * 1000 / m->last.total_time_ms;
+}
+
+static void teardown(struct ferry_migration *m)
+{
+	xport_relay_free(m->relay);
+	m->relay = NULL;
+	if (m->ctrl_fd >= 0)
+		close(m->ctrl_fd);
+	m->ctrl_fd = -1;
+	qmp_close(m->q);
+	m->q = NULL;
+}
+
+int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
+			struct ferry_error *err)
+{
+	struct ferry_error local = { 0 };
+	int rc;
+
+	if (!err)
+		err = &local;
+	memset(&m->last, 0, sizeof(m->last));
+	m->migrate_started = false;
+	m->dest_may_run = false;
+	m->phase = FERRY_PHASE_INIT;
+	m->t0_ms = ferry_now_ms();
+	m->last_sample_ms = 0;
+
+	rc = phase_connect(m, err);
+	if (rc == 0 && cancel_requested(m))
+		rc = ferry_error_set(err, -ECANCELED, "migration cancelled by request");
+	if (rc == 0)
+		rc = phase_setup(m, err);
+	if (rc == 0)
+		rc = phase_precopy(m, err);
+	if (rc == 0) {
+		/* Final numbers (downtime, total-time) once completed. */
+		mig_query(m->q, &m->last, NULL);
+		rc = phase_completing(m, err);
+	}
+	fill_report(m, report);
+	if (rc == 0) {
+		set_phase(m, FERRY_PHASE_DONE);
+		report->completed = true;
+		snprintf(report->status, sizeof(report->status), "completed");
+	} else {
+		report->source_running = fail_safe(m, err);
+		set_phase(m, FERRY_PHASE_FAILED);
+		snprintf(report->status, sizeof(report->status), "%s",
+			 rc == -ECANCELED ? "cancelled" : "failed");
+		snprintf(report->error, sizeof(report->error), "%s", err->msg);
+	}
+	teardown(m);
+	return rc;
+}

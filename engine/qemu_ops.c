@@ -1,0 +1,151 @@
+/* The QMP operations of a migration (see mig.h). */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mig.h"
+
+static uint64_t get_u64(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+
+	return json_is_integer(v) && json_integer_value(v) > 0 ?
+	       (uint64_t)json_integer_value(v) : 0;
+}
+
+static void copy_str(char *dst, size_t len, json_t *v)
+{
+	const char *s = json_is_string(v) ? json_string_value(v) : "";
+
+	snprintf(dst, len, "%s", s);
+}
+
+/* incoming tcp migration: "socket-address": [{"type":"inet","port":"N"}] */
+static uint64_t incoming_port(json_t *ret)
+{
+	json_t *addrs = json_object_get(ret, "socket-address");
+	json_t *a = json_is_array(addrs) ? json_array_get(addrs, 0) : NULL;
+	json_t *port = a ? json_object_get(a, "port") : NULL;
+
+	if (json_is_string(port))
+		return strtoull(json_string_value(port), NULL, 10);
+	return 0;
+}
+
+int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err)
+{
+	json_t *ret = NULL, *ram;
+	int rc;
+
+	memset(info, 0, sizeof(*info));
+	rc = qmp_execute(q, "query-migrate", NULL, &ret, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	if (!json_is_object(ret)) {
+		json_decref(ret);
+		return ferry_error_set(err, -EPROTO, "query-migrate returned no object");
+	}
+	/* Before any migration, QEMU returns {} without a status. */
+	copy_str(info->status, sizeof(info->status), json_object_get(ret, "status"));
+	if (!info->status[0])
+		snprintf(info->status, sizeof(info->status), "none");
+	info->total_time_ms = get_u64(ret, "total-time");
+	info->downtime_ms = get_u64(ret, "downtime");
+	info->setup_time_ms = get_u64(ret, "setup-time");
+	ram = json_object_get(ret, "ram");
+	if (json_is_object(ram)) {
+		info->ram_total = get_u64(ram, "total");
+		info->ram_transferred = get_u64(ram, "transferred");
+		info->ram_remaining = get_u64(ram, "remaining");
+		info->dirty_sync_count = get_u64(ram, "dirty-sync-count");
+		info->dirty_pages_rate = get_u64(ram, "dirty-pages-rate");
+	}
+	info->incoming_port = incoming_port(ret);
+	copy_str(info->error_desc, sizeof(info->error_desc),
+		 json_object_get(ret, "error-desc"));
+	json_decref(ret);
+	return 0;
+}
+
+bool mig_status_active(const char *s)
+{
+	static const char *const active[] = {
+		"setup", "active", "pre-switchover", "device", "wait-unplug",
+		"postcopy-active", "postcopy-paused", "postcopy-recover",
+		"cancelling",
+	};
+
+	for (size_t i = 0; i < sizeof(active) / sizeof(active[0]); i++)
+		if (strcmp(s, active[i]) == 0)
+			return true;
+	return false;
+}
+
+int mig_ram_size(struct qmp *q, uint64_t *bytes, struct ferry_error *err)
+{
+	json_t *ret = NULL;
+	int rc;
+
+	rc = qmp_execute(q, "query-memory-size-summary", NULL, &ret,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	*bytes = get_u64(ret, "base-memory") + get_u64(ret, "plugged-memory");
+	json_decref(ret);
+	if (*bytes == 0)
+		return ferry_error_set(err, -EPROTO,
+			"query-memory-size-summary reported no guest memory");
+	return 0;
+}
+
+int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
+		   struct ferry_error *err)
+{
+	json_t *caps;
+	int rc;
+
+	/*
+	 * events: progress without polling; return-path: the destination
+	 * tells the source when it failed to load, so the source can keep
+	 * the guest running instead of completing blindly.
+	 */
+	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b}]}", "capabilities",
+			 "capability", "events", "state", 1,
+			 "capability", "return-path", "state", 1);
+	rc = qmp_execute(q, "migrate-set-capabilities", caps, NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	return qmp_execute(q, "migrate-set-parameters",
+			   json_pack("{s:I,s:I}",
+				     "max-bandwidth", (json_int_t)p->max_bandwidth_bytes_per_s,
+				     "downtime-limit", (json_int_t)p->downtime_ms),
+			   NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
+{
+	int sv[2];
+	int rc;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+	/* A stale fd of a previous attempt would make getfd fail. */
+	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
+		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	rc = qmp_getfd(q, sv[0], MIG_FDNAME, MIG_QMP_TIMEOUT_MS, err);
+	close(sv[0]);
+	if (rc < 0) {
+		close(sv[1]);
+		return rc;
+	}
+	*ferry_end = sv[1];
+	return 0;
+}
+
+int mig_vm_status(struct qmp *q, char *buf, size_t len, struct ferry_error *err)
+{
+	return qmp_query_status_string(q, "query-status", buf, len,
+				       MIG_QMP_TIMEOUT_MS, err);
+}

@@ -1,0 +1,536 @@
+/*
+ * The receiving side: ferry_receiver_run().
+ *
+ * The receiver listens, reads a hello from each connection, and serves one
+ * migration at a time for the destination QEMU it was pointed at. What a
+ * connection sends before it is accepted as a migration (garbage, a wrong
+ * version, a stall) is logged and the connection closed: nothing is kept
+ * and nothing reaches QEMU.
+ *
+ * One migration, in order (enum rx_state):
+ *   RX_PREPARE    check the destination QEMU (waiting for an incoming
+ *                 migration, same RAM size), set its capabilities and
+ *                 parameters, start migrate-incoming on ferry's socket (or
+ *                 on a TCP port for --direct), answer READY
+ *   RX_TUNNEL     accept the data connection and start the relay
+ *   RX_STREAMING  until the source says FINISH (or CANCEL, or it breaks)
+ *   RX_FINISH     wait for the destination to complete, resume it unless
+ *                 told to leave it paused, answer FINISHED
+ *   RX_DONE / RX_FAILED
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mig.h"
+#include "transport/net.h"
+#include "transport/relay.h"
+#include "transport/wire.h"
+#include "util.h"
+
+/* How often the streaming loop looks at the destination QEMU. */
+#define RX_POLL_MS 250
+
+struct ferry_receiver {
+	struct ferry_receiver_opts o;
+	char *listen_host, *qmp_path;
+	int listen_fd;
+	int stop_efd;
+	uint16_t port;
+};
+
+enum rx_state {
+	RX_PREPARE,
+	RX_TUNNEL,
+	RX_STREAMING,
+	RX_FINISH,
+	RX_DONE,
+	RX_FAILED,
+};
+
+static const char *rx_state_name(enum rx_state s)
+{
+	static const char *const names[] = {
+		"prepare", "tunnel", "streaming", "finish", "done", "failed",
+	};
+
+	return names[s];
+}
+
+struct incoming {
+	struct ferry_receiver *r;
+	enum rx_state state;
+	int ctrl_fd;
+	char peer[64];
+	char id[37];
+	struct wire_hello hello;
+	struct qmp *q;
+	struct xport_relay *relay;
+	int qemu_end;		/* tunnel socket until the relay owns it */
+	uint64_t t0_ms;
+	bool resume;
+};
+
+struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
+					  struct ferry_error *err)
+{
+	struct ferry_receiver *r;
+	int fd;
+
+	if (!o->listen_host || !o->qmp_path) {
+		ferry_error_set(err, -EINVAL,
+			"a receiver needs an address to listen on and the destination QMP socket");
+		return NULL;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		ferry_error_set(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	r->o = *o;
+	r->listen_host = strdup(o->listen_host);
+	r->qmp_path = strdup(o->qmp_path);
+	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!r->listen_host || !r->qmp_path || r->stop_efd < 0) {
+		ferry_error_set(err, -ENOMEM, "out of memory");
+		goto err_free;
+	}
+	r->o.listen_host = r->listen_host;
+	r->o.qmp_path = r->qmp_path;
+	if (!r->o.hello_timeout_ms)
+		r->o.hello_timeout_ms = FERRY_DEFAULT_HELLO_TIMEOUT_MS;
+	fd = net_listen(o->listen_host, o->listen_port, err);
+	if (fd < 0)
+		goto err_free;
+	r->listen_fd = fd;
+	r->port = net_local_port(fd);
+	return r;
+
+err_free:
+	if (r->stop_efd >= 0)
+		close(r->stop_efd);
+	free(r->listen_host);
+	free(r->qmp_path);
+	free(r);
+	return NULL;
+}
+
+uint16_t ferry_receiver_port(const struct ferry_receiver *r)
+{
+	return r->port;
+}
+
+void ferry_receiver_stop(struct ferry_receiver *r)
+{
+	uint64_t one = 1;
+
+	if (write(r->stop_efd, &one, sizeof(one)) < 0) {
+		/* Overflow only: a stop is already pending. */
+	}
+}
+
+void ferry_receiver_free(struct ferry_receiver *r)
+{
+	if (!r)
+		return;
+	close(r->listen_fd);
+	close(r->stop_efd);
+	free(r->listen_host);
+	free(r->qmp_path);
+	free(r);
+}
+
+static void rx_set_state(struct incoming *in, enum rx_state s)
+{
+	ferry_log(FERRY_LOG_DEBUG, "migration %s: %s -> %s", in->id,
+		  rx_state_name(in->state), rx_state_name(s));
+	in->state = s;
+}
+
+/* Accept one connection, or return -ETIMEDOUT / -ECANCELED (stop). */
+static int accept_bounded(struct ferry_receiver *r, int timeout_ms)
+{
+	struct pollfd fds[2] = {
+		{ .fd = r->listen_fd, .events = POLLIN },
+		{ .fd = r->stop_efd, .events = POLLIN },
+	};
+	int rc = poll(fds, 2, timeout_ms);
+
+	if (rc == 0)
+		return -ETIMEDOUT;
+	if (rc < 0)
+		return errno == EINTR ? -EINTR : -errno;
+	if (fds[1].revents)
+		return -ECANCELED;
+	rc = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	return rc < 0 ? -errno : rc;
+}
+
+static int read_hello(struct ferry_receiver *r, int fd, struct wire_hello *h,
+		      struct ferry_error *err)
+{
+	uint8_t buf[WIRE_HELLO_BYTES];
+	int rc;
+
+	rc = net_read_full(fd, buf, sizeof(buf), (int)r->o.hello_timeout_ms,
+			   "hello", err);
+	if (rc < 0)
+		return rc;
+	return wire_hello_decode(buf, h, err);
+}
+
+static int send_error(struct incoming *in, const struct ferry_error *why)
+{
+	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_ERROR, why->msg,
+			     (uint32_t)strnlen(why->msg, sizeof(why->msg)),
+			     MIG_QMP_TIMEOUT_MS, NULL);
+}
+
+static int check_destination(struct incoming *in, struct ferry_error *err)
+{
+	char status[32];
+	uint64_t ram;
+	int rc;
+
+	rc = mig_vm_status(in->q, status, sizeof(status), err);
+	if (rc < 0)
+		return rc;
+	if (strcmp(status, "inmigrate") != 0)
+		return ferry_error_set(err, -EBUSY,
+			"destination QEMU is '%s', not waiting for an incoming migration "
+			"(start it with -incoming defer)", status);
+	rc = mig_ram_size(in->q, &ram, err);
+	if (rc < 0)
+		return rc;
+	if (ram != in->hello.ram_bytes)
+		return ferry_error_set(err, -EINVAL,
+			"guest RAM differs: source %llu bytes, destination %llu bytes",
+			(unsigned long long)in->hello.ram_bytes,
+			(unsigned long long)ram);
+	return 0;
+}
+
+/* --direct: QEMU listens itself; READY carries the port it bound. */
+static int start_direct(struct incoming *in, uint8_t port_be[2],
+			struct ferry_error *err)
+{
+	const char *host = in->r->o.listen_host;
+	struct mig_info info;
+	char uri[300];
+	int rc;
+
+	snprintf(uri, sizeof(uri), strchr(host, ':') ? "tcp:[%s]:0" : "tcp:%s:0", host);
+	rc = qmp_execute(in->q, "migrate-incoming", json_pack("{s:s}", "uri", uri),
+			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	rc = mig_query(in->q, &info, err);
+	if (rc < 0)
+		return rc;
+	if (info.incoming_port == 0 || info.incoming_port > 65535)
+		return ferry_error_set(err, -EPROTO,
+			"destination QEMU did not report the port it listens on");
+	port_be[0] = (uint8_t)(info.incoming_port >> 8);
+	port_be[1] = (uint8_t)info.incoming_port;
+	return 0;
+}
+
+static int rx_prepare(struct incoming *in, struct ferry_error *err)
+{
+	struct mig_params p = {
+		.max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED,
+		.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS,
+	};
+	bool direct = in->hello.options & WIRE_OPT_DIRECT;
+	uint8_t port_be[2];
+	int rc;
+
+	in->q = qmp_connect(in->r->o.qmp_path, MIG_QMP_TIMEOUT_MS, err);
+	if (!in->q)
+		return ferry_error_prefix(err, "destination QEMU at %s: ",
+					  in->r->o.qmp_path);
+	rc = check_destination(in, err);
+	if (rc < 0)
+		return rc;
+	rc = mig_setup_qemu(in->q, &p, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "configuring the destination QEMU: ");
+	if (direct) {
+		rc = start_direct(in, port_be, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
+		return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_READY, port_be, 2,
+				     MIG_QMP_TIMEOUT_MS, err);
+	}
+	rc = mig_hand_socket(in->q, &in->qemu_end, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "handing the tunnel to the destination QEMU: ");
+	rc = qmp_execute(in->q, "migrate-incoming",
+			 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME), NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
+	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_READY, NULL, 0,
+			     MIG_QMP_TIMEOUT_MS, err);
+}
+
+/*
+ * Accept the data connection of this migration. Other connections that
+ * arrive meanwhile are refused with a log line; the wait is bounded.
+ */
+static int rx_accept_data(struct incoming *in, struct ferry_error *err)
+{
+	struct ferry_receiver *r = in->r;
+	uint64_t deadline = ferry_now_ms() + r->o.hello_timeout_ms;
+	struct wire_hello h;
+	char peer[64];
+
+	rx_set_state(in, RX_TUNNEL);
+	while (ferry_now_ms() < deadline) {
+		struct ferry_error herr = { 0 };
+		int fd = accept_bounded(r, (int)(deadline - ferry_now_ms()));
+
+		if (fd == -EINTR)
+			continue;
+		if (fd < 0)
+			break;
+		net_peer_name(fd, peer, sizeof(peer));
+		if (read_hello(r, fd, &h, &herr) == 0 && h.conn == WIRE_CONN_DATA &&
+		    memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) == 0) {
+			int qemu_end = in->qemu_end;
+
+			in->qemu_end = -1;	/* the relay owns it now */
+			return xport_relay_start(&in->relay, qemu_end, fd,
+						 XPORT_ROLE_DEST, NULL, err);
+		}
+		if (!herr.msg[0])
+			ferry_error_set(&herr, -EPROTO,
+				"not the data connection of migration %s", in->id);
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s", peer, herr.msg);
+		close(fd);
+	}
+	return ferry_error_set(err, -ETIMEDOUT,
+		"the data connection of migration %s did not arrive within %u ms",
+		in->id, r->o.hello_timeout_ms);
+}
+
+/* FINISH arrived: the source completed. Bring the destination up. */
+static int rx_finish(struct incoming *in, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + MIG_FINISH_TIMEOUT_MS;
+	struct mig_info info = { 0 };
+	char status[32], text[64];
+	int rc;
+
+	rx_set_state(in, RX_FINISH);
+	while (ferry_now_ms() < deadline) {
+		rc = mig_query(in->q, &info, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "destination QEMU: ");
+		if (!mig_status_active(info.status))
+			break;
+		usleep(20 * 1000);
+	}
+	if (strcmp(info.status, "completed") != 0)
+		return ferry_error_set(err, -EIO,
+			"destination QEMU migration is '%s'%s%s", info.status,
+			info.error_desc[0] ? ": " : "", info.error_desc);
+	if (in->relay) {
+		rc = xport_relay_wait(in->relay, MIG_FINISH_TIMEOUT_MS, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "tunnel: ");
+	}
+	if (in->resume) {
+		rc = qmp_execute(in->q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "resuming the destination guest: ");
+	}
+	rc = mig_vm_status(in->q, status, sizeof(status), err);
+	if (rc < 0)
+		return rc;
+	text[0] = 1;
+	snprintf(text + 1, sizeof(text) - 1, "%s", status);
+	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
+		  in->id, status);
+	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_FINISHED, text,
+			     (uint32_t)(1 + strlen(status)), MIG_QMP_TIMEOUT_MS, err);
+}
+
+/* A control message from the source while streaming. */
+static int rx_control(struct incoming *in, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr h;
+	int rc;
+
+	rc = net_ctrl_recv(in->ctrl_fd, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "control connection from the source: ");
+	if (h.type == WIRE_CTRL_CANCEL)
+		return ferry_error_set(err, -ECANCELED, "the source cancelled: %s",
+				       (char *)payload);
+	if (h.type != WIRE_CTRL_FINISH || h.len != 1 || payload[0] > 1)
+		return ferry_error_set(err, -EPROTO,
+			"unexpected %s (%u bytes) from the source while streaming",
+			wire_ctrl_name(h.type), h.len);
+	in->resume = payload[0] == 1;
+	return 1;
+}
+
+/* Stream until FINISH (1), or fail. */
+static int rx_stream(struct incoming *in, struct ferry_error *err)
+{
+	rx_set_state(in, RX_STREAMING);
+	for (;;) {
+		struct pollfd fds[3] = {
+			{ .fd = in->ctrl_fd, .events = POLLIN },
+			{ .fd = in->r->stop_efd, .events = POLLIN },
+			{ .fd = in->relay ? xport_relay_done_fd(in->relay) : -1,
+			  .events = POLLIN },
+		};
+		struct mig_info info;
+		struct qmp_event ev;
+		int rc;
+
+		poll(fds, 3, RX_POLL_MS);
+		if (fds[0].revents)
+			return rx_control(in, err);
+		if (fds[1].revents)
+			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
+		if (fds[2].revents) {
+			rc = xport_relay_wait(in->relay, 0, err);
+			if (rc < 0)
+				return ferry_error_prefix(err, "tunnel: ");
+		}
+		rc = mig_query(in->q, &info, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "destination QEMU is gone: ");
+		if (strcmp(info.status, "failed") == 0)
+			return ferry_error_set(err, -EIO,
+				"destination QEMU failed the migration%s%s",
+				info.error_desc[0] ? ": " : "", info.error_desc);
+		while (qmp_wait_event(in->q, NULL, &ev, 0, NULL) == 0)
+			qmp_event_clear(&ev);
+	}
+}
+
+static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
+			   int rc, const struct ferry_error *err)
+{
+	struct xport_stats st = { 0 };
+
+	memset(rep, 0, sizeof(*rep));
+	if (in->relay)
+		xport_relay_stats(in->relay, &st);
+	rep->direct = in->hello.options & WIRE_OPT_DIRECT;
+	rep->completed = rc == 0;
+	snprintf(rep->status, sizeof(rep->status), "%s",
+		 rc == 0 ? "completed" : rc == -ECANCELED ? "cancelled" : "failed");
+	memcpy(rep->migration_id, in->id, sizeof(rep->migration_id));
+	rep->total_ms = ferry_now_ms() - in->t0_ms;
+	rep->ram_size_bytes = in->hello.ram_bytes;
+	rep->ram_bytes = st.local_out_bytes;
+	rep->wire_bytes = st.wire_in_bytes + st.wire_out_bytes;
+	if (rc < 0)
+		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
+}
+
+static int run_incoming(struct incoming *in, struct ferry_report *rep,
+			struct ferry_error *err)
+{
+	int rc;
+
+	ferry_log(FERRY_LOG_INFO, "migration %s from %s: %llu MiB guest, %s%s",
+		  in->id, in->peer,
+		  (unsigned long long)(in->hello.ram_bytes >> 20),
+		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "tunnel",
+		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
+	rc = rx_prepare(in, err);
+	if (rc == 0 && !(in->hello.options & WIRE_OPT_DIRECT))
+		rc = rx_accept_data(in, err);
+	if (rc >= 0)
+		rc = rx_stream(in, err);
+	if (rc == 1)
+		rc = rx_finish(in, err);
+	if (rc < 0) {
+		rx_set_state(in, RX_FAILED);
+		ferry_log(FERRY_LOG_ERROR, "migration %s failed: %s", in->id, err->msg);
+		if (in->relay)
+			xport_relay_cancel(in->relay);
+		if (rc != -ECANCELED)
+			send_error(in, err);
+	} else {
+		rc = 0;
+		rx_set_state(in, RX_DONE);
+	}
+	fill_rx_report(in, rep, rc, err);
+	xport_relay_free(in->relay);
+	if (in->qemu_end >= 0)
+		close(in->qemu_end);
+	qmp_close(in->q);
+	return rc;
+}
+
+/*
+ * One accepted connection: 0 when it was not a migration (refused and
+ * logged), 1 when a migration was served (its result in *@mig_rc).
+ */
+static int serve_connection(struct ferry_receiver *r, int fd,
+			    struct ferry_report *rep, int *mig_rc,
+			    struct ferry_error *err)
+{
+	struct incoming in = { .r = r, .ctrl_fd = fd, .state = RX_PREPARE,
+			       .qemu_end = -1 };
+	struct ferry_error herr = { 0 };
+
+	in.t0_ms = ferry_now_ms();
+	net_peer_name(fd, in.peer, sizeof(in.peer));
+	if (read_hello(r, fd, &in.hello, &herr) < 0) {
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s",
+			  in.peer, herr.msg);
+		return 0;
+	}
+	if (in.hello.conn != WIRE_CONN_CONTROL) {
+		ferry_log(FERRY_LOG_WARN,
+			  "rejected connection from %s: a data connection with no migration waiting for it",
+			  in.peer);
+		return 0;
+	}
+	wire_mig_id_format(in.hello.mig_id, in.id);
+	*mig_rc = run_incoming(&in, rep, err);
+	return 1;
+}
+
+int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
+		       struct ferry_error *err)
+{
+	struct ferry_report scratch;
+	struct ferry_error local = { 0 };
+
+	if (!report)
+		report = &scratch;
+	if (!err)
+		err = &local;
+	memset(report, 0, sizeof(*report));
+	ferry_log(FERRY_LOG_INFO, "listening on %s:%u for QEMU at %s",
+		  r->o.listen_host, r->port, r->o.qmp_path);
+	for (;;) {
+		int fd = accept_bounded(r, -1);
+		int served, mig_rc = 0;
+
+		if (fd == -ECANCELED)
+			return 0;
+		if (fd == -EINTR || fd == -ECONNABORTED)
+			continue;
+		if (fd < 0)
+			return ferry_error_set(err, fd, "accept: %s", strerror(-fd));
+		served = serve_connection(r, fd, report, &mig_rc, err);
+		close(fd);
+		if (served && r->o.once)
+			return mig_rc;
+	}
+}

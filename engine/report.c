@@ -1,0 +1,53 @@
+/* The final report as one JSON object (ferry migrate --json). */
+#include <errno.h>
+#include <jansson.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry.h"
+
+int ferry_report_write_json(const struct ferry_report *r, int fd)
+{
+	json_t *o;
+	char *text;
+	size_t len, off = 0;
+	int rc = 0;
+
+	o = json_pack("{s:s,s:b,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b}",
+		      "status", r->status,
+		      "completed", r->completed,
+		      "mode", r->direct ? "direct" : "tunnel",
+		      "migration_id", r->migration_id,
+		      "total_ms", (json_int_t)r->total_ms,
+		      "qemu_total_ms", (json_int_t)r->qemu_total_ms,
+		      "downtime_ms", (json_int_t)r->downtime_ms,
+		      "setup_ms", (json_int_t)r->setup_ms,
+		      "ram_size_bytes", (json_int_t)r->ram_size_bytes,
+		      "ram_bytes", (json_int_t)r->ram_bytes,
+		      "wire_bytes", (json_int_t)r->wire_bytes,
+		      "passes", (json_int_t)r->passes,
+		      "throughput_bytes_per_s", (json_int_t)r->throughput_bytes_per_s,
+		      "source_running", r->completed ? 0 : r->source_running);
+	if (!o)
+		return -ENOMEM;
+	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
+	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (!text)
+		return -ENOMEM;
+	len = strlen(text);
+	text[len++] = '\n';	/* the NUL becomes the newline */
+	while (off < len) {
+		ssize_t n = write(fd, text + off, len - off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			break;
+		}
+		off += (size_t)n;
+	}
+	free(text);
+	return rc;
+}

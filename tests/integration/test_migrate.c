@@ -1,0 +1,559 @@
+/*
+ * Live migration of real QEMU guests through ferry, verified byte for byte.
+ *
+ * Every test starts a source VM running the test guest and a destination
+ * VM waiting with -S -incoming defer, migrates, and checks the data: with
+ * --paused, both guests are quiescent afterwards (source post-migrate,
+ * destination paused), so their RAM must be identical. Failure tests check
+ * that the source guest still runs (its heartbeat goes on) and that the
+ * message says what happened.
+ *
+ * Some tests use libferry directly (the API a program embeds), others run
+ * the ferry binary ($FERRY_BIN) as two processes, as on two hosts.
+ */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "tests/harness/vm.h"
+#include "transport/net.h"
+
+/* The guest size for these tests: big enough for several passes. */
+#define TEST_MEM_MIB 128
+#define READY_TIMEOUT_MS 60000
+#define CHILD_TIMEOUT_MS 120000
+
+struct pair {
+	struct vm *src, *dst;
+	char dir[64];
+};
+
+static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
+		       uint32_t rate_mib_s)
+{
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = fill,
+				.ws_mib = ws_mib, .rate_mib_s = rate_mib_s };
+	struct vm_config dc = sc;
+	struct ferry_error err = { 0 };
+
+	dc.incoming = true;
+	dc.prealloc = true;
+	snprintf(p->dir, sizeof(p->dir), "/tmp/ferry-test.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(p->dir));
+	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
+		      "guest not ready: %s", err.msg);
+}
+
+static void pair_stop(struct pair *p)
+{
+	char cmd[128];
+
+	vm_stop(p->src);
+	vm_stop(p->dst);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", p->dir);
+	if (system(cmd) != 0) {
+		/* Nothing to do: /tmp is cleaned eventually. */
+	}
+}
+
+static void expect_status(struct vm *vm, const char *want)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
+}
+
+/* Both guests quiescent: their RAM must be equal, byte for byte. */
+static void expect_same_ram(struct pair *p)
+{
+	struct ferry_error err = { 0 };
+	char a[128], b[128];
+	uint64_t diff = 0;
+	int eq;
+
+	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
+	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
+	eq = vm_files_equal(a, b, &diff, &err);
+	ck_assert_msg(eq >= 0, "%s", err.msg);
+	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
+		      (unsigned long long)diff);
+	unlink(a);
+	unlink(b);
+}
+
+/* The source guest keeps running: status and fresh heartbeats. */
+static void expect_source_alive(struct pair *p)
+{
+	struct ferry_error err = { 0 };
+
+	expect_status(p->src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p->src, 5, 10000, &err) == 0,
+		      "source guest stopped beating: %s", err.msg);
+}
+
+struct rx_thread {
+	struct ferry_receiver *rx;
+	struct ferry_report rep;
+	struct ferry_error err;
+	int rc;
+	pthread_t t;
+};
+
+static void *rx_main(void *arg)
+{
+	struct rx_thread *r = arg;
+
+	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
+	return NULL;
+}
+
+static void rx_start(struct rx_thread *r, struct vm *dst, bool once)
+{
+	struct ferry_receiver_opts o = {
+		.listen_host = "127.0.0.1",
+		.qmp_path = vm_qmp_path(dst),
+		.once = once,
+	};
+
+	memset(r, 0, sizeof(*r));
+	r->rx = ferry_receiver_new(&o, &r->err);
+	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
+	pthread_create(&r->t, NULL, rx_main, r);
+}
+
+static void count_progress(const struct ferry_progress *p, void *opaque)
+{
+	(*(int *)opaque)++;
+	ck_assert_uint_le(p->ram_remaining_bytes, p->ram_total_bytes + (1u << 20));
+}
+
+/* The library API, paused destination, RAM compared. */
+START_TEST(api_migrate_paused)
+{
+	struct pair p;
+	struct rx_thread rx;
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migration *m;
+	int progress_calls = 0;
+	struct ferry_migrate_opts o = {
+		.to_host = "127.0.0.1",
+		.paused = true,
+		.progress = count_progress,
+		.progress_opaque = &progress_calls,
+		.progress_interval_ms = 50,
+	};
+
+	pair_start(&p, "mix", 0, 0);
+	rx_start(&rx, p.dst, true);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = ferry_receiver_port(rx.rx);
+	m = ferry_migration_new(&o, &err);
+	ck_assert_ptr_nonnull(m);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	pthread_join(rx.t, NULL);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ferry_receiver_free(rx.rx);
+
+	ck_assert(rep.completed);
+	ck_assert_str_eq(rep.status, "completed");
+	ck_assert_uint_eq(rep.ram_size_bytes, (uint64_t)TEST_MEM_MIB << 20);
+	ck_assert_uint_gt(rep.ram_bytes, 0);
+	ck_assert_uint_gt(rep.wire_bytes, rep.ram_bytes);
+	ck_assert_uint_ge(rep.passes, 1);
+	ck_assert_int_gt(progress_calls, 0);
+	ck_assert_uint_eq(rx.rep.ram_bytes, rep.ram_bytes);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/* Run a program with a bounded life; stdout captured into @out. */
+static int run_child(char *const argv[], char *out, size_t outlen, pid_t *pidp,
+		     bool wait_now)
+{
+	int pipefd[2];
+	pid_t pid;
+
+	ck_assert_int_eq(pipe(pipefd), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pipefd[1], STDOUT_FILENO);
+		close(pipefd[0]);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	if (pidp)
+		*pidp = pid;
+	if (!wait_now) {
+		close(pipefd[0]);
+		return 0;
+	}
+	{
+		size_t got = 0;
+		ssize_t n;
+		int status;
+
+		while (got + 1 < outlen &&
+		       (n = read(pipefd[0], out + got, outlen - 1 - got)) > 0)
+			got += (size_t)n;
+		out[got] = '\0';
+		close(pipefd[0]);
+		waitpid(pid, &status, 0);
+		return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	}
+}
+
+static uint16_t free_port(void)
+{
+	struct ferry_error err = { 0 };
+	int fd = net_listen("127.0.0.1", 0, &err);
+	uint16_t port = net_local_port(fd);
+
+	close(fd);
+	return port;
+}
+
+static void wait_port(uint16_t port)
+{
+	struct ferry_error err = { 0 };
+
+	for (int i = 0; i < 200; i++) {
+		int fd = net_connect("127.0.0.1", port, 200, &err);
+
+		if (fd >= 0) {
+			/* A bare connect is refused by the receiver; fine. */
+			close(fd);
+			return;
+		}
+		usleep(25 * 1000);
+	}
+	ck_abort_msg("receiver did not listen on port %u", port);
+}
+
+static pid_t spawn_receiver(struct vm *dst, uint16_t port)
+{
+	static char listen[32];
+	char *argv[] = { getenv("FERRY_BIN"), "receive", "--listen", listen,
+			 "--qmp", (char *)vm_qmp_path(dst), "--once", NULL };
+	pid_t pid;
+
+	ck_assert_ptr_nonnull(argv[0]);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+	run_child(argv, NULL, 0, &pid, false);
+	wait_port(port);
+	return pid;
+}
+
+static int wait_child(pid_t pid)
+{
+	int status;
+
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* ferry migrate as a process; returns its exit code, JSON in @rep. */
+static int cli_migrate(struct vm *src, uint16_t port, const char *extra,
+		       json_t **rep)
+{
+	char to[32], out[8192];
+	char *argv[12] = { getenv("FERRY_BIN"), "migrate", "--qmp",
+			   (char *)vm_qmp_path(src), "--to", to, "--json" };
+	int argc = 7, rc;
+	char extra_copy[128];
+	json_error_t jerr;
+
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	snprintf(extra_copy, sizeof(extra_copy), "%s", extra ? extra : "");
+	for (char *tok = strtok(extra_copy, " "); tok && argc < 11;
+	     tok = strtok(NULL, " "))
+		argv[argc++] = tok;
+	argv[argc] = NULL;
+	rc = run_child(argv, out, sizeof(out), NULL, true);
+	*rep = json_loads(out, 0, &jerr);
+	ck_assert_msg(*rep, "ferry migrate printed no JSON report: '%s'", out);
+	return rc;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+	json_t *v = json_object_get(o, k);
+
+	return json_is_string(v) ? json_string_value(v) : "";
+}
+
+static json_int_t jint(json_t *o, const char *k)
+{
+	return json_integer_value(json_object_get(o, k));
+}
+
+/* Two processes, a guest that keeps dirtying memory. */
+static void cli_migrate_dirtying(const char *extra)
+{
+	struct pair p;
+	uint16_t port = free_port();
+	json_t *rep;
+	pid_t rx;
+	int rc;
+
+	pair_start(&p, "random", 32, 64);
+	rx = spawn_receiver(p.dst, port);
+	rc = cli_migrate(p.src, port, extra, &rep);
+	ck_assert_msg(rc == 0, "ferry migrate failed (%d): %s", rc, jstr(rep, "error"));
+	ck_assert_int_eq(wait_child(rx), 0);
+	ck_assert_str_eq(jstr(rep, "status"), "completed");
+	ck_assert_int_gt(jint(rep, "total_ms"), 0);
+	ck_assert_int_ge(jint(rep, "passes"), 1);
+	ck_assert_int_gt(jint(rep, "ram_bytes"), (json_int_t)TEST_MEM_MIB << 19);
+	ck_assert(json_is_null(json_object_get(rep, "error")));
+	ck_assert_ptr_nonnull(json_object_get(rep, "downtime_ms"));
+	ck_assert_ptr_nonnull(json_object_get(rep, "setup_ms"));
+	ck_assert_ptr_nonnull(json_object_get(rep, "wire_bytes"));
+	json_decref(rep);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+
+START_TEST(cli_migrate_dirtying_tunnel)
+{
+	cli_migrate_dirtying("--paused");
+}
+END_TEST
+
+START_TEST(cli_migrate_dirtying_direct)
+{
+	cli_migrate_dirtying("--paused --direct");
+}
+END_TEST
+
+/* Without --paused the destination runs the guest: its heartbeat goes on. */
+START_TEST(cli_migrate_resumes_destination)
+{
+	struct ferry_error err = { 0 };
+	struct pair p;
+	uint16_t port = free_port();
+	json_t *rep;
+	pid_t rx;
+
+	pair_start(&p, "text", 16, 16);
+	rx = spawn_receiver(p.dst, port);
+	ck_assert_int_eq(cli_migrate(p.src, port, NULL, &rep), 0);
+	ck_assert_int_eq(wait_child(rx), 0);
+	json_decref(rep);
+	expect_status(p.dst, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0,
+		      "destination guest does not run: %s", err.msg);
+	pair_stop(&p);
+}
+END_TEST
+
+/* The receiver dies mid-migration: the source guest keeps running. */
+START_TEST(dropped_connection_keeps_source)
+{
+	struct pair p;
+	uint16_t port = free_port();
+	pid_t rx, mig;
+	char to[32];
+	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
+			 to, "--bandwidth", "16", "--quiet", NULL };
+	int rc;
+
+	pair_start(&p, "random", 0, 0);
+	rx = spawn_receiver(p.dst, port);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	run_child(argv, NULL, 0, &mig, false);
+	/* 128 MiB at 16 MiB/s takes ~8 s: cut it after ~2 s. */
+	sleep(2);
+	kill(rx, SIGKILL);
+	wait_child(rx);
+	rc = wait_child(mig);
+	ck_assert_int_eq(rc, 1);
+	expect_source_alive(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/* The library reports the reason and that the guest is safe. */
+START_TEST(unreachable_receiver)
+{
+	struct pair p;
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1" };
+	struct ferry_migration *m;
+
+	pair_start(&p, "zero", 0, 0);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = free_port();
+	m = ferry_migration_new(&o, &err);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	ck_assert_msg(strstr(err.msg, "receiver unreachable"), "%s", err.msg);
+	ck_assert_str_eq(rep.status, "failed");
+	ck_assert(rep.source_running);
+	expect_source_alive(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+static void *kill_later(void *vm)
+{
+	sleep(2);
+	vm_kill(vm);
+	return NULL;
+}
+
+/* The destination QEMU dies mid-migration. */
+START_TEST(destination_dies)
+{
+	struct pair p;
+	struct rx_thread rx;
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migrate_opts o = {
+		.to_host = "127.0.0.1",
+		.max_bandwidth_bytes_per_s = 16u << 20,
+	};
+	struct ferry_migration *m;
+	pthread_t killer;
+
+	pair_start(&p, "random", 0, 0);
+	rx_start(&rx, p.dst, true);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = ferry_receiver_port(rx.rx);
+	m = ferry_migration_new(&o, &err);
+	/* Kill the destination QEMU from another thread, 2 s in. */
+	pthread_create(&killer, NULL, kill_later, p.dst);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	pthread_join(killer, NULL);
+	ferry_migration_free(m);
+	pthread_join(rx.t, NULL);
+	ferry_receiver_free(rx.rx);
+	ck_assert_str_eq(rep.status, "failed");
+	ck_assert(rep.source_running);
+	ck_assert_msg(err.msg[0], "no message");
+	expect_source_alive(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+struct log_capture {
+	pthread_mutex_t lock;
+	char text[8192];
+};
+
+static void capture_log(int level, const char *msg, void *opaque)
+{
+	struct log_capture *c = opaque;
+	size_t len;
+
+	(void)level;
+	pthread_mutex_lock(&c->lock);
+	len = strlen(c->text);
+	snprintf(c->text + len, sizeof(c->text) - len, "%s\n", msg);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/*
+ * Garbage instead of a hello: the receiver closes that connection with a
+ * log line, keeps no state, and still serves a real migration afterwards.
+ */
+START_TEST(receiver_rejects_garbage)
+{
+	static struct log_capture cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	static const char junk[64] = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n";
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
+	struct ferry_migration *m;
+	struct rx_thread rx;
+	struct pair p;
+	char c;
+	int fd;
+
+	ferry_set_log(capture_log, &cap, 3);
+	pair_start(&p, "zero", 0, 0);
+	rx_start(&rx, p.dst, true);
+	fd = net_connect("127.0.0.1", ferry_receiver_port(rx.rx), 2000, &err);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+	/* The receiver closes the connection: EOF, not a hang. */
+	ck_assert_int_eq(recv(fd, &c, 1, 0), 0);
+	close(fd);
+	pthread_mutex_lock(&cap.lock);
+	ck_assert_msg(strstr(cap.text, "rejected connection from 127.0.0.1"),
+		      "log: %s", cap.text);
+	ck_assert_msg(strstr(cap.text, "bad hello magic"), "log: %s", cap.text);
+	pthread_mutex_unlock(&cap.lock);
+
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = ferry_receiver_port(rx.rx);
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	pthread_join(rx.t, NULL);
+	ferry_receiver_free(rx.rx);
+	expect_same_ram(&p);
+	pair_stop(&p);
+	ferry_set_log(NULL, NULL, 2);
+}
+END_TEST
+
+static Suite *migrate_suite(void)
+{
+	Suite *s = suite_create("migrate");
+	TCase *ok = tcase_create("migrate");
+	TCase *bad = tcase_create("failures");
+
+	tcase_set_timeout(ok, 180);
+	tcase_set_timeout(bad, 180);
+	tcase_add_test(ok, api_migrate_paused);
+	tcase_add_test(ok, cli_migrate_dirtying_tunnel);
+	tcase_add_test(ok, cli_migrate_dirtying_direct);
+	tcase_add_test(ok, cli_migrate_resumes_destination);
+	tcase_add_test(bad, dropped_connection_keeps_source);
+	tcase_add_test(bad, unreachable_receiver);
+	tcase_add_test(bad, destination_dies);
+	tcase_add_test(bad, receiver_rejects_garbage);
+	suite_add_tcase(s, ok);
+	suite_add_tcase(s, bad);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(migrate_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
