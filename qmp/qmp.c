@@ -429,21 +429,31 @@ int qmp_fd(const struct qmp *q)
 	return q->fd;
 }
 
+/*
+ * Queue the events among the complete lines already buffered. Outside a
+ * command, a non-event message has nobody waiting for it: it is dropped.
+ */
+static int queue_buffered(struct qmp *q, struct ferry_error *err)
+{
+	json_t *msg = NULL;
+	int rc;
+
+	while ((rc = take_line(q, &msg, err)) == 1) {
+		if (is_event(msg))
+			queue_event(q, msg);
+		json_decref(msg);
+	}
+	return rc;
+}
+
 /* Queue every complete message already buffered or readable now. */
 int qmp_pump(struct qmp *q, struct ferry_error *err)
 {
 	for (;;) {
-		json_t *msg = NULL;
-		int rc = take_line(q, &msg, err);
+		int rc = queue_buffered(q, err);
 
 		if (rc < 0)
 			return rc;
-		if (rc == 1) {
-			if (is_event(msg))
-				queue_event(q, msg);
-			json_decref(msg);
-			continue;
-		}
 		rc = fill(q, ferry_now_ms(), err);
 		if (rc == -ETIMEDOUT)
 			return (int)q->ev_len;
@@ -476,20 +486,12 @@ int qmp_wait_event(struct qmp *q, const char *name, struct qmp_event *ev,
 	uint64_t deadline = deadline_of(timeout_ms);
 
 	for (;;) {
-		json_t *msg = NULL;
-		int rc;
+		int rc = queue_buffered(q, err);
 
 		if (take_queued(q, name, ev))
 			return 0;
-		rc = take_line(q, &msg, err);
 		if (rc < 0)
 			return rc;
-		if (rc == 1) {
-			if (is_event(msg))
-				queue_event(q, msg);
-			json_decref(msg);
-			continue;
-		}
 		rc = fill(q, deadline, err);
 		if (rc == -ETIMEDOUT)
 			return ferry_error_set(err, rc, "no QMP event %s within %d ms",
