@@ -398,6 +398,11 @@ void vm_kill(struct vm *vm)
 	if (!vm->reaped && vm->pid > 0)
 		kill(vm->pid, SIGKILL);
 	pthread_mutex_unlock(&vm->lock);
+	/*
+	 * Reap before returning: SIGKILL ends QEMU promptly, and callers
+	 * (a test checking vm_alive() right after) must not race its exit.
+	 */
+	vm_reap(vm, true);
 }
 
 bool vm_alive(struct vm *vm)

@@ -85,8 +85,8 @@ int vm_start(struct vm **out, const struct vm_config *cfg, struct ferry_error *e
  * serial reader and remove the temp dir. NULL is allowed. */
 void vm_stop(struct vm *vm);
 
-/* SIGKILL QEMU now, from any thread (to simulate a crash); vm_stop() still
- * has to be called. */
+/* SIGKILL QEMU now, from any thread (to simulate a crash), and reap it: on
+ * return QEMU is gone. vm_stop() still has to be called. */
 void vm_kill(struct vm *vm);
 
 /* QEMU still running (not exited, not killed). Any thread. */
