@@ -351,7 +351,9 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 	struct pollfd fds[3] = {
 		{ .fd = m->cancel_efd, .events = POLLIN },
 		{ .fd = m->ctrl_fd, .events = POLLIN },
-		{ .fd = m->relay ? xport_relay_done_fd(m->relay) : -1, .events = POLLIN },
+		/* A relay that ended cleanly has nothing more to say. */
+		{ .fd = m->relay && !xport_relay_finished(m->relay) ?
+			xport_relay_done_fd(m->relay) : -1, .events = POLLIN },
 	};
 	int rc;
 
@@ -369,7 +371,7 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 				       m->last.error_desc);
 	if (fds[1].revents)
 		return read_ctrl_news(m, err);
-	if (fds[2].revents) {
+	if (m->relay && xport_relay_finished(m->relay)) {
 		rc = xport_relay_wait(m->relay, 0, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel to the receiver broke: ");

@@ -389,7 +389,9 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 		struct pollfd fds[3] = {
 			{ .fd = in->ctrl_fd, .events = POLLIN },
 			{ .fd = in->r->stop_efd, .events = POLLIN },
-			{ .fd = in->relay ? xport_relay_done_fd(in->relay) : -1,
+			/* A relay that ended cleanly has nothing more to say. */
+			{ .fd = in->relay && !xport_relay_finished(in->relay) ?
+				xport_relay_done_fd(in->relay) : -1,
 			  .events = POLLIN },
 		};
 		struct mig_info info;
@@ -401,7 +403,7 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return rx_control(in, err);
 		if (fds[1].revents)
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
-		if (fds[2].revents) {
+		if (in->relay && xport_relay_finished(in->relay)) {
 			rc = xport_relay_wait(in->relay, 0, err);
 			if (rc < 0)
 				return ferry_error_prefix(err, "tunnel: ");
