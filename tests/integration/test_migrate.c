@@ -400,6 +400,55 @@ START_TEST(dropped_connection_keeps_source)
 }
 END_TEST
 
+/* SIGINT during precopy cancels cleanly: source runs, report says so. */
+START_TEST(sigint_cancels_precopy)
+{
+	struct pair p;
+	uint16_t port = free_port();
+	char to[32], out[4096];
+	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
+			 to, "--bandwidth", "16", "--json", NULL };
+	json_t *rep;
+	pid_t rx, mig;
+	int pipefd[2], rc;
+	size_t got = 0;
+	ssize_t n;
+
+	pair_start(&p, "random", 0, 0);
+	rx = spawn_receiver(p.dst, port);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	ck_assert_int_eq(pipe(pipefd), 0);
+	mig = fork();
+	if (mig == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pipefd[1], STDOUT_FILENO);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	sleep(2);
+	kill(mig, SIGINT);
+	while (got + 1 < sizeof(out) &&
+	       (n = read(pipefd[0], out + got, sizeof(out) - 1 - got)) > 0)
+		got += (size_t)n;
+	out[got] = '\0';
+	close(pipefd[0]);
+	rc = wait_child(mig);
+	ck_assert_int_eq(rc, 1);
+	rep = json_loads(out, 0, NULL);
+	ck_assert_msg(rep, "no JSON report: '%s'", out);
+	ck_assert_str_eq(jstr(rep, "status"), "cancelled");
+	ck_assert(json_is_true(json_object_get(rep, "source_running")));
+	ck_assert_msg(strstr(jstr(rep, "error"), "cancelled"), "%s", jstr(rep, "error"));
+	json_decref(rep);
+	/* The receiver hears of the cancel and ends its one migration. */
+	ck_assert_int_eq(wait_child(rx), 1);
+	expect_source_alive(&p);
+	pair_stop(&p);
+}
+END_TEST
+
 /* The library reports the reason and that the guest is safe. */
 START_TEST(unreachable_receiver)
 {
@@ -539,6 +588,7 @@ static Suite *migrate_suite(void)
 	tcase_add_test(ok, cli_migrate_dirtying_direct);
 	tcase_add_test(ok, cli_migrate_resumes_destination);
 	tcase_add_test(bad, dropped_connection_keeps_source);
+	tcase_add_test(bad, sigint_cancels_precopy);
 	tcase_add_test(bad, unreachable_receiver);
 	tcase_add_test(bad, destination_dies);
 	tcase_add_test(bad, receiver_rejects_garbage);
