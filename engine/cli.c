@@ -51,11 +51,22 @@ static void usage(FILE *f)
 		"  --paused            leave the destination guest paused\n"
 		"  --direct            QEMU streams straight to the destination QEMU\n"
 		"                      (ferry only orchestrates; the baseline)\n"
-		"  --bandwidth MIB_S   cap the migration rate (default: unlimited)\n"
+		"  --bandwidth MIB_S   cap the rate on the wire (default: unlimited)\n"
+		"  --compress C        none|lz4|zstd[:LEVEL]|auto (default auto)\n"
+		"  --streams N         spread the data over N TCP connections (1)\n"
+		"  --tls-hostname NAME name the receiver's certificate must carry\n"
+		"                      (default: the --to host)\n"
 		"  --downtime-ms N     longest pause accepted at switchover (default %d)\n"
 		"  --timeout-s N       give up (and keep the source running) after N s\n"
 		"  --json              print the final report as one JSON object\n"
-		"  --quiet             no progress line\n",
+		"  --quiet             no progress line\n"
+		"\n"
+		"TLS (both commands; the source is the client):\n"
+		"  --tls-creds DIR     x509: ca-cert.pem, server-cert.pem, server-key.pem,\n"
+		"                      client-cert.pem, client-key.pem (QEMU's layout)\n"
+		"  --tls-psk FILE      pre-shared keys, lines of identity:hexkey\n"
+		"  --tls-psk-identity ID  which key of FILE to use (migrate)\n"
+		"  --insecure          allow plaintext on a non-loopback address\n",
 		FERRY_DEFAULT_DOWNTIME_MS);
 }
 
@@ -119,9 +130,11 @@ static void print_summary(const struct ferry_report *r)
 		       r->source_running ? "running (safe)" : "NOT confirmed running");
 		return;
 	}
-	printf("migration %s (%s) in %llu ms: downtime %llu ms, setup %llu ms, "
+	printf("migration %s (%s, codec %s, %u stream%s, TLS %s) in %llu ms: "
+	       "downtime %llu ms, setup %llu ms, "
 	       "%llu passes, %llu MiB stream, %llu MiB on the wire, %.1f MiB/s\n",
-	       r->status, r->direct ? "direct" : "tunnel",
+	       r->status, r->direct ? "direct" : "tunnel", r->codec, r->streams,
+	       r->streams == 1 ? "" : "s", r->tls,
 	       (unsigned long long)r->total_ms, (unsigned long long)r->downtime_ms,
 	       (unsigned long long)r->setup_ms, (unsigned long long)r->passes,
 	       (unsigned long long)(r->ram_bytes >> 20),
@@ -130,7 +143,9 @@ static void print_summary(const struct ferry_report *r)
 }
 
 enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
-       OPT_DOWNTIME, OPT_TIMEOUT, OPT_QUIET, OPT_LISTEN, OPT_ONCE, OPT_HELP };
+       OPT_DOWNTIME, OPT_TIMEOUT, OPT_QUIET, OPT_LISTEN, OPT_ONCE, OPT_HELP,
+       OPT_COMPRESS, OPT_STREAMS, OPT_TLS_CREDS, OPT_TLS_PSK, OPT_TLS_PSK_ID,
+       OPT_TLS_HOST, OPT_INSECURE };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -145,13 +160,23 @@ static const struct option long_opts[] = {
 	{ "listen", required_argument, NULL, OPT_LISTEN },
 	{ "once", no_argument, NULL, OPT_ONCE },
 	{ "help", no_argument, NULL, OPT_HELP },
+	{ "compress", required_argument, NULL, OPT_COMPRESS },
+	{ "streams", required_argument, NULL, OPT_STREAMS },
+	{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+	{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+	{ "tls-psk-identity", required_argument, NULL, OPT_TLS_PSK_ID },
+	{ "tls-hostname", required_argument, NULL, OPT_TLS_HOST },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
 	{ 0 },
 };
 
 struct cli {
 	const char *qmp, *to, *listen;
 	bool paused, json, direct, quiet, once;
-	uint32_t bw_mib_s, downtime_ms, timeout_s;
+	uint32_t bw_mib_s, downtime_ms, timeout_s, streams;
+	enum ferry_codec codec;
+	int codec_level;
+	struct ferry_tls_opts tls;
 };
 
 static int parse_args(int argc, char **argv, struct cli *c)
@@ -168,6 +193,25 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_DIRECT: c->direct = true; break;
 		case OPT_QUIET: c->quiet = true; break;
 		case OPT_ONCE: c->once = true; break;
+		case OPT_TLS_CREDS: c->tls.creds_dir = optarg; break;
+		case OPT_TLS_PSK: c->tls.psk_file = optarg; break;
+		case OPT_TLS_PSK_ID: c->tls.psk_identity = optarg; break;
+		case OPT_TLS_HOST: c->tls.hostname = optarg; break;
+		case OPT_INSECURE: c->tls.insecure = true; break;
+		case OPT_COMPRESS: {
+			struct ferry_error e = { 0 };
+
+			if (ferry_codec_parse(optarg, &c->codec, &c->codec_level,
+					      &e) < 0) {
+				fprintf(stderr, "ferry: --compress: %s\n", e.msg);
+				return -EINVAL;
+			}
+			break;
+		}
+		case OPT_STREAMS:
+			if (parse_u32(optarg, &c->streams) < 0 || !c->streams)
+				goto bad_number;
+			break;
 		case OPT_BW:
 			if (parse_u32(optarg, &c->bw_mib_s) < 0 || !c->bw_mib_s)
 				goto bad_number;
@@ -214,6 +258,10 @@ static int cmd_migrate(const struct cli *c)
 	o.max_bandwidth_bytes_per_s = (uint64_t)c->bw_mib_s << 20;
 	o.downtime_ms = c->downtime_ms;
 	o.timeout_s = c->timeout_s;
+	o.codec = c->codec;
+	o.codec_level = c->codec_level;
+	o.streams = c->streams;
+	o.tls = c->tls;
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);
@@ -252,6 +300,7 @@ static int cmd_receive(const struct cli *c)
 	o.listen_host = host;
 	o.qmp_path = c->qmp;
 	o.once = c->once;
+	o.tls = c->tls;
 	g_rx = ferry_receiver_new(&o, &err);
 	if (!g_rx) {
 		fprintf(stderr, "ferry receive: %s\n", err.msg);

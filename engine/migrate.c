@@ -7,9 +7,9 @@
  *   CONNECT     source QMP, then the receiver's control connection; the
  *               receiver prepares the destination and answers READY
  *   SETUP       capabilities and parameters on the source; the tunnel
- *               (data connection + relay) unless --direct; then "migrate"
+ *               (data streams + return connection + tunnel) unless --direct; then "migrate"
  *   PRECOPY     follow query-migrate until QEMU says completed
- *   COMPLETING  the relay drains, FINISH tells the receiver to resume (or
+ *   COMPLETING  the tunnel drains, FINISH tells the receiver to resume (or
  *               not) the destination, FINISHED says it did
  *   DONE
  *
@@ -25,20 +25,23 @@
 
 #include "mig.h"
 #include "transport/net.h"
-#include "transport/relay.h"
+#include "transport/tls.h"
+#include "transport/tunnel.h"
 #include "transport/wire.h"
 #include "util.h"
 
 struct ferry_migration {
 	struct ferry_migrate_opts o;
-	char *qmp_path, *to_host;
+	char *qmp_path, *to_host, *tls_host;
 	int cancel_efd;
+	struct tls_ctx *tls;
+	uint64_t wire_cap;	/* --bandwidth on ferry's transport */
 
 	/* Per run. */
 	enum ferry_phase phase;
 	struct qmp *q;
-	int ctrl_fd;
-	struct xport_relay *relay;
+	struct net_conn ctrl;
+	struct tun *tun;
 	bool migrate_started;
 	bool was_running;
 	bool dest_may_run;	/* FINISH sent, no definite answer yet */
@@ -80,10 +83,41 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 	if (!m)
 		goto err_nomem;
 	m->o = *o;
+	m->cancel_efd = -1;
 	m->qmp_path = strdup(o->qmp_path);
 	m->to_host = strdup(o->to_host);
 	if (!m->qmp_path || !m->to_host)
 		goto err_free;
+	memset(&m->o.tls, 0, sizeof(m->o.tls));
+	if (!o->streams)
+		m->o.streams = 1;
+	if (m->o.streams > WIRE_STREAMS_MAX) {
+		ferry_error_set(err, -EINVAL, "at most %d streams", WIRE_STREAMS_MAX);
+		goto err_out;
+	}
+	if (o->direct && (o->tls.creds_dir || o->tls.psk_file)) {
+		ferry_error_set(err, -EINVAL,
+			"--direct streams QEMU to QEMU outside ferry's transport, "
+			"so ferry's TLS cannot cover it; drop --direct to migrate "
+			"over TLS");
+		goto err_out;
+	}
+	if (!o->tls.creds_dir && !o->tls.psk_file && !o->tls.insecure &&
+	    !tls_host_is_loopback(o->to_host)) {
+		ferry_error_set(err, -EPERM,
+			"refusing to send guest memory in plaintext to %s: give "
+			"--tls-creds DIR or --tls-psk FILE, or --insecure if the "
+			"network is trusted", o->to_host);
+		goto err_out;
+	}
+	if (tls_ctx_new(&m->tls, &o->tls, false, err) < 0)
+		goto err_out;
+	m->tls_host = strdup(o->tls.hostname ? o->tls.hostname : o->to_host);
+	if (!m->tls_host)
+		goto err_free;
+	m->wire_cap = o->direct ? 0 : o->max_bandwidth_bytes_per_s;
+	if (!o->direct)
+		m->o.max_bandwidth_bytes_per_s = 0;	/* ferry paces the wire */
 	m->o.qmp_path = m->qmp_path;
 	m->o.to_host = m->to_host;
 	if (!m->o.downtime_ms)
@@ -95,13 +129,14 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 	m->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (m->cancel_efd < 0)
 		goto err_free;
-	m->ctrl_fd = -1;
+	net_conn_init(&m->ctrl, -1);
 	return m;
 
 err_free:
-	free(m->qmp_path);
-	free(m->to_host);
-	free(m);
+	ferry_error_set(err, -ENOMEM, "out of memory");
+err_out:
+	ferry_migration_free(m);
+	return NULL;
 err_nomem:
 	ferry_error_set(err, -ENOMEM, "out of memory");
 	return NULL;
@@ -120,7 +155,10 @@ void ferry_migration_free(struct ferry_migration *m)
 {
 	if (!m)
 		return;
-	close(m->cancel_efd);
+	if (m->cancel_efd >= 0)
+		close(m->cancel_efd);
+	tls_ctx_free(m->tls);
+	free(m->tls_host);
 	free(m->qmp_path);
 	free(m->to_host);
 	free(m);
@@ -147,7 +185,13 @@ static int await_ready(struct ferry_migration *m, struct ferry_error *err)
 	struct wire_ctrl_hdr h;
 	int rc;
 
-	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
+	rc = net_ctrl_recv(&m->ctrl, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
+	if (rc == -ECONNRESET && !m->tls)
+		return ferry_error_prefix(err, "the receiver hung up on our hello "
+					  "(does it require TLS?): ");
+	if (rc == -EPROTO && m->tls)
+		return ferry_error_prefix(err, "the receiver refused our TLS "
+					  "credentials: ");
 	if (rc < 0)
 		return ferry_error_prefix(err, "waiting for the receiver to get ready: ");
 	if (h.type == WIRE_CTRL_ERROR)
@@ -168,24 +212,39 @@ static int await_ready(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
-static int send_hello(struct ferry_migration *m, int fd, enum wire_conn conn,
-		      struct ferry_error *err)
+/* Connect, TLS, hello: one of the migration's connections. */
+static int open_conn(struct ferry_migration *m, struct net_conn *c,
+		     enum wire_conn kind, uint16_t index, struct ferry_error *err)
 {
 	struct wire_hello h = {
 		.version = WIRE_VERSION,
-		.conn = conn,
+		.conn = kind,
 		.options = (m->o.paused ? WIRE_OPT_PAUSED : 0) |
 			   (m->o.direct ? WIRE_OPT_DIRECT : 0),
 		.ram_bytes = m->ram_bytes,
-		.stream_index = 0,
-		.stream_count = 1,
+		.stream_index = index,
+		.stream_count = (uint16_t)m->o.streams,
+		.frame_max = TUN_FRAME_BYTES,
 	};
 	uint8_t buf[WIRE_HELLO_BYTES];
+	int rc;
 
-	memcpy(h.mig_id, m->mig_id, sizeof(h.mig_id));
-	wire_hello_encode(&h, buf);
-	return net_write_full(fd, buf, sizeof(buf), NET_CONNECT_TIMEOUT_MS,
-			      "hello", err);
+	net_conn_init(c, -1);
+	rc = net_connect(m->o.to_host, m->o.to_port, NET_CONNECT_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "receiver unreachable: ");
+	net_conn_init(c, rc);
+	rc = net_conn_start_tls(c, m->tls, m->tls_host, TLS_HANDSHAKE_TIMEOUT_MS,
+				err);
+	if (rc == 0) {
+		memcpy(h.mig_id, m->mig_id, sizeof(h.mig_id));
+		wire_hello_encode(&h, buf);
+		rc = net_write_full(c, buf, sizeof(buf), NET_CONNECT_TIMEOUT_MS,
+				    "hello", err);
+	}
+	if (rc < 0)
+		net_conn_close(c);
+	return rc;
 }
 
 static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
@@ -219,11 +278,7 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	rc = wire_mig_id_random(m->mig_id);
 	if (rc < 0)
 		return ferry_error_set(err, rc, "getrandom: %s", strerror(-rc));
-	rc = net_connect(m->o.to_host, m->o.to_port, NET_CONNECT_TIMEOUT_MS, err);
-	if (rc < 0)
-		return ferry_error_prefix(err, "receiver unreachable: ");
-	m->ctrl_fd = rc;
-	rc = send_hello(m, m->ctrl_fd, WIRE_CONN_CONTROL, err);
+	rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, err);
 	if (rc < 0)
 		return rc;
 	return await_ready(m, err);
@@ -231,25 +286,44 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 
 static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 {
-	int qemu_end = -1, data_fd;
+	struct net_conn streams[WIRE_STREAMS_MAX];
+	struct tun_opts o = {
+		.role = TUN_SOURCE,
+		.local_fd = -1,
+		.streams = streams,
+		.nstreams = m->o.streams,
+		.frame_max = TUN_FRAME_BYTES,
+		.codec = m->o.codec,
+		.codec_level = m->o.codec_level,
+		.bandwidth_bytes_per_s = m->wire_cap,
+	};
+	uint32_t i;
 	int rc;
 
-	rc = mig_hand_socket(m->q, &qemu_end, err);
-	if (rc < 0)
-		return ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
-	data_fd = net_connect(m->o.to_host, m->o.to_port, NET_CONNECT_TIMEOUT_MS, err);
-	if (data_fd < 0) {
-		close(qemu_end);
-		return ferry_error_prefix(err, "data connection: ");
+	net_conn_init(&o.ret, -1);
+	for (i = 0; i < m->o.streams; i++) {
+		rc = open_conn(m, &streams[i], WIRE_CONN_DATA, (uint16_t)i, err);
+		if (rc < 0) {
+			ferry_error_prefix(err, "data connection %u: ", i);
+			goto fail;
+		}
 	}
-	rc = send_hello(m, data_fd, WIRE_CONN_DATA, err);
+	rc = open_conn(m, &o.ret, WIRE_CONN_RETURN, 0, err);
 	if (rc < 0) {
-		close(qemu_end);
-		close(data_fd);
-		return rc;
+		ferry_error_prefix(err, "return connection: ");
+		goto fail;
 	}
-	return xport_relay_start(&m->relay, qemu_end, data_fd, XPORT_ROLE_SOURCE,
-				 NULL, err);
+	rc = mig_hand_socket(m->q, &o.local_fd, err);
+	if (rc < 0) {
+		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
+		net_conn_close(&o.ret);
+		goto fail;
+	}
+	return tun_start(&m->tun, &o, err);
+fail:
+	while (i > 0)
+		net_conn_close(&streams[--i]);
+	return rc;
 }
 
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
@@ -284,21 +358,21 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 
 static uint64_t stream_bytes(struct ferry_migration *m)
 {
-	struct xport_stats st;
+	struct tun_stats st;
 
-	if (!m->relay)
+	if (!m->tun)
 		return m->last.ram_transferred;
-	xport_relay_stats(m->relay, &st);
+	tun_stats(m->tun, &st);
 	return st.local_in_bytes;
 }
 
 static uint64_t wire_bytes(struct ferry_migration *m)
 {
-	struct xport_stats st;
+	struct tun_stats st;
 
-	if (!m->relay)
+	if (!m->tun)
 		return m->last.ram_transferred;
-	xport_relay_stats(m->relay, &st);
+	tun_stats(m->tun, &st);
 	return st.wire_out_bytes + st.wire_in_bytes;
 }
 
@@ -334,7 +408,7 @@ static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err)
 	struct wire_ctrl_hdr h;
 	int rc;
 
-	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+	rc = net_ctrl_recv(&m->ctrl, &h, payload, MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "control connection to the receiver: ");
 	if (h.type == WIRE_CTRL_ERROR)
@@ -350,14 +424,17 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 {
 	struct pollfd fds[3] = {
 		{ .fd = m->cancel_efd, .events = POLLIN },
-		{ .fd = m->ctrl_fd, .events = POLLIN },
-		/* A relay that ended cleanly has nothing more to say. */
-		{ .fd = m->relay && !xport_relay_finished(m->relay) ?
-			xport_relay_done_fd(m->relay) : -1, .events = POLLIN },
+		{ .fd = m->ctrl.fd, .events = POLLIN },
+		/* A tunnel that ended cleanly has nothing more to say. */
+		{ .fd = m->tun && !tun_finished(m->tun) ?
+			tun_done_fd(m->tun) : -1, .events = POLLIN },
 	};
 	int rc;
 
-	poll(fds, 3, (int)m->o.progress_interval_ms);
+	if (net_conn_pending(&m->ctrl))
+		fds[1].revents = POLLIN;
+	else
+		poll(fds, 3, (int)m->o.progress_interval_ms);
 	if (fds[0].revents)
 		return ferry_error_set(err, -ECANCELED, "migration cancelled by request");
 	rc = mig_query(m->q, &m->last, err);
@@ -371,8 +448,10 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 				       m->last.error_desc);
 	if (fds[1].revents)
 		return read_ctrl_news(m, err);
-	if (m->relay && xport_relay_finished(m->relay)) {
-		rc = xport_relay_wait(m->relay, 0, err);
+	if (m->tun && !tun_finished(m->tun)) {
+		rc = tun_wait(m->tun, 0, err);
+		if (rc == -ETIMEDOUT)
+			rc = 0;
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
 	}
@@ -407,17 +486,17 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 
 	set_phase(m, FERRY_PHASE_COMPLETING);
 	report_progress(m);
-	if (m->relay) {
-		rc = xport_relay_wait(m->relay, MIG_FINISH_TIMEOUT_MS, err);
+	if (m->tun) {
+		rc = tun_wait(m->tun, MIG_FINISH_TIMEOUT_MS, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel after completion: ");
 	}
 	m->dest_may_run = resume;
-	rc = net_ctrl_send(m->ctrl_fd, WIRE_CTRL_FINISH, &resume, 1,
+	rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_FINISH, &resume, 1,
 			   MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
-	rc = net_ctrl_recv(m->ctrl_fd, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
+	rc = net_ctrl_recv(&m->ctrl, &h, payload, MIG_FINISH_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "waiting for the destination to finish: ");
 	/* A definite answer: the destination knows whether it runs. */
@@ -464,11 +543,11 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	const char *why = err->msg;
 
 	set_phase(m, FERRY_PHASE_CANCELLING);
-	if (m->ctrl_fd >= 0)
-		net_ctrl_send(m->ctrl_fd, WIRE_CTRL_CANCEL, why,
+	if (m->ctrl.fd >= 0)
+		net_ctrl_send(&m->ctrl, WIRE_CTRL_CANCEL, why,
 			      (uint32_t)strnlen(why, sizeof(err->msg)), 1000, NULL);
-	if (m->relay)
-		xport_relay_cancel(m->relay);
+	if (m->tun)
+		tun_cancel(m->tun);
 	if (!m->q)
 		return false;
 	if (m->migrate_started)
@@ -511,15 +590,25 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	r->passes = m->last.dirty_sync_count;
 	if (m->last.total_time_ms)
 		r->throughput_bytes_per_s = r->wire_bytes * 1000 / m->last.total_time_ms;
+	snprintf(r->codec, sizeof(r->codec), "%s",
+		 m->o.direct ? "none" : ferry_codec_name(m->o.codec));
+	r->streams = m->o.direct ? 0 : m->o.streams;
+	snprintf(r->tls, sizeof(r->tls), "%s", tls_ctx_mode(m->tls));
+	if (m->tun) {
+		struct tun_stats st;
+
+		tun_stats(m->tun, &st);
+		r->frames_raw = st.frames_codec[WIRE_CODEC_RAW];
+		r->frames_lz4 = st.frames_codec[WIRE_CODEC_LZ4];
+		r->frames_zstd = st.frames_codec[WIRE_CODEC_ZSTD];
+	}
 }
 
 static void teardown(struct ferry_migration *m)
 {
-	xport_relay_free(m->relay);
-	m->relay = NULL;
-	if (m->ctrl_fd >= 0)
-		close(m->ctrl_fd);
-	m->ctrl_fd = -1;
+	tun_free(m->tun);
+	m->tun = NULL;
+	net_conn_close(&m->ctrl);
 	qmp_close(m->q);
 	m->q = NULL;
 }

@@ -12,7 +12,8 @@
  *                 migration, same RAM size), set its capabilities and
  *                 parameters, start migrate-incoming on ferry's socket (or
  *                 on a TCP port for --direct), answer READY
- *   RX_TUNNEL     accept the data connection and start the relay
+ *   RX_TUNNEL     accept the data streams and the return connection, and
+ *                 start the tunnel
  *   RX_STREAMING  until the source says FINISH (or CANCEL, or it breaks)
  *   RX_FINISH     wait for the destination to complete, resume it unless
  *                 told to leave it paused, answer FINISHED
@@ -28,7 +29,8 @@
 
 #include "mig.h"
 #include "transport/net.h"
-#include "transport/relay.h"
+#include "transport/tls.h"
+#include "transport/tunnel.h"
 #include "transport/wire.h"
 #include "util.h"
 
@@ -41,6 +43,7 @@ struct ferry_receiver {
 	int listen_fd;
 	int stop_efd;
 	uint16_t port;
+	struct tls_ctx *tls;
 };
 
 enum rx_state {
@@ -64,13 +67,13 @@ static const char *rx_state_name(enum rx_state s)
 struct incoming {
 	struct ferry_receiver *r;
 	enum rx_state state;
-	int ctrl_fd;
+	struct net_conn ctrl;
 	char peer[64];
 	char id[37];
 	struct wire_hello hello;
 	struct qmp *q;
-	struct xport_relay *relay;
-	int qemu_end;		/* tunnel socket until the relay owns it */
+	struct tun *tun;
+	int qemu_end;		/* tunnel socket until the tunnel owns it */
 	uint64_t t0_ms;
 	bool resume;
 };
@@ -92,6 +95,8 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 		return NULL;
 	}
 	r->o = *o;
+	memset(&r->o.tls, 0, sizeof(r->o.tls));
+	r->listen_fd = -1;
 	r->listen_host = strdup(o->listen_host);
 	r->qmp_path = strdup(o->qmp_path);
 	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -103,6 +108,16 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	r->o.qmp_path = r->qmp_path;
 	if (!r->o.hello_timeout_ms)
 		r->o.hello_timeout_ms = FERRY_DEFAULT_HELLO_TIMEOUT_MS;
+	if (!o->tls.creds_dir && !o->tls.psk_file && !o->tls.insecure &&
+	    !tls_host_is_loopback(o->listen_host)) {
+		ferry_error_set(err, -EPERM,
+			"refusing to receive guest memory in plaintext on %s: give "
+			"--tls-creds DIR or --tls-psk FILE, or --insecure if the "
+			"network is trusted", o->listen_host);
+		goto err_free;
+	}
+	if (tls_ctx_new(&r->tls, &o->tls, true, err) < 0)
+		goto err_free;
 	fd = net_listen(o->listen_host, o->listen_port, err);
 	if (fd < 0)
 		goto err_free;
@@ -111,6 +126,7 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	return r;
 
 err_free:
+	tls_ctx_free(r->tls);
 	if (r->stop_efd >= 0)
 		close(r->stop_efd);
 	free(r->listen_host);
@@ -137,6 +153,7 @@ void ferry_receiver_free(struct ferry_receiver *r)
 {
 	if (!r)
 		return;
+	tls_ctx_free(r->tls);
 	close(r->listen_fd);
 	close(r->stop_efd);
 	free(r->listen_host);
@@ -170,22 +187,37 @@ static int accept_bounded(struct ferry_receiver *r, int timeout_ms)
 	return rc < 0 ? -errno : rc;
 }
 
-static int read_hello(struct ferry_receiver *r, int fd, struct wire_hello *h,
-		      struct ferry_error *err)
+/*
+ * TLS (when configured) and the hello of a new connection. On failure the
+ * connection is closed and a log line says who was refused and why.
+ */
+static int open_conn(struct ferry_receiver *r, int fd, struct net_conn *c,
+		     struct wire_hello *h, char *peer, size_t peer_len)
 {
 	uint8_t buf[WIRE_HELLO_BYTES];
+	struct ferry_error herr = { 0 };
 	int rc;
 
-	rc = net_read_full(fd, buf, sizeof(buf), (int)r->o.hello_timeout_ms,
-			   "hello", err);
-	if (rc < 0)
-		return rc;
-	return wire_hello_decode(buf, h, err);
+	net_conn_init(c, fd);
+	net_peer_name(fd, peer, peer_len);
+	rc = net_conn_start_tls(c, r->tls, NULL, (int)r->o.hello_timeout_ms,
+				&herr);
+	if (rc == 0)
+		rc = net_read_full(c, buf, sizeof(buf),
+				   (int)r->o.hello_timeout_ms, "hello", &herr);
+	if (rc == 0)
+		rc = wire_hello_decode(buf, h, &herr);
+	if (rc < 0) {
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s", peer,
+			  herr.msg);
+		net_conn_close(c);
+	}
+	return rc;
 }
 
 static int send_error(struct incoming *in, const struct ferry_error *why)
 {
-	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_ERROR, why->msg,
+	return net_ctrl_send(&in->ctrl, WIRE_CTRL_ERROR, why->msg,
 			     (uint32_t)strnlen(why->msg, sizeof(why->msg)),
 			     MIG_QMP_TIMEOUT_MS, NULL);
 }
@@ -263,7 +295,7 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		rc = start_direct(in, port_be, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
-		return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_READY, port_be, 2,
+		return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be, 2,
 				     MIG_QMP_TIMEOUT_MS, err);
 	}
 	rc = mig_hand_socket(in->q, &in->qemu_end, err);
@@ -274,48 +306,87 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
-	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_READY, NULL, 0,
+	return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
 /*
- * Accept the data connection of this migration. Other connections that
- * arrive meanwhile are refused with a log line; the wait is bounded.
+ * Accept the data streams and the return connection of this migration.
+ * Other connections that arrive meanwhile are refused with a log line; the
+ * wait is bounded.
  */
 static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 {
 	struct ferry_receiver *r = in->r;
 	uint64_t deadline = ferry_now_ms() + r->o.hello_timeout_ms;
-	struct wire_hello h;
-	char peer[64];
+	uint32_t n = in->hello.stream_count, got = 0;
+	struct net_conn streams[WIRE_STREAMS_MAX];
+	struct tun_opts o = {
+		.role = TUN_DEST,
+		.streams = streams,
+		.nstreams = n,
+		.frame_max = in->hello.frame_max,
+		.codec = FERRY_CODEC_NONE,
+	};
+	bool have_ret = false;
+	int rc;
 
 	rx_set_state(in, RX_TUNNEL);
-	while (ferry_now_ms() < deadline) {
-		struct ferry_error herr = { 0 };
+	for (uint32_t i = 0; i < n; i++)
+		net_conn_init(&streams[i], -1);
+	net_conn_init(&o.ret, -1);
+	while ((got < n || !have_ret) && ferry_now_ms() < deadline) {
+		struct net_conn c;
+		struct wire_hello h;
+		const char *why = NULL;
+		char peer[64];
 		int fd = accept_bounded(r, (int)(deadline - ferry_now_ms()));
 
 		if (fd == -EINTR)
 			continue;
 		if (fd < 0)
 			break;
-		net_peer_name(fd, peer, sizeof(peer));
-		if (read_hello(r, fd, &h, &herr) == 0 && h.conn == WIRE_CONN_DATA &&
-		    memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) == 0) {
-			int qemu_end = in->qemu_end;
-
-			in->qemu_end = -1;	/* the relay owns it now */
-			return xport_relay_start(&in->relay, qemu_end, fd,
-						 XPORT_ROLE_DEST, NULL, err);
+		if (open_conn(r, fd, &c, &h, peer, sizeof(peer)) < 0)
+			continue;
+		if (memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0)
+			why = "it belongs to another migration";
+		else if (h.conn == WIRE_CONN_CONTROL)
+			why = "a second control connection";
+		else if (h.stream_count != n || h.frame_max != in->hello.frame_max)
+			why = "its stream count or frame size differs from the "
+			      "control connection's";
+		else if (h.conn == WIRE_CONN_DATA && streams[h.stream_index].fd >= 0)
+			why = "a second connection for the same stream";
+		else if (h.conn == WIRE_CONN_RETURN && have_ret)
+			why = "a second return connection";
+		if (why) {
+			ferry_log(FERRY_LOG_WARN,
+				  "rejected connection from %s during migration %s: %s",
+				  peer, in->id, why);
+			net_conn_close(&c);
+			continue;
 		}
-		if (!herr.msg[0])
-			ferry_error_set(&herr, -EPROTO,
-				"not the data connection of migration %s", in->id);
-		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s", peer, herr.msg);
-		close(fd);
+		if (h.conn == WIRE_CONN_RETURN) {
+			o.ret = c;
+			have_ret = true;
+		} else {
+			streams[h.stream_index] = c;
+			got++;
+		}
 	}
-	return ferry_error_set(err, -ETIMEDOUT,
-		"the data connection of migration %s did not arrive within %u ms",
-		in->id, r->o.hello_timeout_ms);
+	if (got < n || !have_ret) {
+		for (uint32_t i = 0; i < n; i++)
+			net_conn_close(&streams[i]);
+		net_conn_close(&o.ret);
+		return ferry_error_set(err, -ETIMEDOUT,
+			"%u of %u data streams and %s return connection of "
+			"migration %s arrived within %u ms", got, n,
+			have_ret ? "the" : "no", in->id, r->o.hello_timeout_ms);
+	}
+	o.local_fd = in->qemu_end;
+	in->qemu_end = -1;	/* the tunnel owns it now */
+	rc = tun_start(&in->tun, &o, err);
+	return rc;
 }
 
 /* FINISH arrived: the source completed. Bring the destination up. */
@@ -339,8 +410,8 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return ferry_error_set(err, -EIO,
 			"destination QEMU migration is '%s'%s%s", info.status,
 			info.error_desc[0] ? ": " : "", info.error_desc);
-	if (in->relay) {
-		rc = xport_relay_wait(in->relay, MIG_FINISH_TIMEOUT_MS, err);
+	if (in->tun) {
+		rc = tun_wait(in->tun, MIG_FINISH_TIMEOUT_MS, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel: ");
 	}
@@ -356,7 +427,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 	snprintf(text + 1, sizeof(text) - 1, "%s", status);
 	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
 		  in->id, status);
-	return net_ctrl_send(in->ctrl_fd, WIRE_CTRL_FINISHED, text,
+	return net_ctrl_send(&in->ctrl, WIRE_CTRL_FINISHED, text,
 			     (uint32_t)(1 + strlen(status)), MIG_QMP_TIMEOUT_MS, err);
 }
 
@@ -367,7 +438,7 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 	struct wire_ctrl_hdr h;
 	int rc;
 
-	rc = net_ctrl_recv(in->ctrl_fd, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+	rc = net_ctrl_recv(&in->ctrl, &h, payload, MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "control connection from the source: ");
 	if (h.type == WIRE_CTRL_CANCEL)
@@ -387,25 +458,28 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 	rx_set_state(in, RX_STREAMING);
 	for (;;) {
 		struct pollfd fds[3] = {
-			{ .fd = in->ctrl_fd, .events = POLLIN },
+			{ .fd = in->ctrl.fd, .events = POLLIN },
 			{ .fd = in->r->stop_efd, .events = POLLIN },
-			/* A relay that ended cleanly has nothing more to say. */
-			{ .fd = in->relay && !xport_relay_finished(in->relay) ?
-				xport_relay_done_fd(in->relay) : -1,
+			/* A tunnel that ended cleanly has nothing more to say. */
+			{ .fd = in->tun && !tun_finished(in->tun) ?
+				tun_done_fd(in->tun) : -1,
 			  .events = POLLIN },
 		};
 		struct mig_info info;
 		struct qmp_event ev;
 		int rc;
 
-		poll(fds, 3, RX_POLL_MS);
+		if (net_conn_pending(&in->ctrl))
+			fds[0].revents = POLLIN;
+		else
+			poll(fds, 3, RX_POLL_MS);
 		if (fds[0].revents)
 			return rx_control(in, err);
 		if (fds[1].revents)
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
-		if (in->relay && xport_relay_finished(in->relay)) {
-			rc = xport_relay_wait(in->relay, 0, err);
-			if (rc < 0)
+		if (in->tun && !tun_finished(in->tun)) {
+			rc = tun_wait(in->tun, 0, err);
+			if (rc < 0 && rc != -ETIMEDOUT)
 				return ferry_error_prefix(err, "tunnel: ");
 		}
 		rc = mig_query(in->q, &info, err);
@@ -423,11 +497,13 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 			   int rc, const struct ferry_error *err)
 {
-	struct xport_stats st = { 0 };
+	struct tun_stats st = { 0 };
 
 	memset(rep, 0, sizeof(*rep));
-	if (in->relay)
-		xport_relay_stats(in->relay, &st);
+	if (in->tun)
+		tun_stats(in->tun, &st);
+	rep->streams = in->hello.stream_count;
+	snprintf(rep->tls, sizeof(rep->tls), "%s", tls_ctx_mode(in->r->tls));
 	rep->direct = in->hello.options & WIRE_OPT_DIRECT;
 	rep->completed = rc == 0;
 	snprintf(rep->status, sizeof(rep->status), "%s",
@@ -461,8 +537,8 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	if (rc < 0) {
 		rx_set_state(in, RX_FAILED);
 		ferry_log(FERRY_LOG_ERROR, "migration %s failed: %s", in->id, err->msg);
-		if (in->relay)
-			xport_relay_cancel(in->relay);
+		if (in->tun)
+			tun_cancel(in->tun);
 		if (rc != -ECANCELED)
 			send_error(in, err);
 	} else {
@@ -470,7 +546,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		rx_set_state(in, RX_DONE);
 	}
 	fill_rx_report(in, rep, rc, err);
-	xport_relay_free(in->relay);
+	tun_free(in->tun);
 	if (in->qemu_end >= 0)
 		close(in->qemu_end);
 	qmp_close(in->q);
@@ -485,25 +561,21 @@ static int serve_connection(struct ferry_receiver *r, int fd,
 			    struct ferry_report *rep, int *mig_rc,
 			    struct ferry_error *err)
 {
-	struct incoming in = { .r = r, .ctrl_fd = fd, .state = RX_PREPARE,
-			       .qemu_end = -1 };
-	struct ferry_error herr = { 0 };
+	struct incoming in = { .r = r, .state = RX_PREPARE, .qemu_end = -1 };
 
 	in.t0_ms = ferry_now_ms();
-	net_peer_name(fd, in.peer, sizeof(in.peer));
-	if (read_hello(r, fd, &in.hello, &herr) < 0) {
-		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s",
-			  in.peer, herr.msg);
+	if (open_conn(r, fd, &in.ctrl, &in.hello, in.peer, sizeof(in.peer)) < 0)
 		return 0;
-	}
 	if (in.hello.conn != WIRE_CONN_CONTROL) {
 		ferry_log(FERRY_LOG_WARN,
 			  "rejected connection from %s: a data connection with no migration waiting for it",
 			  in.peer);
+		net_conn_close(&in.ctrl);
 		return 0;
 	}
 	wire_mig_id_format(in.hello.mig_id, in.id);
 	*mig_rc = run_incoming(&in, rep, err);
+	net_conn_close(&in.ctrl);
 	return 1;
 }
 
@@ -531,7 +603,6 @@ int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 		if (fd < 0)
 			return ferry_error_set(err, fd, "accept: %s", strerror(-fd));
 		served = serve_connection(r, fd, report, &mig_rc, err);
-		close(fd);
 		if (served && r->o.once)
 			return mig_rc;
 	}

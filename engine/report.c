@@ -30,6 +30,12 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 		      "source_running", r->completed ? 0 : r->source_running);
 	if (!o)
 		return -ENOMEM;
+	json_object_set_new(o, "codec", json_string(r->codec));
+	json_object_set_new(o, "frames_raw", json_integer((json_int_t)r->frames_raw));
+	json_object_set_new(o, "frames_lz4", json_integer((json_int_t)r->frames_lz4));
+	json_object_set_new(o, "frames_zstd", json_integer((json_int_t)r->frames_zstd));
+	json_object_set_new(o, "streams", json_integer(r->streams));
+	json_object_set_new(o, "tls", json_string(r->tls));
 	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
 	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);

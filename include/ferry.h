@@ -80,6 +80,46 @@ struct ferry_progress {
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);
 
+/*
+ * Compression of the migration stream on ferry's transport. AUTO (the
+ * default) picks per frame from what it measures: link throughput,
+ * compressor throughput and the ratio of recent data.
+ */
+enum ferry_codec {
+	FERRY_CODEC_AUTO = 0,
+	FERRY_CODEC_NONE = 1,
+	FERRY_CODEC_LZ4 = 2,
+	FERRY_CODEC_ZSTD = 3,
+};
+
+/* "none", "lz4", "zstd", "auto" */
+const char *ferry_codec_name(enum ferry_codec codec);
+
+/*
+ * Parse "none|lz4|zstd[:LEVEL]|auto". @level gets the zstd level (0 when
+ * none given: the default, 1). Returns 0 or -EINVAL with @err set.
+ */
+int ferry_codec_parse(const char *spec, enum ferry_codec *codec, int *level,
+		      struct ferry_error *err);
+
+/*
+ * TLS on ferry's connections (TLS 1.3, both peers authenticated).
+ *   x509: creds_dir holds QEMU's and libvirt's layout: ca-cert.pem, and
+ *         server-cert.pem + server-key.pem (receiver) or client-cert.pem +
+ *         client-key.pem (source).
+ *   PSK:  psk_file holds lines "identity:hexkey" (QEMU's keys.psk format).
+ * Neither set means plaintext, which ferry refuses on a non-loopback
+ * address unless insecure is set.
+ */
+struct ferry_tls_opts {
+	const char *creds_dir;
+	const char *psk_file;
+	const char *psk_identity;	/* which line of psk_file; NULL: first */
+	const char *hostname;		/* source: name the server cert must
+					   carry; NULL: the --to host */
+	bool insecure;			/* allow plaintext off loopback */
+};
+
 /* Options of the source side. Zero means "the default" for numbers. */
 struct ferry_migrate_opts {
 	const char *qmp_path;		/* source QEMU's QMP unix socket */
@@ -93,6 +133,11 @@ struct ferry_migrate_opts {
 	uint32_t timeout_s;		/* whole migration; 0: no limit */
 	ferry_progress_fn progress;	/* may be NULL */
 	void *progress_opaque;
+	/* Transport (ignored with direct, except TLS, which direct refuses). */
+	enum ferry_codec codec;		/* 0: auto */
+	int codec_level;		/* zstd level; 0: default */
+	uint32_t streams;		/* data connections; 0: 1 */
+	struct ferry_tls_opts tls;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
@@ -113,6 +158,12 @@ struct ferry_report {
 	uint64_t wire_bytes;		/* bytes of the migration on the network */
 	uint64_t passes;		/* dirty-sync passes */
 	uint64_t throughput_bytes_per_s;	/* average over precopy */
+	char codec[16];			/* the codec option ("auto", ...) */
+	uint64_t frames_raw;		/* frames sent uncompressed */
+	uint64_t frames_lz4;
+	uint64_t frames_zstd;
+	uint32_t streams;
+	char tls[8];			/* "none", "x509", "psk" */
 	bool source_running;		/* after a failure: did the guest survive */
 	char error[FERRY_ERROR_MSG_MAX];	/* empty when completed */
 };
@@ -150,6 +201,7 @@ struct ferry_receiver_opts {
 	const char *qmp_path;		/* destination QEMU's QMP unix socket */
 	bool once;			/* return after one migration */
 	uint32_t hello_timeout_ms;	/* 0: FERRY_DEFAULT_HELLO_TIMEOUT_MS */
+	struct ferry_tls_opts tls;	/* hostname is unused here */
 };
 
 #define FERRY_DEFAULT_HELLO_TIMEOUT_MS 10000

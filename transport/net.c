@@ -11,6 +11,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
+
 #include "engine/util.h"
 #include "net.h"
 
@@ -175,69 +178,137 @@ int net_connect(const char *host, uint16_t port, int timeout_ms,
 	return fd;
 }
 
-int net_read_full(int fd, void *buf, size_t len, int timeout_ms,
-		  const char *what, struct ferry_error *err)
+void net_conn_init(struct net_conn *c, int fd)
 {
-	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
-	uint8_t *p = buf;
-	size_t got = 0;
+	c->fd = fd;
+	c->ssl = NULL;
+}
 
-	while (got < len) {
-		ssize_t n;
-		int rc = wait_fd(fd, POLLIN, deadline);
+int net_conn_start_tls(struct net_conn *c, struct tls_ctx *tls,
+		       const char *host, int timeout_ms, struct ferry_error *err)
+{
+	int rc;
 
-		if (rc == -ETIMEDOUT)
-			return ferry_error_set(err, rc,
-				"timed out after %d ms waiting for %s (%zu of %zu bytes)",
-				timeout_ms, what, got, len);
-		if (rc < 0)
-			return ferry_error_set(err, rc, "poll: %s", strerror(-rc));
-		n = recv(fd, p + got, len - got, MSG_DONTWAIT);
-		if (n == 0)
-			return ferry_error_set(err, -ECONNRESET,
-				"peer closed the connection during %s (%zu of %zu bytes)",
-				what, got, len);
-		if (n < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			return ferry_error_set(err, -errno, "reading %s: %s",
-					       what, strerror(errno));
-		}
-		got += (size_t)n;
-	}
+	if (!tls)
+		return 0;
+	rc = tls_handshake(tls, c->fd, host, timeout_ms, &c->ssl, err);
+	if (rc)
+		return rc;
+	/* The control exchanges below poll, then read what is there. */
+	fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
 	return 0;
 }
 
-int net_write_full(int fd, const void *buf, size_t len, int timeout_ms,
-		   const char *what, struct ferry_error *err)
+void net_conn_close(struct net_conn *c)
+{
+	if (c->ssl)
+		SSL_free(c->ssl);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->ssl = NULL;
+	c->fd = -1;
+}
+
+bool net_conn_pending(const struct net_conn *c)
+{
+	return c->ssl && SSL_pending(c->ssl) > 0;
+}
+
+/*
+ * One read or write step: > 0 bytes moved, 0 for "poll for @*events and
+ * retry", -ECONNRESET at EOF, or another -errno.
+ */
+static __thread char tls_why[128];
+
+static ssize_t conn_io(struct net_conn *c, bool wr, void *buf, size_t len,
+		       short *events)
+{
+	ssize_t n;
+
+	if (c->ssl) {
+		int r = wr ? SSL_write(c->ssl, buf, (int)len) :
+			     SSL_read(c->ssl, buf, (int)len);
+		int e;
+
+		if (r > 0)
+			return r;
+		e = SSL_get_error(c->ssl, r);
+		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+			*events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+			return 0;
+		}
+		if (e == SSL_ERROR_ZERO_RETURN)
+			return -ECONNRESET;
+		if (e == SSL_ERROR_SYSCALL && !ERR_peek_error())
+			return errno && r < 0 ? -errno : -ECONNRESET;
+		snprintf(tls_why, sizeof(tls_why), "%s",
+			 tls_last_error("bad record"));
+		return -EPROTO;
+	}
+	*events = wr ? POLLOUT : POLLIN;
+	n = wr ? send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) :
+		 recv(c->fd, buf, len, MSG_DONTWAIT);
+	if (n > 0)
+		return n;
+	if (n == 0)
+		return -ECONNRESET;
+	return errno == EINTR || errno == EAGAIN ? 0 : -errno;
+}
+
+static int conn_full(struct net_conn *c, bool wr, void *buf, size_t len,
+		     int timeout_ms, const char *what, struct ferry_error *err)
 {
 	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
-	const uint8_t *p = buf;
+	uint8_t *p = buf;
 	size_t done = 0;
+	short events = wr ? POLLOUT : POLLIN;
 
 	while (done < len) {
 		ssize_t n;
-		int rc = wait_fd(fd, POLLOUT, deadline);
+		int rc;
 
-		if (rc == -ETIMEDOUT)
-			return ferry_error_set(err, rc,
-				"timed out after %d ms sending %s", timeout_ms, what);
-		if (rc < 0)
-			return ferry_error_set(err, rc, "poll: %s", strerror(-rc));
-		n = send(fd, p + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			return ferry_error_set(err, -errno, "sending %s: %s",
-					       what, strerror(errno));
+		if (!(!wr && net_conn_pending(c))) {
+			rc = wait_fd(c->fd, events, deadline);
+			if (rc == -ETIMEDOUT)
+				return ferry_error_set(err, rc,
+					"timed out after %d ms %s %s (%zu of %zu bytes)",
+					timeout_ms, wr ? "sending" : "waiting for",
+					what, done, len);
+			if (rc < 0)
+				return ferry_error_set(err, rc, "poll: %s",
+						       strerror(-rc));
 		}
+		n = conn_io(c, wr, p + done, len - done, &events);
+		if (n == -ECONNRESET)
+			return ferry_error_set(err, -ECONNRESET,
+				"peer closed the connection during %s (%zu of %zu bytes)",
+				what, done, len);
+		if (n == -EPROTO)
+			return ferry_error_set(err, -EPROTO, "TLS error during %s: %s",
+					       what, tls_why);
+		if (n < 0)
+			return ferry_error_set(err, (int)n, "%s %s: %s",
+					       wr ? "sending" : "reading", what,
+					       strerror((int)-n));
 		done += (size_t)n;
 	}
 	return 0;
 }
 
-int net_ctrl_send(int fd, uint16_t type, const void *payload, uint32_t len,
-		  int timeout_ms, struct ferry_error *err)
+int net_read_full(struct net_conn *c, void *buf, size_t len, int timeout_ms,
+		  const char *what, struct ferry_error *err)
+{
+	return conn_full(c, false, buf, len, timeout_ms, what, err);
+}
+
+int net_write_full(struct net_conn *c, const void *buf, size_t len,
+		   int timeout_ms, const char *what, struct ferry_error *err)
+{
+	return conn_full(c, true, (void *)buf, len, timeout_ms, what, err);
+}
+
+int net_ctrl_send(struct net_conn *c, uint16_t type, const void *payload,
+		  uint32_t len, int timeout_ms, struct ferry_error *err)
 {
 	uint8_t msg[WIRE_CTRL_HDR_BYTES + WIRE_CTRL_PAYLOAD_MAX];
 	struct wire_ctrl_hdr h = { .len = len, .type = type };
@@ -246,24 +317,24 @@ int net_ctrl_send(int fd, uint16_t type, const void *payload, uint32_t len,
 	wire_ctrl_encode(&h, msg);
 	if (len)
 		memcpy(msg + WIRE_CTRL_HDR_BYTES, payload, len);
-	return net_write_full(fd, msg, WIRE_CTRL_HDR_BYTES + len, timeout_ms,
+	return net_write_full(c, msg, WIRE_CTRL_HDR_BYTES + len, timeout_ms,
 			      wire_ctrl_name(type), err);
 }
 
-int net_ctrl_recv(int fd, struct wire_ctrl_hdr *hdr, uint8_t *payload,
-		  int timeout_ms, struct ferry_error *err)
+int net_ctrl_recv(struct net_conn *c, struct wire_ctrl_hdr *hdr,
+		  uint8_t *payload, int timeout_ms, struct ferry_error *err)
 {
 	uint8_t raw[WIRE_CTRL_HDR_BYTES];
 	int rc;
 
-	rc = net_read_full(fd, raw, sizeof(raw), timeout_ms,
+	rc = net_read_full(c, raw, sizeof(raw), timeout_ms,
 			   "control message", err);
 	if (rc < 0)
 		return rc;
 	rc = wire_ctrl_decode(raw, hdr, err);
 	if (rc < 0)
 		return rc;
-	rc = net_read_full(fd, payload, hdr->len, timeout_ms,
+	rc = net_read_full(c, payload, hdr->len, timeout_ms,
 			   wire_ctrl_name(hdr->type), err);
 	if (rc < 0)
 		return rc;

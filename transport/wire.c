@@ -43,7 +43,7 @@ static uint64_t get64(const uint8_t *p)
  * Hello layout (64 bytes):
  *   0 u64 magic   8 u16 version   10 u16 conn   12 u32 options
  *   16 mig_id[16] 32 u64 ram_bytes 40 u16 stream_index 42 u16 stream_count
- *   44..63 zero (reserved; a version 1 peer rejects non-zero)
+ *   44 u32 frame_max   48..63 zero (reserved; rejected when non-zero)
  */
 void wire_hello_encode(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BYTES])
 {
@@ -56,6 +56,7 @@ void wire_hello_encode(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BYTES]
 	put64(out + 32, h->ram_bytes);
 	put16(out + 40, h->stream_index);
 	put16(out + 42, h->stream_count);
+	put32(out + 44, h->frame_max);
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
@@ -81,7 +82,8 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
 	h->conn = get16(in + 10);
-	if (h->conn != WIRE_CONN_CONTROL && h->conn != WIRE_CONN_DATA)
+	if (h->conn != WIRE_CONN_CONTROL && h->conn != WIRE_CONN_DATA &&
+	    h->conn != WIRE_CONN_RETURN)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
 	h->options = get32(in + 12);
@@ -106,7 +108,13 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 		return ferry_error_set(err, -EPROTO,
 			"hello has stream %u of %u (at most %u streams)",
 			h->stream_index, h->stream_count, WIRE_STREAMS_MAX);
-	if (!all_zero(in + 44, WIRE_HELLO_BYTES - 44))
+	h->frame_max = get32(in + 44);
+	if (h->frame_max < WIRE_FRAME_MAX_MIN ||
+	    h->frame_max > WIRE_FRAME_PAYLOAD_MAX)
+		return ferry_error_set(err, -EPROTO,
+			"hello declares frames of %u bytes, outside [%u, %u]",
+			h->frame_max, WIRE_FRAME_MAX_MIN, WIRE_FRAME_PAYLOAD_MAX);
+	if (!all_zero(in + 48, WIRE_HELLO_BYTES - 48))
 		return ferry_error_set(err, -EPROTO,
 			"hello has non-zero reserved bytes");
 	return 0;
@@ -162,40 +170,40 @@ void wire_frame_encode(const struct wire_frame_hdr *h,
 }
 
 int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
-		      uint64_t *expect_seq, struct wire_frame_hdr *h,
+		      uint32_t frame_max, struct wire_frame_hdr *h,
 		      struct ferry_error *err)
 {
+	unsigned long long seq;
+
 	h->len = get32(in);
 	h->type = get16(in + 4);
 	h->flags = get16(in + 6);
 	h->raw_len = get32(in + 8);
 	h->seq = get64(in + 16);
+	seq = (unsigned long long)h->seq;
 	if (h->type < 1 || h->type > WIRE_FRAME_MAX_TYPE)
 		return ferry_error_set(err, -EPROTO,
-			"frame %llu has unknown type %u",
-			(unsigned long long)h->seq, h->type);
-	if (h->len > WIRE_FRAME_PAYLOAD_MAX || h->raw_len > WIRE_FRAME_PAYLOAD_MAX)
+			"frame %llu has unknown type %u", seq, h->type);
+	if (h->len > frame_max || h->raw_len > frame_max)
 		return ferry_error_set(err, -EMSGSIZE,
 			"frame %llu declares %u bytes (%u decoded), limit %u",
-			(unsigned long long)h->seq, h->len, h->raw_len,
-			WIRE_FRAME_PAYLOAD_MAX);
-	if (h->flags != 0 || get32(in + 12) != 0)
+			seq, h->len, h->raw_len, frame_max);
+	if ((h->flags & ~WIRE_FLAGS_CODEC_MASK) ||
+	    (h->flags & WIRE_FLAGS_CODEC_MASK) > WIRE_CODEC_MAX ||
+	    get32(in + 12) != 0)
 		return ferry_error_set(err, -EPROTO,
 			"frame %llu has flags 0x%x unknown to protocol version %u",
-			(unsigned long long)h->seq, h->flags, WIRE_VERSION);
-	if (h->raw_len != h->len)
+			seq, h->flags, WIRE_VERSION);
+	if (wire_frame_codec(h) == WIRE_CODEC_RAW && h->raw_len != h->len)
 		return ferry_error_set(err, -EPROTO,
 			"frame %llu: raw length %u differs from length %u without a codec",
-			(unsigned long long)h->seq, h->raw_len, h->len);
-	if (h->type == WIRE_FRAME_END && h->len != 0)
+			seq, h->raw_len, h->len);
+	if (wire_frame_codec(h) != WIRE_CODEC_RAW && (!h->len || !h->raw_len))
 		return ferry_error_set(err, -EPROTO,
-			"END frame %llu carries %u bytes", (unsigned long long)h->seq,
-			h->len);
-	if (h->seq != *expect_seq)
+			"compressed frame %llu is empty", seq);
+	if (h->type == WIRE_FRAME_END && (h->len != 0 || h->flags != 0))
 		return ferry_error_set(err, -EPROTO,
-			"frame out of sequence: got %llu, expected %llu",
-			(unsigned long long)h->seq, (unsigned long long)*expect_seq);
-	(*expect_seq)++;
+			"END frame %llu carries %u bytes", seq, h->len);
 	return 0;
 }
 

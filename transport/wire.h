@@ -21,7 +21,7 @@
 #include "ferry.h"
 
 #define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2
 
 /* Size of the hello that opens every TCP connection. */
 #define WIRE_HELLO_BYTES 64
@@ -30,7 +30,8 @@
 /* Connection kinds, announced in the hello. */
 enum wire_conn {
 	WIRE_CONN_CONTROL = 1,
-	WIRE_CONN_DATA = 2,
+	WIRE_CONN_DATA = 2,	/* source -> destination frames, stream i of n */
+	WIRE_CONN_RETURN = 3,	/* destination -> source: QEMU's return path */
 };
 
 /* Option bits in the hello (the source's choices; the receiver follows). */
@@ -54,7 +55,11 @@ struct wire_hello {
 	uint64_t ram_bytes;
 	uint16_t stream_index;	/* data connections: which stream */
 	uint16_t stream_count;
+	uint32_t frame_max;	/* largest decoded payload the sender uses */
 };
+
+/* Bounds on frame_max: a receiver allocates buffers of this size. */
+#define WIRE_FRAME_MAX_MIN (4u << 10)
 
 void wire_hello_encode(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BYTES]);
 int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
@@ -95,10 +100,11 @@ const char *wire_ctrl_name(uint16_t type);
  * Data frames on a data connection: a 24-byte header and a payload.
  *   u32 len       payload bytes on the wire (<= WIRE_FRAME_PAYLOAD_MAX)
  *   u16 type      enum wire_frame
- *   u16 flags     codec bits (none defined in version 1: must be 0)
- *   u32 raw_len   payload bytes once decoded (== len in version 1)
+ *   u16 flags     WIRE_CODEC_* in the low bits, other bits must be 0
+ *   u32 raw_len   payload bytes once decoded (== len for WIRE_CODEC_RAW)
  *   u32 reserved  zero
- *   u64 seq       per direction, from 0, +1 per frame
+ *   u64 seq       per direction, from 0, +1 per frame; with n streams,
+ *                 frame seq travels on stream seq % n (END: see below)
  */
 #define WIRE_FRAME_HDR_BYTES 24
 /*
@@ -110,9 +116,19 @@ const char *wire_ctrl_name(uint16_t type);
 enum wire_frame {
 	WIRE_FRAME_DATA = 1,	/* source QEMU -> destination QEMU */
 	WIRE_FRAME_RETURN = 2,	/* return path, destination -> source */
-	WIRE_FRAME_END = 3,	/* the sender's QEMU closed its side */
+	WIRE_FRAME_END = 3,	/* the sender's QEMU closed its side; sent on
+				   every stream, seq = number of frames sent */
 	WIRE_FRAME_MAX_TYPE = 3,
 };
+
+/* How a payload is encoded (frame flags). */
+enum wire_codec {
+	WIRE_CODEC_RAW = 0,
+	WIRE_CODEC_LZ4 = 1,	/* one LZ4 block */
+	WIRE_CODEC_ZSTD = 2,	/* one zstd frame */
+	WIRE_CODEC_MAX = 2,
+};
+#define WIRE_FLAGS_CODEC_MASK 0x3u
 
 struct wire_frame_hdr {
 	uint32_t len;
@@ -124,10 +140,18 @@ struct wire_frame_hdr {
 
 void wire_frame_encode(const struct wire_frame_hdr *h,
 		       uint8_t out[WIRE_FRAME_HDR_BYTES]);
-/* Validates type, flags, lengths, and that seq == *expect_seq (advanced). */
+/*
+ * Validates type, flags and lengths: len and raw_len at most @frame_max,
+ * raw_len == len for raw payloads, END frames empty. The caller checks seq.
+ */
 int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
-		      uint64_t *expect_seq, struct wire_frame_hdr *h,
+		      uint32_t frame_max, struct wire_frame_hdr *h,
 		      struct ferry_error *err);
+
+static inline enum wire_codec wire_frame_codec(const struct wire_frame_hdr *h)
+{
+	return (enum wire_codec)(h->flags & WIRE_FLAGS_CODEC_MASK);
+}
 
 /* Migration ids as text (UUID layout, 36 chars + NUL). */
 void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37]);

@@ -1,0 +1,545 @@
+/*
+ * Every transport mode migrates a real guest with its RAM verified byte for
+ * byte: each codec, several streams, TLS with certificates, TLS with a
+ * pre-shared key, and a bandwidth cap. Then the TLS refusals: a plaintext
+ * client, a client certificate signed by another CA, an expired one, and a
+ * client with no certificate at all are each refused with a log line,
+ * while the receiver goes on serving and the source guest keeps running.
+ *
+ * The guests dirty memory during the migration (several passes) and the
+ * destination is left paused, so both are quiescent when compared.
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "tests/harness/pki.h"
+#include "tests/harness/vm.h"
+#include "transport/net.h"
+
+#define TEST_MEM_MIB 128
+#define READY_TIMEOUT_MS 60000
+
+struct pair {
+	struct vm *src, *dst;
+	char dir[64];
+};
+
+static void pair_start(struct pair *p)
+{
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = "mix",
+				.ws_mib = 16, .rate_mib_s = 32 };
+	struct vm_config dc = sc;
+	struct ferry_error err = { 0 };
+
+	dc.incoming = true;
+	dc.prealloc = true;
+	snprintf(p->dir, sizeof(p->dir), "/tmp/ferry-test.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(p->dir));
+	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
+		      "guest not ready: %s", err.msg);
+}
+
+static void pair_stop(struct pair *p)
+{
+	char cmd[128];
+
+	vm_stop(p->src);
+	vm_stop(p->dst);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", p->dir);
+	if (system(cmd) != 0) {
+		/* /tmp is cleaned eventually */
+	}
+}
+
+static void expect_status(struct vm *vm, const char *want)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
+}
+
+static void expect_same_ram(struct pair *p)
+{
+	struct ferry_error err = { 0 };
+	char a[128], b[128];
+	uint64_t diff = 0;
+	int eq;
+
+	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
+	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
+	eq = vm_files_equal(a, b, &diff, &err);
+	ck_assert_msg(eq >= 0, "%s", err.msg);
+	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
+		      (unsigned long long)diff);
+	unlink(a);
+	unlink(b);
+}
+
+/* ---- log capture: the receiver's refusals are log lines ---- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_buf[16384];
+static size_t log_len;
+
+static void capture_log(int level, const char *msg, void *opaque)
+{
+	size_t n = strlen(msg);
+
+	(void)opaque;
+	fprintf(stderr, "[%d] %s\n", level, msg);
+	pthread_mutex_lock(&log_mu);
+	if (log_len + n + 2 < sizeof(log_buf)) {
+		memcpy(log_buf + log_len, msg, n);
+		log_len += n;
+		log_buf[log_len++] = '\n';
+		log_buf[log_len] = '\0';
+	}
+	pthread_mutex_unlock(&log_mu);
+}
+
+static void log_reset(void)
+{
+	pthread_mutex_lock(&log_mu);
+	log_len = 0;
+	log_buf[0] = '\0';
+	pthread_mutex_unlock(&log_mu);
+}
+
+/* Wait (bounded) until the log holds a line with both @a and @b. */
+static bool log_has(const char *a, const char *b)
+{
+	for (int i = 0; i < 100; i++) {
+		bool found = false;
+
+		pthread_mutex_lock(&log_mu);
+		for (char *line = log_buf; line && *line && !found;) {
+			char *nl = strchr(line, '\n');
+
+			if (nl)
+				*nl = '\0';
+			found = strstr(line, a) && strstr(line, b);
+			if (nl)
+				*nl = '\n';
+			line = nl ? nl + 1 : NULL;
+		}
+		pthread_mutex_unlock(&log_mu);
+		if (found)
+			return true;
+		usleep(20 * 1000);
+	}
+	return false;
+}
+
+/* ---- receiver thread ---- */
+
+struct rx_thread {
+	struct ferry_receiver *rx;
+	struct ferry_report rep;
+	struct ferry_error err;
+	int rc;
+	pthread_t t;
+};
+
+static void *rx_main(void *arg)
+{
+	struct rx_thread *r = arg;
+
+	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
+	return NULL;
+}
+
+static void rx_start(struct rx_thread *r, struct vm *dst, bool once,
+		     const struct ferry_tls_opts *tls)
+{
+	struct ferry_receiver_opts o = {
+		.listen_host = "127.0.0.1",
+		.qmp_path = vm_qmp_path(dst),
+		.once = once,
+		.hello_timeout_ms = 5000,
+	};
+
+	if (tls)
+		o.tls = *tls;
+	memset(r, 0, sizeof(*r));
+	r->rx = ferry_receiver_new(&o, &r->err);
+	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
+	pthread_create(&r->t, NULL, rx_main, r);
+}
+
+static void rx_finish(struct rx_thread *r)
+{
+	ferry_receiver_stop(r->rx);
+	pthread_join(r->t, NULL);
+	ferry_receiver_free(r->rx);
+}
+
+static char pki_dir[64];
+
+static const char *test_pki(const struct pki_opts *po, const char *name)
+{
+	static char dir[128];
+	struct ferry_error err = { 0 };
+
+	snprintf(dir, sizeof(dir), "%s/%s", pki_dir, name);
+	ck_assert_msg(pki_generate(dir, po, &err) == 0, "%s", err.msg);
+	return dir;
+}
+
+static void setup_pki(void)
+{
+	snprintf(pki_dir, sizeof(pki_dir), "/tmp/ferry-pki.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(pki_dir));
+}
+
+static void teardown_pki(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", pki_dir);
+	if (system(cmd) != 0) {
+		/* /tmp is cleaned eventually */
+	}
+}
+
+/* Migrate @p with @o (to_host/qmp/port filled here), RAM verified. */
+static void migrate_verified(struct pair *p, struct ferry_migrate_opts *o,
+			     const struct ferry_tls_opts *rx_tls,
+			     struct ferry_report *rep)
+{
+	struct rx_thread rx;
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+
+	rx_start(&rx, p->dst, true, rx_tls);
+	o->to_host = "127.0.0.1";
+	o->qmp_path = vm_qmp_path(p->src);
+	o->to_port = ferry_receiver_port(rx.rx);
+	o->paused = true;
+	m = ferry_migration_new(o, &err);
+	ck_assert_msg(m, "%s", err.msg);
+	ck_assert_msg(ferry_migration_run(m, rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	pthread_join(rx.t, NULL);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ferry_receiver_free(rx.rx);
+	ck_assert(rep->completed);
+	ck_assert_uint_ge(rep->passes, 1);
+	ck_assert_uint_eq(rx.rep.ram_bytes, rep->ram_bytes);
+	expect_status(p->src, "postmigrate");
+	expect_status(p->dst, "paused");
+	expect_same_ram(p);
+}
+
+static void migrate_codec(enum ferry_codec codec, int level, uint32_t streams,
+			  struct ferry_report *rep)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .codec = codec, .codec_level = level,
+					.streams = streams };
+
+	pair_start(&p);
+	migrate_verified(&p, &o, NULL, rep);
+	pair_stop(&p);
+	ck_assert_uint_eq(rep->streams, streams ? streams : 1);
+}
+
+START_TEST(codec_none)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_NONE, 0, 1, &rep);
+	ck_assert_str_eq(rep.codec, "none");
+	ck_assert_uint_gt(rep.frames_raw, 0);
+	ck_assert_uint_eq(rep.frames_lz4 + rep.frames_zstd, 0);
+	ck_assert_uint_gt(rep.wire_bytes, rep.ram_bytes);
+}
+END_TEST
+
+START_TEST(codec_lz4)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_LZ4, 0, 1, &rep);
+	ck_assert_uint_gt(rep.frames_lz4, 0);
+	ck_assert_uint_eq(rep.frames_zstd, 0);
+	/* The mix guest has text: lz4 must shrink the stream. */
+	ck_assert_uint_lt(rep.wire_bytes, rep.ram_bytes);
+}
+END_TEST
+
+START_TEST(codec_zstd_level)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_ZSTD, 3, 1, &rep);
+	ck_assert_uint_gt(rep.frames_zstd, 0);
+	ck_assert_uint_eq(rep.frames_lz4, 0);
+	ck_assert_uint_lt(rep.wire_bytes, rep.ram_bytes);
+}
+END_TEST
+
+START_TEST(codec_auto)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_AUTO, 0, 1, &rep);
+	ck_assert_str_eq(rep.codec, "auto");
+	ck_assert_uint_gt(rep.frames_raw + rep.frames_lz4 + rep.frames_zstd, 0);
+}
+END_TEST
+
+START_TEST(four_streams_lz4)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_LZ4, 0, 4, &rep);
+	ck_assert_uint_gt(rep.frames_lz4, 0);
+}
+END_TEST
+
+START_TEST(bandwidth_cap)
+{
+	struct ferry_report rep;
+	struct pair p;
+	const uint64_t cap = 40ull << 20;
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
+					.max_bandwidth_bytes_per_s = cap };
+	uint64_t rate;
+
+	pair_start(&p);
+	migrate_verified(&p, &o, NULL, &rep);
+	pair_stop(&p);
+	/* An upper bound only: a slow machine can only make it lower. The
+	 * bucket starts empty, so even the first burst is paced. */
+	rate = rep.wire_bytes * 1000 / rep.total_ms;
+	ck_assert_msg(rate <= cap + cap / 10,
+		      "%llu bytes/s on the wire with a cap of %llu",
+		      (unsigned long long)rate, (unsigned long long)cap);
+}
+END_TEST
+
+START_TEST(tls_x509_two_streams)
+{
+	struct ferry_report rep;
+	struct pair p;
+	const char *dir = test_pki(NULL, "good");
+	struct ferry_tls_opts tls = { .creds_dir = dir };
+	struct ferry_migrate_opts o = { .streams = 2, .tls = tls };
+
+	pair_start(&p);
+	migrate_verified(&p, &o, &tls, &rep);
+	pair_stop(&p);
+	ck_assert_str_eq(rep.tls, "x509");
+}
+END_TEST
+
+START_TEST(tls_psk)
+{
+	struct ferry_report rep;
+	struct pair p;
+	struct ferry_error err = { 0 };
+	char psk[128];
+	struct ferry_tls_opts tls = { .psk_file = psk };
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_LZ4 };
+
+	snprintf(psk, sizeof(psk), "%s/keys.psk", pki_dir);
+	ck_assert_msg(pki_write_psk(psk, "ferry-test", &err) == 0, "%s", err.msg);
+	o.tls = tls;
+	pair_start(&p);
+	migrate_verified(&p, &o, &tls, &rep);
+	pair_stop(&p);
+	ck_assert_str_eq(rep.tls, "psk");
+}
+END_TEST
+
+/* A migration attempt that must be refused at the handshake. */
+static void expect_refused(struct pair *p, struct rx_thread *rx,
+			   const struct ferry_tls_opts *tls, const char *log_a,
+			   const char *log_b)
+{
+	struct ferry_migrate_opts o = {
+		.to_host = "127.0.0.1",
+		.qmp_path = vm_qmp_path(p->src),
+		.to_port = ferry_receiver_port(rx->rx),
+		.paused = true,
+	};
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migration *m;
+
+	if (tls)
+		o.tls = *tls;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(m, "%s", err.msg);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	fprintf(stderr, "client saw: %s\n", err.msg);
+	ck_assert_msg(err.msg[0], "no error message");
+	ck_assert(rep.source_running);
+	ck_assert_msg(log_has(log_a, log_b),
+		      "no receiver log line with '%s' and '%s':\n%s", log_a,
+		      log_b, log_buf);
+	expect_status(p->src, "running");
+}
+
+/* A TLS client with the right CA but no certificate of its own. */
+static void raw_client_without_cert(uint16_t port, const char *ca)
+{
+	struct ferry_error err = { 0 };
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	int fd = net_connect("127.0.0.1", port, 2000, &err);
+	SSL *s;
+	char buf[64];
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_ptr_nonnull(ctx);
+	SSL_CTX_load_verify_locations(ctx, ca, NULL);
+	s = SSL_new(ctx);
+	SSL_set_fd(s, fd);
+	/* TLS 1.3: the refusal arrives after our Finished, on first read. */
+	if (SSL_connect(s) == 1) {
+		memset(buf, 0, sizeof(buf));
+		SSL_write(s, buf, sizeof(buf));
+		ck_assert_int_le(SSL_read(s, buf, sizeof(buf)), 0);
+	}
+	SSL_free(s);
+	SSL_CTX_free(ctx);
+	close(fd);
+}
+
+START_TEST(tls_refusals)
+{
+	struct pair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	char good[128], rogue[160], expired[160], ca[192];
+	struct ferry_tls_opts tls = { 0 };
+	struct ferry_tls_opts bad = { 0 };
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+
+	snprintf(good, sizeof(good), "%s", test_pki(NULL, "good"));
+	snprintf(rogue, sizeof(rogue), "%s/rogue", pki_dir);
+	snprintf(expired, sizeof(expired), "%s/expired", pki_dir);
+	ck_assert_msg(pki_bad_client(good, rogue, PKI_CLIENT_ROGUE, &err) == 0,
+		      "%s", err.msg);
+	ck_assert_msg(pki_bad_client(good, expired, PKI_CLIENT_EXPIRED, &err) == 0,
+		      "%s", err.msg);
+	snprintf(ca, sizeof(ca), "%s/ca-cert.pem", good);
+	tls.creds_dir = good;
+	o.tls = tls;
+
+	pair_start(&p);
+	log_reset();
+	ferry_set_log(capture_log, NULL, 3);
+	rx_start(&rx, p.dst, false, &tls);
+
+	expect_refused(&p, &rx, NULL, "rejected connection",
+		       "plaintext ferry on a TLS port");
+	bad.creds_dir = rogue;
+	expect_refused(&p, &rx, &bad, "rejected connection",
+		       "unable to get local issuer certificate");
+	bad.creds_dir = expired;
+	expect_refused(&p, &rx, &bad, "rejected connection",
+		       "certificate has expired");
+	raw_client_without_cert(ferry_receiver_port(rx.rx), ca);
+	ck_assert_msg(log_has("rejected connection", "certificate"),
+		      "no log line for a client without a certificate:\n%s",
+		      log_buf);
+
+	/* The receiver is still serving: a good migration goes through. */
+	o.to_host = "127.0.0.1";
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = ferry_receiver_port(rx.rx);
+	o.paused = true;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(m, "%s", err.msg);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	rx_finish(&rx);
+	ferry_set_log(NULL, NULL, 2);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/* Plaintext to a non-loopback address is refused unless --insecure. */
+START_TEST(plaintext_off_loopback_refused)
+{
+	struct ferry_migrate_opts o = { .qmp_path = "/nonexistent",
+					.to_host = "192.0.2.1", .to_port = 1 };
+	struct ferry_receiver_opts ro = { .listen_host = "0.0.0.0",
+					  .qmp_path = "/nonexistent" };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_receiver *r;
+
+	ck_assert_ptr_null(ferry_migration_new(&o, &err));
+	ck_assert_ptr_nonnull(strstr(err.msg, "--insecure"));
+	o.tls.insecure = true;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_ptr_nonnull(m);
+	ferry_migration_free(m);
+	memset(&err, 0, sizeof(err));
+	ck_assert_ptr_null(ferry_receiver_new(&ro, &err));
+	ck_assert_ptr_nonnull(strstr(err.msg, "plaintext"));
+	ro.tls.insecure = true;
+	r = ferry_receiver_new(&ro, &err);
+	ck_assert_msg(r, "%s", err.msg);
+	ferry_receiver_free(r);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("transport");
+	TCase *codecs = tcase_create("codecs");
+	TCase *tls = tcase_create("tls");
+
+	tcase_set_timeout(codecs, 180);
+	tcase_add_test(codecs, codec_none);
+	tcase_add_test(codecs, codec_lz4);
+	tcase_add_test(codecs, codec_zstd_level);
+	tcase_add_test(codecs, codec_auto);
+	tcase_add_test(codecs, four_streams_lz4);
+	tcase_add_test(codecs, bandwidth_cap);
+	suite_add_tcase(s, codecs);
+
+	tcase_set_timeout(tls, 180);
+	tcase_add_checked_fixture(tls, setup_pki, teardown_pki);
+	tcase_add_test(tls, tls_x509_two_streams);
+	tcase_add_test(tls, tls_psk);
+	tcase_add_test(tls, tls_refusals);
+	tcase_add_test(tls, plaintext_off_loopback_refused);
+	suite_add_tcase(s, tls);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,51 @@
+/*
+ * TLS 1.3 for ferry's connections, with OpenSSL 3: x509 certificates in
+ * QEMU's and libvirt's directory layout, or a pre-shared key from a file in
+ * QEMU's keys.psk format ("identity:hexkey" per line). Both peers are
+ * authenticated in either mode. The source is the TLS client, the receiver
+ * the server.
+ */
+#ifndef FERRY_TLS_H
+#define FERRY_TLS_H
+
+#include <stdbool.h>
+
+#include <openssl/ssl.h>
+
+#include "ferry.h"
+
+/* Pre-shared keys: 128 to 512 bits, identities up to 128 bytes. */
+#define TLS_PSK_MIN_BYTES 16
+#define TLS_PSK_MAX_BYTES 64
+#define TLS_PSK_IDENTITY_MAX 128
+#define TLS_PSK_FILE_MAX_KEYS 64
+/* Bound on a handshake (also what a silent peer costs a receiver). */
+#define TLS_HANDSHAKE_TIMEOUT_MS 10000
+
+struct tls_ctx;
+
+/* NULL in *out (and 0) when @o asks for no TLS. */
+int tls_ctx_new(struct tls_ctx **out, const struct ferry_tls_opts *o,
+		bool server, struct ferry_error *err);
+void tls_ctx_free(struct tls_ctx *c);
+
+/* "x509" or "psk" ("none" for NULL). */
+const char *tls_ctx_mode(const struct tls_ctx *c);
+
+/*
+ * Run the handshake on connected socket @fd within timeout_ms. A client
+ * checks the server certificate against @host (an IP address or a DNS
+ * name; x509 mode). On success *out is the SSL object, for @fd. On failure
+ * the message says why in the operator's terms (no certificate, expired,
+ * signed by an unknown CA, wrong key, a plaintext peer...).
+ */
+int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
+		  SSL **out, struct ferry_error *err);
+
+/* The reason for the last OpenSSL failure on this thread, or @fallback. */
+const char *tls_last_error(const char *fallback);
+
+/* Whether @host is a loopback address or name ("localhost", 127/8, ::1). */
+bool tls_host_is_loopback(const char *host);
+
+#endif /* FERRY_TLS_H */

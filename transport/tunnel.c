@@ -1,0 +1,1470 @@
+/*
+ * The tunnel (see tunnel.h).
+ *
+ * Threads, each with its own small ring and one operation in flight:
+ *   sender:   a reader (local -> pool buffers), and one worker per
+ *             connection (compress, pace, encrypt, write); with one
+ *             connection and no codec the reader writes itself;
+ *   receiver: one worker per connection (read, check, decode), and a
+ *             writer restoring seq order (local <- buffers); with one
+ *             connection the worker writes itself.
+ * Hand-offs go through one mutex and condition variable: at 256 KiB a
+ * frame, that is a few thousand hand-offs a second at full speed.
+ *
+ * Frame seq goes on connection seq % n, so each connection's frames are
+ * seq = i, i + n, i + 2n, ...: a receiver checks exactly that, and the
+ * writer's slot array (n * TUN_BUFS_PER_CONN) cannot collide, since a
+ * connection holds at most TUN_BUFS_PER_CONN frames the writer has not
+ * taken.
+ *
+ * TLS: after the handshake, each SSL object gets a BIO of ours that reads
+ * and writes through the thread's ring via a staging buffer in the arena,
+ * so the ciphertext also moves in large fixed-buffer operations. An SSL
+ * object is only ever used by one thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "codec.h"
+#include "engine/util.h"
+#include "tls.h"
+#include "tunnel.h"
+
+/* Room before each payload for the frame header (and alignment). */
+#define TUN_HDR_ROOM 64
+#define TUN_RING_DEPTH 8
+/* TLS ciphertext staging per connection: one frame and its records. */
+#define TUN_STAGE_BYTES (TUN_FRAME_BYTES + (64u << 10))
+#define TUN_MAX_THREADS (2 * WIRE_STREAMS_MAX + 4)
+/* Bound on waiting for a cancelled operation to complete. */
+#define TUN_CANCEL_WAIT_MS 2000
+
+struct tun;
+struct tun_dir;
+
+struct tun_buf {
+	uint8_t *mem;		/* TUN_HDR_ROOM of room, then the payload */
+	uint32_t cap;
+	uint32_t len;
+	uint64_t seq;
+	struct tun_buf *next;
+	struct tun_conn *owner;	/* receiver: the pool it goes back to */
+	struct tun_buf *all_next;	/* every buffer, for tun_free() */
+};
+
+static inline uint8_t *payload(const struct tun_buf *b)
+{
+	return b->mem + TUN_HDR_ROOM;
+}
+
+/* One thread's ring. */
+struct tun_io {
+	struct io_uring ring;
+	struct tun *t;
+	uint64_t tag;
+	bool ready;
+	bool fixed;		/* the arena is registered */
+};
+
+struct tun_conn {
+	struct tun *t;
+	struct tun_dir *d;
+	struct net_conn c;
+	uint32_t index;
+	struct tun_io *io;	/* the ring of the thread driving it */
+	/* TLS staging (ciphertext) */
+	uint8_t *stage;
+	size_t stage_len, stage_off;
+	int io_err;
+	/* sending: frames queued for this connection, in seq order */
+	struct tun_buf *q_head, *q_tail;
+	bool q_end;
+	struct tun_buf *out[2];	/* compressed output */
+	struct codec_auto autop;
+	/* receiving */
+	struct tun_buf *free;
+	struct tun_buf *scratch;	/* compressed payload as received */
+	uint64_t next_seq;
+	struct codec_ctx *codec;
+};
+
+struct tun_dir {
+	struct tun *t;
+	const char *name;	/* "data" or "return" */
+	bool sending;		/* this process sends in this direction */
+	uint16_t frame_type;
+	struct tun_conn *conns;
+	uint32_t nconns;
+	uint32_t frame_max;
+	enum ferry_codec codec;
+	int codec_level;
+	bool inline_io;		/* one connection: no hand-off */
+	/* sender */
+	struct tun_buf *free;
+	uint64_t next_seq;
+	uint32_t conns_done;
+	/* receiver */
+	struct tun_buf **slots;
+	uint32_t nslots;
+	uint64_t write_seq;
+	uint64_t end_seq;
+	bool end_known;
+	uint32_t conns_ended;
+	bool done;
+};
+
+struct tun {
+	int local_fd;
+	struct tun_local local;
+	bool has_local;
+	struct tun_conn *all_conns;	/* nstreams + 1: forward, then return */
+	uint32_t nall;
+	struct tun_dir fwd, ret;
+	uint32_t idle_ms;
+
+	uint8_t *arena;
+	size_t arena_bytes, arena_used;
+	struct tun_buf *all_bufs;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool failed, finished, stopping;
+	struct ferry_error error;
+	int done_fd;
+	pthread_t threads[TUN_MAX_THREADS];
+	uint32_t nthreads;
+
+	uint64_t last_progress_ms;	/* atomic */
+	struct tun_stats st;		/* atomic fields */
+
+	pthread_mutex_t bw_mu;
+	double bw_rate, bw_burst, bw_tokens;	/* bytes/s, bytes */
+	uint64_t bw_last_ns;
+};
+
+static void add(uint64_t *p, uint64_t v)
+{
+	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void progress(struct tun *t)
+{
+	__atomic_store_n(&t->last_progress_ms, ferry_now_ms(), __ATOMIC_RELAXED);
+}
+
+static void signal_done(struct tun *t)
+{
+	uint64_t one = 1;
+
+	if (write(t->done_fd, &one, sizeof(one)) < 0) {
+		/* an eventfd write only fails on overflow: already signalled */
+	}
+}
+
+static void shutdown_all(struct tun *t)
+{
+	for (uint32_t i = 0; i < t->nall; i++)
+		if (t->all_conns[i].c.fd >= 0)
+			shutdown(t->all_conns[i].c.fd, SHUT_RDWR);
+	if (t->local_fd >= 0)
+		shutdown(t->local_fd, SHUT_RDWR);
+}
+
+/* The first failure wins; everything stops. */
+static int tun_fail(struct tun *t, int code, const char *fmt, ...)
+{
+	va_list ap;
+	bool first;
+
+	pthread_mutex_lock(&t->mu);
+	first = !t->failed && !t->finished;
+	if (first) {
+		t->failed = true;
+		t->error.code = code;
+		va_start(ap, fmt);
+		vsnprintf(t->error.msg, sizeof(t->error.msg), fmt, ap);
+		va_end(ap);
+	}
+	t->stopping = true;
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+	if (first) {
+		ferry_log(2, "tunnel: %s", t->error.msg);
+		shutdown_all(t);
+		signal_done(t);
+	}
+	return code;
+}
+
+static bool stopping(struct tun *t)
+{
+	return __atomic_load_n(&t->stopping, __ATOMIC_RELAXED);
+}
+
+/* With t->mu held: a direction finished; the tunnel when both did. */
+static void dir_done_locked(struct tun_dir *d)
+{
+	struct tun *t = d->t;
+
+	d->done = true;
+	if (t->fwd.done && t->ret.done && !t->failed && !t->finished) {
+		t->finished = true;
+		signal_done(t);
+	}
+	pthread_cond_broadcast(&t->cv);
+}
+
+/* ---- rings ---- */
+
+static int io_init(struct tun_io *io, struct tun *t)
+{
+	struct iovec iov = { .iov_base = t->arena, .iov_len = t->arena_bytes };
+	int rc;
+
+	memset(io, 0, sizeof(*io));
+	io->t = t;
+	rc = io_uring_queue_init(TUN_RING_DEPTH, &io->ring, 0);
+	if (rc < 0)
+		return rc;
+	io->ready = true;
+	/* Fixed buffers need locked memory; without them plain ops work. */
+	io->fixed = io_uring_register_buffers(&io->ring, &iov, 1) == 0;
+	return 0;
+}
+
+static void io_fini(struct tun_io *io)
+{
+	if (io->ready)
+		io_uring_queue_exit(&io->ring);
+	io->ready = false;
+}
+
+/* Wait for the completion tagged @tag after a cancel, bounded. */
+static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
+{
+	uint64_t deadline = ferry_now_ms() + TUN_CANCEL_WAIT_MS;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, tag, 0);
+		sqe->user_data = 0;
+		io_uring_submit(&io->ring);
+	}
+	while (ferry_now_ms() < deadline) {
+		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
+		struct io_uring_cqe *cqe;
+		uint64_t ud;
+
+		if (io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts) < 0)
+			continue;
+		ud = cqe->user_data;
+		io_uring_cqe_seen(&io->ring, cqe);
+		if (ud == tag)
+			return;
+	}
+}
+
+/*
+ * One read or write of up to @len bytes; returns the byte count (0 at end
+ * of stream), -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing
+ * moved anywhere in the tunnel for the idle timeout, or -errno.
+ */
+static ssize_t io_once(struct tun_io *io, bool wr, int fd, void *buf,
+		       size_t len)
+{
+	struct tun *t = io->t;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+	uint8_t *p = buf;
+	bool fixed = io->fixed && p >= t->arena &&
+		     p + len <= t->arena + t->arena_bytes;
+	uint64_t tag = ++io->tag;
+	int rc;
+
+	if (!sqe)
+		return -EBUSY;
+	if (wr && fixed)
+		io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
+	else if (wr)
+		io_uring_prep_write(sqe, fd, buf, (unsigned)len, 0);
+	else if (fixed)
+		io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
+	else
+		io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
+	sqe->user_data = tag;
+	rc = io_uring_submit(&io->ring);
+	if (rc < 0)
+		return rc;
+	for (;;) {
+		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
+		struct io_uring_cqe *cqe;
+		uint64_t idle;
+
+		rc = io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts);
+		if (rc == 0) {
+			uint64_t ud = cqe->user_data;
+			int res = cqe->res;
+
+			io_uring_cqe_seen(&io->ring, cqe);
+			if (ud != tag)
+				continue;	/* a stale cancel */
+			if (res > 0)
+				progress(t);
+			if (res == -EINTR || res == -EAGAIN)
+				return io_once(io, wr, fd, buf, len);
+			return res;
+		}
+		if (rc != -ETIME && rc != -EINTR)
+			return rc;
+		if (stopping(t)) {
+			io_reap_cancelled(io, tag);
+			return -ECANCELED;
+		}
+		idle = ferry_now_ms() -
+		       __atomic_load_n(&t->last_progress_ms, __ATOMIC_RELAXED);
+		if (idle > t->idle_ms) {
+			io_reap_cancelled(io, tag);
+			return -ETIMEDOUT;
+		}
+	}
+}
+
+/* All of @len, or an error (-ECONNRESET when the peer closed). */
+static int io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = io_once(io, wr, fd, p, len);
+
+		if (n < 0)
+			return (int)n;
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* ---- TLS over the ring ---- */
+
+static BIO_METHOD *bio_meth;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static int stage_flush(struct tun_conn *c)
+{
+	int rc;
+
+	if (!c->stage_len)
+		return 0;
+	rc = io_full(c->io, true, c->c.fd, c->stage, c->stage_len);
+	if (rc) {
+		c->io_err = rc;
+		return rc;
+	}
+	add(&c->t->st.wire_out_bytes, c->stage_len);
+	c->stage_len = 0;
+	return 0;
+}
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+	struct tun_conn *c = BIO_get_data(b);
+
+	if (len <= 0)
+		return 0;
+	if (c->stage_len + (size_t)len > TUN_STAGE_BYTES && stage_flush(c))
+		return -1;
+	if ((size_t)len > TUN_STAGE_BYTES) {
+		int rc = io_full(c->io, true, c->c.fd, (void *)data, (size_t)len);
+
+		if (rc) {
+			c->io_err = rc;
+			return -1;
+		}
+		add(&c->t->st.wire_out_bytes, (uint64_t)len);
+		return len;
+	}
+	memcpy(c->stage + c->stage_len, data, (size_t)len);
+	c->stage_len += (size_t)len;
+	return len;
+}
+
+static int bio_read(BIO *b, char *out, int len)
+{
+	struct tun_conn *c = BIO_get_data(b);
+	size_t n;
+
+	if (len <= 0)
+		return 0;
+	if (c->stage_off == c->stage_len) {
+		ssize_t got = io_once(c->io, false, c->c.fd, c->stage,
+				      TUN_STAGE_BYTES);
+
+		if (got <= 0) {
+			c->io_err = got == 0 ? -ECONNRESET : (int)got;
+			return got == 0 ? 0 : -1;
+		}
+		add(&c->t->st.wire_in_bytes, (uint64_t)got);
+		c->stage_off = 0;
+		c->stage_len = (size_t)got;
+	}
+	n = c->stage_len - c->stage_off;
+	if (n > (size_t)len)
+		n = (size_t)len;
+	memcpy(out, c->stage + c->stage_off, n);
+	c->stage_off += n;
+	if (c->stage_off == c->stage_len)
+		c->stage_off = c->stage_len = 0;
+	return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct tun_conn *c = BIO_get_data(b);
+
+	(void)num;
+	(void)ptr;
+	if (cmd == BIO_CTRL_FLUSH)
+		return c && stage_flush(c) == 0 ? 1 : 0;
+	return 0;
+}
+
+static void bio_meth_init(void)
+{
+	bio_meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+				"ferry-uring");
+	if (bio_meth) {
+		BIO_meth_set_write(bio_meth, bio_write);
+		BIO_meth_set_read(bio_meth, bio_read);
+		BIO_meth_set_ctrl(bio_meth, bio_ctrl);
+	}
+}
+
+/* Why a TLS read or write failed. */
+static const char *ssl_why(struct tun_conn *c, char *buf, size_t len)
+{
+	if (c->io_err == -ECONNRESET)
+		return "the peer closed the connection";
+	if (c->io_err)
+		snprintf(buf, len, "%s", strerror(-c->io_err));
+	else
+		snprintf(buf, len, "TLS error: %s", tls_last_error("bad record"));
+	return buf;
+}
+
+/* ---- connection I/O: plaintext through the ring, or TLS ---- */
+
+static int conn_write(struct tun_conn *c, const void *buf, size_t len)
+{
+	char why[256];
+
+	if (!c->c.ssl) {
+		int rc = io_full(c->io, true, c->c.fd, (void *)buf, len);
+
+		if (rc == 0)
+			add(&c->t->st.wire_out_bytes, len);
+		return rc;
+	}
+	c->io_err = 0;
+	if (SSL_write(c->c.ssl, buf, (int)len) != (int)len || stage_flush(c)) {
+		int rc = c->io_err ? c->io_err : -EPROTO;
+
+		if (rc != -ECANCELED && rc != -ETIMEDOUT)
+			tun_fail(c->t, rc, "%s stream %u: sending: %s", c->d->name,
+				 c->index, ssl_why(c, why, sizeof(why)));
+		return rc;
+	}
+	return 0;
+}
+
+static int conn_read(struct tun_conn *c, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	char why[256];
+
+	if (!c->c.ssl) {
+		while (len) {
+			ssize_t n = io_once(c->io, false, c->c.fd, p, len);
+
+			if (n <= 0)
+				return n == 0 ? -ECONNRESET : (int)n;
+			add(&c->t->st.wire_in_bytes, (uint64_t)n);
+			p += n;
+			len -= (size_t)n;
+		}
+		return 0;
+	}
+	while (len) {
+		int n;
+
+		c->io_err = 0;
+		n = SSL_read(c->c.ssl, p, (int)(len > INT32_MAX ? INT32_MAX : len));
+		if (n <= 0) {
+			int rc = c->io_err ? c->io_err : -EPROTO;
+
+			if (rc != -ECANCELED && rc != -ETIMEDOUT &&
+			    rc != -ECONNRESET)
+				tun_fail(c->t, rc, "%s stream %u: receiving: %s",
+					 c->d->name, c->index,
+					 ssl_why(c, why, sizeof(why)));
+			return rc;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Report an I/O error on a connection (a no-op if already stopping). */
+static void conn_failed(struct tun_conn *c, int rc, const char *doing)
+{
+	struct tun *t = c->t;
+
+	if (rc == -ECANCELED)
+		return;
+	if (rc == -ETIMEDOUT)
+		tun_fail(t, rc, "%s stream %u: no data moved for %u ms while %s: "
+			 "the peer stalled", c->d->name, c->index, t->idle_ms,
+			 doing);
+	else if (rc == -ECONNRESET)
+		tun_fail(t, rc, "%s stream %u: the peer closed the connection "
+			 "while %s", c->d->name, c->index, doing);
+	else
+		tun_fail(t, rc, "%s stream %u: %s: %s", c->d->name, c->index,
+			 doing, strerror(-rc));
+}
+
+/* ---- the local end ---- */
+
+static ssize_t local_read(struct tun_io *io, void *buf, size_t len)
+{
+	struct tun *t = io->t;
+	ssize_t n;
+
+	if (t->has_local) {
+		n = t->local.read(t->local.opaque, buf, len);
+		if (n > 0)
+			progress(t);
+	} else {
+		n = io_once(io, false, t->local_fd, buf, len);
+	}
+	if (n > 0)
+		add(&t->st.local_in_bytes, (uint64_t)n);
+	return n;
+}
+
+static int local_write(struct tun_io *io, const void *buf, size_t len)
+{
+	struct tun *t = io->t;
+	int rc;
+
+	if (t->has_local) {
+		rc = t->local.write(t->local.opaque, buf, len);
+		if (rc == 0)
+			progress(t);
+	} else {
+		rc = io_full(io, true, t->local_fd, (void *)buf, len);
+	}
+	if (rc == 0)
+		add(&t->st.local_out_bytes, len);
+	return rc;
+}
+
+static void local_write_end(struct tun *t)
+{
+	if (t->has_local) {
+		if (t->local.write_end)
+			t->local.write_end(t->local.opaque);
+	} else {
+		shutdown(t->local_fd, SHUT_WR);
+	}
+}
+
+static void local_failed(struct tun *t, int rc, const char *doing)
+{
+	if (rc == -ECANCELED)
+		return;
+	if (rc == -ETIMEDOUT)
+		tun_fail(t, rc, "no data moved for %u ms while %s the local "
+			 "QEMU: the peer stalled", t->idle_ms, doing);
+	else
+		tun_fail(t, rc, "%s the local QEMU: %s", doing,
+			 rc == -ECONNRESET ? "it closed the connection" :
+			 strerror(-rc));
+}
+
+/* ---- bandwidth cap ---- */
+
+/* Take @bytes from the bucket, sleeping while it is in debt. */
+static int bw_take(struct tun *t, uint64_t bytes)
+{
+	double debt;
+	uint64_t now;
+
+	if (t->bw_rate <= 0)
+		return 0;
+	pthread_mutex_lock(&t->bw_mu);
+	now = now_ns();
+	t->bw_tokens += (double)(now - t->bw_last_ns) * t->bw_rate / 1e9;
+	if (t->bw_tokens > t->bw_burst)
+		t->bw_tokens = t->bw_burst;
+	t->bw_last_ns = now;
+	t->bw_tokens -= (double)bytes;
+	debt = t->bw_tokens < 0 ? -t->bw_tokens : 0;
+	pthread_mutex_unlock(&t->bw_mu);
+	if (debt > 0) {
+		uint64_t until = now + (uint64_t)(debt * 1e9 / t->bw_rate);
+
+		while (now < until) {
+			uint64_t step = until - now;
+			struct timespec ts;
+
+			if (stopping(t))
+				return -ECANCELED;
+			if (step > TUN_TICK_MS * 1000000ull)
+				step = TUN_TICK_MS * 1000000ull;
+			ts.tv_sec = (time_t)(step / 1000000000ull);
+			ts.tv_nsec = (long)(step % 1000000000ull);
+			nanosleep(&ts, NULL);
+			now = now_ns();
+		}
+		progress(t);	/* waiting on our own cap is not a stall */
+	}
+	return 0;
+}
+
+/* ---- sending ---- */
+
+static void note_link(struct tun_conn *c)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(c->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+	    len >= offsetof(struct tcp_info, tcpi_delivery_rate) +
+		   sizeof(ti.tcpi_delivery_rate))
+		codec_auto_note_link(&c->autop, ti.tcpi_delivery_rate,
+				     ti.tcpi_delivery_rate_app_limited);
+}
+
+/* Compress @b with @codec into out[slot]; 0 when it did not shrink. */
+static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
+			enum wire_codec codec, int slot)
+{
+	uint64_t t0 = now_ns();
+	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
+				  payload(c->out[slot]), c->out[slot]->cap);
+
+	if (c->d->codec == FERRY_CODEC_AUTO)
+		codec_auto_note_compress(&c->autop, codec, b->len, n,
+					 now_ns() - t0);
+	return n;
+}
+
+static enum wire_codec fixed_codec(enum ferry_codec c)
+{
+	switch (c) {
+	case FERRY_CODEC_LZ4: return WIRE_CODEC_LZ4;
+	case FERRY_CODEC_ZSTD: return WIRE_CODEC_ZSTD;
+	default: return WIRE_CODEC_RAW;
+	}
+}
+
+static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
+{
+	struct wire_frame_hdr h = { .type = type, .seq = b->seq };
+	enum wire_codec codec = WIRE_CODEC_RAW, probe = WIRE_CODEC_RAW;
+	uint8_t *p = payload(b);
+	uint32_t len = b->len;
+	int rc;
+
+	if (type != WIRE_FRAME_END && c->d->codec != FERRY_CODEC_NONE) {
+		enum wire_codec want = c->d->codec == FERRY_CODEC_AUTO ?
+			codec_auto_pick(&c->autop, &probe) :
+			fixed_codec(c->d->codec);
+		size_t best = 0, n;
+
+		if (want != WIRE_CODEC_RAW) {
+			best = try_codec(c, b, want, 0);
+			if (best)
+				codec = want;
+		}
+		if (probe != WIRE_CODEC_RAW) {
+			n = try_codec(c, b, probe, 1);
+			if (n && (!best || n < best)) {
+				best = n;
+				codec = probe;
+			}
+		}
+		if (codec != WIRE_CODEC_RAW) {
+			p = payload(c->out[codec == want ? 0 : 1]);
+			len = (uint32_t)best;
+		}
+	}
+	h.len = len;
+	h.raw_len = b->len;
+	h.flags = (uint16_t)codec;
+	wire_frame_encode(&h, p - WIRE_FRAME_HDR_BYTES);
+	if (type != WIRE_FRAME_END) {
+		rc = bw_take(c->t, len + WIRE_FRAME_HDR_BYTES);
+		if (rc)
+			return rc;
+	}
+	rc = conn_write(c, p - WIRE_FRAME_HDR_BYTES, len + WIRE_FRAME_HDR_BYTES);
+	if (rc) {
+		conn_failed(c, rc, "sending");
+		return rc;
+	}
+	add(&c->t->st.frames_out, 1);
+	if (type != WIRE_FRAME_END)
+		add(&c->t->st.frames_codec[codec], 1);
+	if (c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END)
+		note_link(c);
+	return 0;
+}
+
+static int send_end(struct tun_conn *c, uint64_t end_seq)
+{
+	struct wire_frame_hdr h = { .type = WIRE_FRAME_END, .seq = end_seq };
+	uint8_t raw[WIRE_FRAME_HDR_BYTES];
+	int rc;
+
+	wire_frame_encode(&h, raw);
+	rc = conn_write(c, raw, sizeof(raw));
+	if (rc)
+		conn_failed(c, rc, "sending END");
+	else
+		add(&c->t->st.frames_out, 1);
+	return rc;
+}
+
+static void *send_worker(void *arg)
+{
+	struct tun_conn *c = arg;
+	struct tun *t = c->t;
+	struct tun_dir *d = c->d;
+	struct tun_io io;
+	int rc;
+
+	rc = io_init(&io, t);
+	if (rc) {
+		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
+		return NULL;
+	}
+	c->io = &io;
+	for (;;) {
+		struct tun_buf *b;
+
+		pthread_mutex_lock(&t->mu);
+		while (!c->q_head && !c->q_end && !t->stopping)
+			pthread_cond_wait(&t->cv, &t->mu);
+		if (t->stopping) {
+			pthread_mutex_unlock(&t->mu);
+			break;
+		}
+		b = c->q_head;
+		if (!b) {	/* end of stream, everything sent */
+			uint64_t end = d->next_seq;
+
+			pthread_mutex_unlock(&t->mu);
+			if (send_end(c, end) == 0) {
+				pthread_mutex_lock(&t->mu);
+				if (++d->conns_done == d->nconns)
+					dir_done_locked(d);
+				pthread_mutex_unlock(&t->mu);
+			}
+			break;
+		}
+		c->q_head = b->next;
+		if (!c->q_head)
+			c->q_tail = NULL;
+		pthread_mutex_unlock(&t->mu);
+
+		rc = send_frame(c, b, d->frame_type);
+
+		pthread_mutex_lock(&t->mu);
+		b->next = d->free;
+		d->free = b;
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->mu);
+		if (rc)
+			break;
+	}
+	c->io = NULL;
+	io_fini(&io);
+	return NULL;
+}
+
+static void *reader_main(void *arg)
+{
+	struct tun_dir *d = arg;
+	struct tun *t = d->t;
+	struct tun_io io;
+	int rc;
+
+	rc = io_init(&io, t);
+	if (rc) {
+		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
+		return NULL;
+	}
+	if (d->inline_io)
+		d->conns[0].io = &io;
+	for (;;) {
+		struct tun_buf *b;
+		struct tun_conn *c;
+		ssize_t n;
+
+		pthread_mutex_lock(&t->mu);
+		while (!d->free && !t->stopping)
+			pthread_cond_wait(&t->cv, &t->mu);
+		b = t->stopping ? NULL : d->free;
+		if (b)
+			d->free = b->next;
+		pthread_mutex_unlock(&t->mu);
+		if (!b)
+			break;
+
+		n = local_read(&io, payload(b), d->frame_max);
+		if (n <= 0) {
+			pthread_mutex_lock(&t->mu);
+			b->next = d->free;
+			d->free = b;
+			pthread_mutex_unlock(&t->mu);
+			if (n < 0) {
+				local_failed(t, (int)n, "reading from");
+				break;
+			}
+			/* The local QEMU closed its side: END on every stream. */
+			if (d->inline_io) {
+				if (send_end(&d->conns[0], d->next_seq) == 0) {
+					pthread_mutex_lock(&t->mu);
+					dir_done_locked(d);
+					pthread_mutex_unlock(&t->mu);
+				}
+			} else {
+				pthread_mutex_lock(&t->mu);
+				for (uint32_t i = 0; i < d->nconns; i++)
+					d->conns[i].q_end = true;
+				pthread_cond_broadcast(&t->cv);
+				pthread_mutex_unlock(&t->mu);
+			}
+			break;
+		}
+		b->len = (uint32_t)n;
+		b->next = NULL;
+		if (d->inline_io) {
+			b->seq = d->next_seq++;
+			rc = send_frame(&d->conns[0], b, d->frame_type);
+			pthread_mutex_lock(&t->mu);
+			b->next = d->free;
+			d->free = b;
+			pthread_mutex_unlock(&t->mu);
+			if (rc)
+				break;
+			continue;
+		}
+		pthread_mutex_lock(&t->mu);
+		b->seq = d->next_seq++;
+		c = &d->conns[b->seq % d->nconns];
+		if (c->q_tail)
+			c->q_tail->next = b;
+		else
+			c->q_head = b;
+		c->q_tail = b;
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->mu);
+	}
+	if (d->inline_io)
+		d->conns[0].io = NULL;
+	io_fini(&io);
+	return NULL;
+}
+
+/* ---- receiving ---- */
+
+static int recv_end(struct tun_conn *c, uint64_t end)
+{
+	struct tun_dir *d = c->d;
+	struct tun *t = c->t;
+
+	/* The stream must have carried every frame before @end. */
+	if (c->next_seq < end || c->next_seq >= end + d->nconns)
+		return tun_fail(t, -EPROTO,
+			"%s stream %u: END at %llu, but the stream is at frame %llu: "
+			"frames are missing", d->name, c->index,
+			(unsigned long long)end, (unsigned long long)c->next_seq);
+	pthread_mutex_lock(&t->mu);
+	if (d->end_known && d->end_seq != end) {
+		pthread_mutex_unlock(&t->mu);
+		return tun_fail(t, -EPROTO,
+			"%s streams disagree on the end: %llu and %llu", d->name,
+			(unsigned long long)d->end_seq, (unsigned long long)end);
+	}
+	d->end_known = true;
+	d->end_seq = end;
+	d->conns_ended++;
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+	return 0;
+}
+
+static void *recv_worker(void *arg)
+{
+	struct tun_conn *c = arg;
+	struct tun *t = c->t;
+	struct tun_dir *d = c->d;
+	struct tun_io io;
+	int rc;
+
+	rc = io_init(&io, t);
+	if (rc) {
+		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
+		return NULL;
+	}
+	c->io = &io;
+	for (;;) {
+		uint8_t raw[WIRE_FRAME_HDR_BYTES];
+		struct wire_frame_hdr h;
+		struct ferry_error e = { 0 };
+		struct tun_buf *b;
+
+		rc = conn_read(c, raw, sizeof(raw));
+		if (rc) {
+			conn_failed(c, rc, "waiting for a frame");
+			break;
+		}
+		if (wire_frame_decode(raw, d->frame_max, &h, &e)) {
+			tun_fail(t, e.code, "%s stream %u: %s", d->name, c->index,
+				 e.msg);
+			break;
+		}
+		if (h.type == WIRE_FRAME_END) {
+			if (recv_end(c, h.seq))
+				break;
+			if (d->inline_io) {
+				local_write_end(t);
+				pthread_mutex_lock(&t->mu);
+				dir_done_locked(d);
+				pthread_mutex_unlock(&t->mu);
+			}
+			break;
+		}
+		if (h.type != d->frame_type) {
+			tun_fail(t, -EPROTO, "%s stream %u: frame %llu has type %u, "
+				 "which does not belong in this direction", d->name,
+				 c->index, (unsigned long long)h.seq, h.type);
+			break;
+		}
+		if (h.seq != c->next_seq) {
+			tun_fail(t, -EPROTO, "%s stream %u: frame out of sequence: "
+				 "got %llu, expected %llu", d->name, c->index,
+				 (unsigned long long)h.seq,
+				 (unsigned long long)c->next_seq);
+			break;
+		}
+		c->next_seq += d->nconns;
+
+		pthread_mutex_lock(&t->mu);
+		while (!c->free && !t->stopping)
+			pthread_cond_wait(&t->cv, &t->mu);
+		b = t->stopping ? NULL : c->free;
+		if (b)
+			c->free = b->next;
+		pthread_mutex_unlock(&t->mu);
+		if (!b)
+			break;
+
+		if (wire_frame_codec(&h) == WIRE_CODEC_RAW) {
+			rc = conn_read(c, payload(b), h.len);
+		} else {
+			rc = conn_read(c, payload(c->scratch), h.len);
+			if (rc == 0 &&
+			    codec_decompress(c->codec, wire_frame_codec(&h),
+					     payload(c->scratch), h.len, payload(b),
+					     h.raw_len, h.seq, &e)) {
+				tun_fail(t, e.code, "%s stream %u: %s", d->name,
+					 c->index, e.msg);
+				rc = e.code;
+			}
+		}
+		if (rc) {
+			conn_failed(c, rc, "receiving a frame");
+			break;
+		}
+		add(&t->st.frames_in, 1);
+		b->len = h.raw_len;
+		b->seq = h.seq;
+		b->next = NULL;
+		if (d->inline_io) {
+			rc = local_write(&io, payload(b), b->len);
+			pthread_mutex_lock(&t->mu);
+			b->next = c->free;
+			c->free = b;
+			pthread_mutex_unlock(&t->mu);
+			if (rc) {
+				local_failed(t, rc, "writing to");
+				break;
+			}
+			continue;
+		}
+		pthread_mutex_lock(&t->mu);
+		d->slots[b->seq % d->nslots] = b;
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->mu);
+	}
+	c->io = NULL;
+	io_fini(&io);
+	return NULL;
+}
+
+static void *writer_main(void *arg)
+{
+	struct tun_dir *d = arg;
+	struct tun *t = d->t;
+	struct tun_io io;
+	int rc;
+
+	rc = io_init(&io, t);
+	if (rc) {
+		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
+		return NULL;
+	}
+	for (;;) {
+		struct tun_buf *b = NULL;
+		struct tun_conn *owner;
+
+		pthread_mutex_lock(&t->mu);
+		while (!t->stopping) {
+			b = d->slots[d->write_seq % d->nslots];
+			if (b && b->seq == d->write_seq)
+				break;
+			b = NULL;
+			if (d->end_known && d->conns_ended == d->nconns &&
+			    d->write_seq == d->end_seq)
+				break;
+			pthread_cond_wait(&t->cv, &t->mu);
+		}
+		if (b)
+			d->slots[d->write_seq % d->nslots] = NULL;
+		pthread_mutex_unlock(&t->mu);
+		if (!b) {
+			if (!stopping(t)) {
+				local_write_end(t);
+				pthread_mutex_lock(&t->mu);
+				dir_done_locked(d);
+				pthread_mutex_unlock(&t->mu);
+			}
+			break;
+		}
+		rc = local_write(&io, payload(b), b->len);
+		owner = b->owner;
+		pthread_mutex_lock(&t->mu);
+		b->next = owner->free;
+		owner->free = b;
+		d->write_seq++;
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->mu);
+		if (rc) {
+			local_failed(t, rc, "writing to");
+			break;
+		}
+	}
+	io_fini(&io);
+	return NULL;
+}
+
+/* ---- set-up ---- */
+
+static size_t buf_bytes(uint32_t cap)
+{
+	return ((size_t)TUN_HDR_ROOM + cap + 4095) & ~(size_t)4095;
+}
+
+static struct tun_buf *carve(struct tun *t, uint32_t cap)
+{
+	struct tun_buf *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return NULL;
+	FERRY_ASSERT(t->arena_used + buf_bytes(cap) <= t->arena_bytes);
+	b->mem = t->arena + t->arena_used;
+	b->cap = cap;
+	b->all_next = t->all_bufs;
+	t->all_bufs = b;
+	t->arena_used += buf_bytes(cap);
+	return b;
+}
+
+/* Arena bytes a direction needs. */
+static size_t dir_arena(const struct tun_dir *d)
+{
+	size_t n = 0, frame = buf_bytes(d->frame_max);
+
+	for (uint32_t i = 0; i < d->nconns; i++) {
+		if (d->conns[i].c.ssl)
+			n += TUN_STAGE_BYTES;
+		if (d->sending) {
+			if (d->codec != FERRY_CODEC_NONE)
+				n += 2 * buf_bytes((uint32_t)codec_bound(d->frame_max));
+		} else {
+			n += frame;	/* scratch */
+			n += (d->inline_io ? 1 : TUN_BUFS_PER_CONN) * frame;
+		}
+	}
+	if (d->sending)
+		n += (d->inline_io ? 1 : d->nconns * TUN_BUFS_PER_CONN + 1) * frame;
+	return n;
+}
+
+static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
+{
+	for (uint32_t i = 0; i < d->nconns; i++) {
+		struct tun_conn *c = &d->conns[i];
+
+		c->t = t;
+		c->d = d;
+		c->index = i;
+		c->next_seq = i;
+		if (c->c.ssl) {
+			BIO *bio;
+
+			c->stage = t->arena + t->arena_used;
+			t->arena_used += TUN_STAGE_BYTES;
+			bio = BIO_new(bio_meth);
+			if (!bio)
+				return ferry_error_set(err, -ENOMEM, "TLS: no BIO");
+			BIO_set_data(bio, c);
+			BIO_set_init(bio, 1);
+			SSL_set_bio(c->c.ssl, bio, bio);
+		}
+		/* The ring does the waiting; sockets block. */
+		fcntl(c->c.fd, F_SETFL, fcntl(c->c.fd, F_GETFL) & ~O_NONBLOCK);
+		if (d->sending && d->codec != FERRY_CODEC_NONE) {
+			uint32_t cap = (uint32_t)codec_bound(d->frame_max);
+
+			if (!(c->out[0] = carve(t, cap)) || !(c->out[1] = carve(t, cap)))
+				return ferry_error_set(err, -ENOMEM, "out of memory");
+			codec_auto_init(&c->autop, t->bw_rate > 0 ?
+					(uint64_t)(t->bw_rate / d->nconns) : 0);
+		}
+		if (!d->sending) {
+			uint32_t nb = d->inline_io ? 1 : TUN_BUFS_PER_CONN;
+
+			if (!(c->scratch = carve(t, d->frame_max)))
+				return ferry_error_set(err, -ENOMEM, "out of memory");
+			for (uint32_t k = 0; k < nb; k++) {
+				struct tun_buf *b = carve(t, d->frame_max);
+
+				if (!b)
+					return ferry_error_set(err, -ENOMEM,
+							       "out of memory");
+				b->owner = c;
+				b->next = c->free;
+				c->free = b;
+			}
+		}
+		if (d->sending ? d->codec != FERRY_CODEC_NONE : true) {
+			int rc = codec_ctx_new(&c->codec, d->codec_level, err);
+
+			if (rc)
+				return rc;
+		}
+	}
+	if (d->sending) {
+		uint32_t nb = d->inline_io ? 1 : d->nconns * TUN_BUFS_PER_CONN + 1;
+
+		for (uint32_t k = 0; k < nb; k++) {
+			struct tun_buf *b = carve(t, d->frame_max);
+
+			if (!b)
+				return ferry_error_set(err, -ENOMEM, "out of memory");
+			b->next = d->free;
+			d->free = b;
+		}
+	} else if (!d->inline_io) {
+		d->nslots = d->nconns * TUN_BUFS_PER_CONN;
+		d->slots = calloc(d->nslots, sizeof(*d->slots));
+		if (!d->slots)
+			return ferry_error_set(err, -ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static int spawn(struct tun *t, void *(*fn)(void *), void *arg,
+		 struct ferry_error *err)
+{
+	int rc;
+
+	sigset_t pipe, old;
+
+	FERRY_ASSERT(t->nthreads < TUN_MAX_THREADS);
+	/*
+	 * A write to a socket the peer closed raises SIGPIPE in the writing
+	 * task: our threads and their io_uring workers, which inherit the
+	 * mask. Blocked there, it cannot kill the program that embeds us;
+	 * the write fails with EPIPE instead.
+	 */
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, &old);
+	rc = pthread_create(&t->threads[t->nthreads], NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc)
+		return ferry_error_set(err, -rc, "cannot start a tunnel thread: %s",
+				       strerror(rc));
+	t->nthreads++;
+	return 0;
+}
+
+static int dir_start(struct tun *t, struct tun_dir *d, struct ferry_error *err)
+{
+	int rc = 0;
+
+	if (d->sending) {
+		rc = spawn(t, reader_main, d, err);
+		for (uint32_t i = 0; !rc && !d->inline_io && i < d->nconns; i++)
+			rc = spawn(t, send_worker, &d->conns[i], err);
+	} else {
+		for (uint32_t i = 0; !rc && i < d->nconns; i++)
+			rc = spawn(t, recv_worker, &d->conns[i], err);
+		if (!rc && !d->inline_io)
+			rc = spawn(t, writer_main, d, err);
+	}
+	return rc;
+}
+
+static void close_opts(const struct tun_opts *o)
+{
+	struct net_conn ret = o->ret;
+
+	for (uint32_t i = 0; i < o->nstreams; i++)
+		net_conn_close(&o->streams[i]);
+	net_conn_close(&ret);
+	if (o->local_fd >= 0)
+		close(o->local_fd);
+}
+
+int tun_start(struct tun **out, const struct tun_opts *o,
+	      struct ferry_error *err)
+{
+	struct tun *t;
+	bool src = o->role == TUN_SOURCE;
+	uint32_t frame = o->frame_max ? o->frame_max : TUN_FRAME_BYTES;
+	size_t arena;
+	int rc;
+
+	*out = NULL;
+	if (o->nstreams < 1 || o->nstreams > WIRE_STREAMS_MAX ||
+	    frame < WIRE_FRAME_MAX_MIN || frame > WIRE_FRAME_PAYLOAD_MAX ||
+	    (o->local_fd < 0) == !o->local) {
+		close_opts(o);
+		return ferry_error_set(err, -EINVAL, "tunnel: bad options");
+	}
+	pthread_once(&bio_once, bio_meth_init);
+	t = calloc(1, sizeof(*t));
+	if (!t || !bio_meth) {
+		free(t);
+		close_opts(o);
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	}
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	pthread_mutex_init(&t->bw_mu, NULL);
+	t->local_fd = o->local_fd;
+	if (o->local) {
+		t->local = *o->local;
+		t->has_local = true;
+	}
+	t->idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : TUN_IDLE_TIMEOUT_MS;
+	t->done_fd = -1;
+	t->nall = o->nstreams + 1;
+	t->all_conns = calloc(t->nall, sizeof(*t->all_conns));
+	if (!t->all_conns) {
+		close_opts(o);
+		free(t);
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	}
+	for (uint32_t i = 0; i < o->nstreams; i++)
+		t->all_conns[i].c = o->streams[i];
+	t->all_conns[o->nstreams].c = o->ret;
+	if (src && o->bandwidth_bytes_per_s) {
+		t->bw_rate = (double)o->bandwidth_bytes_per_s;
+		t->bw_burst = t->bw_rate * TUN_BW_BURST_MS / 1000.0;
+		if (t->bw_burst < TUN_FRAME_BYTES)
+			t->bw_burst = TUN_FRAME_BYTES;
+		t->bw_tokens = 0;
+		t->bw_last_ns = now_ns();
+	}
+
+	t->fwd = (struct tun_dir){
+		.t = t, .name = "data", .sending = src,
+		.frame_type = WIRE_FRAME_DATA, .conns = t->all_conns,
+		.nconns = o->nstreams, .frame_max = frame,
+		.codec = src ? o->codec : FERRY_CODEC_NONE,
+		.codec_level = o->codec_level,
+	};
+	t->fwd.inline_io = o->nstreams == 1 &&
+			   (!src || t->fwd.codec == FERRY_CODEC_NONE);
+	t->ret = (struct tun_dir){
+		.t = t, .name = "return", .sending = !src,
+		.frame_type = WIRE_FRAME_RETURN, .conns = &t->all_conns[o->nstreams],
+		.nconns = 1, .frame_max = frame, .codec = FERRY_CODEC_NONE,
+		.inline_io = true,
+	};
+
+	arena = dir_arena(&t->fwd) + dir_arena(&t->ret);
+	t->arena_bytes = arena;
+	t->arena = mmap(NULL, arena, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t->arena == MAP_FAILED) {
+		t->arena = NULL;
+		rc = ferry_error_set(err, -ENOMEM, "tunnel: cannot map %zu bytes",
+				     arena);
+		goto fail;
+	}
+	t->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (t->done_fd < 0) {
+		rc = ferry_error_set(err, -errno, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	if (t->local_fd >= 0)
+		fcntl(t->local_fd, F_SETFL,
+		      fcntl(t->local_fd, F_GETFL) & ~O_NONBLOCK);
+	rc = dir_setup(t, &t->fwd, err);
+	if (!rc)
+		rc = dir_setup(t, &t->ret, err);
+	if (rc)
+		goto fail;
+	progress(t);
+	rc = dir_start(t, &t->fwd, err);
+	if (!rc)
+		rc = dir_start(t, &t->ret, err);
+	if (rc)
+		goto fail;
+	*out = t;
+	return 0;
+fail:
+	tun_free(t);
+	return rc;
+}
+
+int tun_done_fd(const struct tun *t)
+{
+	return t->done_fd;
+}
+
+bool tun_finished(const struct tun *t)
+{
+	bool f;
+
+	pthread_mutex_lock((pthread_mutex_t *)&t->mu);
+	f = t->finished;
+	pthread_mutex_unlock((pthread_mutex_t *)&t->mu);
+	return f;
+}
+
+void tun_stats(const struct tun *t, struct tun_stats *s)
+{
+	const uint64_t *src = (const uint64_t *)&t->st;
+	uint64_t *dst = (uint64_t *)s;
+
+	for (size_t i = 0; i < sizeof(*s) / sizeof(uint64_t); i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+void tun_cancel(struct tun *t)
+{
+	if (t)
+		tun_fail(t, -ECANCELED, "the tunnel was cancelled");
+}
+
+int tun_wait(struct tun *t, int timeout_ms, struct ferry_error *err)
+{
+	struct pollfd p = { .fd = t->done_fd, .events = POLLIN };
+	int rc;
+
+	pthread_mutex_lock(&t->mu);
+	if (!t->finished && !t->failed) {
+		pthread_mutex_unlock(&t->mu);
+		if (poll(&p, 1, timeout_ms) == 0)
+			return -ETIMEDOUT;
+		pthread_mutex_lock(&t->mu);
+	}
+	if (t->failed) {
+		rc = t->error.code ? t->error.code : -EIO;
+		if (err) {
+			err->code = rc;
+			memcpy(err->msg, t->error.msg, sizeof(err->msg));
+		}
+	} else {
+		rc = t->finished ? 0 : -ETIMEDOUT;
+	}
+	pthread_mutex_unlock(&t->mu);
+	return rc;
+}
+
+void tun_free(struct tun *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->mu);
+	if (!t->finished)
+		t->stopping = true;
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+	if (t->stopping)
+		shutdown_all(t);
+	for (uint32_t i = 0; i < t->nthreads; i++)
+		pthread_join(t->threads[i], NULL);
+	for (uint32_t i = 0; i < t->nall; i++) {
+		codec_ctx_free(t->all_conns[i].codec);
+		net_conn_close(&t->all_conns[i].c);
+	}
+	while (t->all_bufs) {
+		struct tun_buf *b = t->all_bufs;
+
+		t->all_bufs = b->all_next;
+		free(b);
+	}
+	free(t->fwd.slots);
+	free(t->ret.slots);
+	free(t->all_conns);
+	if (t->local_fd >= 0)
+		close(t->local_fd);
+	if (t->arena)
+		munmap(t->arena, t->arena_bytes);
+	if (t->done_fd >= 0)
+		close(t->done_fd);
+	pthread_mutex_destroy(&t->bw_mu);
+	pthread_cond_destroy(&t->cv);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}

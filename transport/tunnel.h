@@ -1,0 +1,122 @@
+/*
+ * The tunnel: carries a QEMU migration stream between two ferry processes
+ * over N data connections (the forward direction, source -> destination)
+ * and one return connection (QEMU's return path, destination -> source),
+ * with optional compression and TLS, on io_uring.
+ *
+ * Each direction is a sender and a receiver:
+ *
+ *   sender    a reader takes bytes from the local QEMU into pool buffers
+ *             and numbers them (seq); frame seq goes to connection
+ *             seq % N, whose worker thread compresses it (or not), paces it
+ *             (--bandwidth), encrypts it (TLS) and writes it;
+ *   receiver  one worker per connection reads and checks frames (length
+ *             against frame_max before anything else, sequence, codec),
+ *             decodes them, and a writer hands them to the local QEMU in
+ *             seq order.
+ *
+ * With one connection and no codec the reader sends itself, and with one
+ * connection the receiving worker writes itself: no hand-off at all.
+ *
+ * When the local QEMU closes its side, every connection carries an END
+ * frame; the peer then shuts the write side of its own QEMU socket. The
+ * tunnel ends when both directions ended, or at the first error; it then
+ * shuts every socket down so both QEMUs see the stream end (a QEMU whose
+ * migration stream breaks fails the migration; the source guest runs on).
+ *
+ * Buffers are allocated once, in one arena registered with each thread's
+ * ring (fixed buffers), so the hot path neither allocates nor pins pages.
+ */
+#ifndef FERRY_TUNNEL_H
+#define FERRY_TUNNEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ferry.h"
+#include "net.h"
+#include "wire.h"
+
+/* Payload of the frames a sender builds; QEMU writes in bursts this big. */
+#define TUN_FRAME_BYTES (256u << 10)
+/* Buffers per connection and direction: enough to overlap the stages. */
+#define TUN_BUFS_PER_CONN 4
+/* No byte moved in either direction for this long: the peer stalled. */
+#define TUN_IDLE_TIMEOUT_MS 30000
+/* How often a waiting thread looks at the stop flag and the idle clock. */
+#define TUN_TICK_MS 250
+/* The bandwidth cap allows bursts of this much time's worth of bytes. */
+#define TUN_BW_BURST_MS 20
+
+enum tun_role {
+	TUN_SOURCE = 1,	/* local QEMU is the migration source */
+	TUN_DEST = 2,
+};
+
+/*
+ * The local end, when it is not a QEMU socket (benchmarks and tests move
+ * memory through the tunnel). All calls come from tunnel threads; read and
+ * write block. read returns > 0 bytes, 0 at the end of the stream, or
+ * -errno; write returns 0 or -errno.
+ */
+struct tun_local {
+	ssize_t (*read)(void *opaque, void *buf, size_t len);
+	int (*write)(void *opaque, const void *buf, size_t len);
+	void (*write_end)(void *opaque);	/* the peer's stream ended */
+	void *opaque;
+};
+
+struct tun_opts {
+	enum tun_role role;
+	int local_fd;			/* QEMU's socket; -1 with @local */
+	const struct tun_local *local;	/* instead of local_fd, or NULL */
+	/* Connections, already past the hello (and the TLS handshake). The
+	 * tunnel owns them from tun_start() on, also when it fails. */
+	struct net_conn *streams;	/* nstreams forward connections */
+	uint32_t nstreams;
+	struct net_conn ret;		/* the return connection */
+	/* The forward direction's frame size: what the sender builds, what
+	 * the receiver accepts (from the hello). 0: TUN_FRAME_BYTES. */
+	uint32_t frame_max;
+	enum ferry_codec codec;		/* the sender of the forward direction */
+	int codec_level;
+	uint64_t bandwidth_bytes_per_s;	/* forward wire cap; 0: none */
+	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS */
+};
+
+struct tun_stats {
+	uint64_t local_in_bytes;	/* read from the local QEMU */
+	uint64_t local_out_bytes;	/* written to the local QEMU */
+	uint64_t wire_out_bytes;	/* sent on the connections (after TLS) */
+	uint64_t wire_in_bytes;
+	uint64_t frames_out;
+	uint64_t frames_in;
+	uint64_t frames_codec[WIRE_CODEC_MAX + 1];	/* sent, per codec */
+};
+
+struct tun;
+
+int tun_start(struct tun **out, const struct tun_opts *o,
+	      struct ferry_error *err);
+
+/* An eventfd that becomes readable when the tunnel has ended. */
+int tun_done_fd(const struct tun *t);
+bool tun_finished(const struct tun *t);
+
+/* Copy of the counters; safe while the tunnel runs. */
+void tun_stats(const struct tun *t, struct tun_stats *s);
+
+/* Stop now (shuts every socket down). Thread-safe. */
+void tun_cancel(struct tun *t);
+
+/*
+ * Wait up to timeout_ms for the end; returns 0 when both directions ended
+ * cleanly, -ETIMEDOUT while running, or the error that ended it.
+ */
+int tun_wait(struct tun *t, int timeout_ms, struct ferry_error *err);
+
+/* Cancel if running, join the threads, close everything. NULL is fine. */
+void tun_free(struct tun *t);
+
+#endif /* FERRY_TUNNEL_H */
