@@ -1,6 +1,7 @@
 /*
- * Unit tests of the wire format and the io_uring relay, with real sockets
- * (TCP on loopback, socketpairs standing in for QEMU) and no QEMU.
+ * Unit tests of the wire format, the codecs and the io_uring tunnel, with
+ * real sockets (TCP on loopback, socketpairs standing in for QEMU), real
+ * TLS (a pre-shared key written here) and no QEMU.
  */
 #include <check.h>
 #include <errno.h>
@@ -12,7 +13,9 @@
 
 #include "engine/util.h"
 #include "transport/net.h"
-#include "transport/relay.h"
+#include "transport/codec.h"
+#include "transport/tls.h"
+#include "transport/tunnel.h"
 #include "transport/wire.h"
 
 static struct wire_hello good_hello(void)
@@ -24,6 +27,7 @@ static struct wire_hello good_hello(void)
 		.ram_bytes = 128ull << 20,
 		.stream_index = 0,
 		.stream_count = 1,
+		.frame_max = TUN_FRAME_BYTES,
 	};
 	memset(h.mig_id, 0xab, sizeof(h.mig_id));
 	return h;
@@ -56,6 +60,7 @@ static const struct {
 	{ 15, 0x80, -EPROTO, "unknown option bits" },
 	{ 32, 0xff, -EPROTO, "outside" },		/* RAM far too large */
 	{ 43, 0, -EPROTO, "stream 0 of 0" },
+	{ 44, 0x7f, -EPROTO, "declares frames of" },
 	{ 50, 1, -EPROTO, "reserved" },
 };
 
@@ -86,37 +91,127 @@ START_TEST(hello_rejects_empty_id)
 }
 END_TEST
 
+static uint8_t pattern_rand(size_t i);
+
 START_TEST(frame_checks)
 {
 	struct wire_frame_hdr h = { .type = WIRE_FRAME_DATA, .len = 100,
 				    .raw_len = 100, .seq = 0 }, d;
 	struct ferry_error err = { 0 };
 	uint8_t buf[WIRE_FRAME_HDR_BYTES];
-	uint64_t seq = 0;
+	const uint32_t max = TUN_FRAME_BYTES;
 
 	wire_frame_encode(&h, buf);
-	ck_assert_int_eq(wire_frame_decode(buf, &seq, &d, &err), 0);
-	ck_assert_uint_eq(seq, 1);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), 0);
 
-	/* Replaying the same frame is out of sequence. */
-	ck_assert_int_eq(wire_frame_decode(buf, &seq, &d, &err), -EPROTO);
-	ck_assert_ptr_nonnull(strstr(err.msg, "out of sequence"));
-
-	h.seq = 1;
-	h.len = h.raw_len = WIRE_FRAME_PAYLOAD_MAX + 1;
+	h.len = h.raw_len = max + 1;
 	wire_frame_encode(&h, buf);
-	ck_assert_int_eq(wire_frame_decode(buf, &seq, &d, &err), -EMSGSIZE);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EMSGSIZE);
+
+	/* A compressed frame may not claim to decode beyond the limit. */
+	h.len = 10;
+	h.raw_len = max + 1;
+	h.flags = WIRE_CODEC_LZ4;
+	wire_frame_encode(&h, buf);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EMSGSIZE);
+
+	h.flags = 0x40;
+	h.raw_len = 10;
+	wire_frame_encode(&h, buf);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EPROTO);
+	ck_assert_ptr_nonnull(strstr(err.msg, "flags 0x40"));
+
+	h.flags = WIRE_CODEC_RAW;
+	h.raw_len = 11;
+	wire_frame_encode(&h, buf);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EPROTO);
+	ck_assert_ptr_nonnull(strstr(err.msg, "without a codec"));
 
 	h.len = h.raw_len = 10;
 	h.type = 77;
 	wire_frame_encode(&h, buf);
-	ck_assert_int_eq(wire_frame_decode(buf, &seq, &d, &err), -EPROTO);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EPROTO);
 	ck_assert_ptr_nonnull(strstr(err.msg, "unknown type 77"));
 
 	h.type = WIRE_FRAME_END;
 	wire_frame_encode(&h, buf);
-	ck_assert_int_eq(wire_frame_decode(buf, &seq, &d, &err), -EPROTO);
+	ck_assert_int_eq(wire_frame_decode(buf, max, &d, &err), -EPROTO);
 	ck_assert_ptr_nonnull(strstr(err.msg, "END frame"));
+}
+END_TEST
+
+/* Codecs round-trip, refuse to grow data, and reject lying payloads. */
+START_TEST(codec_checks)
+{
+	static uint8_t raw[65536], enc[70000], dec[65536];
+	struct codec_ctx *c;
+	struct ferry_error err = { 0 };
+	size_t n;
+
+	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
+	for (size_t i = 0; i < sizeof(raw); i++)
+		raw[i] = (uint8_t)("ferry carries guests "[i % 21]);
+	for (int codec = WIRE_CODEC_LZ4; codec <= WIRE_CODEC_ZSTD; codec++) {
+		n = codec_compress(c, codec, raw, sizeof(raw), enc, sizeof(enc));
+		ck_assert_uint_gt(n, 0);
+		ck_assert_uint_lt(n, sizeof(raw) / 4);
+		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec,
+						  sizeof(dec), 1, &err), 0);
+		ck_assert_int_eq(memcmp(raw, dec, sizeof(raw)), 0);
+		/* Declared smaller than it decodes: refused, not overrun. */
+		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec, 1000, 7,
+						  &err), -EBADMSG);
+		ck_assert_ptr_nonnull(strstr(err.msg, "frame 7"));
+		/* Declared larger than it decodes. */
+		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec,
+						  sizeof(dec) - 1 + 1, 8, &err), 0);
+		/* Garbage. */
+		memset(enc, 0xa5, 64);
+		ck_assert_int_eq(codec_decompress(c, codec, enc, 64, dec,
+						  sizeof(dec), 9, &err), -EBADMSG);
+	}
+	/* Random bytes do not shrink: the frame goes raw. */
+	for (size_t i = 0; i < sizeof(raw); i++)
+		raw[i] = (uint8_t)(pattern_rand(i));
+	ck_assert_uint_eq(codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc,
+					 sizeof(enc)), 0);
+	codec_ctx_free(c);
+}
+END_TEST
+
+/* The auto policy on synthetic measurements. */
+START_TEST(codec_auto_policy)
+{
+	struct codec_auto a;
+	enum wire_codec probe;
+
+	/* Fast link (3 GB/s), lz4 at 1.5 GB/s and ratio 0.5: stay raw. */
+	codec_auto_init(&a, 0);
+	codec_auto_note_link(&a, 3000000000ull, false);
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
+	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 350000, 3000000);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
+	/* 1 Gbit/s: lz4 wins (0.67 + 0.5 * 8 ns/B against 8). */
+	codec_auto_init(&a, 0);
+	codec_auto_note_link(&a, 125000000ull, false);
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
+	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 450000, 3000000);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
+	/* 100 Mbit/s and zstd much tighter: zstd. */
+	codec_auto_init(&a, 12500000ull);
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
+	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 250000, 3000000);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_ZSTD);
+	/* Incompressible data on a slow link: raw. */
+	codec_auto_init(&a, 12500000ull);
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 0, 666666);
+	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 0, 900000);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
+	/* An app-limited sample only raises the link estimate. */
+	codec_auto_init(&a, 0);
+	codec_auto_note_link(&a, 125000000ull, false);
+	codec_auto_note_link(&a, 1000000ull, true);
+	ck_assert(a.link_ns_per_byte < 9.0);
 }
 END_TEST
 
@@ -159,6 +254,15 @@ struct fake_qemu {
 	bool read_ok;		/* out */
 	bool close_after_read;	/* a destination QEMU closes when done */
 };
+
+static uint8_t pattern_rand(size_t i)
+{
+	uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull;
+
+	x ^= x >> 29;
+	x *= 0xbf58476d1ce4e5b9ull;
+	return (uint8_t)(x >> 32);
+}
 
 static uint8_t pattern(uint32_t seed, size_t i)
 {
@@ -208,23 +312,117 @@ static void *fake_qemu_run(void *arg)
 	return NULL;
 }
 
-START_TEST(relay_end_to_end)
-{
-	struct xport_relay *src = NULL, *dst = NULL;
-	struct ferry_error err = { 0 };
-	int net[2], sq[2], dq[2];
-	struct fake_qemu fsrc = { 0 }, fdst = { 0 };
-	pthread_t ts, td;
-	struct xport_stats st;
+/* A pre-shared key both ends of a TLS test use. */
+static char psk_path[64];
 
-	tcp_pair(net);
+/* Written once by main(), before the tests fork. */
+static void psk_init(void)
+{
+	FILE *f;
+	int fd;
+
+	snprintf(psk_path, sizeof(psk_path), "/tmp/ferry-psk.XXXXXX");
+	fd = mkstemp(psk_path);
+	if (fd < 0)
+		abort();
+	f = fdopen(fd, "w");
+	fprintf(f, "unit:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+	fclose(f);
+}
+
+static struct tls_ctx *psk_ctx(bool server)
+{
+	struct ferry_tls_opts o = { .psk_file = psk_path };
+	struct ferry_error err = { 0 };
+	struct tls_ctx *c;
+
+	ck_assert_msg(tls_ctx_new(&c, &o, server, &err) == 0, "%s", err.msg);
+	return c;
+}
+
+struct hs_arg {
+	struct tls_ctx *ctx;
+	struct net_conn *c;
+	int rc;
+};
+
+static void *hs_main(void *p)
+{
+	struct hs_arg *a = p;
+	struct ferry_error err = { 0 };
+
+	a->rc = net_conn_start_tls(a->c, a->ctx, NULL, 5000, &err);
+	return NULL;
+}
+
+/* A connected pair of conns (a: source side, b: receiver side). */
+static void conn_pair(struct net_conn *a, struct net_conn *b, bool tls)
+{
+	int fds[2];
+
+	tcp_pair(fds);
+	net_conn_init(a, fds[0]);
+	net_conn_init(b, fds[1]);
+	if (tls) {
+		struct tls_ctx *cc = psk_ctx(false), *sc = psk_ctx(true);
+		struct hs_arg ca = { cc, a, 0 }, sa = { sc, b, 0 };
+		pthread_t t;
+
+		pthread_create(&t, NULL, hs_main, &sa);
+		hs_main(&ca);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(ca.rc, 0);
+		ck_assert_int_eq(sa.rc, 0);
+		tls_ctx_free(cc);
+		tls_ctx_free(sc);
+	}
+}
+
+static const struct {
+	enum ferry_codec codec;
+	uint32_t streams;
+	bool tls;
+} e2e_cases[] = {
+	{ FERRY_CODEC_NONE, 1, false },
+	{ FERRY_CODEC_LZ4, 1, false },
+	{ FERRY_CODEC_ZSTD, 3, false },
+	{ FERRY_CODEC_AUTO, 2, false },
+	{ FERRY_CODEC_NONE, 4, true },
+	{ FERRY_CODEC_LZ4, 1, true },
+};
+
+/*
+ * Two tunnels back to back over loopback, fake QEMUs at both ends: 48 MiB
+ * forward, 300000 bytes back, every byte checked in order.
+ */
+START_TEST(tunnel_end_to_end)
+{
+	struct net_conn s_streams[4], d_streams[4], s_ret, d_ret;
+	struct tun *src = NULL, *dst = NULL;
+	struct ferry_error err = { 0 };
+	uint32_t n = e2e_cases[_i].streams;
+	bool tls = e2e_cases[_i].tls;
+	struct fake_qemu fsrc = { 0 }, fdst = { 0 };
+	int sq[2], dq[2];
+	pthread_t ts, td;
+	struct tun_stats st;
+
+	for (uint32_t k = 0; k < n; k++)
+		conn_pair(&s_streams[k], &d_streams[k], tls);
+	conn_pair(&s_ret, &d_ret, tls);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sq), 0);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, dq), 0);
-	ck_assert_int_eq(xport_relay_start(&src, sq[1], net[0], XPORT_ROLE_SOURCE,
-					   NULL, &err), 0);
-	ck_assert_int_eq(xport_relay_start(&dst, dq[1], net[1], XPORT_ROLE_DEST,
-					   NULL, &err), 0);
-	/* Source QEMU: sends 48 MiB, then closes its write side. */
+	{
+		struct tun_opts so = { .role = TUN_SOURCE, .local_fd = sq[1],
+				       .streams = s_streams, .nstreams = n,
+				       .ret = s_ret, .codec = e2e_cases[_i].codec };
+		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
+					 .streams = d_streams, .nstreams = n,
+					 .ret = d_ret };
+
+		ck_assert_msg(tun_start(&src, &so, &err) == 0, "%s", err.msg);
+		ck_assert_msg(tun_start(&dst, &dopt, &err) == 0, "%s", err.msg);
+	}
 	fsrc.fd = sq[0];
 	fsrc.write_len = 48u << 20;
 	fsrc.write_seed = 1;
@@ -242,84 +440,166 @@ START_TEST(relay_end_to_end)
 	fake_qemu_run(&fsrc);
 	pthread_join(td, NULL);
 
-	ck_assert_int_eq(xport_relay_wait(src, 5000, &err), 0);
-	ck_assert_int_eq(xport_relay_wait(dst, 5000, &err), 0);
+	ck_assert_msg(tun_wait(src, 5000, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(tun_wait(dst, 5000, &err) == 0, "destination: %s", err.msg);
 	ck_assert_uint_eq(fdst.read_len, 48u << 20);
 	ck_assert(fdst.read_ok);
 	ck_assert_uint_eq(fsrc.read_len, 300000);
 	ck_assert(fsrc.read_ok);
-	xport_relay_stats(src, &st);
+	tun_stats(src, &st);
 	ck_assert_uint_eq(st.local_in_bytes, 48u << 20);
-	ck_assert_uint_gt(st.wire_out_bytes, st.local_in_bytes);
-	xport_relay_free(src);
-	xport_relay_free(dst);
+	switch (e2e_cases[_i].codec) {
+	case FERRY_CODEC_NONE:
+		ck_assert_uint_gt(st.wire_out_bytes, st.local_in_bytes);
+		ck_assert_uint_eq(st.frames_codec[WIRE_CODEC_LZ4] +
+				  st.frames_codec[WIRE_CODEC_ZSTD], 0);
+		break;
+	case FERRY_CODEC_LZ4:
+		ck_assert_uint_gt(st.frames_codec[WIRE_CODEC_LZ4], 0);
+		ck_assert_uint_lt(st.wire_out_bytes, st.local_in_bytes / 2);
+		break;
+	case FERRY_CODEC_ZSTD:
+		ck_assert_uint_gt(st.frames_codec[WIRE_CODEC_ZSTD], 0);
+		ck_assert_uint_lt(st.wire_out_bytes, st.local_in_bytes / 2);
+		break;
+	case FERRY_CODEC_AUTO:
+		break;
+	}
+	tun_free(src);
+	tun_free(dst);
 	close(sq[0]);
 	close(dq[0]);
 }
 END_TEST
 
 /*
- * A destination relay whose peer misbehaves: the relay must end with the
- * expected error and close the local socket, so QEMU sees the stream end.
+ * A destination tunnel whose peer misbehaves on the data stream: it must
+ * end with the expected error and shut the local socket, so QEMU sees the
+ * stream end.
  */
 static void bad_peer(const void *bytes, size_t len, bool close_peer,
 		     uint32_t idle_ms, int want, const char *phrase)
 {
-	struct xport_relay_opts opts = { .idle_timeout_ms = idle_ms };
-	struct xport_relay *r = NULL;
+	struct net_conn s_data, d_data, s_ret, d_ret;
+	struct tun *t = NULL;
 	struct ferry_error err = { 0 };
-	int net[2], q[2];
+	int q[2];
 	char c;
 
-	tcp_pair(net);
+	conn_pair(&s_data, &d_data, false);
+	conn_pair(&s_ret, &d_ret, false);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, q), 0);
-	ck_assert_int_eq(xport_relay_start(&r, q[1], net[1], XPORT_ROLE_DEST,
-					   &opts, &err), 0);
+	{
+		struct tun_opts o = { .role = TUN_DEST, .local_fd = q[1],
+				      .streams = &d_data, .nstreams = 1,
+				      .ret = d_ret, .idle_timeout_ms = idle_ms };
+
+		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
+	}
 	if (len)
-		ck_assert_int_eq(send(net[0], bytes, len, MSG_NOSIGNAL), (ssize_t)len);
+		ck_assert_int_eq(send(s_data.fd, bytes, len, MSG_NOSIGNAL),
+				 (ssize_t)len);
 	if (close_peer)
-		shutdown(net[0], SHUT_WR);
-	ck_assert_int_eq(xport_relay_wait(r, 10000, &err), want);
+		shutdown(s_data.fd, SHUT_WR);
+	ck_assert_int_eq(tun_wait(t, 10000, &err), want);
 	ck_assert_msg(strstr(err.msg, phrase), "message '%s' lacks '%s'",
 		      err.msg, phrase);
 	/* The local QEMU side sees EOF: nothing half-delivered stays open. */
 	ck_assert_int_eq(recv(q[0], &c, 1, 0), 0);
-	xport_relay_free(r);
+	tun_free(t);
 	close(q[0]);
-	close(net[0]);
+	net_conn_close(&s_data);
+	net_conn_close(&s_ret);
 }
 
-START_TEST(relay_garbage)
+/* A frame header + payload in @buf; returns the length. */
+static size_t frame(uint8_t *buf, uint16_t type, uint16_t flags, uint32_t len,
+		    uint32_t raw_len, uint64_t seq, const void *payload)
+{
+	struct wire_frame_hdr h = { .type = type, .flags = flags, .len = len,
+				    .raw_len = raw_len, .seq = seq };
+
+	wire_frame_encode(&h, buf);
+	if (payload)
+		memcpy(buf + WIRE_FRAME_HDR_BYTES, payload, len);
+	return WIRE_FRAME_HDR_BYTES + len;
+}
+
+START_TEST(tunnel_garbage)
 {
 	const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
-	bad_peer(junk, sizeof(junk) - 1, false, 0, -EPROTO, "bad frame from the peer: frame 5219517436174301197 has unknown type 12064");
+	bad_peer(junk, sizeof(junk) - 1, false, 0, -EPROTO, "unknown type");
 }
 END_TEST
 
-START_TEST(relay_truncated)
+START_TEST(tunnel_truncated)
 {
-	struct wire_frame_hdr h = { .type = WIRE_FRAME_DATA, .len = 1000,
-				    .raw_len = 1000 };
 	uint8_t buf[WIRE_FRAME_HDR_BYTES + 10] = { 0 };
 
-	wire_frame_encode(&h, buf);
-	bad_peer(buf, sizeof(buf), true, 0, -ECONNRESET, "before the end of the stream");
+	frame(buf, WIRE_FRAME_DATA, 0, 1000, 1000, 0, NULL);
+	bad_peer(buf, sizeof(buf), true, 0, -ECONNRESET, "closed the connection");
 }
 END_TEST
 
-START_TEST(relay_wrong_direction)
+START_TEST(tunnel_wrong_direction)
 {
-	struct wire_frame_hdr h = { .type = WIRE_FRAME_RETURN, .len = 4,
-				    .raw_len = 4 };
-	uint8_t buf[WIRE_FRAME_HDR_BYTES + 4] = { 0 };
+	uint8_t buf[64] = { 0 };
+	size_t n = frame(buf, WIRE_FRAME_RETURN, 0, 4, 4, 0, "abcd");
 
-	wire_frame_encode(&h, buf);
-	bad_peer(buf, sizeof(buf), false, 0, -EPROTO, "wrong direction");
+	bad_peer(buf, n, false, 0, -EPROTO, "does not belong in this direction");
 }
 END_TEST
 
-START_TEST(relay_stall)
+START_TEST(tunnel_out_of_sequence)
+{
+	uint8_t buf[64] = { 0 };
+	size_t n = frame(buf, WIRE_FRAME_DATA, 0, 4, 4, 5, "abcd");
+
+	bad_peer(buf, n, false, 0, -EPROTO, "out of sequence");
+}
+END_TEST
+
+START_TEST(tunnel_oversized)
+{
+	uint8_t buf[64] = { 0 };
+	frame(buf, WIRE_FRAME_DATA, 0, TUN_FRAME_BYTES + 1,
+	      TUN_FRAME_BYTES + 1, 0, NULL);
+	/* The header alone is refused: nothing is read or allocated after. */
+	bad_peer(buf, WIRE_FRAME_HDR_BYTES, false, 0, -EMSGSIZE, "limit");
+}
+END_TEST
+
+/* An LZ4 payload that decodes to more than the frame declares. */
+START_TEST(tunnel_decompress_overflow)
+{
+	static uint8_t raw[8192], enc[9000], buf[10000];
+	struct codec_ctx *c;
+	struct ferry_error err = { 0 };
+	size_t n;
+
+	memset(raw, 'x', sizeof(raw));
+	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
+	n = codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc, sizeof(enc));
+	codec_ctx_free(c);
+	ck_assert_uint_gt(n, 0);
+	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_LZ4, (uint32_t)n, 100, 0, enc);
+	bad_peer(buf, n, false, 0, -EBADMSG, "more than the declared 100 bytes");
+}
+END_TEST
+
+START_TEST(tunnel_decompress_garbage)
+{
+	uint8_t junk[200], buf[300];
+	size_t n;
+
+	memset(junk, 0x5a, sizeof(junk));
+	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, sizeof(junk), 4096, 0, junk);
+	bad_peer(buf, n, false, 0, -EBADMSG, "zstd");
+}
+END_TEST
+
+START_TEST(tunnel_stall)
 {
 	uint64_t t0 = ferry_now_ms();
 
@@ -328,22 +608,30 @@ START_TEST(relay_stall)
 }
 END_TEST
 
-START_TEST(relay_cancel)
+START_TEST(tunnel_cancel)
 {
-	struct xport_relay *r = NULL;
+	struct net_conn s_data, d_data, s_ret, d_ret;
+	struct tun *t = NULL;
 	struct ferry_error err = { 0 };
-	int net[2], q[2];
+	int q[2];
 
-	tcp_pair(net);
+	conn_pair(&s_data, &d_data, false);
+	conn_pair(&s_ret, &d_ret, false);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, q), 0);
-	ck_assert_int_eq(xport_relay_start(&r, q[1], net[0], XPORT_ROLE_SOURCE,
-					   NULL, &err), 0);
-	ck_assert_int_eq(xport_relay_wait(r, 100, &err), -ETIMEDOUT);
-	xport_relay_cancel(r);
-	ck_assert_int_eq(xport_relay_wait(r, 5000, &err), -ECANCELED);
-	xport_relay_free(r);
+	{
+		struct tun_opts o = { .role = TUN_SOURCE, .local_fd = q[1],
+				      .streams = &s_data, .nstreams = 1,
+				      .ret = s_ret };
+
+		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
+	}
+	ck_assert_int_eq(tun_wait(t, 100, &err), -ETIMEDOUT);
+	tun_cancel(t);
+	ck_assert_int_eq(tun_wait(t, 5000, &err), -ECANCELED);
+	tun_free(t);
 	close(q[0]);
-	close(net[1]);
+	net_conn_close(&d_data);
+	net_conn_close(&d_ret);
 }
 END_TEST
 
@@ -351,22 +639,28 @@ static Suite *transport_suite(void)
 {
 	Suite *s = suite_create("transport");
 	TCase *wire = tcase_create("wire");
-	TCase *relay = tcase_create("relay");
+	TCase *tun = tcase_create("tunnel");
 
 	tcase_add_test(wire, hello_roundtrip);
 	tcase_add_loop_test(wire, hello_rejects, 0, FERRY_ARRAY_SIZE(hello_cases));
 	tcase_add_test(wire, hello_rejects_empty_id);
 	tcase_add_test(wire, frame_checks);
 	tcase_add_test(wire, ctrl_checks);
-	tcase_set_timeout(relay, 30);
-	tcase_add_test(relay, relay_end_to_end);
-	tcase_add_test(relay, relay_garbage);
-	tcase_add_test(relay, relay_truncated);
-	tcase_add_test(relay, relay_wrong_direction);
-	tcase_add_test(relay, relay_stall);
-	tcase_add_test(relay, relay_cancel);
+	tcase_add_test(wire, codec_checks);
+	tcase_add_test(wire, codec_auto_policy);
+	tcase_set_timeout(tun, 60);
+	tcase_add_loop_test(tun, tunnel_end_to_end, 0, FERRY_ARRAY_SIZE(e2e_cases));
+	tcase_add_test(tun, tunnel_garbage);
+	tcase_add_test(tun, tunnel_truncated);
+	tcase_add_test(tun, tunnel_wrong_direction);
+	tcase_add_test(tun, tunnel_out_of_sequence);
+	tcase_add_test(tun, tunnel_oversized);
+	tcase_add_test(tun, tunnel_decompress_overflow);
+	tcase_add_test(tun, tunnel_decompress_garbage);
+	tcase_add_test(tun, tunnel_stall);
+	tcase_add_test(tun, tunnel_cancel);
 	suite_add_tcase(s, wire);
-	suite_add_tcase(s, relay);
+	suite_add_tcase(s, tun);
 	return s;
 }
 
@@ -375,8 +669,10 @@ int main(void)
 	SRunner *sr = srunner_create(transport_suite());
 	int failed;
 
+	psk_init();
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	unlink(psk_path);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
