@@ -39,7 +39,7 @@
 #include "wire.h"
 
 /* Payload of the frames a sender builds; QEMU writes in bursts this big. */
-#define TUN_FRAME_BYTES (256u << 10)
+#define TUN_FRAME_BYTES (1024u << 10)
 /* Buffers per connection and direction: enough to overlap the stages. */
 #define TUN_BUFS_PER_CONN 4
 /* No byte moved in either direction for this long: the peer stalled. */
