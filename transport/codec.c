@@ -242,6 +242,14 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, enum wire_codec *probe)
 							2 * CODEC_PROBE_EVERY;
 		uint64_t phase = c == WIRE_CODEC_LZ4 ? 0 : CODEC_PROBE_EVERY / 2;
 
+		/*
+		 * A codec whose CPU time alone costs more than sending raw
+		 * cannot win whatever its ratio: on a fast link, re-measure
+		 * it only rarely, so auto costs next to nothing there.
+		 */
+		if (a->est[c].valid && a->est[c].cpu_ns_per_byte >=
+		    codec_auto_cost(a, WIRE_CODEC_RAW) * CODEC_AUTO_MARGIN)
+			period *= CODEC_PROBE_HOPELESS_FACTOR;
 		if (c != (int)best && (!a->est[c].valid || f % period == phase)) {
 			*probe = (enum wire_codec)c;
 			break;

@@ -11,7 +11,8 @@
  * fast link where compression gains little, so auto is never slower than
  * none. Estimates decay (EWMA), and codecs not in use are re-measured on
  * every CODEC_PROBE_EVERY-th frame (the probe's output is sent when smaller,
- * so a probe costs only its CPU time).
+ * so a probe costs only its CPU time); a codec whose CPU time alone exceeds
+ * the cost of sending raw is re-measured 16 times less often.
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -28,6 +29,8 @@
 #define CODEC_ZSTD_LEVEL_MAX 19
 /* Probe an unused codec once every this many frames. */
 #define CODEC_PROBE_EVERY 16
+/* ... and a codec that cannot win on this link this many times less often. */
+#define CODEC_PROBE_HOPELESS_FACTOR 16
 /* A codec must beat raw by this factor (cost < raw * margin) to be used. */
 #define CODEC_AUTO_MARGIN 0.85
 /* EWMA weight of a new sample. */

@@ -4,7 +4,7 @@
  * Threads, each with its own small ring and one operation in flight:
  *   sender:   a reader (local -> pool buffers), and one worker per
  *             connection (compress, pace, encrypt, write); with one
- *             connection and no codec the reader writes itself;
+ *             connection the reader does it all itself;
  *   receiver: one worker per connection (read, check, decode), and a
  *             writer restoring seq order (local <- buffers); with one
  *             connection the worker writes itself.
@@ -1331,8 +1331,9 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		.codec = src ? o->codec : FERRY_CODEC_NONE,
 		.codec_level = o->codec_level,
 	};
-	t->fwd.inline_io = o->nstreams == 1 &&
-			   (!src || t->fwd.codec == FERRY_CODEC_NONE);
+	/* One connection: the reader compresses and sends itself; a worker
+	 * thread would only add hand-offs on a busy machine. */
+	t->fwd.inline_io = o->nstreams == 1;
 	t->ret = (struct tun_dir){
 		.t = t, .name = "return", .sending = !src,
 		.frame_type = WIRE_FRAME_RETURN, .conns = &t->all_conns[o->nstreams],

@@ -15,8 +15,8 @@
  *             decodes them, and a writer hands them to the local QEMU in
  *             seq order.
  *
- * With one connection and no codec the reader sends itself, and with one
- * connection the receiving worker writes itself: no hand-off at all.
+ * With one connection the reader compresses and sends itself, and the
+ * receiving worker writes itself: no hand-off at all.
  *
  * When the local QEMU closes its side, every connection carries an END
  * frame; the peer then shuts the write side of its own QEMU socket. The
