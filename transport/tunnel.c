@@ -53,6 +53,8 @@
 #define TUN_RING_DEPTH 8
 /* TLS ciphertext staging per connection: one frame and its records. */
 #define TUN_STAGE_BYTES (TUN_FRAME_BYTES + (64u << 10))
+/* A TLS read this large goes straight into OpenSSL's buffer. */
+#define TUN_TLS_DIRECT_READ (64u << 10)
 #define TUN_MAX_THREADS (2 * WIRE_STREAMS_MAX + 4)
 /* Bound on waiting for a cancelled operation to complete. */
 #define TUN_CANCEL_WAIT_MS 2000
@@ -423,6 +425,17 @@ static int bio_read(BIO *b, char *out, int len)
 
 	if (len <= 0)
 		return 0;
+	/* With read-ahead OpenSSL asks for its whole buffer: read into it. */
+	if (c->stage_off == c->stage_len && (size_t)len >= TUN_TLS_DIRECT_READ) {
+		ssize_t got = io_once(c->io, false, c->c.fd, out, (size_t)len);
+
+		if (got <= 0) {
+			c->io_err = got == 0 ? -ECONNRESET : (int)got;
+			return got == 0 ? 0 : -1;
+		}
+		add(&c->t->st.wire_in_bytes, (uint64_t)got);
+		return (int)got;
+	}
 	if (c->stage_off == c->stage_len) {
 		ssize_t got = io_once(c->io, false, c->c.fd, c->stage,
 				      TUN_STAGE_BYTES);
@@ -1164,6 +1177,10 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 			BIO_set_data(bio, c);
 			BIO_set_init(bio, 1);
 			SSL_set_bio(c->c.ssl, bio, bio);
+			/* Read many records per operation, straight into
+			 * OpenSSL's buffer. */
+			SSL_set_default_read_buffer_len(c->c.ssl, TUN_STAGE_BYTES);
+			SSL_set_read_ahead(c->c.ssl, 1);
 		}
 		/* The ring does the waiting; sockets block. */
 		fcntl(c->c.fd, F_SETFL, fcntl(c->c.fd, F_GETFL) & ~O_NONBLOCK);
