@@ -26,6 +26,7 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
 
@@ -49,8 +50,7 @@ static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
 
 	dc.incoming = true;
 	dc.prealloc = true;
-	snprintf(p->dir, sizeof(p->dir), "/tmp/ferry-test.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(p->dir));
+	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-test"), 0);
 	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
 	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
 	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
@@ -59,14 +59,9 @@ static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
 
 static void pair_stop(struct pair *p)
 {
-	char cmd[128];
-
 	vm_stop(p->src);
 	vm_stop(p->dst);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", p->dir);
-	if (system(cmd) != 0) {
-		/* Nothing to do: /tmp is cleaned eventually. */
-	}
+	tmpdir_remove(p->dir);
 }
 
 static void expect_status(struct vm *vm, const char *want)

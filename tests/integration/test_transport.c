@@ -23,6 +23,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/pki.h"
+#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
 
@@ -43,8 +44,7 @@ static void pair_start(struct pair *p)
 
 	dc.incoming = true;
 	dc.prealloc = true;
-	snprintf(p->dir, sizeof(p->dir), "/tmp/ferry-test.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(p->dir));
+	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-test"), 0);
 	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
 	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
 	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
@@ -53,14 +53,9 @@ static void pair_start(struct pair *p)
 
 static void pair_stop(struct pair *p)
 {
-	char cmd[128];
-
 	vm_stop(p->src);
 	vm_stop(p->dst);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", p->dir);
-	if (system(cmd) != 0) {
-		/* /tmp is cleaned eventually */
-	}
+	tmpdir_remove(p->dir);
 }
 
 static void expect_status(struct vm *vm, const char *want)
@@ -203,18 +198,12 @@ static const char *test_pki(const struct pki_opts *po, const char *name)
 
 static void setup_pki(void)
 {
-	snprintf(pki_dir, sizeof(pki_dir), "/tmp/ferry-pki.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(pki_dir));
+	ck_assert_int_eq(tmpdir_make(pki_dir, sizeof(pki_dir), "ferry-pki"), 0);
 }
 
 static void teardown_pki(void)
 {
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", pki_dir);
-	if (system(cmd) != 0) {
-		/* /tmp is cleaned eventually */
-	}
+	tmpdir_remove(pki_dir);
 }
 
 /* Migrate @p with @o (to_host/qmp/port filled here), RAM verified. */
