@@ -3,8 +3,9 @@
  * per frame from measurements.
  *
  * The policy's model, per stream: sending one raw byte costs
- *     cost(codec) = cpu(codec) + ratio(codec) * link
- * in ns, where cpu is the compressor's measured wall time per input byte,
+ *     cost(codec) = max(cpu(codec), ratio(codec) * link)
+ * in ns (compressing a frame overlaps the kernel sending the previous one),
+ * where cpu is the compressor's measured wall time per input byte,
  * ratio its measured output/input on recent frames, and link the measured
  * time per wire byte (the slower of the link and the --bandwidth cap).
  * "raw" costs link. The cheapest wins, with a margin that keeps raw on a

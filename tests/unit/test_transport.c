@@ -191,12 +191,18 @@ START_TEST(codec_auto_policy)
 	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
 	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 350000, 3000000);
 	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
-	/* 1 Gbit/s: lz4 wins (0.67 + 0.5 * 8 ns/B against 8). */
+	/* 1 Gbit/s: lz4 (max(0.67, 0.5 * 8) = 4 ns/B) beats raw (8) and a
+	 * zstd too slow to keep up (max(6, 0.45 * 8) = 6). */
 	codec_auto_init(&a, 0);
 	codec_auto_note_link(&a, 125000000ull, false);
 	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
-	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 450000, 3000000);
+	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 450000, 6000000);
 	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
+	/* ... and a zstd that keeps up wins on its better ratio. */
+	for (int i = 0; i < 8; i++)	/* the estimate moves by EWMA */
+		codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 350000,
+					 1500000);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_ZSTD);
 	/* 100 Mbit/s and zstd much tighter: zstd. */
 	codec_auto_init(&a, 12500000ull);
 	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
