@@ -1,21 +1,44 @@
 /*
- * Migration benchmark: ferry's tunnel against QEMU's own migration
- * (--direct), side by side in one run.
+ * Migration benchmark: ferry against QEMU's own migration, side by side in
+ * one run, on loopback or over an emulated link.
  *
- * The machines are noisy, so the modes alternate (direct, tunnel, direct,
- * ...), each run gets fresh VMs with the destination preallocated, one
- * warm-up pair is thrown away, and the summary gives medians and the ratio
- * of medians. Every run's guest RAM is compared byte for byte (a benchmark
- * of a migration that lost data would be worthless).
+ * Modes (-M, comma-separated):
+ *   qemu-plain         QEMU to QEMU over TCP (what libvirt does by default)
+ *   qemu-tls           the same with QEMU's TLS (tls-creds-x509)
+ *   qemu-multifd       multifd, 2 channels
+ *   qemu-multifd-zstd  multifd, 2 channels, zstd
+ *   ferry-none|lz4|zstd|auto   ferry's tunnel with that codec, 1 stream
+ *   ferry-tls          ferry, TLS 1.3 x509, auto codec
+ *   ferry-psk          ferry, TLS 1.3 PSK, auto codec
+ *   ferry-streams2|4   ferry, auto codec, 2 or 4 streams
+ *   ferry-direct       ferry orchestrating a plain QEMU-to-QEMU stream
+ * The QEMU modes are driven here over QMP, exactly as an operator would;
+ * the ferry modes use libferry (receiver on a thread).
  *
- * usage: bench_migrate [-m MEM_MIB] [-n REPEATS] [-f FILL] [-w WS_MIB]
- *                      [-r RATE_MIB_S] [-o results.jsonl]
- * Results: one JSON object per run on the output file (default
- * bench/results/migrate-<time>.jsonl), a summary table on stdout.
+ * Network (-N): "loopback", or "link": the destination QEMU and the
+ * receiver live in a network namespace behind a veth pair rate-limited by
+ * tbf (-R MBIT, 1000 by default), set up by scripts/bench-netns.sh and
+ * always torn down.
+ *
+ * Every run gets fresh VMs (destination preallocated), the guest RAM of
+ * both sides is compared byte for byte afterwards (destination left
+ * paused), modes alternate within each repeat, and one warm-up round is
+ * thrown away. Results: one JSON line per run (total, downtime, wire
+ * bytes, CPU of both QEMUs and of ferry) and a CSV of progress samples,
+ * in bench/results/; the summary table on stdout; bench/plot.sh draws
+ * the plots.
+ *
+ * usage: bench_migrate [-m MEM_MIB] [-n REPEATS] [-p random|text|mix]
+ *                      [-w WS_MIB] [-r RATE_MIB_S] [-M modes] [-N net]
+ *                      [-R MBIT] [-o BASENAME]
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,49 +47,186 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pki.h"
+#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
-#define BENCH_MAX_REPEATS 50
+#define BENCH_MAX_REPEATS 20
+#define BENCH_MAX_MODES 16
 #define BENCH_READY_TIMEOUT_MS 300000
+#define BENCH_POLL_MS 50
+#define BENCH_QEMU_POLL_MS 10	/* QEMU modes: end-of-migration detection */
+#define BENCH_MIGRATE_TIMEOUT_MS 600000
+#define BENCH_NETNS "ferrybench"
+#define BENCH_LINK_SRC "10.77.0.1"
+#define BENCH_LINK_DST "10.77.0.2"
+#define BENCH_MAX_SAMPLES 20000
 
-enum mode { MODE_DIRECT, MODE_TUNNEL, MODE_COUNT };
-static const char *const mode_names[] = { "qemu-direct", "ferry-tunnel" };
+enum kind { K_QEMU, K_FERRY };
+
+struct mode {
+	const char *name;
+	enum kind kind;
+	bool tls, psk, multifd, direct;
+	const char *multifd_comp;
+	enum ferry_codec codec;
+	uint32_t streams;
+};
+
+static const struct mode all_modes[] = {
+	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0 },
+	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0 },
+	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0 },
+	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0 },
+	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1 },
+	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1 },
+	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1 },
+	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1 },
+	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1 },
+	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1 },
+	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2 },
+	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4 },
+	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1 },
+};
+
+static const char *const default_modes =
+	"qemu-plain,qemu-tls,qemu-multifd,qemu-multifd-zstd,ferry-none,"
+	"ferry-lz4,ferry-zstd,ferry-auto,ferry-tls,ferry-streams2";
+
+struct sample {
+	uint32_t t_ms;
+	uint64_t remaining, transferred, wire;
+};
 
 struct run {
-	uint64_t total_ms, downtime_ms, wire_bytes, cpu_ms;
+	uint64_t total_ms, downtime_ms, wire_bytes, qemu_cpu_ms, ferry_cpu_ms;
 	bool ok;
 };
 
 struct bench {
-	uint32_t mem_mib, repeats, ws_mib, rate;
+	uint32_t mem_mib, repeats, ws_mib, rate, link_mbit;
 	const char *fill;
-	FILE *out;
-	char dir[64];
+	bool link;
+	const char *dst_host;
+	char dir[64], pki[160], psk[160];
+	FILE *out, *csv;
+	struct sample *samples;
+	uint32_t nsamples;
+	uint64_t t0_ms;
 };
 
-struct rx_arg {
-	struct ferry_receiver *rx;
-	struct ferry_error err;
-	int rc;
-};
+static volatile sig_atomic_t netns_up;
 
-static void *rx_main(void *p)
+/* ---- the emulated link ---- */
+
+static int netns(const char *action, uint32_t mbit)
 {
-	struct rx_arg *a = p;
+	char cmd[256];
 
-	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
-	return NULL;
+	snprintf(cmd, sizeof(cmd), "scripts/bench-netns.sh %s %s %u", action,
+		 BENCH_NETNS, mbit);
+	return system(cmd) == 0 ? 0 : -1;
 }
 
-static uint64_t cpu_ms_self(void)
+static void netns_cleanup(void)
+{
+	if (netns_up) {
+		netns_up = 0;
+		netns("down", 0);
+	}
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	exit(130);	/* atexit: namespace, VMs, scratch directory */
+}
+
+/* Enter the benchmark namespace (this thread only). */
+static int enter_netns(void)
+{
+	int fd = open("/var/run/netns/" BENCH_NETNS, O_RDONLY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = setns(fd, CLONE_NEWNET) < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+/* ---- measurements ---- */
+
+static uint64_t proc_cpu_ms(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f)) {
+		fclose(f);
+		return 0;
+	}
+	fclose(f);
+	p = strrchr(buf, ')');
+	/* after ") ": state ppid ... field 14 utime, 15 stime */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			 &ut, &st) != 2)
+		return 0;
+	return (ut + st) * 1000 / (unsigned long long)sysconf(_SC_CLK_TCK);
+}
+
+/* Bytes both ways on the host end of the emulated link. */
+static uint64_t link_bytes(void)
+{
+	static const char *const f[] = {
+		"/sys/class/net/" BENCH_NETNS "-h/statistics/tx_bytes",
+		"/sys/class/net/" BENCH_NETNS "-h/statistics/rx_bytes",
+	};
+	unsigned long long v, sum = 0;
+
+	for (int i = 0; i < 2; i++) {
+		FILE *fp = fopen(f[i], "r");
+
+		if (fp && fscanf(fp, "%llu", &v) == 1)
+			sum += v;
+		if (fp)
+			fclose(fp);
+	}
+	return sum;
+}
+
+static uint64_t self_cpu_ms(void)
 {
 	struct rusage ru;
 
 	getrusage(RUSAGE_SELF, &ru);
 	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
 	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
+static void add_sample(struct bench *b, uint64_t remaining,
+		       uint64_t transferred, uint64_t wire)
+{
+	if (b->nsamples == BENCH_MAX_SAMPLES)
+		return;
+	b->samples[b->nsamples++] = (struct sample){
+		.t_ms = (uint32_t)(ferry_now_ms() - b->t0_ms),
+		.remaining = remaining, .transferred = transferred, .wire = wire,
+	};
+}
+
+static void on_progress(const struct ferry_progress *p, void *opaque)
+{
+	add_sample(opaque, p->ram_remaining_bytes, p->ram_transferred_bytes,
+		   p->wire_bytes);
 }
 
 static int verify_ram(struct bench *b, struct vm *src, struct vm *dst,
@@ -89,57 +249,242 @@ static int verify_ram(struct bench *b, struct vm *src, struct vm *dst,
 	return 0;
 }
 
-static int one_run(struct bench *b, enum mode mode, struct run *res,
+/* ---- QEMU's own migration, over QMP ---- */
+
+static int qcmd(struct qmp *q, const char *cmd, json_t *args,
+		struct ferry_error *err)
+{
+	return qmp_execute(q, cmd, args, NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+static int qemu_side_setup(struct bench *b, const struct mode *m, struct qmp *q,
+			   bool server, struct ferry_error *err)
+{
+	struct mig_params p = { .max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED,
+				.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS };
+	int rc = mig_setup_qemu(q, &p, err);
+
+	if (rc == 0 && m->multifd) {
+		rc = qcmd(q, "migrate-set-capabilities", json_pack(
+			"{s:[{s:s,s:b}]}", "capabilities", "capability", "multifd",
+			"state", 1), err);
+		if (rc == 0)
+			rc = qcmd(q, "migrate-set-parameters", json_pack(
+				"{s:i,s:s}", "multifd-channels", 2,
+				"multifd-compression", m->multifd_comp), err);
+	}
+	if (rc == 0 && m->tls) {
+		rc = qcmd(q, "object-add", json_pack(
+			"{s:s,s:s,s:s,s:s,s:b}", "qom-type", "tls-creds-x509",
+			"id", "tls0", "dir", b->pki, "endpoint",
+			server ? "server" : "client", "verify-peer", 1), err);
+		if (rc == 0)
+			rc = qcmd(q, "migrate-set-parameters", server ?
+				  json_pack("{s:s}", "tls-creds", "tls0") :
+				  json_pack("{s:s,s:s}", "tls-creds", "tls0",
+					    "tls-hostname", b->dst_host), err);
+	}
+	return rc;
+}
+
+static int run_qemu_mode(struct bench *b, const struct mode *m, struct vm *src,
+			 struct vm *dst, struct run *res, struct ferry_error *err)
+{
+	struct qmp *qs = vm_qmp(src), *qd = vm_qmp(dst);
+	struct mig_info info;
+	char uri[128];
+	uint64_t deadline;
+	int rc;
+
+	if (!qs || !qd)
+		return ferry_error_set(err, -EIO, "harness QMP connection missing");
+	b->t0_ms = ferry_now_ms();	/* set-up counts, as it does for ferry */
+	rc = qemu_side_setup(b, m, qd, true, err);
+	if (rc == 0)
+		rc = qemu_side_setup(b, m, qs, false, err);
+	if (rc)
+		return rc;
+	snprintf(uri, sizeof(uri), "tcp:%s:0", b->dst_host);
+	rc = qcmd(qd, "migrate-incoming", json_pack("{s:s}", "uri", uri), err);
+	if (rc == 0)
+		rc = mig_query(qd, &info, err);
+	if (rc)
+		return rc;
+	snprintf(uri, sizeof(uri), "tcp:%s:%llu", b->dst_host,
+		 (unsigned long long)info.incoming_port);
+	rc = qcmd(qs, "migrate", json_pack("{s:s}", "uri", uri), err);
+	if (rc)
+		return rc;
+	deadline = b->t0_ms + BENCH_MIGRATE_TIMEOUT_MS;
+	for (;;) {
+		rc = mig_query(qs, &info, err);
+		if (rc)
+			return rc;
+		add_sample(b, info.ram_remaining, info.ram_transferred,
+			   info.ram_transferred);
+		if (!mig_status_active(info.status))
+			break;
+		if (ferry_now_ms() > deadline)
+			return ferry_error_set(err, -ETIMEDOUT, "migration too slow");
+		usleep(BENCH_QEMU_POLL_MS * 1000);
+	}
+	if (strcmp(info.status, "completed"))
+		return ferry_error_set(err, -EIO, "QEMU migration %s: %s",
+				       info.status, info.error_desc);
+	/* Wait until the destination finished loading. */
+	for (int i = 0; i < 2000; i++) {
+		struct mig_info di;
+
+		if (mig_query(qd, &di, err) < 0)
+			return -EIO;
+		if (!mig_status_active(di.status))
+			break;
+		usleep(2000);
+	}
+	/* Wall time from set-up to a loaded destination, like ferry's. */
+	res->total_ms = ferry_now_ms() - b->t0_ms;
+	res->downtime_ms = info.downtime_ms;
+	res->wire_bytes = info.ram_transferred;
+	return 0;
+}
+
+/* ---- ferry ---- */
+
+struct rx_arg {
+	struct bench *b;
+	const struct mode *m;
+	struct vm *dst;
+	struct ferry_receiver *rx;
+	struct ferry_error err;
+	int rc;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool ready;
+	uint16_t port;
+};
+
+static void *rx_main(void *p)
+{
+	struct rx_arg *a = p;
+	struct ferry_receiver_opts ro = { .listen_host = a->b->dst_host,
+					  .qmp_path = vm_qmp_path(a->dst),
+					  .once = true };
+
+	if (a->m->tls)
+		ro.tls.creds_dir = a->b->pki;
+	if (a->m->psk)
+		ro.tls.psk_file = a->b->psk;
+	ro.tls.insecure = true;	/* the emulated link is ours */
+	if (a->b->link && enter_netns() < 0) {
+		ferry_error_set(&a->err, -EIO, "cannot enter the namespace");
+	} else {
+		a->rx = ferry_receiver_new(&ro, &a->err);
+	}
+	pthread_mutex_lock(&a->mu);
+	a->ready = true;
+	a->port = a->rx ? ferry_receiver_port(a->rx) : 0;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+	if (!a->rx) {
+		a->rc = -EIO;
+		return NULL;
+	}
+	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
+	ferry_receiver_free(a->rx);
+	return NULL;
+}
+
+static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
+			  struct vm *dst, struct run *res, struct ferry_error *err)
+{
+	struct rx_arg rx = { .b = b, .m = m, .dst = dst,
+			     .mu = PTHREAD_MUTEX_INITIALIZER,
+			     .cv = PTHREAD_COND_INITIALIZER };
+	struct ferry_migrate_opts mo = {
+		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
+		.paused = true, .direct = m->direct, .codec = m->codec,
+		.streams = m->streams, .progress = on_progress,
+		.progress_opaque = b, .progress_interval_ms = BENCH_POLL_MS,
+	};
+	struct ferry_migration *mig;
+	struct ferry_report rep;
+	pthread_t t;
+	int rc;
+
+	if (m->tls)
+		mo.tls.creds_dir = b->pki;
+	if (m->psk)
+		mo.tls.psk_file = b->psk;
+	mo.tls.insecure = true;
+	pthread_create(&t, NULL, rx_main, &rx);
+	pthread_mutex_lock(&rx.mu);
+	while (!rx.ready)
+		pthread_cond_wait(&rx.cv, &rx.mu);
+	pthread_mutex_unlock(&rx.mu);
+	if (!rx.port) {
+		pthread_join(t, NULL);
+		*err = rx.err;
+		return -EIO;
+	}
+	mo.to_port = rx.port;
+	mig = ferry_migration_new(&mo, err);
+	b->t0_ms = ferry_now_ms();
+	rc = mig ? ferry_migration_run(mig, &rep, err) : -EINVAL;
+	ferry_migration_free(mig);
+	if (rc)
+		ferry_receiver_stop(rx.rx);
+	pthread_join(t, NULL);
+	if (rc == 0 && rx.rc)
+		*err = rx.err;
+	if (rc == 0)
+		rc = rx.rc;
+	if (rc)
+		return rc;
+	res->total_ms = rep.total_ms;
+	res->downtime_ms = rep.downtime_ms;
+	res->wire_bytes = rep.wire_bytes;
+	return 0;
+}
+
+static int one_run(struct bench *b, const struct mode *m, struct run *res,
 		   struct ferry_error *err)
 {
 	struct vm_config sc = { .mem_mib = b->mem_mib, .fill = b->fill,
 				.ws_mib = b->ws_mib, .rate_mib_s = b->rate };
 	struct vm_config dc = sc;
 	struct vm *src = NULL, *dst = NULL;
-	struct ferry_migration *m = NULL;
-	struct ferry_report rep;
-	struct rx_arg rx = { 0 };
-	pthread_t t;
-	uint64_t cpu0;
+	uint64_t c_src, c_dst, c_self, l0;
 	int rc;
 
+	memset(res, 0, sizeof(*res));
 	dc.incoming = dc.prealloc = true;
+	if (b->link)
+		dc.netns = BENCH_NETNS;
+	b->nsamples = 0;
 	rc = vm_start(&src, &sc, err);
 	if (rc == 0)
 		rc = vm_start(&dst, &dc, err);
 	if (rc == 0)
 		rc = vm_wait_ready(src, BENCH_READY_TIMEOUT_MS, err);
+	if (rc == 0 && (vm_qmp_connect(src, err) || vm_qmp_connect(dst, err)))
+		rc = -EIO;
 	if (rc < 0)
 		goto out;
-	{
-		struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
-						  .qmp_path = vm_qmp_path(dst),
-						  .once = true };
-		struct ferry_migrate_opts mo = { .qmp_path = vm_qmp_path(src),
-						 .to_host = "127.0.0.1",
-						 .paused = true,
-						 .direct = mode == MODE_DIRECT };
-
-		rx.rx = ferry_receiver_new(&ro, err);
-		if (!rx.rx) {
-			rc = -EIO;
-			goto out;
-		}
-		mo.to_port = ferry_receiver_port(rx.rx);
-		pthread_create(&t, NULL, rx_main, &rx);
-		m = ferry_migration_new(&mo, err);
-		cpu0 = cpu_ms_self();
-		rc = m ? ferry_migration_run(m, &rep, err) : -ENOMEM;
-		res->cpu_ms = cpu_ms_self() - cpu0;
-		pthread_join(t, NULL);
-		ferry_receiver_free(rx.rx);
-		ferry_migration_free(m);
-	}
+	c_src = proc_cpu_ms(vm_pid(src));
+	c_dst = proc_cpu_ms(vm_pid(dst));
+	c_self = self_cpu_ms();
+	l0 = link_bytes();
+	rc = m->kind == K_QEMU ? run_qemu_mode(b, m, src, dst, res, err) :
+				 run_ferry_mode(b, m, src, dst, res, err);
+	res->qemu_cpu_ms = proc_cpu_ms(vm_pid(src)) - c_src +
+			   proc_cpu_ms(vm_pid(dst)) - c_dst;
+	res->ferry_cpu_ms = m->kind == K_FERRY ? self_cpu_ms() - c_self : 0;
+	/* On the link, count what crossed it (QEMU's own counter does not
+	 * see multifd's compression). */
+	if (b->link && rc == 0)
+		res->wire_bytes = link_bytes() - l0;
 	if (rc < 0)
 		goto out;
-	res->total_ms = rep.total_ms;
-	res->downtime_ms = rep.downtime_ms;
-	res->wire_bytes = rep.wire_bytes;
 	rc = verify_ram(b, src, dst, err);
 	res->ok = rc == 0;
 out:
@@ -148,6 +493,8 @@ out:
 	return rc;
 }
 
+/* ---- summary ---- */
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -155,56 +502,103 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static uint64_t median(uint64_t *v, uint32_t n)
+static uint64_t median_of(struct run *runs, uint32_t n, size_t field)
 {
+	uint64_t v[BENCH_MAX_REPEATS];
+
+	for (uint32_t i = 0; i < n; i++)
+		v[i] = *(uint64_t *)((char *)&runs[i] + field);
 	qsort(v, n, sizeof(*v), cmp_u64);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void summarize(struct run runs[MODE_COUNT][BENCH_MAX_REPEATS], uint32_t n,
-		      const struct bench *b)
+static int find_mode(const struct mode **modes, uint32_t n, const char *name)
 {
-	uint64_t med_total[MODE_COUNT], med_down[MODE_COUNT], v[BENCH_MAX_REPEATS];
+	for (uint32_t i = 0; i < n; i++)
+		if (!strcmp(modes[i]->name, name))
+			return (int)i;
+	return -1;
+}
 
-	printf("\n%u MiB guest, fill=%s, ws=%u MiB at %u MiB/s, loopback, %u runs per mode\n",
-	       b->mem_mib, b->fill, b->ws_mib, b->rate, n);
-	printf("| mode | median total ms | median downtime ms | ratio to qemu-direct |\n");
-	printf("| --- | --- | --- | --- |\n");
-	for (int md = 0; md < MODE_COUNT; md++) {
-		for (uint32_t i = 0; i < n; i++)
-			v[i] = runs[md][i].total_ms;
-		med_total[md] = median(v, n);
-		for (uint32_t i = 0; i < n; i++)
-			v[i] = runs[md][i].downtime_ms;
-		med_down[md] = median(v, n);
+static void summarize(struct bench *b, const struct mode **modes, uint32_t nm,
+		      struct run runs[][BENCH_MAX_REPEATS], const char *base)
+{
+	uint64_t tot[BENCH_MAX_MODES];
+	int plain = find_mode(modes, nm, "qemu-plain");
+	int qtls = find_mode(modes, nm, "qemu-tls");
+	int mzstd = find_mode(modes, nm, "qemu-multifd-zstd");
+	char path[300];
+	FILE *tsv;
+
+	snprintf(path, sizeof(path), "%s.summary.tsv", base);
+	tsv = fopen(path, "w");
+	printf("\n%u MiB guest, fill=%s, dirtying %u MiB at %u MiB/s, %s, "
+	       "%u runs per mode (medians)\n\n", b->mem_mib, b->fill, b->ws_mib,
+	       b->rate, b->link ? "1 Gbit/s-class emulated link" : "loopback",
+	       b->repeats);
+	if (b->link)
+		printf("link: veth + tbf at %u Mbit/s\n\n", b->link_mbit);
+	printf("| mode | total ms | downtime ms | wire MiB | QEMU CPU s | ferry CPU s | vs qemu-plain | vs qemu-tls | vs multifd-zstd |\n");
+	printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+	for (uint32_t k = 0; k < nm; k++)
+		tot[k] = median_of(runs[k], b->repeats, offsetof(struct run, total_ms));
+	for (uint32_t k = 0; k < nm; k++) {
+		char r1[16] = "", r2[16] = "", r3[16] = "";
+
+		if (plain >= 0)
+			snprintf(r1, sizeof(r1), "%.2f", (double)tot[k] / (double)tot[plain]);
+		if (qtls >= 0)
+			snprintf(r2, sizeof(r2), "%.2f", (double)tot[k] / (double)tot[qtls]);
+		if (mzstd >= 0)
+			snprintf(r3, sizeof(r3), "%.2f", (double)tot[k] / (double)tot[mzstd]);
+		printf("| %s | %llu | %llu | %.0f | %.2f | %.2f | %s | %s | %s |\n",
+		       modes[k]->name, (unsigned long long)tot[k],
+		       (unsigned long long)median_of(runs[k], b->repeats,
+						     offsetof(struct run, downtime_ms)),
+		       (double)median_of(runs[k], b->repeats,
+					 offsetof(struct run, wire_bytes)) / (1 << 20),
+		       (double)median_of(runs[k], b->repeats,
+					 offsetof(struct run, qemu_cpu_ms)) / 1000.0,
+		       (double)median_of(runs[k], b->repeats,
+					 offsetof(struct run, ferry_cpu_ms)) / 1000.0,
+		       r1, r2, r3);
+		if (tsv)
+			fprintf(tsv, "%s\t%llu\n", modes[k]->name,
+				(unsigned long long)tot[k]);
 	}
-	for (int md = 0; md < MODE_COUNT; md++)
-		printf("| %s | %llu | %llu | %.2f |\n", mode_names[md],
-		       (unsigned long long)med_total[md],
-		       (unsigned long long)med_down[md],
-		       (double)med_total[md] / (double)med_total[MODE_DIRECT]);
+	if (tsv)
+		fclose(tsv);
 }
 
 int main(int argc, char **argv)
 {
-	static struct run runs[MODE_COUNT][BENCH_MAX_REPEATS];
-	struct bench b = { .mem_mib = 1024, .repeats = 5, .fill = "random" };
+	static struct run runs[BENCH_MAX_MODES][BENCH_MAX_REPEATS];
+	struct bench b = { .mem_mib = 1024, .repeats = 3, .fill = "mix",
+			   .link_mbit = 1000, .dst_host = "127.0.0.1" };
+	const struct mode *modes[BENCH_MAX_MODES];
+	const char *mlist = default_modes, *net = "loopback", *base_opt = NULL;
 	struct ferry_error err = { 0 };
-	const char *out_path = NULL;
-	char path[256];
+	char base[256], path[300], *copy;
+	uint32_t nm = 0;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:n:f:w:r:o:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:p:f:w:r:M:N:R:o:")) != -1) {
 		switch (opt) {
 		case 'm': b.mem_mib = (uint32_t)atoi(optarg); break;
 		case 'n': b.repeats = (uint32_t)atoi(optarg); break;
+		case 'p':
 		case 'f': b.fill = optarg; break;
 		case 'w': b.ws_mib = (uint32_t)atoi(optarg); break;
 		case 'r': b.rate = (uint32_t)atoi(optarg); break;
-		case 'o': out_path = optarg; break;
+		case 'M': mlist = optarg; break;
+		case 'N': net = optarg; break;
+		case 'R': b.link_mbit = (uint32_t)atoi(optarg); break;
+		case 'o': base_opt = optarg; break;
 		default:
-			fprintf(stderr, "usage: %s [-m MEM_MIB] [-n REPEATS] [-f FILL] "
-				"[-w WS_MIB] [-r RATE] [-o OUT.jsonl]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-m MEM_MIB] [-n REPEATS] "
+				"[-p random|text|mix] [-w WS_MIB] [-r RATE] "
+				"[-M modes] [-N loopback|link] [-R MBIT] [-o BASE]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -212,58 +606,121 @@ int main(int argc, char **argv)
 		fprintf(stderr, "repeats must be 1..%d\n", BENCH_MAX_REPEATS);
 		return 2;
 	}
-	if (!out_path) {
-		mkdir("bench/results", 0755);
-		snprintf(path, sizeof(path), "bench/results/migrate-%ld.jsonl",
-			 (long)time(NULL));
-		out_path = path;
+	copy = strdup(mlist);
+	for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+		size_t i;
+
+		for (i = 0; i < FERRY_ARRAY_SIZE(all_modes); i++)
+			if (!strcmp(tok, all_modes[i].name))
+				break;
+		if (i == FERRY_ARRAY_SIZE(all_modes) || nm == BENCH_MAX_MODES) {
+			fprintf(stderr, "unknown mode '%s'\n", tok);
+			return 2;
+		}
+		modes[nm++] = &all_modes[i];
 	}
-	b.out = fopen(out_path, "w");
-	snprintf(b.dir, sizeof(b.dir), "/tmp/ferry-bench.XXXXXX");
-	if (!b.out || !mkdtemp(b.dir)) {
+	b.link = !strcmp(net, "link");
+	if (!b.link && strcmp(net, "loopback")) {
+		fprintf(stderr, "network must be loopback or link\n");
+		return 2;
+	}
+	b.samples = calloc(BENCH_MAX_SAMPLES, sizeof(*b.samples));
+	if (!b.samples || tmpdir_make(b.dir, sizeof(b.dir), "ferry-bench")) {
 		perror("bench");
 		return 1;
 	}
-	ferry_set_log(NULL, NULL, FERRY_LOG_WARN);
-	/* Warm-up: page cache, QEMU binary, first-touch costs. */
-	for (int md = 0; md < MODE_COUNT; md++) {
-		struct run warm = { 0 };
+	if (b.link) {
+		signal(SIGINT, on_signal);
+		signal(SIGTERM, on_signal);
+		atexit(netns_cleanup);
+		if (netns("up", b.link_mbit)) {
+			fprintf(stderr, "cannot set up the emulated link\n");
+			return 1;
+		}
+		netns_up = 1;
+		b.dst_host = BENCH_LINK_DST;
+	}
+	{
+		const char *ips[] = { BENCH_LINK_DST, NULL };
+		struct pki_opts po = { .server_ips = ips };
 
-		if (one_run(&b, (enum mode)md, &warm, &err) < 0) {
-			fprintf(stderr, "warm-up %s failed: %s\n", mode_names[md], err.msg);
+		snprintf(b.pki, sizeof(b.pki), "%s/pki", b.dir);
+		snprintf(b.psk, sizeof(b.psk), "%s/keys.psk", b.dir);
+		if (pki_generate(b.pki, &po, &err) ||
+		    pki_write_psk(b.psk, "ferry-bench", &err)) {
+			fprintf(stderr, "%s\n", err.msg);
 			return 1;
 		}
 	}
-	for (uint32_t i = 0; i < b.repeats; i++) {
-		for (int k = 0; k < MODE_COUNT; k++) {
-			/* Alternate which mode goes first in each round. */
-			int md = (int)((i + (uint32_t)k) % MODE_COUNT);
-			struct run *r = &runs[md][i];
+	if (base_opt) {
+		snprintf(base, sizeof(base), "%s", base_opt);
+	} else {
+		mkdir("bench/results", 0755);
+		snprintf(base, sizeof(base), "bench/results/migrate-%s-%s-%ld",
+			 b.link ? "link" : "loopback", b.fill, (long)time(NULL));
+	}
+	snprintf(path, sizeof(path), "%s.jsonl", base);
+	b.out = fopen(path, "w");
+	snprintf(path, sizeof(path), "%s.samples.csv", base);
+	b.csv = fopen(path, "w");
+	if (!b.out || !b.csv) {
+		perror(base);
+		return 1;
+	}
+	fprintf(b.csv, "mode,run,t_ms,remaining_bytes,transferred_bytes,wire_bytes\n");
+	ferry_set_log(NULL, NULL, FERRY_LOG_WARN);
+	/* Round 0 is the warm-up (page cache, first-touch costs). */
+	for (uint32_t r = 0; r <= b.repeats; r++) {
+		for (uint32_t k = 0; k < nm; k++) {
+			/* Rotate which mode goes first in each round. */
+			uint32_t md = (k + r) % nm;
+			struct run x;
 
-			if (one_run(&b, (enum mode)md, r, &err) < 0) {
-				fprintf(stderr, "%s run %u failed: %s\n",
-					mode_names[md], i, err.msg);
+			if (one_run(&b, modes[md], &x, &err) < 0) {
+				fprintf(stderr, "%s (round %u) failed: %s\n",
+					modes[md]->name, r, err.msg);
 				return 1;
 			}
-			fprintf(b.out,
-				"{\"mode\":\"%s\",\"run\":%u,\"mem_mib\":%u,\"fill\":\"%s\","
-				"\"total_ms\":%llu,\"downtime_ms\":%llu,\"wire_bytes\":%llu,"
-				"\"ferry_cpu_ms\":%llu,\"ram_verified\":%s}\n",
-				mode_names[md], i, b.mem_mib, b.fill,
-				(unsigned long long)r->total_ms,
-				(unsigned long long)r->downtime_ms,
-				(unsigned long long)r->wire_bytes,
-				(unsigned long long)r->cpu_ms, r->ok ? "true" : "false");
-			fflush(b.out);
-			printf("%-13s run %u: %llu ms (downtime %llu ms)\n", mode_names[md], i,
-			       (unsigned long long)r->total_ms,
-			       (unsigned long long)r->downtime_ms);
+			printf("%-18s %s %u: %6llu ms, downtime %4llu ms, wire %5.0f MiB, "
+			       "RAM verified\n", modes[md]->name,
+			       r ? "run" : "warm-up", r,
+			       (unsigned long long)x.total_ms,
+			       (unsigned long long)x.downtime_ms,
+			       (double)x.wire_bytes / (1 << 20));
 			fflush(stdout);
+			if (!r)
+				continue;
+			runs[md][r - 1] = x;
+			fprintf(b.out,
+				"{\"mode\":\"%s\",\"run\":%u,\"net\":\"%s\",\"link_mbit\":%u,"
+				"\"mem_mib\":%u,\"fill\":\"%s\",\"ws_mib\":%u,\"rate_mib_s\":%u,"
+				"\"total_ms\":%llu,\"downtime_ms\":%llu,\"wire_bytes\":%llu,"
+				"\"qemu_cpu_ms\":%llu,\"ferry_cpu_ms\":%llu,\"ram_verified\":%s}\n",
+				modes[md]->name, r, b.link ? "link" : "loopback",
+				b.link ? b.link_mbit : 0, b.mem_mib, b.fill, b.ws_mib,
+				b.rate, (unsigned long long)x.total_ms,
+				(unsigned long long)x.downtime_ms,
+				(unsigned long long)x.wire_bytes,
+				(unsigned long long)x.qemu_cpu_ms,
+				(unsigned long long)x.ferry_cpu_ms,
+				x.ok ? "true" : "false");
+			fflush(b.out);
+			for (uint32_t i = 0; i < b.nsamples; i++)
+				fprintf(b.csv, "%s,%u,%u,%llu,%llu,%llu\n",
+					modes[md]->name, r, b.samples[i].t_ms,
+					(unsigned long long)b.samples[i].remaining,
+					(unsigned long long)b.samples[i].transferred,
+					(unsigned long long)b.samples[i].wire);
+			fflush(b.csv);
 		}
 	}
-	summarize(runs, b.repeats, &b);
-	printf("results: %s\n", out_path);
 	fclose(b.out);
-	rmdir(b.dir);
+	fclose(b.csv);
+	summarize(&b, modes, nm, runs, base);
+	printf("\nresults: %s.jsonl, %s.samples.csv; plots: bench/plot.sh %s\n",
+	       base, base, base);
+	free(copy);
+	free(b.samples);
+	tmpdir_remove(b.dir);
 	return 0;
 }

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -198,12 +199,15 @@ static void log_tail(const struct vm *vm, char *out, size_t len)
 
 /* The child side of fork(): only async-signal-safe calls until exec. */
 static void __attribute__((noreturn))
-exec_qemu(char *const argv[], pid_t parent, int out_fd, int log_fd, int null_fd)
+exec_qemu(char *const argv[], pid_t parent, int out_fd, int log_fd, int null_fd,
+	  int netns_fd)
 {
 	sigset_t none;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)	/* the parent died before prctl */
+		_exit(127);
+	if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0)
 		_exit(127);
 	if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
 	    dup2(log_fd, STDERR_FILENO) < 0)
@@ -288,13 +292,25 @@ static int set_paths(struct vm *vm, struct ferry_error *err)
 /* fork + exec QEMU with its stdout into a new pipe; *@serial_fd gets the
  * read end. */
 static int spawn_qemu(struct vm *vm, struct argv_builder *b, int *serial_fd,
-		      struct ferry_error *err)
+		      const char *netns, struct ferry_error *err)
 {
-	int pfd[2], log_fd, null_fd, rc = 0;
+	int pfd[2], log_fd, null_fd, rc = 0, netns_fd = -1;
 	pid_t parent = getpid(), pid;
+	char nspath[128];
 
-	if (pipe2(pfd, O_CLOEXEC) < 0)
+	if (netns) {
+		snprintf(nspath, sizeof(nspath), "/var/run/netns/%s", netns);
+		netns_fd = open(nspath, O_RDONLY | O_CLOEXEC);
+		if (netns_fd < 0)
+			return ferry_error_set(err, -errno, "network namespace %s: %s",
+					       netns, strerror(errno));
+	}
+
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		if (netns_fd >= 0)
+			close(netns_fd);
 		return ferry_error_set(err, -errno, "serial pipe: %s", strerror(errno));
+	}
 	log_fd = open(vm->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (log_fd < 0) {
 		rc = ferry_error_set(err, -errno, "%s: %s", vm->log_path, strerror(errno));
@@ -311,7 +327,7 @@ static int spawn_qemu(struct vm *vm, struct argv_builder *b, int *serial_fd,
 		goto err_close_null;
 	}
 	if (pid == 0)
-		exec_qemu(b->argv, parent, pfd[1], log_fd, null_fd);
+		exec_qemu(b->argv, parent, pfd[1], log_fd, null_fd, netns_fd);
 	vm->pid = pid;
 	vm_reg_set_pid(vm->slot, pid);
 	*serial_fd = pfd[0];
@@ -324,6 +340,8 @@ err_close_pipe:
 	if (pfd[0] >= 0)
 		close(pfd[0]);
 	close(pfd[1]);
+	if (netns_fd >= 0)
+		close(netns_fd);
 	return rc;
 }
 
@@ -362,7 +380,7 @@ int vm_start(struct vm **out, const struct vm_config *cfg, struct ferry_error *e
 	rc = vm_serial_init(&vm->serial, 0, err);
 	if (rc < 0)
 		goto err_unregister;
-	rc = spawn_qemu(vm, b, &serial_fd, err);
+	rc = spawn_qemu(vm, b, &serial_fd, cfg->netns, err);
 	if (rc < 0)
 		goto err_serial;
 	vm->serial.pid = vm->pid;

@@ -68,6 +68,7 @@ struct vm_config {
 	const char *guest_path;	/* NULL: $FERRY_GUEST or "build/guest.elf" */
 	const char *extra_args;	/* optional extra qemu args, space separated */
 	uint32_t seed;		/* guest PRNG seed; default 1 */
+	const char *netns;	/* run QEMU in /var/run/netns/NAME (benchmarks) */
 };
 
 struct vm;
