@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ferry.h"
+#include "ferry_policy.h"
 
 static struct ferry_migration *g_mig;
 static struct ferry_receiver *g_rx;
@@ -57,7 +58,17 @@ static void usage(FILE *f)
 		"  --tls-hostname NAME name the receiver's certificate must carry\n"
 		"                      (default: the --to host)\n"
 		"  --downtime-ms N     longest pause accepted at switchover (default %d)\n"
-		"  --timeout-s N       give up (and keep the source running) after N s\n"
+		"  --timeout-s N       what happens after N s: see --timeout-action\n"
+		"  --timeout-action A  abort (default; the source runs on), postcopy,\n"
+		"                      or pause (stop the source so it completes)\n"
+		"  --policy P          predict (default), nova, or qemu\n"
+		"  --postcopy M        never (default), auto, or after-pass=N\n"
+		"  --auto-converge     let QEMU throttle the guest's CPUs\n"
+		"  --throttle-initial P, --throttle-increment P, --throttle-max P,\n"
+		"  --throttle-tailslow QEMU's throttle parameters\n"
+		"  --downtime-steps N  nova policy: steps up to --downtime-ms (10)\n"
+		"  --downtime-delay S  nova policy: seconds per GiB between steps (75)\n"
+		"  --events FILE       every decision as a JSON line\n"
 		"  --json              print the final report as one JSON object\n"
 		"  --quiet             no progress line\n"
 		"\n"
@@ -145,7 +156,9 @@ static void print_summary(const struct ferry_report *r)
 enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_DOWNTIME, OPT_TIMEOUT, OPT_QUIET, OPT_LISTEN, OPT_ONCE, OPT_HELP,
        OPT_COMPRESS, OPT_STREAMS, OPT_TLS_CREDS, OPT_TLS_PSK, OPT_TLS_PSK_ID,
-       OPT_TLS_HOST, OPT_INSECURE };
+       OPT_TLS_HOST, OPT_INSECURE, OPT_TIMEOUT_ACTION, OPT_POLICY,
+       OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
+       OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -167,6 +180,17 @@ static const struct option long_opts[] = {
 	{ "tls-psk-identity", required_argument, NULL, OPT_TLS_PSK_ID },
 	{ "tls-hostname", required_argument, NULL, OPT_TLS_HOST },
 	{ "insecure", no_argument, NULL, OPT_INSECURE },
+	{ "timeout-action", required_argument, NULL, OPT_TIMEOUT_ACTION },
+	{ "policy", required_argument, NULL, OPT_POLICY },
+	{ "postcopy", required_argument, NULL, OPT_POSTCOPY },
+	{ "auto-converge", no_argument, NULL, OPT_AUTO_CONVERGE },
+	{ "throttle-initial", required_argument, NULL, OPT_THR_INIT },
+	{ "throttle-increment", required_argument, NULL, OPT_THR_INC },
+	{ "throttle-max", required_argument, NULL, OPT_THR_MAX },
+	{ "throttle-tailslow", no_argument, NULL, OPT_THR_TAILSLOW },
+	{ "downtime-steps", required_argument, NULL, OPT_DT_STEPS },
+	{ "downtime-delay", required_argument, NULL, OPT_DT_DELAY },
+	{ "events", required_argument, NULL, OPT_EVENTS },
 	{ 0 },
 };
 
@@ -177,6 +201,7 @@ struct cli {
 	enum ferry_codec codec;
 	int codec_level;
 	struct ferry_tls_opts tls;
+	struct ferry_converge_opts conv;
 };
 
 static int parse_args(int argc, char **argv, struct cli *c)
@@ -208,6 +233,61 @@ static int parse_args(int argc, char **argv, struct cli *c)
 			}
 			break;
 		}
+		case OPT_TIMEOUT_ACTION:
+			if (!strcmp(optarg, "abort"))
+				c->conv.timeout_action = FERRY_TIMEOUT_ABORT;
+			else if (!strcmp(optarg, "postcopy"))
+				c->conv.timeout_action = FERRY_TIMEOUT_POSTCOPY;
+			else if (!strcmp(optarg, "pause"))
+				c->conv.timeout_action = FERRY_TIMEOUT_PAUSE;
+			else
+				goto bad_choice;
+			break;
+		case OPT_POLICY:
+			c->conv.policy = ferry_policy_builtin(optarg);
+			if (!c->conv.policy)
+				goto bad_choice;
+			break;
+		case OPT_POSTCOPY:
+			if (!strcmp(optarg, "never")) {
+				c->conv.postcopy = FERRY_POSTCOPY_NEVER;
+			} else if (!strcmp(optarg, "auto")) {
+				c->conv.postcopy = FERRY_POSTCOPY_AUTO;
+			} else if (!strncmp(optarg, "after-pass=", 11) &&
+				   parse_u32(optarg + 11, &c->conv.postcopy_after_pass) == 0) {
+				c->conv.postcopy = FERRY_POSTCOPY_AFTER_PASS;
+			} else {
+				goto bad_choice;
+			}
+			break;
+		case OPT_AUTO_CONVERGE: c->conv.auto_converge = true; break;
+		case OPT_THR_TAILSLOW: c->conv.throttle_tailslow = true; break;
+		case OPT_THR_INIT:
+		case OPT_THR_INC:
+		case OPT_THR_MAX: {
+			uint32_t v;
+
+			if (parse_u32(optarg, &v) < 0 || v < 1 || v > 99)
+				goto bad_number;
+			if (opt == OPT_THR_INIT)
+				c->conv.throttle_initial_pct = v;
+			else if (opt == OPT_THR_INC)
+				c->conv.throttle_increment_pct = v;
+			else
+				c->conv.throttle_max_pct = v;
+			break;
+		}
+		case OPT_DT_STEPS:
+			if (parse_u32(optarg, &c->conv.downtime_steps) < 0 ||
+			    !c->conv.downtime_steps)
+				goto bad_number;
+			break;
+		case OPT_DT_DELAY:
+			if (parse_u32(optarg, &c->conv.downtime_step_delay_s_per_gib) < 0 ||
+			    !c->conv.downtime_step_delay_s_per_gib)
+				goto bad_number;
+			break;
+		case OPT_EVENTS: c->conv.events_path = optarg; break;
 		case OPT_STREAMS:
 			if (parse_u32(optarg, &c->streams) < 0 || !c->streams)
 				goto bad_number;
@@ -237,6 +317,9 @@ static int parse_args(int argc, char **argv, struct cli *c)
 bad_number:
 	fprintf(stderr, "ferry: '%s' is not a valid positive number\n", optarg);
 	return -EINVAL;
+bad_choice:
+	fprintf(stderr, "ferry: '%s' is not a valid choice (see --help)\n", optarg);
+	return -EINVAL;
 }
 
 static int cmd_migrate(const struct cli *c)
@@ -262,6 +345,7 @@ static int cmd_migrate(const struct cli *c)
 	o.codec_level = c->codec_level;
 	o.streams = c->streams;
 	o.tls = c->tls;
+	o.converge = c->conv;
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);

@@ -37,6 +37,10 @@ struct mig_info {
 	uint64_t ram_remaining;
 	uint64_t dirty_sync_count;
 	uint64_t dirty_pages_rate;
+	uint64_t page_size;
+	uint64_t postcopy_requests;
+	double mbps;		/* QEMU's measured throughput, Mbit/s */
+	uint32_t throttle_pct;	/* cpu-throttle-percentage */
 	uint64_t incoming_port;	/* destination, tcp incoming: bound port */
 	char error_desc[256];
 };
@@ -56,10 +60,20 @@ int mig_ram_size(struct qmp *q, uint64_t *bytes, struct ferry_error *err);
 struct mig_params {
 	uint64_t max_bandwidth_bytes_per_s;
 	uint32_t downtime_ms;
+	bool postcopy;		/* capability postcopy-ram (both sides) */
+	bool auto_converge;	/* source only, with the throttle below */
+	uint32_t throttle_initial_pct, throttle_increment_pct, throttle_max_pct;
+	bool throttle_tailslow;
 };
 
 int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 		   struct ferry_error *err);
+
+int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err);
+
+/* QEMU's calc-dirty-rate over @seconds; the guest's dirty rate in B/s. */
+int mig_calc_dirty_rate(struct qmp *q, uint32_t seconds, uint64_t *bytes_per_s,
+			struct ferry_error *err);
 
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);

@@ -25,6 +25,7 @@
 
 #include "mig.h"
 #include "transport/net.h"
+#include "converge.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
@@ -42,6 +43,7 @@ struct ferry_migration {
 	struct qmp *q;
 	struct net_conn ctrl;
 	struct tun *tun;
+	struct converge conv;
 	bool migrate_started;
 	bool was_running;
 	bool dest_may_run;	/* FINISH sent, no definite answer yet */
@@ -220,7 +222,8 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 		.version = WIRE_VERSION,
 		.conn = kind,
 		.options = (m->o.paused ? WIRE_OPT_PAUSED : 0) |
-			   (m->o.direct ? WIRE_OPT_DIRECT : 0),
+			   (m->o.direct ? WIRE_OPT_DIRECT : 0) |
+			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
 		.stream_count = (uint16_t)m->o.streams,
@@ -278,6 +281,13 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	rc = wire_mig_id_random(m->mig_id);
 	if (rc < 0)
 		return ferry_error_set(err, rc, "getrandom: %s", strerror(-rc));
+	rc = conv_init(&m->conv, &m->o, m->q, m->ram_bytes,
+		       m->o.direct ? (m->o.max_bandwidth_bytes_per_s ==
+				      MIG_BANDWIDTH_UNLIMITED ? 0 :
+				      m->o.max_bandwidth_bytes_per_s) : m->wire_cap,
+		       m->was_running, err);
+	if (rc < 0)
+		return rc;
 	rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, err);
 	if (rc < 0)
 		return rc;
@@ -328,9 +338,16 @@ fail:
 
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 {
+	const struct ferry_converge_opts *co = &m->o.converge;
 	struct mig_params p = {
 		.max_bandwidth_bytes_per_s = m->o.max_bandwidth_bytes_per_s,
-		.downtime_ms = m->o.downtime_ms,
+		.downtime_ms = m->conv.downtime_now,
+		.postcopy = m->conv.postcopy_cap,
+		.auto_converge = m->conv.auto_converge_cap,
+		.throttle_initial_pct = co->throttle_initial_pct,
+		.throttle_increment_pct = co->throttle_increment_pct,
+		.throttle_max_pct = co->throttle_max_pct,
+		.throttle_tailslow = co->throttle_tailslow,
 	};
 	char uri[300];
 	int rc;
@@ -419,24 +436,73 @@ static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err)
 		wire_ctrl_name(h.type));
 }
 
+static void note_postcopy(struct ferry_migration *m)
+{
+	m->conv.postcopy_active = true;
+	m->conv.postcopy_t0_ms = ferry_now_ms();
+}
+
+/*
+ * Switch to post-copy: QEMU stops the source guest, sends the device
+ * state, and the destination runs, pulling the pages it lacks through the
+ * return path (through ferry's tunnel, or QEMU's own socket with --direct).
+ */
+static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t resume = m->o.paused ? 0 : 1;
+	int rc;
+
+	rc = qmp_execute(m->q, "migrate-start-postcopy", NULL, NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "switching to post-copy: ");
+	note_postcopy(m);
+	conv_event(&m->conv, "postcopy", json_pack("{s:I,s:I}", "pass",
+						  (json_int_t)m->last.dirty_sync_count,
+						  "remaining_bytes",
+						  (json_int_t)m->last.ram_remaining),
+		   "switching to post-copy after pass %llu with %llu MiB left",
+		   (unsigned long long)m->last.dirty_sync_count,
+		   (unsigned long long)(m->last.ram_remaining >> 20));
+	/* The receiver resumes the destination now, unless --paused. */
+	return net_ctrl_send(&m->ctrl, WIRE_CTRL_POSTCOPY, &resume, 1,
+			     MIG_QMP_TIMEOUT_MS, err);
+}
+
 /* One turn of the precopy loop: 1 when QEMU completed, 0 to go on. */
 static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 {
-	struct pollfd fds[3] = {
+	struct pollfd fds[4] = {
 		{ .fd = m->cancel_efd, .events = POLLIN },
 		{ .fd = m->ctrl.fd, .events = POLLIN },
 		/* A tunnel that ended cleanly has nothing more to say. */
 		{ .fd = m->tun && !tun_finished(m->tun) ?
 			tun_done_fd(m->tun) : -1, .events = POLLIN },
+		/* QEMU's MIGRATION events: completion is seen at once. */
+		{ .fd = qmp_fd(m->q), .events = POLLIN },
 	};
 	int rc;
 
 	if (net_conn_pending(&m->ctrl))
 		fds[1].revents = POLLIN;
 	else
-		poll(fds, 3, (int)m->o.progress_interval_ms);
-	if (fds[0].revents)
+		poll(fds, 4, (int)m->o.progress_interval_ms);
+	if (fds[3].revents && qmp_pump(m->q, err) < 0)
+		return ferry_error_prefix(err, "source QEMU: ");
+	if (fds[0].revents && m->conv.postcopy_active) {
+		uint64_t n;
+
+		/* The destination runs the guest already and the source holds
+		 * pages it has not sent: stopping now would lose the guest. */
+		if (read(m->cancel_efd, &n, sizeof(n)) < 0) {
+			/* nothing pending after all */
+		}
+		conv_event(&m->conv, "cancel_refused", NULL,
+			   "not cancelling a post-copy migration: the guest's memory "
+			   "is split between the hosts; it finishes in moments");
+	} else if (fds[0].revents) {
 		return ferry_error_set(err, -ECANCELED, "migration cancelled by request");
+	}
 	rc = mig_query(m->q, &m->last, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "source QEMU: ");
@@ -455,9 +521,20 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
 	}
-	if (m->o.timeout_s && ferry_now_ms() - m->t0_ms > m->o.timeout_s * 1000ull)
-		return ferry_error_set(err, -ETIMEDOUT,
-			"the migration did not complete within %u s", m->o.timeout_s);
+	if (!strcmp(m->last.status, "postcopy-active") && !m->conv.postcopy_active)
+		note_postcopy(m);
+	{
+		bool go = false;
+
+		rc = conv_step(&m->conv, m->q, &m->last, &go, err);
+		if (rc < 0)
+			return rc;
+		if (go && !m->conv.postcopy_active) {
+			rc = start_postcopy(m, err);
+			if (rc < 0)
+				return rc;
+		}
+	}
 	report_progress(m);
 	return 0;
 }
@@ -543,6 +620,19 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	const char *why = err->msg;
 
 	set_phase(m, FERRY_PHASE_CANCELLING);
+	if (m->conv.postcopy_active) {
+		/*
+		 * Post-copy broke: the destination ran the guest and holds the
+		 * newest state of the pages it touched, the source holds the
+		 * rest. Resuming the source would run a stale guest; QEMU keeps
+		 * both sides in postcopy-paused for a recovery.
+		 */
+		ferry_error_prefix(err, "post-copy failed; the guest's state is "
+				   "split between the source and the destination "
+				   "(both paused, waiting for recovery): ");
+		ferry_log(FERRY_LOG_ERROR, "%s", err->msg);
+		return false;
+	}
 	if (m->ctrl.fd >= 0)
 		net_ctrl_send(&m->ctrl, WIRE_CTRL_CANCEL, why,
 			      (uint32_t)strnlen(why, sizeof(err->msg)), 1000, NULL);
@@ -594,6 +684,14 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 		 m->o.direct ? "none" : ferry_codec_name(m->o.codec));
 	r->streams = m->o.direct ? 0 : m->o.streams;
 	snprintf(r->tls, sizeof(r->tls), "%s", tls_ctx_mode(m->tls));
+	snprintf(r->policy, sizeof(r->policy), "%s",
+		 m->conv.policy ? m->conv.policy->name : "");
+	r->postcopy = m->conv.postcopy_active;
+	if (m->conv.postcopy_active)
+		r->postcopy_ms = ferry_now_ms() - m->conv.postcopy_t0_ms;
+	r->throttle_pct_max = m->conv.throttle_max;
+	r->downtime_steps = m->conv.downtime_changes;
+	r->predicted_total_ms = m->conv.predicted_total_ms;
 	if (m->tun) {
 		struct tun_stats st;
 
@@ -609,6 +707,7 @@ static void teardown(struct ferry_migration *m)
 	tun_free(m->tun);
 	m->tun = NULL;
 	net_conn_close(&m->ctrl);
+	conv_fini(&m->conv);
 	qmp_close(m->q);
 	m->q = NULL;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "mig.h"
+#include "util.h"
 
 static uint64_t get_u64(json_t *obj, const char *key)
 {
@@ -60,7 +61,18 @@ int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err)
 		info->ram_remaining = get_u64(ram, "remaining");
 		info->dirty_sync_count = get_u64(ram, "dirty-sync-count");
 		info->dirty_pages_rate = get_u64(ram, "dirty-pages-rate");
+		info->page_size = get_u64(ram, "page-size");
+		info->postcopy_requests = get_u64(ram, "postcopy-requests");
+		{
+			json_t *mbps = json_object_get(ram, "mbps");
+
+			info->mbps = json_is_number(mbps) ?
+				json_number_value(mbps) : 0;
+		}
 	}
+	if (!info->page_size)
+		info->page_size = 4096;
+	info->throttle_pct = (uint32_t)get_u64(ret, "cpu-throttle-percentage");
 	info->incoming_port = incoming_port(ret);
 	copy_str(info->error_desc, sizeof(info->error_desc),
 		 json_object_get(ret, "error-desc"));
@@ -110,18 +122,39 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	 * tells the source when it failed to load, so the source can keep
 	 * the guest running instead of completing blindly.
 	 */
-	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b}]}", "capabilities",
+	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b}]}",
+			 "capabilities",
 			 "capability", "events", "state", 1,
-			 "capability", "return-path", "state", 1);
+			 "capability", "return-path", "state", 1,
+			 "capability", "postcopy-ram", "state", p->postcopy,
+			 "capability", "auto-converge", "state", p->auto_converge);
 	rc = qmp_execute(q, "migrate-set-capabilities", caps, NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
-	return qmp_execute(q, "migrate-set-parameters",
-			   json_pack("{s:I,s:I}",
-				     "max-bandwidth", (json_int_t)p->max_bandwidth_bytes_per_s,
-				     "downtime-limit", (json_int_t)p->downtime_ms),
-			   NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = qmp_execute(q, "migrate-set-parameters",
+			 json_pack("{s:I,s:I}",
+				   "max-bandwidth", (json_int_t)p->max_bandwidth_bytes_per_s,
+				   "downtime-limit", (json_int_t)p->downtime_ms),
+			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0 || !p->auto_converge)
+		return rc;
+	{
+		json_t *a = json_pack("{s:b}", "cpu-throttle-tailslow",
+				      p->throttle_tailslow);
+
+		if (p->throttle_initial_pct)
+			json_object_set_new(a, "cpu-throttle-initial",
+					    json_integer(p->throttle_initial_pct));
+		if (p->throttle_increment_pct)
+			json_object_set_new(a, "cpu-throttle-increment",
+					    json_integer(p->throttle_increment_pct));
+		if (p->throttle_max_pct)
+			json_object_set_new(a, "max-cpu-throttle",
+					    json_integer(p->throttle_max_pct));
+		return qmp_execute(q, "migrate-set-parameters", a, NULL,
+				   MIG_QMP_TIMEOUT_MS, err);
+	}
 }
 
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
@@ -148,4 +181,45 @@ int mig_vm_status(struct qmp *q, char *buf, size_t len, struct ferry_error *err)
 {
 	return qmp_query_status_string(q, "query-status", buf, len,
 				       MIG_QMP_TIMEOUT_MS, err);
+}
+
+int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err)
+{
+	return qmp_execute(q, "migrate-set-parameters",
+			   json_pack("{s:I}", "downtime-limit", (json_int_t)ms),
+			   NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+int mig_calc_dirty_rate(struct qmp *q, uint32_t seconds, uint64_t *bytes_per_s,
+			struct ferry_error *err)
+{
+	uint64_t deadline;
+	int rc;
+
+	*bytes_per_s = 0;
+	rc = qmp_execute(q, "calc-dirty-rate",
+			 json_pack("{s:I}", "calc-time", (json_int_t)seconds),
+			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	deadline = ferry_now_ms() + seconds * 1000ull + MIG_QMP_TIMEOUT_MS;
+	while (ferry_now_ms() < deadline) {
+		json_t *ret = NULL;
+		const char *st;
+
+		usleep(100 * 1000);
+		rc = qmp_execute(q, "query-dirty-rate", NULL, &ret,
+				 MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return rc;
+		st = json_string_value(json_object_get(ret, "status"));
+		if (st && !strcmp(st, "measured")) {
+			/* "dirty-rate" is in MiB/s */
+			*bytes_per_s = get_u64(ret, "dirty-rate") << 20;
+			json_decref(ret);
+			return 0;
+		}
+		json_decref(ret);
+	}
+	return ferry_error_set(err, -ETIMEDOUT, "calc-dirty-rate did not finish");
 }

@@ -36,6 +36,8 @@
 
 /* How often the streaming loop looks at the destination QEMU. */
 #define RX_POLL_MS 250
+/* After FINISH: the destination completes within moments of the source. */
+#define RX_FINISH_POLL_MS 2
 
 struct ferry_receiver {
 	struct ferry_receiver_opts o;
@@ -76,6 +78,7 @@ struct incoming {
 	int qemu_end;		/* tunnel socket until the tunnel owns it */
 	uint64_t t0_ms;
 	bool resume;
+	bool postcopy;
 };
 
 struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
@@ -276,6 +279,7 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	struct mig_params p = {
 		.max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED,
 		.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS,
+		.postcopy = in->hello.options & WIRE_OPT_POSTCOPY,
 	};
 	bool direct = in->hello.options & WIRE_OPT_DIRECT;
 	uint8_t port_be[2];
@@ -404,7 +408,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 			return ferry_error_prefix(err, "destination QEMU: ");
 		if (!mig_status_active(info.status))
 			break;
-		usleep(20 * 1000);
+		usleep(RX_FINISH_POLL_MS * 1000);
 	}
 	if (strcmp(info.status, "completed") != 0)
 		return ferry_error_set(err, -EIO,
@@ -444,6 +448,16 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 	if (h.type == WIRE_CTRL_CANCEL)
 		return ferry_error_set(err, -ECANCELED, "the source cancelled: %s",
 				       (char *)payload);
+	if (h.type == WIRE_CTRL_POSTCOPY && h.len == 1 && payload[0] <= 1) {
+		ferry_log(FERRY_LOG_INFO, "migration %s switched to post-copy%s",
+			  in->id, payload[0] ? "; resuming the destination" : "");
+		in->postcopy = true;
+		/* During an incoming migration, cont means "run once loaded". */
+		if (payload[0] && qmp_execute(in->q, "cont", NULL, NULL,
+					      MIG_QMP_TIMEOUT_MS, err) < 0)
+			return ferry_error_prefix(err, "resuming the destination: ");
+		return 0;
+	}
 	if (h.type != WIRE_CTRL_FINISH || h.len != 1 || payload[0] > 1)
 		return ferry_error_set(err, -EPROTO,
 			"unexpected %s (%u bytes) from the source while streaming",
@@ -473,8 +487,12 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			fds[0].revents = POLLIN;
 		else
 			poll(fds, 3, RX_POLL_MS);
-		if (fds[0].revents)
-			return rx_control(in, err);
+		if (fds[0].revents) {
+			rc = rx_control(in, err);
+			if (rc != 0)
+				return rc;
+			continue;
+		}
 		if (fds[1].revents)
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		if (in->tun && !tun_finished(in->tun)) {

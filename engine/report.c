@@ -36,6 +36,14 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 	json_object_set_new(o, "frames_zstd", json_integer((json_int_t)r->frames_zstd));
 	json_object_set_new(o, "streams", json_integer(r->streams));
 	json_object_set_new(o, "tls", json_string(r->tls));
+	json_object_set_new(o, "policy", json_string(r->policy));
+	json_object_set_new(o, "postcopy", json_boolean(r->postcopy));
+	json_object_set_new(o, "postcopy_ms", json_integer((json_int_t)r->postcopy_ms));
+	json_object_set_new(o, "throttle_pct_max", json_integer(r->throttle_pct_max));
+	json_object_set_new(o, "downtime_steps", json_integer(r->downtime_steps));
+	json_object_set_new(o, "recoveries", json_integer(r->recoveries));
+	json_object_set_new(o, "predicted_total_ms",
+			    json_integer((json_int_t)r->predicted_total_ms));
 	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
 	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);

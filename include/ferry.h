@@ -120,6 +120,42 @@ struct ferry_tls_opts {
 	bool insecure;			/* allow plaintext off loopback */
 };
 
+/* When to switch to post-copy (the destination runs, pulls what is left). */
+enum ferry_postcopy_mode {
+	FERRY_POSTCOPY_NEVER = 0,
+	FERRY_POSTCOPY_AUTO = 1,	/* when the policy says so */
+	FERRY_POSTCOPY_AFTER_PASS = 2,	/* after pass N (postcopy_after_pass) */
+};
+
+/* What happens when the migration runs past timeout_s. */
+enum ferry_timeout_action {
+	FERRY_TIMEOUT_ABORT = 0,	/* cancel; the source runs on */
+	FERRY_TIMEOUT_POSTCOPY = 1,	/* switch to post-copy (abort if off) */
+	FERRY_TIMEOUT_PAUSE = 2,	/* pause the source: the rest is downtime */
+};
+
+struct ferry_policy;
+
+/*
+ * How the migration converges (include/ferry_policy.h). downtime_ms in
+ * ferry_migrate_opts is the longest pause the user accepts; the policy
+ * decides how to get there.
+ */
+struct ferry_converge_opts {
+	const struct ferry_policy *policy;	/* NULL: "predict" */
+	uint32_t downtime_steps;		/* 0: 10 (Nova's default) */
+	uint32_t downtime_step_delay_s_per_gib;	/* 0: 75 (Nova's default) */
+	bool auto_converge;			/* QEMU's CPU throttle */
+	uint32_t throttle_initial_pct;		/* 0: QEMU's default (20) */
+	uint32_t throttle_increment_pct;	/* 0: QEMU's default (10) */
+	uint32_t throttle_max_pct;		/* 0: QEMU's default (99) */
+	bool throttle_tailslow;
+	enum ferry_postcopy_mode postcopy;
+	uint32_t postcopy_after_pass;
+	enum ferry_timeout_action timeout_action;
+	const char *events_path;	/* JSON lines of every decision */
+};
+
 /* Options of the source side. Zero means "the default" for numbers. */
 struct ferry_migrate_opts {
 	const char *qmp_path;		/* source QEMU's QMP unix socket */
@@ -138,6 +174,7 @@ struct ferry_migrate_opts {
 	int codec_level;		/* zstd level; 0: default */
 	uint32_t streams;		/* data connections; 0: 1 */
 	struct ferry_tls_opts tls;
+	struct ferry_converge_opts converge;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
@@ -164,6 +201,13 @@ struct ferry_report {
 	uint64_t frames_zstd;
 	uint32_t streams;
 	char tls[8];			/* "none", "x509", "psk" */
+	char policy[16];
+	bool postcopy;			/* switched to post-copy */
+	uint64_t postcopy_ms;		/* time spent in post-copy */
+	uint32_t throttle_pct_max;	/* highest CPU throttle QEMU applied */
+	uint32_t downtime_steps;	/* downtime changes made */
+	uint32_t recoveries;		/* post-copy recoveries */
+	uint64_t predicted_total_ms;	/* first prediction of the total */
 	bool source_running;		/* after a failure: did the guest survive */
 	char error[FERRY_ERROR_MSG_MAX];	/* empty when completed */
 };

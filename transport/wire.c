@@ -154,6 +154,7 @@ const char *wire_ctrl_name(uint16_t type)
 	case WIRE_CTRL_FINISH: return "FINISH";
 	case WIRE_CTRL_FINISHED: return "FINISHED";
 	case WIRE_CTRL_CANCEL: return "CANCEL";
+	case WIRE_CTRL_POSTCOPY: return "POSTCOPY";
 	default: return "?";
 	}
 }

@@ -37,7 +37,8 @@ enum wire_conn {
 /* Option bits in the hello (the source's choices; the receiver follows). */
 #define WIRE_OPT_PAUSED (1u << 0)	/* leave the destination paused */
 #define WIRE_OPT_DIRECT (1u << 1)	/* QEMU streams directly, no data conn */
-#define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT)
+#define WIRE_OPT_POSTCOPY (1u << 2)	/* the destination needs postcopy-ram */
+#define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY)
 
 /*
  * Guest RAM sizes a receiver accepts: anything outside is a corrupt or
@@ -82,7 +83,9 @@ enum wire_ctrl {
 	WIRE_CTRL_FINISHED = 4,	/* receiver -> source: destination state;
 				   payload: u8 ok, then text */
 	WIRE_CTRL_CANCEL = 5,	/* source -> receiver: migration abandoned */
-	WIRE_CTRL_MAX_TYPE = 5,
+	WIRE_CTRL_POSTCOPY = 6,	/* source -> receiver: switched to post-copy;
+				   payload: u8 resume the destination now */
+	WIRE_CTRL_MAX_TYPE = 6,
 };
 
 struct wire_ctrl_hdr {

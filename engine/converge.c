@@ -1,0 +1,250 @@
+/* Convergence of a migration (see converge.h). */
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "converge.h"
+#include "util.h"
+
+void conv_event(struct converge *c, const char *name, void *extra,
+		const char *fmt, ...)
+{
+	json_t *o = extra ? extra : json_object();
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	ferry_log(FERRY_LOG_INFO, "%s: %s", name, msg);
+	if (c->events && o) {
+		char *line;
+
+		json_object_set_new(o, "t_ms",
+				    json_integer((json_int_t)(ferry_now_ms() - c->t0_ms)));
+		json_object_set_new(o, "event", json_string(name));
+		json_object_set_new(o, "detail", json_string(msg));
+		line = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+		if (line) {
+			fprintf(c->events, "%s\n", line);
+			fflush(c->events);
+			free(line);
+		}
+	}
+	json_decref(o);
+}
+
+static void sample_of(struct converge *c, const struct mig_info *info,
+		      struct ferry_policy_sample *s)
+{
+	uint64_t dirty = info->dirty_pages_rate * info->page_size;
+	uint64_t link = (uint64_t)(info->mbps * 1e6 / 8);
+
+	memset(s, 0, sizeof(*s));
+	s->elapsed_ms = ferry_now_ms() - c->t0_ms;
+	s->pass = info->dirty_sync_count;
+	s->ram_total_bytes = c->ram_bytes;
+	s->ram_remaining_bytes = info->ram_remaining;
+	s->ram_transferred_bytes = info->ram_transferred;
+	s->dirty_rate = dirty ? dirty : c->dirty_rate0;
+	s->link_rate = link;
+	if (c->link_cap && (!s->link_rate || s->link_rate > c->link_cap))
+		s->link_rate = c->link_cap;
+	s->downtime_limit_ms = c->downtime_now;
+	s->throttle_pct = info->throttle_pct;
+	s->auto_converge = c->auto_converge_cap;
+	s->postcopy_possible = c->postcopy_cap;
+	s->postcopy_active = c->postcopy_active;
+}
+
+static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,
+			const char *why, struct ferry_error *err)
+{
+	int rc;
+
+	if (ms > c->limits.downtime_max_ms)
+		ms = c->limits.downtime_max_ms;
+	if (!ms || ms == c->downtime_now)
+		return 0;
+	if (q) {
+		rc = mig_set_downtime(q, ms, err);
+		if (rc < 0)
+			return rc;
+		c->downtime_changes++;
+	}
+	c->downtime_now = ms;
+	conv_event(c, "downtime", json_pack("{s:i}", "downtime_ms", (int)ms),
+		   "allow %u ms of downtime (%s)", ms, why);
+	return 0;
+}
+
+int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
+	      struct qmp *q, uint64_t ram_bytes, uint64_t link_cap,
+	      bool guest_running, struct ferry_error *err)
+{
+	const struct ferry_converge_opts *co = &o->converge;
+	struct ferry_policy_actions a = { 0 };
+	struct ferry_policy_sample s = { 0 };
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	c->t0_ms = ferry_now_ms();
+	c->ram_bytes = ram_bytes;
+	c->link_cap = link_cap;
+	c->policy = co->policy ? co->policy : ferry_policy_builtin("predict");
+	c->limits = (struct ferry_policy_limits){
+		.downtime_max_ms = o->downtime_ms ? o->downtime_ms :
+						    FERRY_DEFAULT_DOWNTIME_MS,
+		.timeout_s = o->timeout_s,
+		.timeout_action = co->timeout_action,
+		.postcopy = co->postcopy,
+		.postcopy_after_pass = co->postcopy_after_pass,
+		.auto_converge = co->auto_converge,
+		.steps = co->downtime_steps ? co->downtime_steps : CONV_DEFAULT_STEPS,
+		.step_delay_s_per_gib = co->downtime_step_delay_s_per_gib ?
+			co->downtime_step_delay_s_per_gib :
+			CONV_DEFAULT_STEP_DELAY_S_PER_GIB,
+	};
+	if (co->events_path) {
+		c->events = fopen(co->events_path, "w");
+		if (!c->events)
+			return ferry_error_set(err, -errno, "--events %s: %s",
+					       co->events_path, strerror(errno));
+	}
+	c->state = c->policy->create(&c->limits);
+	if (!c->state)
+		return ferry_error_set(err, -ENOMEM, "policy %s: out of memory",
+				       c->policy->name);
+	/* A policy with choices to make gets the guest's dirty rate first. */
+	if (guest_running && (co->postcopy != FERRY_POSTCOPY_NEVER ||
+			      co->auto_converge)) {
+		rc = mig_calc_dirty_rate(q, CONV_DIRTY_RATE_CALC_S, &c->dirty_rate0,
+					 err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "measuring the dirty rate: ");
+		conv_event(c, "dirty_rate", json_pack("{s:I}", "bytes_per_s",
+						       (json_int_t)c->dirty_rate0),
+			   "the guest dirties %.1f MiB/s (calc-dirty-rate, %u s)",
+			   (double)c->dirty_rate0 / (1 << 20), CONV_DIRTY_RATE_CALC_S);
+	}
+	s.ram_total_bytes = s.ram_remaining_bytes = ram_bytes;
+	s.dirty_rate = c->dirty_rate0;
+	s.link_rate = link_cap;
+	c->policy->decide(c->state, &s, &a);
+	c->postcopy_cap = co->postcopy != FERRY_POSTCOPY_NEVER &&
+			  (a.enable_postcopy || co->postcopy == FERRY_POSTCOPY_AFTER_PASS ||
+			   co->timeout_action == FERRY_TIMEOUT_POSTCOPY);
+	if (co->timeout_action == FERRY_TIMEOUT_POSTCOPY)
+		c->postcopy_cap = true;
+	c->auto_converge_cap = co->auto_converge || a.enable_auto_converge;
+	c->downtime_now = a.set_downtime_ms ? a.set_downtime_ms :
+					      c->limits.downtime_max_ms;
+	if (c->downtime_now > c->limits.downtime_max_ms)
+		c->downtime_now = c->limits.downtime_max_ms;
+	if (a.predicted_remaining_ms)
+		c->predicted_total_ms = a.predicted_remaining_ms;
+	conv_event(c, "policy", json_pack("{s:s,s:b,s:b,s:i}", "policy",
+					  c->policy->name, "postcopy",
+					  c->postcopy_cap, "auto_converge",
+					  c->auto_converge_cap, "downtime_ms",
+					  (int)c->downtime_now),
+		   "%s: %s%s%s, downtime %u ms%s%s", c->policy->name,
+		   c->postcopy_cap ? "post-copy possible" : "no post-copy",
+		   c->auto_converge_cap ? ", auto-converge" : "", "",
+		   c->downtime_now, a.reason[0] ? "; " : "", a.reason);
+	return 0;
+}
+
+void conv_fini(struct converge *c)
+{
+	if (c->state)
+		c->policy->destroy(c->state);
+	c->state = NULL;
+	if (c->events)
+		fclose(c->events);
+	c->events = NULL;
+}
+
+int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
+	      bool *start_postcopy, struct ferry_error *err)
+{
+	struct ferry_policy_actions a = { 0 };
+	struct ferry_policy_sample s;
+	uint64_t elapsed = ferry_now_ms() - c->t0_ms;
+	int rc;
+
+	*start_postcopy = false;
+	if (info->throttle_pct > c->throttle_max) {
+		c->throttle_max = info->throttle_pct;
+		conv_event(c, "throttle", json_pack("{s:i}", "throttle_pct",
+						     (int)info->throttle_pct),
+			   "QEMU throttles the guest's CPUs to %u%%",
+			   info->throttle_pct);
+	}
+	if (c->postcopy_active)
+		return 0;	/* nothing left to decide: post-copy finishes */
+	sample_of(c, info, &s);
+	c->policy->decide(c->state, &s, &a);
+	if (a.reason[0] && !a.set_downtime_ms)
+		conv_event(c, "policy", NULL, "%s", a.reason);
+	if (a.predicted_remaining_ms && !c->predicted_total_ms)
+		c->predicted_total_ms = elapsed + a.predicted_remaining_ms;
+	if (a.set_downtime_ms) {
+		rc = set_downtime(c, q, a.set_downtime_ms,
+				  a.reason[0] ? a.reason : c->policy->name, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (a.abort)
+		return ferry_error_set(err, -ECANCELED, "the %s policy aborted: %s",
+				       c->policy->name, a.reason);
+	if (a.start_postcopy && c->postcopy_cap)
+		*start_postcopy = true;
+	if (c->limits.postcopy == FERRY_POSTCOPY_AFTER_PASS && c->postcopy_cap &&
+	    info->dirty_sync_count > c->limits.postcopy_after_pass)
+		*start_postcopy = true;
+	if (a.pause_source && !c->source_paused) {
+		rc = qmp_execute(q, "stop", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return rc;
+		c->source_paused = true;
+		conv_event(c, "pause", NULL, "source guest paused: %s", a.reason);
+	}
+	if (c->limits.timeout_s && elapsed > c->limits.timeout_s * 1000ull &&
+	    !c->timed_out) {
+		c->timed_out = true;
+		switch ((enum ferry_timeout_action)c->limits.timeout_action) {
+		case FERRY_TIMEOUT_POSTCOPY:
+			if (c->postcopy_cap) {
+				conv_event(c, "timeout", NULL,
+					   "%u s passed: switching to post-copy",
+					   c->limits.timeout_s);
+				*start_postcopy = true;
+				break;
+			}
+			/* no post-copy: abort */
+			__attribute__((fallthrough));
+		case FERRY_TIMEOUT_ABORT:
+			conv_event(c, "timeout", NULL, "%u s passed: aborting",
+				   c->limits.timeout_s);
+			return ferry_error_set(err, -ETIMEDOUT,
+				"the migration did not complete within %u s "
+				"(%llu MiB still to send, the guest dirties "
+				"%.0f MiB/s)", c->limits.timeout_s,
+				(unsigned long long)(info->ram_remaining >> 20),
+				(double)s.dirty_rate / (1 << 20));
+		case FERRY_TIMEOUT_PAUSE:
+			rc = qmp_execute(q, "stop", NULL, NULL, MIG_QMP_TIMEOUT_MS,
+					 err);
+			if (rc < 0)
+				return rc;
+			c->source_paused = true;
+			conv_event(c, "timeout", NULL, "%u s passed: source guest "
+				   "paused so that the migration completes",
+				   c->limits.timeout_s);
+			break;
+		}
+	}
+	return 0;
+}

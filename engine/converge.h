@@ -1,0 +1,63 @@
+/*
+ * Convergence of one migration (source side): runs the policy
+ * (include/ferry_policy.h) on every progress sample, applies its actions
+ * to the source QEMU, enforces --timeout-s with its action, and reports
+ * every decision as an event (log line, and JSON lines with --events).
+ */
+#ifndef FERRY_CONVERGE_H
+#define FERRY_CONVERGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ferry.h"
+#include "ferry_policy.h"
+#include "mig.h"
+
+/* Defaults of Nova's downtime schedule. */
+#define CONV_DEFAULT_STEPS 10
+#define CONV_DEFAULT_STEP_DELAY_S_PER_GIB 75
+/* How long calc-dirty-rate samples before the migration. */
+#define CONV_DIRTY_RATE_CALC_S 1
+
+struct converge {
+	const struct ferry_policy *policy;
+	void *state;
+	struct ferry_policy_limits limits;
+	FILE *events;
+	uint64_t t0_ms;
+	uint64_t ram_bytes;
+	uint64_t dirty_rate0;		/* calc-dirty-rate before the start */
+	uint64_t link_cap;		/* --bandwidth, 0: none */
+	uint32_t downtime_now;
+	bool postcopy_cap, auto_converge_cap;
+	bool postcopy_active;
+	uint64_t postcopy_t0_ms, postcopy_ms;
+	uint32_t throttle_max, downtime_changes;
+	uint64_t predicted_total_ms;
+	bool timed_out;
+	bool source_paused;
+};
+
+/* Set-up before the migration: the policy's up-front decision. */
+int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
+	      struct qmp *q, uint64_t ram_bytes, uint64_t link_cap,
+	      bool guest_running, struct ferry_error *err);
+
+void conv_fini(struct converge *c);
+
+/*
+ * One sample during the migration. *start_postcopy is set when ferry must
+ * switch now (the caller does it: QEMU and the receiver both take part).
+ * Returns 0, or an error to end the migration (abort, timeout).
+ */
+int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
+	      bool *start_postcopy, struct ferry_error *err);
+
+/* Record an event: a log line, and a JSON line with --events. @extra (may
+ * be NULL) adds fields and is consumed. */
+void conv_event(struct converge *c, const char *name, void *extra,
+		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+#endif /* FERRY_CONVERGE_H */
