@@ -1,0 +1,185 @@
+/*
+ * The convergence policies on synthetic progress traces, no QEMU: the
+ * predictive policy picks post-copy where precopy cannot converge and
+ * plain precopy where it can; Nova's schedule raises the downtime in its
+ * steps.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "ferry_policy.h"
+
+#define MiB (1ull << 20)
+#define GiB (1ull << 30)
+
+double ferry_predict_precopy_s(double remaining, double dirty, double link,
+			       double downtime_s);
+
+struct trace_case {
+	const char *what;
+	uint64_t ram, dirty, link;
+	bool expect_postcopy;
+};
+
+static const struct trace_case cases[] = {
+	/* idle guest, fast link: precopy in one pass */
+	{ "idle", 4 * GiB, 0, 1000 * MiB, false },
+	/* dirty at a tenth of the link: a few shrinking passes */
+	{ "light", 4 * GiB, 100 * MiB, 1000 * MiB, false },
+	/* dirty at half the link: still converges */
+	{ "half", 1 * GiB, 50 * MiB, 100 * MiB, false },
+	/* dirty faster than the link: never converges */
+	{ "faster", 1 * GiB, 200 * MiB, 100 * MiB, true },
+	/* dirty at 95% of the link: passes barely shrink */
+	{ "barely", 2 * GiB, 95 * MiB, 100 * MiB, true },
+};
+
+/*
+ * Feed the policy a trace: pass 0 (before the start), then samples of
+ * passes 1, 2, 3... where remaining follows remaining * dirty / link.
+ */
+START_TEST(predict_picks)
+{
+	const struct trace_case *c = &cases[_i];
+	const struct ferry_policy *p = ferry_policy_builtin("predict");
+	struct ferry_policy_limits l = { .downtime_max_ms = 300,
+					 .postcopy = FERRY_POSTCOPY_AUTO };
+	void *st = p->create(&l);
+	double remaining = (double)c->ram;
+	bool postcopy = false;
+
+	ck_assert_ptr_nonnull(st);
+	for (uint64_t pass = 0; pass < 12 && !postcopy; pass++) {
+		struct ferry_policy_sample s = {
+			.elapsed_ms = pass * 1000, .pass = pass,
+			.ram_total_bytes = c->ram,
+			.ram_remaining_bytes = (uint64_t)remaining,
+			.dirty_rate = c->dirty, .link_rate = c->link,
+			.downtime_limit_ms = 300, .postcopy_possible = true,
+		};
+		struct ferry_policy_actions a = { 0 };
+
+		p->decide(st, &s, &a);
+		if (pass == 0)
+			ck_assert_msg(a.enable_postcopy, "%s: post-copy not enabled "
+				      "up front", c->what);
+		ck_assert_uint_le(a.set_downtime_ms, 300);
+		postcopy = a.start_postcopy;
+		if (pass >= 1) {
+			double next = remaining * (double)c->dirty / (double)c->link;
+
+			remaining = next > (double)c->ram ? (double)c->ram : next;
+			/* Precopy completes when it fits in the downtime. */
+			if (remaining <= (double)c->link * 0.3)
+				break;
+		}
+	}
+	ck_assert_msg(postcopy == c->expect_postcopy, "%s: post-copy %s",
+		      c->what, postcopy ? "chosen" : "not chosen");
+	p->destroy(st);
+}
+END_TEST
+
+/* The model itself: converging series, and the divergent case. */
+START_TEST(precopy_model)
+{
+	double t;
+
+	t = ferry_predict_precopy_s(1e9, 0, 1e8, 0.3);
+	ck_assert(t > 9.9 && t < 10.1);
+	t = ferry_predict_precopy_s(1e9, 5e7, 1e8, 0.3);
+	ck_assert(t > 10 && t < 21);	/* 10 + 5 + 2.5 + ... */
+	ck_assert(isinf(ferry_predict_precopy_s(1e9, 2e8, 1e8, 0.3)));
+	ck_assert(isinf(ferry_predict_precopy_s(1e9, 1e7, 0, 0.3)));
+}
+END_TEST
+
+/* Never post-copy when the user said never: precopy, downtime capped. */
+START_TEST(predict_respects_never)
+{
+	const struct ferry_policy *p = ferry_policy_builtin("predict");
+	struct ferry_policy_limits l = { .downtime_max_ms = 500 };
+	void *st = p->create(&l);
+
+	for (uint64_t pass = 0; pass < 6; pass++) {
+		struct ferry_policy_sample s = {
+			.pass = pass, .ram_total_bytes = GiB,
+			.ram_remaining_bytes = GiB, .dirty_rate = 300 * MiB,
+			.link_rate = 100 * MiB,
+		};
+		struct ferry_policy_actions a = { 0 };
+
+		p->decide(st, &s, &a);
+		ck_assert(!a.start_postcopy && !a.enable_postcopy);
+		ck_assert_uint_le(a.set_downtime_ms, 500);
+	}
+	p->destroy(st);
+}
+END_TEST
+
+/* Nova: 500 ms in 10 steps, 75 s per GiB between them (a 1 GiB guest). */
+START_TEST(nova_schedule)
+{
+	const struct ferry_policy *p = ferry_policy_builtin("nova");
+	struct ferry_policy_limits l = { .downtime_max_ms = 500, .steps = 10,
+					 .step_delay_s_per_gib = 75 };
+	void *st = p->create(&l);
+	uint32_t last = 0, changes = 0;
+
+	for (uint64_t t = 0; t <= 1000; t += 5) {
+		struct ferry_policy_sample s = {
+			.elapsed_ms = t * 1000, .pass = t ? 1 + t / 10 : 0,
+			.ram_total_bytes = GiB, .ram_remaining_bytes = GiB / 2,
+			.downtime_limit_ms = last,
+		};
+		struct ferry_policy_actions a = { 0 };
+
+		p->decide(st, &s, &a);
+		if (a.set_downtime_ms) {
+			ck_assert_uint_gt(a.set_downtime_ms, last);
+			last = a.set_downtime_ms;
+			changes++;
+		}
+		if (t == 0)
+			ck_assert_uint_eq(last, 50);	/* base = 500 / 10 */
+		if (t == 150)
+			ck_assert_uint_eq(last, 50 + 45 * 2);	/* step 2 at 150 s */
+	}
+	ck_assert_uint_eq(last, 500);
+	ck_assert_uint_eq(changes, 11);
+	p->destroy(st);
+}
+END_TEST
+
+START_TEST(builtins_by_name)
+{
+	ck_assert_ptr_nonnull(ferry_policy_builtin("predict"));
+	ck_assert_ptr_nonnull(ferry_policy_builtin("nova"));
+	ck_assert_ptr_nonnull(ferry_policy_builtin("qemu"));
+	ck_assert_ptr_null(ferry_policy_builtin("magic"));
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("policy");
+	TCase *tc = tcase_create("policy");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_loop_test(tc, predict_picks, 0, FERRY_ARRAY_SIZE(cases));
+	tcase_add_test(tc, precopy_model);
+	tcase_add_test(tc, predict_respects_never);
+	tcase_add_test(tc, nova_schedule);
+	tcase_add_test(tc, builtins_by_name);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
