@@ -1,0 +1,299 @@
+/*
+ * Convergence with real QEMU: a guest that dirties memory faster than the
+ * (capped) link carries it.
+ *
+ *   - without help it does not converge: --timeout-s with abort ends it
+ *     and the source guest keeps running;
+ *   - --auto-converge completes it (QEMU throttles the guest's CPUs);
+ *   - --postcopy auto completes it (the predictive policy switches);
+ *   - post-copy through ferry's tunnel with the destination left paused:
+ *     both quiescent afterwards, RAM compared byte for byte;
+ *   - post-copy with the destination resumed: page requests flow back
+ *     through the tunnel while the destination guest runs (its heartbeat);
+ *   - post-copy with --direct.
+ * The events file records every decision.
+ */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "ferry_policy.h"
+#include "tests/harness/tmpdir.h"
+#include "tests/harness/vm.h"
+
+#define TEST_MEM_MIB 128
+#define READY_TIMEOUT_MS 60000
+/* The guest dirties 48 MiB/s over 48 MiB; the wire carries 24 MiB/s. */
+#define WS_MIB 48
+#define RATE_MIB_S 48
+#define CAP_BYTES_S (24ull << 20)
+
+struct pair {
+	struct vm *src, *dst;
+	char dir[64];
+};
+
+static void pair_start(struct pair *p)
+{
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
+				.ws_mib = WS_MIB, .rate_mib_s = RATE_MIB_S };
+	struct vm_config dc = sc;
+	struct ferry_error err = { 0 };
+
+	dc.incoming = true;
+	dc.prealloc = true;
+	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-test"), 0);
+	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
+		      "guest not ready: %s", err.msg);
+}
+
+static void pair_stop(struct pair *p)
+{
+	vm_stop(p->src);
+	vm_stop(p->dst);
+	tmpdir_remove(p->dir);
+}
+
+static void expect_status(struct vm *vm, const char *want)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
+}
+
+static void expect_same_ram(struct pair *p)
+{
+	struct ferry_error err = { 0 };
+	char a[128], b[128];
+	uint64_t diff = 0;
+	int eq;
+
+	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
+	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
+	eq = vm_files_equal(a, b, &diff, &err);
+	ck_assert_msg(eq >= 0, "%s", err.msg);
+	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
+		      (unsigned long long)diff);
+	unlink(a);
+	unlink(b);
+}
+
+struct rx_thread {
+	struct ferry_receiver *rx;
+	struct ferry_report rep;
+	struct ferry_error err;
+	int rc;
+	pthread_t t;
+};
+
+static void *rx_main(void *arg)
+{
+	struct rx_thread *r = arg;
+
+	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
+	return NULL;
+}
+
+/* Migrate with @o; returns the run's result, report in @rep. */
+static int migrate(struct pair *p, struct ferry_migrate_opts *o,
+		   struct ferry_report *rep, struct ferry_error *err)
+{
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
+					  .qmp_path = vm_qmp_path(p->dst),
+					  .once = true };
+	struct rx_thread rx = { 0 };
+	struct ferry_migration *m;
+	char events[128];
+	int rc;
+
+	rx.rx = ferry_receiver_new(&ro, &rx.err);
+	ck_assert_msg(rx.rx, "%s", rx.err.msg);
+	pthread_create(&rx.t, NULL, rx_main, &rx);
+	snprintf(events, sizeof(events), "%s/events.jsonl", p->dir);
+	o->to_host = "127.0.0.1";
+	o->to_port = ferry_receiver_port(rx.rx);
+	o->qmp_path = vm_qmp_path(p->src);
+	o->converge.events_path = events;
+	if (!o->direct) {
+		o->max_bandwidth_bytes_per_s = CAP_BYTES_S;
+		o->codec = FERRY_CODEC_NONE;
+	} else {
+		o->max_bandwidth_bytes_per_s = CAP_BYTES_S;
+	}
+	m = ferry_migration_new(o, err);
+	ck_assert_msg(m, "%s", err->msg);
+	rc = ferry_migration_run(m, rep, err);
+	ferry_migration_free(m);
+	if (rc)
+		ferry_receiver_stop(rx.rx);
+	pthread_join(rx.t, NULL);
+	ferry_receiver_free(rx.rx);
+	return rc;
+}
+
+/* How many lines of @p's events file name @event. */
+static int count_events(struct pair *p, const char *event)
+{
+	char path[128], line[1024];
+	int n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/events.jsonl", p->dir);
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f)) {
+		json_error_t jerr;
+		json_t *o = json_loads(line, 0, &jerr);
+
+		ck_assert_msg(o, "events line is not JSON: %s", line);
+		ck_assert(json_is_integer(json_object_get(o, "t_ms")));
+		if (!strcmp(json_string_value(json_object_get(o, "event")), event))
+			n++;
+		json_decref(o);
+	}
+	fclose(f);
+	return n;
+}
+
+START_TEST(no_help_times_out_and_aborts)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .paused = true, .timeout_s = 8,
+		.converge.timeout_action = FERRY_TIMEOUT_ABORT };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_error e2 = { 0 };
+
+	pair_start(&p);
+	ck_assert_int_eq(migrate(&p, &o, &rep, &err), -ETIMEDOUT);
+	ck_assert_msg(strstr(err.msg, "did not complete within 8 s"), "%s", err.msg);
+	ck_assert(rep.source_running);
+	ck_assert(!rep.postcopy);
+	expect_status(p.src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &e2) == 0, "%s", e2.msg);
+	ck_assert_int_eq(count_events(&p, "timeout"), 1);
+	pair_stop(&p);
+}
+END_TEST
+
+START_TEST(auto_converge_completes)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .paused = true, .timeout_s = 120,
+		.converge = { .auto_converge = true, .throttle_initial_pct = 60,
+			      .throttle_increment_pct = 20,
+			      .policy = ferry_policy_builtin("qemu") } };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+
+	pair_start(&p);
+	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
+	ck_assert_uint_ge(rep.throttle_pct_max, 60);
+	ck_assert(!rep.postcopy);
+	ck_assert_int_ge(count_events(&p, "throttle"), 1);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/* The predictive policy switches to post-copy; destination left paused,
+ * so both sides are quiescent at the end and RAM must match. */
+START_TEST(postcopy_auto_tunnel_paused)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .paused = true, .timeout_s = 120,
+		.converge.postcopy = FERRY_POSTCOPY_AUTO };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+
+	pair_start(&p);
+	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
+	ck_assert(rep.postcopy);
+	ck_assert_str_eq(rep.policy, "predict");
+	ck_assert_uint_gt(rep.predicted_total_ms, 0);
+	ck_assert_int_eq(count_events(&p, "postcopy"), 1);
+	ck_assert_int_ge(count_events(&p, "dirty_rate"), 1);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/* Post-copy with the destination running: it faults pages in through
+ * QEMU's return path, which ferry's tunnel carries back. */
+START_TEST(postcopy_tunnel_running_destination)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .timeout_s = 120,
+		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
+			      .postcopy_after_pass = 1 } };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	uint64_t before;
+
+	pair_start(&p);
+	before = vm_heartbeats(p.dst);
+	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
+	ck_assert(rep.postcopy);
+	expect_status(p.dst, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.dst, 20, 20000, &err) == 0,
+		      "destination guest does not beat: %s", err.msg);
+	ck_assert_uint_gt(vm_heartbeats(p.dst), before);
+	pair_stop(&p);
+}
+END_TEST
+
+START_TEST(postcopy_direct_paused)
+{
+	struct pair p;
+	struct ferry_migrate_opts o = { .paused = true, .direct = true,
+		.timeout_s = 120,
+		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
+			      .postcopy_after_pass = 1 } };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+
+	pair_start(&p);
+	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
+	ck_assert(rep.postcopy);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("converge");
+	TCase *tc = tcase_create("converge");
+	SRunner *sr;
+	int failed;
+
+	tcase_set_timeout(tc, 240);
+	tcase_add_test(tc, no_help_times_out_and_aborts);
+	tcase_add_test(tc, auto_converge_completes);
+	tcase_add_test(tc, postcopy_auto_tunnel_paused);
+	tcase_add_test(tc, postcopy_tunnel_running_destination);
+	tcase_add_test(tc, postcopy_direct_paused);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
