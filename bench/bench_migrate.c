@@ -668,7 +668,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	fprintf(b.csv, "mode,run,t_ms,remaining_bytes,transferred_bytes,wire_bytes\n");
-	ferry_set_log(NULL, NULL, FERRY_LOG_WARN);
+	ferry_set_log(NULL, NULL, getenv("FERRY_BENCH_LOG") ?
+		      atoi(getenv("FERRY_BENCH_LOG")) : FERRY_LOG_WARN);
 	/* Round 0 is the warm-up (page cache, first-touch costs). */
 	for (uint32_t r = 0; r <= b.repeats; r++) {
 		for (uint32_t k = 0; k < nm; k++) {

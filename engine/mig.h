@@ -14,6 +14,8 @@
 
 /* Bound on one QMP command during a migration. */
 #define MIG_QMP_TIMEOUT_MS 10000
+/* Socket buffers of the QEMU <-> ferry socketpair. */
+#define MIG_SOCKET_BUF_BYTES (4 << 20)
 /* The fd name under which ferry hands QEMU its end of the tunnel. */
 #define MIG_FDNAME "ferry-mig"
 /*

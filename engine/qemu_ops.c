@@ -164,6 +164,15 @@ int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+	/* Large buffers: QEMU writes, and ferry reads, in big bursts. */
+	for (int i = 0; i < 2; i++) {
+		int sz = MIG_SOCKET_BUF_BYTES;
+
+		if (setsockopt(sv[i], SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)))
+			setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+		if (setsockopt(sv[i], SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)))
+			setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	}
 	/* A stale fd of a previous attempt would make getfd fail. */
 	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
 		    NULL, MIG_QMP_TIMEOUT_MS, NULL);

@@ -1,6 +1,5 @@
 /* LZ4 and zstd frame codecs, and the auto policy (see codec.h). */
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,7 +220,11 @@ double codec_auto_cost(const struct codec_auto *a, enum wire_codec codec)
 	/* Compression of the next frame overlaps the kernel sending the
 	 * last one (a write returns once the frame is in the socket buffer),
 	 * so the slower stage sets the pace. */
-	return fmax(e->cpu_ns_per_byte, e->ratio * link_cost(a));
+	{
+		double wire = e->ratio * link_cost(a);
+
+		return e->cpu_ns_per_byte > wire ? e->cpu_ns_per_byte : wire;
+	}
 }
 
 enum wire_codec codec_auto_pick(struct codec_auto *a, enum wire_codec *probe)
