@@ -74,22 +74,26 @@ struct mode {
 	const char *multifd_comp;
 	enum ferry_codec codec;
 	uint32_t streams;
+	int level;
 };
 
 static const struct mode all_modes[] = {
-	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0 },
-	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0 },
-	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0 },
-	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0 },
-	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1 },
-	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1 },
-	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1 },
-	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1 },
-	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1 },
-	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1 },
-	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2 },
-	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4 },
-	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1 },
+	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0, 0 },
+	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0, 0 },
+	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0, 0 },
+	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0, 0 },
+	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0 },
+	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1, 0 },
+	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 0 },
+	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
+	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
+	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
+	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 0 },
+	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4, 0 },
+	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1, 0 },
+	{ "ferry-zstd3", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 3 },
+	{ "ferry-zstd3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 2, 3 },
+	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3 },
 };
 
 static const char *const default_modes =
@@ -403,7 +407,8 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	struct ferry_migrate_opts mo = {
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
 		.paused = true, .direct = m->direct, .codec = m->codec,
-		.streams = m->streams, .progress = on_progress,
+		.streams = m->streams, .codec_level = m->level,
+		.progress = on_progress,
 		.progress_opaque = b, .progress_interval_ms = BENCH_POLL_MS,
 	};
 	struct ferry_migration *mig;

@@ -26,6 +26,7 @@
 #include "wire.h"
 
 #define CODEC_ZSTD_LEVEL_DEFAULT 1
+#define CODEC_ZSTD_LEVEL_AUTO 3		/* zstd's level under --compress auto */
 #define CODEC_ZSTD_LEVEL_MIN (-7)
 #define CODEC_ZSTD_LEVEL_MAX 19
 /* Probe an unused codec once every this many frames. */

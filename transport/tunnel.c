@@ -1346,7 +1346,10 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		.frame_type = WIRE_FRAME_DATA, .conns = t->all_conns,
 		.nconns = o->nstreams, .frame_max = frame,
 		.codec = src ? o->codec : FERRY_CODEC_NONE,
-		.codec_level = o->codec_level,
+		/* auto only picks zstd where the link, not the CPU, is the
+		 * limit: there, level 3's better ratio pays. */
+		.codec_level = o->codec_level ? o->codec_level :
+			       o->codec == FERRY_CODEC_AUTO ? CODEC_ZSTD_LEVEL_AUTO : 0,
 	};
 	/* One connection: the reader compresses and sends itself; a worker
 	 * thread would only add hand-offs on a busy machine. */
