@@ -291,10 +291,24 @@ void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 	if (!a->link_valid) {
 		a->link_ns_per_byte = ns;
 		a->link_valid = true;
-	} else if (!app_limited) {
+		return;
+	}
+	if (!app_limited) {
 		a->link_ns_per_byte = ewma(a->link_ns_per_byte, ns, true);
-	} else if (ns < a->link_ns_per_byte) {
-		/* An app-limited sample is a lower bound on the rate. */
-		a->link_ns_per_byte = ns;
+		a->fast_streak = 0;
+		return;
+	}
+	/*
+	 * An app-limited sample is a lower bound on the rate, and a noisy
+	 * one (ACK bursts): only a run of them, all well above the estimate,
+	 * says the link got faster than we thought.
+	 */
+	if (ns * CODEC_LINK_FAST_FACTOR < a->link_ns_per_byte) {
+		if (++a->fast_streak >= CODEC_LINK_FAST_STREAK) {
+			a->link_ns_per_byte = ns;
+			a->fast_streak = 0;
+		}
+	} else {
+		a->fast_streak = 0;
 	}
 }

@@ -35,6 +35,10 @@
 #define CODEC_PROBE_HOPELESS_FACTOR 16
 /* A codec must beat raw by this factor (cost < raw * margin) to be used. */
 #define CODEC_AUTO_MARGIN 0.85
+/* App-limited link samples this much faster, this many in a row, replace
+ * the estimate (one alone is noise). */
+#define CODEC_LINK_FAST_FACTOR 2.0
+#define CODEC_LINK_FAST_STREAK 8
 /* EWMA weight of a new sample. */
 #define CODEC_EWMA_ALPHA 0.25
 
@@ -79,6 +83,7 @@ struct codec_auto {
 	double link_ns_per_byte;	/* measured */
 	double cap_ns_per_byte;		/* from --bandwidth, 0 when uncapped */
 	uint64_t frames;
+	uint32_t fast_streak;	/* app-limited samples well above the estimate */
 	bool link_valid;
 };
 

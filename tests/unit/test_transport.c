@@ -213,11 +213,17 @@ START_TEST(codec_auto_policy)
 	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 0, 666666);
 	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 0, 900000);
 	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
-	/* An app-limited sample only raises the link estimate. */
+	/* An app-limited sample never lowers the rate, and one fast burst
+	 * does not raise it: only a run of them does. */
 	codec_auto_init(&a, 0);
 	codec_auto_note_link(&a, 125000000ull, false);
 	codec_auto_note_link(&a, 1000000ull, true);
 	ck_assert(a.link_ns_per_byte < 9.0);
+	codec_auto_note_link(&a, 3000000000ull, true);
+	ck_assert(a.link_ns_per_byte > 7.0);
+	for (int i = 0; i < CODEC_LINK_FAST_STREAK; i++)
+		codec_auto_note_link(&a, 3000000000ull, true);
+	ck_assert(a.link_ns_per_byte < 1.0);
 }
 END_TEST
 
