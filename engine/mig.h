@@ -25,6 +25,10 @@
 #define MIG_BANDWIDTH_UNLIMITED (1ull << 40)
 /* After the source completes: bound on the destination finishing. */
 #define MIG_FINISH_TIMEOUT_MS 60000
+/* Post-copy recovery: how long ferry keeps reconnecting, and its backoff. */
+#define MIG_RECOVERY_TIMEOUT_MS 60000
+#define MIG_RECOVERY_BACKOFF_MIN_MS 250
+#define MIG_RECOVERY_BACKOFF_MAX_MS 4000
 /* Bound on QEMU acknowledging migrate_cancel. */
 #define MIG_CANCEL_TIMEOUT_MS 10000
 

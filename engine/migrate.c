@@ -44,6 +44,8 @@ struct ferry_migration {
 	struct net_conn ctrl;
 	struct tun *tun;
 	struct converge conv;
+	bool resuming;		/* reconnecting a broken post-copy */
+	uint32_t recoveries;
 	bool migrate_started;
 	bool was_running;
 	bool dest_may_run;	/* FINISH sent, no definite answer yet */
@@ -223,7 +225,8 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 		.conn = kind,
 		.options = (m->o.paused ? WIRE_OPT_PAUSED : 0) |
 			   (m->o.direct ? WIRE_OPT_DIRECT : 0) |
-			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0),
+			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0) |
+			   (m->resuming ? WIRE_OPT_RESUME : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
 		.stream_count = (uint16_t)m->o.streams,
@@ -406,6 +409,7 @@ static void report_progress(struct ferry_migration *m)
 		.stream_bytes = stream_bytes(m),
 		.wire_bytes = bytes,
 		.dirty_pages_rate = m->last.dirty_pages_rate,
+		.postcopy = m->conv.postcopy_active,
 	};
 
 	if (m->last_sample_ms && now > m->last_sample_ms)
@@ -512,12 +516,21 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
 				       m->last.status, m->last.error_desc[0] ? ": " : "",
 				       m->last.error_desc);
-	if (fds[1].revents)
-		return read_ctrl_news(m, err);
+	if (m->conv.postcopy_active && !m->o.direct &&
+	    !strcmp(m->last.status, "postcopy-paused"))
+		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
+	if (fds[1].revents) {
+		rc = read_ctrl_news(m, err);
+		if (m->conv.postcopy_active && !m->o.direct && rc != -EREMOTEIO)
+			return ferry_error_set(err, -EAGAIN, "%s", err->msg);
+		return rc;
+	}
 	if (m->tun && !tun_finished(m->tun)) {
 		rc = tun_wait(m->tun, 0, err);
 		if (rc == -ETIMEDOUT)
 			rc = 0;
+		if (rc < 0 && m->conv.postcopy_active && !m->o.direct)
+			return ferry_error_set(err, -EAGAIN, "tunnel broke: %s", err->msg);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
 	}
@@ -539,12 +552,109 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
+/* Wait (bounded) for the source QEMU to reach @want. */
+static int wait_qemu_status(struct ferry_migration *m, const char *want,
+			    int timeout_ms, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
+
+	while (ferry_now_ms() < deadline) {
+		int rc = mig_query(m->q, &m->last, err);
+
+		if (rc < 0)
+			return rc;
+		if (!strcmp(m->last.status, want))
+			return 0;
+		if (!mig_status_active(m->last.status))
+			return ferry_error_set(err, -EIO, "source QEMU migration is "
+					       "'%s'", m->last.status);
+		usleep(50 * 1000);
+	}
+	return ferry_error_set(err, -ETIMEDOUT, "source QEMU never reached '%s'",
+			       want);
+}
+
+/*
+ * Post-copy broke (the connection, the tunnel, or QEMU's own stream): both
+ * QEMUs stop in postcopy-paused with the guest's state split between them.
+ * Reconnect with backoff for a bounded time: a new control connection
+ * (RESUME), the receiver has the destination migrate-recover on a new
+ * tunnel, and the source QEMU resumes the migration on it.
+ */
+static int recover_postcopy(struct ferry_migration *m, const char *why,
+			    struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + MIG_RECOVERY_TIMEOUT_MS;
+	uint32_t backoff = MIG_RECOVERY_BACKOFF_MIN_MS, attempt = 0;
+	char reason[FERRY_ERROR_MSG_MAX];
+	int rc;
+
+	snprintf(reason, sizeof(reason), "%s", why);
+	conv_event(&m->conv, "recovery", NULL,
+		   "post-copy interrupted (%s); reconnecting for up to %d s",
+		   reason, MIG_RECOVERY_TIMEOUT_MS / 1000);
+	if (m->tun)
+		tun_cancel(m->tun);
+	tun_free(m->tun);
+	m->tun = NULL;
+	net_conn_close(&m->ctrl);
+	rc = wait_qemu_status(m, "postcopy-paused", MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "post-copy recovery: ");
+	m->resuming = true;
+	while (ferry_now_ms() < deadline) {
+		struct ferry_error e = { 0 };
+
+		attempt++;
+		rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, &e);
+		if (rc == 0)
+			rc = await_ready(m, &e);
+		if (rc == 0)
+			rc = open_tunnel(m, &e);
+		if (rc == 0)
+			rc = qmp_execute(m->q, "migrate",
+					 json_pack("{s:s,s:b}", "uri", "fd:" MIG_FDNAME,
+						   "resume", 1),
+					 NULL, MIG_QMP_TIMEOUT_MS, &e);
+		if (rc == 0) {
+			m->resuming = false;
+			m->recoveries++;
+			conv_event(&m->conv, "recovered",
+				   json_pack("{s:i}", "attempt", (int)attempt),
+				   "post-copy resumed on a new connection (attempt %u)",
+				   attempt);
+			return 0;
+		}
+		conv_event(&m->conv, "recovery_attempt",
+			   json_pack("{s:i}", "attempt", (int)attempt),
+			   "attempt %u failed: %s; next in %u ms", attempt, e.msg,
+			   backoff);
+		tun_free(m->tun);
+		m->tun = NULL;
+		net_conn_close(&m->ctrl);
+		usleep(backoff * 1000);
+		if (backoff < MIG_RECOVERY_BACKOFF_MAX_MS)
+			backoff *= 2;
+	}
+	m->resuming = false;
+	return ferry_error_set(err, -EHOSTUNREACH,
+		"post-copy recovery failed within %d s (%s); the guest's state is "
+		"split between the source and the destination, both paused in "
+		"postcopy-paused", MIG_RECOVERY_TIMEOUT_MS / 1000, reason);
+}
+
 static int phase_precopy(struct ferry_migration *m, struct ferry_error *err)
 {
 	int rc;
 
 	set_phase(m, FERRY_PHASE_PRECOPY);
-	while ((rc = precopy_step(m, err)) == 0) {
+	while ((rc = precopy_step(m, err)) == 0 || rc == -EAGAIN) {
+		if (rc == -EAGAIN) {
+			rc = recover_postcopy(m, err->msg, err);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
 		/* qmp events are not used yet; keep the queue from filling. */
 		struct qmp_event ev;
 
@@ -620,6 +730,15 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	const char *why = err->msg;
 
 	set_phase(m, FERRY_PHASE_CANCELLING);
+	if (m->conv.postcopy_active && m->q &&
+	    mig_query(m->q, &m->last, NULL) == 0 &&
+	    (!strcmp(m->last.status, "failed") ||
+	     !strcmp(m->last.status, "cancelled"))) {
+		/* QEMU failed the switchover itself: the destination never got
+		 * the device state, so the source still holds the whole guest
+		 * and may run it again. */
+		m->conv.postcopy_active = false;
+	}
 	if (m->conv.postcopy_active) {
 		/*
 		 * Post-copy broke: the destination ran the guest and holds the
@@ -691,6 +810,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 		r->postcopy_ms = ferry_now_ms() - m->conv.postcopy_t0_ms;
 	r->throttle_pct_max = m->conv.throttle_max;
 	r->downtime_steps = m->conv.downtime_changes;
+	r->recoveries = m->recoveries;
 	r->predicted_total_ms = m->conv.predicted_total_ms;
 	if (m->tun) {
 		struct tun_stats st;
@@ -723,6 +843,7 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 	memset(&m->last, 0, sizeof(m->last));
 	m->migrate_started = false;
 	m->dest_may_run = false;
+	m->recoveries = 0;
 	m->phase = FERRY_PHASE_INIT;
 	m->t0_ms = ferry_now_ms();
 	m->last_sample_ms = 0;

@@ -466,6 +466,20 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 	return 1;
 }
 
+/*
+ * Whether the destination is in post-copy: told so by the source, or seen
+ * in QEMU's state (the POSTCOPY message may be lost with the connection).
+ */
+static bool rx_in_postcopy(struct incoming *in)
+{
+	struct mig_info info;
+
+	if (!in->postcopy && mig_query(in->q, &info, NULL) == 0 &&
+	    !strncmp(info.status, "postcopy-", 9))
+		in->postcopy = true;
+	return in->postcopy;
+}
+
 /* Stream until FINISH (1), or fail. */
 static int rx_stream(struct incoming *in, struct ferry_error *err)
 {
@@ -489,6 +503,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			poll(fds, 3, RX_POLL_MS);
 		if (fds[0].revents) {
 			rc = rx_control(in, err);
+			/* In post-copy a lost source is waited for, not dropped. */
+			if (rc < 0 && rx_in_postcopy(in) && rc != -ECANCELED &&
+			    rc != -EPROTO)
+				return ferry_error_set(err, -EAGAIN, "%s", err->msg);
 			if (rc != 0)
 				return rc;
 			continue;
@@ -497,6 +515,9 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		if (in->tun && !tun_finished(in->tun)) {
 			rc = tun_wait(in->tun, 0, err);
+			if (rc < 0 && rc != -ETIMEDOUT && rx_in_postcopy(in))
+				return ferry_error_set(err, -EAGAIN, "tunnel: %s",
+						       err->msg);
 			if (rc < 0 && rc != -ETIMEDOUT)
 				return ferry_error_prefix(err, "tunnel: ");
 		}
@@ -510,6 +531,88 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 		while (qmp_wait_event(in->q, NULL, &ev, 0, NULL) == 0)
 			qmp_event_clear(&ev);
 	}
+}
+
+/*
+ * Post-copy broke: the destination QEMU runs (or holds) part of the guest
+ * and stops in postcopy-paused. Wait, bounded, for the source to come
+ * back with a RESUME control connection for this migration, have the
+ * destination migrate-recover on a fresh socket, and accept a new tunnel.
+ */
+static int rx_recover(struct incoming *in, const char *why,
+		      struct ferry_error *err)
+{
+	struct ferry_receiver *r = in->r;
+	uint64_t deadline = ferry_now_ms() + MIG_RECOVERY_TIMEOUT_MS;
+	struct mig_info info;
+	int rc;
+
+	ferry_log(FERRY_LOG_WARN, "migration %s: post-copy interrupted (%s); "
+		  "waiting up to %d s for the source to reconnect", in->id, why,
+		  MIG_RECOVERY_TIMEOUT_MS / 1000);
+	if (in->tun)
+		tun_cancel(in->tun);
+	tun_free(in->tun);
+	in->tun = NULL;
+	net_conn_close(&in->ctrl);
+	while (ferry_now_ms() < deadline) {
+		struct net_conn c;
+		struct wire_hello h;
+		char peer[64];
+		int fd = accept_bounded(r, (int)(deadline - ferry_now_ms()));
+
+		if (fd == -EINTR)
+			continue;
+		if (fd == -ECANCELED)
+			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
+		if (fd < 0)
+			break;
+		if (open_conn(r, fd, &c, &h, peer, sizeof(peer)) < 0)
+			continue;
+		if (h.conn != WIRE_CONN_CONTROL || !(h.options & WIRE_OPT_RESUME) ||
+		    memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0) {
+			ferry_log(FERRY_LOG_WARN, "rejected connection from %s while "
+				  "migration %s waits to resume post-copy", peer,
+				  in->id);
+			net_conn_close(&c);
+			continue;
+		}
+		in->ctrl = c;
+		/* QEMU notices the broken stream on its own time. */
+		for (uint64_t until = ferry_now_ms() + MIG_QMP_TIMEOUT_MS;;) {
+			rc = mig_query(in->q, &info, err);
+			if (rc < 0 || !strcmp(info.status, "postcopy-paused"))
+				break;
+			if (ferry_now_ms() > until) {
+				rc = ferry_error_set(err, -EIO, "destination QEMU is "
+						     "'%s', not postcopy-paused",
+						     info.status);
+				break;
+			}
+			usleep(20 * 1000);
+		}
+		if (rc == 0)
+			rc = mig_hand_socket(in->q, &in->qemu_end, err);
+		if (rc == 0)
+			rc = qmp_execute(in->q, "migrate-recover",
+					 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
+					 NULL, MIG_QMP_TIMEOUT_MS, err);
+		if (rc == 0)
+			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
+					   MIG_QMP_TIMEOUT_MS, err);
+		if (rc == 0)
+			rc = rx_accept_data(in, err);
+		if (rc == 0) {
+			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
+				  "from %s", in->id, peer);
+			return 0;
+		}
+		send_error(in, err);
+		return rc;
+	}
+	return ferry_error_set(err, -ETIMEDOUT, "post-copy recovery: the source "
+		"did not reconnect within %d s; the guest's state is split between "
+		"the hosts", MIG_RECOVERY_TIMEOUT_MS / 1000);
 }
 
 static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
@@ -550,6 +653,14 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		rc = rx_accept_data(in, err);
 	if (rc >= 0)
 		rc = rx_stream(in, err);
+	while (rc == -EAGAIN) {
+		char why[FERRY_ERROR_MSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", err->msg);
+		rc = rx_recover(in, why, err);
+		if (rc == 0)
+			rc = rx_stream(in, err);
+	}
 	if (rc == 1)
 		rc = rx_finish(in, err);
 	if (rc < 0) {

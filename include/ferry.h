@@ -76,6 +76,7 @@ struct ferry_progress {
 	uint64_t wire_bytes;		/* bytes of the migration on the network */
 	uint64_t throughput_bytes_per_s;	/* over the last sample period */
 	uint64_t dirty_pages_rate;	/* pages/s, as QEMU reports it */
+	bool postcopy;			/* switched to post-copy */
 };
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);

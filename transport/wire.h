@@ -38,7 +38,9 @@ enum wire_conn {
 #define WIRE_OPT_PAUSED (1u << 0)	/* leave the destination paused */
 #define WIRE_OPT_DIRECT (1u << 1)	/* QEMU streams directly, no data conn */
 #define WIRE_OPT_POSTCOPY (1u << 2)	/* the destination needs postcopy-ram */
-#define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY)
+#define WIRE_OPT_RESUME (1u << 3)	/* reconnecting a broken post-copy */
+#define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
+			WIRE_OPT_RESUME)
 
 /*
  * Guest RAM sizes a receiver accepts: anything outside is a corrupt or
