@@ -27,6 +27,8 @@ for m in $modes; do
 	awk -F, -v m="$m" '$1 == m && $2 == 1 {
 		t = $3 / 1000.0; rem = $4 / 1048576.0; w = $6;
 		if (!n && rem == 0) next;	# QEMU has not counted yet
+		# throughput over windows of at least 250 ms (samples are 10-50 ms)
+		if (n && t - pt < 0.25) next;
 		tp = (n && t > pt) ? (w - pw) / (t - pt) / 1048576.0 : 0;
 		print t, rem, (tp < 0 ? 0 : tp); pt = t; pw = w; n++ }' "$csv" > "$tmp/$m.dat"
 done
