@@ -17,6 +17,7 @@
  * child's exit() never touches its parent's VMs.
  */
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -115,9 +116,20 @@ static void install_handlers(void)
  * calls, fixed memory. Leaves its parent's process group and ignores the
  * signals a terminal sends, so that a Ctrl-C that kills the program leaves
  * it running long enough to clean up. */
+static int rm_entry(const char *path, const struct stat *st, int flag,
+		    struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
 static void __attribute__((noreturn)) janitor_main(int fd)
 {
 	char dirs[VM_LIVE_MAX][VM_DIR_MAX];
+	bool tree[VM_LIVE_MAX] = { false };
 	struct janitor_msg m;
 	int i;
 
@@ -139,8 +151,9 @@ static void __attribute__((noreturn)) janitor_main(int fd)
 			continue;
 		m.dir[VM_DIR_MAX - 1] = '\0';
 		for (i = 0; i < VM_LIVE_MAX; i++) {
-			if (m.op == '+' && dirs[i][0] == '\0') {
+			if ((m.op == '+' || m.op == '*') && dirs[i][0] == '\0') {
 				memcpy(dirs[i], m.dir, VM_DIR_MAX);
+				tree[i] = m.op == '*';
 				break;
 			}
 			if (m.op == '-' && strcmp(dirs[i], m.dir) == 0) {
@@ -150,7 +163,9 @@ static void __attribute__((noreturn)) janitor_main(int fd)
 		}
 	}
 	for (i = 0; i < VM_LIVE_MAX; i++) {
-		if (dirs[i][0])
+		if (dirs[i][0] && tree[i])
+			nftw(dirs[i], rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+		else if (dirs[i][0])
 			vm_remove_dir(dirs[i]);
 	}
 	_exit(0);
@@ -267,5 +282,32 @@ void vm_reg_del(int slot)
 	janitor_send('-', slots[slot].dir);
 	slots[slot].used = 0;
 	slots[slot].pid = 0;
+	pthread_mutex_unlock(&reg_lock);
+}
+
+/*
+ * A scratch directory the janitor removes, with everything in it, if this
+ * process dies without removing it itself (libcheck ends a failed test
+ * with _exit(), which skips atexit handlers).
+ */
+int vm_reg_tree(const char *dir, struct ferry_error *err)
+{
+	int rc;
+
+	if (strlen(dir) >= VM_DIR_MAX)
+		return ferry_error_set(err, -ENAMETOOLONG, "temp dir name too long: %s", dir);
+	pthread_mutex_lock(&reg_lock);
+	rc = reg_setup_locked(err);
+	if (rc == 0)
+		janitor_send('*', dir);
+	pthread_mutex_unlock(&reg_lock);
+	return rc;
+}
+
+void vm_unreg_tree(const char *dir)
+{
+	pthread_mutex_lock(&reg_lock);
+	if (owner_pid == getpid())
+		janitor_send('-', dir);
 	pthread_mutex_unlock(&reg_lock);
 }

@@ -1,5 +1,4 @@
 /* Self-removing scratch directories (see tmpdir.h). */
-#define _XOPEN_SOURCE 700
 #include <errno.h>
 #include <ftw.h>
 #include <pthread.h>
@@ -9,6 +8,7 @@
 #include <unistd.h>
 
 #include "tmpdir.h"
+#include "vm_priv.h"
 
 #define TMPDIR_MAX 64
 #define TMPDIR_PATH_MAX 128
@@ -49,6 +49,8 @@ int tmpdir_make(char *dir, size_t len, const char *prefix)
 		return -ENAMETOOLONG;
 	if (!mkdtemp(dir))
 		return -errno;
+	/* The janitor removes it if we die without atexit (a failed test). */
+	vm_reg_tree(dir, NULL);
 	pthread_mutex_lock(&lock);
 	if (!registered) {
 		atexit(remove_all);
@@ -68,6 +70,7 @@ int tmpdir_make(char *dir, size_t len, const char *prefix)
 void tmpdir_remove(const char *dir)
 {
 	remove_tree(dir);
+	vm_unreg_tree(dir);
 	pthread_mutex_lock(&lock);
 	for (int i = 0; i < TMPDIR_MAX; i++)
 		if (!strcmp(dirs[i], dir))

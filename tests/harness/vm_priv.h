@@ -81,6 +81,9 @@ void vm_reg_set_pid(int slot, pid_t pid);
 void vm_reg_clear_pid(int slot);
 /* The VM's dir is gone: forget the slot. */
 void vm_reg_del(int slot);
+/* Scratch trees the janitor removes if the process dies (tmpdir.c). */
+int vm_reg_tree(const char *dir, struct ferry_error *err);
+void vm_unreg_tree(const char *dir);
 /* Remove the names a VM dir may hold, then the dir; async-signal-safe. */
 void vm_remove_dir(const char *dir);
 
