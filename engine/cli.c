@@ -123,14 +123,19 @@ static int parse_u32(const char *s, uint32_t *out)
 
 static void print_progress(const struct ferry_progress *p, void *opaque)
 {
+	char eta[32] = "";
+
 	(void)opaque;
+	if (p->eta_ms)
+		snprintf(eta, sizeof(eta), "~%.0fs left  ", (double)p->eta_ms / 1000.0);
 	fprintf(stderr,
-		"\r%-10s %5.1fs  pass %-3llu  sent %6llu MiB  remaining %6llu MiB  %7.1f MiB/s  ",
+		"\r%-10s %5.1fs  pass %-3llu  sent %6llu MiB  remaining %6llu MiB  %7.1f MiB/s  %s%s",
 		ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
 		(unsigned long long)p->pass,
 		(unsigned long long)(p->wire_bytes >> 20),
 		(unsigned long long)(p->ram_remaining_bytes >> 20),
-		(double)p->throughput_bytes_per_s / (1 << 20));
+		(double)p->throughput_bytes_per_s / (1 << 20),
+		p->postcopy ? "post-copy " : "", eta);
 	fflush(stderr);
 }
 

@@ -44,10 +44,14 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 	memset(s, 0, sizeof(*s));
 	s->elapsed_ms = ferry_now_ms() - c->t0_ms;
 	s->pass = info->dirty_sync_count;
+	s->pass_elapsed_ms = ferry_now_ms() - c->pass_t0_ms;
 	s->ram_total_bytes = c->ram_bytes;
 	s->ram_remaining_bytes = info->ram_remaining;
 	s->ram_transferred_bytes = info->ram_transferred;
+	/* QEMU's counter once a pass has ended (it reflects any throttle),
+	 * calc-dirty-rate before that. */
 	s->dirty_rate = dirty ? dirty : c->dirty_rate0;
+	s->dirty_rate_known = c->dirty_known || info->dirty_sync_count >= 2;
 	s->link_rate = link;
 	if (c->link_cap && (!s->link_rate || s->link_rate > c->link_cap))
 		s->link_rate = c->link_cap;
@@ -86,10 +90,10 @@ int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	const struct ferry_converge_opts *co = &o->converge;
 	struct ferry_policy_actions a = { 0 };
 	struct ferry_policy_sample s = { 0 };
-	int rc;
 
 	memset(c, 0, sizeof(*c));
 	c->t0_ms = ferry_now_ms();
+	c->pass_t0_ms = c->t0_ms;
 	c->ram_bytes = ram_bytes;
 	c->link_cap = link_cap;
 	c->policy = co->policy ? co->policy : ferry_policy_builtin("predict");
@@ -116,20 +120,21 @@ int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	if (!c->state)
 		return ferry_error_set(err, -ENOMEM, "policy %s: out of memory",
 				       c->policy->name);
-	/* A policy with choices to make gets the guest's dirty rate first. */
+	/* A policy with choices to make gets the guest's dirty rate, measured
+	 * during the first second of the first pass. */
+	c->dirty_known = !guest_running;
 	if (guest_running && (co->postcopy != FERRY_POSTCOPY_NEVER ||
 			      co->auto_converge)) {
-		rc = mig_calc_dirty_rate(q, CONV_DIRTY_RATE_CALC_S, &c->dirty_rate0,
-					 err);
-		if (rc < 0)
-			return ferry_error_prefix(err, "measuring the dirty rate: ");
-		conv_event(c, "dirty_rate", json_pack("{s:I}", "bytes_per_s",
-						       (json_int_t)c->dirty_rate0),
-			   "the guest dirties %.1f MiB/s (calc-dirty-rate, %u s)",
-			   (double)c->dirty_rate0 / (1 << 20), CONV_DIRTY_RATE_CALC_S);
+		struct ferry_error e2 = { 0 };
+
+		if (mig_dirty_rate_start(q, CONV_DIRTY_RATE_CALC_S, &e2) < 0)
+			conv_event(c, "dirty_rate", NULL, "calc-dirty-rate refused (%s): "
+				   "the policy waits for QEMU's counters", e2.msg);
+		else
+			c->measuring = true;
 	}
 	s.ram_total_bytes = s.ram_remaining_bytes = ram_bytes;
-	s.dirty_rate = c->dirty_rate0;
+	s.dirty_rate_known = c->dirty_known;
 	s.link_rate = link_cap;
 	c->policy->decide(c->state, &s, &a);
 	c->postcopy_cap = co->postcopy != FERRY_POSTCOPY_NEVER &&
@@ -166,6 +171,32 @@ void conv_fini(struct converge *c)
 	c->events = NULL;
 }
 
+/* The calc-dirty-rate started in conv_init: done yet? A failure only
+ * costs the policy its early estimate. */
+static void poll_dirty_rate(struct converge *c, struct qmp *q, uint64_t elapsed)
+{
+	struct ferry_error e2 = { 0 };
+	uint64_t rate = 0;
+	int rc = mig_dirty_rate_poll(q, &rate, &e2);
+
+	if (rc == 0 && elapsed < CONV_DIRTY_RATE_CALC_S * 1000ull +
+				  CONV_DIRTY_RATE_GRACE_MS)
+		return;
+	c->measuring = false;
+	if (rc == 1) {
+		c->dirty_rate0 = rate;
+		c->dirty_known = true;
+		conv_event(c, "dirty_rate", json_pack("{s:I}", "bytes_per_s",
+						       (json_int_t)rate),
+			   "the guest dirties %.1f MiB/s (calc-dirty-rate, %u s)",
+			   (double)rate / (1 << 20), CONV_DIRTY_RATE_CALC_S);
+	} else {
+		conv_event(c, "dirty_rate", NULL, "calc-dirty-rate gave no answer "
+			   "(%s): the policy waits for QEMU's counters",
+			   rc < 0 ? e2.msg : "still measuring");
+	}
+}
+
 int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
 	      bool *start_postcopy, struct ferry_error *err)
 {
@@ -184,10 +215,17 @@ int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
 	}
 	if (c->postcopy_active)
 		return 0;	/* nothing left to decide: post-copy finishes */
+	if (info->dirty_sync_count != c->pass_seen) {
+		c->pass_seen = info->dirty_sync_count;
+		c->pass_t0_ms = ferry_now_ms();
+	}
+	if (c->measuring)
+		poll_dirty_rate(c, q, elapsed);
 	sample_of(c, info, &s);
 	c->policy->decide(c->state, &s, &a);
 	if (a.reason[0] && !a.set_downtime_ms)
 		conv_event(c, "policy", NULL, "%s", a.reason);
+	c->eta_ms = a.predicted_remaining_ms;
 	if (a.predicted_remaining_ms && !c->predicted_total_ms)
 		c->predicted_total_ms = elapsed + a.predicted_remaining_ms;
 	if (a.set_downtime_ms) {

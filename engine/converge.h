@@ -18,8 +18,11 @@
 /* Defaults of Nova's downtime schedule. */
 #define CONV_DEFAULT_STEPS 10
 #define CONV_DEFAULT_STEP_DELAY_S_PER_GIB 75
-/* How long calc-dirty-rate samples before the migration. */
+/* How long calc-dirty-rate samples, alongside the first pass. */
 #define CONV_DIRTY_RATE_CALC_S 1
+/* Give up on the measurement this long after its end (the policy then
+ * uses QEMU's own counters from the second pass on). */
+#define CONV_DIRTY_RATE_GRACE_MS 5000
 
 struct converge {
 	const struct ferry_policy *policy;
@@ -28,7 +31,10 @@ struct converge {
 	FILE *events;
 	uint64_t t0_ms;
 	uint64_t ram_bytes;
-	uint64_t dirty_rate0;		/* calc-dirty-rate before the start */
+	uint64_t dirty_rate0;		/* calc-dirty-rate, once measured */
+	bool measuring, dirty_known;
+	uint64_t pass_seen, pass_t0_ms;	/* the current pass, since when */
+	uint64_t eta_ms;		/* the policy's estimate of the rest */
 	uint64_t link_cap;		/* --bandwidth, 0: none */
 	uint32_t downtime_now;
 	bool postcopy_cap, auto_converge_cap;

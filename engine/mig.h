@@ -77,8 +77,13 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 
 int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err);
 
-/* QEMU's calc-dirty-rate over @seconds; the guest's dirty rate in B/s. */
-int mig_calc_dirty_rate(struct qmp *q, uint32_t seconds, uint64_t *bytes_per_s,
+/*
+ * QEMU's calc-dirty-rate (page sampling) over @seconds: start it, then
+ * poll; the poll returns 1 with the guest's dirty rate in B/s once
+ * measured, 0 while measuring. It runs alongside a migration.
+ */
+int mig_dirty_rate_start(struct qmp *q, uint32_t seconds, struct ferry_error *err);
+int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
 			struct ferry_error *err);
 
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */

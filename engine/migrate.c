@@ -410,6 +410,7 @@ static void report_progress(struct ferry_migration *m)
 		.wire_bytes = bytes,
 		.dirty_pages_rate = m->last.dirty_pages_rate,
 		.postcopy = m->conv.postcopy_active,
+		.eta_ms = m->conv.postcopy_active ? 0 : m->conv.eta_ms,
 	};
 
 	if (m->last_sample_ms && now > m->last_sample_ms)

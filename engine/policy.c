@@ -9,16 +9,25 @@
 
 #include "ferry.h"
 #include "ferry_policy.h"
+#include "policy.h"
 
-/* Precopy is preferred unless post-copy is this much faster (it is safer:
- * the guest never runs split between two hosts). */
-#define PREDICT_POSTCOPY_GAIN 1.5
+/* Precopy is preferred unless post-copy is this much faster: precopy is
+ * safer (the guest never runs split between two hosts) and the guest never
+ * waits for a page over the network. */
+#define PREDICT_POSTCOPY_GAIN 1.2
+/* QEMU aims at this share of the user's downtime limit. */
+#define PREDICT_DOWNTIME_HEADROOM 0.75
 /* q = dirty / link at or above this: precopy passes no longer shrink. */
 #define PREDICT_Q_DIVERGE 0.9
 /* Passes without the remaining bytes shrinking before "not converging". */
 #define PREDICT_STALL_PASSES 2
 /* Nova's schedule starts at downtime / steps. */
 #define NOVA_MIN_STEP_DELAY_S 1
+
+static double dmin(double a, double b)
+{
+	return a < b ? a : b;
+}
 
 static double gib(uint64_t bytes)
 {
@@ -120,45 +129,58 @@ static void *predict_create(const struct ferry_policy_limits *l)
 	return p;
 }
 
-/*
- * Time for precopy to converge, in s, or INFINITY: passes shrink by
- * q = D / L each until what remains fits in the downtime budget.
- */
-double ferry_predict_precopy_s(double remaining, double dirty, double link,
-			       double downtime_s);
-double ferry_predict_precopy_s(double remaining, double dirty, double link,
-			       double downtime_s)
+/* The downtime QEMU is told to aim at, in ms: what QEMU's estimate leaves
+ * out (device state, the bytes in flight in ferry's pipeline) must still
+ * fit in the user's limit. */
+static uint32_t predict_target_ms(const struct ferry_policy_limits *l)
 {
-	double q, budget = link * downtime_s, t = 0;
+	uint32_t t = (uint32_t)(l->downtime_max_ms * PREDICT_DOWNTIME_HEADROOM);
 
-	if (link <= 0)
-		return INFINITY;
-	q = dirty / link;
-	if (remaining <= budget)
-		return remaining / link;
-	if (q >= PREDICT_Q_DIVERGE)
-		return INFINITY;
-	/* Sum of the geometric series of pass times, pass by pass. */
-	for (int i = 0; i < 64 && remaining > budget; i++) {
-		t += remaining / link;
-		remaining *= q;
-	}
-	return remaining > budget ? INFINITY : t + remaining / link;
+	return t ? t : 1;
 }
 
-/* Post-copy: one pass, then every page once more at most (s). */
-double ferry_predict_postcopy_s(double remaining, double total, double dirty,
-				double link);
-double ferry_predict_postcopy_s(double remaining, double total, double dirty,
-				double link)
+/*
+ * Time for precopy to converge from now, in s, or INFINITY. @remaining is
+ * what is left of the current pass, which began @pass_elapsed s ago; the
+ * next pass carries what the guest dirtied during the whole of this one,
+ * and each later pass shrinks by q = D / L until what remains fits in the
+ * downtime budget L * T.
+ */
+double ferry_predict_precopy_s(double remaining, double pass_elapsed,
+			       double total, double dirty, double link,
+			       double downtime_s)
 {
-	double first = remaining / link, redirtied = dirty * first;
+	double q, budget = link * downtime_s, t, next;
 
 	if (link <= 0)
 		return INFINITY;
-	if (redirtied > total)
-		redirtied = total;
-	return first + redirtied / link;
+	if (remaining <= budget)
+		return remaining / link;
+	q = dirty / link;
+	if (q >= PREDICT_Q_DIVERGE)
+		return INFINITY;
+	t = remaining / link;
+	next = dmin(dirty * (pass_elapsed + t), total);
+	for (int i = 0; i < 64; i++) {
+		if (next <= budget)
+			return t + next / link;
+		t += next / link;
+		next *= q;
+	}
+	return INFINITY;
+}
+
+/*
+ * Post-copy switched now, in s: what is left of this pass, plus the pages
+ * sent earlier in it that the guest dirtied since, each sent once (the
+ * source stops, so nothing is dirtied twice).
+ */
+double ferry_predict_postcopy_s(double remaining, double pass_elapsed,
+				double total, double dirty, double link)
+{
+	if (link <= 0)
+		return INFINITY;
+	return (remaining + dmin(dirty * pass_elapsed, total - remaining)) / link;
 }
 
 static void predict_decide(void *state, const struct ferry_policy_sample *s,
@@ -166,39 +188,48 @@ static void predict_decide(void *state, const struct ferry_policy_sample *s,
 {
 	struct predict *p = state;
 	double R = (double)s->ram_remaining_bytes, D = (double)s->dirty_rate;
-	double L = (double)s->link_rate, T = p->l.downtime_max_ms / 1000.0;
+	double L = (double)s->link_rate, T = predict_target_ms(&p->l) / 1000.0;
+	double total = (double)s->ram_total_bytes, e = s->pass_elapsed_ms / 1000.0;
 	double pre, post;
-	bool post_ok = p->l.postcopy != 0;	/* FERRY_POSTCOPY_NEVER is 0 */
+	bool post_ok = p->l.postcopy == FERRY_POSTCOPY_AUTO;
+	bool pass_end = s->pass != p->last_pass;
 
 	if (s->pass == 0) {
-		/* Up front: switch on what the chosen strategy may need. QEMU
-		 * takes capabilities only now. */
-		out->set_downtime_ms = p->l.downtime_max_ms;
+		/* Up front: switch on what the strategy may need, since QEMU
+		 * takes capabilities only now. Asking for post-copy costs
+		 * nothing until it is used. */
+		out->set_downtime_ms = predict_target_ms(&p->l);
 		out->enable_postcopy = post_ok;
 		out->enable_auto_converge = p->l.auto_converge;
-		if (!R)
-			R = (double)s->ram_total_bytes;
+		R = total;
 	}
-	if (!L) {
+	if (!L || !s->dirty_rate_known) {
 		if (s->pass == 0)
 			snprintf(out->reason, sizeof(out->reason),
-				 "dirty rate %.0f MiB/s; link not measured yet",
-				 D / (1 << 20));
+				 "aim at %u ms of downtime (limit %u); deciding "
+				 "once the dirty rate and the link are measured",
+				 predict_target_ms(&p->l), p->l.downtime_max_ms);
 		return;
 	}
-	pre = ferry_predict_precopy_s(R, D, L, T);
-	post = ferry_predict_postcopy_s(R, (double)s->ram_total_bytes, D, L);
-	if (!p->decided || s->pass != p->last_pass) {
+	if (s->throttle_pct)
+		D *= 1.0 - s->throttle_pct / 100.0;
+	pre = ferry_predict_precopy_s(R, e, total, D, L, T);
+	post = ferry_predict_postcopy_s(R, e, total, D, L);
+	/* A precopy that outlasts the completion timeout does not converge. */
+	if (p->l.timeout_s && isfinite(pre) &&
+	    s->elapsed_ms / 1000.0 + pre > p->l.timeout_s)
+		pre = INFINITY;
+	if (pass_end && s->pass > 1) {
+		if (s->ram_remaining_bytes < p->best_remaining) {
+			p->best_remaining = s->ram_remaining_bytes;
+			p->stalled_passes = 0;
+		} else {
+			p->stalled_passes++;
+		}
+	}
+	if (!p->decided || pass_end) {
 		enum strategy want;
 
-		if (s->pass != p->last_pass && s->pass > 1) {
-			if (s->ram_remaining_bytes < p->best_remaining) {
-				p->best_remaining = s->ram_remaining_bytes;
-				p->stalled_passes = 0;
-			} else {
-				p->stalled_passes++;
-			}
-		}
 		if (isfinite(pre) && (!post_ok || pre <= post * PREDICT_POSTCOPY_GAIN))
 			want = S_PRECOPY;
 		else if (post_ok)
@@ -213,20 +244,29 @@ static void predict_decide(void *state, const struct ferry_policy_sample *s,
 		if (!p->decided || want != p->strategy) {
 			p->strategy = want;
 			p->decided = true;
+			char pre_s[32];
+
+			if (isfinite(pre))
+				snprintf(pre_s, sizeof(pre_s), "%.1f s", pre);
+			else
+				snprintf(pre_s, sizeof(pre_s), "never converges");
 			snprintf(out->reason, sizeof(out->reason),
-				 "%s: dirty %.0f MiB/s, link %.0f MiB/s, precopy %s, "
-				 "post-copy %.1f s", strategy_names[want],
-				 D / (1 << 20), L / (1 << 20),
-				 isfinite(pre) ? "converges" : "cannot converge", post);
+				 "%s%s: dirty %.0f MiB/s, link %.0f MiB/s; precopy %s, "
+				 "post-copy now %.1f s", strategy_names[want],
+				 want == S_PRECOPY && !isfinite(pre) ?
+				 " (neither post-copy nor auto-converge allowed)" : "",
+				 D / (1 << 20), L / (1 << 20), pre_s, post);
 		}
 		p->last_pass = s->pass;
 	}
-	out->predicted_remaining_ms = (uint64_t)(1000.0 *
-		(p->strategy == S_POSTCOPY ? post : isfinite(pre) ? pre : post));
-	/* Post-copy once the first full pass is done (pass 2 has begun):
-	 * everything clean went across once, only the dirty rest is left. */
+	if (p->strategy == S_POSTCOPY)
+		out->predicted_remaining_ms = (uint64_t)(1000.0 * post);
+	else if (isfinite(pre))
+		out->predicted_remaining_ms = (uint64_t)(1000.0 * pre);
+	/* Post-copy as soon as it is the choice: every second of precopy
+	 * before the switch only sends pages the guest will dirty again. */
 	if (p->strategy == S_POSTCOPY && !p->switched && s->postcopy_possible &&
-	    s->pass >= 2 && !s->postcopy_active) {
+	    s->pass >= 1 && !s->postcopy_active) {
 		p->switched = true;
 		out->start_postcopy = true;
 	}

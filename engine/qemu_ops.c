@@ -199,36 +199,31 @@ int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err)
 			   NULL, MIG_QMP_TIMEOUT_MS, err);
 }
 
-int mig_calc_dirty_rate(struct qmp *q, uint32_t seconds, uint64_t *bytes_per_s,
+int mig_dirty_rate_start(struct qmp *q, uint32_t seconds, struct ferry_error *err)
+{
+	return qmp_execute(q, "calc-dirty-rate",
+			   json_pack("{s:I}", "calc-time", (json_int_t)seconds),
+			   NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
 			struct ferry_error *err)
 {
-	uint64_t deadline;
+	json_t *ret = NULL;
+	const char *st;
 	int rc;
 
-	*bytes_per_s = 0;
-	rc = qmp_execute(q, "calc-dirty-rate",
-			 json_pack("{s:I}", "calc-time", (json_int_t)seconds),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = qmp_execute(q, "query-dirty-rate", NULL, &ret, MIG_QMP_TIMEOUT_MS,
+			 err);
 	if (rc < 0)
 		return rc;
-	deadline = ferry_now_ms() + seconds * 1000ull + MIG_QMP_TIMEOUT_MS;
-	while (ferry_now_ms() < deadline) {
-		json_t *ret = NULL;
-		const char *st;
-
-		usleep(100 * 1000);
-		rc = qmp_execute(q, "query-dirty-rate", NULL, &ret,
-				 MIG_QMP_TIMEOUT_MS, err);
-		if (rc < 0)
-			return rc;
-		st = json_string_value(json_object_get(ret, "status"));
-		if (st && !strcmp(st, "measured")) {
-			/* "dirty-rate" is in MiB/s */
-			*bytes_per_s = get_u64(ret, "dirty-rate") << 20;
-			json_decref(ret);
-			return 0;
-		}
-		json_decref(ret);
+	st = json_string_value(json_object_get(ret, "status"));
+	rc = 0;
+	if (st && !strcmp(st, "measured")) {
+		/* "dirty-rate" is in MiB/s */
+		*bytes_per_s = get_u64(ret, "dirty-rate") << 20;
+		rc = 1;
 	}
-	return ferry_error_set(err, -ETIMEDOUT, "calc-dirty-rate did not finish");
+	json_decref(ret);
+	return rc;
 }

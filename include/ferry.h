@@ -77,6 +77,8 @@ struct ferry_progress {
 	uint64_t throughput_bytes_per_s;	/* over the last sample period */
 	uint64_t dirty_pages_rate;	/* pages/s, as QEMU reports it */
 	bool postcopy;			/* switched to post-copy */
+	uint64_t eta_ms;		/* the policy's estimate of the time
+					 * left; 0: none yet */
 };
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);

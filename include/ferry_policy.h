@@ -10,10 +10,11 @@
  * leaves the source running) outside the policy.
  *
  * A policy also answers once before the migration starts (sample->pass ==
- * 0, with the dirty rate QEMU's calc-dirty-rate measured and the link rate
- * measured or configured): this is where a predictive policy picks its
- * strategy up front, since QEMU only accepts auto-converge and post-copy
- * capabilities before a migration starts.
+ * 0, with the link rate configured, if any): this is where it asks for the
+ * capabilities it may need, since QEMU only accepts auto-converge and
+ * post-copy before a migration starts. The guest's dirty rate is measured
+ * (QEMU's calc-dirty-rate) during the first second of the first pass, so
+ * that measuring costs no time; dirty_rate_known says when it is there.
  *
  * ferry ships three: "nova" (the downtime steps and completion timeout of
  * OpenStack Nova), "qemu" (QEMU's own auto-converge, nothing else), and
@@ -37,7 +38,9 @@ struct ferry_policy_sample {
 	uint64_t ram_total_bytes;
 	uint64_t ram_remaining_bytes;
 	uint64_t ram_transferred_bytes;
+	uint64_t pass_elapsed_ms;	/* since the current pass began */
 	uint64_t dirty_rate;		/* guest dirtying, measured */
+	bool dirty_rate_known;		/* false: still measuring */
 	uint64_t link_rate;		/* RAM throughput, measured */
 	uint32_t downtime_limit_ms;	/* in force now */
 	uint32_t throttle_pct;		/* QEMU's CPU throttle now */

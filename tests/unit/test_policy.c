@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/policy.h"
 #include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
@@ -16,70 +17,111 @@
 #define MiB (1ull << 20)
 #define GiB (1ull << 30)
 
-double ferry_predict_precopy_s(double remaining, double dirty, double link,
-			       double downtime_s);
-
 struct trace_case {
 	const char *what;
 	uint64_t ram, dirty, link;
+	uint32_t timeout_s;
 	bool expect_postcopy;
 };
 
 static const struct trace_case cases[] = {
 	/* idle guest, fast link: precopy in one pass */
-	{ "idle", 4 * GiB, 0, 1000 * MiB, false },
-	/* dirty at a tenth of the link: a few shrinking passes */
-	{ "light", 4 * GiB, 100 * MiB, 1000 * MiB, false },
-	/* dirty at half the link: still converges */
-	{ "half", 1 * GiB, 50 * MiB, 100 * MiB, false },
+	{ "idle", 4 * GiB, 0, 1000 * MiB, 0, false },
+	/* dirty at a tenth of the link: one short extra pass */
+	{ "light", 4 * GiB, 100 * MiB, 1000 * MiB, 0, false },
+	/* dirty at a quarter of a slow link: two short extra passes */
+	{ "quarter", 256 * MiB, 4 * MiB, 32 * MiB, 0, false },
+	/* dirty at half the link: converges, but its passes cost twice what
+	 * post-copy would */
+	{ "half", 1 * GiB, 50 * MiB, 100 * MiB, 0, true },
 	/* dirty faster than the link: never converges */
-	{ "faster", 1 * GiB, 200 * MiB, 100 * MiB, true },
+	{ "faster", 1 * GiB, 200 * MiB, 100 * MiB, 0, true },
 	/* dirty at 95% of the link: passes barely shrink */
-	{ "barely", 2 * GiB, 95 * MiB, 100 * MiB, true },
+	{ "barely", 2 * GiB, 95 * MiB, 100 * MiB, 0, true },
+	/* converges, but not within the completion timeout */
+	{ "light-timeout", 4 * GiB, 100 * MiB, 1000 * MiB, 3, true },
 };
 
 /*
- * Feed the policy a trace: pass 0 (before the start), then samples of
- * passes 1, 2, 3... where remaining follows remaining * dirty / link.
+ * Feed the policy a synthetic trace of precopy: pass 0 (before the
+ * start), then a sample every 250 ms while QEMU sends what remains at the
+ * link rate; at each pass end the next pass carries what the guest dirtied
+ * during the pass, and precopy completes when that fits in the downtime
+ * QEMU was told to aim at. The first two samples do not know the dirty rate
+ * yet.
  */
+#define TRACE_DT_MS 250
+#define TRACE_MAX_MS (600 * 1000)
+
 START_TEST(predict_picks)
 {
 	const struct trace_case *c = &cases[_i];
 	const struct ferry_policy *p = ferry_policy_builtin("predict");
 	struct ferry_policy_limits l = { .downtime_max_ms = 300,
-					 .postcopy = FERRY_POSTCOPY_AUTO };
+					 .postcopy = FERRY_POSTCOPY_AUTO,
+					 .timeout_s = c->timeout_s };
 	void *st = p->create(&l);
-	double remaining = (double)c->ram;
-	bool postcopy = false;
+	double remaining = (double)c->ram, dt = TRACE_DT_MS / 1000.0;
+	uint64_t t = 0, pass = 0, pass_t0 = 0, predicted_ms = 0;
+	uint32_t target_ms = 0;
+	bool postcopy = false, converged = false;
+	unsigned samples = 0;
 
 	ck_assert_ptr_nonnull(st);
-	for (uint64_t pass = 0; pass < 12 && !postcopy; pass++) {
+	while (t < TRACE_MAX_MS && !postcopy && !converged) {
 		struct ferry_policy_sample s = {
-			.elapsed_ms = pass * 1000, .pass = pass,
+			.elapsed_ms = t, .pass = pass, .pass_elapsed_ms = t - pass_t0,
 			.ram_total_bytes = c->ram,
 			.ram_remaining_bytes = (uint64_t)remaining,
 			.dirty_rate = c->dirty, .link_rate = c->link,
-			.downtime_limit_ms = 300, .postcopy_possible = true,
+			.dirty_rate_known = samples++ >= 3,
+			.downtime_limit_ms = target_ms, .postcopy_possible = true,
 		};
 		struct ferry_policy_actions a = { 0 };
 
 		p->decide(st, &s, &a);
-		if (pass == 0)
+		if (pass == 0) {
 			ck_assert_msg(a.enable_postcopy, "%s: post-copy not enabled "
 				      "up front", c->what);
-		ck_assert_uint_le(a.set_downtime_ms, 300);
+			ck_assert_uint_gt(a.set_downtime_ms, 0);
+			ck_assert_uint_le(a.set_downtime_ms, 300);
+			target_ms = a.set_downtime_ms;
+			pass = 1;
+			continue;
+		}
+		if (!s.dirty_rate_known)
+			ck_assert_msg(!a.start_postcopy && !a.predicted_remaining_ms,
+				      "%s: decided before the dirty rate was known",
+				      c->what);
+		if (a.predicted_remaining_ms && !predicted_ms)
+			predicted_ms = t + a.predicted_remaining_ms;
 		postcopy = a.start_postcopy;
-		if (pass >= 1) {
-			double next = remaining * (double)c->dirty / (double)c->link;
+		t += TRACE_DT_MS;
+		remaining -= (double)c->link * dt;
+		if (remaining <= 0) {
+			double next = (double)c->dirty * (double)(t - pass_t0) / 1000.0;
 
 			remaining = next > (double)c->ram ? (double)c->ram : next;
-			/* Precopy completes when it fits in the downtime. */
-			if (remaining <= (double)c->link * 0.3)
-				break;
+			converged = remaining <= (double)c->link * target_ms / 1000.0;
+			pass++;
+			pass_t0 = t;
 		}
 	}
 	ck_assert_msg(postcopy == c->expect_postcopy, "%s: post-copy %s",
 		      c->what, postcopy ? "chosen" : "not chosen");
+	if (!postcopy) {
+		/* Precopy was the choice: it converged, as predicted (within
+		 * a fifth, the trace's sampling granularity included). */
+		ck_assert_msg(converged, "%s: precopy never converged", c->what);
+		ck_assert_msg(predicted_ms, "%s: no prediction", c->what);
+		ck_assert_msg(predicted_ms > t * 0.8 && predicted_ms < t * 1.2,
+			      "%s: predicted %llu ms, took %llu ms", c->what,
+			      (unsigned long long)predicted_ms,
+			      (unsigned long long)t);
+	} else {
+		/* Post-copy as soon as the rate was known, not after failures. */
+		ck_assert_uint_le(t, 4 * TRACE_DT_MS);
+	}
 	p->destroy(st);
 }
 END_TEST
@@ -89,12 +131,23 @@ START_TEST(precopy_model)
 {
 	double t;
 
-	t = ferry_predict_precopy_s(1e9, 0, 1e8, 0.3);
+	/* idle: one pass */
+	t = ferry_predict_precopy_s(1e9, 0, 1e9, 0, 1e8, 0.3);
 	ck_assert(t > 9.9 && t < 10.1);
-	t = ferry_predict_precopy_s(1e9, 5e7, 1e8, 0.3);
-	ck_assert(t > 10 && t < 21);	/* 10 + 5 + 2.5 + ... */
-	ck_assert(isinf(ferry_predict_precopy_s(1e9, 2e8, 1e8, 0.3)));
-	ck_assert(isinf(ferry_predict_precopy_s(1e9, 1e7, 0, 0.3)));
+	/* q = 0.5 from the start of pass 1: 10 + 5 + 2.5 + ... */
+	t = ferry_predict_precopy_s(1e9, 0, 1e9, 5e7, 1e8, 0.3);
+	ck_assert(t > 19 && t < 21);
+	/* half way through pass 1: the next pass carries the whole pass's
+	 * dirtying, not half of it */
+	t = ferry_predict_precopy_s(5e8, 5, 1e9, 5e7, 1e8, 0.3);
+	ck_assert(t > 14 && t < 16);
+	ck_assert(isinf(ferry_predict_precopy_s(1e9, 0, 1e9, 2e8, 1e8, 0.3)));
+	ck_assert(isinf(ferry_predict_precopy_s(1e9, 0, 1e9, 1e7, 0, 0.3)));
+	/* post-copy now: the rest, plus what was re-dirtied, once */
+	t = ferry_predict_postcopy_s(5e8, 5, 1e9, 5e7, 1e8);
+	ck_assert(t > 7.4 && t < 7.6);
+	t = ferry_predict_postcopy_s(5e8, 100, 1e9, 5e7, 1e8);
+	ck_assert(t > 9.9 && t < 10.1);	/* capped at every page once */
 }
 END_TEST
 
@@ -109,6 +162,7 @@ START_TEST(predict_respects_never)
 		struct ferry_policy_sample s = {
 			.pass = pass, .ram_total_bytes = GiB,
 			.ram_remaining_bytes = GiB, .dirty_rate = 300 * MiB,
+			.dirty_rate_known = true,
 			.link_rate = 100 * MiB,
 		};
 		struct ferry_policy_actions a = { 0 };

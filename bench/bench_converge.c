@@ -1,0 +1,295 @@
+/*
+ * Convergence benchmark: for a set of guest dirty rates against one link
+ * rate, total time and downtime of
+ *   nova        Nova's policy: downtime steps, abort on the completion timeout
+ *   qemu-ac     QEMU's auto-converge alone
+ *   postcopy-1  post-copy after the first pass
+ *   predict     ferry's predictive policy (post-copy and auto-converge allowed)
+ * Each run: fresh VMs, ferry's tunnel capped at the link rate (--bandwidth),
+ * destination left paused, RAM compared byte for byte when it completed.
+ *
+ * usage: bench_converge [-m MEM_MIB] [-w WS_MIB] [-l LINK_MIB_S]
+ *                       [-d RATE,RATE,...] [-t TIMEOUT_S] [-n REPEATS] [-o FILE]
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "ferry_policy.h"
+#include "tests/harness/tmpdir.h"
+#include "tests/harness/vm.h"
+
+#define BC_MAX_RATES 16
+#define BC_MAX_REPEATS 10
+#define BC_READY_TIMEOUT_MS 120000
+#define BC_DOWNTIME_MS 500
+
+enum pol { P_NOVA, P_QEMU_AC, P_POSTCOPY1, P_PREDICT, P_COUNT };
+static const char *const pol_names[] = { "nova", "qemu-ac", "postcopy-1", "predict" };
+
+struct result {
+	bool completed, verified;
+	uint64_t total_ms, downtime_ms, predicted_ms;
+	bool postcopy;
+	uint32_t throttle;
+};
+
+struct rx_arg {
+	struct ferry_receiver *rx;
+	struct ferry_error err;
+	int rc;
+};
+
+static void *rx_main(void *p)
+{
+	struct rx_arg *a = p;
+
+	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, uint32_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static int same_ram(const char *dir, struct vm *a, struct vm *b)
+{
+	struct ferry_error err = { 0 };
+	char pa[128], pb[128];
+	uint64_t diff;
+	int eq;
+
+	snprintf(pa, sizeof(pa), "%s/a.ram", dir);
+	snprintf(pb, sizeof(pb), "%s/b.ram", dir);
+	if (vm_pmemsave(a, pa, &err) || vm_pmemsave(b, pb, &err))
+		return -1;
+	eq = vm_files_equal(pa, pb, &diff, &err);
+	unlink(pa);
+	unlink(pb);
+	return eq;
+}
+
+static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
+	       uint32_t link, uint32_t timeout_s, const char *dir,
+	       struct result *res, struct ferry_error *err)
+{
+	struct vm_config sc = { .mem_mib = mem, .fill = "random", .ws_mib = ws,
+				.rate_mib_s = rate };
+	struct vm_config dc = sc;
+	struct vm *src = NULL, *dst = NULL;
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1", .once = true };
+	struct ferry_migrate_opts o = {
+		.to_host = "127.0.0.1", .paused = true, .codec = FERRY_CODEC_NONE,
+		.max_bandwidth_bytes_per_s = (uint64_t)link << 20,
+		.downtime_ms = BC_DOWNTIME_MS, .timeout_s = timeout_s,
+	};
+	struct ferry_report rep;
+	struct rx_arg rx = { 0 };
+	struct ferry_migration *m;
+	pthread_t t;
+	int rc;
+
+	memset(res, 0, sizeof(*res));
+	switch (pol) {
+	case P_NOVA:
+		o.converge.policy = ferry_policy_builtin("nova");
+		/* Nova's schedule, compressed in time like the timeout. */
+		o.converge.downtime_steps = 10;
+		o.converge.downtime_step_delay_s_per_gib = 4 * 1024 / mem;
+		o.converge.timeout_action = FERRY_TIMEOUT_ABORT;
+		break;
+	case P_QEMU_AC:
+		o.converge.policy = ferry_policy_builtin("qemu");
+		o.converge.auto_converge = true;
+		break;
+	case P_POSTCOPY1:
+		o.converge.postcopy = FERRY_POSTCOPY_AFTER_PASS;
+		o.converge.postcopy_after_pass = 1;
+		break;
+	case P_PREDICT:
+		o.converge.postcopy = FERRY_POSTCOPY_AUTO;
+		o.converge.auto_converge = true;
+		break;
+	default:
+		return -EINVAL;
+	}
+	dc.incoming = dc.prealloc = true;
+	rc = vm_start(&src, &sc, err);
+	if (!rc)
+		rc = vm_start(&dst, &dc, err);
+	if (!rc)
+		rc = vm_wait_ready(src, BC_READY_TIMEOUT_MS, err);
+	if (rc)
+		goto out;
+	ro.qmp_path = vm_qmp_path(dst);
+	rx.rx = ferry_receiver_new(&ro, err);
+	if (!rx.rx) {
+		rc = -EIO;
+		goto out;
+	}
+	pthread_create(&t, NULL, rx_main, &rx);
+	o.qmp_path = vm_qmp_path(src);
+	o.to_port = ferry_receiver_port(rx.rx);
+	m = ferry_migration_new(&o, err);
+	rc = m ? ferry_migration_run(m, &rep, err) : -EINVAL;
+	ferry_migration_free(m);
+	if (rc)
+		ferry_receiver_stop(rx.rx);
+	pthread_join(t, NULL);
+	ferry_receiver_free(rx.rx);
+	res->completed = rc == 0;
+	res->total_ms = rep.total_ms;
+	res->downtime_ms = rep.downtime_ms;
+	res->predicted_ms = rep.predicted_total_ms;
+	res->postcopy = rep.postcopy;
+	res->throttle = rep.throttle_pct_max;
+	if (res->completed)
+		res->verified = same_ram(dir, src, dst) == 1;
+	rc = 0;
+out:
+	vm_stop(src);
+	vm_stop(dst);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	uint32_t rates[BC_MAX_RATES] = { 4, 8, 16, 32, 64 }, nrates = 5;
+	uint32_t mem = 256, ws = 64, link = 32, timeout_s = 40, repeats = 1;
+	static struct result r[BC_MAX_RATES][P_COUNT][BC_MAX_REPEATS];
+	struct ferry_error err = { 0 };
+	const char *out_path = NULL;
+	char path[256], dir[64];
+	FILE *out;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "m:w:l:d:t:n:o:")) != -1) {
+		switch (opt) {
+		case 'm': mem = (uint32_t)atoi(optarg); break;
+		case 'w': ws = (uint32_t)atoi(optarg); break;
+		case 'l': link = (uint32_t)atoi(optarg); break;
+		case 't': timeout_s = (uint32_t)atoi(optarg); break;
+		case 'n': repeats = (uint32_t)atoi(optarg); break;
+		case 'o': out_path = optarg; break;
+		case 'd':
+			nrates = 0;
+			for (char *tok = strtok(optarg, ","); tok && nrates < BC_MAX_RATES;
+			     tok = strtok(NULL, ","))
+				rates[nrates++] = (uint32_t)atoi(tok);
+			break;
+		default:
+			fprintf(stderr, "usage: %s [-m MEM] [-w WS] [-l LINK_MIB_S] "
+				"[-d RATES] [-t TIMEOUT_S] [-n REPEATS] [-o FILE]\n",
+				argv[0]);
+			return 2;
+		}
+	}
+	if (!repeats || repeats > BC_MAX_REPEATS || !nrates)
+		return 2;
+	if (!out_path) {
+		mkdir("bench/results", 0755);
+		snprintf(path, sizeof(path), "bench/results/converge-%ld.jsonl",
+			 (long)time(NULL));
+		out_path = path;
+	}
+	out = fopen(out_path, "w");
+	if (!out || tmpdir_make(dir, sizeof(dir), "ferry-bench")) {
+		perror(out_path);
+		return 1;
+	}
+	ferry_set_log(NULL, NULL, FERRY_LOG_WARN);
+	for (uint32_t k = 0; k < repeats; k++) {
+		for (uint32_t i = 0; i < nrates; i++) {
+			for (int pp = 0; pp < P_COUNT; pp++) {
+				int p = (pp + (int)(i + k)) % P_COUNT;
+				struct result *x = &r[i][p][k];
+
+				if (one((enum pol)p, mem, ws, rates[i], link, timeout_s,
+					dir, x, &err)) {
+					fprintf(stderr, "%s at %u MiB/s: %s\n",
+						pol_names[p], rates[i], err.msg);
+					return 1;
+				}
+				fprintf(out, "{\"policy\":\"%s\",\"dirty_mib_s\":%u,"
+					"\"link_mib_s\":%u,\"mem_mib\":%u,\"ws_mib\":%u,"
+					"\"completed\":%s,\"ram_verified\":%s,\"total_ms\":%llu,"
+					"\"downtime_ms\":%llu,\"predicted_total_ms\":%llu,"
+					"\"postcopy\":%s,\"throttle_pct_max\":%u}\n",
+					pol_names[p], rates[i], link, mem, ws,
+					x->completed ? "true" : "false",
+					x->verified ? "true" : "false",
+					(unsigned long long)x->total_ms,
+					(unsigned long long)x->downtime_ms,
+					(unsigned long long)x->predicted_ms,
+					x->postcopy ? "true" : "false", x->throttle);
+				fflush(out);
+				printf("%-10s dirty %3u MiB/s: %s %6llu ms, downtime %4llu ms%s%s\n",
+				       pol_names[p], rates[i],
+				       x->completed ? "completed" : "ABORTED  ",
+				       (unsigned long long)x->total_ms,
+				       (unsigned long long)x->downtime_ms,
+				       x->postcopy ? ", post-copy" : "",
+				       x->completed && !x->verified ? ", RAM DIFFERS" : "");
+				fflush(stdout);
+			}
+		}
+	}
+	fclose(out);
+	printf("\n%u MiB guest, working set %u MiB, link %u MiB/s, timeout %u s, "
+	       "downtime limit %u ms; medians of %u run%s, completed/runs\n\n",
+	       mem, ws, link, timeout_s, BC_DOWNTIME_MS, repeats,
+	       repeats == 1 ? "" : "s");
+	printf("| dirty MiB/s |");
+	for (int p = 0; p < P_COUNT; p++)
+		printf(" %s |", pol_names[p]);
+	printf("\n| ---: |");
+	for (int p = 0; p < P_COUNT; p++)
+		printf(" --- |");
+	printf("\n");
+	for (uint32_t i = 0; i < nrates; i++) {
+		printf("| %u |", rates[i]);
+		for (int p = 0; p < P_COUNT; p++) {
+			uint64_t tot[BC_MAX_REPEATS], down[BC_MAX_REPEATS];
+			uint32_t n = 0, pc = 0;
+
+			for (uint32_t k = 0; k < repeats; k++) {
+				struct result *x = &r[i][p][k];
+
+				if (!x->completed || !x->verified)
+					continue;
+				tot[n] = x->total_ms;
+				down[n++] = x->downtime_ms;
+				pc += x->postcopy;
+			}
+			if (!n) {
+				printf(" aborted (0/%u) |", repeats);
+				continue;
+			}
+			printf(" %.1f s, %llu ms down%s (%u/%u) |",
+			       (double)median(tot, n) / 1000,
+			       (unsigned long long)median(down, n),
+			       pc ? ", post-copy" : "", n, repeats);
+		}
+		printf("\n");
+	}
+	printf("\nresults: %s\n", out_path);
+	tmpdir_remove(dir);
+	return 0;
+}

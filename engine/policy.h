@@ -1,0 +1,17 @@
+/*
+ * The model behind the "predict" policy (docs/convergence.md), exposed
+ * for its unit tests. Bytes, bytes per second and seconds.
+ */
+#ifndef FERRY_ENGINE_POLICY_H
+#define FERRY_ENGINE_POLICY_H
+
+/* Precopy from now until it converges, or INFINITY if it never does. */
+double ferry_predict_precopy_s(double remaining, double pass_elapsed,
+			       double total, double dirty, double link,
+			       double downtime_s);
+
+/* Post-copy, switched now, until the last page is on the destination. */
+double ferry_predict_postcopy_s(double remaining, double pass_elapsed,
+				double total, double dirty, double link);
+
+#endif /* FERRY_ENGINE_POLICY_H */
