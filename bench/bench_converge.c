@@ -10,9 +10,11 @@
  *
  * usage: bench_converge [-m MEM_MIB] [-w WS_MIB] [-l LINK_MIB_S]
  *                       [-d RATE,RATE,...] [-t TIMEOUT_S] [-n REPEATS] [-o FILE]
+ *        bench_converge -s FILE...   the table of earlier results (medians)
  */
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +171,127 @@ out:
 	return rc;
 }
 
+/* ---- the table: medians over every run in the JSON lines files ---- */
+
+#define BC_MAX_RUNS 4096
+
+struct run {
+	int pol;
+	uint32_t rate, link, mem, ws;
+	struct result x;
+};
+
+static int load_runs(const char *path, struct run *runs, uint32_t *n)
+{
+	char line[1024];
+	FILE *f = fopen(path, "r");
+
+	if (!f) {
+		perror(path);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f) && *n < BC_MAX_RUNS) {
+		json_t *o = json_loads(line, 0, NULL);
+		const char *pol = o ? json_string_value(json_object_get(o, "policy")) : NULL;
+		struct run *r = &runs[*n];
+
+		if (!pol) {
+			json_decref(o);
+			continue;
+		}
+		memset(r, 0, sizeof(*r));
+		r->pol = -1;
+		for (int p = 0; p < P_COUNT; p++)
+			if (!strcmp(pol, pol_names[p]))
+				r->pol = p;
+		r->rate = (uint32_t)json_integer_value(json_object_get(o, "dirty_mib_s"));
+		r->link = (uint32_t)json_integer_value(json_object_get(o, "link_mib_s"));
+		r->mem = (uint32_t)json_integer_value(json_object_get(o, "mem_mib"));
+		r->ws = (uint32_t)json_integer_value(json_object_get(o, "ws_mib"));
+		r->x.completed = json_is_true(json_object_get(o, "completed"));
+		r->x.verified = json_is_true(json_object_get(o, "ram_verified"));
+		r->x.postcopy = json_is_true(json_object_get(o, "postcopy"));
+		r->x.total_ms = (uint64_t)json_integer_value(json_object_get(o, "total_ms"));
+		r->x.downtime_ms = (uint64_t)json_integer_value(json_object_get(o, "downtime_ms"));
+		r->x.predicted_ms = (uint64_t)json_integer_value(
+			json_object_get(o, "predicted_total_ms"));
+		json_decref(o);
+		if (r->pol >= 0)
+			(*n)++;
+	}
+	fclose(f);
+	return 0;
+}
+
+static void summarize(const char *const *paths, int npaths)
+{
+	static struct run runs[BC_MAX_RUNS];
+	uint32_t n = 0, rates[BC_MAX_RATES], nrates = 0;
+
+	for (int i = 0; i < npaths; i++)
+		if (load_runs(paths[i], runs, &n))
+			return;
+	if (!n)
+		return;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t k = 0;
+
+		while (k < nrates && rates[k] != runs[i].rate)
+			k++;
+		if (k == nrates && nrates < BC_MAX_RATES)
+			rates[nrates++] = runs[i].rate;
+	}
+	printf("\n%u MiB guest, working set %u MiB, link %u MiB/s, downtime limit "
+	       "%u ms; median total time and downtime of the runs that completed "
+	       "with RAM verified (completed/runs)\n\n", runs[0].mem, runs[0].ws,
+	       runs[0].link, BC_DOWNTIME_MS);
+	printf("| dirty MiB/s |");
+	for (int p = 0; p < P_COUNT; p++)
+		printf(" %s |", pol_names[p]);
+	printf(" predict: predicted |\n| ---: |");
+	for (int p = 0; p <= P_COUNT; p++)
+		printf(" --- |");
+	printf("\n");
+	for (uint32_t i = 0; i < nrates; i++) {
+		uint64_t pred[BC_MAX_RUNS / 8];
+		uint32_t npred = 0;
+
+		printf("| %u |", rates[i]);
+		for (int p = 0; p < P_COUNT; p++) {
+			uint64_t tot[BC_MAX_RUNS / 8], down[BC_MAX_RUNS / 8];
+			uint32_t ok = 0, all = 0, pc = 0;
+
+			for (uint32_t k = 0; k < n; k++) {
+				const struct run *r = &runs[k];
+
+				if (r->rate != rates[i] || r->pol != p ||
+				    all >= BC_MAX_RUNS / 8)
+					continue;
+				all++;
+				if (p == P_PREDICT && r->x.predicted_ms)
+					pred[npred++] = r->x.predicted_ms;
+				if (!r->x.completed || !r->x.verified)
+					continue;
+				tot[ok] = r->x.total_ms;
+				down[ok++] = r->x.downtime_ms;
+				pc += r->x.postcopy;
+			}
+			if (!ok) {
+				printf(all ? " aborted (0/%u) |" : " - |", all);
+				continue;
+			}
+			printf(" %.1f s, %llu ms%s (%u/%u) |",
+			       (double)median(tot, ok) / 1000,
+			       (unsigned long long)median(down, ok),
+			       pc ? ", post-copy" : "", ok, all);
+		}
+		if (npred)
+			printf(" %.1f s |\n", (double)median(pred, npred) / 1000);
+		else
+			printf(" - |\n");
+	}
+}
+
 int main(int argc, char **argv)
 {
 	uint32_t rates[BC_MAX_RATES] = { 4, 8, 16, 32, 64 }, nrates = 5;
@@ -176,11 +299,12 @@ int main(int argc, char **argv)
 	static struct result r[BC_MAX_RATES][P_COUNT][BC_MAX_REPEATS];
 	struct ferry_error err = { 0 };
 	const char *out_path = NULL;
+	bool summary_only = false;
 	char path[256], dir[64];
 	FILE *out;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:w:l:d:t:n:o:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:w:l:d:t:n:o:s")) != -1) {
 		switch (opt) {
 		case 'm': mem = (uint32_t)atoi(optarg); break;
 		case 'w': ws = (uint32_t)atoi(optarg); break;
@@ -188,6 +312,7 @@ int main(int argc, char **argv)
 		case 't': timeout_s = (uint32_t)atoi(optarg); break;
 		case 'n': repeats = (uint32_t)atoi(optarg); break;
 		case 'o': out_path = optarg; break;
+		case 's': summary_only = true; break;
 		case 'd':
 			nrates = 0;
 			for (char *tok = strtok(optarg, ","); tok && nrates < BC_MAX_RATES;
@@ -200,6 +325,10 @@ int main(int argc, char **argv)
 				argv[0]);
 			return 2;
 		}
+	}
+	if (summary_only) {
+		summarize((const char *const *)argv + optind, argc - optind);
+		return 0;
 	}
 	if (!repeats || repeats > BC_MAX_REPEATS || !nrates)
 		return 2;
@@ -252,43 +381,7 @@ int main(int argc, char **argv)
 		}
 	}
 	fclose(out);
-	printf("\n%u MiB guest, working set %u MiB, link %u MiB/s, timeout %u s, "
-	       "downtime limit %u ms; medians of %u run%s, completed/runs\n\n",
-	       mem, ws, link, timeout_s, BC_DOWNTIME_MS, repeats,
-	       repeats == 1 ? "" : "s");
-	printf("| dirty MiB/s |");
-	for (int p = 0; p < P_COUNT; p++)
-		printf(" %s |", pol_names[p]);
-	printf("\n| ---: |");
-	for (int p = 0; p < P_COUNT; p++)
-		printf(" --- |");
-	printf("\n");
-	for (uint32_t i = 0; i < nrates; i++) {
-		printf("| %u |", rates[i]);
-		for (int p = 0; p < P_COUNT; p++) {
-			uint64_t tot[BC_MAX_REPEATS], down[BC_MAX_REPEATS];
-			uint32_t n = 0, pc = 0;
-
-			for (uint32_t k = 0; k < repeats; k++) {
-				struct result *x = &r[i][p][k];
-
-				if (!x->completed || !x->verified)
-					continue;
-				tot[n] = x->total_ms;
-				down[n++] = x->downtime_ms;
-				pc += x->postcopy;
-			}
-			if (!n) {
-				printf(" aborted (0/%u) |", repeats);
-				continue;
-			}
-			printf(" %.1f s, %llu ms down%s (%u/%u) |",
-			       (double)median(tot, n) / 1000,
-			       (unsigned long long)median(down, n),
-			       pc ? ", post-copy" : "", n, repeats);
-		}
-		printf("\n");
-	}
+	summarize(&out_path, 1);
 	printf("\nresults: %s\n", out_path);
 	tmpdir_remove(dir);
 	return 0;

@@ -339,6 +339,13 @@ fail:
 	return rc;
 }
 
+/* --direct: where the destination QEMU listens (from READY). */
+static void direct_uri(const struct ferry_migration *m, char *uri, size_t len)
+{
+	snprintf(uri, len, strchr(m->o.to_host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u",
+		 m->o.to_host, m->direct_port);
+}
+
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 {
 	const struct ferry_converge_opts *co = &m->o.converge;
@@ -360,8 +367,7 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the source QEMU: ");
 	if (m->o.direct) {
-		snprintf(uri, sizeof(uri), strchr(m->o.to_host, ':') ?
-			 "tcp:[%s]:%u" : "tcp:%s:%u", m->o.to_host, m->direct_port);
+		direct_uri(m, uri, sizeof(uri));
 	} else {
 		rc = open_tunnel(m, err);
 		if (rc < 0)
@@ -504,7 +510,7 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 		}
 		conv_event(&m->conv, "cancel_refused", NULL,
 			   "not cancelling a post-copy migration: the guest's memory "
-			   "is split between the hosts; it finishes in moments");
+			   "is split between the hosts; carrying on until it completes");
 	} else if (fds[0].revents) {
 		return ferry_error_set(err, -ECANCELED, "migration cancelled by request");
 	}
@@ -517,21 +523,22 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
 				       m->last.status, m->last.error_desc[0] ? ": " : "",
 				       m->last.error_desc);
-	if (m->conv.postcopy_active && !m->o.direct &&
-	    !strcmp(m->last.status, "postcopy-paused"))
+	if (m->conv.postcopy_active && !strcmp(m->last.status, "postcopy-paused"))
 		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
 	if (fds[1].revents) {
 		rc = read_ctrl_news(m, err);
-		if (m->conv.postcopy_active && !m->o.direct && rc != -EREMOTEIO)
-			return ferry_error_set(err, -EAGAIN, "%s", err->msg);
+		if (m->conv.postcopy_active && rc != -EREMOTEIO)
+			return ferry_error_recode(err, -EAGAIN);
 		return rc;
 	}
 	if (m->tun && !tun_finished(m->tun)) {
 		rc = tun_wait(m->tun, 0, err);
 		if (rc == -ETIMEDOUT)
 			rc = 0;
-		if (rc < 0 && m->conv.postcopy_active && !m->o.direct)
-			return ferry_error_set(err, -EAGAIN, "tunnel broke: %s", err->msg);
+		if (rc < 0 && m->conv.postcopy_active && !m->o.direct) {
+			ferry_error_prefix(err, "tunnel broke: ");
+			return ferry_error_recode(err, -EAGAIN);
+		}
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
 	}
@@ -610,13 +617,19 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 		rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, &e);
 		if (rc == 0)
 			rc = await_ready(m, &e);
-		if (rc == 0)
+		if (rc == 0 && !m->o.direct)
 			rc = open_tunnel(m, &e);
-		if (rc == 0)
+		if (rc == 0) {
+			char uri[300];
+
+			if (m->o.direct)
+				direct_uri(m, uri, sizeof(uri));
+			else
+				snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
 			rc = qmp_execute(m->q, "migrate",
-					 json_pack("{s:s,s:b}", "uri", "fd:" MIG_FDNAME,
-						   "resume", 1),
+					 json_pack("{s:s,s:b}", "uri", uri, "resume", 1),
 					 NULL, MIG_QMP_TIMEOUT_MS, &e);
+		}
 		if (rc == 0) {
 			m->resuming = false;
 			m->recoveries++;

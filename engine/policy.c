@@ -253,8 +253,10 @@ static void predict_decide(void *state, const struct ferry_policy_sample *s,
 			snprintf(out->reason, sizeof(out->reason),
 				 "%s%s: dirty %.0f MiB/s, link %.0f MiB/s; precopy %s, "
 				 "post-copy now %.1f s", strategy_names[want],
-				 want == S_PRECOPY && !isfinite(pre) ?
-				 " (neither post-copy nor auto-converge allowed)" : "",
+				 want != S_PRECOPY || isfinite(pre) ? "" :
+				 p->l.postcopy == FERRY_POSTCOPY_AFTER_PASS ?
+				 " (post-copy after the pass asked for)" :
+				 " (neither post-copy nor auto-converge allowed)",
 				 D / (1 << 20), L / (1 << 20), pre_s, post);
 		}
 		p->last_pass = s->pass;

@@ -132,9 +132,14 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
+	/* The cap holds in post-copy too (QEMU's 0 there: unlimited). */
 	rc = qmp_execute(q, "migrate-set-parameters",
-			 json_pack("{s:I,s:I}",
+			 json_pack("{s:I,s:I,s:I}",
 				   "max-bandwidth", (json_int_t)p->max_bandwidth_bytes_per_s,
+				   "max-postcopy-bandwidth",
+				   (json_int_t)(p->max_bandwidth_bytes_per_s ==
+						MIG_BANDWIDTH_UNLIMITED ? 0 :
+						p->max_bandwidth_bytes_per_s),
 				   "downtime-limit", (json_int_t)p->downtime_ms),
 			 NULL, MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0 || !p->auto_converge)

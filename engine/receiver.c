@@ -79,6 +79,7 @@ struct incoming {
 	uint64_t t0_ms;
 	bool resume;
 	bool postcopy;
+	uint16_t direct_port;	/* where the destination QEMU listens */
 };
 
 struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
@@ -249,9 +250,13 @@ static int check_destination(struct incoming *in, struct ferry_error *err)
 	return 0;
 }
 
-/* --direct: QEMU listens itself; READY carries the port it bound. */
-static int start_direct(struct incoming *in, uint8_t port_be[2],
-			struct ferry_error *err)
+/*
+ * --direct: QEMU listens itself (@cmd is migrate-incoming, or
+ * migrate-recover to resume a broken post-copy); READY carries the port
+ * it bound. QEMU lists its newest listening address first.
+ */
+static int start_direct(struct incoming *in, const char *cmd,
+			uint8_t port_be[2], struct ferry_error *err)
 {
 	const char *host = in->r->o.listen_host;
 	struct mig_info info;
@@ -259,16 +264,18 @@ static int start_direct(struct incoming *in, uint8_t port_be[2],
 	int rc;
 
 	snprintf(uri, sizeof(uri), strchr(host, ':') ? "tcp:[%s]:0" : "tcp:%s:0", host);
-	rc = qmp_execute(in->q, "migrate-incoming", json_pack("{s:s}", "uri", uri),
+	rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", uri),
 			 NULL, MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
 	rc = mig_query(in->q, &info, err);
 	if (rc < 0)
 		return rc;
-	if (info.incoming_port == 0 || info.incoming_port > 65535)
+	if (info.incoming_port == 0 || info.incoming_port > 65535 ||
+	    info.incoming_port == in->direct_port)
 		return ferry_error_set(err, -EPROTO,
-			"destination QEMU did not report the port it listens on");
+			"destination QEMU did not report a new port it listens on");
+	in->direct_port = (uint16_t)info.incoming_port;
 	port_be[0] = (uint8_t)(info.incoming_port >> 8);
 	port_be[1] = (uint8_t)info.incoming_port;
 	return 0;
@@ -296,7 +303,7 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the destination QEMU: ");
 	if (direct) {
-		rc = start_direct(in, port_be, err);
+		rc = start_direct(in, "migrate-incoming", port_be, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
 		return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be, 2,
@@ -506,7 +513,7 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			/* In post-copy a lost source is waited for, not dropped. */
 			if (rc < 0 && rx_in_postcopy(in) && rc != -ECANCELED &&
 			    rc != -EPROTO)
-				return ferry_error_set(err, -EAGAIN, "%s", err->msg);
+				return ferry_error_recode(err, -EAGAIN);
 			if (rc != 0)
 				return rc;
 			continue;
@@ -515,9 +522,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		if (in->tun && !tun_finished(in->tun)) {
 			rc = tun_wait(in->tun, 0, err);
-			if (rc < 0 && rc != -ETIMEDOUT && rx_in_postcopy(in))
-				return ferry_error_set(err, -EAGAIN, "tunnel: %s",
-						       err->msg);
+			if (rc < 0 && rc != -ETIMEDOUT && rx_in_postcopy(in)) {
+				ferry_error_prefix(err, "tunnel: ");
+				return ferry_error_recode(err, -EAGAIN);
+			}
 			if (rc < 0 && rc != -ETIMEDOUT)
 				return ferry_error_prefix(err, "tunnel: ");
 		}
@@ -528,6 +536,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return ferry_error_set(err, -EIO,
 				"destination QEMU failed the migration%s%s",
 				info.error_desc[0] ? ": " : "", info.error_desc);
+		/* With --direct, QEMU's own connection broke. */
+		if (strcmp(info.status, "postcopy-paused") == 0)
+			return ferry_error_set(err, -EAGAIN, "the destination QEMU "
+					       "paused post-copy");
 		while (qmp_wait_event(in->q, NULL, &ev, 0, NULL) == 0)
 			qmp_event_clear(&ev);
 	}
@@ -544,6 +556,7 @@ static int rx_recover(struct incoming *in, const char *why,
 {
 	struct ferry_receiver *r = in->r;
 	uint64_t deadline = ferry_now_ms() + MIG_RECOVERY_TIMEOUT_MS;
+	bool direct = in->hello.options & WIRE_OPT_DIRECT;
 	struct mig_info info;
 	int rc;
 
@@ -591,17 +604,26 @@ static int rx_recover(struct incoming *in, const char *why,
 			}
 			usleep(20 * 1000);
 		}
-		if (rc == 0)
+		if (rc == 0 && direct) {
+			uint8_t port_be[2];
+
+			/* QEMU listens anew; the source QEMU reconnects to it. */
+			rc = start_direct(in, "migrate-recover", port_be, err);
+			if (rc == 0)
+				rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be,
+						   2, MIG_QMP_TIMEOUT_MS, err);
+		} else if (rc == 0) {
 			rc = mig_hand_socket(in->q, &in->qemu_end, err);
-		if (rc == 0)
-			rc = qmp_execute(in->q, "migrate-recover",
-					 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
-					 NULL, MIG_QMP_TIMEOUT_MS, err);
-		if (rc == 0)
-			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
-					   MIG_QMP_TIMEOUT_MS, err);
-		if (rc == 0)
-			rc = rx_accept_data(in, err);
+			if (rc == 0)
+				rc = qmp_execute(in->q, "migrate-recover",
+						 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
+						 NULL, MIG_QMP_TIMEOUT_MS, err);
+			if (rc == 0)
+				rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
+						   MIG_QMP_TIMEOUT_MS, err);
+			if (rc == 0)
+				rc = rx_accept_data(in, err);
+		}
 		if (rc == 0) {
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
 				  "from %s", in->id, peer);

@@ -30,6 +30,14 @@ static inline uint64_t ferry_now_us(void)
 
 enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG };
 
+/* Keep @err's message, now with the code @code (a failure turned into
+ * "recover": -EAGAIN); returns @code. */
+static inline int ferry_error_recode(struct ferry_error *err, int code)
+{
+	err->code = code;
+	return code;
+}
+
 void ferry_log(int level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

@@ -13,7 +13,12 @@
  *   - post-copy with --direct;
  *   - post-copy recovery: a proxy between the two ferry processes cuts
  *     every connection during post-copy; ferry reconnects and resumes, and
- *     the guest's RAM ends up equal.
+ *     the guest's RAM ends up equal;
+ *   - with --direct, QEMU's own connection broken during post-copy
+ *     (migrate-pause on the source): ferry has both QEMUs resume on a new
+ *     one;
+ *   - SIGINT and SIGTERM to `ferry migrate` during post-copy are refused
+ *     with a reason, and the migration finishes.
  * The events file records every decision.
  */
 #include <check.h>
@@ -22,6 +27,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +37,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
+#include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "engine/mig.h"
 #include "tests/harness/vm.h"
@@ -503,6 +510,131 @@ START_TEST(postcopy_recovers_after_cut)
 }
 END_TEST
 
+/* Does @p's events file have a line for @event yet? */
+static bool has_event(struct pair *p, const char *event)
+{
+	char path[128], line[1024], want[64];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/events.jsonl", p->dir);
+	snprintf(want, sizeof(want), "\"event\":\"%s\"", event);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, want) != NULL;
+	fclose(f);
+	return found;
+}
+
+/* ---- --direct: QEMU's own connection breaks during post-copy ---- */
+
+struct pauser {
+	struct vm *src, *dst;
+	uint64_t postcopy_seen_ms;
+	int pauses;
+};
+
+/* migrate-pause on the source QEMU shuts its migration socket down, as a
+ * network break would; only once the destination runs post-copy. */
+static void pause_in_postcopy(const struct ferry_progress *pr, void *opaque)
+{
+	struct pauser *ps = opaque;
+	struct mig_info di;
+
+	if (pr->postcopy && !ps->postcopy_seen_ms)
+		ps->postcopy_seen_ms = ferry_now_ms();
+	if (!ps->postcopy_seen_ms || ps->pauses ||
+	    ferry_now_ms() - ps->postcopy_seen_ms < 300)
+		return;
+	if (mig_query(vm_qmp(ps->dst), &di, NULL) == 0 &&
+	    !strcmp(di.status, "postcopy-active") &&
+	    qmp_execute(vm_qmp(ps->src), "migrate-pause", NULL, NULL, 5000,
+			NULL) == 0)
+		ps->pauses++;
+}
+
+START_TEST(postcopy_direct_recovers)
+{
+	struct pair p;
+	struct pauser ps = { 0 };
+	struct ferry_migrate_opts o = { .paused = true, .direct = true,
+		.timeout_s = 120, .progress = pause_in_postcopy,
+		.progress_interval_ms = 100, .progress_opaque = &ps,
+		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
+			      .postcopy_after_pass = 1 } };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+
+	pair_start(&p);
+	ps.src = p.src;
+	ps.dst = p.dst;
+	ck_assert_int_eq(vm_qmp_connect(p.src, &err), 0);
+	ck_assert_int_eq(vm_qmp_connect(p.dst, &err), 0);
+	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(ps.pauses, 1);
+	ck_assert(rep.postcopy);
+	ck_assert_uint_ge(rep.recoveries, 1);
+	ck_assert_int_ge(count_events(&p, "recovered"), 1);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * SIGINT, then SIGTERM, to `ferry migrate` during post-copy: it refuses to
+ * abandon the guest (whose memory is split between the hosts), says so,
+ * and finishes the migration; the RAM is equal afterwards.
+ */
+START_TEST(signals_in_postcopy_refused)
+{
+	struct pair p;
+	struct ferry_error err = { 0 };
+	uint16_t port = proc_free_port();
+	char to[32], events[128], out[8192];
+	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to", to,
+			 "--bandwidth", "24", "--compress", "none", "--postcopy",
+			 "after-pass=1", "--paused", "--events", events, "--json",
+			 NULL };
+	uint64_t deadline;
+	json_t *rep;
+	pid_t rx, mig;
+	int fd;
+
+	pair_start(&p);
+	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rx, &err) == 0,
+		      "ferry receive: %s", err.msg);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	snprintf(events, sizeof(events), "%s/events.jsonl", p.dir);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	ck_assert_msg(proc_spawn(argv, &fd, &mig, &err) == 0, "%s", err.msg);
+	deadline = ferry_now_ms() + 60000;
+	while (!has_event(&p, "postcopy") && ferry_now_ms() < deadline)
+		usleep(20 * 1000);
+	ck_assert_msg(has_event(&p, "postcopy"), "never switched to post-copy");
+	kill(mig, SIGINT);
+	usleep(200 * 1000);
+	kill(mig, SIGTERM);
+	proc_read_all(fd, out, sizeof(out));
+	ck_assert_int_eq(proc_wait(mig), 0);
+	rep = json_loads(out, 0, NULL);
+	ck_assert_msg(rep, "no JSON report: '%s'", out);
+	ck_assert_str_eq(json_string_value(json_object_get(rep, "status")),
+			 "completed");
+	ck_assert(json_is_true(json_object_get(rep, "postcopy")));
+	json_decref(rep);
+	ck_assert_int_ge(count_events(&p, "cancel_refused"), 1);
+	ck_assert_int_eq(proc_wait(rx), 0);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("converge");
@@ -517,6 +649,8 @@ int main(void)
 	tcase_add_test(tc, postcopy_tunnel_running_destination);
 	tcase_add_test(tc, postcopy_direct_paused);
 	tcase_add_test(tc, postcopy_recovers_after_cut);
+	tcase_add_test(tc, postcopy_direct_recovers);
+	tcase_add_test(tc, signals_in_postcopy_refused);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -19,13 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
@@ -184,92 +184,26 @@ START_TEST(api_migrate_paused)
 }
 END_TEST
 
-/* Run a program with a bounded life; stdout captured into @out. */
-static int run_child(char *const argv[], char *out, size_t outlen, pid_t *pidp,
-		     bool wait_now)
-{
-	int pipefd[2];
-	pid_t pid;
-
-	ck_assert_int_eq(pipe(pipefd), 0);
-	pid = fork();
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(pipefd[1], STDOUT_FILENO);
-		close(pipefd[0]);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	close(pipefd[1]);
-	if (pidp)
-		*pidp = pid;
-	if (!wait_now) {
-		close(pipefd[0]);
-		return 0;
-	}
-	{
-		size_t got = 0;
-		ssize_t n;
-		int status;
-
-		while (got + 1 < outlen &&
-		       (n = read(pipefd[0], out + got, outlen - 1 - got)) > 0)
-			got += (size_t)n;
-		out[got] = '\0';
-		close(pipefd[0]);
-		waitpid(pid, &status, 0);
-		return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-	}
-}
-
-static uint16_t free_port(void)
-{
-	struct ferry_error err = { 0 };
-	int fd = net_listen("127.0.0.1", 0, &err);
-	uint16_t port = net_local_port(fd);
-
-	close(fd);
-	return port;
-}
-
-static void wait_port(uint16_t port)
-{
-	struct ferry_error err = { 0 };
-
-	for (int i = 0; i < 200; i++) {
-		int fd = net_connect("127.0.0.1", port, 200, &err);
-
-		if (fd >= 0) {
-			/* A bare connect is refused by the receiver; fine. */
-			close(fd);
-			return;
-		}
-		usleep(25 * 1000);
-	}
-	ck_abort_msg("receiver did not listen on port %u", port);
-}
-
 static pid_t spawn_receiver(struct vm *dst, uint16_t port)
 {
-	static char listen[32];
-	char *argv[] = { getenv("FERRY_BIN"), "receive", "--listen", listen,
-			 "--qmp", (char *)vm_qmp_path(dst), "--once", NULL };
+	struct ferry_error err = { 0 };
 	pid_t pid;
 
-	ck_assert_ptr_nonnull(argv[0]);
-	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
-	run_child(argv, NULL, 0, &pid, false);
-	wait_port(port);
+	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(dst), port, &pid, &err) == 0,
+		      "ferry receive: %s", err.msg);
 	return pid;
 }
 
-static int wait_child(pid_t pid)
+/* Run @argv to its end; its exit code, stdout in @out. */
+static int run_child(char *const argv[], char *out, size_t outlen)
 {
-	int status;
+	struct ferry_error err = { 0 };
+	pid_t pid;
+	int fd;
 
-	waitpid(pid, &status, 0);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
+	proc_read_all(fd, out, outlen);
+	return proc_wait(pid);
 }
 
 /* ferry migrate as a process; returns its exit code, JSON in @rep. */
@@ -289,7 +223,7 @@ static int cli_migrate(struct vm *src, uint16_t port, const char *extra,
 	     tok = strtok(NULL, " "))
 		argv[argc++] = tok;
 	argv[argc] = NULL;
-	rc = run_child(argv, out, sizeof(out), NULL, true);
+	rc = run_child(argv, out, sizeof(out));
 	*rep = json_loads(out, 0, &jerr);
 	ck_assert_msg(*rep, "ferry migrate printed no JSON report: '%s'", out);
 	return rc;
@@ -311,7 +245,7 @@ static json_int_t jint(json_t *o, const char *k)
 static void cli_migrate_dirtying(const char *extra)
 {
 	struct pair p;
-	uint16_t port = free_port();
+	uint16_t port = proc_free_port();
 	json_t *rep;
 	pid_t rx;
 	int rc;
@@ -320,7 +254,7 @@ static void cli_migrate_dirtying(const char *extra)
 	rx = spawn_receiver(p.dst, port);
 	rc = cli_migrate(p.src, port, extra, &rep);
 	ck_assert_msg(rc == 0, "ferry migrate failed (%d): %s", rc, jstr(rep, "error"));
-	ck_assert_int_eq(wait_child(rx), 0);
+	ck_assert_int_eq(proc_wait(rx), 0);
 	ck_assert_str_eq(jstr(rep, "status"), "completed");
 	ck_assert_int_gt(jint(rep, "total_ms"), 0);
 	ck_assert_int_ge(jint(rep, "passes"), 1);
@@ -353,14 +287,14 @@ START_TEST(cli_migrate_resumes_destination)
 {
 	struct ferry_error err = { 0 };
 	struct pair p;
-	uint16_t port = free_port();
+	uint16_t port = proc_free_port();
 	json_t *rep;
 	pid_t rx;
 
 	pair_start(&p, "text", 16, 16);
 	rx = spawn_receiver(p.dst, port);
 	ck_assert_int_eq(cli_migrate(p.src, port, NULL, &rep), 0);
-	ck_assert_int_eq(wait_child(rx), 0);
+	ck_assert_int_eq(proc_wait(rx), 0);
 	json_decref(rep);
 	expect_status(p.dst, "running");
 	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0,
@@ -373,23 +307,24 @@ END_TEST
 START_TEST(dropped_connection_keeps_source)
 {
 	struct pair p;
-	uint16_t port = free_port();
+	uint16_t port = proc_free_port();
 	pid_t rx, mig;
 	char to[32];
 	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
 			 to, "--bandwidth", "16", "--quiet", NULL };
+	struct ferry_error err = { 0 };
 	int rc;
 
 	pair_start(&p, "random", 0, 0);
 	rx = spawn_receiver(p.dst, port);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
-	run_child(argv, NULL, 0, &mig, false);
+	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
 	/* 128 MiB at 16 MiB/s takes ~8 s: cut it after ~2 s. */
 	sleep(2);
 	kill(rx, SIGKILL);
-	wait_child(rx);
-	rc = wait_child(mig);
+	proc_wait(rx);
+	rc = proc_wait(mig);
 	ck_assert_int_eq(rc, 1);
 	expect_source_alive(&p);
 	pair_stop(&p);
@@ -400,37 +335,24 @@ END_TEST
 START_TEST(sigint_cancels_precopy)
 {
 	struct pair p;
-	uint16_t port = free_port();
+	uint16_t port = proc_free_port();
 	char to[32], out[4096];
 	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
 			 to, "--bandwidth", "16", "--json", NULL };
+	struct ferry_error err = { 0 };
 	json_t *rep;
 	pid_t rx, mig;
-	int pipefd[2], rc;
-	size_t got = 0;
-	ssize_t n;
+	int fd, rc;
 
 	pair_start(&p, "random", 0, 0);
 	rx = spawn_receiver(p.dst, port);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
-	ck_assert_int_eq(pipe(pipefd), 0);
-	mig = fork();
-	if (mig == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(pipefd[1], STDOUT_FILENO);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	close(pipefd[1]);
+	ck_assert_msg(proc_spawn(argv, &fd, &mig, &err) == 0, "%s", err.msg);
 	sleep(2);
 	kill(mig, SIGINT);
-	while (got + 1 < sizeof(out) &&
-	       (n = read(pipefd[0], out + got, sizeof(out) - 1 - got)) > 0)
-		got += (size_t)n;
-	out[got] = '\0';
-	close(pipefd[0]);
-	rc = wait_child(mig);
+	proc_read_all(fd, out, sizeof(out));
+	rc = proc_wait(mig);
 	ck_assert_int_eq(rc, 1);
 	rep = json_loads(out, 0, NULL);
 	ck_assert_msg(rep, "no JSON report: '%s'", out);
@@ -439,7 +361,7 @@ START_TEST(sigint_cancels_precopy)
 	ck_assert_msg(strstr(jstr(rep, "error"), "cancelled"), "%s", jstr(rep, "error"));
 	json_decref(rep);
 	/* The receiver hears of the cancel and ends its one migration. */
-	ck_assert_int_eq(wait_child(rx), 1);
+	ck_assert_int_eq(proc_wait(rx), 1);
 	expect_source_alive(&p);
 	pair_stop(&p);
 }
@@ -456,7 +378,7 @@ START_TEST(unreachable_receiver)
 
 	pair_start(&p, "zero", 0, 0);
 	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = free_port();
+	o.to_port = proc_free_port();
 	m = ferry_migration_new(&o, &err);
 	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
 	ferry_migration_free(m);
