@@ -280,10 +280,14 @@ static void summarize(const char *const *paths, int npaths)
 				printf(all ? " aborted (0/%u) |" : " - |", all);
 				continue;
 			}
-			printf(" %.1f s, %llu ms%s (%u/%u) |",
-			       (double)median(tot, ok) / 1000,
-			       (unsigned long long)median(down, ok),
-			       pc ? ", post-copy" : "", ok, all);
+			printf(" %.1f s, %llu ms (%u/%u", (double)median(tot, ok) / 1000,
+			       (unsigned long long)median(down, ok), ok, all);
+			if (pc == ok)
+				printf(", post-copy) |");
+			else if (pc)
+				printf(", %u in post-copy) |", pc);
+			else
+				printf(") |");
 		}
 		if (npred)
 			printf(" %.1f s |\n", (double)median(pred, npred) / 1000);
@@ -350,8 +354,18 @@ int main(int argc, char **argv)
 				int p = (pp + (int)(i + k)) % P_COUNT;
 				struct result *x = &r[i][p][k];
 
-				if (one((enum pol)p, mem, ws, rates[i], link, timeout_s,
-					dir, x, &err)) {
+				int rc = one((enum pol)p, mem, ws, rates[i], link,
+					     timeout_s, dir, x, &err);
+
+				/* A guest that failed to boot (a busy host) gets
+				 * one more chance; the migration is not retried. */
+				if (rc) {
+					fprintf(stderr, "%s at %u MiB/s: %s; once more\n",
+						pol_names[p], rates[i], err.msg);
+					rc = one((enum pol)p, mem, ws, rates[i], link,
+						 timeout_s, dir, x, &err);
+				}
+				if (rc) {
 					fprintf(stderr, "%s at %u MiB/s: %s\n",
 						pol_names[p], rates[i], err.msg);
 					return 1;
