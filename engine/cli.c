@@ -55,6 +55,8 @@ static void usage(FILE *f)
 		"  --bandwidth MIB_S   cap the rate on the wire (default: unlimited)\n"
 		"  --compress C        none|lz4|zstd[:LEVEL]|auto (default auto)\n"
 		"  --streams N         spread the data over N TCP connections (1)\n"
+		"  --no-handoff        keep every byte in ferry's frames, even when\n"
+		"                      QEMU could write to the connection itself\n"
 		"  --tls-hostname NAME name the receiver's certificate must carry\n"
 		"                      (default: the --to host)\n"
 		"  --downtime-ms N     longest pause accepted at switchover (default %d)\n"
@@ -149,7 +151,7 @@ static void print_summary(const struct ferry_report *r)
 	printf("migration %s (%s, codec %s, %u stream%s, TLS %s) in %llu ms: "
 	       "downtime %llu ms, setup %llu ms, "
 	       "%llu passes, %llu MiB stream, %llu MiB on the wire, %.1f MiB/s\n",
-	       r->status, r->direct ? "direct" : "tunnel", r->codec, r->streams,
+	       r->status, r->transport[0] ? r->transport : "tunnel", r->codec, r->streams,
 	       r->streams == 1 ? "" : "s", r->tls,
 	       (unsigned long long)r->total_ms, (unsigned long long)r->downtime_ms,
 	       (unsigned long long)r->setup_ms, (unsigned long long)r->passes,
@@ -160,7 +162,7 @@ static void print_summary(const struct ferry_report *r)
 
 enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_DOWNTIME, OPT_TIMEOUT, OPT_QUIET, OPT_LISTEN, OPT_ONCE, OPT_HELP,
-       OPT_COMPRESS, OPT_STREAMS, OPT_TLS_CREDS, OPT_TLS_PSK, OPT_TLS_PSK_ID,
+       OPT_COMPRESS, OPT_STREAMS, OPT_NO_HANDOFF, OPT_TLS_CREDS, OPT_TLS_PSK, OPT_TLS_PSK_ID,
        OPT_TLS_HOST, OPT_INSECURE, OPT_TIMEOUT_ACTION, OPT_POLICY,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS };
@@ -180,6 +182,7 @@ static const struct option long_opts[] = {
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "compress", required_argument, NULL, OPT_COMPRESS },
 	{ "streams", required_argument, NULL, OPT_STREAMS },
+	{ "no-handoff", no_argument, NULL, OPT_NO_HANDOFF },
 	{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
 	{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
 	{ "tls-psk-identity", required_argument, NULL, OPT_TLS_PSK_ID },
@@ -201,7 +204,7 @@ static const struct option long_opts[] = {
 
 struct cli {
 	const char *qmp, *to, *listen;
-	bool paused, json, direct, quiet, once;
+	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams;
 	enum ferry_codec codec;
 	int codec_level;
@@ -228,6 +231,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_TLS_PSK_ID: c->tls.psk_identity = optarg; break;
 		case OPT_TLS_HOST: c->tls.hostname = optarg; break;
 		case OPT_INSECURE: c->tls.insecure = true; break;
+		case OPT_NO_HANDOFF: c->no_handoff = true; break;
 		case OPT_COMPRESS: {
 			struct ferry_error e = { 0 };
 
@@ -349,6 +353,7 @@ static int cmd_migrate(const struct cli *c)
 	o.codec = c->codec;
 	o.codec_level = c->codec_level;
 	o.streams = c->streams;
+	o.no_handoff = c->no_handoff;
 	o.tls = c->tls;
 	o.converge = c->conv;
 	if (!c->quiet && isatty(STDERR_FILENO))

@@ -86,6 +86,9 @@ int mig_dirty_rate_start(struct qmp *q, uint32_t seconds, struct ferry_error *er
 int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
 			struct ferry_error *err);
 
+/* Give QEMU a copy of @fd as MIG_FDNAME (the caller keeps its own). */
+int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err);
+
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);
 

@@ -25,6 +25,7 @@
 
 #include "mig.h"
 #include "transport/net.h"
+#include "transport/probe.h"
 #include "converge.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
@@ -53,6 +54,8 @@ struct ferry_migration {
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
 	uint16_t direct_port;
+	bool handoff;		/* QEMU writes to ferry's data connection */
+	uint64_t probe_rate;	/* the link probe's answer, bytes/s */
 	struct mig_info last;
 	uint64_t last_sample_ms, last_sample_bytes, throughput;
 };
@@ -226,7 +229,8 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 		.options = (m->o.paused ? WIRE_OPT_PAUSED : 0) |
 			   (m->o.direct ? WIRE_OPT_DIRECT : 0) |
 			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0) |
-			   (m->resuming ? WIRE_OPT_RESUME : 0),
+			   (m->resuming ? WIRE_OPT_RESUME : 0) |
+			   (m->handoff ? WIRE_OPT_HANDOFF : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
 		.stream_count = (uint16_t)m->o.streams,
@@ -297,6 +301,23 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	return await_ready(m, err);
 }
 
+/* Hand-off: the data connection, after its hello, is QEMU's. */
+static int open_handoff(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct net_conn dc;
+	int rc;
+
+	rc = open_conn(m, &dc, WIRE_CONN_DATA, 0, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "data connection: ");
+	rc = mig_give_fd(m->q, dc.fd, err);
+	net_conn_close(&dc);	/* QEMU holds its own copy */
+	if (rc < 0)
+		return ferry_error_prefix(err, "handing the connection to the "
+					  "source QEMU: ");
+	return 0;
+}
+
 static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 {
 	struct net_conn streams[WIRE_STREAMS_MAX];
@@ -313,6 +334,8 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 	uint32_t i;
 	int rc;
 
+	if (m->handoff)
+		return open_handoff(m, err);
 	net_conn_init(&o.ret, -1);
 	for (i = 0; i < m->o.streams; i++) {
 		rc = open_conn(m, &streams[i], WIRE_CONN_DATA, (uint16_t)i, err);
@@ -339,6 +362,61 @@ fail:
 	return rc;
 }
 
+/*
+ * Tunnel or hand-off. Hand-off gives the one data connection to QEMU after
+ * its hello, so ferry copies nothing, at the price of what the tunnel adds:
+ * compression, TLS, streams, frame checks. With --compress none over one
+ * plaintext stream the tunnel would add nothing but copies. With auto,
+ * ferry measures the link first: a link faster than the fastest
+ * compressor on this machine cannot gain from compression either.
+ */
+static void choose_transport(struct ferry_migration *m)
+{
+	struct ferry_error e = { 0 };
+	uint64_t comp, link;
+	struct net_conn pc;
+	int rc;
+
+	if (m->o.direct || m->tls || m->o.streams > 1 || m->o.no_handoff ||
+	    (m->o.codec != FERRY_CODEC_NONE && m->o.codec != FERRY_CODEC_AUTO))
+		return;
+	if (m->o.codec == FERRY_CODEC_NONE) {
+		m->handoff = true;
+		conv_event(&m->conv, "transport", json_pack("{s:s}", "transport",
+							     "handoff"),
+			   "hand-off: no codec, one plaintext stream; QEMU "
+			   "writes to ferry's connection itself");
+	} else {
+		rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
+		if (rc == 0)
+			rc = probe_send(&pc, &m->probe_rate, &e);
+		net_conn_close(&pc);
+		if (rc < 0)
+			conv_event(&m->conv, "transport", NULL, "link probe failed "
+				   "(%s): tunnel", e.msg);
+		comp = probe_compressor_rate();
+		link = m->probe_rate;
+		if (m->wire_cap && (!link || link > m->wire_cap))
+			link = m->wire_cap;
+		m->handoff = link && comp && link >= comp;
+		conv_event(&m->conv, "transport",
+			   json_pack("{s:s,s:I,s:I}", "transport",
+				     m->handoff ? "handoff" : "tunnel",
+				     "link_bytes_per_s", (json_int_t)link,
+				     "compressor_bytes_per_s", (json_int_t)comp),
+			   "link %.0f MiB/s, LZ4 here %.0f MiB/s: %s",
+			   (double)link / (1 << 20), (double)comp / (1 << 20),
+			   m->handoff ? "hand-off, compression cannot pay" :
+			   "tunnel, compression may pay");
+	}
+	if (m->handoff) {
+		/* QEMU paces the wire now. */
+		m->o.max_bandwidth_bytes_per_s = m->wire_cap ? m->wire_cap :
+						 MIG_BANDWIDTH_UNLIMITED;
+		m->wire_cap = 0;
+	}
+}
+
 /* --direct: where the destination QEMU listens (from READY). */
 static void direct_uri(const struct ferry_migration *m, char *uri, size_t len)
 {
@@ -363,6 +441,8 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	int rc;
 
 	set_phase(m, FERRY_PHASE_SETUP);
+	choose_transport(m);
+	p.max_bandwidth_bytes_per_s = m->o.max_bandwidth_bytes_per_s;
 	rc = mig_setup_qemu(m->q, &p, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the source QEMU: ");
@@ -813,8 +893,11 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	r->passes = m->last.dirty_sync_count;
 	if (m->last.total_time_ms)
 		r->throughput_bytes_per_s = r->wire_bytes * 1000 / m->last.total_time_ms;
-	snprintf(r->codec, sizeof(r->codec), "%s",
-		 m->o.direct ? "none" : ferry_codec_name(m->o.codec));
+	snprintf(r->codec, sizeof(r->codec), "%s", m->o.direct || m->handoff ?
+		 "none" : ferry_codec_name(m->o.codec));
+	snprintf(r->transport, sizeof(r->transport), "%s", m->o.direct ? "direct" :
+		 m->handoff ? "handoff" : "tunnel");
+	r->probe_bytes_per_s = m->probe_rate;
 	r->streams = m->o.direct ? 0 : m->o.streams;
 	snprintf(r->tls, sizeof(r->tls), "%s", tls_ctx_mode(m->tls));
 	snprintf(r->policy, sizeof(r->policy), "%s",

@@ -1,5 +1,6 @@
 /* The QMP operations of a migration (see mig.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -162,6 +163,16 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	}
 }
 
+int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err)
+{
+	/* QEMU's fd: migration does its own blocking mode; start blocking. */
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	/* A stale fd of a previous attempt would make getfd fail. */
+	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
+		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	return qmp_getfd(q, fd, MIG_FDNAME, MIG_QMP_TIMEOUT_MS, err);
+}
+
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
 {
 	int sv[2];
@@ -178,10 +189,7 @@ int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
 		if (setsockopt(sv[i], SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)))
 			setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
 	}
-	/* A stale fd of a previous attempt would make getfd fail. */
-	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
-		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
-	rc = qmp_getfd(q, sv[0], MIG_FDNAME, MIG_QMP_TIMEOUT_MS, err);
+	rc = mig_give_fd(q, sv[0], err);
 	close(sv[0]);
 	if (rc < 0) {
 		close(sv[1]);

@@ -29,6 +29,7 @@
 
 #include "mig.h"
 #include "transport/net.h"
+#include "transport/probe.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
@@ -36,6 +37,8 @@
 
 /* How often the streaming loop looks at the destination QEMU. */
 #define RX_POLL_MS 250
+/* Link probes one migration may send before its data connections. */
+#define RX_PROBES_MAX 4
 /* After FINISH: the destination completes within moments of the source. */
 #define RX_FINISH_POLL_MS 2
 
@@ -80,6 +83,7 @@ struct incoming {
 	bool resume;
 	bool postcopy;
 	uint16_t direct_port;	/* where the destination QEMU listens */
+	bool handoff;		/* the data connection went to QEMU */
 };
 
 struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
@@ -309,28 +313,40 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be, 2,
 				     MIG_QMP_TIMEOUT_MS, err);
 	}
-	rc = mig_hand_socket(in->q, &in->qemu_end, err);
-	if (rc < 0)
-		return ferry_error_prefix(err, "handing the tunnel to the destination QEMU: ");
-	rc = qmp_execute(in->q, "migrate-incoming",
-			 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME), NULL,
-			 MIG_QMP_TIMEOUT_MS, err);
-	if (rc < 0)
-		return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
+	/* The destination QEMU gets its socket once the data connections
+	 * are here (rx_accept_data): the tunnel's, or the connection itself. */
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
+/* Give the destination QEMU @fd and have it take the stream from it
+ * (@cmd: migrate-incoming, or migrate-recover to resume post-copy). */
+static int rx_start_qemu(struct incoming *in, int fd, const char *cmd,
+			 struct ferry_error *err)
+{
+	int rc = mig_give_fd(in->q, fd, err);
+
+	if (rc == 0)
+		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
+				 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "destination QEMU refused %s: ", cmd);
+	return 0;
+}
+
 /*
- * Accept the data streams and the return connection of this migration.
- * Other connections that arrive meanwhile are refused with a log line; the
- * wait is bounded.
+ * Accept the data streams and the return connection of this migration,
+ * serving link probes on the way, or the one data connection that goes to
+ * QEMU itself (hand-off). Then start the destination QEMU on it (@cmd:
+ * migrate-incoming or migrate-recover). Other connections that arrive
+ * meanwhile are refused with a log line; the wait is bounded.
  */
-static int rx_accept_data(struct incoming *in, struct ferry_error *err)
+static int rx_accept_data(struct incoming *in, const char *cmd,
+			  struct ferry_error *err)
 {
 	struct ferry_receiver *r = in->r;
 	uint64_t deadline = ferry_now_ms() + r->o.hello_timeout_ms;
-	uint32_t n = in->hello.stream_count, got = 0;
+	uint32_t n = in->hello.stream_count, got = 0, probes = 0;
 	struct net_conn streams[WIRE_STREAMS_MAX];
 	struct tun_opts o = {
 		.role = TUN_DEST,
@@ -343,10 +359,12 @@ static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 	int rc;
 
 	rx_set_state(in, RX_TUNNEL);
+	in->handoff = false;
 	for (uint32_t i = 0; i < n; i++)
 		net_conn_init(&streams[i], -1);
 	net_conn_init(&o.ret, -1);
-	while ((got < n || !have_ret) && ferry_now_ms() < deadline) {
+	while (!(in->handoff ? got == 1 : got == n && have_ret) &&
+	       ferry_now_ms() < deadline) {
 		struct net_conn c;
 		struct wire_hello h;
 		const char *why = NULL;
@@ -363,6 +381,8 @@ static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 			why = "it belongs to another migration";
 		else if (h.conn == WIRE_CONN_CONTROL)
 			why = "a second control connection";
+		else if (h.conn == WIRE_CONN_PROBE && probes >= RX_PROBES_MAX)
+			why = "too many link probes";
 		else if (h.stream_count != n || h.frame_max != in->hello.frame_max)
 			why = "its stream count or frame size differs from the "
 			      "control connection's";
@@ -370,6 +390,11 @@ static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 			why = "a second connection for the same stream";
 		else if (h.conn == WIRE_CONN_RETURN && have_ret)
 			why = "a second return connection";
+		else if ((h.options & WIRE_OPT_HANDOFF) &&
+			 (h.conn != WIRE_CONN_DATA || n != 1 || have_ret ||
+			  in->r->tls))
+			why = "hand-off is for the one data connection of a "
+			      "plaintext migration";
 		if (why) {
 			ferry_log(FERRY_LOG_WARN,
 				  "rejected connection from %s during migration %s: %s",
@@ -377,13 +402,27 @@ static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 			net_conn_close(&c);
 			continue;
 		}
-		if (h.conn == WIRE_CONN_RETURN) {
+		if (h.conn == WIRE_CONN_PROBE) {
+			struct ferry_error e = { 0 };
+
+			probes++;
+			if (probe_serve(&c, &e) < 0)
+				ferry_log(FERRY_LOG_WARN, "link probe from %s: %s",
+					  peer, e.msg);
+			net_conn_close(&c);
+		} else if (h.conn == WIRE_CONN_RETURN) {
 			o.ret = c;
 			have_ret = true;
 		} else {
 			streams[h.stream_index] = c;
+			in->handoff = h.options & WIRE_OPT_HANDOFF;
 			got++;
 		}
+	}
+	if (in->handoff && got == 1) {
+		rc = rx_start_qemu(in, streams[0].fd, cmd, err);
+		net_conn_close(&streams[0]);	/* QEMU holds its own copy */
+		return rc;
 	}
 	if (got < n || !have_ret) {
 		for (uint32_t i = 0; i < n; i++)
@@ -394,10 +433,20 @@ static int rx_accept_data(struct incoming *in, struct ferry_error *err)
 			"migration %s arrived within %u ms", got, n,
 			have_ret ? "the" : "no", in->id, r->o.hello_timeout_ms);
 	}
+	rc = mig_hand_socket(in->q, &in->qemu_end, err);
+	if (rc == 0)
+		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
+				 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0) {
+		for (uint32_t i = 0; i < n; i++)
+			net_conn_close(&streams[i]);
+		net_conn_close(&o.ret);
+		return ferry_error_prefix(err, "starting the destination QEMU "
+					  "(%s): ", cmd);
+	}
 	o.local_fd = in->qemu_end;
 	in->qemu_end = -1;	/* the tunnel owns it now */
-	rc = tun_start(&in->tun, &o, err);
-	return rc;
+	return tun_start(&in->tun, &o, err);
 }
 
 /* FINISH arrived: the source completed. Bring the destination up. */
@@ -613,16 +662,10 @@ static int rx_recover(struct incoming *in, const char *why,
 				rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be,
 						   2, MIG_QMP_TIMEOUT_MS, err);
 		} else if (rc == 0) {
-			rc = mig_hand_socket(in->q, &in->qemu_end, err);
+			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
+					   MIG_QMP_TIMEOUT_MS, err);
 			if (rc == 0)
-				rc = qmp_execute(in->q, "migrate-recover",
-						 json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
-						 NULL, MIG_QMP_TIMEOUT_MS, err);
-			if (rc == 0)
-				rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
-						   MIG_QMP_TIMEOUT_MS, err);
-			if (rc == 0)
-				rc = rx_accept_data(in, err);
+				rc = rx_accept_data(in, "migrate-recover", err);
 		}
 		if (rc == 0) {
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
@@ -648,6 +691,8 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 	rep->streams = in->hello.stream_count;
 	snprintf(rep->tls, sizeof(rep->tls), "%s", tls_ctx_mode(in->r->tls));
 	rep->direct = in->hello.options & WIRE_OPT_DIRECT;
+	snprintf(rep->transport, sizeof(rep->transport), "%s", rep->direct ?
+		 "direct" : in->handoff ? "handoff" : "tunnel");
 	rep->completed = rc == 0;
 	snprintf(rep->status, sizeof(rep->status), "%s",
 		 rc == 0 ? "completed" : rc == -ECANCELED ? "cancelled" : "failed");
@@ -672,7 +717,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
 	rc = rx_prepare(in, err);
 	if (rc == 0 && !(in->hello.options & WIRE_OPT_DIRECT))
-		rc = rx_accept_data(in, err);
+		rc = rx_accept_data(in, "migrate-incoming", err);
 	if (rc >= 0)
 		rc = rx_stream(in, err);
 	while (rc == -EAGAIN) {

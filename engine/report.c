@@ -31,6 +31,9 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 	if (!o)
 		return -ENOMEM;
 	json_object_set_new(o, "codec", json_string(r->codec));
+	json_object_set_new(o, "transport", json_string(r->transport));
+	json_object_set_new(o, "probe_bytes_per_s",
+			    json_integer((json_int_t)r->probe_bytes_per_s));
 	json_object_set_new(o, "frames_raw", json_integer((json_int_t)r->frames_raw));
 	json_object_set_new(o, "frames_lz4", json_integer((json_int_t)r->frames_lz4));
 	json_object_set_new(o, "frames_zstd", json_integer((json_int_t)r->frames_zstd));

@@ -176,6 +176,9 @@ struct ferry_migrate_opts {
 	enum ferry_codec codec;		/* 0: auto */
 	int codec_level;		/* zstd level; 0: default */
 	uint32_t streams;		/* data connections; 0: 1 */
+	/* Never hand the data connection to QEMU (see docs/wire-protocol.md,
+	 * "Hand-off"): every byte through ferry's frames. */
+	bool no_handoff;
 	struct ferry_tls_opts tls;
 	struct ferry_converge_opts converge;
 };
@@ -199,6 +202,10 @@ struct ferry_report {
 	uint64_t passes;		/* dirty-sync passes */
 	uint64_t throughput_bytes_per_s;	/* average over precopy */
 	char codec[16];			/* the codec option ("auto", ...) */
+	/* "tunnel" (ferry's frames), "handoff" (QEMU writes to ferry's
+	 * connection), "direct" (QEMU's own connection) */
+	char transport[12];
+	uint64_t probe_bytes_per_s;	/* the link probe's rate; 0: none */
 	uint64_t frames_raw;		/* frames sent uncompressed */
 	uint64_t frames_lz4;
 	uint64_t frames_zstd;

@@ -82,8 +82,7 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
 	h->conn = get16(in + 10);
-	if (h->conn != WIRE_CONN_CONTROL && h->conn != WIRE_CONN_DATA &&
-	    h->conn != WIRE_CONN_RETURN)
+	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_PROBE)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
 	h->options = get32(in + 12);
@@ -155,6 +154,7 @@ const char *wire_ctrl_name(uint16_t type)
 	case WIRE_CTRL_FINISHED: return "FINISHED";
 	case WIRE_CTRL_CANCEL: return "CANCEL";
 	case WIRE_CTRL_POSTCOPY: return "POSTCOPY";
+	case WIRE_CTRL_PROBED: return "PROBED";
 	default: return "?";
 	}
 }

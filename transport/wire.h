@@ -21,7 +21,7 @@
 #include "ferry.h"
 
 #define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
 
 /* Size of the hello that opens every TCP connection. */
 #define WIRE_HELLO_BYTES 64
@@ -32,6 +32,8 @@ enum wire_conn {
 	WIRE_CONN_CONTROL = 1,
 	WIRE_CONN_DATA = 2,	/* source -> destination frames, stream i of n */
 	WIRE_CONN_RETURN = 3,	/* destination -> source: QEMU's return path */
+	WIRE_CONN_PROBE = 4,	/* source -> destination: RAW frames then END,
+				   to measure the link; answered by PROBED */
 };
 
 /* Option bits in the hello (the source's choices; the receiver follows). */
@@ -39,8 +41,16 @@ enum wire_conn {
 #define WIRE_OPT_DIRECT (1u << 1)	/* QEMU streams directly, no data conn */
 #define WIRE_OPT_POSTCOPY (1u << 2)	/* the destination needs postcopy-ram */
 #define WIRE_OPT_RESUME (1u << 3)	/* reconnecting a broken post-copy */
+#define WIRE_OPT_HANDOFF (1u << 4)	/* the one data connection goes to QEMU
+					   itself after the hello: no frames */
 #define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
-			WIRE_OPT_RESUME)
+			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF)
+
+/* A link probe carries at most this much; the receiver drops the probe
+ * connection beyond it. */
+#define WIRE_PROBE_MAX_BYTES (64u << 20)
+/* PROBED payload: u64 bytes received, u64 ns from first to last byte. */
+#define WIRE_PROBED_BYTES 16
 
 /*
  * Guest RAM sizes a receiver accepts: anything outside is a corrupt or
@@ -87,7 +97,9 @@ enum wire_ctrl {
 	WIRE_CTRL_CANCEL = 5,	/* source -> receiver: migration abandoned */
 	WIRE_CTRL_POSTCOPY = 6,	/* source -> receiver: switched to post-copy;
 				   payload: u8 resume the destination now */
-	WIRE_CTRL_MAX_TYPE = 6,
+	WIRE_CTRL_PROBED = 7,	/* receiver -> source on a probe connection:
+				   payload: WIRE_PROBED_BYTES */
+	WIRE_CTRL_MAX_TYPE = 7,
 };
 
 struct wire_ctrl_hdr {

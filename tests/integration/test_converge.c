@@ -231,7 +231,7 @@ START_TEST(postcopy_auto_tunnel_paused)
 {
 	struct pair p;
 	struct ferry_migrate_opts o = { .paused = true, .timeout_s = 120,
-		.converge.postcopy = FERRY_POSTCOPY_AUTO };
+		.no_handoff = true, .converge.postcopy = FERRY_POSTCOPY_AUTO };
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 
@@ -254,7 +254,7 @@ END_TEST
 START_TEST(postcopy_tunnel_running_destination)
 {
 	struct pair p;
-	struct ferry_migrate_opts o = { .timeout_s = 120,
+	struct ferry_migrate_opts o = { .timeout_s = 120, .no_handoff = true,
 		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
 			      .postcopy_after_pass = 1 } };
 	struct ferry_error err = { 0 };
@@ -459,6 +459,7 @@ START_TEST(postcopy_recovers_after_cut)
 					  .qmp_path = NULL, .once = true };
 	struct ferry_migrate_opts o = { .timeout_s = 120,
 		.codec = FERRY_CODEC_NONE, .max_bandwidth_bytes_per_s = CAP_BYTES_S / 2,
+		.no_handoff = _i == 0,	/* the tunnel, then hand-off */
 		.progress = cut_in_postcopy, .progress_interval_ms = 100,
 		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
 			      .postcopy_after_pass = 1 } };
@@ -499,6 +500,7 @@ START_TEST(postcopy_recovers_after_cut)
 	ferry_receiver_free(rx.rx);
 	proxy_stop(&px);
 	ck_assert_int_eq(px.cuts, 1);
+	ck_assert_str_eq(rep.transport, _i == 0 ? "tunnel" : "handoff");
 	ck_assert(rep.postcopy);
 	ck_assert_uint_ge(rep.recoveries, 1);
 	ck_assert_int_ge(count_events(&p, "recovered"), 1);
@@ -648,7 +650,7 @@ int main(void)
 	tcase_add_test(tc, postcopy_auto_tunnel_paused);
 	tcase_add_test(tc, postcopy_tunnel_running_destination);
 	tcase_add_test(tc, postcopy_direct_paused);
-	tcase_add_test(tc, postcopy_recovers_after_cut);
+	tcase_add_loop_test(tc, postcopy_recovers_after_cut, 0, 2);
 	tcase_add_test(tc, postcopy_direct_recovers);
 	tcase_add_test(tc, signals_in_postcopy_refused);
 	suite_add_tcase(s, tc);

@@ -154,6 +154,7 @@ START_TEST(api_migrate_paused)
 		.progress = count_progress,
 		.progress_opaque = &progress_calls,
 		.codec = FERRY_CODEC_NONE,
+		.no_handoff = true,	/* every byte through ferry's frames */
 		.progress_interval_ms = 50,
 	};
 
@@ -173,6 +174,7 @@ START_TEST(api_migrate_paused)
 	ck_assert_str_eq(rep.status, "completed");
 	ck_assert_uint_eq(rep.ram_size_bytes, (uint64_t)TEST_MEM_MIB << 20);
 	ck_assert_uint_gt(rep.ram_bytes, 0);
+	ck_assert_str_eq(rep.transport, "tunnel");
 	ck_assert_uint_gt(rep.wire_bytes, rep.ram_bytes);	/* framing, codec none */
 	ck_assert_uint_ge(rep.passes, 1);
 	ck_assert_int_gt(progress_calls, 0);

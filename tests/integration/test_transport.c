@@ -229,18 +229,22 @@ static void migrate_verified(struct pair *p, struct ferry_migrate_opts *o,
 	ferry_receiver_free(rx.rx);
 	ck_assert(rep->completed);
 	ck_assert_uint_ge(rep->passes, 1);
-	ck_assert_uint_eq(rx.rep.ram_bytes, rep->ram_bytes);
+	ck_assert_str_eq(rx.rep.transport, rep->transport);
+	/* Through the tunnel both ends count the same stream. */
+	if (!strcmp(rep->transport, "tunnel"))
+		ck_assert_uint_eq(rx.rep.ram_bytes, rep->ram_bytes);
 	expect_status(p->src, "postmigrate");
 	expect_status(p->dst, "paused");
 	expect_same_ram(p);
 }
 
 static void migrate_codec(enum ferry_codec codec, int level, uint32_t streams,
-			  struct ferry_report *rep)
+			  bool no_handoff, struct ferry_report *rep)
 {
 	struct pair p;
 	struct ferry_migrate_opts o = { .codec = codec, .codec_level = level,
-					.streams = streams };
+					.streams = streams,
+					.no_handoff = no_handoff };
 
 	pair_start(&p);
 	migrate_verified(&p, &o, NULL, rep);
@@ -252,8 +256,9 @@ START_TEST(codec_none)
 {
 	struct ferry_report rep;
 
-	migrate_codec(FERRY_CODEC_NONE, 0, 1, &rep);
+	migrate_codec(FERRY_CODEC_NONE, 0, 1, true, &rep);
 	ck_assert_str_eq(rep.codec, "none");
+	ck_assert_str_eq(rep.transport, "tunnel");
 	ck_assert_uint_gt(rep.frames_raw, 0);
 	ck_assert_uint_eq(rep.frames_lz4 + rep.frames_zstd, 0);
 	ck_assert_uint_gt(rep.wire_bytes, rep.ram_bytes);
@@ -264,7 +269,8 @@ START_TEST(codec_lz4)
 {
 	struct ferry_report rep;
 
-	migrate_codec(FERRY_CODEC_LZ4, 0, 1, &rep);
+	migrate_codec(FERRY_CODEC_LZ4, 0, 1, false, &rep);
+	ck_assert_str_eq(rep.transport, "tunnel");
 	ck_assert_uint_gt(rep.frames_lz4, 0);
 	ck_assert_uint_eq(rep.frames_zstd, 0);
 	/* The mix guest has text: lz4 must shrink the stream. */
@@ -276,7 +282,7 @@ START_TEST(codec_zstd_level)
 {
 	struct ferry_report rep;
 
-	migrate_codec(FERRY_CODEC_ZSTD, 3, 1, &rep);
+	migrate_codec(FERRY_CODEC_ZSTD, 3, 1, false, &rep);
 	ck_assert_uint_gt(rep.frames_zstd, 0);
 	ck_assert_uint_eq(rep.frames_lz4, 0);
 	ck_assert_uint_lt(rep.wire_bytes, rep.ram_bytes);
@@ -287,9 +293,39 @@ START_TEST(codec_auto)
 {
 	struct ferry_report rep;
 
-	migrate_codec(FERRY_CODEC_AUTO, 0, 1, &rep);
+	migrate_codec(FERRY_CODEC_AUTO, 0, 1, true, &rep);
 	ck_assert_str_eq(rep.codec, "auto");
+	ck_assert_str_eq(rep.transport, "tunnel");
 	ck_assert_uint_gt(rep.frames_raw + rep.frames_lz4 + rep.frames_zstd, 0);
+}
+END_TEST
+
+/* --compress none over one plaintext stream: the data connection goes to
+ * QEMU after its hello; no frames, the RAM still equal. */
+START_TEST(handoff_none)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_NONE, 0, 1, false, &rep);
+	ck_assert_str_eq(rep.transport, "handoff");
+	ck_assert_str_eq(rep.codec, "none");
+	ck_assert_uint_eq(rep.frames_raw + rep.frames_lz4 + rep.frames_zstd, 0);
+	ck_assert_uint_gt(rep.wire_bytes, 0);
+}
+END_TEST
+
+/* auto measures the link first; whichever way it decides, the decision is
+ * reported and the RAM arrives intact. */
+START_TEST(auto_probes_the_link)
+{
+	struct ferry_report rep;
+
+	migrate_codec(FERRY_CODEC_AUTO, 0, 1, false, &rep);
+	ck_assert_uint_gt(rep.probe_bytes_per_s, 0);
+	if (!strcmp(rep.transport, "tunnel"))
+		ck_assert_uint_gt(rep.frames_raw + rep.frames_lz4 + rep.frames_zstd, 0);
+	else
+		ck_assert_str_eq(rep.transport, "handoff");
 }
 END_TEST
 
@@ -297,29 +333,44 @@ START_TEST(four_streams_lz4)
 {
 	struct ferry_report rep;
 
-	migrate_codec(FERRY_CODEC_LZ4, 0, 4, &rep);
+	migrate_codec(FERRY_CODEC_LZ4, 0, 4, false, &rep);
 	ck_assert_uint_gt(rep.frames_lz4, 0);
 }
 END_TEST
 
-START_TEST(bandwidth_cap)
+/* --bandwidth: ferry's token bucket in the tunnel, QEMU's max-bandwidth
+ * with hand-off. */
+static void bandwidth_capped(bool no_handoff, const char *transport)
 {
 	struct ferry_report rep;
 	struct pair p;
 	const uint64_t cap = 40ull << 20;
 	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
-					.max_bandwidth_bytes_per_s = cap };
+					.max_bandwidth_bytes_per_s = cap,
+					.no_handoff = no_handoff };
 	uint64_t rate;
 
 	pair_start(&p);
 	migrate_verified(&p, &o, NULL, &rep);
 	pair_stop(&p);
+	ck_assert_str_eq(rep.transport, transport);
 	/* An upper bound only: a slow machine can only make it lower. The
 	 * bucket starts empty, so even the first burst is paced. */
 	rate = rep.wire_bytes * 1000 / rep.total_ms;
 	ck_assert_msg(rate <= cap + cap / 10,
 		      "%llu bytes/s on the wire with a cap of %llu",
 		      (unsigned long long)rate, (unsigned long long)cap);
+}
+
+START_TEST(bandwidth_cap)
+{
+	bandwidth_capped(true, "tunnel");
+}
+END_TEST
+
+START_TEST(bandwidth_cap_handoff)
+{
+	bandwidth_capped(false, "handoff");
 }
 END_TEST
 
@@ -508,8 +559,11 @@ static Suite *suite(void)
 	tcase_add_test(codecs, codec_lz4);
 	tcase_add_test(codecs, codec_zstd_level);
 	tcase_add_test(codecs, codec_auto);
+	tcase_add_test(codecs, handoff_none);
+	tcase_add_test(codecs, auto_probes_the_link);
 	tcase_add_test(codecs, four_streams_lz4);
 	tcase_add_test(codecs, bandwidth_cap);
+	tcase_add_test(codecs, bandwidth_cap_handoff);
 	suite_add_tcase(s, codecs);
 
 	tcase_set_timeout(tls, 180);

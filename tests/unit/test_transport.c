@@ -13,6 +13,7 @@
 
 #include "engine/util.h"
 #include "transport/net.h"
+#include "transport/probe.h"
 #include "transport/codec.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
@@ -647,6 +648,87 @@ START_TEST(tunnel_cancel)
 }
 END_TEST
 
+/* ---- the link probe ---- */
+
+struct probe_srv {
+	int fd;
+	int rc;
+	struct ferry_error err;
+};
+
+static void *probe_srv_main(void *arg)
+{
+	struct probe_srv *ps = arg;
+	struct net_conn c;
+
+	net_conn_init(&c, ps->fd);
+	ps->rc = probe_serve(&c, &ps->err);
+	return NULL;
+}
+
+START_TEST(probe_roundtrip)
+{
+	struct probe_srv ps = { 0 };
+	struct ferry_error err = { 0 };
+	struct net_conn c;
+	uint64_t rate = 0;
+	pthread_t t;
+	int fds[2];
+
+	tcp_pair(fds);
+	ps.fd = fds[1];
+	pthread_create(&t, NULL, probe_srv_main, &ps);
+	net_conn_init(&c, fds[0]);
+	ck_assert_msg(probe_send(&c, &rate, &err) == 0, "%s", err.msg);
+	pthread_join(t, NULL);
+	ck_assert_msg(ps.rc == 0, "%s", ps.err.msg);
+	ck_assert_uint_gt(rate, 0);
+	ck_assert_uint_gt(probe_compressor_rate(), 0);
+	close(fds[0]);
+	close(fds[1]);
+}
+END_TEST
+
+/* What a probe may not be: compressed, out of sequence, cut short. */
+static void bad_probe(const uint8_t *bytes, size_t len, int want)
+{
+	struct probe_srv ps = { 0 };
+	pthread_t t;
+	int fds[2];
+
+	tcp_pair(fds);
+	ps.fd = fds[1];
+	pthread_create(&t, NULL, probe_srv_main, &ps);
+	ck_assert_int_eq(write(fds[0], bytes, len), (ssize_t)len);
+	shutdown(fds[0], SHUT_WR);
+	pthread_join(t, NULL);
+	ck_assert_msg(ps.rc == want, "probe_serve gave %d (%s), expected %d",
+		      ps.rc, ps.err.msg, want);
+	close(fds[0]);
+	close(fds[1]);
+}
+
+START_TEST(probe_rejects)
+{
+	static uint8_t buf[2 * (WIRE_FRAME_HDR_BYTES + 64)];
+	static const uint8_t payload[64];
+	size_t n;
+
+	/* an LZ4 frame */
+	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_LZ4, 64, 64, 0, payload);
+	bad_probe(buf, n, -EPROTO);
+	/* frame 1 before frame 0 */
+	n = frame(buf, WIRE_FRAME_DATA, 0, 64, 64, 1, payload);
+	bad_probe(buf, n, -EPROTO);
+	/* a return-path frame */
+	n = frame(buf, WIRE_FRAME_RETURN, 0, 64, 64, 0, payload);
+	bad_probe(buf, n, -EPROTO);
+	/* cut in the middle of a payload */
+	n = frame(buf, WIRE_FRAME_DATA, 0, 64, 64, 0, payload);
+	bad_probe(buf, n - 10, -ECONNRESET);
+}
+END_TEST
+
 static Suite *transport_suite(void)
 {
 	Suite *s = suite_create("transport");
@@ -671,6 +753,8 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
 	tcase_add_test(tun, tunnel_cancel);
+	tcase_add_test(tun, probe_roundtrip);
+	tcase_add_test(tun, probe_rejects);
 	suite_add_tcase(s, wire);
 	suite_add_tcase(s, tun);
 	return s;
