@@ -7,7 +7,10 @@
  *   qemu-tls           the same with QEMU's TLS (tls-creds-x509)
  *   qemu-multifd       multifd, 2 channels
  *   qemu-multifd-zstd  multifd, 2 channels, zstd
- *   ferry-none|lz4|zstd|auto   ferry's tunnel with that codec, 1 stream
+ *   ferry-none|lz4|zstd|auto   ferry with that codec, 1 stream (none, and
+ *                      auto on a link faster than LZ4, hand the connection
+ *                      to QEMU)
+ *   ferry-none-tunnel, ferry-auto-tunnel   the same, never handing off
  *   ferry-tls          ferry, TLS 1.3 x509, auto codec
  *   ferry-psk          ferry, TLS 1.3 PSK, auto codec
  *   ferry-streams2|4   ferry, auto codec, 2 or 4 streams
@@ -75,25 +78,28 @@ struct mode {
 	enum ferry_codec codec;
 	uint32_t streams;
 	int level;
+	bool no_handoff;	/* keep ferry's frames even when it could hand off */
 };
 
 static const struct mode all_modes[] = {
-	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0, 0 },
-	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0, 0 },
-	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0, 0 },
-	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0, 0 },
-	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0 },
-	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1, 0 },
-	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 0 },
-	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
-	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
-	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1, 0 },
-	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 0 },
-	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4, 0 },
-	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1, 0 },
-	{ "ferry-zstd3", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 3 },
-	{ "ferry-zstd3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 2, 3 },
-	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3 },
+	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0, 0, false },
+	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0, 0, false },
+	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0, 0, false },
+	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0, 0, false },
+	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, false },
+	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1, 0, false },
+	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 0, false },
+	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
+	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
+	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
+	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 0, false },
+	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4, 0, false },
+	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1, 0, false },
+	{ "ferry-zstd3", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 3, false },
+	{ "ferry-zstd3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 2, 3, false },
+	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3, false },
+	{ "ferry-none-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true },
+	{ "ferry-auto-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, true },
 };
 
 static const char *const default_modes =
@@ -108,6 +114,7 @@ struct sample {
 struct run {
 	uint64_t total_ms, downtime_ms, wire_bytes, qemu_cpu_ms, ferry_cpu_ms;
 	bool ok;
+	char transport[12];	/* ferry's choice: tunnel, handoff, direct */
 };
 
 struct bench {
@@ -408,6 +415,7 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
 		.paused = true, .direct = m->direct, .codec = m->codec,
 		.streams = m->streams, .codec_level = m->level,
+		.no_handoff = m->no_handoff,
 		.progress = on_progress,
 		.progress_opaque = b, .progress_interval_ms = BENCH_POLL_MS,
 	};
@@ -448,7 +456,13 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	res->total_ms = rep.total_ms;
 	res->downtime_ms = rep.downtime_ms;
 	res->wire_bytes = rep.wire_bytes;
+	snprintf(res->transport, sizeof(res->transport), "%s", rep.transport);
 	return 0;
+}
+
+static bool m_is_qemu(const struct mode *m)
+{
+	return m->kind == K_QEMU;
 }
 
 static int one_run(struct bench *b, const struct mode *m, struct run *res,
@@ -701,7 +715,8 @@ int main(int argc, char **argv)
 				"{\"mode\":\"%s\",\"run\":%u,\"net\":\"%s\",\"link_mbit\":%u,"
 				"\"mem_mib\":%u,\"fill\":\"%s\",\"ws_mib\":%u,\"rate_mib_s\":%u,"
 				"\"total_ms\":%llu,\"downtime_ms\":%llu,\"wire_bytes\":%llu,"
-				"\"qemu_cpu_ms\":%llu,\"ferry_cpu_ms\":%llu,\"ram_verified\":%s}\n",
+				"\"qemu_cpu_ms\":%llu,\"ferry_cpu_ms\":%llu,\"ram_verified\":%s,"
+				"\"transport\":\"%s\"}\n",
 				modes[md]->name, r, b.link ? "link" : "loopback",
 				b.link ? b.link_mbit : 0, b.mem_mib, b.fill, b.ws_mib,
 				b.rate, (unsigned long long)x.total_ms,
@@ -709,7 +724,8 @@ int main(int argc, char **argv)
 				(unsigned long long)x.wire_bytes,
 				(unsigned long long)x.qemu_cpu_ms,
 				(unsigned long long)x.ferry_cpu_ms,
-				x.ok ? "true" : "false");
+				x.ok ? "true" : "false",
+				m_is_qemu(modes[md]) ? "qemu" : x.transport);
 			fflush(b.out);
 			for (uint32_t i = 0; i < b.nsamples; i++)
 				fprintf(b.csv, "%s,%u,%u,%llu,%llu,%llu\n",

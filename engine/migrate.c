@@ -330,6 +330,7 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 		.codec = m->o.codec,
 		.codec_level = m->o.codec_level,
 		.bandwidth_bytes_per_s = m->wire_cap,
+		.link_hint_bytes_per_s = m->probe_rate,
 	};
 	uint32_t i;
 	int rc;
@@ -372,21 +373,22 @@ fail:
  */
 static void choose_transport(struct ferry_migration *m)
 {
+	bool can_handoff = !m->tls && m->o.streams <= 1 && !m->o.no_handoff;
 	struct ferry_error e = { 0 };
 	uint64_t comp, link;
 	struct net_conn pc;
 	int rc;
 
-	if (m->o.direct || m->tls || m->o.streams > 1 || m->o.no_handoff ||
-	    (m->o.codec != FERRY_CODEC_NONE && m->o.codec != FERRY_CODEC_AUTO))
+	if (m->o.direct)
 		return;
-	if (m->o.codec == FERRY_CODEC_NONE) {
+	if (m->o.codec == FERRY_CODEC_NONE && can_handoff) {
 		m->handoff = true;
 		conv_event(&m->conv, "transport", json_pack("{s:s}", "transport",
 							     "handoff"),
 			   "hand-off: no codec, one plaintext stream; QEMU "
 			   "writes to ferry's connection itself");
-	} else {
+	} else if (m->o.codec == FERRY_CODEC_AUTO) {
+		/* The probe also gives auto its first link estimate. */
 		rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
 		if (rc == 0)
 			rc = probe_send(&pc, &m->probe_rate, &e);
@@ -398,7 +400,7 @@ static void choose_transport(struct ferry_migration *m)
 		link = m->probe_rate;
 		if (m->wire_cap && (!link || link > m->wire_cap))
 			link = m->wire_cap;
-		m->handoff = link && comp && link >= comp;
+		m->handoff = can_handoff && link && comp && link >= comp;
 		conv_event(&m->conv, "transport",
 			   json_pack("{s:s,s:I,s:I}", "transport",
 				     m->handoff ? "handoff" : "tunnel",
@@ -407,7 +409,8 @@ static void choose_transport(struct ferry_migration *m)
 			   "link %.0f MiB/s, LZ4 here %.0f MiB/s: %s",
 			   (double)link / (1 << 20), (double)comp / (1 << 20),
 			   m->handoff ? "hand-off, compression cannot pay" :
-			   "tunnel, compression may pay");
+			   link && link < comp ? "tunnel, compression may pay" :
+			   "tunnel");
 	}
 	if (m->handoff) {
 		/* QEMU paces the wire now. */

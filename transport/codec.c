@@ -197,6 +197,14 @@ void codec_auto_init(struct codec_auto *a, uint64_t cap_bytes_per_s)
 	a->cap_ns_per_byte = cap_bytes_per_s ? 1e9 / (double)cap_bytes_per_s : 0;
 }
 
+void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s)
+{
+	if (!bytes_per_s)
+		return;
+	a->link_ns_per_byte = 1e9 / (double)bytes_per_s;
+	a->link_valid = true;
+}
+
 static double ewma(double old, double sample, bool valid)
 {
 	return valid ? old + CODEC_EWMA_ALPHA * (sample - old) : sample;

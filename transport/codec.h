@@ -104,6 +104,12 @@ void codec_auto_note_compress(struct codec_auto *a, enum wire_codec codec,
 void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 			  bool app_limited);
 
+/*
+ * Start from a measured link rate (the link probe's), so that the first
+ * TCP_INFO samples, often app-limited bursts, do not set the estimate.
+ */
+void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s);
+
 /* Cost per raw byte of @codec under the current estimates (ns). */
 double codec_auto_cost(const struct codec_auto *a, enum wire_codec codec);
 

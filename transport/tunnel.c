@@ -159,6 +159,7 @@ struct tun {
 
 	pthread_mutex_t bw_mu;
 	double bw_rate, bw_burst, bw_tokens;	/* bytes/s, bytes */
+	uint64_t link_hint;	/* bytes/s, from the options */
 	uint64_t bw_last_ns;
 };
 
@@ -1191,6 +1192,7 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 				return ferry_error_set(err, -ENOMEM, "out of memory");
 			codec_auto_init(&c->autop, t->bw_rate > 0 ?
 					(uint64_t)(t->bw_rate / d->nconns) : 0);
+			codec_auto_hint_link(&c->autop, t->link_hint / d->nconns);
 		}
 		if (!d->sending) {
 			uint32_t nb = d->inline_io ? 1 : TUN_BUFS_PER_CONN;
@@ -1332,6 +1334,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	for (uint32_t i = 0; i < o->nstreams; i++)
 		t->all_conns[i].c = o->streams[i];
 	t->all_conns[o->nstreams].c = o->ret;
+	t->link_hint = o->link_hint_bytes_per_s;
 	if (src && o->bandwidth_bytes_per_s) {
 		t->bw_rate = (double)o->bandwidth_bytes_per_s;
 		t->bw_burst = t->bw_rate * TUN_BW_BURST_MS / 1000.0;

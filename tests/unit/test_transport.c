@@ -225,6 +225,14 @@ START_TEST(codec_auto_policy)
 	for (int i = 0; i < CODEC_LINK_FAST_STREAK; i++)
 		codec_auto_note_link(&a, 3000000000ull, true);
 	ck_assert(a.link_ns_per_byte < 1.0);
+	/* The probe's rate comes first: a first TCP_INFO sample that is an
+	 * app-limited burst does not replace it, and lz4 stays the pick. */
+	codec_auto_init(&a, 0);
+	codec_auto_hint_link(&a, 125000000ull);
+	codec_auto_note_link(&a, 3000000000ull, true);
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
+	ck_assert(a.link_ns_per_byte > 7.0);
+	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
 }
 END_TEST
 
