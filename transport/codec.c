@@ -203,6 +203,7 @@ void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s)
 		return;
 	a->link_ns_per_byte = 1e9 / (double)bytes_per_s;
 	a->link_valid = true;
+	a->link_probed = true;
 }
 
 static double ewma(double old, double sample, bool valid)
@@ -309,8 +310,11 @@ void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 	/*
 	 * An app-limited sample is a lower bound on the rate, and a noisy
 	 * one (ACK bursts): only a run of them, all well above the estimate,
-	 * says the link got faster than we thought.
+	 * says the link got faster than we thought; and never after a probe
+	 * measured the link (codec_auto_hint_link).
 	 */
+	if (a->link_probed)
+		return;
 	if (ns * CODEC_LINK_FAST_FACTOR < a->link_ns_per_byte) {
 		if (++a->fast_streak >= CODEC_LINK_FAST_STREAK) {
 			a->link_ns_per_byte = ns;

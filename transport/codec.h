@@ -73,7 +73,7 @@ const char *codec_wire_name(enum wire_codec codec);
 
 /* The auto policy's state; one per sending stream, no locking. */
 struct codec_est {
-	double cpu_ns_per_byte;	/* compressor wall time per input byte */
+	double cpu_ns_per_byte;	/* compressor CPU time per input byte */
 	double ratio;		/* output / input */
 	bool valid;
 };
@@ -85,6 +85,7 @@ struct codec_auto {
 	uint64_t frames;
 	uint32_t fast_streak;	/* app-limited samples well above the estimate */
 	bool link_valid;
+	bool link_probed;	/* the estimate started from the link probe */
 };
 
 void codec_auto_init(struct codec_auto *a, uint64_t cap_bytes_per_s);
@@ -107,6 +108,10 @@ void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 /*
  * Start from a measured link rate (the link probe's), so that the first
  * TCP_INFO samples, often app-limited bursts, do not set the estimate.
+ * From then on app-limited samples never raise it: a sender held back by
+ * its compressor sees bursts through a shaper (tbf lets a burst pass at
+ * line rate) that look like a faster link; samples of a busy sender still
+ * move the estimate either way.
  */
 void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s);
 

@@ -689,17 +689,31 @@ static void note_link(struct tun_conn *c)
 				     ti.tcpi_delivery_rate_app_limited);
 }
 
-/* Compress @b with @codec into out[slot]; 0 when it did not shrink. */
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Compress @b with @codec into out[slot]; 0 when it did not shrink. The
+ * auto policy learns the compressor's CPU time, not its wall time: with
+ * both QEMUs busy on the same cores, a thread preempted in the middle of
+ * one frame would make a fast compressor look hopeless for a long while.
+ */
 static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
 			enum wire_codec codec, int slot)
 {
-	uint64_t t0 = now_ns();
+	bool measure = c->d->codec == FERRY_CODEC_AUTO;
+	uint64_t t0 = measure ? thread_cpu_ns() : 0;
 	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
 				  payload(c->out[slot]), c->out[slot]->cap);
 
-	if (c->d->codec == FERRY_CODEC_AUTO)
+	if (measure)
 		codec_auto_note_compress(&c->autop, codec, b->len, n,
-					 now_ns() - t0);
+					 thread_cpu_ns() - t0);
 	return n;
 }
 
