@@ -86,8 +86,20 @@ int mig_dirty_rate_start(struct qmp *q, uint32_t seconds, struct ferry_error *er
 int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
 			struct ferry_error *err);
 
-/* Give QEMU a copy of @fd as MIG_FDNAME (the caller keeps its own). */
+/*
+ * Give QEMU a copy of @fd as MIG_FDNAME (the caller keeps its own). A TCP
+ * socket gets keepalives and a user timeout first, since ferry no longer
+ * watches it. mig_drop_fd() closes QEMU's copy when it was not used.
+ */
 int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err);
+void mig_drop_fd(struct qmp *q);
+
+/* A handed-off connection whose peer is silent dies after about
+ * IDLE + INTVL * COUNT s, or when sent data stays unacknowledged. */
+#define MIG_KEEPALIVE_IDLE_S 5
+#define MIG_KEEPALIVE_INTVL_S 2
+#define MIG_KEEPALIVE_COUNT 3
+#define MIG_TCP_USER_TIMEOUT_MS 20000
 
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);

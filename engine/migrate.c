@@ -38,6 +38,7 @@ struct ferry_migration {
 	int cancel_efd;
 	struct tls_ctx *tls;
 	uint64_t wire_cap;	/* --bandwidth on ferry's transport */
+	uint64_t user_wire_cap, user_qemu_cap;	/* as set up, for each run */
 
 	/* Per run. */
 	enum ferry_phase phase;
@@ -133,6 +134,8 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 		m->o.progress_interval_ms = FERRY_DEFAULT_PROGRESS_MS;
 	if (!m->o.max_bandwidth_bytes_per_s)
 		m->o.max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED;
+	m->user_wire_cap = m->wire_cap;
+	m->user_qemu_cap = m->o.max_bandwidth_bytes_per_s;
 	m->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (m->cancel_efd < 0)
 		goto err_free;
@@ -387,6 +390,11 @@ static void choose_transport(struct ferry_migration *m)
 							     "handoff"),
 			   "hand-off: no codec, one plaintext stream; QEMU "
 			   "writes to ferry's connection itself");
+	} else if (m->o.codec == FERRY_CODEC_AUTO && m->wire_cap &&
+		   m->wire_cap < probe_compressor_rate()) {
+		/* The cap alone says compression may pay: no need to probe. */
+		conv_event(&m->conv, "transport", NULL, "tunnel: the wire is "
+			   "capped at %.0f MiB/s", (double)m->wire_cap / (1 << 20));
 	} else if (m->o.codec == FERRY_CODEC_AUTO) {
 		/* The probe also gives auto its first link estimate. */
 		rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
@@ -459,8 +467,12 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	}
 	rc = qmp_execute(m->q, "migrate", json_pack("{s:s}", "uri", uri), NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
-	if (rc < 0)
+	if (rc < 0) {
+		/* Close QEMU's copy, so the receiver's end sees the end. */
+		if (!m->o.direct)
+			mig_drop_fd(m->q);
 		return ferry_error_prefix(err, "source QEMU refused to migrate: ");
+	}
 	m->migrate_started = true;
 	return 0;
 }
@@ -689,6 +701,13 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 	tun_free(m->tun);
 	m->tun = NULL;
 	net_conn_close(&m->ctrl);
+	/* Only ferry's side broke (the control connection, say): QEMU's own
+	 * stream still runs. Pause it, so that both ends resume together on
+	 * the new connections. */
+	if (mig_query(m->q, &m->last, NULL) == 0 &&
+	    !strcmp(m->last.status, "postcopy-active"))
+		qmp_execute(m->q, "migrate-pause", NULL, NULL, MIG_QMP_TIMEOUT_MS,
+			    NULL);
 	rc = wait_qemu_status(m, "postcopy-paused", MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "post-copy recovery: ");
@@ -712,6 +731,8 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 			rc = qmp_execute(m->q, "migrate",
 					 json_pack("{s:s,s:b}", "uri", uri, "resume", 1),
 					 NULL, MIG_QMP_TIMEOUT_MS, &e);
+			if (rc < 0 && !m->o.direct)
+				mig_drop_fd(m->q);
 		}
 		if (rc == 0) {
 			m->resuming = false;
@@ -944,6 +965,10 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 	m->migrate_started = false;
 	m->dest_may_run = false;
 	m->recoveries = 0;
+	m->handoff = false;
+	m->probe_rate = 0;
+	m->wire_cap = m->user_wire_cap;
+	m->o.max_bandwidth_bytes_per_s = m->user_qemu_cap;
 	m->phase = FERRY_PHASE_INIT;
 	m->t0_ms = ferry_now_ms();
 	m->last_sample_ms = 0;

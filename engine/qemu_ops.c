@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -163,10 +165,31 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	}
 }
 
+void mig_drop_fd(struct qmp *q)
+{
+	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
+		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+}
+
 int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err)
 {
+	int on = 1, idle = MIG_KEEPALIVE_IDLE_S, intvl = MIG_KEEPALIVE_INTVL_S;
+	int cnt = MIG_KEEPALIVE_COUNT, user_timeout = MIG_TCP_USER_TIMEOUT_MS;
+
 	/* QEMU's fd: migration does its own blocking mode; start blocking. */
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	/*
+	 * A TCP connection QEMU owns (hand-off) has no ferry watching it:
+	 * let the kernel declare a silent peer dead in seconds, not after
+	 * minutes of retransmits (fails harmlessly on a socketpair).
+	 */
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == 0) {
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+			   sizeof(user_timeout));
+	}
 	/* A stale fd of a previous attempt would make getfd fail. */
 	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
 		    NULL, MIG_QMP_TIMEOUT_MS, NULL);

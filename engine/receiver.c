@@ -369,10 +369,17 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 		struct wire_hello h;
 		const char *why = NULL;
 		char peer[64];
-		int fd = accept_bounded(r, (int)(deadline - ferry_now_ms()));
+		uint64_t now = ferry_now_ms();
+		int fd = accept_bounded(r, now < deadline ? (int)(deadline - now) : 0);
 
 		if (fd == -EINTR)
 			continue;
+		if (fd == -ECANCELED) {
+			for (uint32_t i = 0; i < n; i++)
+				net_conn_close(&streams[i]);
+			net_conn_close(&o.ret);
+			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
+		}
 		if (fd < 0)
 			break;
 		if (open_conn(r, fd, &c, &h, peer, sizeof(peer)) < 0)

@@ -280,7 +280,9 @@ void codec_auto_note_compress(struct codec_auto *a, enum wire_codec codec,
 	struct codec_est *e = &a->est[codec];
 	double ratio, cpu;
 
-	if (codec == WIRE_CODEC_RAW || !in)
+	/* A few bytes (QEMU's stream header, a last partial read) say nothing
+	 * about a compressor but fixed costs, and would poison its estimate. */
+	if (codec == WIRE_CODEC_RAW || in < CODEC_AUTO_MIN_SAMPLE_BYTES)
 		return;
 	ratio = out ? (double)out / (double)in : 1.0;
 	cpu = (double)ns / (double)in;
@@ -310,13 +312,12 @@ void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 	/*
 	 * An app-limited sample is a lower bound on the rate, and a noisy
 	 * one (ACK bursts): only a run of them, all well above the estimate,
-	 * says the link got faster than we thought; and never after a probe
-	 * measured the link (codec_auto_hint_link).
+	 * says the link got faster than we thought; a much longer run once a
+	 * probe measured the link (codec_auto_hint_link).
 	 */
-	if (a->link_probed)
-		return;
 	if (ns * CODEC_LINK_FAST_FACTOR < a->link_ns_per_byte) {
-		if (++a->fast_streak >= CODEC_LINK_FAST_STREAK) {
+		if (++a->fast_streak >= CODEC_LINK_FAST_STREAK *
+		    (a->link_probed ? CODEC_LINK_PROBED_STREAK_FACTOR : 1)) {
 			a->link_ns_per_byte = ns;
 			a->fast_streak = 0;
 		}

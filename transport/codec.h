@@ -35,6 +35,11 @@
 #define CODEC_PROBE_HOPELESS_FACTOR 16
 /* A codec must beat raw by this factor (cost < raw * margin) to be used. */
 #define CODEC_AUTO_MARGIN 0.85
+/* Frames smaller than this teach the auto policy nothing. */
+#define CODEC_AUTO_MIN_SAMPLE_BYTES (64u << 10)
+/* After a link probe, app-limited samples must be this many times longer
+ * a run to raise the estimate (a shaper's bursts look like a fast link). */
+#define CODEC_LINK_PROBED_STREAK_FACTOR 8
 /* App-limited link samples this much faster, this many in a row, replace
  * the estimate (one alone is noise). */
 #define CODEC_LINK_FAST_FACTOR 2.0
@@ -108,10 +113,10 @@ void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
 /*
  * Start from a measured link rate (the link probe's), so that the first
  * TCP_INFO samples, often app-limited bursts, do not set the estimate.
- * From then on app-limited samples never raise it: a sender held back by
- * its compressor sees bursts through a shaper (tbf lets a burst pass at
- * line rate) that look like a faster link; samples of a busy sender still
- * move the estimate either way.
+ * From then on app-limited samples raise it only after a long run: a
+ * sender held back by its compressor sees bursts through a shaper (tbf lets
+ * a burst pass at line rate) that look like a faster link; samples of a
+ * busy sender still move the estimate either way.
  */
 void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s);
 

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "engine/util.h"
@@ -47,6 +48,10 @@ int probe_send(struct net_conn *c, uint64_t *rate, struct ferry_error *err)
 	int rc = 0;
 
 	*rate = 0;
+	/* What is still queued after PROBE_MAX_MS drains in little time even
+	 * on a slow link. */
+	setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &(int){ PROBE_SNDBUF_BYTES },
+		   sizeof(int));
 	buf = calloc(1, PROBE_FRAME_BYTES);	/* what it holds does not matter */
 	if (!buf)
 		return ferry_error_set(err, -ENOMEM, "out of memory");

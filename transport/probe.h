@@ -16,6 +16,7 @@
 #define PROBE_BYTES (8u << 20)
 #define PROBE_MAX_MS 40
 #define PROBE_FRAME_BYTES (256u << 10)
+#define PROBE_SNDBUF_BYTES (256 << 10)
 /* The receiver's answer must come within this. */
 #define PROBE_TIMEOUT_MS 5000
 /* Less than this arrived: too little to measure a rate. */

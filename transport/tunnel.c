@@ -101,6 +101,7 @@ struct tun_conn {
 	bool q_end;
 	struct tun_buf *out[2];	/* compressed output */
 	struct codec_auto autop;
+	int last_pick;		/* auto's previous choice, for the debug log */
 	/* receiving */
 	struct tun_buf *free;
 	struct tun_buf *scratch;	/* compressed payload as received */
@@ -739,6 +740,21 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 			codec_auto_pick(&c->autop, &probe) :
 			fixed_codec(c->d->codec);
 		size_t best = 0, n;
+
+		if (c->d->codec == FERRY_CODEC_AUTO && (int)want != c->last_pick) {
+			const struct codec_auto *a = &c->autop;
+
+			ferry_log(FERRY_LOG_DEBUG, "auto: %s at frame %llu: link %.2f "
+				  "ns/B; lz4 %.2f ns/B x%.2f; zstd %.2f ns/B x%.2f",
+				  codec_wire_name(want),
+				  (unsigned long long)a->frames,
+				  codec_auto_cost(a, WIRE_CODEC_RAW),
+				  a->est[WIRE_CODEC_LZ4].cpu_ns_per_byte,
+				  a->est[WIRE_CODEC_LZ4].ratio,
+				  a->est[WIRE_CODEC_ZSTD].cpu_ns_per_byte,
+				  a->est[WIRE_CODEC_ZSTD].ratio);
+			c->last_pick = (int)want;
+		}
 
 		if (want != WIRE_CODEC_RAW) {
 			best = try_codec(c, b, want, 0);

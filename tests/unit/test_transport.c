@@ -233,11 +233,16 @@ START_TEST(codec_auto_policy)
 	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
 	ck_assert(a.link_ns_per_byte > 7.0);
 	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
-	/* ... nor does a run of them (a shaper's bursts), while a busy
-	 * sender's samples still move it. */
+	/* ... nor does a run of them as long as before (a shaper's bursts),
+	 * while a busy sender's samples still move it. */
 	for (int i = 0; i < 4 * CODEC_LINK_FAST_STREAK; i++)
 		codec_auto_note_link(&a, 3000000000ull, true);
 	ck_assert(a.link_ns_per_byte > 7.0);
+	/* Tiny frames teach nothing: a 100-byte frame that did not shrink
+	 * leaves lz4's estimate as it was. */
+	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 100, 0, 15000);
+	ck_assert(a.est[WIRE_CODEC_LZ4].ratio < 0.6);
+	ck_assert(a.est[WIRE_CODEC_LZ4].cpu_ns_per_byte < 1.0);
 	for (int i = 0; i < 32; i++)
 		codec_auto_note_link(&a, 3000000000ull, false);
 	ck_assert(a.link_ns_per_byte < 1.0);
