@@ -12,8 +12,9 @@
  *     through the tunnel while the destination guest runs (its heartbeat);
  *   - post-copy with --direct;
  *   - post-copy recovery: a proxy between the two ferry processes cuts
- *     every connection during post-copy; ferry reconnects and resumes, and
- *     the guest's RAM ends up equal;
+ *     every connection during post-copy (through the tunnel, and with
+ *     hand-off), or only ferry's control connection; ferry reconnects and
+ *     resumes, and the destination guest runs on;
  *   - with --direct, QEMU's own connection broken during post-copy
  *     (migrate-pause on the source): ferry has both QEMUs resume on a new
  *     one;
@@ -306,6 +307,7 @@ struct proxy {
 	pthread_mutex_t mu;
 	bool stop;
 	int cuts;
+	bool control_only;	/* cut only the first (control) connection */
 	uint64_t postcopy_seen_ms;
 	struct vm *dst;
 };
@@ -404,11 +406,12 @@ static void proxy_start(struct proxy *p, uint16_t target)
 	pthread_create(&p->acceptor, NULL, acceptor_main, p);
 }
 
-/* Break every connection in flight (RST-like: both ends shut). */
+/* Break every connection in flight (RST-like: both ends shut), or only the
+ * control connection, the first one a migration opens. */
 static void proxy_cut(struct proxy *p)
 {
 	pthread_mutex_lock(&p->mu);
-	for (int i = 0; i < p->npairs; i++) {
+	for (int i = 0; i < (p->control_only ? 1 : p->npairs); i++) {
 		shutdown(p->fds[i][0], SHUT_RDWR);
 		shutdown(p->fds[i][1], SHUT_RDWR);
 	}
@@ -459,7 +462,7 @@ START_TEST(postcopy_recovers_after_cut)
 					  .qmp_path = NULL, .once = true };
 	struct ferry_migrate_opts o = { .timeout_s = 120,
 		.codec = FERRY_CODEC_NONE, .max_bandwidth_bytes_per_s = CAP_BYTES_S / 2,
-		.no_handoff = _i == 0,	/* the tunnel, then hand-off */
+		.no_handoff = _i == 0,	/* the tunnel, then hand-off (twice) */
 		.progress = cut_in_postcopy, .progress_interval_ms = 100,
 		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
 			      .postcopy_after_pass = 1 } };
@@ -476,6 +479,9 @@ START_TEST(postcopy_recovers_after_cut)
 	pthread_create(&rx.t, NULL, rx_main, &rx);
 	proxy_start(&px, ferry_receiver_port(rx.rx));
 	px.dst = p.dst;
+	/* The third time only ferry's control connection breaks, while
+	 * QEMU's handed-off stream goes on: ferry pauses it to resume both. */
+	px.control_only = _i == 2;
 	ck_assert_int_eq(vm_qmp_connect(p.dst, &err), 0);
 	snprintf(events, sizeof(events), "%s/events.jsonl", p.dir);
 	o.to_host = "127.0.0.1";
@@ -650,7 +656,7 @@ int main(void)
 	tcase_add_test(tc, postcopy_auto_tunnel_paused);
 	tcase_add_test(tc, postcopy_tunnel_running_destination);
 	tcase_add_test(tc, postcopy_direct_paused);
-	tcase_add_loop_test(tc, postcopy_recovers_after_cut, 0, 2);
+	tcase_add_loop_test(tc, postcopy_recovers_after_cut, 0, 3);
 	tcase_add_test(tc, postcopy_direct_recovers);
 	tcase_add_test(tc, signals_in_postcopy_refused);
 	suite_add_tcase(s, tc);
