@@ -99,6 +99,7 @@ static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
 	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1", .once = true };
 	struct ferry_migrate_opts o = {
 		.to_host = "127.0.0.1", .paused = true, .codec = FERRY_CODEC_NONE,
+		.no_handoff = true,	/* ferry's tunnel paces the link */
 		.max_bandwidth_bytes_per_s = (uint64_t)link << 20,
 		.downtime_ms = BC_DOWNTIME_MS, .timeout_s = timeout_s,
 	};
