@@ -720,7 +720,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	ferry_log(FERRY_LOG_INFO, "migration %s from %s: %llu MiB guest, %s%s",
 		  in->id, in->peer,
 		  (unsigned long long)(in->hello.ram_bytes >> 20),
-		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "tunnel",
+		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
 	rc = rx_prepare(in, err);
 	if (rc == 0 && !(in->hello.options & WIRE_OPT_DIRECT))

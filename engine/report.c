@@ -16,7 +16,7 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 	o = json_pack("{s:s,s:b,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b}",
 		      "status", r->status,
 		      "completed", r->completed,
-		      "mode", r->direct ? "direct" : "tunnel",
+		      "mode", r->direct ? "direct" : "ferry",
 		      "migration_id", r->migration_id,
 		      "total_ms", (json_int_t)r->total_ms,
 		      "qemu_total_ms", (json_int_t)r->qemu_total_ms,
