@@ -55,6 +55,9 @@ static void usage(FILE *f)
 		"  --bandwidth MIB_S   cap the rate on the wire (default: unlimited)\n"
 		"  --compress C        none|lz4|zstd[:LEVEL]|auto (default auto)\n"
 		"  --streams N         spread the data over N TCP connections (1)\n"
+		"  --block             migrate the guest's disks too (no shared storage)\n"
+		"  --disks ID,...      only these disks (device ids); others are shared\n"
+		"  --block-mode M      background (default) or write-blocking\n"
 		"  --no-handoff        keep every byte in ferry's frames, even when\n"
 		"                      QEMU could write to the connection itself\n"
 		"  --tls-hostname NAME name the receiver's certificate must carry\n"
@@ -128,6 +131,14 @@ static void print_progress(const struct ferry_progress *p, void *opaque)
 	char eta[32] = "";
 
 	(void)opaque;
+	if (p->phase == FERRY_PHASE_DISKS) {
+		fprintf(stderr, "\r%-10s %5.1fs  disks %6llu of %6llu MiB mirrored%20s",
+			ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
+			(unsigned long long)(p->disk_done_bytes >> 20),
+			(unsigned long long)(p->disk_total_bytes >> 20), "");
+		fflush(stderr);
+		return;
+	}
 	if (p->eta_ms)
 		snprintf(eta, sizeof(eta), "~%.0fs left  ", (double)p->eta_ms / 1000.0);
 	fprintf(stderr,
@@ -158,6 +169,16 @@ static void print_summary(const struct ferry_report *r)
 	       (unsigned long long)(r->ram_bytes >> 20),
 	       (unsigned long long)(r->wire_bytes >> 20),
 	       (double)r->throughput_bytes_per_s / (1 << 20));
+	if (r->disks)
+		printf("disks: %u, %llu MiB: %llu MiB data, %llu MiB zeroes, %llu "
+		       "MiB on the wire; mirrors ready after %llu ms, synced at "
+		       "the switchover in %llu ms\n", r->disks,
+		       (unsigned long long)(r->disk_size_bytes >> 20),
+		       (unsigned long long)(r->disk_data_bytes >> 20),
+		       (unsigned long long)(r->disk_zero_bytes >> 20),
+		       (unsigned long long)(r->disk_wire_bytes >> 20),
+		       (unsigned long long)r->disk_mirror_ms,
+		       (unsigned long long)r->disk_switchover_ms);
 }
 
 enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
@@ -165,7 +186,8 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_COMPRESS, OPT_STREAMS, OPT_NO_HANDOFF, OPT_TLS_CREDS, OPT_TLS_PSK, OPT_TLS_PSK_ID,
        OPT_TLS_HOST, OPT_INSECURE, OPT_TIMEOUT_ACTION, OPT_POLICY,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
-       OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS };
+       OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
+       OPT_DISKS, OPT_BLOCK_MODE };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -199,6 +221,9 @@ static const struct option long_opts[] = {
 	{ "downtime-steps", required_argument, NULL, OPT_DT_STEPS },
 	{ "downtime-delay", required_argument, NULL, OPT_DT_DELAY },
 	{ "events", required_argument, NULL, OPT_EVENTS },
+	{ "block", no_argument, NULL, OPT_BLOCK },
+	{ "disks", required_argument, NULL, OPT_DISKS },
+	{ "block-mode", required_argument, NULL, OPT_BLOCK_MODE },
 	{ 0 },
 };
 
@@ -210,6 +235,7 @@ struct cli {
 	int codec_level;
 	struct ferry_tls_opts tls;
 	struct ferry_converge_opts conv;
+	struct ferry_block_opts block;
 };
 
 static int parse_args(int argc, char **argv, struct cli *c)
@@ -232,6 +258,17 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_TLS_HOST: c->tls.hostname = optarg; break;
 		case OPT_INSECURE: c->tls.insecure = true; break;
 		case OPT_NO_HANDOFF: c->no_handoff = true; break;
+		case OPT_BLOCK: c->block.enabled = true; break;
+		case OPT_DISKS: c->block.enabled = true; c->block.disks = optarg; break;
+		case OPT_BLOCK_MODE:
+			c->block.enabled = true;
+			if (!strcmp(optarg, "background"))
+				c->block.mode = FERRY_BLOCK_BACKGROUND;
+			else if (!strcmp(optarg, "write-blocking"))
+				c->block.mode = FERRY_BLOCK_WRITE_BLOCKING;
+			else
+				goto bad_choice;
+			break;
 		case OPT_COMPRESS: {
 			struct ferry_error e = { 0 };
 
@@ -356,6 +393,7 @@ static int cmd_migrate(const struct cli *c)
 	o.no_handoff = c->no_handoff;
 	o.tls = c->tls;
 	o.converge = c->conv;
+	o.block = c->block;
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);

@@ -70,6 +70,9 @@ struct mig_params {
 	bool auto_converge;	/* source only, with the throttle below */
 	uint32_t throttle_initial_pct, throttle_increment_pct, throttle_max_pct;
 	bool throttle_tailslow;
+	/* --block: QEMU stops before the switchover (pre-switchover) until
+	 * ferry has drained the disk mirrors (source only). */
+	bool pause_before_switchover;
 };
 
 int mig_setup_qemu(struct qmp *q, const struct mig_params *p,

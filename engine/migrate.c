@@ -23,6 +23,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "blk.h"
 #include "mig.h"
 #include "transport/net.h"
 #include "transport/probe.h"
@@ -34,7 +35,7 @@
 
 struct ferry_migration {
 	struct ferry_migrate_opts o;
-	char *qmp_path, *to_host, *tls_host;
+	char *qmp_path, *to_host, *tls_host, *disks;
 	int cancel_efd;
 	struct tls_ctx *tls;
 	uint64_t wire_cap;	/* --bandwidth on ferry's transport */
@@ -59,6 +60,9 @@ struct ferry_migration {
 	uint64_t probe_rate;	/* the link probe's answer, bytes/s */
 	struct mig_info last;
 	uint64_t last_sample_ms, last_sample_bytes, throughput;
+	struct blk_src *blk;	/* --block */
+	bool disks_switched;	/* mirrors completed at pre-switchover */
+	uint64_t disk_done, disk_total;
 };
 
 const char *ferry_phase_name(enum ferry_phase p)
@@ -72,6 +76,7 @@ const char *ferry_phase_name(enum ferry_phase p)
 		[FERRY_PHASE_CANCELLING] = "cancelling",
 		[FERRY_PHASE_DONE] = "done",
 		[FERRY_PHASE_FAILED] = "failed",
+		[FERRY_PHASE_DISKS] = "disks",
 	};
 
 	return (unsigned)p < FERRY_ARRAY_SIZE(names) && names[p] ? names[p] : "?";
@@ -123,6 +128,12 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 	m->tls_host = strdup(o->tls.hostname ? o->tls.hostname : o->to_host);
 	if (!m->tls_host)
 		goto err_free;
+	if (o->block.disks) {
+		m->disks = strdup(o->block.disks);
+		if (!m->disks)
+			goto err_free;
+		m->o.block.disks = m->disks;
+	}
 	m->wire_cap = o->direct ? 0 : o->max_bandwidth_bytes_per_s;
 	if (!o->direct)
 		m->o.max_bandwidth_bytes_per_s = 0;	/* ferry paces the wire */
@@ -169,6 +180,7 @@ void ferry_migration_free(struct ferry_migration *m)
 		close(m->cancel_efd);
 	tls_ctx_free(m->tls);
 	free(m->tls_host);
+	free(m->disks);
 	free(m->qmp_path);
 	free(m->to_host);
 	free(m);
@@ -233,7 +245,9 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 			   (m->o.direct ? WIRE_OPT_DIRECT : 0) |
 			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0) |
 			   (m->resuming ? WIRE_OPT_RESUME : 0) |
-			   (m->handoff ? WIRE_OPT_HANDOFF : 0),
+			   (m->handoff && kind == WIRE_CONN_DATA ?
+			    WIRE_OPT_HANDOFF : 0) |
+			   (m->blk && !m->resuming ? WIRE_OPT_BLOCK : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
 		.stream_count = (uint16_t)m->o.streams,
@@ -298,9 +312,26 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		       m->was_running, err);
 	if (rc < 0)
 		return rc;
+	if (m->o.block.enabled) {
+		rc = blk_src_new(&m->blk, m->q, &m->o.block, err);
+		if (rc < 0)
+			return rc;
+	}
 	rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, err);
 	if (rc < 0)
 		return rc;
+	if (m->blk) {
+		struct wire_disk d[WIRE_DISKS_MAX];
+		uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
+
+		rc = wire_disks_encode(d, blk_src_disks(m->blk, d), buf,
+				       sizeof(buf), err);
+		if (rc >= 0)
+			rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_DISKS, buf,
+					   (uint32_t)rc, MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return rc;
+	}
 	return await_ready(m, err);
 }
 
@@ -435,6 +466,98 @@ static void direct_uri(const struct ferry_migration *m, char *uri, size_t len)
 		 m->o.to_host, m->direct_port);
 }
 
+static void report_progress(struct ferry_migration *m);
+static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err);
+
+/* The disk tunnel: n streams and a return connection, like the RAM's. */
+static int open_disk_tunnel(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct net_conn streams[WIRE_STREAMS_MAX];
+	struct tun_opts o = {
+		.streams = streams,
+		.nstreams = m->o.streams,
+		.frame_max = TUN_FRAME_BYTES,
+		.codec = m->o.codec,
+		.codec_level = m->o.codec_level,
+		.bandwidth_bytes_per_s = m->wire_cap,
+		.link_hint_bytes_per_s = m->probe_rate,
+	};
+	uint32_t i;
+	int rc;
+
+	net_conn_init(&o.ret, -1);
+	for (i = 0; i < m->o.streams; i++) {
+		rc = open_conn(m, &streams[i], WIRE_CONN_DISK, (uint16_t)i, err);
+		if (rc < 0) {
+			ferry_error_prefix(err, "disk connection %u: ", i);
+			goto fail;
+		}
+	}
+	rc = open_conn(m, &o.ret, WIRE_CONN_DISK_RETURN, 0, err);
+	if (rc < 0) {
+		ferry_error_prefix(err, "disk return connection: ");
+		goto fail;
+	}
+	return blk_src_start(m->blk, &o, err);
+fail:
+	while (i > 0)
+		net_conn_close(&streams[--i]);
+	return rc;
+}
+
+/*
+ * --block: the mirrors copy every disk while the guest runs; RAM starts
+ * when all are ready (and read-only disks copied), bounded by the disks'
+ * size at a slow link's pace.
+ */
+static int phase_disks(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct ferry_report sizes = { 0 };
+	uint64_t limit_ms, deadline;
+	int rc;
+
+	set_phase(m, FERRY_PHASE_DISKS);
+	rc = open_disk_tunnel(m, err);
+	if (rc < 0)
+		return rc;
+	blk_src_report(m->blk, &sizes);
+	limit_ms = (sizes.disk_size_bytes >> 30) * BLK_READY_TIMEOUT_MS_PER_GIB;
+	if (limit_ms < BLK_READY_TIMEOUT_MIN_MS)
+		limit_ms = BLK_READY_TIMEOUT_MIN_MS;
+	deadline = ferry_now_ms() + limit_ms;
+	for (;;) {
+		struct pollfd fds[2] = {
+			{ .fd = m->cancel_efd, .events = POLLIN },
+			{ .fd = m->ctrl.fd, .events = POLLIN },
+		};
+
+		poll(fds, 2, (int)m->o.progress_interval_ms);
+		if (fds[0].revents)
+			return ferry_error_set(err, -ECANCELED,
+					       "migration cancelled by request");
+		if (fds[1].revents || net_conn_pending(&m->ctrl))
+			return read_ctrl_news(m, err);
+		rc = blk_src_poll(m->blk, &m->disk_done, &m->disk_total, err);
+		if (rc < 0)
+			return rc;
+		report_progress(m);
+		if (rc == 1)
+			break;
+		if (ferry_now_ms() > deadline)
+			return ferry_error_set(err, -ETIMEDOUT, "the disk mirrors "
+				"were not ready after %llu s (%llu of %llu MiB)",
+				(unsigned long long)(limit_ms / 1000),
+				(unsigned long long)(m->disk_done >> 20),
+				(unsigned long long)(m->disk_total >> 20));
+	}
+	conv_event(&m->conv, "disks_ready", json_pack("{s:I}", "bytes",
+						     (json_int_t)m->disk_total),
+		   "every disk mirror is ready (%llu MiB); migrating memory",
+		   (unsigned long long)(m->disk_total >> 20));
+	return net_ctrl_send(&m->ctrl, WIRE_CTRL_MEMORY, NULL, 0,
+			     MIG_QMP_TIMEOUT_MS, err);
+}
+
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 {
 	const struct ferry_converge_opts *co = &m->o.converge;
@@ -454,9 +577,16 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	set_phase(m, FERRY_PHASE_SETUP);
 	choose_transport(m);
 	p.max_bandwidth_bytes_per_s = m->o.max_bandwidth_bytes_per_s;
+	p.pause_before_switchover = m->blk != NULL;
 	rc = mig_setup_qemu(m->q, &p, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the source QEMU: ");
+	if (m->blk) {
+		rc = phase_disks(m, err);
+		if (rc < 0)
+			return rc;
+		set_phase(m, FERRY_PHASE_SETUP);
+	}
 	if (m->o.direct) {
 		direct_uri(m, uri, sizeof(uri));
 	} else {
@@ -512,6 +642,8 @@ static void report_progress(struct ferry_migration *m)
 		.dirty_pages_rate = m->last.dirty_pages_rate,
 		.postcopy = m->conv.postcopy_active,
 		.eta_ms = m->conv.postcopy_active ? 0 : m->conv.eta_ms,
+		.disk_total_bytes = m->disk_total,
+		.disk_done_bytes = m->disk_done,
 	};
 
 	if (m->last_sample_ms && now > m->last_sample_ms)
@@ -575,6 +707,30 @@ static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
+/*
+ * QEMU paused before the switchover (the guest is stopped, precopy or
+ * post-copy): complete the mirrors, have the destination sync them, and
+ * only then let QEMU send the device state.
+ */
+static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
+{
+	int rc;
+
+	if (m->disks_switched)
+		return 0;
+	rc = blk_src_switchover(m->blk, err);
+	if (rc < 0)
+		return rc;
+	m->disks_switched = true;
+	blk_src_poll(m->blk, &m->disk_done, &m->disk_total, NULL);
+	rc = qmp_execute(m->q, "migrate-continue",
+			 json_pack("{s:s}", "state", "pre-switchover"), NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "migrate-continue: ");
+	return 0;
+}
+
 /* One turn of the precopy loop: 1 when QEMU completed, 0 to go on. */
 static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 {
@@ -620,6 +776,10 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 				       m->last.error_desc);
 	if (m->conv.postcopy_active && !strcmp(m->last.status, "postcopy-paused"))
 		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
+	if (m->blk && !strcmp(m->last.status, "pre-switchover"))
+		return disks_switchover(m, err);
+	if (m->blk && !m->disks_switched && blk_src_check(m->blk, err) < 0)
+		return -EIO;
 	if (fds[1].revents) {
 		rc = read_ctrl_news(m, err);
 		if (m->conv.postcopy_active && rc != -EREMOTEIO)
@@ -879,6 +1039,8 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 		return false;
 	if (m->migrate_started)
 		cancel_qemu_migration(m);
+	/* The mirrors stop; the source disks were only ever read. */
+	blk_src_abort(m->blk);
 	if (mig_vm_status(m->q, status, sizeof(status), NULL) < 0)
 		return false;
 	if (m->dest_may_run) {
@@ -933,6 +1095,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	r->downtime_steps = m->conv.downtime_changes;
 	r->recoveries = m->recoveries;
 	r->predicted_total_ms = m->conv.predicted_total_ms;
+	blk_src_report(m->blk, r);
 	if (m->tun) {
 		struct tun_stats st;
 
@@ -945,6 +1108,8 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 
 static void teardown(struct ferry_migration *m)
 {
+	blk_src_free(m->blk);
+	m->blk = NULL;
 	tun_free(m->tun);
 	m->tun = NULL;
 	net_conn_close(&m->ctrl);
@@ -967,6 +1132,8 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 	m->recoveries = 0;
 	m->handoff = false;
 	m->probe_rate = 0;
+	m->disks_switched = false;
+	m->disk_done = m->disk_total = 0;
 	m->wire_cap = m->user_wire_cap;
 	m->o.max_bandwidth_bytes_per_s = m->user_qemu_cap;
 	m->phase = FERRY_PHASE_INIT;

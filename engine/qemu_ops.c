@@ -125,12 +125,14 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	 * tells the source when it failed to load, so the source can keep
 	 * the guest running instead of completing blindly.
 	 */
-	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b}]}",
+	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b}]}",
 			 "capabilities",
 			 "capability", "events", "state", 1,
 			 "capability", "return-path", "state", 1,
 			 "capability", "postcopy-ram", "state", p->postcopy,
-			 "capability", "auto-converge", "state", p->auto_converge);
+			 "capability", "auto-converge", "state", p->auto_converge,
+			 "capability", "pause-before-switchover", "state",
+			 p->pause_before_switchover);
 	rc = qmp_execute(q, "migrate-set-capabilities", caps, NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "blk.h"
 #include "mig.h"
 #include "transport/net.h"
 #include "transport/probe.h"
@@ -84,6 +85,7 @@ struct incoming {
 	bool postcopy;
 	uint16_t direct_port;	/* where the destination QEMU listens */
 	bool handoff;		/* the data connection went to QEMU */
+	struct blk_dst *blk;	/* --block */
 };
 
 struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
@@ -285,6 +287,32 @@ static int start_direct(struct incoming *in, const char *cmd,
 	return 0;
 }
 
+/* --block: the manifest, then every pre-check before a byte is sent. */
+static int rx_prepare_disks(struct incoming *in, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_disk d[WIRE_DISKS_MAX];
+	struct wire_ctrl_hdr h;
+	uint32_t n;
+	int rc;
+
+	rc = net_ctrl_recv(&in->ctrl, &h, payload, (int)in->r->o.hello_timeout_ms,
+			   err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "waiting for the disk manifest: ");
+	if (h.type != WIRE_CTRL_DISKS)
+		return ferry_error_set(err, -EPROTO, "expected DISKS after a "
+				       "block migration's hello, got %s",
+				       wire_ctrl_name(h.type));
+	rc = wire_disks_decode(payload, h.len, d, &n, err);
+	if (rc < 0)
+		return rc;
+	rc = blk_dst_prepare(&in->blk, in->q, d, n, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "block migration pre-check: ");
+	return 0;
+}
+
 static int rx_prepare(struct incoming *in, struct ferry_error *err)
 {
 	struct mig_params p = {
@@ -306,6 +334,11 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	rc = mig_setup_qemu(in->q, &p, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the destination QEMU: ");
+	if (in->hello.options & WIRE_OPT_BLOCK) {
+		rc = rx_prepare_disks(in, err);
+		if (rc < 0)
+			return rc;
+	}
 	if (direct) {
 		rc = start_direct(in, "migrate-incoming", port_be, err);
 		if (rc < 0)
@@ -334,40 +367,76 @@ static int rx_start_qemu(struct incoming *in, int fd, const char *cmd,
 	return 0;
 }
 
+/* The connections one tunnel needs: n streams of one kind and a return. */
+struct rx_conns {
+	enum wire_conn data_kind, ret_kind;
+	uint32_t n, got;
+	struct net_conn streams[WIRE_STREAMS_MAX];
+	struct net_conn ret;
+	bool have_ret;
+	bool handoff;		/* the one data stream goes to QEMU */
+};
+
+static void rx_conns_close(struct rx_conns *c)
+{
+	for (uint32_t i = 0; i < c->n; i++)
+		net_conn_close(&c->streams[i]);
+	net_conn_close(&c->ret);
+}
+
+/* Why connection @h cannot join @c, or NULL. */
+static const char *rx_conn_refusal(const struct incoming *in,
+				   const struct rx_conns *c,
+				   const struct wire_hello *h, uint32_t probes)
+{
+	if (memcmp(h->mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0)
+		return "it belongs to another migration";
+	if (h->conn == WIRE_CONN_CONTROL)
+		return "a second control connection";
+	if (h->conn == WIRE_CONN_PROBE)
+		return probes >= RX_PROBES_MAX ? "too many link probes" : NULL;
+	if (h->conn != c->data_kind && h->conn != c->ret_kind)
+		return "a connection of another kind was expected now";
+	if (h->stream_count != c->n || h->frame_max != in->hello.frame_max)
+		return "its stream count or frame size differs from the "
+		       "control connection's";
+	if (h->conn == c->data_kind && c->streams[h->stream_index].fd >= 0)
+		return "a second connection for the same stream";
+	if (h->conn == c->ret_kind && c->have_ret)
+		return "a second return connection";
+	if ((h->options & WIRE_OPT_HANDOFF) &&
+	    (h->conn != WIRE_CONN_DATA || c->n != 1 || c->have_ret ||
+	     in->r->tls))
+		return "hand-off is for the one data connection of a plaintext "
+		       "migration";
+	return NULL;
+}
+
 /*
- * Accept the data streams and the return connection of this migration,
- * serving link probes on the way, or the one data connection that goes to
- * QEMU itself (hand-off). Then start the destination QEMU on it (@cmd:
- * migrate-incoming or migrate-recover). Other connections that arrive
- * meanwhile are refused with a log line; the wait is bounded.
+ * Accept the streams and the return connection of one tunnel of this
+ * migration (@c says which kinds), serving link probes on the way, or the
+ * one data connection that goes to QEMU itself (hand-off). Other
+ * connections that arrive meanwhile are refused with a log line; the
+ * wait is bounded.
  */
-static int rx_accept_data(struct incoming *in, const char *cmd,
-			  struct ferry_error *err)
+static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
+			   struct ferry_error *err)
 {
 	struct ferry_receiver *r = in->r;
 	uint64_t deadline = ferry_now_ms() + r->o.hello_timeout_ms;
-	uint32_t n = in->hello.stream_count, got = 0, probes = 0;
-	struct net_conn streams[WIRE_STREAMS_MAX];
-	struct tun_opts o = {
-		.role = TUN_DEST,
-		.streams = streams,
-		.nstreams = n,
-		.frame_max = in->hello.frame_max,
-		.codec = FERRY_CODEC_NONE,
-	};
-	bool have_ret = false;
-	int rc;
+	uint32_t probes = 0;
 
-	rx_set_state(in, RX_TUNNEL);
-	in->handoff = false;
-	for (uint32_t i = 0; i < n; i++)
-		net_conn_init(&streams[i], -1);
-	net_conn_init(&o.ret, -1);
-	while (!(in->handoff ? got == 1 : got == n && have_ret) &&
+	c->n = in->hello.stream_count;
+	c->got = 0;
+	c->have_ret = c->handoff = false;
+	for (uint32_t i = 0; i < c->n; i++)
+		net_conn_init(&c->streams[i], -1);
+	net_conn_init(&c->ret, -1);
+	while (!(c->handoff ? c->got == 1 : c->got == c->n && c->have_ret) &&
 	       ferry_now_ms() < deadline) {
-		struct net_conn c;
+		struct net_conn conn;
 		struct wire_hello h;
-		const char *why = NULL;
+		const char *why;
 		char peer[64];
 		uint64_t now = ferry_now_ms();
 		int fd = accept_bounded(r, now < deadline ? (int)(deadline - now) : 0);
@@ -375,85 +444,151 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 		if (fd == -EINTR)
 			continue;
 		if (fd == -ECANCELED) {
-			for (uint32_t i = 0; i < n; i++)
-				net_conn_close(&streams[i]);
-			net_conn_close(&o.ret);
+			rx_conns_close(c);
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		}
 		if (fd < 0)
 			break;
-		if (open_conn(r, fd, &c, &h, peer, sizeof(peer)) < 0)
+		if (open_conn(r, fd, &conn, &h, peer, sizeof(peer)) < 0)
 			continue;
-		if (memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0)
-			why = "it belongs to another migration";
-		else if (h.conn == WIRE_CONN_CONTROL)
-			why = "a second control connection";
-		else if (h.conn == WIRE_CONN_PROBE && probes >= RX_PROBES_MAX)
-			why = "too many link probes";
-		else if (h.stream_count != n || h.frame_max != in->hello.frame_max)
-			why = "its stream count or frame size differs from the "
-			      "control connection's";
-		else if (h.conn == WIRE_CONN_DATA && streams[h.stream_index].fd >= 0)
-			why = "a second connection for the same stream";
-		else if (h.conn == WIRE_CONN_RETURN && have_ret)
-			why = "a second return connection";
-		else if ((h.options & WIRE_OPT_HANDOFF) &&
-			 (h.conn != WIRE_CONN_DATA || n != 1 || have_ret ||
-			  in->r->tls))
-			why = "hand-off is for the one data connection of a "
-			      "plaintext migration";
+		why = rx_conn_refusal(in, c, &h, probes);
 		if (why) {
 			ferry_log(FERRY_LOG_WARN,
 				  "rejected connection from %s during migration %s: %s",
 				  peer, in->id, why);
-			net_conn_close(&c);
+			net_conn_close(&conn);
 			continue;
 		}
 		if (h.conn == WIRE_CONN_PROBE) {
 			struct ferry_error e = { 0 };
 
 			probes++;
-			if (probe_serve(&c, &e) < 0)
+			if (probe_serve(&conn, &e) < 0)
 				ferry_log(FERRY_LOG_WARN, "link probe from %s: %s",
 					  peer, e.msg);
-			net_conn_close(&c);
-		} else if (h.conn == WIRE_CONN_RETURN) {
-			o.ret = c;
-			have_ret = true;
+			net_conn_close(&conn);
+		} else if (h.conn == c->ret_kind) {
+			c->ret = conn;
+			c->have_ret = true;
 		} else {
-			streams[h.stream_index] = c;
-			in->handoff = h.options & WIRE_OPT_HANDOFF;
-			got++;
+			c->streams[h.stream_index] = conn;
+			c->handoff = h.options & WIRE_OPT_HANDOFF;
+			c->got++;
 		}
 	}
-	if (in->handoff && got == 1) {
-		rc = rx_start_qemu(in, streams[0].fd, cmd, err);
-		net_conn_close(&streams[0]);	/* QEMU holds its own copy */
+	if (c->handoff ? c->got == 1 : c->got == c->n && c->have_ret)
+		return 0;
+	rx_conns_close(c);
+	return ferry_error_set(err, -ETIMEDOUT,
+		"%u of %u %s streams and %s return connection of migration %s "
+		"arrived within %u ms", c->got, c->n,
+		c->data_kind == WIRE_CONN_DISK ? "disk" : "data",
+		c->have_ret ? "the" : "no", in->id, r->o.hello_timeout_ms);
+}
+
+/*
+ * The memory tunnel (or hand-off), then the destination QEMU starts on it
+ * (@cmd: migrate-incoming or migrate-recover).
+ */
+static int rx_accept_data(struct incoming *in, const char *cmd,
+			  struct ferry_error *err)
+{
+	struct rx_conns c = { .data_kind = WIRE_CONN_DATA,
+			      .ret_kind = WIRE_CONN_RETURN };
+	struct tun_opts o = {
+		.role = TUN_DEST,
+		.frame_max = in->hello.frame_max,
+		.codec = FERRY_CODEC_NONE,
+	};
+	int rc;
+
+	rx_set_state(in, RX_TUNNEL);
+	rc = rx_accept_conns(in, &c, err);
+	if (rc < 0)
 		return rc;
-	}
-	if (got < n || !have_ret) {
-		for (uint32_t i = 0; i < n; i++)
-			net_conn_close(&streams[i]);
-		net_conn_close(&o.ret);
-		return ferry_error_set(err, -ETIMEDOUT,
-			"%u of %u data streams and %s return connection of "
-			"migration %s arrived within %u ms", got, n,
-			have_ret ? "the" : "no", in->id, r->o.hello_timeout_ms);
+	in->handoff = c.handoff;
+	if (in->handoff) {
+		rc = rx_start_qemu(in, c.streams[0].fd, cmd, err);
+		net_conn_close(&c.streams[0]);	/* QEMU holds its own copy */
+		return rc;
 	}
 	rc = mig_hand_socket(in->q, &in->qemu_end, err);
 	if (rc == 0)
 		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
 				 NULL, MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0) {
-		for (uint32_t i = 0; i < n; i++)
-			net_conn_close(&streams[i]);
-		net_conn_close(&o.ret);
+		rx_conns_close(&c);
 		return ferry_error_prefix(err, "starting the destination QEMU "
 					  "(%s): ", cmd);
 	}
+	o.streams = c.streams;
+	o.nstreams = c.n;
+	o.ret = c.ret;
 	o.local_fd = in->qemu_end;
 	in->qemu_end = -1;	/* the tunnel owns it now */
 	return tun_start(&in->tun, &o, err);
+}
+
+/*
+ * --block: the disk tunnel and the writer, then the disks stream until
+ * the source says MEMORY (every mirror ready).
+ */
+static int rx_disks(struct incoming *in, struct ferry_error *err)
+{
+	struct rx_conns c = { .data_kind = WIRE_CONN_DISK,
+			      .ret_kind = WIRE_CONN_DISK_RETURN };
+	struct tun_opts o = {
+		.frame_max = in->hello.frame_max,
+		.codec = FERRY_CODEC_NONE,
+	};
+	int rc;
+
+	rx_set_state(in, RX_TUNNEL);
+	rc = rx_accept_conns(in, &c, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "disk tunnel: ");
+	o.streams = c.streams;
+	o.nstreams = c.n;
+	o.ret = c.ret;
+	rc = blk_dst_start(in->blk, &o, err);
+	if (rc < 0)
+		return rc;
+	for (;;) {
+		uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+		struct pollfd fds[3] = {
+			{ .fd = in->ctrl.fd, .events = POLLIN },
+			{ .fd = in->r->stop_efd, .events = POLLIN },
+			{ .fd = blk_dst_done_fd(in->blk), .events = POLLIN },
+		};
+		struct wire_ctrl_hdr h;
+
+		if (!net_conn_pending(&in->ctrl))
+			poll(fds, 3, RX_POLL_MS);
+		else
+			fds[0].revents = POLLIN;
+		if (fds[1].revents)
+			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
+		rc = blk_dst_status(in->blk, err);
+		if (rc < 0)
+			return rc;
+		if (rc == 1)
+			return ferry_error_set(err, -EPROTO, "the disk stream "
+					       "ended before the memory started");
+		if (!fds[0].revents)
+			continue;
+		rc = net_ctrl_recv(&in->ctrl, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "control connection from the "
+						  "source: ");
+		if (h.type == WIRE_CTRL_MEMORY)
+			return 0;
+		if (h.type == WIRE_CTRL_CANCEL)
+			return ferry_error_set(err, -ECANCELED, "the source "
+					       "cancelled: %s", (char *)payload);
+		return ferry_error_set(err, -EPROTO, "unexpected %s from the "
+				       "source while the disks mirror",
+				       wire_ctrl_name(h.type));
+	}
 }
 
 /* FINISH arrived: the source completed. Bring the destination up. */
@@ -482,6 +617,11 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel: ");
 	}
+	/* The source switched over only after the disks were synced here. */
+	if (in->blk && (rc = blk_dst_status(in->blk, err)) != 1)
+		return rc < 0 ? ferry_error_prefix(err, "block migration: ") :
+			ferry_error_set(err, -EIO, "the destination QEMU completed "
+					"before its disks were synced");
 	if (in->resume) {
 		rc = qmp_execute(in->q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
 		if (rc < 0)
@@ -548,13 +688,15 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 {
 	rx_set_state(in, RX_STREAMING);
 	for (;;) {
-		struct pollfd fds[3] = {
+		struct pollfd fds[4] = {
 			{ .fd = in->ctrl.fd, .events = POLLIN },
 			{ .fd = in->r->stop_efd, .events = POLLIN },
 			/* A tunnel that ended cleanly has nothing more to say. */
 			{ .fd = in->tun && !tun_finished(in->tun) ?
 				tun_done_fd(in->tun) : -1,
 			  .events = POLLIN },
+			/* The disk writer ends at the switchover. */
+			{ .fd = blk_dst_done_fd(in->blk), .events = POLLIN },
 		};
 		struct mig_info info;
 		struct qmp_event ev;
@@ -563,7 +705,9 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 		if (net_conn_pending(&in->ctrl))
 			fds[0].revents = POLLIN;
 		else
-			poll(fds, 3, RX_POLL_MS);
+			poll(fds, 4, RX_POLL_MS);
+		if (in->blk && blk_dst_status(in->blk, err) < 0)
+			return ferry_error_prefix(err, "block migration: ");
 		if (fds[0].revents) {
 			rc = rx_control(in, err);
 			/* In post-copy a lost source is waited for, not dropped. */
@@ -708,6 +852,7 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 	rep->ram_size_bytes = in->hello.ram_bytes;
 	rep->ram_bytes = st.local_out_bytes;
 	rep->wire_bytes = st.wire_in_bytes + st.wire_out_bytes;
+	blk_dst_report(in->blk, rep);
 	if (rc < 0)
 		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
 }
@@ -723,6 +868,8 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
 	rc = rx_prepare(in, err);
+	if (rc == 0 && in->blk)
+		rc = rx_disks(in, err);
 	if (rc == 0 && !(in->hello.options & WIRE_OPT_DIRECT))
 		rc = rx_accept_data(in, "migrate-incoming", err);
 	if (rc >= 0)
@@ -749,6 +896,8 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		rx_set_state(in, RX_DONE);
 	}
 	fill_rx_report(in, rep, rc, err);
+	blk_dst_free(in->blk);
+	in->blk = NULL;
 	tun_free(in->tun);
 	if (in->qemu_end >= 0)
 		close(in->qemu_end);

@@ -47,6 +47,19 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 	json_object_set_new(o, "recoveries", json_integer(r->recoveries));
 	json_object_set_new(o, "predicted_total_ms",
 			    json_integer((json_int_t)r->predicted_total_ms));
+	if (r->disks) {
+		json_t *d = json_pack("{s:i,s:I,s:I,s:I,s:I,s:I,s:I}",
+				      "count", (int)r->disks,
+				      "size_bytes", (json_int_t)r->disk_size_bytes,
+				      "data_bytes", (json_int_t)r->disk_data_bytes,
+				      "zero_bytes", (json_int_t)r->disk_zero_bytes,
+				      "wire_bytes", (json_int_t)r->disk_wire_bytes,
+				      "mirror_ms", (json_int_t)r->disk_mirror_ms,
+				      "switchover_ms",
+				      (json_int_t)r->disk_switchover_ms);
+
+		json_object_set_new(o, "disks", d);
+	}
 	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
 	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);

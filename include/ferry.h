@@ -60,6 +60,7 @@ enum ferry_phase {
 	FERRY_PHASE_CANCELLING,
 	FERRY_PHASE_DONE,
 	FERRY_PHASE_FAILED,
+	FERRY_PHASE_DISKS,	/* --block: QEMU mirrors the disks, before RAM */
 };
 
 const char *ferry_phase_name(enum ferry_phase phase);
@@ -79,6 +80,8 @@ struct ferry_progress {
 	bool postcopy;			/* switched to post-copy */
 	uint64_t eta_ms;		/* the policy's estimate of the time
 					 * left; 0: none yet */
+	uint64_t disk_total_bytes;	/* --block: what the mirrors copy */
+	uint64_t disk_done_bytes;	/* ... and have copied so far */
 };
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);
@@ -159,6 +162,31 @@ struct ferry_converge_opts {
 	const char *events_path;	/* JSON lines of every decision */
 };
 
+/* How QEMU's mirror keeps up with a guest that writes during the copy. */
+enum ferry_block_mode {
+	/* Guest writes mark blocks dirty; the mirror copies them again. */
+	FERRY_BLOCK_BACKGROUND = 0,
+	/* Once in sync, a guest write completes only when it reached the
+	 * destination too (QEMU's write-blocking copy mode): for guests whose
+	 * writes outrun the link. */
+	FERRY_BLOCK_WRITE_BLOCKING = 1,
+};
+
+/*
+ * Block migration (Nova's --block-migrate): the guest's local disks move
+ * with it through ferry's transport. The destination QEMU must have the
+ * same disks (same device ids, same sizes), backed by images that ferry
+ * overwrites.
+ */
+struct ferry_block_opts {
+	bool enabled;
+	/* Comma-separated device ids (qdev id, or the drive id); NULL: every
+	 * disk with a medium. Disks not named stay where they are (shared
+	 * storage, volumes). */
+	const char *disks;
+	enum ferry_block_mode mode;
+};
+
 /* Options of the source side. Zero means "the default" for numbers. */
 struct ferry_migrate_opts {
 	const char *qmp_path;		/* source QEMU's QMP unix socket */
@@ -181,6 +209,7 @@ struct ferry_migrate_opts {
 	bool no_handoff;
 	struct ferry_tls_opts tls;
 	struct ferry_converge_opts converge;
+	struct ferry_block_opts block;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
@@ -218,6 +247,14 @@ struct ferry_report {
 	uint32_t downtime_steps;	/* downtime changes made */
 	uint32_t recoveries;		/* post-copy recoveries */
 	uint64_t predicted_total_ms;	/* first prediction of the total */
+	/* --block */
+	uint32_t disks;			/* disks migrated */
+	uint64_t disk_size_bytes;	/* their virtual sizes, summed */
+	uint64_t disk_data_bytes;	/* data the mirrors wrote */
+	uint64_t disk_zero_bytes;	/* zeroes sent as ZERO records */
+	uint64_t disk_wire_bytes;	/* the disk tunnel on the network */
+	uint64_t disk_mirror_ms;	/* until every mirror was ready */
+	uint64_t disk_switchover_ms;	/* drain + flush barrier, guest paused */
 	bool source_running;		/* after a failure: did the guest survive */
 	char error[FERRY_ERROR_MSG_MAX];	/* empty when completed */
 };

@@ -82,7 +82,7 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
 	h->conn = get16(in + 10);
-	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_PROBE)
+	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_DISK_RETURN)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
 	h->options = get32(in + 12);
@@ -155,6 +155,8 @@ const char *wire_ctrl_name(uint16_t type)
 	case WIRE_CTRL_CANCEL: return "CANCEL";
 	case WIRE_CTRL_POSTCOPY: return "POSTCOPY";
 	case WIRE_CTRL_PROBED: return "PROBED";
+	case WIRE_CTRL_DISKS: return "DISKS";
+	case WIRE_CTRL_MEMORY: return "MEMORY";
 	default: return "?";
 	}
 }
@@ -205,6 +207,168 @@ int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
 	if (h->type == WIRE_FRAME_END && (h->len != 0 || h->flags != 0))
 		return ferry_error_set(err, -EPROTO,
 			"END frame %llu carries %u bytes", seq, h->len);
+	return 0;
+}
+
+bool wire_disk_id_valid(const char *id)
+{
+	size_t n = strnlen(id, WIRE_DISK_ID_MAX + 1);
+
+	if (n == 0 || n > WIRE_DISK_ID_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = id[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* Per disk after the id: id_len, flags, size, allocated. */
+#define WIRE_DISK_ENTRY_FIXED (1 + 1 + 8 + 8)
+
+int wire_disks_encode(const struct wire_disk *d, uint32_t n, uint8_t *out,
+		      uint32_t cap, struct ferry_error *err)
+{
+	uint32_t at = 2;
+
+	if (n == 0 || n > WIRE_DISKS_MAX)
+		return ferry_error_set(err, -EMSGSIZE, "%u disks; ferry migrates "
+				       "1 to %d", n, WIRE_DISKS_MAX);
+	if (cap < 2)
+		return ferry_error_set(err, -EMSGSIZE, "no room for the manifest");
+	put16(out, (uint16_t)n);
+	for (uint32_t i = 0; i < n; i++) {
+		size_t idl = strlen(d[i].id);
+
+		if (!wire_disk_id_valid(d[i].id))
+			return ferry_error_set(err, -EINVAL, "disk id '%s' is not "
+				"1-%d of [A-Za-z0-9_.-]", d[i].id, WIRE_DISK_ID_MAX);
+		if (at + idl + WIRE_DISK_ENTRY_FIXED > cap)
+			return ferry_error_set(err, -EMSGSIZE, "disk manifest over "
+					       "%u bytes", cap);
+		out[at++] = (uint8_t)idl;
+		memcpy(out + at, d[i].id, idl);
+		at += (uint32_t)idl;
+		out[at++] = d[i].flags;
+		put64(out + at, d[i].size);
+		put64(out + at + 8, d[i].allocated);
+		at += 16;
+	}
+	return (int)at;
+}
+
+int wire_disks_decode(const uint8_t *in, uint32_t len, struct wire_disk *d,
+		      uint32_t *n, struct ferry_error *err)
+{
+	uint32_t at = 2, count;
+
+	if (len < 2)
+		return ferry_error_set(err, -EPROTO, "disk manifest of %u bytes", len);
+	count = get16(in);
+	if (count == 0 || count > WIRE_DISKS_MAX)
+		return ferry_error_set(err, -EPROTO, "disk manifest lists %u "
+				       "disks (1-%d allowed)", count, WIRE_DISKS_MAX);
+	for (uint32_t i = 0; i < count; i++) {
+		uint32_t idl;
+
+		if (at + 1 > len)
+			goto short_manifest;
+		idl = in[at++];
+		if (idl == 0 || idl > WIRE_DISK_ID_MAX ||
+		    at + idl + WIRE_DISK_ENTRY_FIXED - 1 > len)
+			goto short_manifest;
+		memcpy(d[i].id, in + at, idl);
+		d[i].id[idl] = 0;
+		at += idl;
+		if (!wire_disk_id_valid(d[i].id))
+			return ferry_error_set(err, -EPROTO, "disk manifest: "
+					       "invalid disk id");
+		d[i].flags = in[at++];
+		if (d[i].flags & ~WIRE_DISK_READ_ONLY)
+			return ferry_error_set(err, -EPROTO, "disk manifest: "
+				"unknown flags 0x%x for '%s'", d[i].flags, d[i].id);
+		d[i].size = get64(in + at);
+		d[i].allocated = get64(in + at + 8);
+		at += 16;
+		if (d[i].size == 0 || d[i].size > WIRE_DISK_SIZE_MAX)
+			return ferry_error_set(err, -EPROTO, "disk manifest: '%s' "
+				"has size %llu", d[i].id,
+				(unsigned long long)d[i].size);
+		for (uint32_t j = 0; j < i; j++)
+			if (!strcmp(d[j].id, d[i].id))
+				return ferry_error_set(err, -EPROTO, "disk manifest "
+					"names '%s' twice", d[i].id);
+	}
+	if (at != len)
+		return ferry_error_set(err, -EPROTO, "disk manifest has %u "
+				       "trailing bytes", len - at);
+	*n = count;
+	return 0;
+short_manifest:
+	return ferry_error_set(err, -EPROTO, "disk manifest cut short at byte %u "
+			       "of %u", at, len);
+}
+
+void wire_disk_rec_encode(const struct wire_disk_rec *r,
+			  uint8_t out[WIRE_DISK_HDR_BYTES])
+{
+	put32(out, WIRE_DISK_MAGIC);
+	out[4] = r->op;
+	out[5] = r->disk;
+	put16(out + 6, r->flags);
+	put64(out + 8, r->offset);
+	put32(out + 16, r->len);
+	put32(out + 20, 0);
+}
+
+int wire_disk_rec_decode(const uint8_t in[WIRE_DISK_HDR_BYTES],
+			 struct wire_disk_rec *r, struct ferry_error *err)
+{
+	uint32_t magic = get32(in);
+
+	if (magic != WIRE_DISK_MAGIC)
+		return ferry_error_set(err, -EBADMSG, "disk record with bad magic "
+				       "0x%08x", magic);
+	r->op = in[4];
+	r->disk = in[5];
+	r->flags = get16(in + 6);
+	r->offset = get64(in + 8);
+	r->len = get32(in + 16);
+	if (get32(in + 20) != 0)
+		return ferry_error_set(err, -EPROTO, "disk record with non-zero "
+				       "reserved field");
+	if (r->op == 0 || r->op > WIRE_DISK_MAX_OP)
+		return ferry_error_set(err, -EPROTO, "unknown disk record op %u",
+				       r->op);
+	if ((r->flags & ~WIRE_DISK_MAY_TRIM) ||
+	    (r->flags && r->op != WIRE_DISK_ZERO))
+		return ferry_error_set(err, -EPROTO, "disk record op %u with "
+				       "flags 0x%x", r->op, r->flags);
+	switch (r->op) {
+	case WIRE_DISK_DATA:
+		if (r->len == 0 || r->len > WIRE_DISK_DATA_MAX)
+			return ferry_error_set(err, -EMSGSIZE, "disk DATA record "
+				"of %u bytes (1-%u allowed)", r->len,
+				WIRE_DISK_DATA_MAX);
+		break;
+	case WIRE_DISK_ZERO:
+		if (r->len == 0)
+			return ferry_error_set(err, -EPROTO, "empty disk ZERO record");
+		break;
+	case WIRE_DISK_ERROR:
+		if (r->len > WIRE_DISK_ERROR_MAX)
+			return ferry_error_set(err, -EMSGSIZE, "disk ERROR record "
+				"of %u bytes (at most %u)", r->len,
+				WIRE_DISK_ERROR_MAX);
+		break;
+	default:
+		if (r->len != 0)
+			return ferry_error_set(err, -EPROTO, "disk record op %u "
+					       "with a payload", r->op);
+	}
 	return 0;
 }
 

@@ -34,6 +34,10 @@ enum wire_conn {
 	WIRE_CONN_RETURN = 3,	/* destination -> source: QEMU's return path */
 	WIRE_CONN_PROBE = 4,	/* source -> destination: RAW frames then END,
 				   to measure the link; answered by PROBED */
+	WIRE_CONN_DISK = 5,	/* source -> destination: the disk records'
+				   tunnel, stream i of n (--block) */
+	WIRE_CONN_DISK_RETURN = 6,	/* destination -> source: the disk
+					   tunnel's acknowledgements */
 };
 
 /* Option bits in the hello (the source's choices; the receiver follows). */
@@ -43,8 +47,10 @@ enum wire_conn {
 #define WIRE_OPT_RESUME (1u << 3)	/* reconnecting a broken post-copy */
 #define WIRE_OPT_HANDOFF (1u << 4)	/* the one data connection goes to QEMU
 					   itself after the hello: no frames */
+#define WIRE_OPT_BLOCK (1u << 5)	/* disks migrate too: DISKS follows the
+					   hello on the control connection */
 #define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
-			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF)
+			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF | WIRE_OPT_BLOCK)
 
 /* A link probe carries at most this much; the receiver drops the probe
  * connection beyond it. */
@@ -99,7 +105,12 @@ enum wire_ctrl {
 				   payload: u8 resume the destination now */
 	WIRE_CTRL_PROBED = 7,	/* receiver -> source on a probe connection:
 				   payload: WIRE_PROBED_BYTES */
-	WIRE_CTRL_MAX_TYPE = 7,
+	WIRE_CTRL_DISKS = 8,	/* source -> receiver after the hello with
+				   WIRE_OPT_BLOCK: the disk manifest (below);
+				   answered by READY or ERROR */
+	WIRE_CTRL_MEMORY = 9,	/* source -> receiver: every disk mirror is
+				   ready; the memory connections follow */
+	WIRE_CTRL_MAX_TYPE = 9,
 };
 
 struct wire_ctrl_hdr {
@@ -169,6 +180,81 @@ static inline enum wire_codec wire_frame_codec(const struct wire_frame_hdr *h)
 {
 	return (enum wire_codec)(h->flags & WIRE_FLAGS_CODEC_MASK);
 }
+
+/*
+ * The disk manifest (DISKS payload): u16 count, then per disk
+ *   u8 id_len, id[id_len] (the device id, [A-Za-z0-9_.-], 1..WIRE_DISK_ID_MAX)
+ *   u8 flags (WIRE_DISK_READ_ONLY), u64 size (virtual bytes),
+ *   u64 allocated (bytes the source image holds: what may be written).
+ */
+#define WIRE_DISKS_MAX 16
+#define WIRE_DISK_ID_MAX 63
+#define WIRE_DISK_READ_ONLY (1u << 0)
+/* A disk larger than this is a corrupt manifest (QEMU's limit is 2^63). */
+#define WIRE_DISK_SIZE_MAX (1ull << 50)
+
+struct wire_disk {
+	char id[WIRE_DISK_ID_MAX + 1];
+	uint8_t flags;
+	uint64_t size;
+	uint64_t allocated;
+};
+
+/* Returns the payload length, or -EMSGSIZE when it exceeds @cap. */
+int wire_disks_encode(const struct wire_disk *d, uint32_t n, uint8_t *out,
+		      uint32_t cap, struct ferry_error *err);
+int wire_disks_decode(const uint8_t *in, uint32_t len, struct wire_disk *d,
+		      uint32_t *n, struct ferry_error *err);
+/* Whether @id is a device id ferry accepts (and can put in QMP names). */
+bool wire_disk_id_valid(const char *id);
+
+/*
+ * Disk records: the byte stream the disk tunnel carries (the tunnel adds
+ * framing, compression and TLS). A 24-byte header, then len payload bytes
+ * for DATA and ERROR only:
+ *   u32 magic "FDSK"  u8 op  u8 disk  u16 flags  u64 offset  u32 len
+ *   u32 reserved (zero)
+ * source -> destination: DATA (bytes at offset), ZERO (len zero bytes at
+ * offset; flag MAY_TRIM: a hole will do), FLUSH (offset = barrier number:
+ * write and sync everything before it, then acknowledge), END (the last
+ * record: a stream that stops without it was cut);
+ * destination -> source: FLUSHED (offset = barrier number), ERROR (text).
+ */
+#define WIRE_DISK_MAGIC 0x4644534bu	/* "FDSK" */
+#define WIRE_DISK_HDR_BYTES 24
+/* Largest DATA payload: a receiver's buffers are this big. */
+#define WIRE_DISK_DATA_MAX (1u << 20)
+#define WIRE_DISK_ERROR_MAX 1024u
+#define WIRE_DISK_MAY_TRIM (1u << 0)
+
+enum wire_disk_op {
+	WIRE_DISK_DATA = 1,
+	WIRE_DISK_ZERO = 2,
+	WIRE_DISK_FLUSH = 3,
+	WIRE_DISK_FLUSHED = 4,
+	WIRE_DISK_ERROR = 5,
+	WIRE_DISK_END = 6,
+	WIRE_DISK_MAX_OP = 6,
+};
+
+struct wire_disk_rec {
+	uint8_t op;
+	uint8_t disk;
+	uint16_t flags;
+	uint64_t offset;
+	uint32_t len;
+};
+
+void wire_disk_rec_encode(const struct wire_disk_rec *r,
+			  uint8_t out[WIRE_DISK_HDR_BYTES]);
+/*
+ * Validates magic, op, flags, and the length per op (DATA at most
+ * WIRE_DISK_DATA_MAX, ERROR at most WIRE_DISK_ERROR_MAX, FLUSH/FLUSHED
+ * empty). The disk index and range are the caller's to check against
+ * its manifest.
+ */
+int wire_disk_rec_decode(const uint8_t in[WIRE_DISK_HDR_BYTES],
+			 struct wire_disk_rec *r, struct ferry_error *err);
 
 /* Migration ids as text (UUID layout, 36 chars + NUL). */
 void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37]);

@@ -1,0 +1,119 @@
+/*
+ * Block migration (--block): the guest's disks move through ferry.
+ *
+ * Source (blk_source.c): ferry finds the disks over QMP, serves each on a
+ * private NBD unix socket, and has the source QEMU mirror into it
+ * (blockdev-add of an NBD node, blockdev-mirror). What QEMU writes becomes
+ * disk records (transport/wire.h) on the disk tunnel: DATA, or ZERO for
+ * zeroes, which cost a header. A FLUSH record is a barrier the destination
+ * acknowledges once everything before it is written and synced.
+ *
+ * Destination (blk_dest.c): ferry checks the destination disks before any
+ * byte is sent, then applies the records: raw images directly with
+ * io_uring, other formats through an NBD export of the destination QEMU.
+ *
+ * Order: RAM starts when every mirror is ready; at the switchover QEMU
+ * stops in pre-switchover, ferry completes the mirrors, sends a barrier,
+ * and lets QEMU go on only once the destination has synced it all.
+ */
+#ifndef FERRY_BLK_H
+#define FERRY_BLK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ferry.h"
+#include "qmp/qmp.h"
+#include "transport/tunnel.h"
+#include "transport/wire.h"
+
+/* Bound on the mirrors getting ready, per GiB of disk (at 8 MiB/s). */
+#define BLK_READY_TIMEOUT_MS_PER_GIB 128000
+#define BLK_READY_TIMEOUT_MIN_MS 60000
+/* Bound on a flush barrier's round trip, and on a mirror completing. */
+#define BLK_FLUSH_TIMEOUT_MS 60000
+#define BLK_COMPLETE_TIMEOUT_MS 60000
+/* Zero detection granularity: runs of zero bytes this long become ZERO. */
+#define BLK_ZERO_CHUNK_BYTES (64u << 10)
+/* Destination: requests in flight, each with a WIRE_DISK_DATA_MAX buffer. */
+#define BLK_DST_QUEUE_DEPTH 16
+/* O_DIRECT needs this alignment of offset, length and buffer. */
+#define BLK_DIRECT_ALIGN 4096u
+
+/* How a device is named: its qdev id, or the drive id without one. */
+struct blk_disk_info {
+	struct wire_disk w;
+	char node[128];		/* node or BlockBackend QEMU mirrors from */
+	char node_name[128];	/* the top node's name */
+	char format[32];	/* "raw", "qcow2", ... */
+	char filename[1024];	/* the image file, when it is one */
+	bool read_only;
+};
+
+/*
+ * query-block: the disks with a medium, and the ones named in @only
+ * (comma-separated ids; NULL: all). Fails when a named id is missing.
+ */
+int blk_query_disks(struct qmp *q, const char *only, struct blk_disk_info *d,
+		    uint32_t *n, struct ferry_error *err);
+
+/* Source side. */
+struct blk_src;
+
+int blk_src_new(struct blk_src **out, struct qmp *q,
+		const struct ferry_block_opts *o, struct ferry_error *err);
+/* The manifest for the receiver. */
+uint32_t blk_src_disks(const struct blk_src *b, struct wire_disk *d);
+/*
+ * Start the disk tunnel (@to: the connections, codec and pacing; the
+ * tunnel owns them from here on, also when this fails), the NBD servers
+ * and the mirror jobs.
+ */
+int blk_src_start(struct blk_src *b, struct tun_opts *to,
+		  struct ferry_error *err);
+/*
+ * One look at the mirrors: 1 when all are ready (read-only disks then
+ * copied and their jobs ended), 0 while copying, -errno when a job failed.
+ * @done and @total: bytes of the copy.
+ */
+int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
+		 struct ferry_error *err);
+/*
+ * At pre-switchover (the guest stopped): complete every mirror in sync,
+ * barrier, end the disk tunnel cleanly.
+ */
+int blk_src_switchover(struct blk_src *b, struct ferry_error *err);
+/* Failure: cancel the mirrors and stop; the source disks stay as they are. */
+void blk_src_abort(struct blk_src *b);
+/* An error the destination or the disk tunnel reported, 0 if none. */
+int blk_src_check(struct blk_src *b, struct ferry_error *err);
+void blk_src_report(const struct blk_src *b, struct ferry_report *r);
+void blk_src_free(struct blk_src *b);
+
+/* Destination side. */
+struct blk_dst;
+
+/*
+ * The pre-checks: each disk of the manifest exists on the destination
+ * QEMU with the same size, no job or export uses it, and its file system
+ * has room. Then the targets are opened (raw files; NBD exports for other
+ * formats). Nothing is written yet.
+ */
+int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
+		    const struct wire_disk *d, uint32_t n,
+		    struct ferry_error *err);
+/* Start the disk tunnel on @to (owned from here on) and the writer. */
+int blk_dst_start(struct blk_dst *b, struct tun_opts *to,
+		  struct ferry_error *err);
+/* An eventfd readable when the writer has ended (cleanly or not). */
+int blk_dst_done_fd(const struct blk_dst *b);
+/*
+ * 0 while running, 1 when the writer ended cleanly (the source ended the
+ * stream, all synced), -errno when it failed.
+ */
+int blk_dst_status(struct blk_dst *b, struct ferry_error *err);
+void blk_dst_report(const struct blk_dst *b, struct ferry_report *r);
+/* Stop, close the targets, remove ferry's exports from QEMU. */
+void blk_dst_free(struct blk_dst *b);
+
+#endif /* FERRY_BLK_H */

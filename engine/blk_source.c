@@ -1,0 +1,836 @@
+/*
+ * Block migration, source side (see blk.h).
+ *
+ * Threads: one NBD server per disk (QEMU's mirror is its one client),
+ * which turns requests into disk records on the record socket; one
+ * acknowledgement reader for what the destination sends back (FLUSHED,
+ * ERROR); the disk tunnel's own threads. The engine thread drives the
+ * mirror jobs over QMP.
+ *
+ * A write is acknowledged to QEMU once its record is queued on the
+ * record socket, in order. QEMU's mirror flushes its target before it
+ * reports ready, and ferry's own barrier follows the last write at the
+ * switchover: both wait for the destination's FLUSHED, so "ready" and
+ * "switched over" both mean synced on the destination.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "blk.h"
+#include "mig.h"
+#include "transport/nbd.h"
+#include "util.h"
+
+/* The NBD client (QEMU) connects during blockdev-add, right away. */
+#define BLK_ACCEPT_TIMEOUT_MS 30000
+/* Bound on one write to the record socket (the tunnel stalled). */
+#define BLK_SEND_TIMEOUT_MS 60000
+/* Bound on force-cancelled mirror jobs going away. */
+#define BLK_CANCEL_TIMEOUT_MS 10000
+
+struct src_disk {
+	struct blk_src *b;
+	uint8_t index;
+	struct blk_disk_info info;
+	char sock[128], job[96], target[96];
+	int lfd, cfd;			/* listening socket, QEMU's connection */
+	pthread_t thread;
+	bool thread_started;
+	struct nbd_export ex;
+	struct nbd_stats st;
+	struct ferry_error err;
+	int rc;
+	bool node_added, job_started, cancel_sent, ready, done;
+	uint64_t offset, len;		/* the job's progress */
+};
+
+struct blk_src {
+	struct qmp *q;
+	enum ferry_block_mode mode;
+	char dir[64];
+	struct src_disk d[WIRE_DISKS_MAX];
+	uint32_t n;
+	int fd;				/* our end of the record socket */
+	int stop_efd;
+	struct tun *tun;
+	pthread_mutex_t wlock;		/* one record at a time on fd */
+	pthread_mutex_t lock;		/* what follows */
+	pthread_cond_t cond;
+	uint64_t barrier_sent, barrier_acked;
+	bool failed, eof, ended;
+	char why[WIRE_DISK_ERROR_MAX + 64];
+	uint64_t data_bytes, zero_bytes;
+	pthread_t acker;
+	bool acker_started;
+	uint64_t t0_ms, mirror_ms, switchover_ms;
+};
+
+static void src_fail(struct blk_src *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void src_fail(struct blk_src *b, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&b->lock);
+	if (!b->failed) {
+		va_start(ap, fmt);
+		vsnprintf(b->why, sizeof(b->why), fmt, ap);
+		va_end(ap);
+		b->failed = true;
+	}
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+}
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+		ssize_t k = send(fd, p, len, MSG_NOSIGNAL);
+
+		if (k > 0) {
+			p += k;
+			len -= (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno != EAGAIN)
+			return -errno;
+		if (poll(&pfd, 1, BLK_SEND_TIMEOUT_MS) == 0)
+			return -ETIMEDOUT;
+	}
+	return 0;
+}
+
+/* Queue one record (and its payload) on the record socket. */
+static int emit(struct blk_src *b, const struct wire_disk_rec *r,
+		const void *payload)
+{
+	uint8_t hdr[WIRE_DISK_HDR_BYTES];
+	int rc;
+
+	wire_disk_rec_encode(r, hdr);
+	pthread_mutex_lock(&b->wlock);
+	rc = send_all(b->fd, hdr, sizeof(hdr));
+	if (rc == 0 && r->op == WIRE_DISK_DATA)
+		rc = send_all(b->fd, payload, r->len);
+	if (rc == 0 && r->op == WIRE_DISK_DATA)
+		b->data_bytes += r->len;
+	else if (rc == 0 && r->op == WIRE_DISK_ZERO)
+		b->zero_bytes += r->len;
+	pthread_mutex_unlock(&b->wlock);
+	if (rc < 0)
+		src_fail(b, "the disk tunnel is gone (%s)", strerror(-rc));
+	return rc;
+}
+
+static bool src_failed(struct blk_src *b)
+{
+	bool f;
+
+	pthread_mutex_lock(&b->lock);
+	f = b->failed;
+	pthread_mutex_unlock(&b->lock);
+	return f;
+}
+
+static bool is_zero(const uint8_t *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/*
+ * QEMU's write: runs of all-zero BLK_ZERO_CHUNK_BYTES chunks become ZERO
+ * records (a header on the wire, fallocate on the destination), the rest
+ * DATA records of at most WIRE_DISK_DATA_MAX.
+ */
+static int src_pwrite(void *ctx, const void *buf, uint32_t len, uint64_t off,
+		      bool fua)
+{
+	struct src_disk *d = ctx;
+	const uint8_t *p = buf;
+	int rc;
+
+	if (src_failed(d->b))
+		return -EIO;
+	while (len) {
+		uint32_t step = len < BLK_ZERO_CHUNK_BYTES ? len : BLK_ZERO_CHUNK_BYTES;
+		bool zero = is_zero(p, step);
+		uint32_t run = step;
+		struct wire_disk_rec r = { .disk = d->index, .offset = off };
+
+		while (run < len && (zero || run < WIRE_DISK_DATA_MAX)) {
+			uint32_t s = len - run < BLK_ZERO_CHUNK_BYTES ?
+				     len - run : BLK_ZERO_CHUNK_BYTES;
+
+			if (is_zero(p + run, s) != zero ||
+			    (!zero && run + s > WIRE_DISK_DATA_MAX))
+				break;
+			run += s;
+		}
+		r.op = zero ? WIRE_DISK_ZERO : WIRE_DISK_DATA;
+		r.len = run;
+		rc = emit(d->b, &r, p);
+		if (rc < 0)
+			return -EIO;
+		p += run;
+		off += run;
+		len -= run;
+	}
+	return fua ? d->ex.be.flush(d) : 0;
+}
+
+static int src_zero(void *ctx, uint32_t len, uint64_t off, bool may_trim)
+{
+	struct src_disk *d = ctx;
+	struct wire_disk_rec r = {
+		.op = WIRE_DISK_ZERO, .disk = d->index, .offset = off, .len = len,
+		.flags = may_trim ? WIRE_DISK_MAY_TRIM : 0,
+	};
+
+	if (src_failed(d->b))
+		return -EIO;
+	return emit(d->b, &r, NULL) < 0 ? -EIO : 0;
+}
+
+/* A trimmed range reads back as zeroes on the destination. */
+static int src_trim(void *ctx, uint32_t len, uint64_t off)
+{
+	return src_zero(ctx, len, off, true);
+}
+
+static int src_pread(void *ctx, void *buf, uint32_t len, uint64_t off)
+{
+	struct src_disk *d = ctx;
+
+	ferry_log(FERRY_LOG_WARN, "disk %s: the mirror target read %u bytes at "
+		  "%llu; ferry's target is write-only", d->info.w.id, len,
+		  (unsigned long long)off);
+	return -EIO;
+}
+
+/* Send a barrier and wait until the destination has synced up to it. */
+static int src_barrier(struct blk_src *b, struct ferry_error *err)
+{
+	struct wire_disk_rec r = { .op = WIRE_DISK_FLUSH };
+	uint64_t deadline = ferry_now_ms() + BLK_FLUSH_TIMEOUT_MS;
+	struct timespec ts;
+	int rc = 0;
+
+	pthread_mutex_lock(&b->wlock);
+	r.offset = ++b->barrier_sent;
+	pthread_mutex_unlock(&b->wlock);
+	/* Barriers may overtake each other between emit and here; the
+	 * destination acknowledges them in order, so >= is enough. */
+	if (emit(b, &r, NULL) < 0)
+		goto out;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += BLK_FLUSH_TIMEOUT_MS / 1000;
+	pthread_mutex_lock(&b->lock);
+	while (b->barrier_acked < r.offset && !b->failed && !b->eof &&
+	       ferry_now_ms() < deadline)
+		pthread_cond_timedwait(&b->cond, &b->lock, &ts);
+	if (b->barrier_acked < r.offset && !b->failed)
+		rc = ferry_error_set(err, -ETIMEDOUT, "the destination did not "
+			"acknowledge disk flush %llu within %d s",
+			(unsigned long long)r.offset, BLK_FLUSH_TIMEOUT_MS / 1000);
+	pthread_mutex_unlock(&b->lock);
+	if (rc < 0)
+		return rc;
+out:
+	return blk_src_check(b, err);
+}
+
+static int src_flush(void *ctx)
+{
+	struct src_disk *d = ctx;
+	struct ferry_error e = { 0 };
+
+	return src_barrier(d->b, &e) < 0 ? -EIO : 0;
+}
+
+static int read_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t k = read(fd, p, len);
+
+		if (k == 0)
+			return -ECONNRESET;
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		p += k;
+		len -= (size_t)k;
+	}
+	return 0;
+}
+
+/* What the destination says: FLUSHED or ERROR, then the end. */
+static void *acker_main(void *arg)
+{
+	struct blk_src *b = arg;
+
+	for (;;) {
+		uint8_t hdr[WIRE_DISK_HDR_BYTES];
+		char text[WIRE_DISK_ERROR_MAX + 1];
+		struct ferry_error e = { 0 };
+		struct wire_disk_rec r;
+		int rc = read_all(b->fd, hdr, sizeof(hdr));
+
+		if (rc == -ECONNRESET) {
+			pthread_mutex_lock(&b->lock);
+			b->eof = true;
+			if (!b->ended && !b->failed) {
+				snprintf(b->why, sizeof(b->why), "the destination "
+					 "ended the disk stream early");
+				b->failed = true;
+			}
+			pthread_cond_broadcast(&b->cond);
+			pthread_mutex_unlock(&b->lock);
+			return NULL;
+		}
+		if (rc == 0)
+			rc = wire_disk_rec_decode(hdr, &r, &e);
+		else
+			ferry_error_set(&e, rc, "%s", strerror(-rc));
+		if (rc == 0 && r.op != WIRE_DISK_FLUSHED && r.op != WIRE_DISK_ERROR)
+			rc = ferry_error_set(&e, -EPROTO, "disk record op %u on "
+					     "the return path", r.op);
+		if (rc == 0 && r.op == WIRE_DISK_ERROR) {
+			rc = read_all(b->fd, text, r.len);
+			text[rc == 0 ? r.len : 0] = 0;
+			src_fail(b, "the destination reports: %s", text);
+			return NULL;
+		}
+		if (rc < 0) {
+			src_fail(b, "disk acknowledgements: %s", e.msg);
+			return NULL;
+		}
+		pthread_mutex_lock(&b->lock);
+		if (r.offset > b->barrier_acked)
+			b->barrier_acked = r.offset;
+		pthread_cond_broadcast(&b->cond);
+		pthread_mutex_unlock(&b->lock);
+	}
+}
+
+static void *serve_main(void *arg)
+{
+	struct src_disk *d = arg;
+	struct pollfd p[2] = {
+		{ .fd = d->lfd, .events = POLLIN },
+		{ .fd = d->b->stop_efd, .events = POLLIN },
+	};
+	int fd;
+
+	if (poll(p, 2, BLK_ACCEPT_TIMEOUT_MS) <= 0 || !p[0].revents) {
+		d->rc = ferry_error_set(&d->err, -ETIMEDOUT, "QEMU never "
+					"connected to ferry's NBD server");
+		return NULL;
+	}
+	fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0) {
+		d->rc = ferry_error_set(&d->err, -errno, "accept: %s",
+					strerror(errno));
+		return NULL;
+	}
+	pthread_mutex_lock(&d->b->lock);
+	d->cfd = fd;
+	pthread_mutex_unlock(&d->b->lock);
+	d->rc = nbd_serve(fd, &d->ex, &d->st, &d->err);
+	if (d->rc < 0)
+		ferry_log(FERRY_LOG_WARN, "disk %s: NBD server: %s", d->info.w.id,
+			  d->err.msg);
+	return NULL;
+}
+
+int blk_src_new(struct blk_src **out, struct qmp *q,
+		const struct ferry_block_opts *o, struct ferry_error *err)
+{
+	struct blk_disk_info info[WIRE_DISKS_MAX];
+	struct blk_src *b;
+	uint32_t n;
+	int rc;
+
+	rc = blk_query_disks(q, o->disks, info, &n, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "finding the disks to migrate: ");
+	if (n == 0)
+		return ferry_error_set(err, -ENOENT, "--block: the source QEMU has "
+				       "no disk with a medium to migrate");
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	b->q = q;
+	b->mode = o->mode;
+	b->n = n;
+	b->fd = -1;
+	b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	pthread_mutex_init(&b->wlock, NULL);
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	for (uint32_t i = 0; i < n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		d->b = b;
+		d->index = (uint8_t)i;
+		d->info = info[i];
+		d->lfd = d->cfd = -1;
+		/* From @info, not d->info: the names live in the same struct. */
+		snprintf(d->job, sizeof(d->job), "ferry-mirror-%s", info[i].w.id);
+		snprintf(d->target, sizeof(d->target), "ferry-target-%s",
+			 info[i].w.id);
+	}
+	*out = b;
+	if (b->stop_efd < 0)
+		return ferry_error_set(err, -errno, "eventfd: %s", strerror(errno));
+	return 0;
+}
+
+uint32_t blk_src_disks(const struct blk_src *b, struct wire_disk *d)
+{
+	for (uint32_t i = 0; i < b->n; i++)
+		d[i] = b->d[i].info.w;
+	return b->n;
+}
+
+static int listen_unix(const char *path, struct ferry_error *err)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return ferry_error_set(err, -ENAMETOOLONG, "socket path %s", path);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return ferry_error_set(err, -errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 1) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return ferry_error_set(err, e, "listening on %s: %s", path,
+				       strerror(-e));
+	}
+	return fd;
+}
+
+/* ferry's NBD server for disk @d, then QEMU's NBD node and mirror job. */
+static int start_mirror(struct src_disk *d, struct ferry_error *err)
+{
+	struct blk_src *b = d->b;
+	int rc;
+
+	snprintf(d->sock, sizeof(d->sock), "%s/%u.sock", b->dir, d->index);
+	rc = listen_unix(d->sock, err);
+	if (rc < 0)
+		return rc;
+	d->lfd = rc;
+	d->ex.name = d->info.w.id;
+	d->ex.size = d->info.w.size;
+	d->ex.be = (struct nbd_backend){
+		.pread = src_pread, .pwrite = src_pwrite, .zero = src_zero,
+		.trim = src_trim, .flush = src_flush, .ctx = d,
+	};
+	rc = -pthread_create(&d->thread, NULL, serve_main, d);
+	if (rc < 0)
+		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
+	d->thread_started = true;
+	rc = qmp_execute(b->q, "blockdev-add",
+			 json_pack("{s:s,s:s,s:{s:s,s:s},s:s}", "driver", "nbd",
+				   "node-name", d->target, "server", "type",
+				   "unix", "path", d->sock, "export", d->info.w.id),
+			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "adding ferry's NBD target: ");
+	d->node_added = true;
+	/*
+	 * auto-dismiss off: a failed job stays in query-block-jobs with its
+	 * error until ferry has read it.
+	 */
+	rc = qmp_execute(b->q, "blockdev-mirror",
+			 json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "job-id", d->job,
+				   "device", d->info.node, "target", d->target,
+				   "sync", "full", "copy-mode",
+				   b->mode == FERRY_BLOCK_WRITE_BLOCKING &&
+				   !d->info.read_only ? "write-blocking" :
+				   "background", "auto-dismiss", 0),
+			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "blockdev-mirror: ");
+	d->job_started = true;
+	return 0;
+}
+
+int blk_src_start(struct blk_src *b, struct tun_opts *to,
+		  struct ferry_error *err)
+{
+	int sv[2], rc;
+
+	b->t0_ms = ferry_now_ms();
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		rc = ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+		goto err_close_conns;
+	}
+	for (int i = 0; i < 2; i++) {
+		int sz = MIG_SOCKET_BUF_BYTES;
+
+		setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+		setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	}
+	b->fd = sv[0];
+	to->role = TUN_SOURCE;
+	to->local_fd = sv[1];
+	rc = tun_start(&b->tun, to, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "disk tunnel: ");
+	rc = -pthread_create(&b->acker, NULL, acker_main, b);
+	if (rc < 0)
+		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
+	b->acker_started = true;
+	snprintf(b->dir, sizeof(b->dir), "/tmp/ferry-nbd-XXXXXX");
+	if (!mkdtemp(b->dir)) {	/* mode 0700: only ferry and root */
+		rc = ferry_error_set(err, -errno, "mkdtemp: %s", strerror(errno));
+		b->dir[0] = 0;
+		return rc;
+	}
+	for (uint32_t i = 0; i < b->n; i++) {
+		rc = start_mirror(&b->d[i], err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "disk %s: ", b->d[i].info.w.id);
+		ferry_log(FERRY_LOG_INFO, "disk %s: mirroring %llu MiB (%s%s) "
+			  "through ferry", b->d[i].info.w.id,
+			  (unsigned long long)(b->d[i].info.w.size >> 20),
+			  b->d[i].info.format,
+			  b->d[i].info.read_only ? ", read-only: copied once" : "");
+	}
+	return 0;
+err_close_conns:
+	for (uint32_t i = 0; i < to->nstreams; i++)
+		net_conn_close(&to->streams[i]);
+	net_conn_close(&to->ret);
+	return rc;
+}
+
+int blk_src_check(struct blk_src *b, struct ferry_error *err)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->failed)
+		rc = ferry_error_set(err, -EIO, "disk migration: %s", b->why);
+	pthread_mutex_unlock(&b->lock);
+	return rc;
+}
+
+static struct src_disk *find_job(struct blk_src *b, const char *id)
+{
+	for (uint32_t i = 0; i < b->n; i++)
+		if (id && !strcmp(b->d[i].job, id))
+			return &b->d[i];
+	return NULL;
+}
+
+/* A job concluded: read its error, dismiss it, drop its NBD node. */
+static int conclude(struct src_disk *d, json_t *job, struct ferry_error *err)
+{
+	const char *e = json_string_value(json_object_get(job, "error"));
+	struct ferry_error why = { 0 };
+
+	qmp_execute(d->b->q, "job-dismiss", json_pack("{s:s}", "id", d->job),
+		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	d->job_started = false;
+	d->done = true;
+	if (d->node_added &&
+	    qmp_execute(d->b->q, "blockdev-del", json_pack("{s:s}", "node-name",
+							  d->target),
+			NULL, MIG_QMP_TIMEOUT_MS, NULL) == 0)
+		d->node_added = false;
+	if (!e)
+		return 0;
+	blk_src_check(d->b, &why);
+	return ferry_error_set(err, -EIO, "disk %s: the mirror failed: %s%s%s",
+			       d->info.w.id, e, why.msg[0] ? "; " : "", why.msg);
+}
+
+/* One pass over query-block-jobs for our jobs. */
+static int poll_jobs(struct blk_src *b, struct ferry_error *err)
+{
+	bool seen[WIRE_DISKS_MAX] = { false };
+	json_t *ret = NULL, *job;
+	size_t i;
+	int rc;
+
+	rc = qmp_execute(b->q, "query-block-jobs", NULL, &ret,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "source QEMU: ");
+	json_array_foreach(ret, i, job) {
+		struct src_disk *d = find_job(b, json_string_value(
+						json_object_get(job, "device")));
+		const char *st = json_string_value(json_object_get(job, "status"));
+
+		if (!d || !d->job_started)
+			continue;
+		seen[d->index] = true;
+		d->offset = (uint64_t)json_integer_value(json_object_get(job, "offset"));
+		d->len = (uint64_t)json_integer_value(json_object_get(job, "len"));
+		d->ready = json_is_true(json_object_get(job, "ready"));
+		if (st && !strcmp(st, "concluded")) {
+			rc = conclude(d, job, err);
+			if (rc < 0)
+				break;
+		}
+	}
+	json_decref(ret);
+	/* auto-dismiss is off: only ferry removes its jobs. */
+	for (uint32_t k = 0; rc == 0 && k < b->n; k++)
+		if (b->d[k].job_started && !seen[k])
+			rc = ferry_error_set(err, -EIO, "disk %s: mirror job %s "
+					     "vanished", b->d[k].info.w.id,
+					     b->d[k].job);
+	return rc;
+}
+
+int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
+		 struct ferry_error *err)
+{
+	bool all = true;
+	int rc;
+
+	rc = blk_src_check(b, err);
+	if (rc == 0)
+		rc = poll_jobs(b, err);
+	if (rc < 0)
+		return rc;
+	*done = *total = 0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		*total += d->done ? d->info.w.size : d->len;
+		*done += d->done ? d->info.w.size : d->offset;
+		if (d->done)
+			continue;
+		if (!d->job_started)
+			return ferry_error_set(err, -EIO, "disk %s: no mirror job",
+					       d->info.w.id);
+		/* A read-only disk never changes: once copied, its job ends. */
+		if (d->ready && d->info.read_only && !d->cancel_sent) {
+			rc = qmp_execute(b->q, "block-job-cancel",
+					 json_pack("{s:s}", "device", d->job), NULL,
+					 MIG_QMP_TIMEOUT_MS, err);
+			if (rc < 0)
+				return ferry_error_prefix(err, "disk %s: ",
+							  d->info.w.id);
+			d->cancel_sent = true;
+		}
+		all &= d->ready && !d->info.read_only;
+	}
+	if (all && !b->mirror_ms)
+		b->mirror_ms = ferry_now_ms() - b->t0_ms;
+	return all;
+}
+
+static void join_server(struct src_disk *d)
+{
+	if (!d->thread_started)
+		return;
+	pthread_join(d->thread, NULL);
+	d->thread_started = false;
+}
+
+int blk_src_switchover(struct blk_src *b, struct ferry_error *err)
+{
+	uint64_t t0 = ferry_now_ms(), deadline = t0 + BLK_COMPLETE_TIMEOUT_MS;
+	bool pending = true;
+	int rc;
+
+	/* A cancelled ready mirror completes in sync and does not pivot. */
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		if (!d->job_started || d->cancel_sent)
+			continue;
+		rc = qmp_execute(b->q, "block-job-cancel",
+				 json_pack("{s:s}", "device", d->job), NULL,
+				 MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "completing the mirror of "
+						  "disk %s: ", d->info.w.id);
+		d->cancel_sent = true;
+	}
+	while (pending && ferry_now_ms() < deadline) {
+		rc = poll_jobs(b, err);
+		if (rc < 0)
+			return rc;
+		pending = false;
+		for (uint32_t i = 0; i < b->n; i++)
+			pending |= !b->d[i].done;
+		if (pending)
+			usleep(5 * 1000);
+	}
+	if (pending)
+		return ferry_error_set(err, -ETIMEDOUT, "the disk mirrors did not "
+			"complete within %d s", BLK_COMPLETE_TIMEOUT_MS / 1000);
+	for (uint32_t i = 0; i < b->n; i++)
+		join_server(&b->d[i]);
+	rc = src_barrier(b, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "disk flush barrier: ");
+	/*
+	 * The end of the record stream. The destination syncs, removes its
+	 * exports from QEMU and only then ends its direction, so the tunnel's
+	 * end means the destination disks are QEMU's alone again.
+	 */
+	pthread_mutex_lock(&b->lock);
+	b->ended = true;
+	pthread_mutex_unlock(&b->lock);
+	rc = emit(b, &(struct wire_disk_rec){ .op = WIRE_DISK_END }, NULL);
+	if (rc < 0)
+		return blk_src_check(b, err);
+	shutdown(b->fd, SHUT_WR);
+	rc = tun_wait(b->tun, BLK_FLUSH_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "disk tunnel at its end: ");
+	pthread_join(b->acker, NULL);
+	b->acker_started = false;
+	rc = blk_src_check(b, err);
+	if (rc < 0)
+		return rc;
+	b->switchover_ms = ferry_now_ms() - t0;
+	ferry_log(FERRY_LOG_INFO, "disks in sync on the destination: mirrors "
+		  "completed and flushed in %llu ms",
+		  (unsigned long long)b->switchover_ms);
+	return 0;
+}
+
+/* Stop the NBD servers: QEMU's connections are shut down. */
+static void stop_servers(struct blk_src *b)
+{
+	uint64_t one = 1;
+
+	if (b->stop_efd >= 0 && write(b->stop_efd, &one, sizeof(one)) < 0) {
+		/* the counter is already non-zero */
+	}
+	pthread_mutex_lock(&b->lock);
+	for (uint32_t i = 0; i < b->n; i++)
+		if (b->d[i].cfd >= 0)
+			shutdown(b->d[i].cfd, SHUT_RDWR);
+	pthread_mutex_unlock(&b->lock);
+	for (uint32_t i = 0; i < b->n; i++)
+		join_server(&b->d[i]);
+}
+
+void blk_src_abort(struct blk_src *b)
+{
+	uint64_t deadline = ferry_now_ms() + BLK_CANCEL_TIMEOUT_MS;
+	bool pending = false;
+
+	if (!b)
+		return;
+	src_fail(b, "the migration was abandoned");
+	/* Forced: the mirror stops at once, the source disk untouched. */
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		if (!d->job_started)
+			continue;
+		qmp_execute(b->q, "block-job-cancel",
+			    json_pack("{s:s,s:b}", "device", d->job, "force", 1),
+			    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+		pending = true;
+	}
+	/* QEMU's NBD client may be waiting on ferry: unblock it first. */
+	if (b->tun)
+		tun_cancel(b->tun);
+	stop_servers(b);
+	while (pending && ferry_now_ms() < deadline) {
+		struct ferry_error e = { 0 };
+
+		if (poll_jobs(b, &e) < 0 && !strstr(e.msg, "mirror failed"))
+			break;
+		pending = false;
+		for (uint32_t i = 0; i < b->n; i++)
+			pending |= b->d[i].job_started;
+		if (pending)
+			usleep(20 * 1000);
+	}
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		if (d->job_started)
+			ferry_log(FERRY_LOG_WARN, "disk %s: mirror job %s still "
+				  "there after cancel", d->info.w.id, d->job);
+		if (d->node_added &&
+		    qmp_execute(b->q, "blockdev-del", json_pack("{s:s}",
+				"node-name", d->target), NULL, MIG_QMP_TIMEOUT_MS,
+				NULL) == 0)
+			d->node_added = false;
+	}
+}
+
+void blk_src_report(const struct blk_src *b, struct ferry_report *r)
+{
+	struct tun_stats st = { 0 };
+
+	if (!b)
+		return;
+	if (b->tun)
+		tun_stats(b->tun, &st);
+	r->disks = b->n;
+	for (uint32_t i = 0; i < b->n; i++)
+		r->disk_size_bytes += b->d[i].info.w.size;
+	r->disk_data_bytes = b->data_bytes;
+	r->disk_zero_bytes = b->zero_bytes;
+	r->disk_wire_bytes = st.wire_out_bytes + st.wire_in_bytes;
+	r->disk_mirror_ms = b->mirror_ms;
+	r->disk_switchover_ms = b->switchover_ms;
+}
+
+void blk_src_free(struct blk_src *b)
+{
+	if (!b)
+		return;
+	stop_servers(b);
+	if (b->tun)
+		tun_cancel(b->tun);
+	if (b->fd >= 0)
+		shutdown(b->fd, SHUT_RDWR);
+	if (b->acker_started)
+		pthread_join(b->acker, NULL);
+	tun_free(b->tun);
+	for (uint32_t i = 0; i < b->n; i++) {
+		if (b->d[i].lfd >= 0)
+			close(b->d[i].lfd);
+		if (b->d[i].cfd >= 0)
+			close(b->d[i].cfd);
+		if (b->d[i].sock[0])
+			unlink(b->d[i].sock);
+	}
+	if (b->dir[0])
+		rmdir(b->dir);
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->stop_efd >= 0)
+		close(b->stop_efd);
+	pthread_cond_destroy(&b->cond);
+	pthread_mutex_destroy(&b->lock);
+	pthread_mutex_destroy(&b->wlock);
+	free(b);
+}

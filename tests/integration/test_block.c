@@ -1,0 +1,547 @@
+/*
+ * Block migration (--block) with real QEMU on both sides, verified on the
+ * data: the destination image must equal the source image as of the
+ * switchover (the source QEMU leaves it untouched afterwards), and guest
+ * RAM must be equal too.
+ *
+ * The source disk changes during the migration: QEMU writes to it (HMP
+ * qemu-io on the drive) from the progress callback, while the mirrors copy
+ * and while memory streams, as a guest would. The callback runs in the
+ * migration's own thread, so every write lands before ferry's next step,
+ * in particular before it completes the mirrors at pre-switchover.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "qmp/qmp.h"
+#include "tests/harness/proc.h"
+#include "tests/harness/tmpdir.h"
+#include "tests/harness/vm.h"
+
+#define MiB (1ull << 20)
+#define TEST_MEM_MIB 64
+#define READY_TIMEOUT_MS 60000
+#define QMP_MS 10000
+
+struct bpair {
+	struct vm *src, *dst;
+	char dir[64];
+	char src_img[128], dst_img[128], iso[128], dst_iso[128];
+};
+
+/* A raw image of @size with data in the first @data_mib MiB (a pattern
+ * with a hole in the middle), the rest a hole. */
+static void make_raw(const char *path, uint64_t size, uint32_t data_mib,
+		     uint32_t seed)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	uint8_t *buf = malloc(MiB);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
+	for (uint32_t m = 0; m < data_mib; m++) {
+		if (m % 4 == 2)
+			continue;	/* holes among the data */
+		for (uint32_t i = 0; i < MiB; i += 4) {
+			uint32_t v = (m * 2654435761u) ^ (i * 40503u) ^ seed;
+
+			memcpy(buf + i, &v, 4);
+		}
+		ck_assert_int_eq(pwrite(fd, buf, MiB, (off_t)m * MiB), (ssize_t)MiB);
+	}
+	free(buf);
+	close(fd);
+}
+
+static void run_cmd(const char *cmd)
+{
+	int rc = system(cmd);
+
+	ck_assert_msg(rc == 0, "'%s' exited with %d", cmd, rc);
+}
+
+/*
+ * Source and destination VMs with disk "vdisk0" (raw on the source;
+ * @dst_fmt on the destination) of @size, and with @cdrom an ISO as IDE
+ * CD-ROM "cd0" on both sides (the destination's blank, same size).
+ */
+static void bpair_start(struct bpair *p, uint64_t size, uint32_t data_mib,
+			const char *dst_fmt, bool cdrom, uint64_t dst_size)
+{
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = "mix" };
+	struct vm_config dc = sc;
+	struct ferry_error err = { 0 };
+	char sargs[1024], dargs[1024], cmd[512], cd[2][300] = { "", "" };
+
+	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-block"), 0);
+	snprintf(p->src_img, sizeof(p->src_img), "%s/src.raw", p->dir);
+	snprintf(p->dst_img, sizeof(p->dst_img), "%s/dst.%s", p->dir, dst_fmt);
+	make_raw(p->src_img, size, data_mib, 1);
+	if (!strcmp(dst_fmt, "raw")) {
+		make_raw(p->dst_img, dst_size, 0, 0);
+	} else {
+		snprintf(cmd, sizeof(cmd), "qemu-img create -q -f %s %s %llu",
+			 dst_fmt, p->dst_img, (unsigned long long)dst_size);
+		run_cmd(cmd);
+	}
+	if (cdrom) {
+		snprintf(p->iso, sizeof(p->iso), "%s/config.iso", p->dir);
+		snprintf(p->dst_iso, sizeof(p->dst_iso), "%s/dst-config.iso", p->dir);
+		make_raw(p->iso, 6 * MiB, 6, 7);
+		make_raw(p->dst_iso, 6 * MiB, 0, 0);
+		snprintf(cd[0], sizeof(cd[0]), " -drive if=none,id=cdrive,format=raw,"
+			 "media=cdrom,readonly=on,file=%s -device ide-cd,drive=cdrive,"
+			 "id=cd0", p->iso);
+		snprintf(cd[1], sizeof(cd[1]), " -drive if=none,id=cdrive,format=raw,"
+			 "media=cdrom,readonly=on,file=%s -device ide-cd,drive=cdrive,"
+			 "id=cd0", p->dst_iso);
+	}
+	snprintf(sargs, sizeof(sargs), "-drive if=none,id=drive0,format=raw,"
+		 "file=%s -device virtio-blk-pci,drive=drive0,id=vdisk0%s",
+		 p->src_img, cd[0]);
+	snprintf(dargs, sizeof(dargs), "-drive if=none,id=drive0,format=%s,"
+		 "file=%s -device virtio-blk-pci,drive=drive0,id=vdisk0%s",
+		 dst_fmt, p->dst_img, cd[1]);
+	sc.extra_args = sargs;
+	dc.extra_args = dargs;
+	dc.incoming = true;
+	dc.prealloc = true;
+	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
+		      "guest not ready: %s", err.msg);
+}
+
+static void bpair_stop(struct bpair *p)
+{
+	vm_stop(p->src);
+	vm_stop(p->dst);
+	tmpdir_remove(p->dir);
+}
+
+/* QEMU writes to its own disk (drive0), as the guest would. */
+static void qemu_io(struct vm *vm, const char *cmd)
+{
+	struct ferry_error err = { 0 };
+	char line[256];
+	json_t *ret = NULL;
+	const char *out;
+
+	snprintf(line, sizeof(line), "qemu-io drive0 \"%s\"", cmd);
+	ck_assert_msg(qmp_execute(vm_qmp(vm), "human-monitor-command",
+				  json_pack("{s:s}", "command-line", line), &ret,
+				  QMP_MS, &err) == 0, "%s", err.msg);
+	out = json_string_value(ret);
+	/* qemu-io prints on QEMU's stdout; the monitor returns errors. */
+	ck_assert_msg(out && !*out, "qemu-io %s: %s", cmd, out ? out : "?");
+	json_decref(ret);
+}
+
+struct writer {
+	struct vm *vm;
+	uint64_t disk_bytes;
+	uint32_t disk_writes, ram_writes;
+	enum ferry_phase last;
+};
+
+static bool source_before_switchover(struct vm *vm)
+{
+	struct ferry_error err = { 0 };
+	json_t *ret = NULL;
+	const char *st;
+	bool before;
+
+	ck_assert_msg(qmp_execute(vm_qmp(vm), "query-migrate", NULL, &ret, QMP_MS,
+				  &err) == 0, "%s", err.msg);
+	st = json_string_value(json_object_get(ret, "status"));
+	before = st && (!strcmp(st, "setup") || !strcmp(st, "active") ||
+			!strcmp(st, "pre-switchover"));
+	json_decref(ret);
+	return before;
+}
+
+/* Progress callback: writes while the disks mirror, and while RAM goes. */
+static void write_during(const struct ferry_progress *p, void *opaque)
+{
+	struct writer *w = opaque;
+	char cmd[128];
+	uint32_t n = w->disk_writes + w->ram_writes;
+	uint64_t off = ((uint64_t)n * 7919 * 65536 + 4096 * (n % 3)) %
+		       (w->disk_bytes - 2 * MiB);
+
+	if (p->postcopy || (p->phase != FERRY_PHASE_DISKS &&
+			    p->phase != FERRY_PHASE_PRECOPY))
+		return;
+	/*
+	 * Not once ferry has completed the mirrors: QEMU then moves on to
+	 * "device" and inactivates the disk. Up to pre-switchover, ferry has
+	 * not acted yet (it runs this callback).
+	 */
+	if (p->phase == FERRY_PHASE_PRECOPY && !source_before_switchover(w->vm))
+		return;
+	/* Unaligned, zero and pattern writes over the whole disk. */
+	if (n % 5 == 4)
+		snprintf(cmd, sizeof(cmd), "write -z %llu 256k",
+			 (unsigned long long)off);
+	else
+		snprintf(cmd, sizeof(cmd), "write -P 0x%02x %llu %u",
+			 (n * 37 + 1) & 0xff, (unsigned long long)off,
+			 n % 2 ? 1536 * 1024 : 300000);
+	qemu_io(w->vm, cmd);
+	if (p->phase == FERRY_PHASE_DISKS)
+		w->disk_writes++;
+	else
+		w->ram_writes++;
+}
+
+struct rx_thread {
+	struct ferry_receiver *rx;
+	struct ferry_report rep;
+	struct ferry_error err;
+	int rc;
+	pthread_t t;
+};
+
+static void *rx_main(void *arg)
+{
+	struct rx_thread *r = arg;
+
+	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
+	return NULL;
+}
+
+static void rx_start(struct rx_thread *r, struct vm *dst)
+{
+	struct ferry_receiver_opts o = {
+		.listen_host = "127.0.0.1",
+		.qmp_path = vm_qmp_path(dst),
+		.once = true,
+	};
+
+	memset(r, 0, sizeof(*r));
+	r->rx = ferry_receiver_new(&o, &r->err);
+	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
+	pthread_create(&r->t, NULL, rx_main, r);
+}
+
+/* Migrate with the library; returns ferry_migration_run()'s result. */
+static int migrate(struct bpair *p, struct ferry_migrate_opts *o,
+		   struct ferry_report *rep, struct ferry_error *err,
+		   struct rx_thread *rx)
+{
+	struct ferry_migration *m;
+	int rc;
+
+	rx_start(rx, p->dst);
+	o->qmp_path = vm_qmp_path(p->src);
+	o->to_host = "127.0.0.1";
+	o->to_port = ferry_receiver_port(rx->rx);
+	o->paused = true;
+	o->progress_interval_ms = o->progress_interval_ms ?
+				  o->progress_interval_ms : 100;
+	o->block.enabled = true;
+	m = ferry_migration_new(o, err);
+	ck_assert_msg(m, "%s", err->msg);
+	rc = ferry_migration_run(m, rep, err);
+	ferry_migration_free(m);
+	pthread_join(rx->t, NULL);
+	ferry_receiver_free(rx->rx);
+	return rc;
+}
+
+static void expect_status(struct vm *vm, const char *want)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(!strcmp(st, want), "VM is '%s', expected '%s'", st, want);
+}
+
+static void expect_same_ram(struct bpair *p)
+{
+	struct ferry_error err = { 0 };
+	char a[128], b[128];
+	uint64_t diff = 0;
+
+	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
+	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_files_equal(a, b, &diff, &err) == 1,
+		      "guest RAM differs at byte %llu", (unsigned long long)diff);
+	unlink(a);
+	unlink(b);
+}
+
+static void expect_same_file(const char *a, const char *b)
+{
+	struct ferry_error err = { 0 };
+	uint64_t diff = 0;
+	int eq = vm_files_equal(a, b, &diff, &err);
+
+	ck_assert_msg(eq >= 0, "%s", err.msg);
+	ck_assert_msg(eq == 1, "%s and %s differ at byte %llu", a, b,
+		      (unsigned long long)diff);
+}
+
+/* Raw to raw, background mirror, with writes in both phases. */
+START_TEST(block_raw_with_writes)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct writer w = { .disk_bytes = 96 * MiB };
+	struct ferry_migrate_opts o = {
+		.progress = write_during, .progress_opaque = &w,
+		.codec = FERRY_CODEC_LZ4,
+		.max_bandwidth_bytes_per_s = 32 * MiB,	/* a few seconds */
+	};
+
+	bpair_start(&p, 96 * MiB, 64, "raw", false, 96 * MiB);
+	w.vm = p.src;
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert_uint_eq(rep.disks, 1);
+	ck_assert_uint_eq(rep.disk_size_bytes, 96 * MiB);
+	ck_assert_uint_gt(rep.disk_data_bytes, 40 * MiB);
+	ck_assert_uint_gt(rep.disk_zero_bytes, 0);
+	ck_assert_uint_eq(rx.rep.disk_data_bytes, rep.disk_data_bytes);
+	ck_assert_uint_gt(w.disk_writes + w.ram_writes, 0);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_file(p.src_img, p.dst_img);
+	expect_same_ram(&p);
+	bpair_stop(&p);
+}
+END_TEST
+
+/* Raw to qcow2 (through the destination QEMU's NBD export), write-blocking. */
+START_TEST(block_qcow2_write_blocking)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct writer w = { .disk_bytes = 64 * MiB };
+	struct ferry_migrate_opts o = {
+		.progress = write_during, .progress_opaque = &w,
+		.block = { .mode = FERRY_BLOCK_WRITE_BLOCKING },
+	};
+	char cmd[512];
+
+	bpair_start(&p, 64 * MiB, 40, "qcow2", false, 64 * MiB);
+	w.vm = p.src;
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert_uint_eq(rep.disks, 1);
+	ck_assert_uint_gt(w.disk_writes + w.ram_writes, 0);
+	expect_status(p.dst, "paused");
+	/* -U: both QEMUs still have the images open. */
+	snprintf(cmd, sizeof(cmd), "qemu-img compare -q -U -f raw -F qcow2 %s %s",
+		 p.src_img, p.dst_img);
+	run_cmd(cmd);
+	expect_same_ram(&p);
+	bpair_stop(&p);
+}
+END_TEST
+
+/* A mostly empty 4 GiB disk: the zeroes travel as headers. */
+START_TEST(block_sparse_4g)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
+					.no_handoff = true };
+
+	bpair_start(&p, 4096 * MiB, 8, "raw", false, 4096 * MiB);
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	fprintf(stderr, "block_sparse_4g: 4096 MiB disk, %llu KiB data, %llu MiB "
+		"zeroes, %llu KiB on the wire (%.3f%% of the disk)\n",
+		(unsigned long long)(rep.disk_data_bytes >> 10),
+		(unsigned long long)(rep.disk_zero_bytes >> 20),
+		(unsigned long long)(rep.disk_wire_bytes >> 10),
+		100.0 * (double)rep.disk_wire_bytes / (double)(4096 * MiB));
+	/* 6 MiB of data in 8 MiB; everything else is zero. */
+	ck_assert_uint_lt(rep.disk_wire_bytes, 16 * MiB);
+	ck_assert_uint_ge(rep.disk_zero_bytes, 4000 * MiB);
+	expect_same_file(p.src_img, p.dst_img);
+	bpair_stop(&p);
+}
+END_TEST
+
+/* A read-only CD-ROM image is copied once, next to a writable disk. */
+START_TEST(block_cdrom)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { 0 };
+
+	bpair_start(&p, 32 * MiB, 16, "raw", true, 32 * MiB);
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert_uint_eq(rep.disks, 2);
+	expect_same_file(p.iso, p.dst_iso);
+	expect_same_file(p.src_img, p.dst_img);
+	bpair_stop(&p);
+}
+END_TEST
+
+/* No trace of ferry on the source QEMU: no job, no NBD node. */
+static void expect_source_clean(struct vm *vm)
+{
+	struct ferry_error err = { 0 };
+	json_t *ret = NULL, *n;
+	size_t i;
+
+	ck_assert_int_eq(qmp_execute(vm_qmp(vm), "query-block-jobs", NULL, &ret,
+				     QMP_MS, &err), 0);
+	ck_assert_uint_eq(json_array_size(ret), 0);
+	json_decref(ret);
+	ck_assert_int_eq(qmp_execute(vm_qmp(vm), "query-named-block-nodes",
+				     json_pack("{s:b}", "flat", 1), &ret, QMP_MS,
+				     &err), 0);
+	json_array_foreach(ret, i, n) {
+		const char *name = json_string_value(json_object_get(n, "node-name"));
+
+		ck_assert_msg(!name || strncmp(name, "ferry-", 6),
+			      "node %s left on the source", name);
+	}
+	json_decref(ret);
+}
+
+static void expect_source_alive(struct bpair *p)
+{
+	struct ferry_error err = { 0 };
+
+	expect_status(p->src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p->src, 5, 10000, &err) == 0,
+		      "source guest stopped beating: %s", err.msg);
+}
+
+/* The destination disk is smaller: refused before any byte moves. */
+START_TEST(block_precheck_size)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { 0 };
+	char copy[160];
+
+	bpair_start(&p, 32 * MiB, 8, "raw", false, 16 * MiB);
+	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
+	make_raw(copy, 32 * MiB, 8, 1);
+	ck_assert_int_ne(migrate(&p, &o, &rep, &err, &rx), 0);
+	ck_assert_msg(strstr(err.msg, "vdisk0") && strstr(err.msg, "destination"),
+		      "message: %s", err.msg);
+	ck_assert(rep.source_running);
+	ck_assert_uint_eq(rep.disk_data_bytes, 0);
+	expect_source_alive(&p);
+	expect_source_clean(p.src);
+	expect_same_file(copy, p.src_img);
+	bpair_stop(&p);
+}
+END_TEST
+
+struct killer {
+	pid_t rx;
+	bool killed;
+};
+
+static void kill_during_mirror(const struct ferry_progress *p, void *opaque)
+{
+	struct killer *k = opaque;
+
+	if (!k->killed && p->phase == FERRY_PHASE_DISKS &&
+	    p->disk_done_bytes > 8 * MiB) {
+		kill(k->rx, SIGKILL);
+		k->killed = true;
+	}
+}
+
+/* The receiver dies while the disk mirrors: the source runs on, intact. */
+START_TEST(block_receiver_dies)
+{
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct ferry_migration *m;
+	struct killer k = { 0 };
+	uint16_t port = proc_free_port();
+	struct ferry_migrate_opts o = {
+		.to_host = "127.0.0.1", .to_port = port, .paused = true,
+		.progress = kill_during_mirror, .progress_opaque = &k,
+		.progress_interval_ms = 50,
+		.max_bandwidth_bytes_per_s = 16 * MiB,	/* several seconds */
+		.block = { .enabled = true },
+	};
+	struct bpair p;
+	char copy[160];
+
+	bpair_start(&p, 128 * MiB, 128, "raw", false, 128 * MiB);
+	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
+	make_raw(copy, 128 * MiB, 128, 1);
+	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &k.rx, &err) == 0,
+		      "%s", err.msg);
+	o.qmp_path = vm_qmp_path(p.src);
+	m = ferry_migration_new(&o, &err);
+	ck_assert_ptr_nonnull(m);
+	ck_assert_int_ne(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	proc_wait(k.rx);
+	ck_assert_msg(k.killed, "the mirror finished before the receiver was "
+		      "killed: %s", err.msg);
+	ck_assert(rep.source_running);
+	expect_source_alive(&p);
+	expect_source_clean(p.src);
+	expect_same_file(copy, p.src_img);
+	bpair_stop(&p);
+}
+END_TEST
+
+/* One case per test: CK_RUN_CASE=name runs one. */
+static void add(Suite *s, const char *name, const TTest *t)
+{
+	TCase *tc = tcase_create(name);
+
+	tcase_set_timeout(tc, 240);
+	tcase_add_test(tc, t);
+	suite_add_tcase(s, tc);
+}
+
+int main(void)
+{
+	Suite *s = suite_create("block");
+	SRunner *sr;
+	int failed;
+
+	add(s, "raw_with_writes", block_raw_with_writes);
+	add(s, "qcow2_write_blocking", block_qcow2_write_blocking);
+	add(s, "sparse_4g", block_sparse_4g);
+	add(s, "cdrom", block_cdrom);
+	add(s, "precheck_size", block_precheck_size);
+	add(s, "receiver_dies", block_receiver_dies);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
