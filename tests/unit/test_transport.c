@@ -142,6 +142,111 @@ START_TEST(frame_checks)
 END_TEST
 
 /* Codecs round-trip, refuse to grow data, and reject lying payloads. */
+/* The disk manifest: round trip, and what a receiver refuses. */
+START_TEST(disk_manifest_checks)
+{
+	struct wire_disk in[2] = {
+		{ .id = "vdisk0", .size = 4ull << 30, .allocated = 1 << 20 },
+		{ .id = "cd0", .flags = WIRE_DISK_READ_ONLY, .size = 6 << 20,
+		  .allocated = 6 << 20 },
+	}, out[WIRE_DISKS_MAX];
+	struct ferry_error err = { 0 };
+	uint8_t buf[512];
+	uint32_t n = 0;
+	int len;
+
+	len = wire_disks_encode(in, 2, buf, sizeof(buf), &err);
+	ck_assert_int_gt(len, 0);
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(out[1].id, "cd0");
+	ck_assert_uint_eq(out[1].flags, WIRE_DISK_READ_ONLY);
+	ck_assert_uint_eq(out[0].size, 4ull << 30);
+	/* Cut short anywhere: refused, never read beyond. */
+	for (int cut = 0; cut < len; cut++)
+		if (wire_disks_decode(buf, (uint32_t)cut, out, &n, &err) != -EPROTO)
+			ck_abort_msg("a manifest cut at %d was accepted", cut);
+	/* Trailing bytes, unknown flags, a bad id, a zero size, a twin. */
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len + 1, out, &n, &err),
+			 -EPROTO);
+	buf[2 + 1 + 6] = 0x80;
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err),
+			 -EPROTO);
+	ck_assert_ptr_nonnull(strstr(err.msg, "unknown flags"));
+	buf[2 + 1 + 6] = 0;
+	buf[2 + 1] = '/';
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err),
+			 -EPROTO);
+	in[1].size = 0;
+	snprintf(in[1].id, sizeof(in[1].id), "vdisk0");
+	len = wire_disks_encode(in, 2, buf, sizeof(buf), &err);
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err),
+			 -EPROTO);
+	in[1].size = 1;
+	len = wire_disks_encode(in, 2, buf, sizeof(buf), &err);
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err),
+			 -EPROTO);
+	ck_assert_ptr_nonnull(strstr(err.msg, "twice"));
+	/* An id QMP names cannot carry, and too many disks. */
+	snprintf(in[0].id, sizeof(in[0].id), "a b");
+	ck_assert_int_eq(wire_disks_encode(in, 1, buf, sizeof(buf), &err), -EINVAL);
+	ck_assert_int_eq(wire_disks_encode(in, WIRE_DISKS_MAX + 1, buf,
+					   sizeof(buf), &err), -EMSGSIZE);
+	buf[0] = 0;
+	buf[1] = 0;
+	ck_assert_int_eq(wire_disks_decode(buf, 2, out, &n, &err), -EPROTO);
+}
+END_TEST
+
+/* Disk records: every field checked before a writer sees it. */
+START_TEST(disk_record_checks)
+{
+	struct wire_disk_rec r = { .op = WIRE_DISK_DATA, .disk = 3,
+				   .offset = 1ull << 40, .len = 4096 }, d;
+	struct ferry_error err = { 0 };
+	uint8_t h[WIRE_DISK_HDR_BYTES];
+
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), 0);
+	ck_assert_uint_eq(d.disk, 3);
+	ck_assert_uint_eq(d.offset, 1ull << 40);
+	ck_assert_uint_eq(d.len, 4096);
+	h[0] ^= 1;
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EBADMSG);
+	r.len = WIRE_DISK_DATA_MAX + 1;		/* oversized data */
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EMSGSIZE);
+	r.len = 0;				/* empty data */
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EMSGSIZE);
+	r = (struct wire_disk_rec){ .op = 9, .len = 0 };	/* unknown op */
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_DATA, .len = 1,
+				    .flags = WIRE_DISK_MAY_TRIM };
+	wire_disk_rec_encode(&r, h);		/* MAY_TRIM is for ZERO */
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_ZERO, .len = 1u << 31,
+				    .flags = WIRE_DISK_MAY_TRIM };
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), 0);
+	r.flags = 0x8;
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_FLUSH, .len = 4 };
+	wire_disk_rec_encode(&r, h);		/* barriers carry nothing */
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_ERROR,
+				    .len = WIRE_DISK_ERROR_MAX + 1 };
+	wire_disk_rec_encode(&r, h);
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EMSGSIZE);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_END };
+	wire_disk_rec_encode(&r, h);
+	h[21] = 1;				/* reserved */
+	ck_assert_int_eq(wire_disk_rec_decode(h, &d, &err), -EPROTO);
+}
+END_TEST
+
 START_TEST(codec_checks)
 {
 	static uint8_t raw[65536], enc[70000], dec[65536];
@@ -761,6 +866,8 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, hello_rejects_empty_id);
 	tcase_add_test(wire, frame_checks);
 	tcase_add_test(wire, ctrl_checks);
+	tcase_add_test(wire, disk_manifest_checks);
+	tcase_add_test(wire, disk_record_checks);
 	tcase_add_test(wire, codec_checks);
 	tcase_add_test(wire, codec_auto_policy);
 	tcase_set_timeout(tun, 60);
