@@ -111,8 +111,10 @@ static int enter_netns(void)
 static uint64_t link_bytes(void)
 {
 	uint64_t total = 0;
-	const char *f[] = { "/sys/class/net/fb-src/statistics/tx_bytes",
-			    "/sys/class/net/fb-src/statistics/rx_bytes" };
+	const char *f[] = {
+		"/sys/class/net/" BENCH_NETNS "-h/statistics/tx_bytes",
+		"/sys/class/net/" BENCH_NETNS "-h/statistics/rx_bytes",
+	};
 
 	for (int i = 0; i < 2; i++) {
 		FILE *fp = fopen(f[i], "r");

@@ -33,6 +33,14 @@
 /* Bound on a flush barrier's round trip, and on a mirror completing. */
 #define BLK_FLUSH_TIMEOUT_MS 60000
 #define BLK_COMPLETE_TIMEOUT_MS 60000
+/*
+ * A ready mirror is silent while the guest does not write: ferry's NBD
+ * server waits for it this long (ferry stops the server itself at the
+ * end), and the source sends a barrier every BLK_KEEPALIVE_MS so that
+ * the disk tunnel never looks stalled (TUN_IDLE_TIMEOUT_MS).
+ */
+#define BLK_NBD_IDLE_TIMEOUT_MS (6u * 3600 * 1000)
+#define BLK_KEEPALIVE_MS 5000
 /* Zero detection granularity: runs of zero bytes this long become ZERO. */
 #define BLK_ZERO_CHUNK_BYTES (64u << 10)
 /* Destination: requests in flight, each with a WIRE_DISK_DATA_MAX buffer. */
@@ -78,6 +86,9 @@ int blk_src_start(struct blk_src *b, struct tun_opts *to,
  */
 int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
 		 struct ferry_error *err);
+/* During the memory migration: keep the disk tunnel alive, and notice a
+ * mirror that failed (-errno). */
+int blk_src_tick(struct blk_src *b, struct ferry_error *err);
 /*
  * At pre-switchover (the guest stopped): complete every mirror in sync,
  * barrier, end the disk tunnel cleanly.

@@ -759,9 +759,12 @@ static int release(struct blk_dst *b, struct ferry_error *err)
 
 		nbd_client_close(d->nbd);
 		d->nbd = NULL;
+		/* hard: ferry's own connection may not be gone yet in QEMU;
+		 * everything was flushed already. */
 		if (d->exported && rc == 0) {
 			rc = qmp_execute(b->q, "block-export-del",
-					 json_pack("{s:s}", "id", d->export_id),
+					 json_pack("{s:s,s:s}", "id", d->export_id,
+						   "mode", "hard"),
 					 NULL, MIG_QMP_TIMEOUT_MS, err);
 			d->exported = rc < 0;
 		}

@@ -72,6 +72,7 @@ struct blk_src {
 	pthread_t acker;
 	bool acker_started;
 	uint64_t t0_ms, mirror_ms, switchover_ms;
+	uint64_t last_keepalive_ms;
 };
 
 static void src_fail(struct blk_src *b, const char *fmt, ...)
@@ -448,6 +449,7 @@ static int start_mirror(struct src_disk *d, struct ferry_error *err)
 		.pread = src_pread, .pwrite = src_pwrite, .zero = src_zero,
 		.trim = src_trim, .flush = src_flush, .ctx = d,
 	};
+	d->ex.idle_timeout_ms = BLK_NBD_IDLE_TIMEOUT_MS;
 	rc = -pthread_create(&d->thread, NULL, serve_main, d);
 	if (rc < 0)
 		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
@@ -645,6 +647,25 @@ int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
 	if (all && !b->mirror_ms)
 		b->mirror_ms = ferry_now_ms() - b->t0_ms;
 	return all;
+}
+
+int blk_src_tick(struct blk_src *b, struct ferry_error *err)
+{
+	uint64_t done, total, now = ferry_now_ms();
+	int rc;
+
+	if (now - b->last_keepalive_ms >= BLK_KEEPALIVE_MS) {
+		struct wire_disk_rec r = { .op = WIRE_DISK_FLUSH };
+
+		/* A barrier nobody waits for: its FLUSHED comes back too. */
+		pthread_mutex_lock(&b->wlock);
+		r.offset = ++b->barrier_sent;
+		pthread_mutex_unlock(&b->wlock);
+		emit(b, &r, NULL);
+		b->last_keepalive_ms = now;
+	}
+	rc = blk_src_poll(b, &done, &total, err);
+	return rc < 0 ? rc : 0;
 }
 
 static void join_server(struct src_disk *d)

@@ -719,8 +719,13 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
 	if (m->disks_switched)
 		return 0;
 	rc = blk_src_switchover(m->blk, err);
-	if (rc < 0)
+	if (rc < 0) {
+		/* QEMU waits in pre-switchover: even when post-copy was asked
+		 * for, the destination has nothing yet and the source guest
+		 * may run on. */
+		m->conv.postcopy_active = false;
 		return rc;
+	}
 	m->disks_switched = true;
 	blk_src_poll(m->blk, &m->disk_done, &m->disk_total, NULL);
 	rc = qmp_execute(m->q, "migrate-continue",
@@ -778,7 +783,7 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
 	if (m->blk && !strcmp(m->last.status, "pre-switchover"))
 		return disks_switchover(m, err);
-	if (m->blk && !m->disks_switched && blk_src_check(m->blk, err) < 0)
+	if (m->blk && !m->disks_switched && blk_src_tick(m->blk, err) < 0)
 		return -EIO;
 	if (fds[1].revents) {
 		rc = read_ctrl_news(m, err);

@@ -166,9 +166,9 @@ struct ferry_converge_opts {
 enum ferry_block_mode {
 	/* Guest writes mark blocks dirty; the mirror copies them again. */
 	FERRY_BLOCK_BACKGROUND = 0,
-	/* Once in sync, a guest write completes only when it reached the
-	 * destination too (QEMU's write-blocking copy mode): for guests whose
-	 * writes outrun the link. */
+	/* QEMU's write-blocking copy mode: a guest write completes only once
+	 * the mirror target (ferry, which queues it for the destination in
+	 * order) has it too, so the guest cannot outrun the copy. */
 	FERRY_BLOCK_WRITE_BLOCKING = 1,
 };
 

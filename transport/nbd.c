@@ -325,7 +325,8 @@ static int transmission(struct nbd_conn *n, struct ferry_error *err)
 		const char *why;
 		int rc;
 
-		rc = rd(n, h, sizeof(h), NBD_IDLE_TIMEOUT_MS, err);
+		rc = rd(n, h, sizeof(h), ex->idle_timeout_ms ? (int)ex->idle_timeout_ms :
+			NBD_IDLE_TIMEOUT_MS, err);
 		if (rc < 0)
 			return rc;
 		if (get32(h) != NBD_REQUEST_MAGIC)

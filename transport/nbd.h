@@ -112,6 +112,8 @@ struct nbd_export {
 	uint64_t size;
 	bool read_only;
 	struct nbd_backend be;
+	/* A client silent for this long is dropped; 0: NBD_IDLE_TIMEOUT_MS. */
+	uint32_t idle_timeout_ms;
 };
 
 struct nbd_stats {
