@@ -84,6 +84,11 @@ struct blk_dst {
 	int status;		/* blk_dst_status() once joined */
 	bool released;		/* exports removed, return direction closed */
 	uint64_t data_bytes, zero_bytes, flushes;
+	/*
+	 * O_DIRECT only for whole pages: a buffered write next to a direct one
+	 * in the same page could write back stale bytes over it.
+	 */
+	uint32_t direct_align;
 };
 
 static int read_all(int fd, void *buf, size_t len)
@@ -267,6 +272,9 @@ static struct blk_dst *dst_alloc(struct qmp *q)
 	b->q = q;
 	b->fd = -1;
 	b->done_efd = -1;
+	b->direct_align = BLK_DIRECT_ALIGN;
+	if (sysconf(_SC_PAGESIZE) > (long)BLK_DIRECT_ALIGN)
+		b->direct_align = (uint32_t)sysconf(_SC_PAGESIZE);
 	for (uint32_t i = 0; i < WIRE_DISKS_MAX; i++)
 		b->d[i].fd = b->d[i].dfd = -1;
 	return b;
@@ -284,7 +292,16 @@ int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
 	*out = b = dst_alloc(q);
 	if (!b)
 		return ferry_error_set(err, -ENOMEM, "out of memory");
-	rc = blk_query_disks(q, NULL, have, &nh, err);
+	{
+		char ids[WIRE_DISKS_MAX * (WIRE_DISK_ID_MAX + 1) + 1] = "";
+
+		/* Only the manifest's disks: others are not ferry's business. */
+		for (uint32_t i = 0; i < n; i++) {
+			strcat(ids, w[i].id);
+			strcat(ids, ",");
+		}
+		rc = blk_query_disks(q, ids, have, &nh, err);
+	}
 	if (rc < 0)
 		return ferry_error_prefix(err, "destination disks: ");
 	b->n = n;
@@ -350,9 +367,9 @@ static void prep_raw(struct blk_dst *b, struct slot *s, uint32_t idx)
 	/* One sqe per slot in flight, and the ring has as many entries. */
 	FERRY_ASSERT(sqe);
 	if (s->op == SLOT_WRITE) {
-		bool direct = d->dfd >= 0 && !(off % BLK_DIRECT_ALIGN) &&
-			      !(left % BLK_DIRECT_ALIGN) &&
-			      !(s->done % BLK_DIRECT_ALIGN);
+		bool direct = d->dfd >= 0 && !(off % b->direct_align) &&
+			      !(left % b->direct_align) &&
+			      !(s->done % b->direct_align);
 
 		io_uring_prep_write(sqe, direct ? d->dfd : d->fd, s->buf + s->done,
 				    left, off);
@@ -769,12 +786,22 @@ static int release(struct blk_dst *b, struct ferry_error *err)
 			d->exported = rc < 0;
 		}
 	}
-	if (b->nbd_server && rc == 0) {
-		rc = qmp_execute(b->q, "nbd-server-stop", NULL, NULL,
-				 MIG_QMP_TIMEOUT_MS, err);
-		b->nbd_server = rc < 0;
+	/* The server goes in any case: it closes whatever export is left. */
+	if (b->nbd_server &&
+	    qmp_execute(b->q, "nbd-server-stop", NULL, NULL, MIG_QMP_TIMEOUT_MS,
+			rc < 0 ? NULL : err) == 0)
+		b->nbd_server = false;
+	b->released = rc == 0;
+	if (rc < 0 && b->fd >= 0) {
+		/* Tell the source, which still waits in pre-switchover. */
+		struct wire_disk_rec e = { .op = WIRE_DISK_ERROR };
+		uint8_t hdr[WIRE_DISK_HDR_BYTES];
+
+		e.len = (uint32_t)strnlen(err->msg, sizeof(err->msg));
+		wire_disk_rec_encode(&e, hdr);
+		if (write_all(b->fd, hdr, sizeof(hdr)) == 0)
+			write_all(b->fd, err->msg, e.len);
 	}
-	b->released = true;
 	if (b->fd >= 0)
 		shutdown(b->fd, SHUT_WR);
 	return rc;

@@ -92,8 +92,16 @@ int blk_query_disks(struct qmp *q, const char *only, struct blk_disk_info *d,
 		char id[WIRE_DISK_ID_MAX + 2];
 
 		device_id(blk, id, sizeof(id));
-		if (!ins || !id[0] || (only && !listed(only, id)))
+		if (!ins || (only && !listed(only, id)))
 			continue;
+		/* A disk ferry cannot name would silently stay behind. */
+		if (!id[0]) {
+			rc = ferry_error_set(err, -EINVAL, "a disk (node %s) has "
+				"neither a device id nor a drive id; give its "
+				"device an id, or name the disks with --disks",
+				json_string_value(json_object_get(ins, "node-name")));
+			goto out;
+		}
 		if (!wire_disk_id_valid(id)) {
 			rc = ferry_error_set(err, -EINVAL, "disk id '%s' is not "
 				"1-%d characters of [A-Za-z0-9_.-]", id,

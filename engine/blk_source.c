@@ -67,12 +67,13 @@ struct blk_src {
 	pthread_cond_t cond;
 	uint64_t barrier_sent, barrier_acked;
 	bool failed, eof, ended;
+	bool stopping;			/* ferry closes QEMU's connections */
 	char why[WIRE_DISK_ERROR_MAX + 64];
 	uint64_t data_bytes, zero_bytes;
 	pthread_t acker;
 	bool acker_started;
 	uint64_t t0_ms, mirror_ms, switchover_ms;
-	uint64_t last_keepalive_ms;
+	uint64_t last_keepalive_ms, keepalive_bytes;
 };
 
 static void src_fail(struct blk_src *b, const char *fmt, ...)
@@ -323,6 +324,14 @@ static void *acker_main(void *arg)
 			src_fail(b, "disk acknowledgements: %s", e.msg);
 			return NULL;
 		}
+		pthread_mutex_lock(&b->wlock);
+		rc = r.offset > b->barrier_sent ? -EPROTO : 0;
+		pthread_mutex_unlock(&b->wlock);
+		if (rc < 0) {
+			src_fail(b, "the destination acknowledged disk flush %llu, "
+				 "which was never sent", (unsigned long long)r.offset);
+			return NULL;
+		}
 		pthread_mutex_lock(&b->lock);
 		if (r.offset > b->barrier_acked)
 			b->barrier_acked = r.offset;
@@ -355,9 +364,18 @@ static void *serve_main(void *arg)
 	d->cfd = fd;
 	pthread_mutex_unlock(&d->b->lock);
 	d->rc = nbd_serve(fd, &d->ex, &d->st, &d->err);
-	if (d->rc < 0)
-		ferry_log(FERRY_LOG_WARN, "disk %s: NBD server: %s", d->info.w.id,
-			  d->err.msg);
+	if (d->rc < 0) {
+		bool stopping;
+
+		pthread_mutex_lock(&d->b->lock);
+		stopping = d->b->stopping;
+		pthread_mutex_unlock(&d->b->lock);
+		/* Unless ferry hung up itself, QEMU's mirror lost its target. */
+		if (!stopping)
+			src_fail(d->b, "disk %s: NBD server: %s", d->info.w.id,
+				 d->err.msg);
+		shutdown(fd, SHUT_RDWR);
+	}
 	return NULL;
 }
 
@@ -654,7 +672,8 @@ int blk_src_tick(struct blk_src *b, struct ferry_error *err)
 	uint64_t done, total, now = ferry_now_ms();
 	int rc;
 
-	if (now - b->last_keepalive_ms >= BLK_KEEPALIVE_MS) {
+	if (now - b->last_keepalive_ms >= BLK_KEEPALIVE_MS &&
+	    b->data_bytes + b->zero_bytes == b->keepalive_bytes) {
 		struct wire_disk_rec r = { .op = WIRE_DISK_FLUSH };
 
 		/* A barrier nobody waits for: its FLUSHED comes back too. */
@@ -662,7 +681,11 @@ int blk_src_tick(struct blk_src *b, struct ferry_error *err)
 		r.offset = ++b->barrier_sent;
 		pthread_mutex_unlock(&b->wlock);
 		emit(b, &r, NULL);
+	}
+	if (now - b->last_keepalive_ms >= BLK_KEEPALIVE_MS) {
+		/* Only a disk that stayed idle for a whole period gets one. */
 		b->last_keepalive_ms = now;
+		b->keepalive_bytes = b->data_bytes + b->zero_bytes;
 	}
 	rc = blk_src_poll(b, &done, &total, err);
 	return rc < 0 ? rc : 0;
@@ -709,6 +732,13 @@ int blk_src_switchover(struct blk_src *b, struct ferry_error *err)
 	if (pending)
 		return ferry_error_set(err, -ETIMEDOUT, "the disk mirrors did not "
 			"complete within %d s", BLK_COMPLETE_TIMEOUT_MS / 1000);
+	/* QEMU has let go of its NBD nodes; the connections go too. */
+	pthread_mutex_lock(&b->lock);
+	b->stopping = true;
+	for (uint32_t i = 0; i < b->n; i++)
+		if (b->d[i].cfd >= 0)
+			shutdown(b->d[i].cfd, SHUT_RDWR);
+	pthread_mutex_unlock(&b->lock);
 	for (uint32_t i = 0; i < b->n; i++)
 		join_server(&b->d[i]);
 	rc = src_barrier(b, err);
@@ -750,6 +780,7 @@ static void stop_servers(struct blk_src *b)
 		/* the counter is already non-zero */
 	}
 	pthread_mutex_lock(&b->lock);
+	b->stopping = true;
 	for (uint32_t i = 0; i < b->n; i++)
 		if (b->d[i].cfd >= 0)
 			shutdown(b->d[i].cfd, SHUT_RDWR);
@@ -760,7 +791,7 @@ static void stop_servers(struct blk_src *b)
 
 void blk_src_abort(struct blk_src *b)
 {
-	uint64_t deadline = ferry_now_ms() + BLK_CANCEL_TIMEOUT_MS;
+	uint64_t deadline;
 	bool pending = false;
 
 	if (!b)
@@ -777,10 +808,14 @@ void blk_src_abort(struct blk_src *b)
 			    NULL, MIG_QMP_TIMEOUT_MS, NULL);
 		pending = true;
 	}
-	/* QEMU's NBD client may be waiting on ferry: unblock it first. */
+	/* QEMU's NBD client may be waiting on ferry: unblock it first (a
+	 * server thread may be sending to the record socket). */
 	if (b->tun)
 		tun_cancel(b->tun);
+	if (b->fd >= 0)
+		shutdown(b->fd, SHUT_RDWR);
 	stop_servers(b);
+	deadline = ferry_now_ms() + BLK_CANCEL_TIMEOUT_MS;
 	while (pending && ferry_now_ms() < deadline) {
 		struct ferry_error e = { 0 };
 
@@ -828,11 +863,13 @@ void blk_src_free(struct blk_src *b)
 {
 	if (!b)
 		return;
-	stop_servers(b);
+	/* Unblock every thread first: senders, barrier waiters, the acker. */
+	src_fail(b, "the migration ended");
 	if (b->tun)
 		tun_cancel(b->tun);
 	if (b->fd >= 0)
 		shutdown(b->fd, SHUT_RDWR);
+	stop_servers(b);
 	if (b->acker_started)
 		pthread_join(b->acker, NULL);
 	tun_free(b->tun);

@@ -1013,6 +1013,10 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	const char *why = err->msg;
 
 	set_phase(m, FERRY_PHASE_CANCELLING);
+	/* Before the disks switched over, QEMU waits in pre-switchover at the
+	 * latest: no device state went out, post-copy or not. */
+	if (m->blk && !m->disks_switched)
+		m->conv.postcopy_active = false;
 	if (m->conv.postcopy_active && m->q &&
 	    mig_query(m->q, &m->last, NULL) == 0 &&
 	    (!strcmp(m->last.status, "failed") ||
