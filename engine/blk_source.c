@@ -524,7 +524,9 @@ int blk_src_start(struct blk_src *b, struct tun_opts *to,
 	if (rc < 0)
 		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
 	b->acker_started = true;
-	snprintf(b->dir, sizeof(b->dir), "/tmp/ferry-nbd-XXXXXX");
+	snprintf(b->dir, sizeof(b->dir), "%s/ferry-nbd-XXXXXX",
+		 getenv("TMPDIR") && strlen(getenv("TMPDIR")) < 40 ?
+		 getenv("TMPDIR") : "/tmp");
 	if (!mkdtemp(b->dir)) {	/* mode 0700: only ferry and root */
 		rc = ferry_error_set(err, -errno, "mkdtemp: %s", strerror(errno));
 		b->dir[0] = 0;
