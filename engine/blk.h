@@ -35,11 +35,15 @@
 #define BLK_COMPLETE_TIMEOUT_MS 60000
 /*
  * A ready mirror is silent while the guest does not write: ferry's NBD
- * server waits for it this long (ferry stops the server itself at the
- * end), and the source sends a barrier every BLK_KEEPALIVE_MS so that
- * the disk tunnel never looks stalled (TUN_IDLE_TIMEOUT_MS).
+ * server waits for it this long, and so do the readers of the record
+ * socket. Neither wait is what ends a migration: ferry stops its servers
+ * itself, and the disk tunnel closes the record socket when it ends or
+ * fails. The source sends a barrier every BLK_KEEPALIVE_MS so that the
+ * disk tunnel never looks stalled (TUN_IDLE_TIMEOUT_MS).
  */
-#define BLK_NBD_IDLE_TIMEOUT_MS (6u * 3600 * 1000)
+#define BLK_IDLE_TIMEOUT_MS (6 * 3600 * 1000)
+/* Bound on one write to the record socket (the tunnel stalled). */
+#define BLK_SEND_TIMEOUT_MS 60000
 #define BLK_KEEPALIVE_MS 5000
 /* Zero detection granularity: runs of zero bytes this long become ZERO. */
 #define BLK_ZERO_CHUNK_BYTES (64u << 10)

@@ -35,6 +35,7 @@
 #include "blk.h"
 #include "mig.h"
 #include "transport/nbd_client.h"
+#include "transport/net.h"
 #include "util.h"
 
 #define BLK_NBD_CONNECT_TIMEOUT_MS 10000
@@ -53,7 +54,6 @@ struct slot {
 
 struct dst_disk {
 	struct blk_disk_info info;
-	uint64_t size;
 	int fd, dfd;		/* raw file: buffered, O_DIRECT (or -1) */
 	struct nbd_client *nbd;	/* other formats */
 	char export_id[96];
@@ -63,7 +63,8 @@ struct dst_disk {
 
 struct blk_dst {
 	struct qmp *q;
-	struct dst_disk d[WIRE_DISKS_MAX];
+	struct wire_disk manifest[WIRE_DISKS_MAX];	/* the source's */
+	struct dst_disk d[WIRE_DISKS_MAX];		/* the same disks here */
 	uint32_t n;
 	char dir[64];
 	bool nbd_server;
@@ -91,40 +92,32 @@ struct blk_dst {
 	uint32_t direct_align;
 };
 
-static int read_all(int fd, void *buf, size_t len)
+/* A record back to the source: FLUSHED, or ERROR with its text. */
+static int send_back(struct blk_dst *b, const struct wire_disk_rec *r,
+		     const void *payload, struct ferry_error *err)
 {
-	uint8_t *p = buf;
+	struct net_conn rec = { .fd = b->fd };
+	uint8_t hdr[WIRE_DISK_HDR_BYTES];
+	int rc;
 
-	while (len) {
-		ssize_t k = read(fd, p, len);
-
-		if (k == 0)
-			return -ECONNRESET;
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		p += k;
-		len -= (size_t)k;
-	}
-	return 0;
+	wire_disk_rec_encode(r, hdr);
+	rc = net_write_full(&rec, hdr, sizeof(hdr), BLK_SEND_TIMEOUT_MS,
+			    "a disk acknowledgement", err);
+	if (rc == 0 && r->len)
+		rc = net_write_full(&rec, payload, r->len, BLK_SEND_TIMEOUT_MS,
+				    "a disk error", err);
+	return rc;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
+/* Best effort: the source learns why before the stream ends. */
+static void send_error(struct blk_dst *b, const char *msg)
 {
-	const uint8_t *p = buf;
+	struct wire_disk_rec e = {
+		.op = WIRE_DISK_ERROR,
+		.len = (uint32_t)strnlen(msg, FERRY_ERROR_MSG_MAX),
+	};
 
-	while (len) {
-		ssize_t k = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		p += k;
-		len -= (size_t)k;
-	}
-	return 0;
+	send_back(b, &e, msg, NULL);
 }
 
 /* ---- the pre-checks ---------------------------------------------------- */
@@ -255,11 +248,11 @@ static int open_export(struct blk_dst *b, struct dst_disk *d,
 	if (rc < 0)
 		return ferry_error_prefix(err, "disk %s: the destination QEMU's "
 					  "export: ", d->info.w.id);
-	if (nbd_client_size(d->nbd) != d->size)
+	if (nbd_client_size(d->nbd) != d->info.w.size)
 		return ferry_error_set(err, -EIO, "disk %s: QEMU exports %llu "
 			"bytes, expected %llu", d->info.w.id,
 			(unsigned long long)nbd_client_size(d->nbd),
-			(unsigned long long)d->size);
+			(unsigned long long)d->info.w.size);
 	return 0;
 }
 
@@ -316,7 +309,7 @@ int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
 				"destination QEMU has no disk with that id and a "
 				"medium (query-block)", w[i].id);
 		d->info = have[k];
-		d->size = w[i].size;
+		b->manifest[i] = w[i];
 		if (have[k].w.size != w[i].size)
 			return ferry_error_set(err, -EINVAL, "disk %s: %llu bytes on "
 				"the source, %llu on the destination", w[i].id,
@@ -342,7 +335,7 @@ int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
 		if (rc < 0)
 			return rc;
 		ferry_log(FERRY_LOG_INFO, "disk %s: %llu MiB into %s (%s)",
-			  d->info.w.id, (unsigned long long)(d->size >> 20),
+			  d->info.w.id, (unsigned long long)(d->info.w.size >> 20),
 			  d->nbd ? "QEMU's NBD export" : d->info.filename,
 			  d->nbd ? d->info.format : d->dfd >= 0 ? "raw, O_DIRECT" :
 			  "raw");
@@ -586,27 +579,6 @@ static int sync_all(struct blk_dst *b, struct ferry_error *err)
 	return rc;
 }
 
-/* Is this record one the writer may act on? */
-static int check_rec(const struct blk_dst *b, const struct wire_disk_rec *r,
-		     struct ferry_error *err)
-{
-	if (r->op == WIRE_DISK_FLUSHED || r->op == WIRE_DISK_ERROR)
-		return ferry_error_set(err, -EPROTO, "disk record op %u from "
-				       "the source", r->op);
-	if (r->op == WIRE_DISK_FLUSH || r->op == WIRE_DISK_END)
-		return 0;
-	if (r->disk >= b->n)
-		return ferry_error_set(err, -EPROTO, "disk record for disk %u; "
-				       "the manifest has %u", r->disk, b->n);
-	if (r->len > b->d[r->disk].size ||
-	    r->offset > b->d[r->disk].size - r->len)
-		return ferry_error_set(err, -ERANGE, "disk %s: record of %u bytes "
-			"at %llu is beyond its %llu bytes", b->d[r->disk].info.w.id,
-			r->len, (unsigned long long)r->offset,
-			(unsigned long long)b->d[r->disk].size);
-	return 0;
-}
-
 static int apply(struct blk_dst *b, const struct wire_disk_rec *r,
 		 struct ferry_error *err)
 {
@@ -617,16 +589,12 @@ static int apply(struct blk_dst *b, const struct wire_disk_rec *r,
 	if (r->op == WIRE_DISK_FLUSH) {
 		struct wire_disk_rec ack = { .op = WIRE_DISK_FLUSHED,
 					     .offset = r->offset };
-		uint8_t hdr[WIRE_DISK_HDR_BYTES];
 
 		rc = sync_all(b, err);
 		if (rc < 0)
 			return rc;
 		b->flushes++;
-		wire_disk_rec_encode(&ack, hdr);
-		rc = write_all(b->fd, hdr, sizeof(hdr));
-		return rc < 0 ? ferry_error_set(err, rc, "acknowledging a flush: "
-						"%s", strerror(-rc)) : 0;
+		return send_back(b, &ack, NULL, err);
 	}
 	/* An NBD export zeroes at most NBD_PAYLOAD_MAX per request. */
 	if (r->op == WIRE_DISK_ZERO && b->d[r->disk].nbd && r->len > NBD_PAYLOAD_MAX) {
@@ -651,11 +619,11 @@ static int apply(struct blk_dst *b, const struct wire_disk_rec *r,
 			    .may_trim = r->flags & WIRE_DISK_MAY_TRIM,
 			    .buf = s->buf };
 	if (r->op == WIRE_DISK_DATA) {
-		rc = read_all(b->fd, s->buf, r->len);
+		rc = net_read_full(&(struct net_conn){ .fd = b->fd }, s->buf,
+				   r->len, BLK_SEND_TIMEOUT_MS, "disk data", err);
 		if (rc < 0) {
 			s->op = SLOT_FREE;
-			return ferry_error_set(err, rc, "disk stream cut inside a "
-					       "record");
+			return rc;
 		}
 		b->data_bytes += r->len;
 	} else {
@@ -679,15 +647,18 @@ static void *writer_main(void *arg)
 		uint8_t hdr[WIRE_DISK_HDR_BYTES];
 		struct wire_disk_rec r;
 
-		rc = read_all(b->fd, hdr, sizeof(hdr));
+		/* The disk tunnel closes the socket when it ends or fails. */
+		rc = net_read_full(&(struct net_conn){ .fd = b->fd }, hdr,
+				   sizeof(hdr), BLK_IDLE_TIMEOUT_MS, "a disk record",
+				   err);
 		if (rc < 0) {
-			ferry_error_set(err, rc, "the disk stream broke off "
-					"before its end (%s)", strerror(-rc));
+			ferry_error_prefix(err, "the disk stream broke off before "
+					   "its end: ");
 			break;
 		}
 		rc = wire_disk_rec_decode(hdr, &r, err);
 		if (rc == 0)
-			rc = check_rec(b, &r, err);
+			rc = wire_disk_rec_check(&r, b->manifest, b->n, err);
 		if (rc == 0 && r.op == WIRE_DISK_END) {
 			ended = true;
 			break;
@@ -702,14 +673,8 @@ static void *writer_main(void *arg)
 	else
 		drain(b, &(struct ferry_error){ 0 });
 	if (rc < 0) {
-		struct wire_disk_rec e = { .op = WIRE_DISK_ERROR };
-		uint8_t hdr[WIRE_DISK_HDR_BYTES];
-
 		ferry_log(FERRY_LOG_ERROR, "disk writer: %s", err->msg);
-		e.len = (uint32_t)strnlen(err->msg, sizeof(err->msg));
-		wire_disk_rec_encode(&e, hdr);
-		if (write_all(b->fd, hdr, sizeof(hdr)) == 0)
-			write_all(b->fd, err->msg, e.len);
+		send_error(b, err->msg);
 	}
 	b->wrc = rc;
 	if (write(b->done_efd, &one, sizeof(one)) < 0) {
@@ -794,16 +759,9 @@ static int release(struct blk_dst *b, struct ferry_error *err)
 			rc < 0 ? NULL : err) == 0)
 		b->nbd_server = false;
 	b->released = rc == 0;
-	if (rc < 0 && b->fd >= 0) {
-		/* Tell the source, which still waits in pre-switchover. */
-		struct wire_disk_rec e = { .op = WIRE_DISK_ERROR };
-		uint8_t hdr[WIRE_DISK_HDR_BYTES];
-
-		e.len = (uint32_t)strnlen(err->msg, sizeof(err->msg));
-		wire_disk_rec_encode(&e, hdr);
-		if (write_all(b->fd, hdr, sizeof(hdr)) == 0)
-			write_all(b->fd, err->msg, e.len);
-	}
+	/* Tell the source, which still waits in pre-switchover. */
+	if (rc < 0 && b->fd >= 0)
+		send_error(b, err->msg);
 	if (b->fd >= 0)
 		shutdown(b->fd, SHUT_WR);
 	return rc;
@@ -848,7 +806,7 @@ void blk_dst_report(const struct blk_dst *b, struct ferry_report *r)
 		tun_stats(b->tun, &st);
 	r->disks = b->n;
 	for (uint32_t i = 0; i < b->n; i++)
-		r->disk_size_bytes += b->d[i].size;
+		r->disk_size_bytes += b->manifest[i].size;
 	r->disk_data_bytes = b->data_bytes;
 	r->disk_zero_bytes = b->zero_bytes;
 	r->disk_wire_bytes = st.wire_in_bytes + st.wire_out_bytes;

@@ -28,12 +28,11 @@
 #include "blk.h"
 #include "mig.h"
 #include "transport/nbd.h"
+#include "transport/net.h"
 #include "util.h"
 
 /* The NBD client (QEMU) connects during blockdev-add, right away. */
 #define BLK_ACCEPT_TIMEOUT_MS 30000
-/* Bound on one write to the record socket (the tunnel stalled). */
-#define BLK_SEND_TIMEOUT_MS 60000
 /* Bound on force-cancelled mirror jobs going away. */
 #define BLK_CANCEL_TIMEOUT_MS 10000
 
@@ -94,41 +93,26 @@ static void src_fail(struct blk_src *b, const char *fmt, ...)
 	pthread_mutex_unlock(&b->lock);
 }
 
-static int send_all(int fd, const void *buf, size_t len)
+/*
+ * Queue one record (and its payload) on the record socket. A FLUSH gets
+ * its barrier number here, under the lock that orders the records, so
+ * barriers travel in the order of their numbers.
+ */
+static int emit(struct blk_src *b, struct wire_disk_rec *r, const void *payload)
 {
-	const uint8_t *p = buf;
-
-	while (len) {
-		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-		ssize_t k = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (k > 0) {
-			p += k;
-			len -= (size_t)k;
-			continue;
-		}
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0 && errno != EAGAIN)
-			return -errno;
-		if (poll(&pfd, 1, BLK_SEND_TIMEOUT_MS) == 0)
-			return -ETIMEDOUT;
-	}
-	return 0;
-}
-
-/* Queue one record (and its payload) on the record socket. */
-static int emit(struct blk_src *b, const struct wire_disk_rec *r,
-		const void *payload)
-{
+	struct net_conn rec = { .fd = b->fd };
 	uint8_t hdr[WIRE_DISK_HDR_BYTES];
 	int rc;
 
-	wire_disk_rec_encode(r, hdr);
 	pthread_mutex_lock(&b->wlock);
-	rc = send_all(b->fd, hdr, sizeof(hdr));
+	if (r->op == WIRE_DISK_FLUSH)
+		r->offset = ++b->barrier_sent;
+	wire_disk_rec_encode(r, hdr);
+	rc = net_write_full(&rec, hdr, sizeof(hdr), BLK_SEND_TIMEOUT_MS,
+			    "disk record", NULL);
 	if (rc == 0 && r->op == WIRE_DISK_DATA)
-		rc = send_all(b->fd, payload, r->len);
+		rc = net_write_full(&rec, payload, r->len, BLK_SEND_TIMEOUT_MS,
+				    "disk data", NULL);
 	if (rc == 0 && r->op == WIRE_DISK_DATA)
 		b->data_bytes += r->len;
 	else if (rc == 0 && r->op == WIRE_DISK_ZERO)
@@ -165,23 +149,26 @@ static int src_pwrite(void *ctx, const void *buf, uint32_t len, uint64_t off,
 	struct src_disk *d = ctx;
 	const uint8_t *p = buf;
 	int rc;
+	int next = -1;	/* the class of the chunk at p, once scanned */
+	uint32_t s;
 
 	if (src_failed(d->b))
 		return -EIO;
+	/* Each chunk is scanned once: the one that ends a run starts the next. */
 	while (len) {
-		uint32_t step = len < BLK_ZERO_CHUNK_BYTES ? len : BLK_ZERO_CHUNK_BYTES;
-		bool zero = is_zero(p, step);
-		uint32_t run = step;
 		struct wire_disk_rec r = { .disk = d->index, .offset = off };
+		uint32_t run = len < BLK_ZERO_CHUNK_BYTES ? len : BLK_ZERO_CHUNK_BYTES;
+		bool zero = next >= 0 ? next : is_zero(p, run);
 
-		while (run < len && (zero || run < WIRE_DISK_DATA_MAX)) {
-			uint32_t s = len - run < BLK_ZERO_CHUNK_BYTES ?
-				     len - run : BLK_ZERO_CHUNK_BYTES;
-
-			if (is_zero(p + run, s) != zero ||
-			    (!zero && run + s > WIRE_DISK_DATA_MAX))
+		for (next = -1; run < len; run += s) {
+			s = len - run < BLK_ZERO_CHUNK_BYTES ? len - run :
+							      BLK_ZERO_CHUNK_BYTES;
+			if (!zero && run + s > WIRE_DISK_DATA_MAX)
 				break;
-			run += s;
+			next = is_zero(p + run, s);
+			if (next != zero)
+				break;
+			next = -1;
 		}
 		r.op = zero ? WIRE_DISK_ZERO : WIRE_DISK_DATA;
 		r.len = run;
@@ -228,23 +215,18 @@ static int src_pread(void *ctx, void *buf, uint32_t len, uint64_t off)
 static int src_barrier(struct blk_src *b, struct ferry_error *err)
 {
 	struct wire_disk_rec r = { .op = WIRE_DISK_FLUSH };
-	uint64_t deadline = ferry_now_ms() + BLK_FLUSH_TIMEOUT_MS;
 	struct timespec ts;
 	int rc = 0;
 
-	pthread_mutex_lock(&b->wlock);
-	r.offset = ++b->barrier_sent;
-	pthread_mutex_unlock(&b->wlock);
-	/* Barriers may overtake each other between emit and here; the
-	 * destination acknowledges them in order, so >= is enough. */
+	/* The destination acknowledges barriers in order: >= is enough. */
 	if (emit(b, &r, NULL) < 0)
 		goto out;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += BLK_FLUSH_TIMEOUT_MS / 1000;
 	pthread_mutex_lock(&b->lock);
 	while (b->barrier_acked < r.offset && !b->failed && !b->eof &&
-	       ferry_now_ms() < deadline)
-		pthread_cond_timedwait(&b->cond, &b->lock, &ts);
+	       pthread_cond_timedwait(&b->cond, &b->lock, &ts) != ETIMEDOUT)
+		;
 	if (b->barrier_acked < r.offset && !b->failed)
 		rc = ferry_error_set(err, -ETIMEDOUT, "the destination did not "
 			"acknowledge disk flush %llu within %d s",
@@ -264,25 +246,6 @@ static int src_flush(void *ctx)
 	return src_barrier(d->b, &e) < 0 ? -EIO : 0;
 }
 
-static int read_all(int fd, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t k = read(fd, p, len);
-
-		if (k == 0)
-			return -ECONNRESET;
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		p += k;
-		len -= (size_t)k;
-	}
-	return 0;
-}
-
 /* What the destination says: FLUSHED or ERROR, then the end. */
 static void *acker_main(void *arg)
 {
@@ -291,31 +254,34 @@ static void *acker_main(void *arg)
 	for (;;) {
 		uint8_t hdr[WIRE_DISK_HDR_BYTES];
 		char text[WIRE_DISK_ERROR_MAX + 1];
+		struct net_conn rec = { .fd = b->fd };
 		struct ferry_error e = { 0 };
 		struct wire_disk_rec r;
-		int rc = read_all(b->fd, hdr, sizeof(hdr));
+		bool ended;
+		int rc;
 
+		/* The disk tunnel closes the socket when it ends or fails. */
+		rc = net_read_full(&rec, hdr, sizeof(hdr), BLK_IDLE_TIMEOUT_MS,
+				   "a disk acknowledgement", &e);
 		if (rc == -ECONNRESET) {
 			pthread_mutex_lock(&b->lock);
 			b->eof = true;
-			if (!b->ended && !b->failed) {
-				snprintf(b->why, sizeof(b->why), "the destination "
-					 "ended the disk stream early");
-				b->failed = true;
-			}
+			ended = b->ended;
 			pthread_cond_broadcast(&b->cond);
 			pthread_mutex_unlock(&b->lock);
+			if (!ended)
+				src_fail(b, "the destination ended the disk "
+					 "stream early");
 			return NULL;
 		}
 		if (rc == 0)
 			rc = wire_disk_rec_decode(hdr, &r, &e);
-		else
-			ferry_error_set(&e, rc, "%s", strerror(-rc));
 		if (rc == 0 && r.op != WIRE_DISK_FLUSHED && r.op != WIRE_DISK_ERROR)
 			rc = ferry_error_set(&e, -EPROTO, "disk record op %u on "
 					     "the return path", r.op);
 		if (rc == 0 && r.op == WIRE_DISK_ERROR) {
-			rc = read_all(b->fd, text, r.len);
+			rc = net_read_full(&rec, text, r.len, BLK_SEND_TIMEOUT_MS,
+					   "a disk error", NULL);
 			text[rc == 0 ? r.len : 0] = 0;
 			src_fail(b, "the destination reports: %s", text);
 			return NULL;
@@ -467,7 +433,7 @@ static int start_mirror(struct src_disk *d, struct ferry_error *err)
 		.pread = src_pread, .pwrite = src_pwrite, .zero = src_zero,
 		.trim = src_trim, .flush = src_flush, .ctx = d,
 	};
-	d->ex.idle_timeout_ms = BLK_NBD_IDLE_TIMEOUT_MS;
+	d->ex.idle_timeout_ms = BLK_IDLE_TIMEOUT_MS;
 	rc = -pthread_create(&d->thread, NULL, serve_main, d);
 	if (rc < 0)
 		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
@@ -679,9 +645,6 @@ int blk_src_tick(struct blk_src *b, struct ferry_error *err)
 		struct wire_disk_rec r = { .op = WIRE_DISK_FLUSH };
 
 		/* A barrier nobody waits for: its FLUSHED comes back too. */
-		pthread_mutex_lock(&b->wlock);
-		r.offset = ++b->barrier_sent;
-		pthread_mutex_unlock(&b->wlock);
 		emit(b, &r, NULL);
 	}
 	if (now - b->last_keepalive_ms >= BLK_KEEPALIVE_MS) {

@@ -352,10 +352,20 @@ static int open_handoff(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
-static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
+/*
+ * A tunnel's connections and options (the memory's: DATA and RETURN; the
+ * disks': DISK and DISK_RETURN): @streams gets m->o.streams connections of
+ * @kind, o->ret the return connection of @ret_kind. On failure nothing is
+ * left open.
+ */
+static int open_tunnel_conns(struct ferry_migration *m, enum wire_conn kind,
+			     enum wire_conn ret_kind, struct net_conn *streams,
+			     struct tun_opts *o, struct ferry_error *err)
 {
-	struct net_conn streams[WIRE_STREAMS_MAX];
-	struct tun_opts o = {
+	uint32_t i;
+	int rc;
+
+	*o = (struct tun_opts){
 		.role = TUN_SOURCE,
 		.local_fd = -1,
 		.streams = streams,
@@ -366,35 +376,47 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 		.bandwidth_bytes_per_s = m->wire_cap,
 		.link_hint_bytes_per_s = m->probe_rate,
 	};
-	uint32_t i;
-	int rc;
-
-	if (m->handoff)
-		return open_handoff(m, err);
-	net_conn_init(&o.ret, -1);
+	net_conn_init(&o->ret, -1);
 	for (i = 0; i < m->o.streams; i++) {
-		rc = open_conn(m, &streams[i], WIRE_CONN_DATA, (uint16_t)i, err);
+		rc = open_conn(m, &streams[i], kind, (uint16_t)i, err);
 		if (rc < 0) {
-			ferry_error_prefix(err, "data connection %u: ", i);
+			ferry_error_prefix(err, "%s connection %u: ",
+					   kind == WIRE_CONN_DISK ? "disk" : "data", i);
 			goto fail;
 		}
 	}
-	rc = open_conn(m, &o.ret, WIRE_CONN_RETURN, 0, err);
-	if (rc < 0) {
-		ferry_error_prefix(err, "return connection: ");
-		goto fail;
-	}
-	rc = mig_hand_socket(m->q, &o.local_fd, err);
-	if (rc < 0) {
-		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
-		net_conn_close(&o.ret);
-		goto fail;
-	}
-	return tun_start(&m->tun, &o, err);
+	rc = open_conn(m, &o->ret, ret_kind, 0, err);
+	if (rc == 0)
+		return 0;
+	ferry_error_prefix(err, "%sreturn connection: ",
+			   kind == WIRE_CONN_DISK ? "disk " : "");
 fail:
 	while (i > 0)
 		net_conn_close(&streams[--i]);
 	return rc;
+}
+
+static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct net_conn streams[WIRE_STREAMS_MAX];
+	struct tun_opts o;
+	int rc;
+
+	if (m->handoff)
+		return open_handoff(m, err);
+	rc = open_tunnel_conns(m, WIRE_CONN_DATA, WIRE_CONN_RETURN, streams, &o,
+			       err);
+	if (rc < 0)
+		return rc;
+	rc = mig_hand_socket(m->q, &o.local_fd, err);
+	if (rc < 0) {
+		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
+		for (uint32_t i = 0; i < o.nstreams; i++)
+			net_conn_close(&streams[i]);
+		net_conn_close(&o.ret);
+		return rc;
+	}
+	return tun_start(&m->tun, &o, err);
 }
 
 /*
@@ -473,36 +495,12 @@ static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err);
 static int open_disk_tunnel(struct ferry_migration *m, struct ferry_error *err)
 {
 	struct net_conn streams[WIRE_STREAMS_MAX];
-	struct tun_opts o = {
-		.streams = streams,
-		.nstreams = m->o.streams,
-		.frame_max = TUN_FRAME_BYTES,
-		.codec = m->o.codec,
-		.codec_level = m->o.codec_level,
-		.bandwidth_bytes_per_s = m->wire_cap,
-		.link_hint_bytes_per_s = m->probe_rate,
-	};
-	uint32_t i;
+	struct tun_opts o;
 	int rc;
 
-	net_conn_init(&o.ret, -1);
-	for (i = 0; i < m->o.streams; i++) {
-		rc = open_conn(m, &streams[i], WIRE_CONN_DISK, (uint16_t)i, err);
-		if (rc < 0) {
-			ferry_error_prefix(err, "disk connection %u: ", i);
-			goto fail;
-		}
-	}
-	rc = open_conn(m, &o.ret, WIRE_CONN_DISK_RETURN, 0, err);
-	if (rc < 0) {
-		ferry_error_prefix(err, "disk return connection: ");
-		goto fail;
-	}
-	return blk_src_start(m->blk, &o, err);
-fail:
-	while (i > 0)
-		net_conn_close(&streams[--i]);
-	return rc;
+	rc = open_tunnel_conns(m, WIRE_CONN_DISK, WIRE_CONN_DISK_RETURN, streams,
+			       &o, err);
+	return rc < 0 ? rc : blk_src_start(m->blk, &o, err);
 }
 
 /*

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "be.h"
 #include "engine/util.h"
 #include "nbd.h"
 #include "net.h"
@@ -14,38 +15,11 @@
 /* Zeroes written per pwrite when the file system cannot fallocate. */
 #define NBD_ZERO_CHUNK (1u << 20)
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)get16(p) << 16 | get16(p + 2);
-}
 
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
 
 struct nbd_conn {
 	struct net_conn c;
@@ -82,10 +56,10 @@ static int opt_reply(struct nbd_conn *n, uint32_t opt, uint32_t type,
 	uint8_t h[20];
 	int rc;
 
-	put64(h, NBD_REP_MAGIC);
-	put32(h + 8, opt);
-	put32(h + 12, type);
-	put32(h + 16, len);
+	be_put64(h, NBD_REP_MAGIC);
+	be_put32(h + 8, opt);
+	be_put32(h + 12, type);
+	be_put32(h + 16, len);
 	rc = wr(n, h, sizeof(h), err);
 	if (rc == 0 && len)
 		rc = wr(n, data, len, err);
@@ -114,28 +88,28 @@ static int opt_go(struct nbd_conn *n, uint32_t opt, const uint8_t *d,
 
 	if (len < 6)
 		return opt_error(n, opt, NBD_REP_ERR_INVALID, "option too short", err);
-	name_len = get32(d);
+	name_len = be_get32(d);
 	if (name_len > len - 6)
 		return opt_error(n, opt, NBD_REP_ERR_INVALID,
 				 "export name longer than the option", err);
-	nreq = get16(d + 4 + name_len);
+	nreq = be_get16(d + 4 + name_len);
 	if (6 + name_len + 2 * nreq != len)
 		return opt_error(n, opt, NBD_REP_ERR_INVALID,
 				 "option length does not match its requests", err);
 	if (name_len && (strlen(ex->name) != name_len ||
 			 memcmp(d + 4, ex->name, name_len) != 0))
 		return opt_error(n, opt, NBD_REP_ERR_UNKNOWN, "no such export", err);
-	put16(info, NBD_INFO_EXPORT);
-	put64(info + 2, ex->size);
-	put16(info + 10, tx_flags(ex));
+	be_put16(info, NBD_INFO_EXPORT);
+	be_put64(info + 2, ex->size);
+	be_put16(info + 10, tx_flags(ex));
 	rc = opt_reply(n, opt, NBD_REP_INFO, info, 12, err);
 	if (rc < 0)
 		return rc;
 	/* Any alignment works; writes of up to NBD_PAYLOAD_MAX at once. */
-	put16(info, NBD_INFO_BLOCK_SIZE);
-	put32(info + 2, 1);
-	put32(info + 6, 4096);
-	put32(info + 10, NBD_PAYLOAD_MAX);
+	be_put16(info, NBD_INFO_BLOCK_SIZE);
+	be_put32(info + 2, 1);
+	be_put32(info + 6, 4096);
+	be_put32(info + 10, NBD_PAYLOAD_MAX);
 	rc = opt_reply(n, opt, NBD_REP_INFO, info, 14, err);
 	if (rc == 0)
 		rc = opt_reply(n, opt, NBD_REP_ACK, NULL, 0, err);
@@ -149,21 +123,21 @@ static int handshake(struct nbd_conn *n, struct ferry_error *err)
 	uint8_t h[18], cf[4];
 	int rc;
 
-	put64(h, NBD_MAGIC);
-	put64(h + 8, NBD_OPTS_MAGIC);
-	put16(h + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	be_put64(h, NBD_MAGIC);
+	be_put64(h + 8, NBD_OPTS_MAGIC);
+	be_put16(h + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	rc = wr(n, h, sizeof(h), err);
 	if (rc == 0)
 		rc = rd(n, cf, sizeof(cf), NBD_IO_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
-	if (get32(cf) & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+	if (be_get32(cf) & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
 		return ferry_error_set(err, -EPROTO, "NBD client sent unknown "
-				       "flags 0x%x (not an NBD client?)", get32(cf));
-	if (!(get32(cf) & NBD_FLAG_C_FIXED_NEWSTYLE))
+				       "flags 0x%x (not an NBD client?)", be_get32(cf));
+	if (!(be_get32(cf) & NBD_FLAG_C_FIXED_NEWSTYLE))
 		return ferry_error_set(err, -EPROTO, "NBD client does not speak "
 				       "fixed newstyle");
-	n->no_zeroes = get32(cf) & NBD_FLAG_C_NO_ZEROES;
+	n->no_zeroes = be_get32(cf) & NBD_FLAG_C_NO_ZEROES;
 
 	for (int i = 0; i < NBD_OPTS_MAX; i++) {
 		uint8_t oh[16], data[NBD_OPT_DATA_MAX];
@@ -172,11 +146,11 @@ static int handshake(struct nbd_conn *n, struct ferry_error *err)
 		rc = rd(n, oh, sizeof(oh), NBD_IO_TIMEOUT_MS, err);
 		if (rc < 0)
 			return rc;
-		if (get64(oh) != NBD_OPTS_MAGIC)
+		if (be_get64(oh) != NBD_OPTS_MAGIC)
 			return ferry_error_set(err, -EPROTO, "NBD option without "
 					       "IHAVEOPT magic");
-		opt = get32(oh + 8);
-		len = get32(oh + 12);
+		opt = be_get32(oh + 8);
+		len = be_get32(oh + 12);
 		if (len > NBD_OPT_DATA_MAX) {
 			/* Too big to read: refuse, then hang up. */
 			opt_error(n, opt, NBD_REP_ERR_TOO_BIG, "option data over "
@@ -199,8 +173,8 @@ static int handshake(struct nbd_conn *n, struct ferry_error *err)
 			    memcmp(data, n->ex->name, len) != 0)
 				return ferry_error_set(err, -ENOENT, "NBD client "
 						       "asked for an unknown export");
-			put64(r, n->ex->size);
-			put16(r + 8, tx_flags(n->ex));
+			be_put64(r, n->ex->size);
+			be_put16(r + 8, tx_flags(n->ex));
 			rc = wr(n, r, n->no_zeroes ? 10 : sizeof(r), err);
 			return rc < 0 ? rc : 0;
 		}
@@ -210,7 +184,7 @@ static int handshake(struct nbd_conn *n, struct ferry_error *err)
 
 			if (nl > 256)
 				nl = 256;
-			put32(s, nl);
+			be_put32(s, nl);
 			memcpy(s + 4, n->ex->name, nl);
 			rc = opt_reply(n, opt, NBD_REP_SERVER, s, 4 + nl, err);
 			if (rc == 0)
@@ -242,9 +216,9 @@ static int simple_reply(struct nbd_conn *n, uint64_t cookie, uint32_t error,
 	uint8_t h[16];
 	int rc;
 
-	put32(h, NBD_SIMPLE_REPLY_MAGIC);
-	put32(h + 4, error);
-	put64(h + 8, cookie);
+	be_put32(h, NBD_SIMPLE_REPLY_MAGIC);
+	be_put32(h + 4, error);
+	be_put64(h + 8, cookie);
 	rc = wr(n, h, sizeof(h), err);
 	if (rc == 0 && len)
 		rc = wr(n, data, len, err);
@@ -329,14 +303,14 @@ static int transmission(struct nbd_conn *n, struct ferry_error *err)
 			NBD_IDLE_TIMEOUT_MS, err);
 		if (rc < 0)
 			return rc;
-		if (get32(h) != NBD_REQUEST_MAGIC)
+		if (be_get32(h) != NBD_REQUEST_MAGIC)
 			return ferry_error_set(err, -EPROTO, "NBD request with bad "
-					       "magic 0x%08x", get32(h));
-		flags = get16(h + 4);
-		type = get16(h + 6);
-		cookie = get64(h + 8);
-		off = get64(h + 16);
-		len = get32(h + 24);
+					       "magic 0x%08x", be_get32(h));
+		flags = be_get16(h + 4);
+		type = be_get16(h + 6);
+		cookie = be_get64(h + 8);
+		off = be_get64(h + 16);
+		len = be_get32(h + 24);
 		n->st->requests++;
 		if (type == NBD_CMD_DISC)
 			return 0;

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "be.h"
 #include "engine/util.h"
 #include "nbd_client.h"
 #include "net.h"
@@ -50,38 +51,11 @@ struct handshake {
 	int timeout_ms;
 };
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)get16(p) << 16 | get16(p + 2);
-}
 
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
 
 static int ms_left(uint64_t deadline_ms)
 {
@@ -152,18 +126,18 @@ static int greeting(struct handshake *hs, struct ferry_error *err)
 	rc = hs_io(hs, false, g, sizeof(g), "NBD greeting", err);
 	if (rc < 0)
 		return rc;
-	if (get64(g) != NBD_MAGIC)
+	if (be_get64(g) != NBD_MAGIC)
 		return ferry_error_set(err, -EPROTO, "%s is not an NBD server "
 				       "(greeting begins 0x%016llx, not NBDMAGIC)",
-				       path, (unsigned long long)get64(g));
-	if (get64(g + 8) == NBD_OLDSTYLE_MAGIC)
+				       path, (unsigned long long)be_get64(g));
+	if (be_get64(g + 8) == NBD_OLDSTYLE_MAGIC)
 		return ferry_error_set(err, -EPROTONOSUPPORT, "NBD server at %s "
 				       "speaks only the oldstyle handshake", path);
-	if (get64(g + 8) != NBD_OPTS_MAGIC)
+	if (be_get64(g + 8) != NBD_OPTS_MAGIC)
 		return ferry_error_set(err, -EPROTO, "NBD server at %s sent "
 				       "magic 0x%016llx, not IHAVEOPT", path,
-				       (unsigned long long)get64(g + 8));
-	sf = get16(g + 16);
+				       (unsigned long long)be_get64(g + 8));
+	sf = be_get16(g + 16);
 	/* Without fixed newstyle a server may hang up on an option it does
 	 * not know instead of answering it. */
 	if (!(sf & NBD_FLAG_FIXED_NEWSTYLE))
@@ -174,7 +148,7 @@ static int greeting(struct handshake *hs, struct ferry_error *err)
 	 * NBD_OPT_GO there are no zeroes to skip anyway. */
 	if (sf & NBD_FLAG_NO_ZEROES)
 		flags |= NBD_FLAG_C_NO_ZEROES;
-	put32(cf, flags);
+	be_put32(cf, flags);
 	return hs_io(hs, true, cf, sizeof(cf), "NBD client flags", err);
 }
 
@@ -186,12 +160,12 @@ static int send_go(struct handshake *hs, struct ferry_error *err)
 	uint32_t nl = (uint32_t)strlen(hs->name);
 
 	FERRY_ASSERT(nl <= NBD_CLIENT_NAME_MAX);	/* nbd_client_connect */
-	put64(o, NBD_OPTS_MAGIC);
-	put32(o + 8, NBD_OPT_GO);
-	put32(o + 12, 4 + nl + 2);
-	put32(o + 16, nl);
+	be_put64(o, NBD_OPTS_MAGIC);
+	be_put32(o + 8, NBD_OPT_GO);
+	be_put32(o + 12, 4 + nl + 2);
+	be_put32(o + 16, nl);
 	memcpy(o + 20, hs->name, nl);
-	put16(o + 20 + nl, 0);
+	be_put16(o + 20 + nl, 0);
 	return hs_io(hs, true, o, NBD_OPT_HDR_BYTES + 4 + nl + 2,
 		     "NBD_OPT_GO", err);
 }
@@ -210,16 +184,16 @@ static int go_reply(struct handshake *hs, uint32_t *type, uint8_t *data,
 	rc = hs_io(hs, false, h, sizeof(h), "NBD option reply", err);
 	if (rc < 0)
 		return rc;
-	if (get64(h) != NBD_REP_MAGIC)
+	if (be_get64(h) != NBD_REP_MAGIC)
 		return ferry_error_set(err, -EPROTO, "NBD server at %s: option "
 				       "reply with bad magic 0x%016llx", path,
-				       (unsigned long long)get64(h));
-	if (get32(h + 8) != NBD_OPT_GO)
+				       (unsigned long long)be_get64(h));
+	if (be_get32(h + 8) != NBD_OPT_GO)
 		return ferry_error_set(err, -EPROTO, "NBD server at %s answered "
 				       "option %u to NBD_OPT_GO", path,
-				       get32(h + 8));
-	*type = get32(h + 12);
-	*len = get32(h + 16);
+				       be_get32(h + 8));
+	*type = be_get32(h + 12);
+	*len = be_get32(h + 16);
 	if (*len > NBD_CLIENT_REP_DATA_MAX)
 		return ferry_error_set(err, -EMSGSIZE, "NBD server at %s: option "
 				       "reply 0x%x carries %u bytes (at most %u)",
@@ -243,15 +217,15 @@ static int go_info(struct handshake *hs, const uint8_t *d, uint32_t len,
 	if (len < 2)
 		return ferry_error_set(err, -EPROTO, "NBD server at %s: info "
 				       "reply of %u bytes", c->path, len);
-	info = get16(d);
+	info = be_get16(d);
 	switch (info) {
 	case NBD_INFO_EXPORT:
 		if (len != NBD_INFO_EXPORT_BYTES)
 			return ferry_error_set(err, -EPROTO, "NBD server at %s: "
 					       "NBD_INFO_EXPORT of %u bytes, not %u",
 					       c->path, len, NBD_INFO_EXPORT_BYTES);
-		c->size = get64(d + 2);
-		c->flags = get16(d + 10);
+		c->size = be_get64(d + 2);
+		c->flags = be_get16(d + 10);
 		/* Offsets travel as off_t on both ends (QEMU: int64_t). */
 		if (c->size > INT64_MAX)
 			return ferry_error_set(err, -EPROTO, "NBD server at %s: "
@@ -264,7 +238,7 @@ static int go_info(struct handshake *hs, const uint8_t *d, uint32_t len,
 			return ferry_error_set(err, -EPROTO, "NBD server at %s: "
 					       "NBD_INFO_BLOCK_SIZE of %u bytes, not %u",
 					       c->path, len, NBD_INFO_BLOCK_SIZE_BYTES);
-		max = get32(d + 10);
+		max = be_get32(d + 10);
 		if (max && max < c->len_max)
 			c->len_max = max;
 		return 0;
@@ -339,9 +313,9 @@ static void send_abort(struct handshake *hs)
 	struct ferry_error ignored = { 0 };
 	uint8_t o[NBD_OPT_HDR_BYTES];
 
-	put64(o, NBD_OPTS_MAGIC);
-	put32(o + 8, NBD_OPT_ABORT);
-	put32(o + 12, 0);
+	be_put64(o, NBD_OPTS_MAGIC);
+	be_put32(o + 8, NBD_OPT_ABORT);
+	be_put32(o + 12, 0);
 	net_write_full(&hs->c->conn, o, sizeof(o), NBD_CLIENT_DISC_TIMEOUT_MS,
 		       "NBD_OPT_ABORT", &ignored);
 }
@@ -566,12 +540,12 @@ static int send_request(struct nbd_client *c, uint64_t cookie, uint16_t type,
 	uint8_t h[NBD_REQUEST_BYTES];
 	int rc;
 
-	put32(h, NBD_REQUEST_MAGIC);
-	put16(h + 4, flags);
-	put16(h + 6, type);
-	put64(h + 8, cookie);
-	put64(h + 16, off);
-	put32(h + 24, len);
+	be_put32(h, NBD_REQUEST_MAGIC);
+	be_put16(h + 4, flags);
+	be_put16(h + 6, type);
+	be_put64(h + 8, cookie);
+	be_put64(h + 16, off);
+	be_put32(h + 24, len);
 	rc = net_write_full(&c->conn, h, sizeof(h), ms_left(deadline_ms),
 			    "NBD request", err);
 	if (rc == 0 && payload_len)
@@ -645,7 +619,7 @@ static int wait_readable(int fd, uint64_t deadline_ms)
 static int parse_reply(struct nbd_client *c, const uint8_t *h, uint64_t *cookie,
 		       uint32_t *nbd_errno, struct ferry_error *err)
 {
-	uint32_t magic = get32(h);
+	uint32_t magic = be_get32(h);
 	int i;
 
 	if (magic == NBD_STRUCTURED_REPLY_MAGIC)
@@ -656,14 +630,14 @@ static int parse_reply(struct nbd_client *c, const uint8_t *h, uint64_t *cookie,
 		return ferry_error_set(err, -EPROTO, "NBD server at %s sent a "
 				       "reply with bad magic 0x%08x", c->path,
 				       magic);
-	*cookie = get64(h + 8);
+	*cookie = be_get64(h + 8);
 	i = find_cookie(c, *cookie);
 	if (i < 0)
 		return ferry_error_set(err, -EPROTO, "NBD server at %s replied "
 				       "to cookie %llu, which is not in flight",
 				       c->path, (unsigned long long)*cookie);
 	c->inflight[i] = c->inflight[--c->ninflight];
-	*nbd_errno = get32(h + 4);
+	*nbd_errno = be_get32(h + 4);
 	return 0;
 }
 

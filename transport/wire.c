@@ -4,40 +4,14 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "be.h"
 #include "wire.h"
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)((p[0] << 8) | p[1]);
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	return ((uint32_t)get16(p) << 16) | get16(p + 2);
-}
 
-static uint64_t get64(const uint8_t *p)
-{
-	return ((uint64_t)get32(p) << 32) | get32(p + 4);
-}
 
 /*
  * Hello layout (64 bytes):
@@ -48,15 +22,15 @@ static uint64_t get64(const uint8_t *p)
 void wire_hello_encode(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BYTES])
 {
 	memset(out, 0, WIRE_HELLO_BYTES);
-	put64(out, WIRE_MAGIC);
-	put16(out + 8, h->version);
-	put16(out + 10, h->conn);
-	put32(out + 12, h->options);
+	be_put64(out, WIRE_MAGIC);
+	be_put16(out + 8, h->version);
+	be_put16(out + 10, h->conn);
+	be_put32(out + 12, h->options);
 	memcpy(out + 16, h->mig_id, WIRE_MIG_ID_BYTES);
-	put64(out + 32, h->ram_bytes);
-	put16(out + 40, h->stream_index);
-	put16(out + 42, h->stream_count);
-	put32(out + 44, h->frame_max);
+	be_put64(out + 32, h->ram_bytes);
+	be_put16(out + 40, h->stream_index);
+	be_put16(out + 42, h->stream_count);
+	be_put32(out + 44, h->frame_max);
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
@@ -70,22 +44,22 @@ static bool all_zero(const uint8_t *p, size_t n)
 int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 		      struct ferry_error *err)
 {
-	uint64_t magic = get64(in);
+	uint64_t magic = be_get64(in);
 
 	if (magic != WIRE_MAGIC)
 		return ferry_error_set(err, -EBADMSG,
 			"not a ferry peer: bad hello magic 0x%016llx",
 			(unsigned long long)magic);
-	h->version = get16(in + 8);
+	h->version = be_get16(in + 8);
 	if (h->version != WIRE_VERSION)
 		return ferry_error_set(err, -EPROTONOSUPPORT,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
-	h->conn = get16(in + 10);
+	h->conn = be_get16(in + 10);
 	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_DISK_RETURN)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
-	h->options = get32(in + 12);
+	h->options = be_get32(in + 12);
 	if (h->options & ~WIRE_OPT_KNOWN)
 		return ferry_error_set(err, -EPROTO,
 			"hello has unknown option bits 0x%x",
@@ -93,21 +67,21 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 	memcpy(h->mig_id, in + 16, WIRE_MIG_ID_BYTES);
 	if (all_zero(h->mig_id, WIRE_MIG_ID_BYTES))
 		return ferry_error_set(err, -EPROTO, "hello has an empty migration id");
-	h->ram_bytes = get64(in + 32);
+	h->ram_bytes = be_get64(in + 32);
 	if (h->ram_bytes < WIRE_RAM_MIN_BYTES || h->ram_bytes > WIRE_RAM_MAX_BYTES)
 		return ferry_error_set(err, -EPROTO,
 			"hello declares guest RAM of %llu bytes, outside [%llu, %llu]",
 			(unsigned long long)h->ram_bytes,
 			(unsigned long long)WIRE_RAM_MIN_BYTES,
 			(unsigned long long)WIRE_RAM_MAX_BYTES);
-	h->stream_index = get16(in + 40);
-	h->stream_count = get16(in + 42);
+	h->stream_index = be_get16(in + 40);
+	h->stream_count = be_get16(in + 42);
 	if (h->stream_count < 1 || h->stream_count > WIRE_STREAMS_MAX ||
 	    h->stream_index >= h->stream_count)
 		return ferry_error_set(err, -EPROTO,
 			"hello has stream %u of %u (at most %u streams)",
 			h->stream_index, h->stream_count, WIRE_STREAMS_MAX);
-	h->frame_max = get32(in + 44);
+	h->frame_max = be_get32(in + 44);
 	if (h->frame_max < WIRE_FRAME_MAX_MIN ||
 	    h->frame_max > WIRE_FRAME_PAYLOAD_MAX)
 		return ferry_error_set(err, -EPROTO,
@@ -122,16 +96,16 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 void wire_ctrl_encode(const struct wire_ctrl_hdr *h,
 		      uint8_t out[WIRE_CTRL_HDR_BYTES])
 {
-	put32(out, h->len);
-	put16(out + 4, h->type);
-	put16(out + 6, 0);
+	be_put32(out, h->len);
+	be_put16(out + 4, h->type);
+	be_put16(out + 6, 0);
 }
 
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 		     struct wire_ctrl_hdr *h, struct ferry_error *err)
 {
-	h->len = get32(in);
-	h->type = get16(in + 4);
+	h->len = be_get32(in);
+	h->type = be_get16(in + 4);
 	if (h->type < 1 || h->type > WIRE_CTRL_MAX_TYPE)
 		return ferry_error_set(err, -EPROTO,
 			"unknown control message type %u", h->type);
@@ -139,7 +113,7 @@ int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 		return ferry_error_set(err, -EMSGSIZE,
 			"control message %s of %u bytes exceeds the limit of %u",
 			wire_ctrl_name(h->type), h->len, WIRE_CTRL_PAYLOAD_MAX);
-	if (get16(in + 6) != 0)
+	if (be_get16(in + 6) != 0)
 		return ferry_error_set(err, -EPROTO,
 			"control message has non-zero reserved field");
 	return 0;
@@ -164,12 +138,12 @@ const char *wire_ctrl_name(uint16_t type)
 void wire_frame_encode(const struct wire_frame_hdr *h,
 		       uint8_t out[WIRE_FRAME_HDR_BYTES])
 {
-	put32(out, h->len);
-	put16(out + 4, h->type);
-	put16(out + 6, h->flags);
-	put32(out + 8, h->raw_len);
-	put32(out + 12, 0);
-	put64(out + 16, h->seq);
+	be_put32(out, h->len);
+	be_put16(out + 4, h->type);
+	be_put16(out + 6, h->flags);
+	be_put32(out + 8, h->raw_len);
+	be_put32(out + 12, 0);
+	be_put64(out + 16, h->seq);
 }
 
 int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
@@ -178,11 +152,11 @@ int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
 {
 	unsigned long long seq;
 
-	h->len = get32(in);
-	h->type = get16(in + 4);
-	h->flags = get16(in + 6);
-	h->raw_len = get32(in + 8);
-	h->seq = get64(in + 16);
+	h->len = be_get32(in);
+	h->type = be_get16(in + 4);
+	h->flags = be_get16(in + 6);
+	h->raw_len = be_get32(in + 8);
+	h->seq = be_get64(in + 16);
 	seq = (unsigned long long)h->seq;
 	if (h->type < 1 || h->type > WIRE_FRAME_MAX_TYPE)
 		return ferry_error_set(err, -EPROTO,
@@ -193,7 +167,7 @@ int wire_frame_decode(const uint8_t in[WIRE_FRAME_HDR_BYTES],
 			seq, h->len, h->raw_len, frame_max);
 	if ((h->flags & ~WIRE_FLAGS_CODEC_MASK) ||
 	    (h->flags & WIRE_FLAGS_CODEC_MASK) > WIRE_CODEC_MAX ||
-	    get32(in + 12) != 0)
+	    be_get32(in + 12) != 0)
 		return ferry_error_set(err, -EPROTO,
 			"frame %llu has flags 0x%x unknown to protocol version %u",
 			seq, h->flags, WIRE_VERSION);
@@ -239,7 +213,7 @@ int wire_disks_encode(const struct wire_disk *d, uint32_t n, uint8_t *out,
 				       "1 to %d", n, WIRE_DISKS_MAX);
 	if (cap < 2)
 		return ferry_error_set(err, -EMSGSIZE, "no room for the manifest");
-	put16(out, (uint16_t)n);
+	be_put16(out, (uint16_t)n);
 	for (uint32_t i = 0; i < n; i++) {
 		size_t idl = strlen(d[i].id);
 
@@ -253,8 +227,8 @@ int wire_disks_encode(const struct wire_disk *d, uint32_t n, uint8_t *out,
 		memcpy(out + at, d[i].id, idl);
 		at += (uint32_t)idl;
 		out[at++] = d[i].flags;
-		put64(out + at, d[i].size);
-		put64(out + at + 8, d[i].allocated);
+		be_put64(out + at, d[i].size);
+		be_put64(out + at + 8, d[i].allocated);
 		at += 16;
 	}
 	return (int)at;
@@ -267,7 +241,7 @@ int wire_disks_decode(const uint8_t *in, uint32_t len, struct wire_disk *d,
 
 	if (len < 2)
 		return ferry_error_set(err, -EPROTO, "disk manifest of %u bytes", len);
-	count = get16(in);
+	count = be_get16(in);
 	if (count == 0 || count > WIRE_DISKS_MAX)
 		return ferry_error_set(err, -EPROTO, "disk manifest lists %u "
 				       "disks (1-%d allowed)", count, WIRE_DISKS_MAX);
@@ -290,8 +264,8 @@ int wire_disks_decode(const uint8_t *in, uint32_t len, struct wire_disk *d,
 		if (d[i].flags & ~WIRE_DISK_READ_ONLY)
 			return ferry_error_set(err, -EPROTO, "disk manifest: "
 				"unknown flags 0x%x for '%s'", d[i].flags, d[i].id);
-		d[i].size = get64(in + at);
-		d[i].allocated = get64(in + at + 8);
+		d[i].size = be_get64(in + at);
+		d[i].allocated = be_get64(in + at + 8);
 		at += 16;
 		if (d[i].size == 0 || d[i].size > WIRE_DISK_SIZE_MAX)
 			return ferry_error_set(err, -EPROTO, "disk manifest: '%s' "
@@ -315,29 +289,29 @@ short_manifest:
 void wire_disk_rec_encode(const struct wire_disk_rec *r,
 			  uint8_t out[WIRE_DISK_HDR_BYTES])
 {
-	put32(out, WIRE_DISK_MAGIC);
+	be_put32(out, WIRE_DISK_MAGIC);
 	out[4] = r->op;
 	out[5] = r->disk;
-	put16(out + 6, r->flags);
-	put64(out + 8, r->offset);
-	put32(out + 16, r->len);
-	put32(out + 20, 0);
+	be_put16(out + 6, r->flags);
+	be_put64(out + 8, r->offset);
+	be_put32(out + 16, r->len);
+	be_put32(out + 20, 0);
 }
 
 int wire_disk_rec_decode(const uint8_t in[WIRE_DISK_HDR_BYTES],
 			 struct wire_disk_rec *r, struct ferry_error *err)
 {
-	uint32_t magic = get32(in);
+	uint32_t magic = be_get32(in);
 
 	if (magic != WIRE_DISK_MAGIC)
 		return ferry_error_set(err, -EBADMSG, "disk record with bad magic "
 				       "0x%08x", magic);
 	r->op = in[4];
 	r->disk = in[5];
-	r->flags = get16(in + 6);
-	r->offset = get64(in + 8);
-	r->len = get32(in + 16);
-	if (get32(in + 20) != 0)
+	r->flags = be_get16(in + 6);
+	r->offset = be_get64(in + 8);
+	r->len = be_get32(in + 16);
+	if (be_get32(in + 20) != 0)
 		return ferry_error_set(err, -EPROTO, "disk record with non-zero "
 				       "reserved field");
 	if (r->op == 0 || r->op > WIRE_DISK_MAX_OP)
@@ -369,6 +343,25 @@ int wire_disk_rec_decode(const uint8_t in[WIRE_DISK_HDR_BYTES],
 			return ferry_error_set(err, -EPROTO, "disk record op %u "
 					       "with a payload", r->op);
 	}
+	return 0;
+}
+
+int wire_disk_rec_check(const struct wire_disk_rec *r, const struct wire_disk *d,
+			uint32_t n, struct ferry_error *err)
+{
+	if (r->op == WIRE_DISK_FLUSHED || r->op == WIRE_DISK_ERROR)
+		return ferry_error_set(err, -EPROTO, "disk record op %u from "
+				       "the source", r->op);
+	if (r->op == WIRE_DISK_FLUSH || r->op == WIRE_DISK_END)
+		return 0;
+	if (r->disk >= n)
+		return ferry_error_set(err, -EPROTO, "disk record for disk %u; "
+				       "the manifest has %u", r->disk, n);
+	if (r->len > d[r->disk].size || r->offset > d[r->disk].size - r->len)
+		return ferry_error_set(err, -ERANGE, "disk %s: record of %u bytes "
+			"at %llu is beyond its %llu bytes", d[r->disk].id, r->len,
+			(unsigned long long)r->offset,
+			(unsigned long long)d[r->disk].size);
 	return 0;
 }
 

@@ -256,6 +256,14 @@ void wire_disk_rec_encode(const struct wire_disk_rec *r,
 int wire_disk_rec_decode(const uint8_t in[WIRE_DISK_HDR_BYTES],
 			 struct wire_disk_rec *r, struct ferry_error *err);
 
+/*
+ * A record from the source against its manifest @d (n disks): an op the
+ * source may send, a disk the manifest lists, a range inside that disk
+ * (no overflow). -EPROTO or -ERANGE with a message.
+ */
+int wire_disk_rec_check(const struct wire_disk_rec *r, const struct wire_disk *d,
+			uint32_t n, struct ferry_error *err);
+
 /* Migration ids as text (UUID layout, 36 chars + NUL). */
 void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37]);
 int wire_mig_id_random(uint8_t id[WIRE_MIG_ID_BYTES]);

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "transport/be.h"
 #include "engine/util.h"
 #include "transport/nbd.h"
 
@@ -89,24 +90,8 @@ static int finish(struct server *s, uint64_t chg_off, uint64_t chg_len)
 	return s->rc;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 static void send_all(int fd, const void *p, size_t n)
 {
@@ -129,9 +114,9 @@ static void send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
 {
 	uint8_t h[16];
 
-	put64(h, NBD_OPTS_MAGIC);
-	put32(h + 8, opt);
-	put32(h + 12, len);
+	be_put64(h, NBD_OPTS_MAGIC);
+	be_put32(h + 8, opt);
+	be_put32(h + 12, len);
 	send_all(fd, h, sizeof(h));
 	if (len)
 		send_all(fd, data, len);
@@ -144,10 +129,10 @@ static uint32_t recv_opt_reply(int fd)
 	uint32_t len;
 
 	recv_all(fd, h, sizeof(h));
-	len = get32(h + 16);
+	len = be_get32(h + 16);
 	ck_assert_uint_le(len, sizeof(skip));
 	recv_all(fd, skip, len);
-	return get32(h + 12);
+	return be_get32(h + 12);
 }
 
 /* The server's greeting, our flags. */
@@ -156,7 +141,7 @@ static void hello(int fd)
 	uint8_t g[18], f[4];
 
 	recv_all(fd, g, sizeof(g));
-	put32(f, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	be_put32(f, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 	send_all(fd, f, sizeof(f));
 }
 
@@ -166,7 +151,7 @@ static uint32_t go(int fd, const char *name)
 	uint8_t d[64];
 	uint32_t nl = (uint32_t)strlen(name), t;
 
-	put32(d, nl);
+	be_put32(d, nl);
 	memcpy(d + 4, name, nl);
 	d[4 + nl] = 0;
 	d[5 + nl] = 0;		/* no info requests */
@@ -187,14 +172,14 @@ static void request(int fd, uint16_t type, uint16_t flags, uint64_t off,
 {
 	uint8_t h[NBD_REQUEST_BYTES];
 
-	put32(h, NBD_REQUEST_MAGIC);
+	be_put32(h, NBD_REQUEST_MAGIC);
 	h[4] = (uint8_t)(flags >> 8);
 	h[5] = (uint8_t)flags;
 	h[6] = (uint8_t)(type >> 8);
 	h[7] = (uint8_t)type;
-	put64(h + 8, 0x1234000000000000ull | type);
-	put64(h + 16, off);
-	put32(h + 24, len);
+	be_put64(h + 8, 0x1234000000000000ull | type);
+	be_put64(h + 16, off);
+	be_put32(h + 24, len);
 	send_all(fd, h, sizeof(h));
 }
 
@@ -204,8 +189,8 @@ static uint32_t reply(int fd)
 	uint8_t h[16];
 
 	recv_all(fd, h, sizeof(h));
-	ck_assert_uint_eq(get32(h), NBD_SIMPLE_REPLY_MAGIC);
-	return get32(h + 4);
+	ck_assert_uint_eq(be_get32(h), NBD_SIMPLE_REPLY_MAGIC);
+	return be_get32(h + 4);
 }
 
 START_TEST(garbage_before_handshake)
@@ -241,9 +226,9 @@ START_TEST(option_too_big)
 
 	start(&s);
 	hello(s.sv[0]);
-	put64(h, NBD_OPTS_MAGIC);
-	put32(h + 8, NBD_OPT_GO);
-	put32(h + 12, 1u << 30);
+	be_put64(h, NBD_OPTS_MAGIC);
+	be_put32(h + 8, NBD_OPT_GO);
+	be_put32(h + 12, 1u << 30);
 	send_all(s.sv[0], h, sizeof(h));
 	ck_assert_uint_eq(recv_opt_reply(s.sv[0]), NBD_REP_ERR_TOO_BIG);
 	ck_assert_int_eq(finish(&s, 0, 0), -EMSGSIZE);

@@ -31,6 +31,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "transport/be.h"
 #include "engine/util.h"
 #include "transport/nbd_client.h"
 
@@ -627,34 +628,10 @@ struct script_server {
 	pthread_t t;
 };
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-	       p[3];
-}
 
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
 
 /* (server threads: no ck_assert; a short exchange fails the client) */
 static bool xwrite(int fd, const void *p, size_t n)
@@ -694,10 +671,10 @@ static bool opt_reply(int fd, uint32_t opt, uint32_t type, const void *d,
 {
 	uint8_t h[20];
 
-	put64(h, NBD_REP_MAGIC);
-	put32(h + 8, opt);
-	put32(h + 12, type);
-	put32(h + 16, claimed_len);
+	be_put64(h, NBD_REP_MAGIC);
+	be_put32(h + 8, opt);
+	be_put32(h + 12, type);
+	be_put32(h + 16, claimed_len);
 	return xwrite(fd, h, sizeof(h)) && (!len || xwrite(fd, d, len));
 }
 
@@ -708,20 +685,20 @@ static bool script_handshake(struct script_server *s, int fd)
 	uint8_t g[18], cf[4], oh[16], od[4096 + 16], info[12], bs[14];
 	uint32_t len;
 
-	put64(g, NBD_MAGIC);
-	put64(g + 8, NBD_OPTS_MAGIC);
-	put16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	be_put64(g, NBD_MAGIC);
+	be_put64(g + 8, NBD_OPTS_MAGIC);
+	be_put16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	if (!xwrite(fd, g, sizeof(g)) || !xread(fd, cf, sizeof(cf)) ||
 	    !xread(fd, oh, sizeof(oh)))
 		return false;
-	s->client_flags = get32(cf);
-	s->opt = get32(oh + 8);
-	len = get32(oh + 12);
+	s->client_flags = be_get32(cf);
+	s->opt = be_get32(oh + 8);
+	len = be_get32(oh + 12);
 	if (len > sizeof(od) || !xread(fd, od, len))
 		return false;
-	put16(info, NBD_INFO_EXPORT);
-	put64(info + 2, EXPORT_BYTES);
-	put16(info + 10, NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
+	be_put16(info, NBD_INFO_EXPORT);
+	be_put64(info + 2, EXPORT_BYTES);
+	be_put16(info + 10, NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
 			 NBD_FLAG_SEND_WRITE_ZEROES);
 	switch (s->script) {
 	case SCRIPT_ACK_ONLY:
@@ -737,12 +714,12 @@ static bool script_handshake(struct script_server *s, int fd)
 		opt_reply(fd, s->opt, NBD_REP_ERR_POLICY, "go away\n\x01", 9, 9);
 		return false;
 	case SCRIPT_SMALL_BLOCKS:
-		put16(bs, NBD_INFO_BLOCK_SIZE);
-		put32(bs + 2, 1);
-		put32(bs + 6, 4096);
-		put32(bs + 10, 65536);
+		be_put16(bs, NBD_INFO_BLOCK_SIZE);
+		be_put32(bs + 2, 1);
+		be_put32(bs + 6, 4096);
+		be_put32(bs + 10, 65536);
 		/* an info type from the future, to be skipped */
-		put16(od, 0x7777);
+		be_put16(od, 0x7777);
 		return opt_reply(fd, s->opt, NBD_REP_INFO, bs, 14, 14) &&
 		       opt_reply(fd, s->opt, NBD_REP_INFO, od, 40, 40) &&
 		       opt_reply(fd, s->opt, NBD_REP_INFO, info, 12, 12) &&
@@ -762,7 +739,7 @@ static void script_transmission(struct script_server *s, int fd)
 
 	if (!xread(fd, h, sizeof(h)))
 		return;
-	left = h[7] == NBD_CMD_WRITE ? get32(h + 24) : 0;
+	left = h[7] == NBD_CMD_WRITE ? be_get32(h + 24) : 0;
 	while (left) {
 		uint32_t n = left < sizeof(payload) ? left : sizeof(payload);
 
@@ -770,26 +747,26 @@ static void script_transmission(struct script_server *s, int fd)
 			return;
 		left -= n;
 	}
-	cookie = get64(h + 8);
-	put32(r, NBD_SIMPLE_REPLY_MAGIC);
-	put32(r + 4, 0);
-	put64(r + 8, cookie);
+	cookie = be_get64(h + 8);
+	be_put32(r, NBD_SIMPLE_REPLY_MAGIC);
+	be_put32(r + 4, 0);
+	be_put64(r + 8, cookie);
 	switch (s->script) {
 	case SCRIPT_BAD_MAGIC:
-		put32(r, 0xdeadbeef);
+		be_put32(r, 0xdeadbeef);
 		xwrite(fd, r, NBD_REPLY_BYTES);
 		break;
 	case SCRIPT_UNKNOWN_COOKIE:
-		put64(r + 8, cookie + 1);
+		be_put64(r + 8, cookie + 1);
 		xwrite(fd, r, NBD_REPLY_BYTES);
 		break;
 	case SCRIPT_STRUCTURED:
 		/* magic, flags DONE, type NONE, cookie, length 0 */
-		put32(r, NBD_STRUCTURED_REPLY_MAGIC);
-		put16(r + 4, 1);
-		put16(r + 6, 0);
-		put64(r + 8, cookie);
-		put32(r + 16, 0);
+		be_put32(r, NBD_STRUCTURED_REPLY_MAGIC);
+		be_put16(r + 4, 1);
+		be_put16(r + 6, 0);
+		be_put64(r + 8, cookie);
+		be_put32(r + 16, 0);
 		xwrite(fd, r, 20);
 		break;
 	case SCRIPT_HANG_UP:
@@ -817,9 +794,9 @@ static void *script_main(void *arg)
 		xwrite(fd, http, sizeof(http) - 1);
 		break;
 	case SCRIPT_OLDSTYLE:
-		put64(old, NBD_MAGIC);
-		put64(old + 8, NBD_OLDSTYLE_MAGIC);
-		put64(old + 16, EXPORT_BYTES);
+		be_put64(old, NBD_MAGIC);
+		be_put64(old + 8, NBD_OLDSTYLE_MAGIC);
+		be_put64(old + 16, EXPORT_BYTES);
 		xwrite(fd, old, sizeof(old));
 		break;
 	case SCRIPT_SILENT:

@@ -247,6 +247,37 @@ START_TEST(disk_record_checks)
 }
 END_TEST
 
+/* Against the manifest: a disk it lists, a range inside it, the source's ops. */
+START_TEST(disk_record_manifest)
+{
+	const struct wire_disk m[2] = {
+		{ .id = "vdisk0", .size = 1 << 20 },
+		{ .id = "cd0", .size = 6 << 20 },
+	};
+	struct ferry_error err = { 0 };
+	struct wire_disk_rec r = { .op = WIRE_DISK_DATA, .disk = 0,
+				   .offset = (1 << 20) - 4096, .len = 4096 };
+
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), 0);
+	r.offset += 1;				/* one byte past the end */
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), -ERANGE);
+	ck_assert_ptr_nonnull(strstr(err.msg, "vdisk0"));
+	r.offset = UINT64_MAX - 100;		/* offset + len wraps */
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), -ERANGE);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_ZERO, .disk = 0,
+				    .len = (1 << 20) + 1 };
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), -ERANGE);
+	r.disk = 1;				/* the other disk is larger */
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), 0);
+	r.disk = 2;				/* not in the manifest */
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_FLUSHED, .disk = 0 };
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), -EPROTO);
+	r = (struct wire_disk_rec){ .op = WIRE_DISK_FLUSH, .offset = 7 };
+	ck_assert_int_eq(wire_disk_rec_check(&r, m, 2, &err), 0);
+}
+END_TEST
+
 START_TEST(codec_checks)
 {
 	static uint8_t raw[65536], enc[70000], dec[65536];
@@ -868,6 +899,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, ctrl_checks);
 	tcase_add_test(wire, disk_manifest_checks);
 	tcase_add_test(wire, disk_record_checks);
+	tcase_add_test(wire, disk_record_manifest);
 	tcase_add_test(wire, codec_checks);
 	tcase_add_test(wire, codec_auto_policy);
 	tcase_set_timeout(tun, 60);
