@@ -29,8 +29,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,15 +38,15 @@
 #include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/link.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
 #define MiB (1ull << 20)
 #define BENCH_MAX_REPEATS 20
 #define BENCH_MAX_MODES 4
-#define BENCH_NETNS "ferrybench"
-#define BENCH_LINK_DST "10.77.0.2"
 #define BENCH_READY_TIMEOUT_MS 120000
 #define BENCH_TIMEOUT_MS 900000
 #define BENCH_POLL_MS 20
@@ -66,25 +64,11 @@ struct run {
 	bool ok;
 };
 
-static volatile sig_atomic_t netns_up;
-
-static int netns(const char *action, uint32_t mbit)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "scripts/bench-netns.sh %s %s %u", action,
-		 BENCH_NETNS, mbit);
-	return system(cmd) == 0 ? 0 : -1;
-}
-
 static struct bench *g_bench;
 
 static void cleanup(void)
 {
-	if (netns_up) {
-		netns_up = 0;
-		netns("down", 0);
-	}
+	link_down();
 	if (g_bench && g_bench->dir[0])
 		tmpdir_remove(g_bench->dir);
 }
@@ -93,39 +77,6 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	exit(130);	/* atexit: namespace, scratch directory */
-}
-
-static int enter_netns(void)
-{
-	int fd = open("/var/run/netns/" BENCH_NETNS, O_RDONLY | O_CLOEXEC);
-	int rc;
-
-	if (fd < 0)
-		return -errno;
-	rc = setns(fd, CLONE_NEWNET) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
-}
-
-/* Bytes through the veth, both directions (the link's own counter). */
-static uint64_t link_bytes(void)
-{
-	uint64_t total = 0;
-	const char *f[] = {
-		"/sys/class/net/" BENCH_NETNS "-h/statistics/tx_bytes",
-		"/sys/class/net/" BENCH_NETNS "-h/statistics/rx_bytes",
-	};
-
-	for (int i = 0; i < 2; i++) {
-		FILE *fp = fopen(f[i], "r");
-		unsigned long long v = 0;
-
-		if (fp && fscanf(fp, "%llu", &v) == 1)
-			total += v;
-		if (fp)
-			fclose(fp);
-	}
-	return total;
 }
 
 /* ---- the disk ---- */
@@ -314,50 +265,15 @@ static int run_libvirt(struct bench *b, struct vm *src, struct vm *dst,
 
 /* ---- ferry ---- */
 
-struct rx_arg {
-	struct bench *b;
-	struct vm *dst;
-	struct ferry_receiver *rx;
-	struct ferry_error err;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool ready;
-	uint16_t port;
-	int rc;
-};
-
-static void *rx_main(void *p)
-{
-	struct rx_arg *a = p;
-	struct ferry_receiver_opts ro = { .listen_host = a->b->dst_host,
-					  .qmp_path = vm_qmp_path(a->dst),
-					  .once = true };
-
-	ro.tls.insecure = true;	/* the emulated link is ours */
-	if (a->b->link && enter_netns() < 0)
-		ferry_error_set(&a->err, -EIO, "cannot enter the namespace");
-	else
-		a->rx = ferry_receiver_new(&ro, &a->err);
-	pthread_mutex_lock(&a->mu);
-	a->ready = true;
-	a->port = a->rx ? ferry_receiver_port(a->rx) : 0;
-	pthread_cond_broadcast(&a->cv);
-	pthread_mutex_unlock(&a->mu);
-	if (!a->rx) {
-		a->rc = -EIO;
-		return NULL;
-	}
-	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
-	ferry_receiver_free(a->rx);
-	return NULL;
-}
-
 static int run_ferry(struct bench *b, enum ferry_codec codec, struct vm *src,
 		     struct vm *dst, struct run *res, struct ferry_error *err)
 {
-	struct rx_arg rx = { .b = b, .dst = dst,
-			     .mu = PTHREAD_MUTEX_INITIALIZER,
-			     .cv = PTHREAD_COND_INITIALIZER };
+	struct ferry_receiver_opts ro = {
+		.listen_host = b->dst_host, .qmp_path = vm_qmp_path(dst),
+		.once = true,
+		.tls = { .insecure = true },	/* the emulated link is ours */
+	};
+	struct rx_thread rx;
 	struct ferry_migrate_opts mo = {
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
 		.paused = true, .codec = codec,
@@ -365,27 +281,19 @@ static int run_ferry(struct bench *b, enum ferry_codec codec, struct vm *src,
 	};
 	struct ferry_migration *mig;
 	struct ferry_report rep;
-	pthread_t t;
 	int rc;
 
 	mo.tls.insecure = true;
-	pthread_create(&t, NULL, rx_main, &rx);
-	pthread_mutex_lock(&rx.mu);
-	while (!rx.ready)
-		pthread_cond_wait(&rx.cv, &rx.mu);
-	pthread_mutex_unlock(&rx.mu);
-	if (!rx.port) {
-		pthread_join(t, NULL);
-		*err = rx.err;
-		return -EIO;
-	}
+	rc = rx_thread_start(&rx, &ro, b->link ? LINK_NETNS : NULL, err);
+	if (rc < 0)
+		return rc;
 	mo.to_port = rx.port;
 	mig = ferry_migration_new(&mo, err);
 	rc = mig ? ferry_migration_run(mig, &rep, err) : -EINVAL;
 	ferry_migration_free(mig);
 	if (rc)
-		ferry_receiver_stop(rx.rx);
-	pthread_join(t, NULL);
+		rx_thread_stop(&rx);
+	rx_thread_join(&rx);
 	if (rc == 0 && rx.rc) {
 		*err = rx.err;
 		rc = rx.rc;
@@ -427,7 +335,7 @@ static int one_run(struct bench *b, const char *mode, struct run *res,
 	dc.extra_args = dargs;
 	dc.incoming = dc.prealloc = true;
 	if (b->link)
-		dc.netns = BENCH_NETNS;
+		dc.netns = LINK_NETNS;
 	rc = vm_start(&src, &sc, err);
 	if (rc == 0)
 		rc = vm_start(&dst, &dc, err);
@@ -519,10 +427,9 @@ int main(int argc, char **argv)
 	if (make_disk(b.src_img, (uint64_t)b.disk_gib << 30) < 0)
 		return 1;
 	if (b.link) {
-		if (netns("up", b.link_mbit) < 0)
+		if (link_up(b.link_mbit) < 0)
 			return 1;
-		netns_up = 1;
-		b.dst_host = BENCH_LINK_DST;
+		b.dst_host = LINK_DST_ADDR;
 	}
 	if (out_base) {
 		char p[256];

@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +25,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -43,20 +43,6 @@ struct result {
 	bool postcopy;
 	uint32_t throttle;
 };
-
-struct rx_arg {
-	struct ferry_receiver *rx;
-	struct ferry_error err;
-	int rc;
-};
-
-static void *rx_main(void *p)
-{
-	struct rx_arg *a = p;
-
-	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
-	return NULL;
-}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -104,9 +90,8 @@ static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
 		.downtime_ms = BC_DOWNTIME_MS, .timeout_s = timeout_s,
 	};
 	struct ferry_report rep;
-	struct rx_arg rx = { 0 };
+	struct rx_thread rx;
 	struct ferry_migration *m;
-	pthread_t t;
 	int rc;
 
 	memset(res, 0, sizeof(*res));
@@ -142,21 +127,17 @@ static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
 	if (rc)
 		goto out;
 	ro.qmp_path = vm_qmp_path(dst);
-	rx.rx = ferry_receiver_new(&ro, err);
-	if (!rx.rx) {
-		rc = -EIO;
+	rc = rx_thread_start(&rx, &ro, NULL, err);
+	if (rc < 0)
 		goto out;
-	}
-	pthread_create(&t, NULL, rx_main, &rx);
 	o.qmp_path = vm_qmp_path(src);
-	o.to_port = ferry_receiver_port(rx.rx);
+	o.to_port = rx.port;
 	m = ferry_migration_new(&o, err);
 	rc = m ? ferry_migration_run(m, &rep, err) : -EINVAL;
 	ferry_migration_free(m);
 	if (rc)
-		ferry_receiver_stop(rx.rx);
-	pthread_join(t, NULL);
-	ferry_receiver_free(rx.rx);
+		rx_thread_stop(&rx);
+	rx_thread_join(&rx);
 	res->completed = rc == 0;
 	res->total_ms = rep.total_ms;
 	res->downtime_ms = rep.downtime_ms;

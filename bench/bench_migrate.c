@@ -39,8 +39,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +51,9 @@
 #include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/link.h"
 #include "tests/harness/pki.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -63,9 +63,6 @@
 #define BENCH_POLL_MS 50
 #define BENCH_QEMU_POLL_MS 10	/* QEMU modes: end-of-migration detection */
 #define BENCH_MIGRATE_TIMEOUT_MS 600000
-#define BENCH_NETNS "ferrybench"
-#define BENCH_LINK_SRC "10.77.0.1"
-#define BENCH_LINK_DST "10.77.0.2"
 #define BENCH_MAX_SAMPLES 20000
 
 enum kind { K_QEMU, K_FERRY };
@@ -129,44 +126,10 @@ struct bench {
 	uint64_t t0_ms;
 };
 
-static volatile sig_atomic_t netns_up;
-
-/* ---- the emulated link ---- */
-
-static int netns(const char *action, uint32_t mbit)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "scripts/bench-netns.sh %s %s %u", action,
-		 BENCH_NETNS, mbit);
-	return system(cmd) == 0 ? 0 : -1;
-}
-
-static void netns_cleanup(void)
-{
-	if (netns_up) {
-		netns_up = 0;
-		netns("down", 0);
-	}
-}
-
 static void on_signal(int sig)
 {
 	(void)sig;
 	exit(130);	/* atexit: namespace, VMs, scratch directory */
-}
-
-/* Enter the benchmark namespace (this thread only). */
-static int enter_netns(void)
-{
-	int fd = open("/var/run/netns/" BENCH_NETNS, O_RDONLY | O_CLOEXEC);
-	int rc;
-
-	if (fd < 0)
-		return -errno;
-	rc = setns(fd, CLONE_NEWNET) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
 }
 
 /* ---- measurements ---- */
@@ -192,26 +155,6 @@ static uint64_t proc_cpu_ms(pid_t pid)
 			 &ut, &st) != 2)
 		return 0;
 	return (ut + st) * 1000 / (unsigned long long)sysconf(_SC_CLK_TCK);
-}
-
-/* Bytes both ways on the host end of the emulated link. */
-static uint64_t link_bytes(void)
-{
-	static const char *const f[] = {
-		"/sys/class/net/" BENCH_NETNS "-h/statistics/tx_bytes",
-		"/sys/class/net/" BENCH_NETNS "-h/statistics/rx_bytes",
-	};
-	unsigned long long v, sum = 0;
-
-	for (int i = 0; i < 2; i++) {
-		FILE *fp = fopen(f[i], "r");
-
-		if (fp && fscanf(fp, "%llu", &v) == 1)
-			sum += v;
-		if (fp)
-			fclose(fp);
-	}
-	return sum;
 }
 
 static uint64_t self_cpu_ms(void)
@@ -361,56 +304,17 @@ static int run_qemu_mode(struct bench *b, const struct mode *m, struct vm *src,
 
 /* ---- ferry ---- */
 
-struct rx_arg {
-	struct bench *b;
-	const struct mode *m;
-	struct vm *dst;
-	struct ferry_receiver *rx;
-	struct ferry_error err;
-	int rc;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool ready;
-	uint16_t port;
-};
-
-static void *rx_main(void *p)
-{
-	struct rx_arg *a = p;
-	struct ferry_receiver_opts ro = { .listen_host = a->b->dst_host,
-					  .qmp_path = vm_qmp_path(a->dst),
-					  .once = true };
-
-	if (a->m->tls)
-		ro.tls.creds_dir = a->b->pki;
-	if (a->m->psk)
-		ro.tls.psk_file = a->b->psk;
-	ro.tls.insecure = true;	/* the emulated link is ours */
-	if (a->b->link && enter_netns() < 0) {
-		ferry_error_set(&a->err, -EIO, "cannot enter the namespace");
-	} else {
-		a->rx = ferry_receiver_new(&ro, &a->err);
-	}
-	pthread_mutex_lock(&a->mu);
-	a->ready = true;
-	a->port = a->rx ? ferry_receiver_port(a->rx) : 0;
-	pthread_cond_broadcast(&a->cv);
-	pthread_mutex_unlock(&a->mu);
-	if (!a->rx) {
-		a->rc = -EIO;
-		return NULL;
-	}
-	a->rc = ferry_receiver_run(a->rx, NULL, &a->err);
-	ferry_receiver_free(a->rx);
-	return NULL;
-}
-
 static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 			  struct vm *dst, struct run *res, struct ferry_error *err)
 {
-	struct rx_arg rx = { .b = b, .m = m, .dst = dst,
-			     .mu = PTHREAD_MUTEX_INITIALIZER,
-			     .cv = PTHREAD_COND_INITIALIZER };
+	struct ferry_receiver_opts ro = {
+		.listen_host = b->dst_host, .qmp_path = vm_qmp_path(dst),
+		.once = true,
+		.tls = { .creds_dir = m->tls ? b->pki : NULL,
+			 .psk_file = m->psk ? b->psk : NULL,
+			 .insecure = true },	/* the emulated link is ours */
+	};
+	struct rx_thread rx;
 	struct ferry_migrate_opts mo = {
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
 		.paused = true, .direct = m->direct, .codec = m->codec,
@@ -421,7 +325,6 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	};
 	struct ferry_migration *mig;
 	struct ferry_report rep;
-	pthread_t t;
 	int rc;
 
 	if (m->tls)
@@ -429,24 +332,17 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	if (m->psk)
 		mo.tls.psk_file = b->psk;
 	mo.tls.insecure = true;
-	pthread_create(&t, NULL, rx_main, &rx);
-	pthread_mutex_lock(&rx.mu);
-	while (!rx.ready)
-		pthread_cond_wait(&rx.cv, &rx.mu);
-	pthread_mutex_unlock(&rx.mu);
-	if (!rx.port) {
-		pthread_join(t, NULL);
-		*err = rx.err;
-		return -EIO;
-	}
+	rc = rx_thread_start(&rx, &ro, b->link ? LINK_NETNS : NULL, err);
+	if (rc < 0)
+		return rc;
 	mo.to_port = rx.port;
 	mig = ferry_migration_new(&mo, err);
 	b->t0_ms = ferry_now_ms();
 	rc = mig ? ferry_migration_run(mig, &rep, err) : -EINVAL;
 	ferry_migration_free(mig);
 	if (rc)
-		ferry_receiver_stop(rx.rx);
-	pthread_join(t, NULL);
+		rx_thread_stop(&rx);
+	rx_thread_join(&rx);
 	if (rc == 0 && rx.rc)
 		*err = rx.err;
 	if (rc == 0)
@@ -478,7 +374,7 @@ static int one_run(struct bench *b, const struct mode *m, struct run *res,
 	memset(res, 0, sizeof(*res));
 	dc.incoming = dc.prealloc = true;
 	if (b->link)
-		dc.netns = BENCH_NETNS;
+		dc.netns = LINK_NETNS;
 	b->nsamples = 0;
 	rc = vm_start(&src, &sc, err);
 	if (rc == 0)
@@ -651,16 +547,14 @@ int main(int argc, char **argv)
 	if (b.link) {
 		signal(SIGINT, on_signal);
 		signal(SIGTERM, on_signal);
-		atexit(netns_cleanup);
-		if (netns("up", b.link_mbit)) {
+		if (link_up(b.link_mbit)) {
 			fprintf(stderr, "cannot set up the emulated link\n");
 			return 1;
 		}
-		netns_up = 1;
-		b.dst_host = BENCH_LINK_DST;
+		b.dst_host = LINK_DST_ADDR;
 	}
 	{
-		const char *ips[] = { BENCH_LINK_DST, NULL };
+		const char *ips[] = { LINK_DST_ADDR, NULL };
 		struct pki_opts po = { .server_ips = ips };
 
 		snprintf(b.pki, sizeof(b.pki), "%s/pki", b.dir);

@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +26,7 @@
 #include "ferry.h"
 #include "qmp/qmp.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -206,48 +206,22 @@ static void write_during(const struct ferry_progress *p, void *opaque)
 		w->ram_writes++;
 }
 
-struct rx_thread {
-	struct ferry_receiver *rx;
-	struct ferry_report rep;
-	struct ferry_error err;
-	int rc;
-	pthread_t t;
-};
-
-static void *rx_main(void *arg)
-{
-	struct rx_thread *r = arg;
-
-	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
-	return NULL;
-}
-
-static void rx_start(struct rx_thread *r, struct vm *dst)
-{
-	struct ferry_receiver_opts o = {
-		.listen_host = "127.0.0.1",
-		.qmp_path = vm_qmp_path(dst),
-		.once = true,
-	};
-
-	memset(r, 0, sizeof(*r));
-	r->rx = ferry_receiver_new(&o, &r->err);
-	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
-	pthread_create(&r->t, NULL, rx_main, r);
-}
-
 /* Migrate with the library; returns ferry_migration_run()'s result. */
 static int migrate(struct bpair *p, struct ferry_migrate_opts *o,
 		   struct ferry_report *rep, struct ferry_error *err,
 		   struct rx_thread *rx)
 {
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
+					  .qmp_path = vm_qmp_path(p->dst),
+					  .once = true };
 	struct ferry_migration *m;
 	int rc;
 
-	rx_start(rx, p->dst);
+	ck_assert_msg(rx_thread_start(rx, &ro, NULL, err) == 0, "receiver: %s",
+		      err->msg);
 	o->qmp_path = vm_qmp_path(p->src);
 	o->to_host = "127.0.0.1";
-	o->to_port = ferry_receiver_port(rx->rx);
+	o->to_port = rx->port;
 	o->paused = true;
 	o->progress_interval_ms = o->progress_interval_ms ?
 				  o->progress_interval_ms : 100;
@@ -256,8 +230,7 @@ static int migrate(struct bpair *p, struct ferry_migrate_opts *o,
 	ck_assert_msg(m, "%s", err->msg);
 	rc = ferry_migration_run(m, rep, err);
 	ferry_migration_free(m);
-	pthread_join(rx->t, NULL);
-	ferry_receiver_free(rx->rx);
+	rx_thread_join(rx);
 	return rc;
 }
 

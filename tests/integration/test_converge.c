@@ -39,6 +39,7 @@
 #include "ferry.h"
 #include "ferry_policy.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "engine/mig.h"
 #include "tests/harness/vm.h"
@@ -107,22 +108,6 @@ static void expect_same_ram(struct pair *p)
 	unlink(b);
 }
 
-struct rx_thread {
-	struct ferry_receiver *rx;
-	struct ferry_report rep;
-	struct ferry_error err;
-	int rc;
-	pthread_t t;
-};
-
-static void *rx_main(void *arg)
-{
-	struct rx_thread *r = arg;
-
-	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
-	return NULL;
-}
-
 /* Migrate with @o; returns the run's result, report in @rep. */
 static int migrate(struct pair *p, struct ferry_migrate_opts *o,
 		   struct ferry_report *rep, struct ferry_error *err)
@@ -135,12 +120,11 @@ static int migrate(struct pair *p, struct ferry_migrate_opts *o,
 	char events[128];
 	int rc;
 
-	rx.rx = ferry_receiver_new(&ro, &rx.err);
-	ck_assert_msg(rx.rx, "%s", rx.err.msg);
-	pthread_create(&rx.t, NULL, rx_main, &rx);
+	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
+		      rx.err.msg);
 	snprintf(events, sizeof(events), "%s/events.jsonl", p->dir);
 	o->to_host = "127.0.0.1";
-	o->to_port = ferry_receiver_port(rx.rx);
+	o->to_port = rx.port;
 	o->qmp_path = vm_qmp_path(p->src);
 	o->converge.events_path = events;
 	if (!o->direct) {
@@ -154,9 +138,8 @@ static int migrate(struct pair *p, struct ferry_migrate_opts *o,
 	rc = ferry_migration_run(m, rep, err);
 	ferry_migration_free(m);
 	if (rc)
-		ferry_receiver_stop(rx.rx);
-	pthread_join(rx.t, NULL);
-	ferry_receiver_free(rx.rx);
+		rx_thread_stop(&rx);
+	rx_thread_join(&rx);
 	return rc;
 }
 
@@ -474,10 +457,9 @@ START_TEST(postcopy_recovers_after_cut)
 
 	pair_start(&p);
 	ro.qmp_path = vm_qmp_path(p.dst);
-	rx.rx = ferry_receiver_new(&ro, &rx.err);
-	ck_assert_msg(rx.rx, "%s", rx.err.msg);
-	pthread_create(&rx.t, NULL, rx_main, &rx);
-	proxy_start(&px, ferry_receiver_port(rx.rx));
+	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
+		      rx.err.msg);
+	proxy_start(&px, rx.port);
 	px.dst = p.dst;
 	/* The third time only ferry's control connection breaks, while
 	 * QEMU's handed-off stream goes on: ferry pauses it to resume both. */
@@ -501,9 +483,8 @@ START_TEST(postcopy_recovers_after_cut)
 		ck_abort_msg("%s", err.msg);
 	}
 	ferry_migration_free(m);
-	pthread_join(rx.t, NULL);
+	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	ferry_receiver_free(rx.rx);
 	proxy_stop(&px);
 	ck_assert_int_eq(px.cuts, 1);
 	ck_assert_str_eq(rep.transport, _i == 0 ? "tunnel" : "handoff");

@@ -26,6 +26,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
@@ -103,22 +104,6 @@ static void expect_source_alive(struct pair *p)
 		      "source guest stopped beating: %s", err.msg);
 }
 
-struct rx_thread {
-	struct ferry_receiver *rx;
-	struct ferry_report rep;
-	struct ferry_error err;
-	int rc;
-	pthread_t t;
-};
-
-static void *rx_main(void *arg)
-{
-	struct rx_thread *r = arg;
-
-	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
-	return NULL;
-}
-
 static void rx_start(struct rx_thread *r, struct vm *dst, bool once)
 {
 	struct ferry_receiver_opts o = {
@@ -127,10 +112,8 @@ static void rx_start(struct rx_thread *r, struct vm *dst, bool once)
 		.once = once,
 	};
 
-	memset(r, 0, sizeof(*r));
-	r->rx = ferry_receiver_new(&o, &r->err);
-	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
-	pthread_create(&r->t, NULL, rx_main, r);
+	ck_assert_msg(rx_thread_start(r, &o, NULL, &r->err) == 0, "receiver: %s",
+		      r->err.msg);
 }
 
 static void count_progress(const struct ferry_progress *p, void *opaque)
@@ -161,14 +144,13 @@ START_TEST(api_migrate_paused)
 	pair_start(&p, "mix", 0, 0);
 	rx_start(&rx, p.dst, true);
 	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = ferry_receiver_port(rx.rx);
+	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
 	ck_assert_ptr_nonnull(m);
 	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
 	ferry_migration_free(m);
-	pthread_join(rx.t, NULL);
+	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	ferry_receiver_free(rx.rx);
 
 	ck_assert(rep.completed);
 	ck_assert_str_eq(rep.status, "completed");
@@ -416,15 +398,14 @@ START_TEST(destination_dies)
 	pair_start(&p, "random", 0, 0);
 	rx_start(&rx, p.dst, true);
 	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = ferry_receiver_port(rx.rx);
+	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
 	/* Kill the destination QEMU from another thread, 2 s in. */
 	pthread_create(&killer, NULL, kill_later, p.dst);
 	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
 	pthread_join(killer, NULL);
 	ferry_migration_free(m);
-	pthread_join(rx.t, NULL);
-	ferry_receiver_free(rx.rx);
+	rx_thread_join(&rx);
 	ck_assert_str_eq(rep.status, "failed");
 	ck_assert(rep.source_running);
 	ck_assert_msg(err.msg[0], "no message");
@@ -470,7 +451,7 @@ START_TEST(receiver_rejects_garbage)
 	ferry_set_log(capture_log, &cap, 3);
 	pair_start(&p, "zero", 0, 0);
 	rx_start(&rx, p.dst, true);
-	fd = net_connect("127.0.0.1", ferry_receiver_port(rx.rx), 2000, &err);
+	fd = net_connect("127.0.0.1", rx.port, 2000, &err);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	/* The receiver closes the connection: EOF, not a hang. */
@@ -483,12 +464,11 @@ START_TEST(receiver_rejects_garbage)
 	pthread_mutex_unlock(&cap.lock);
 
 	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = ferry_receiver_port(rx.rx);
+	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
 	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
 	ferry_migration_free(m);
-	pthread_join(rx.t, NULL);
-	ferry_receiver_free(rx.rx);
+	rx_thread_join(&rx);
 	expect_same_ram(&p);
 	pair_stop(&p);
 	ferry_set_log(NULL, NULL, 2);

@@ -23,6 +23,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/pki.h"
+#include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
@@ -143,22 +144,6 @@ static bool log_has(const char *a, const char *b)
 
 /* ---- receiver thread ---- */
 
-struct rx_thread {
-	struct ferry_receiver *rx;
-	struct ferry_report rep;
-	struct ferry_error err;
-	int rc;
-	pthread_t t;
-};
-
-static void *rx_main(void *arg)
-{
-	struct rx_thread *r = arg;
-
-	r->rc = ferry_receiver_run(r->rx, &r->rep, &r->err);
-	return NULL;
-}
-
 static void rx_start(struct rx_thread *r, struct vm *dst, bool once,
 		     const struct ferry_tls_opts *tls)
 {
@@ -171,17 +156,14 @@ static void rx_start(struct rx_thread *r, struct vm *dst, bool once,
 
 	if (tls)
 		o.tls = *tls;
-	memset(r, 0, sizeof(*r));
-	r->rx = ferry_receiver_new(&o, &r->err);
-	ck_assert_msg(r->rx, "receiver: %s", r->err.msg);
-	pthread_create(&r->t, NULL, rx_main, r);
+	ck_assert_msg(rx_thread_start(r, &o, NULL, &r->err) == 0, "receiver: %s",
+		      r->err.msg);
 }
 
 static void rx_finish(struct rx_thread *r)
 {
-	ferry_receiver_stop(r->rx);
-	pthread_join(r->t, NULL);
-	ferry_receiver_free(r->rx);
+	rx_thread_stop(r);
+	rx_thread_join(r);
 }
 
 static char pki_dir[64];
@@ -218,15 +200,14 @@ static void migrate_verified(struct pair *p, struct ferry_migrate_opts *o,
 	rx_start(&rx, p->dst, true, rx_tls);
 	o->to_host = "127.0.0.1";
 	o->qmp_path = vm_qmp_path(p->src);
-	o->to_port = ferry_receiver_port(rx.rx);
+	o->to_port = rx.port;
 	o->paused = true;
 	m = ferry_migration_new(o, &err);
 	ck_assert_msg(m, "%s", err.msg);
 	ck_assert_msg(ferry_migration_run(m, rep, &err) == 0, "%s", err.msg);
 	ferry_migration_free(m);
-	pthread_join(rx.t, NULL);
+	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	ferry_receiver_free(rx.rx);
 	ck_assert(rep->completed);
 	ck_assert_uint_ge(rep->passes, 1);
 	ck_assert_str_eq(rx.rep.transport, rep->transport);
@@ -416,7 +397,7 @@ static void expect_refused(struct pair *p, struct rx_thread *rx,
 	struct ferry_migrate_opts o = {
 		.to_host = "127.0.0.1",
 		.qmp_path = vm_qmp_path(p->src),
-		.to_port = ferry_receiver_port(rx->rx),
+		.to_port = rx->port,
 		.paused = true,
 	};
 	struct ferry_error err = { 0 };
@@ -499,7 +480,7 @@ START_TEST(tls_refusals)
 	bad.creds_dir = expired;
 	expect_refused(&p, &rx, &bad, "rejected connection",
 		       "certificate has expired");
-	raw_client_without_cert(ferry_receiver_port(rx.rx), ca);
+	raw_client_without_cert(rx.port, ca);
 	ck_assert_msg(log_has("rejected connection", "certificate"),
 		      "no log line for a client without a certificate:\n%s",
 		      log_buf);
@@ -507,7 +488,7 @@ START_TEST(tls_refusals)
 	/* The receiver is still serving: a good migration goes through. */
 	o.to_host = "127.0.0.1";
 	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = ferry_receiver_port(rx.rx);
+	o.to_port = rx.port;
 	o.paused = true;
 	m = ferry_migration_new(&o, &err);
 	ck_assert_msg(m, "%s", err.msg);
