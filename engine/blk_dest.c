@@ -688,18 +688,12 @@ int blk_dst_start(struct blk_dst *b, struct tun_opts *to,
 {
 	int sv[2], rc;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		rc = ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+	rc = net_local_pair(sv, err);
+	if (rc < 0) {
 		for (uint32_t i = 0; i < to->nstreams; i++)
 			net_conn_close(&to->streams[i]);
 		net_conn_close(&to->ret);
 		return rc;
-	}
-	for (int i = 0; i < 2; i++) {
-		int sz = MIG_SOCKET_BUF_BYTES;
-
-		setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-		setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
 	}
 	b->fd = sv[0];
 	to->role = TUN_DEST;

@@ -470,16 +470,9 @@ int blk_src_start(struct blk_src *b, struct tun_opts *to,
 	int sv[2], rc;
 
 	b->t0_ms = ferry_now_ms();
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		rc = ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+	rc = net_local_pair(sv, err);
+	if (rc < 0)
 		goto err_close_conns;
-	}
-	for (int i = 0; i < 2; i++) {
-		int sz = MIG_SOCKET_BUF_BYTES;
-
-		setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-		setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-	}
 	b->fd = sv[0];
 	to->role = TUN_SOURCE;
 	to->local_fd = sv[1];

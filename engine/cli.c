@@ -3,6 +3,7 @@
  *
  *   ferry migrate --qmp SRC_QMP --to HOST:PORT [options]
  *   ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]
+ *   ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]
  *
  * Exit status: 0 when the migration completed (or the receiver stopped
  * cleanly), 1 when it failed, 2 for a usage error.
@@ -46,9 +47,12 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: ferry migrate --qmp SRC_QMP --to HOST:PORT [options]\n"
 		"       ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]\n"
+		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
+		"  --vm NAME           the VM's name, which a receiving service finds\n"
+		"                      its destination QEMU by (DIR/NAME.qmp)\n"
 		"  --paused            leave the destination guest paused\n"
 		"  --direct            QEMU streams straight to the destination QEMU\n"
 		"                      (ferry only orchestrates; the baseline)\n"
@@ -77,13 +81,20 @@ static void usage(FILE *f)
 		"  --json              print the final report as one JSON object\n"
 		"  --quiet             no progress line\n"
 		"\n"
+		"serve (and receive) options:\n"
+		"  --qmp-dir DIR       serve many VMs: the destination QEMU for VM NAME\n"
+		"                      listens on DIR/NAME.qmp (serve)\n"
+		"  --max-migrations N  migrations at once (default %d); more are refused\n"
+		"                      with 'busy' at once\n"
+		"  --once              return after one migration (receive)\n"
+		"\n"
 		"TLS (both commands; the source is the client):\n"
 		"  --tls-creds DIR     x509: ca-cert.pem, server-cert.pem, server-key.pem,\n"
 		"                      client-cert.pem, client-key.pem (QEMU's layout)\n"
 		"  --tls-psk FILE      pre-shared keys, lines of identity:hexkey\n"
 		"  --tls-psk-identity ID  which key of FILE to use (migrate)\n"
 		"  --insecure          allow plaintext on a non-loopback address\n",
-		FERRY_DEFAULT_DOWNTIME_MS);
+		FERRY_DEFAULT_DOWNTIME_MS, FERRY_DEFAULT_MAX_MIGRATIONS);
 }
 
 /* Parse "HOST:PORT" or "[V6]:PORT"; @host gets a copy of the host part. */
@@ -187,7 +198,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_TLS_HOST, OPT_INSECURE, OPT_TIMEOUT_ACTION, OPT_POLICY,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
-       OPT_DISKS, OPT_BLOCK_MODE };
+       OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -224,13 +235,16 @@ static const struct option long_opts[] = {
 	{ "block", no_argument, NULL, OPT_BLOCK },
 	{ "disks", required_argument, NULL, OPT_DISKS },
 	{ "block-mode", required_argument, NULL, OPT_BLOCK_MODE },
+	{ "vm", required_argument, NULL, OPT_VM },
+	{ "qmp-dir", required_argument, NULL, OPT_QMP_DIR },
+	{ "max-migrations", required_argument, NULL, OPT_MAX_MIGRATIONS },
 	{ 0 },
 };
 
 struct cli {
-	const char *qmp, *to, *listen;
+	const char *qmp, *to, *listen, *vm, *qmp_dir;
 	bool paused, json, direct, quiet, once, no_handoff;
-	uint32_t bw_mib_s, downtime_ms, timeout_s, streams;
+	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
 	enum ferry_codec codec;
 	int codec_level;
 	struct ferry_tls_opts tls;
@@ -245,6 +259,13 @@ static int parse_args(int argc, char **argv, struct cli *c)
 	while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case OPT_QMP: c->qmp = optarg; break;
+		case OPT_VM: c->vm = optarg; break;
+		case OPT_QMP_DIR: c->qmp_dir = optarg; break;
+		case OPT_MAX_MIGRATIONS:
+			if (parse_u32(optarg, &c->max_migrations) < 0 ||
+			    !c->max_migrations)
+				goto bad_number;
+			break;
 		case OPT_TO: c->to = optarg; break;
 		case OPT_LISTEN: c->listen = optarg; break;
 		case OPT_PAUSED: c->paused = true; break;
@@ -394,6 +415,7 @@ static int cmd_migrate(const struct cli *c)
 	o.tls = c->tls;
 	o.converge = c->conv;
 	o.block = c->block;
+	o.vm_name = c->vm;
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);
@@ -416,32 +438,42 @@ static int cmd_migrate(const struct cli *c)
 	return rc < 0 ? 1 : 0;
 }
 
-static int cmd_receive(const struct cli *c)
+/*
+ * "receive" is the one-VM case of "serve": one destination QEMU (--qmp);
+ * "serve" finds each VM's QEMU in --qmp-dir. Both are the same service.
+ */
+static int cmd_receive(const struct cli *c, const char *cmd)
 {
+	bool serve = !strcmp(cmd, "serve");
 	struct ferry_receiver_opts o = { 0 };
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 	char host[256];
 	int rc;
 
-	if (!c->qmp || !c->listen ||
-	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0) {
-		fprintf(stderr, "ferry receive: needs --listen HOST:PORT and --qmp DST_QMP\n");
+	if (!c->listen ||
+	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0 ||
+	    (serve ? !c->qmp_dir || c->qmp : !c->qmp || c->qmp_dir)) {
+		fprintf(stderr, serve ?
+			"ferry serve: needs --listen HOST:PORT and --qmp-dir DIR\n" :
+			"ferry receive: needs --listen HOST:PORT and --qmp DST_QMP\n");
 		return 2;
 	}
 	o.listen_host = host;
 	o.qmp_path = c->qmp;
+	o.qmp_dir = c->qmp_dir;
+	o.max_migrations = c->max_migrations;
 	o.once = c->once;
 	o.tls = c->tls;
 	g_rx = ferry_receiver_new(&o, &err);
 	if (!g_rx) {
-		fprintf(stderr, "ferry receive: %s\n", err.msg);
+		fprintf(stderr, "ferry %s: %s\n", cmd, err.msg);
 		return 1;
 	}
 	install_signals();
 	rc = ferry_receiver_run(g_rx, &rep, &err);
 	if (rc < 0)
-		fprintf(stderr, "ferry receive: %s\n", err.msg);
+		fprintf(stderr, "ferry %s: %s\n", cmd, err.msg);
 	if (c->json && rep.status[0])
 		ferry_report_write_json(&rep, STDOUT_FILENO);
 	ferry_receiver_free(g_rx);
@@ -474,8 +506,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "migrate") == 0)
 		return cmd_migrate(&c);
-	if (strcmp(cmd, "receive") == 0)
-		return cmd_receive(&c);
+	if (strcmp(cmd, "receive") == 0 || strcmp(cmd, "serve") == 0)
+		return cmd_receive(&c, cmd);
 	fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

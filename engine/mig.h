@@ -14,8 +14,6 @@
 
 /* Bound on one QMP command during a migration. */
 #define MIG_QMP_TIMEOUT_MS 10000
-/* Socket buffers of the QEMU <-> ferry socketpair. */
-#define MIG_SOCKET_BUF_BYTES (4 << 20)
 /* The fd name under which ferry hands QEMU its end of the tunnel. */
 #define MIG_FDNAME "ferry-mig"
 /*
@@ -96,13 +94,6 @@ int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
  */
 int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err);
 void mig_drop_fd(struct qmp *q);
-
-/* A handed-off connection whose peer is silent dies after about
- * IDLE + INTVL * COUNT s, or when sent data stays unacknowledged. */
-#define MIG_KEEPALIVE_IDLE_S 5
-#define MIG_KEEPALIVE_INTVL_S 2
-#define MIG_KEEPALIVE_COUNT 3
-#define MIG_TCP_USER_TIMEOUT_MS 20000
 
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
 int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);

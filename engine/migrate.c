@@ -55,7 +55,7 @@ struct ferry_migration {
 	uint8_t mig_id[WIRE_MIG_ID_BYTES];
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
-	uint16_t direct_port;
+	char *vm_name;		/* owned copy of o.vm_name */
 	bool handoff;		/* QEMU writes to ferry's data connection */
 	uint64_t probe_rate;	/* the link probe's answer, bytes/s */
 	struct mig_info last;
@@ -128,6 +128,19 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 	m->tls_host = strdup(o->tls.hostname ? o->tls.hostname : o->to_host);
 	if (!m->tls_host)
 		goto err_free;
+	if (o->vm_name) {
+		if (!wire_vm_name_valid(o->vm_name)) {
+			uint8_t scratch[WIRE_VM_NAME_MAX];
+
+			wire_vm_encode(o->vm_name, scratch, err);
+			ferry_error_prefix(err, "--vm: ");
+			goto err_out;
+		}
+		m->vm_name = strdup(o->vm_name);
+		if (!m->vm_name)
+			goto err_free;
+		m->o.vm_name = m->vm_name;
+	}
 	if (o->block.disks) {
 		m->disks = strdup(o->block.disks);
 		if (!m->disks)
@@ -181,6 +194,7 @@ void ferry_migration_free(struct ferry_migration *m)
 	tls_ctx_free(m->tls);
 	free(m->tls_host);
 	free(m->disks);
+	free(m->vm_name);
 	free(m->qmp_path);
 	free(m->to_host);
 	free(m);
@@ -223,14 +237,6 @@ static int await_ready(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_set(err, -EPROTO,
 			"the receiver answered the hello with %s, expected READY",
 			wire_ctrl_name(h.type));
-	if (m->o.direct) {
-		if (h.len != 2)
-			return ferry_error_set(err, -EPROTO,
-				"READY for --direct must carry a port (got %u bytes)", h.len);
-		m->direct_port = (uint16_t)((payload[0] << 8) | payload[1]);
-		if (!m->direct_port)
-			return ferry_error_set(err, -EPROTO, "READY names port 0");
-	}
 	return 0;
 }
 
@@ -245,12 +251,15 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 			   (m->o.direct ? WIRE_OPT_DIRECT : 0) |
 			   (m->conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0) |
 			   (m->resuming ? WIRE_OPT_RESUME : 0) |
-			   (m->handoff && kind == WIRE_CONN_DATA ?
+			   ((m->handoff || m->o.direct) && kind == WIRE_CONN_DATA ?
 			    WIRE_OPT_HANDOFF : 0) |
-			   (m->blk && !m->resuming ? WIRE_OPT_BLOCK : 0),
+			   (m->blk && !m->resuming ? WIRE_OPT_BLOCK : 0) |
+			   (m->o.vm_name && kind == WIRE_CONN_CONTROL &&
+			    !m->resuming ? WIRE_OPT_VM : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
-		.stream_count = (uint16_t)m->o.streams,
+		/* --direct: one connection, QEMU's own stream. */
+		.stream_count = (uint16_t)(m->o.direct ? 1 : m->o.streams),
 		.frame_max = TUN_FRAME_BYTES,
 	};
 	uint8_t buf[WIRE_HELLO_BYTES];
@@ -320,6 +329,16 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, err);
 	if (rc < 0)
 		return rc;
+	if (m->o.vm_name) {
+		uint8_t name[WIRE_VM_NAME_MAX];
+
+		rc = wire_vm_encode(m->o.vm_name, name, err);
+		if (rc >= 0)
+			rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_VM, name,
+					   (uint32_t)rc, MIG_QMP_TIMEOUT_MS, err);
+		if (rc < 0)
+			return rc;
+	}
 	if (m->blk) {
 		struct wire_disk d[WIRE_DISKS_MAX];
 		uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
@@ -402,7 +421,8 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 	struct tun_opts o;
 	int rc;
 
-	if (m->handoff)
+	/* --direct is QEMU's own stream on a connection ferry opened. */
+	if (m->handoff || m->o.direct)
 		return open_handoff(m, err);
 	rc = open_tunnel_conns(m, WIRE_CONN_DATA, WIRE_CONN_RETURN, streams, &o,
 			       err);
@@ -481,12 +501,6 @@ static void choose_transport(struct ferry_migration *m)
 	}
 }
 
-/* --direct: where the destination QEMU listens (from READY). */
-static void direct_uri(const struct ferry_migration *m, char *uri, size_t len)
-{
-	snprintf(uri, len, strchr(m->o.to_host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u",
-		 m->o.to_host, m->direct_port);
-}
 
 static void report_progress(struct ferry_migration *m);
 static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err);
@@ -585,20 +599,15 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 			return rc;
 		set_phase(m, FERRY_PHASE_SETUP);
 	}
-	if (m->o.direct) {
-		direct_uri(m, uri, sizeof(uri));
-	} else {
-		rc = open_tunnel(m, err);
-		if (rc < 0)
-			return rc;
-		snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
-	}
+	rc = open_tunnel(m, err);
+	if (rc < 0)
+		return rc;
+	snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
 	rc = qmp_execute(m->q, "migrate", json_pack("{s:s}", "uri", uri), NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0) {
 		/* Close QEMU's copy, so the receiver's end sees the end. */
-		if (!m->o.direct)
-			mig_drop_fd(m->q);
+		mig_drop_fd(m->q);
 		return ferry_error_prefix(err, "source QEMU refused to migrate: ");
 	}
 	m->migrate_started = true;
@@ -882,19 +891,14 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 		rc = open_conn(m, &m->ctrl, WIRE_CONN_CONTROL, 0, &e);
 		if (rc == 0)
 			rc = await_ready(m, &e);
-		if (rc == 0 && !m->o.direct)
+		if (rc == 0)
 			rc = open_tunnel(m, &e);
 		if (rc == 0) {
-			char uri[300];
-
-			if (m->o.direct)
-				direct_uri(m, uri, sizeof(uri));
-			else
-				snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
 			rc = qmp_execute(m->q, "migrate",
-					 json_pack("{s:s,s:b}", "uri", uri, "resume", 1),
+					 json_pack("{s:s,s:b}", "uri", "fd:" MIG_FDNAME,
+						   "resume", 1),
 					 NULL, MIG_QMP_TIMEOUT_MS, &e);
-			if (rc < 0 && !m->o.direct)
+			if (rc < 0)
 				mig_drop_fd(m->q);
 		}
 		if (rc == 0) {
@@ -950,6 +954,8 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
 	uint8_t resume = m->o.paused ? 0 : 1;
 	struct wire_ctrl_hdr h;
+	const char *status;
+	bool ok;
 	int rc;
 
 	set_phase(m, FERRY_PHASE_COMPLETING);
@@ -969,14 +975,18 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_prefix(err, "waiting for the destination to finish: ");
 	/* A definite answer: the destination knows whether it runs. */
 	m->dest_may_run = false;
-	if (h.type == WIRE_CTRL_ERROR || (h.type == WIRE_CTRL_FINISHED &&
-					  (h.len < 1 || payload[0] != 1)))
+	if (h.type == WIRE_CTRL_ERROR)
 		return ferry_error_set(err, -EREMOTEIO,
-			"the destination did not take over: %s",
-			(char *)payload + (h.type == WIRE_CTRL_FINISHED ? 1 : 0));
+			"the destination did not take over: %s", (char *)payload);
 	if (h.type != WIRE_CTRL_FINISHED)
 		return ferry_error_set(err, -EPROTO, "expected FINISHED, got %s",
 				       wire_ctrl_name(h.type));
+	rc = wire_finished_decode(&h, payload, &ok, &status, err);
+	if (rc < 0)
+		return rc;
+	if (!ok)
+		return ferry_error_set(err, -EREMOTEIO,
+			"the destination did not take over: %s", status);
 	return 0;
 }
 

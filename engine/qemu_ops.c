@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "mig.h"
+#include "transport/net.h"
 #include "util.h"
 
 static uint64_t get_u64(json_t *obj, const char *key)
@@ -175,23 +176,12 @@ void mig_drop_fd(struct qmp *q)
 
 int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err)
 {
-	int on = 1, idle = MIG_KEEPALIVE_IDLE_S, intvl = MIG_KEEPALIVE_INTVL_S;
-	int cnt = MIG_KEEPALIVE_COUNT, user_timeout = MIG_TCP_USER_TIMEOUT_MS;
-
 	/* QEMU's fd: migration does its own blocking mode; start blocking. */
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	/*
-	 * A TCP connection QEMU owns (hand-off) has no ferry watching it:
+	/* A TCP connection QEMU owns (hand-off) has no ferry watching it:
 	 * let the kernel declare a silent peer dead in seconds, not after
-	 * minutes of retransmits (fails harmlessly on a socketpair).
-	 */
-	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == 0) {
-		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
-			   sizeof(user_timeout));
-	}
+	 * minutes of retransmits. */
+	net_keepalive(fd);
 	/* A stale fd of a previous attempt would make getfd fail. */
 	qmp_execute(q, "closefd", json_pack("{s:s}", "fdname", MIG_FDNAME),
 		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
@@ -203,17 +193,9 @@ int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
 	int sv[2];
 	int rc;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
-	/* Large buffers: QEMU writes, and ferry reads, in big bursts. */
-	for (int i = 0; i < 2; i++) {
-		int sz = MIG_SOCKET_BUF_BYTES;
-
-		if (setsockopt(sv[i], SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)))
-			setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-		if (setsockopt(sv[i], SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)))
-			setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-	}
+	rc = net_local_pair(sv, err);
+	if (rc < 0)
+		return rc;
 	rc = mig_give_fd(q, sv[0], err);
 	close(sv[0]);
 	if (rc < 0) {

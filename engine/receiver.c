@@ -1,23 +1,26 @@
 /*
- * The receiving side: ferry_receiver_run().
+ * One incoming migration, on a thread of its own (rx_mig_main); the
+ * service (service.c) has verified its control connection's hello, found
+ * its destination QEMU, and routes the migration's other connections to
+ * its inbox.
  *
- * The receiver listens, reads a hello from each connection, and serves one
- * migration at a time for the destination QEMU it was pointed at. What a
- * connection sends before it is accepted as a migration (garbage, a wrong
- * version, a stall) is logged and the connection closed: nothing is kept
- * and nothing reaches QEMU.
- *
- * One migration, in order (enum rx_state):
+ * In order (enum rx_state, one transition function, one failed state):
  *   RX_PREPARE    check the destination QEMU (waiting for an incoming
  *                 migration, same RAM size), set its capabilities and
- *                 parameters, start migrate-incoming on ferry's socket (or
- *                 on a TCP port for --direct), answer READY
- *   RX_TUNNEL     accept the data streams and the return connection, and
- *                 start the tunnel
+ *                 parameters, run the disk pre-checks (--block), answer
+ *                 READY. Nothing here starts an incoming migration.
+ *   RX_DISKS      --block: the disk tunnel streams until MEMORY
+ *   RX_TUNNEL     take the data streams and the return connection from
+ *                 the inbox (or the one hand-off connection, which with
+ *                 --direct is QEMU's own stream), validated and matched
+ *                 to this migration; only then migrate-incoming
  *   RX_STREAMING  until the source says FINISH (or CANCEL, or it breaks)
+ *   RX_RECOVER    post-copy broke: wait for the source's RESUME
  *   RX_FINISH     wait for the destination to complete, resume it unless
  *                 told to leave it paused, answer FINISHED
  *   RX_DONE / RX_FAILED
+ * The destination QEMU never listens on a port of its own: with --direct
+ * too, it gets a connection that ferry accepted and checked.
  */
 #include <errno.h>
 #include <poll.h>
@@ -29,6 +32,7 @@
 
 #include "blk.h"
 #include "mig.h"
+#include "rx.h"
 #include "transport/net.h"
 #include "transport/probe.h"
 #include "transport/tls.h"
@@ -43,19 +47,12 @@
 /* After FINISH: the destination completes within moments of the source. */
 #define RX_FINISH_POLL_MS 2
 
-struct ferry_receiver {
-	struct ferry_receiver_opts o;
-	char *listen_host, *qmp_path;
-	int listen_fd;
-	int stop_efd;
-	uint16_t port;
-	struct tls_ctx *tls;
-};
-
 enum rx_state {
 	RX_PREPARE,
+	RX_DISKS,
 	RX_TUNNEL,
 	RX_STREAMING,
+	RX_RECOVER,
 	RX_FINISH,
 	RX_DONE,
 	RX_FAILED,
@@ -64,14 +61,16 @@ enum rx_state {
 static const char *rx_state_name(enum rx_state s)
 {
 	static const char *const names[] = {
-		"prepare", "tunnel", "streaming", "finish", "done", "failed",
+		"prepare", "disks", "tunnel", "streaming", "recover", "finish",
+		"done", "failed",
 	};
 
 	return names[s];
 }
 
 struct incoming {
-	struct ferry_receiver *r;
+	struct rx_mig *m;
+	const struct ferry_receiver_opts *o;
 	enum rx_state state;
 	struct net_conn ctrl;
 	char peer[64];
@@ -79,150 +78,21 @@ struct incoming {
 	struct wire_hello hello;
 	struct qmp *q;
 	struct tun *tun;
-	int qemu_end;		/* tunnel socket until the tunnel owns it */
 	uint64_t t0_ms;
 	bool resume;
 	bool postcopy;
 	uint16_t direct_port;	/* where the destination QEMU listens */
 	bool handoff;		/* the data connection went to QEMU */
+	bool qemu_started;	/* migrate-incoming/-recover ran: from here a
+				   failure burns the destination QEMU */
 	struct blk_dst *blk;	/* --block */
 };
-
-struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
-					  struct ferry_error *err)
-{
-	struct ferry_receiver *r;
-	int fd;
-
-	if (!o->listen_host || !o->qmp_path) {
-		ferry_error_set(err, -EINVAL,
-			"a receiver needs an address to listen on and the destination QMP socket");
-		return NULL;
-	}
-	r = calloc(1, sizeof(*r));
-	if (!r) {
-		ferry_error_set(err, -ENOMEM, "out of memory");
-		return NULL;
-	}
-	r->o = *o;
-	memset(&r->o.tls, 0, sizeof(r->o.tls));
-	r->listen_fd = -1;
-	r->listen_host = strdup(o->listen_host);
-	r->qmp_path = strdup(o->qmp_path);
-	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!r->listen_host || !r->qmp_path || r->stop_efd < 0) {
-		ferry_error_set(err, -ENOMEM, "out of memory");
-		goto err_free;
-	}
-	r->o.listen_host = r->listen_host;
-	r->o.qmp_path = r->qmp_path;
-	if (!r->o.hello_timeout_ms)
-		r->o.hello_timeout_ms = FERRY_DEFAULT_HELLO_TIMEOUT_MS;
-	if (!o->tls.creds_dir && !o->tls.psk_file && !o->tls.insecure &&
-	    !tls_host_is_loopback(o->listen_host)) {
-		ferry_error_set(err, -EPERM,
-			"refusing to receive guest memory in plaintext on %s: give "
-			"--tls-creds DIR or --tls-psk FILE, or --insecure if the "
-			"network is trusted", o->listen_host);
-		goto err_free;
-	}
-	if (tls_ctx_new(&r->tls, &o->tls, true, err) < 0)
-		goto err_free;
-	fd = net_listen(o->listen_host, o->listen_port, err);
-	if (fd < 0)
-		goto err_free;
-	r->listen_fd = fd;
-	r->port = net_local_port(fd);
-	return r;
-
-err_free:
-	tls_ctx_free(r->tls);
-	if (r->stop_efd >= 0)
-		close(r->stop_efd);
-	free(r->listen_host);
-	free(r->qmp_path);
-	free(r);
-	return NULL;
-}
-
-uint16_t ferry_receiver_port(const struct ferry_receiver *r)
-{
-	return r->port;
-}
-
-void ferry_receiver_stop(struct ferry_receiver *r)
-{
-	uint64_t one = 1;
-
-	if (write(r->stop_efd, &one, sizeof(one)) < 0) {
-		/* Overflow only: a stop is already pending. */
-	}
-}
-
-void ferry_receiver_free(struct ferry_receiver *r)
-{
-	if (!r)
-		return;
-	tls_ctx_free(r->tls);
-	close(r->listen_fd);
-	close(r->stop_efd);
-	free(r->listen_host);
-	free(r->qmp_path);
-	free(r);
-}
 
 static void rx_set_state(struct incoming *in, enum rx_state s)
 {
 	ferry_log(FERRY_LOG_DEBUG, "migration %s: %s -> %s", in->id,
 		  rx_state_name(in->state), rx_state_name(s));
 	in->state = s;
-}
-
-/* Accept one connection, or return -ETIMEDOUT / -ECANCELED (stop). */
-static int accept_bounded(struct ferry_receiver *r, int timeout_ms)
-{
-	struct pollfd fds[2] = {
-		{ .fd = r->listen_fd, .events = POLLIN },
-		{ .fd = r->stop_efd, .events = POLLIN },
-	};
-	int rc = poll(fds, 2, timeout_ms);
-
-	if (rc == 0)
-		return -ETIMEDOUT;
-	if (rc < 0)
-		return errno == EINTR ? -EINTR : -errno;
-	if (fds[1].revents)
-		return -ECANCELED;
-	rc = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	return rc < 0 ? -errno : rc;
-}
-
-/*
- * TLS (when configured) and the hello of a new connection. On failure the
- * connection is closed and a log line says who was refused and why.
- */
-static int open_conn(struct ferry_receiver *r, int fd, struct net_conn *c,
-		     struct wire_hello *h, char *peer, size_t peer_len)
-{
-	uint8_t buf[WIRE_HELLO_BYTES];
-	struct ferry_error herr = { 0 };
-	int rc;
-
-	net_conn_init(c, fd);
-	net_peer_name(fd, peer, peer_len);
-	rc = net_conn_start_tls(c, r->tls, NULL, (int)r->o.hello_timeout_ms,
-				&herr);
-	if (rc == 0)
-		rc = net_read_full(c, buf, sizeof(buf),
-				   (int)r->o.hello_timeout_ms, "hello", &herr);
-	if (rc == 0)
-		rc = wire_hello_decode(buf, h, &herr);
-	if (rc < 0) {
-		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s", peer,
-			  herr.msg);
-		net_conn_close(c);
-	}
-	return rc;
 }
 
 static int send_error(struct incoming *in, const struct ferry_error *why)
@@ -256,37 +126,6 @@ static int check_destination(struct incoming *in, struct ferry_error *err)
 	return 0;
 }
 
-/*
- * --direct: QEMU listens itself (@cmd is migrate-incoming, or
- * migrate-recover to resume a broken post-copy); READY carries the port
- * it bound. QEMU lists its newest listening address first.
- */
-static int start_direct(struct incoming *in, const char *cmd,
-			uint8_t port_be[2], struct ferry_error *err)
-{
-	const char *host = in->r->o.listen_host;
-	struct mig_info info;
-	char uri[300];
-	int rc;
-
-	snprintf(uri, sizeof(uri), strchr(host, ':') ? "tcp:[%s]:0" : "tcp:%s:0", host);
-	rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", uri),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
-	if (rc < 0)
-		return rc;
-	rc = mig_query(in->q, &info, err);
-	if (rc < 0)
-		return rc;
-	if (info.incoming_port == 0 || info.incoming_port > 65535 ||
-	    info.incoming_port == in->direct_port)
-		return ferry_error_set(err, -EPROTO,
-			"destination QEMU did not report a new port it listens on");
-	in->direct_port = (uint16_t)info.incoming_port;
-	port_be[0] = (uint8_t)(info.incoming_port >> 8);
-	port_be[1] = (uint8_t)info.incoming_port;
-	return 0;
-}
-
 /* --block: the manifest, then every pre-check before a byte is sent. */
 static int rx_prepare_disks(struct incoming *in, struct ferry_error *err)
 {
@@ -296,7 +135,7 @@ static int rx_prepare_disks(struct incoming *in, struct ferry_error *err)
 	uint32_t n;
 	int rc;
 
-	rc = net_ctrl_recv(&in->ctrl, &h, payload, (int)in->r->o.hello_timeout_ms,
+	rc = net_ctrl_recv(&in->ctrl, &h, payload, (int)in->o->hello_timeout_ms,
 			   err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "waiting for the disk manifest: ");
@@ -320,14 +159,12 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS,
 		.postcopy = in->hello.options & WIRE_OPT_POSTCOPY,
 	};
-	bool direct = in->hello.options & WIRE_OPT_DIRECT;
-	uint8_t port_be[2];
 	int rc;
 
-	in->q = qmp_connect(in->r->o.qmp_path, MIG_QMP_TIMEOUT_MS, err);
+	in->q = qmp_connect(in->m->target.qmp_path, MIG_QMP_TIMEOUT_MS, err);
 	if (!in->q)
 		return ferry_error_prefix(err, "destination QEMU at %s: ",
-					  in->r->o.qmp_path);
+					  in->m->target.qmp_path);
 	rc = check_destination(in, err);
 	if (rc < 0)
 		return rc;
@@ -339,17 +176,13 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		if (rc < 0)
 			return rc;
 	}
-	if (direct) {
-		rc = start_direct(in, "migrate-incoming", port_be, err);
-		if (rc < 0)
-			return ferry_error_prefix(err, "destination QEMU refused migrate-incoming: ");
-		return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be, 2,
-				     MIG_QMP_TIMEOUT_MS, err);
-	}
 	/* The destination QEMU gets its socket once the data connections
 	 * are here (rx_accept_data): the tunnel's, or the connection itself. */
-	return net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
-			     MIG_QMP_TIMEOUT_MS, err);
+	rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
+			   MIG_QMP_TIMEOUT_MS, err);
+	if (rc == 0)
+		rx_mig_counted(in->m);
+	return rc;
 }
 
 /* Give the destination QEMU @fd and have it take the stream from it
@@ -359,9 +192,11 @@ static int rx_start_qemu(struct incoming *in, int fd, const char *cmd,
 {
 	int rc = mig_give_fd(in->q, fd, err);
 
-	if (rc == 0)
+	if (rc == 0) {
+		in->qemu_started = true;
 		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
 				 NULL, MIG_QMP_TIMEOUT_MS, err);
+	}
 	if (rc < 0)
 		return ferry_error_prefix(err, "destination QEMU refused %s: ", cmd);
 	return 0;
@@ -389,10 +224,16 @@ static const char *rx_conn_refusal(const struct incoming *in,
 				   const struct rx_conns *c,
 				   const struct wire_hello *h, uint32_t probes)
 {
-	if (memcmp(h->mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0)
-		return "it belongs to another migration";
+	bool direct = in->hello.options & WIRE_OPT_DIRECT;
+
+	/* The service routed it here by id and TLS identity. */
+	FERRY_ASSERT(!memcmp(h->mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES));
 	if (h->conn == WIRE_CONN_CONTROL)
 		return "a second control connection";
+	if ((h->options ^ in->hello.options) & WIRE_OPT_DIRECT)
+		return "its direct option differs from the control connection's";
+	if (direct && (h->conn != WIRE_CONN_DATA || !(h->options & WIRE_OPT_HANDOFF)))
+		return "a direct migration has one data connection for QEMU";
 	if (h->conn == WIRE_CONN_PROBE)
 		return probes >= RX_PROBES_MAX ? "too many link probes" : NULL;
 	if (h->conn != c->data_kind && h->conn != c->ret_kind)
@@ -406,24 +247,45 @@ static const char *rx_conn_refusal(const struct incoming *in,
 		return "a second return connection";
 	if ((h->options & WIRE_OPT_HANDOFF) &&
 	    (h->conn != WIRE_CONN_DATA || c->n != 1 || c->have_ret ||
-	     in->r->tls))
+	     rx_tls(in->m->svc)))
 		return "hand-off is for the one data connection of a plaintext "
 		       "migration";
 	return NULL;
 }
 
 /*
- * Accept the streams and the return connection of one tunnel of this
- * migration (@c says which kinds), serving link probes on the way, or the
- * one data connection that goes to QEMU itself (hand-off). Other
- * connections that arrive meanwhile are refused with a log line; the
- * wait is bounded.
+ * The control connection spoke while the source should be opening its
+ * connections: a CANCEL, or it left. Either way this migration is over.
+ */
+static int rx_ctrl_news(struct incoming *in, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr h;
+	int rc;
+
+	rc = net_ctrl_recv(&in->ctrl, &h, payload, MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "control connection from the "
+					  "source, before its data connections: ");
+	if (h.type == WIRE_CTRL_CANCEL)
+		return ferry_error_set(err, -ECANCELED, "the source cancelled: %s",
+				       (char *)payload);
+	return ferry_error_set(err, -EPROTO, "unexpected %s from the source "
+			       "before its data connections",
+			       wire_ctrl_name(h.type));
+}
+
+/*
+ * Take the streams and the return connection of one tunnel of this
+ * migration (@c says which kinds) from the inbox, serving link probes on
+ * the way, or the one data connection that goes to QEMU itself (hand-off,
+ * and --direct). A connection that does not fit is refused with a log
+ * line; the wait is bounded, and nothing has touched QEMU if it fails.
  */
 static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 			   struct ferry_error *err)
 {
-	struct ferry_receiver *r = in->r;
-	uint64_t deadline = ferry_now_ms() + r->o.hello_timeout_ms;
+	uint64_t deadline = ferry_now_ms() + in->o->hello_timeout_ms;
 	uint32_t probes = 0;
 
 	c->n = in->hello.stream_count;
@@ -432,47 +294,43 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 	for (uint32_t i = 0; i < c->n; i++)
 		net_conn_init(&c->streams[i], -1);
 	net_conn_init(&c->ret, -1);
-	while (!(c->handoff ? c->got == 1 : c->got == c->n && c->have_ret) &&
-	       ferry_now_ms() < deadline) {
-		struct net_conn conn;
-		struct wire_hello h;
+	while (!(c->handoff ? c->got == 1 : c->got == c->n && c->have_ret)) {
+		struct rx_conn conn;
 		const char *why;
-		char peer[64];
-		uint64_t now = ferry_now_ms();
-		int fd = accept_bounded(r, now < deadline ? (int)(deadline - now) : 0);
+		int rc = rx_inbox_take(in->m, deadline, in->ctrl.fd, &conn);
 
-		if (fd == -EINTR)
-			continue;
-		if (fd == -ECANCELED) {
+		if (rc == -ECANCELED) {
 			rx_conns_close(c);
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		}
-		if (fd < 0)
+		if (rc == -EPIPE) {
+			rx_conns_close(c);
+			return rx_ctrl_news(in, err);
+		}
+		if (rc < 0)
 			break;
-		if (open_conn(r, fd, &conn, &h, peer, sizeof(peer)) < 0)
-			continue;
-		why = rx_conn_refusal(in, c, &h, probes);
+		why = rx_conn_refusal(in, c, &conn.hello, probes);
 		if (why) {
 			ferry_log(FERRY_LOG_WARN,
 				  "rejected connection from %s during migration %s: %s",
-				  peer, in->id, why);
-			net_conn_close(&conn);
+				  conn.peer, in->id, why);
+			net_conn_close(&conn.c);
 			continue;
 		}
-		if (h.conn == WIRE_CONN_PROBE) {
+		if (conn.hello.conn == WIRE_CONN_PROBE) {
 			struct ferry_error e = { 0 };
 
 			probes++;
-			if (probe_serve(&conn, &e) < 0)
+			if (probe_serve(&conn.c, &e) < 0)
 				ferry_log(FERRY_LOG_WARN, "link probe from %s: %s",
-					  peer, e.msg);
-			net_conn_close(&conn);
-		} else if (h.conn == c->ret_kind) {
-			c->ret = conn;
+					  conn.peer, e.msg);
+			net_conn_close(&conn.c);
+		} else if (conn.hello.conn == c->ret_kind) {
+			c->ret = conn.c;
 			c->have_ret = true;
 		} else {
-			c->streams[h.stream_index] = conn;
-			c->handoff = h.options & WIRE_OPT_HANDOFF;
+			c->streams[conn.hello.stream_index] = conn.c;
+			c->handoff = conn.hello.options & WIRE_OPT_HANDOFF;
 			c->got++;
 		}
 	}
@@ -481,14 +339,68 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 	rx_conns_close(c);
 	return ferry_error_set(err, -ETIMEDOUT,
 		"%u of %u %s streams and %s return connection of migration %s "
-		"arrived within %u ms", c->got, c->n,
-		c->data_kind == WIRE_CONN_DISK ? "disk" : "data",
-		c->have_ret ? "the" : "no", in->id, r->o.hello_timeout_ms);
+		"arrived within %u ms; the destination QEMU was not started",
+		c->got, c->n, c->data_kind == WIRE_CONN_DISK ? "disk" : "data",
+		c->have_ret ? "the" : "no", in->id, in->o->hello_timeout_ms);
+}
+
+/*
+ * What every migration stream QEMU 7.2 sends starts with (savevm.c:
+ * QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION). A resumed post-copy stream
+ * does not: it starts with commands for the paused destination.
+ */
+#define RX_QEMU_MAGIC 0x5145564du	/* "QEVM" */
+#define RX_QEMU_VERSION 3u
+#define RX_GATE_SLICE_MS 100
+
+/*
+ * Before the destination QEMU takes a stream it cannot give back (QEMU
+ * 7.2 exits when an incoming migration fails): wait, bounded, until the
+ * stream on @fd (the socket QEMU will get) begins with QEMU's header. A
+ * peer that completes the handshake and then sends nothing, a bad frame
+ * (the tunnel ends, @fd sees EOF) or something else costs its own
+ * migration only; the QEMU was never touched.
+ */
+static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + in->o->hello_timeout_ms;
+	uint8_t head[8];
+	uint32_t magic, version;
+	int rc;
+
+	/* In slices, to notice a tunnel that failed (a bad frame) at once. */
+	do {
+		rc = net_peek(fd, head, sizeof(head), RX_GATE_SLICE_MS,
+			      rx_stop_fd(in->m->svc));
+	} while (rc == -ETIMEDOUT && ferry_now_ms() < deadline &&
+		 !(in->tun && tun_wait(in->tun, 0, NULL) != -ETIMEDOUT));
+	if (rc == -ECANCELED)
+		return ferry_error_set(err, rc, "the receiver is stopping");
+	if (rc < 0 && in->tun && tun_wait(in->tun, 0, err) < 0)
+		return ferry_error_prefix(err, "the stream from the source broke "
+					  "before it started (the destination "
+					  "QEMU was not started): tunnel: ");
+	if (rc < 0)
+		return ferry_error_set(err, rc, "the stream from the source did not "
+				       "start within %u ms (%s); the destination "
+				       "QEMU was not started",
+				       in->o->hello_timeout_ms, strerror(-rc));
+	magic = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
+		(uint32_t)head[2] << 8 | head[3];
+	version = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 |
+		  (uint32_t)head[6] << 8 | head[7];
+	if (magic != RX_QEMU_MAGIC || version != RX_QEMU_VERSION)
+		return ferry_error_set(err, -EPROTO, "the stream from the source "
+				       "is not a QEMU migration stream (starts "
+				       "0x%08x 0x%08x); the destination QEMU was "
+				       "not started", magic, version);
+	return 0;
 }
 
 /*
  * The memory tunnel (or hand-off), then the destination QEMU starts on it
- * (@cmd: migrate-incoming or migrate-recover).
+ * (@cmd: migrate-incoming or migrate-recover); migrate-incoming only once
+ * the stream has begun with QEMU's header.
  */
 static int rx_accept_data(struct incoming *in, const char *cmd,
 			  struct ferry_error *err)
@@ -500,7 +412,8 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 		.frame_max = in->hello.frame_max,
 		.codec = FERRY_CODEC_NONE,
 	};
-	int rc;
+	bool fresh = !strcmp(cmd, "migrate-incoming");
+	int sv[2], rc;
 
 	rx_set_state(in, RX_TUNNEL);
 	rc = rx_accept_conns(in, &c, err);
@@ -508,25 +421,28 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 		return rc;
 	in->handoff = c.handoff;
 	if (in->handoff) {
-		rc = rx_start_qemu(in, c.streams[0].fd, cmd, err);
+		rc = fresh ? rx_gate_stream(in, c.streams[0].fd, err) : 0;
+		if (rc == 0)
+			rc = rx_start_qemu(in, c.streams[0].fd, cmd, err);
 		net_conn_close(&c.streams[0]);	/* QEMU holds its own copy */
 		return rc;
 	}
-	rc = mig_hand_socket(in->q, &in->qemu_end, err);
-	if (rc == 0)
-		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
-				 NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = net_local_pair(sv, err);
 	if (rc < 0) {
 		rx_conns_close(&c);
-		return ferry_error_prefix(err, "starting the destination QEMU "
-					  "(%s): ", cmd);
+		return rc;
 	}
 	o.streams = c.streams;
 	o.nstreams = c.n;
 	o.ret = c.ret;
-	o.local_fd = in->qemu_end;
-	in->qemu_end = -1;	/* the tunnel owns it now */
-	return tun_start(&in->tun, &o, err);
+	o.local_fd = sv[1];	/* the tunnel owns it, even when it fails */
+	rc = tun_start(&in->tun, &o, err);
+	if (rc == 0 && fresh)
+		rc = rx_gate_stream(in, sv[0], err);
+	if (rc == 0)
+		rc = rx_start_qemu(in, sv[0], cmd, err);
+	close(sv[0]);		/* QEMU holds its own copy */
+	return rc;
 }
 
 /*
@@ -543,7 +459,7 @@ static int rx_disks(struct incoming *in, struct ferry_error *err)
 	};
 	int rc;
 
-	rx_set_state(in, RX_TUNNEL);
+	rx_set_state(in, RX_DISKS);
 	rc = rx_accept_conns(in, &c, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "disk tunnel: ");
@@ -557,7 +473,7 @@ static int rx_disks(struct incoming *in, struct ferry_error *err)
 		uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
 		struct pollfd fds[3] = {
 			{ .fd = in->ctrl.fd, .events = POLLIN },
-			{ .fd = in->r->stop_efd, .events = POLLIN },
+			{ .fd = rx_stop_fd(in->m->svc), .events = POLLIN },
 			{ .fd = blk_dst_done_fd(in->blk), .events = POLLIN },
 		};
 		struct wire_ctrl_hdr h;
@@ -596,7 +512,8 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 {
 	uint64_t deadline = ferry_now_ms() + MIG_FINISH_TIMEOUT_MS;
 	struct mig_info info = { 0 };
-	char status[32], text[64];
+	uint8_t text[1 + WIRE_STATUS_MAX];
+	char status[32];
 	int rc;
 
 	rx_set_state(in, RX_FINISH);
@@ -630,12 +547,11 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 	rc = mig_vm_status(in->q, status, sizeof(status), err);
 	if (rc < 0)
 		return rc;
-	text[0] = 1;
-	snprintf(text + 1, sizeof(text) - 1, "%s", status);
 	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
 		  in->id, status);
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_FINISHED, text,
-			     (uint32_t)(1 + strlen(status)), MIG_QMP_TIMEOUT_MS, err);
+			     wire_finished_encode(true, status, text),
+			     MIG_QMP_TIMEOUT_MS, err);
 }
 
 /* A control message from the source while streaming. */
@@ -643,6 +559,7 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 {
 	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
 	struct wire_ctrl_hdr h;
+	bool flag;
 	int rc;
 
 	rc = net_ctrl_recv(&in->ctrl, &h, payload, MIG_QMP_TIMEOUT_MS, err);
@@ -651,21 +568,24 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 	if (h.type == WIRE_CTRL_CANCEL)
 		return ferry_error_set(err, -ECANCELED, "the source cancelled: %s",
 				       (char *)payload);
-	if (h.type == WIRE_CTRL_POSTCOPY && h.len == 1 && payload[0] <= 1) {
-		ferry_log(FERRY_LOG_INFO, "migration %s switched to post-copy%s",
-			  in->id, payload[0] ? "; resuming the destination" : "");
-		in->postcopy = true;
-		/* During an incoming migration, cont means "run once loaded". */
-		if (payload[0] && qmp_execute(in->q, "cont", NULL, NULL,
-					      MIG_QMP_TIMEOUT_MS, err) < 0)
-			return ferry_error_prefix(err, "resuming the destination: ");
-		return 0;
-	}
-	if (h.type != WIRE_CTRL_FINISH || h.len != 1 || payload[0] > 1)
+	if (h.type != WIRE_CTRL_POSTCOPY && h.type != WIRE_CTRL_FINISH)
 		return ferry_error_set(err, -EPROTO,
 			"unexpected %s (%u bytes) from the source while streaming",
 			wire_ctrl_name(h.type), h.len);
-	in->resume = payload[0] == 1;
+	rc = wire_flag_decode(&h, payload, &flag, err);
+	if (rc < 0)
+		return rc;
+	if (h.type == WIRE_CTRL_POSTCOPY) {
+		ferry_log(FERRY_LOG_INFO, "migration %s switched to post-copy%s",
+			  in->id, flag ? "; resuming the destination" : "");
+		in->postcopy = true;
+		/* During an incoming migration, cont means "run once loaded". */
+		if (flag && qmp_execute(in->q, "cont", NULL, NULL,
+					MIG_QMP_TIMEOUT_MS, err) < 0)
+			return ferry_error_prefix(err, "resuming the destination: ");
+		return 0;
+	}
+	in->resume = flag;
 	return 1;
 }
 
@@ -690,7 +610,7 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 	for (;;) {
 		struct pollfd fds[4] = {
 			{ .fd = in->ctrl.fd, .events = POLLIN },
-			{ .fd = in->r->stop_efd, .events = POLLIN },
+			{ .fd = rx_stop_fd(in->m->svc), .events = POLLIN },
 			/* A tunnel that ended cleanly has nothing more to say. */
 			{ .fd = in->tun && !tun_finished(in->tun) ?
 				tun_done_fd(in->tun) : -1,
@@ -748,18 +668,18 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 /*
  * Post-copy broke: the destination QEMU runs (or holds) part of the guest
  * and stops in postcopy-paused. Wait, bounded, for the source to come
- * back with a RESUME control connection for this migration, have the
- * destination migrate-recover on a fresh socket, and accept a new tunnel.
+ * back with a RESUME control connection for this migration (the service
+ * routes it here by id and TLS identity), have the destination
+ * migrate-recover on a fresh socket, and take the new connections.
  */
 static int rx_recover(struct incoming *in, const char *why,
 		      struct ferry_error *err)
 {
-	struct ferry_receiver *r = in->r;
 	uint64_t deadline = ferry_now_ms() + MIG_RECOVERY_TIMEOUT_MS;
-	bool direct = in->hello.options & WIRE_OPT_DIRECT;
 	struct mig_info info;
 	int rc;
 
+	rx_set_state(in, RX_RECOVER);
 	ferry_log(FERRY_LOG_WARN, "migration %s: post-copy interrupted (%s); "
 		  "waiting up to %d s for the source to reconnect", in->id, why,
 		  MIG_RECOVERY_TIMEOUT_MS / 1000);
@@ -768,29 +688,27 @@ static int rx_recover(struct incoming *in, const char *why,
 	tun_free(in->tun);
 	in->tun = NULL;
 	net_conn_close(&in->ctrl);
-	while (ferry_now_ms() < deadline) {
-		struct net_conn c;
-		struct wire_hello h;
-		char peer[64];
-		int fd = accept_bounded(r, (int)(deadline - ferry_now_ms()));
+	rx_mig_want_resume(in->m, true);
+	for (;;) {
+		struct rx_conn c;
 
-		if (fd == -EINTR)
-			continue;
-		if (fd == -ECANCELED)
+		rc = rx_inbox_take(in->m, deadline, -1, &c);
+		if (rc == -ECANCELED) {
+			rx_mig_want_resume(in->m, false);
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
-		if (fd < 0)
+		}
+		if (rc < 0)
 			break;
-		if (open_conn(r, fd, &c, &h, peer, sizeof(peer)) < 0)
-			continue;
-		if (h.conn != WIRE_CONN_CONTROL || !(h.options & WIRE_OPT_RESUME) ||
-		    memcmp(h.mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES) != 0) {
+		if (c.hello.conn != WIRE_CONN_CONTROL ||
+		    !(c.hello.options & WIRE_OPT_RESUME)) {
 			ferry_log(FERRY_LOG_WARN, "rejected connection from %s while "
-				  "migration %s waits to resume post-copy", peer,
+				  "migration %s waits to resume post-copy", c.peer,
 				  in->id);
-			net_conn_close(&c);
+			net_conn_close(&c.c);
 			continue;
 		}
-		in->ctrl = c;
+		rx_mig_want_resume(in->m, false);
+		in->ctrl = c.c;
 		/* QEMU notices the broken stream on its own time. */
 		for (uint64_t until = ferry_now_ms() + MIG_QMP_TIMEOUT_MS;;) {
 			rc = mig_query(in->q, &info, err);
@@ -804,28 +722,20 @@ static int rx_recover(struct incoming *in, const char *why,
 			}
 			usleep(20 * 1000);
 		}
-		if (rc == 0 && direct) {
-			uint8_t port_be[2];
-
-			/* QEMU listens anew; the source QEMU reconnects to it. */
-			rc = start_direct(in, "migrate-recover", port_be, err);
-			if (rc == 0)
-				rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, port_be,
-						   2, MIG_QMP_TIMEOUT_MS, err);
-		} else if (rc == 0) {
+		if (rc == 0)
 			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 					   MIG_QMP_TIMEOUT_MS, err);
-			if (rc == 0)
-				rc = rx_accept_data(in, "migrate-recover", err);
-		}
+		if (rc == 0)
+			rc = rx_accept_data(in, "migrate-recover", err);
 		if (rc == 0) {
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
-				  "from %s", in->id, peer);
+				  "from %s", in->id, c.peer);
 			return 0;
 		}
 		send_error(in, err);
 		return rc;
 	}
+	rx_mig_want_resume(in->m, false);
 	return ferry_error_set(err, -ETIMEDOUT, "post-copy recovery: the source "
 		"did not reconnect within %d s; the guest's state is split between "
 		"the hosts", MIG_RECOVERY_TIMEOUT_MS / 1000);
@@ -840,7 +750,7 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 	if (in->tun)
 		tun_stats(in->tun, &st);
 	rep->streams = in->hello.stream_count;
-	snprintf(rep->tls, sizeof(rep->tls), "%s", tls_ctx_mode(in->r->tls));
+	snprintf(rep->tls, sizeof(rep->tls), "%s", tls_ctx_mode(rx_tls(in->m->svc)));
 	rep->direct = in->hello.options & WIRE_OPT_DIRECT;
 	snprintf(rep->transport, sizeof(rep->transport), "%s", rep->direct ?
 		 "direct" : in->handoff ? "handoff" : "tunnel");
@@ -862,15 +772,16 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 {
 	int rc;
 
-	ferry_log(FERRY_LOG_INFO, "migration %s from %s: %llu MiB guest, %s%s",
-		  in->id, in->peer,
+	ferry_log(FERRY_LOG_INFO, "migration %s from %s%s%s: %llu MiB guest, %s%s",
+		  in->id, in->peer, in->m->target.vm[0] ? " for VM " : "",
+		  in->m->target.vm,
 		  (unsigned long long)(in->hello.ram_bytes >> 20),
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
 	rc = rx_prepare(in, err);
 	if (rc == 0 && in->blk)
 		rc = rx_disks(in, err);
-	if (rc == 0 && !(in->hello.options & WIRE_OPT_DIRECT))
+	if (rc == 0)
 		rc = rx_accept_data(in, "migrate-incoming", err);
 	if (rc >= 0)
 		rc = rx_stream(in, err);
@@ -899,63 +810,30 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	blk_dst_free(in->blk);
 	in->blk = NULL;
 	tun_free(in->tun);
-	if (in->qemu_end >= 0)
-		close(in->qemu_end);
 	qmp_close(in->q);
+	/* A QEMU that took the stream of a migration that failed before the
+	 * destination took over cannot take another. */
+	if (rc < 0 && in->qemu_started)
+		rx_target_burnt(in->m, err->msg);
 	return rc;
 }
 
-/*
- * One accepted connection: 0 when it was not a migration (refused and
- * logged), 1 when a migration was served (its result in *@mig_rc).
- */
-static int serve_connection(struct ferry_receiver *r, int fd,
-			    struct ferry_report *rep, int *mig_rc,
-			    struct ferry_error *err)
+void *rx_mig_main(void *arg)
 {
-	struct incoming in = { .r = r, .state = RX_PREPARE, .qemu_end = -1 };
+	struct rx_mig *m = arg;
+	struct incoming in = {
+		.m = m,
+		.o = rx_opts(m->svc),
+		.state = RX_PREPARE,
+		.ctrl = m->ctrl.c,
+		.hello = m->ctrl.hello,
+	};
 
 	in.t0_ms = ferry_now_ms();
-	if (open_conn(r, fd, &in.ctrl, &in.hello, in.peer, sizeof(in.peer)) < 0)
-		return 0;
-	if (in.hello.conn != WIRE_CONN_CONTROL) {
-		ferry_log(FERRY_LOG_WARN,
-			  "rejected connection from %s: a data connection with no migration waiting for it",
-			  in.peer);
-		net_conn_close(&in.ctrl);
-		return 0;
-	}
-	wire_mig_id_format(in.hello.mig_id, in.id);
-	*mig_rc = run_incoming(&in, rep, err);
+	snprintf(in.peer, sizeof(in.peer), "%s", m->ctrl.peer);
+	memcpy(in.id, m->id, sizeof(in.id));
+	m->rc = run_incoming(&in, &m->report, &m->err);
 	net_conn_close(&in.ctrl);
-	return 1;
-}
-
-int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
-		       struct ferry_error *err)
-{
-	struct ferry_report scratch;
-	struct ferry_error local = { 0 };
-
-	if (!report)
-		report = &scratch;
-	if (!err)
-		err = &local;
-	memset(report, 0, sizeof(*report));
-	ferry_log(FERRY_LOG_INFO, "listening on %s:%u for QEMU at %s",
-		  r->o.listen_host, r->port, r->o.qmp_path);
-	for (;;) {
-		int fd = accept_bounded(r, -1);
-		int served, mig_rc = 0;
-
-		if (fd == -ECANCELED)
-			return 0;
-		if (fd == -EINTR || fd == -ECONNABORTED)
-			continue;
-		if (fd < 0)
-			return ferry_error_set(err, fd, "accept: %s", strerror(-fd));
-		served = serve_connection(r, fd, report, &mig_rc, err);
-		if (served && r->o.once)
-			return mig_rc;
-	}
+	rx_mig_ended(m);
+	return NULL;
 }

@@ -210,6 +210,10 @@ struct ferry_migrate_opts {
 	struct ferry_tls_opts tls;
 	struct ferry_converge_opts converge;
 	struct ferry_block_opts block;
+	/* The VM's name, for a receiving service that serves many VMs
+	 * (1..64 characters of A-Z a-z 0-9 _ . -); NULL: unnamed, which only
+	 * a receiver for one destination QEMU (qmp_path) accepts. */
+	const char *vm_name;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
@@ -285,17 +289,32 @@ void ferry_migration_free(struct ferry_migration *m);
 /* Write the report as one JSON object (one line, newline-terminated). */
 int ferry_report_write_json(const struct ferry_report *r, int fd);
 
-/* Options of the receiving side. */
+/*
+ * Options of the receiving side: a service that serves migrations of many
+ * VMs at once (docs/receiving-service.md). It finds the destination QEMU
+ * of a migration in one of two ways:
+ *   qmp_path: one destination QEMU, whatever the VM's name (the classic
+ *             "ferry receive --qmp");
+ *   qmp_dir:  registered QEMUs, DIR/NAME.qmp for the VM named NAME.
+ */
 struct ferry_receiver_opts {
 	const char *listen_host;	/* address to listen on */
 	uint16_t listen_port;		/* 0: pick one (see ferry_receiver_port) */
 	const char *qmp_path;		/* destination QEMU's QMP unix socket */
-	bool once;			/* return after one migration */
+	bool once;			/* return after one migration that got
+					   past its pre-checks */
 	uint32_t hello_timeout_ms;	/* 0: FERRY_DEFAULT_HELLO_TIMEOUT_MS */
 	struct ferry_tls_opts tls;	/* hostname is unused here */
+	const char *qmp_dir;		/* registered QEMUs: DIR/NAME.qmp */
+	uint32_t max_migrations;	/* at once; 0: FERRY_DEFAULT_MAX_MIGRATIONS */
+	uint32_t max_handshakes;	/* connections before their hello is
+					   read; 0: FERRY_DEFAULT_MAX_HANDSHAKES */
 };
 
 #define FERRY_DEFAULT_HELLO_TIMEOUT_MS 10000
+#define FERRY_DEFAULT_MAX_MIGRATIONS 4
+#define FERRY_MAX_MIGRATIONS_LIMIT 64
+#define FERRY_DEFAULT_MAX_HANDSHAKES 64
 
 struct ferry_receiver;
 
@@ -307,10 +326,13 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 uint16_t ferry_receiver_port(const struct ferry_receiver *r);
 
 /*
- * Serve migrations until stopped, or until one migration has been handled
- * when opts.once is set. A bad connection (garbage, wrong version, stall) is
- * logged and closed, and the receiver goes on serving. Returns 0, or the
- * error of the migration when opts.once is set and it failed.
+ * Serve migrations until stopped, or, when opts.once is set, until one
+ * migration that passed its pre-checks (the receiver answered READY) has
+ * ended. Migrations run concurrently, each on a thread of its own, up to
+ * max_migrations; a bad connection (garbage, wrong version, stall, a
+ * refused hello) is logged and closed, and the receiver goes on serving.
+ * Returns 0, or the error of the migration when opts.once is set and it
+ * failed; @report gets the report of the last migration that ended.
  */
 int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 		       struct ferry_error *err);

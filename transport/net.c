@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -178,6 +180,67 @@ int net_connect(const char *host, uint16_t port, int timeout_ms,
 	return fd;
 }
 
+int net_local_pair(int sv[2], struct ferry_error *err)
+{
+	int sz = NET_LOCAL_BUF_BYTES;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));
+	for (int i = 0; i < 2; i++) {
+		/* As root, past the rmem/wmem sysctl limits. */
+		if (setsockopt(sv[i], SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)))
+			setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+		if (setsockopt(sv[i], SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)))
+			setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	}
+	return 0;
+}
+
+void net_keepalive(int fd)
+{
+	int on = 1, idle = NET_KEEPALIVE_IDLE_S, intvl = NET_KEEPALIVE_INTVL_S;
+	int cnt = NET_KEEPALIVE_COUNT, user_timeout = NET_TCP_USER_TIMEOUT_MS;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0)
+		return;
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+		   sizeof(user_timeout));
+}
+
+int net_peek(int fd, void *buf, size_t len, int timeout_ms, int cancel_fd)
+{
+	uint64_t deadline = ferry_now_ms() + (uint64_t)timeout_ms;
+
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = fd, .events = POLLIN },
+			{ .fd = cancel_fd, .events = POLLIN },
+		};
+		uint64_t now = ferry_now_ms();
+		ssize_t n = recv(fd, buf, len, MSG_PEEK | MSG_DONTWAIT);
+
+		if (n == (ssize_t)len)
+			return 0;
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		/* Fewer bytes than wanted: poll says "readable" at once, so
+		 * wait a little between looks rather than spin. */
+		if (n > 0)
+			usleep(1000);
+		else if (poll(p, 2, (int)(deadline - now)) < 0 && errno != EINTR)
+			return -errno;
+		if (p[1].revents)
+			return -ECANCELED;
+	}
+}
+
 void net_conn_init(struct net_conn *c, int fd)
 {
 	c->fd = fd;
@@ -220,13 +283,38 @@ bool net_conn_pending(const struct net_conn *c)
  */
 static __thread char tls_why[128];
 
+/*
+ * OpenSSL's socket BIO writes with write(2), which raises SIGPIPE when the
+ * peer has closed. A library must not kill its host program for a closed
+ * connection, nor change its signal handlers: SIGPIPE is blocked on this
+ * thread around the write, and one it raised is consumed (as libpq does).
+ */
+static int ssl_write_nosigpipe(SSL *ssl, const void *buf, int len)
+{
+	struct timespec zero = { 0 };
+	sigset_t pipe_set, old, pending;
+	bool was_pending;
+	int r;
+
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	sigpending(&pending);
+	was_pending = sigismember(&pending, SIGPIPE);
+	r = SSL_write(ssl, buf, len);
+	if (r <= 0 && errno == EPIPE && !was_pending)
+		sigtimedwait(&pipe_set, NULL, &zero);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
+}
+
 static ssize_t conn_io(struct net_conn *c, bool wr, void *buf, size_t len,
 		       short *events)
 {
 	ssize_t n;
 
 	if (c->ssl) {
-		int r = wr ? SSL_write(c->ssl, buf, (int)len) :
+		int r = wr ? ssl_write_nosigpipe(c->ssl, buf, (int)len) :
 			     SSL_read(c->ssl, buf, (int)len);
 		int e;
 

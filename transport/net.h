@@ -15,10 +15,33 @@
 #include "tls.h"
 #include "wire.h"
 
-/* Listen backlog: a receiver serves one migration at a time. */
-#define NET_LISTEN_BACKLOG 16
+/* Listen backlog: the acceptor takes connections as they come and gives
+ * each a handshake thread, so this only absorbs bursts. */
+#define NET_LISTEN_BACKLOG 256
 /* Default bound on connecting to a receiver. */
 #define NET_CONNECT_TIMEOUT_MS 5000
+
+/* Buffers of a local socketpair between QEMU and ferry: both write and
+ * read in big bursts. */
+#define NET_LOCAL_BUF_BYTES (4 << 20)
+/* A TCP connection that only QEMU watches (hand-off) dies after about
+ * IDLE + INTVL * COUNT s of a silent peer, or when sent data stays
+ * unacknowledged for USER_TIMEOUT. */
+#define NET_KEEPALIVE_IDLE_S 5
+#define NET_KEEPALIVE_INTVL_S 2
+#define NET_KEEPALIVE_COUNT 3
+#define NET_TCP_USER_TIMEOUT_MS 20000
+
+/* A local stream socketpair with NET_LOCAL_BUF_BYTES buffers. */
+int net_local_pair(int sv[2], struct ferry_error *err);
+/* Keepalives and a user timeout on a TCP socket (a no-op elsewhere). */
+void net_keepalive(int fd);
+/*
+ * Wait until @len bytes can be read from @fd and copy them without
+ * consuming them (MSG_PEEK): 0, -ECONNRESET when the peer closes first,
+ * -ETIMEDOUT, or -ECANCELED when @cancel_fd (may be -1) becomes readable.
+ */
+int net_peek(int fd, void *buf, size_t len, int timeout_ms, int cancel_fd);
 
 /* Returns a listening socket (>= 0) or -errno. */
 int net_listen(const char *host, uint16_t port, struct ferry_error *err);

@@ -37,6 +37,8 @@ struct tls_ctx {
 };
 
 static int ctx_index = -1;
+/* Per session (server): the PSK the client proved it holds. */
+static int ssl_index = -1;
 
 const char *tls_last_error(const char *fallback)
 {
@@ -227,6 +229,7 @@ static int psk_find_cb(SSL *s, const unsigned char *id, size_t idlen,
 	for (size_t i = 0; i < c->npsks; i++) {
 		if (strlen(c->psks[i].identity) == idlen &&
 		    !memcmp(c->psks[i].identity, id, idlen)) {
+			SSL_set_ex_data(s, ssl_index, &c->psks[i]);
 			*sess = psk_session(s, &c->psks[i]);
 			return *sess ? 1 : 0;
 		}
@@ -275,7 +278,8 @@ int tls_ctx_new(struct tls_ctx **out, const struct ferry_tls_opts *o,
 			"TLS: choose certificates or a pre-shared key, not both");
 	if (ctx_index < 0) {
 		ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-		if (ctx_index < 0)
+		ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+		if (ctx_index < 0 || ssl_index < 0)
 			return ferry_error_set(err, -ENOMEM, "TLS: no ex_data index");
 	}
 	c = calloc(1, sizeof(*c));
@@ -474,5 +478,34 @@ int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
 		return rc;
 	}
 	*out = s;
+	return 0;
+}
+
+int tls_peer_identity(SSL *s, char *buf, size_t len)
+{
+	/* TLS 1.3 external PSKs are found by psk_find_cb, which records
+	 * the match (SSL_get_psk_identity() knows only TLS 1.2's). */
+	const struct tls_psk *psk = ssl_index < 0 ? NULL :
+				    SSL_get_ex_data(s, ssl_index);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	X509 *cert;
+	size_t o;
+
+	if (psk) {
+		snprintf(buf, len, "psk:%s", psk->identity);
+		return 0;
+	}
+	cert = SSL_get1_peer_certificate(s);
+	if (!cert)
+		return -EACCES;
+	if (X509_digest(cert, EVP_sha256(), md, &mdlen) != 1) {
+		X509_free(cert);
+		return -EACCES;
+	}
+	X509_free(cert);
+	o = (size_t)snprintf(buf, len, "x509:");
+	for (unsigned int i = 0; i < mdlen && o + 3 <= len; i++, o += 2)
+		snprintf(buf + o, len - o, "%02x", md[i]);
 	return 0;
 }

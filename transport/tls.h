@@ -45,6 +45,12 @@ int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
 /* The reason for the last OpenSSL failure on this thread, or @fallback. */
 const char *tls_last_error(const char *fallback);
 
+/*
+ * Who the peer of an established session is, as text: "psk:IDENTITY", or
+ * "x509:" and the SHA-256 of its certificate. -EACCES when it has none.
+ */
+int tls_peer_identity(SSL *s, char *buf, size_t len);
+
 /* Whether @host is a loopback address or name ("localhost", 127/8, ::1). */
 bool tls_host_is_loopback(const char *host);
 

@@ -101,6 +101,27 @@ void wire_ctrl_encode(const struct wire_ctrl_hdr *h,
 	be_put16(out + 6, 0);
 }
 
+/*
+ * Payload length range of each control message type, the one place where
+ * they are written down; wire_ctrl_decode() refuses anything outside
+ * before the payload is read (as QEMU's return path checks rp_cmd_args[]).
+ */
+static const struct {
+	const char *name;
+	uint32_t min, max;
+} ctrl_types[WIRE_CTRL_MAX_TYPE + 1] = {
+	[WIRE_CTRL_READY] = { "READY", 0, 0 },
+	[WIRE_CTRL_ERROR] = { "ERROR", 0, WIRE_CTRL_PAYLOAD_MAX },
+	[WIRE_CTRL_FINISH] = { "FINISH", 1, 1 },
+	[WIRE_CTRL_FINISHED] = { "FINISHED", 1, 1 + WIRE_STATUS_MAX },
+	[WIRE_CTRL_CANCEL] = { "CANCEL", 0, WIRE_CTRL_PAYLOAD_MAX },
+	[WIRE_CTRL_POSTCOPY] = { "POSTCOPY", 1, 1 },
+	[WIRE_CTRL_PROBED] = { "PROBED", WIRE_PROBED_BYTES, WIRE_PROBED_BYTES },
+	[WIRE_CTRL_DISKS] = { "DISKS", 2, WIRE_CTRL_PAYLOAD_MAX },
+	[WIRE_CTRL_MEMORY] = { "MEMORY", 0, 0 },
+	[WIRE_CTRL_VM] = { "VM", 1, WIRE_VM_NAME_MAX },
+};
+
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 		     struct wire_ctrl_hdr *h, struct ferry_error *err)
 {
@@ -113,6 +134,11 @@ int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 		return ferry_error_set(err, -EMSGSIZE,
 			"control message %s of %u bytes exceeds the limit of %u",
 			wire_ctrl_name(h->type), h->len, WIRE_CTRL_PAYLOAD_MAX);
+	if (h->len < ctrl_types[h->type].min || h->len > ctrl_types[h->type].max)
+		return ferry_error_set(err, -EPROTO,
+			"control message %s of %u bytes (expected %u..%u)",
+			wire_ctrl_name(h->type), h->len, ctrl_types[h->type].min,
+			ctrl_types[h->type].max);
 	if (be_get16(in + 6) != 0)
 		return ferry_error_set(err, -EPROTO,
 			"control message has non-zero reserved field");
@@ -121,18 +147,86 @@ int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 
 const char *wire_ctrl_name(uint16_t type)
 {
-	switch (type) {
-	case WIRE_CTRL_READY: return "READY";
-	case WIRE_CTRL_ERROR: return "ERROR";
-	case WIRE_CTRL_FINISH: return "FINISH";
-	case WIRE_CTRL_FINISHED: return "FINISHED";
-	case WIRE_CTRL_CANCEL: return "CANCEL";
-	case WIRE_CTRL_POSTCOPY: return "POSTCOPY";
-	case WIRE_CTRL_PROBED: return "PROBED";
-	case WIRE_CTRL_DISKS: return "DISKS";
-	case WIRE_CTRL_MEMORY: return "MEMORY";
-	default: return "?";
+	if (type < 1 || type > WIRE_CTRL_MAX_TYPE)
+		return "?";
+	return ctrl_types[type].name;
+}
+
+int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		     bool *flag, struct ferry_error *err)
+{
+	if (h->len != 1 || payload[0] > 1)
+		return ferry_error_set(err, -EPROTO, "%s carries a flag of %u "
+				       "bytes (value %u), expected one byte 0 or 1",
+				       wire_ctrl_name(h->type), h->len,
+				       h->len ? payload[0] : 0);
+	*flag = payload[0] == 1;
+	return 0;
+}
+
+uint32_t wire_finished_encode(bool ok, const char *status,
+			      uint8_t out[1 + WIRE_STATUS_MAX])
+{
+	size_t n = strnlen(status, WIRE_STATUS_MAX);
+
+	out[0] = ok ? 1 : 0;
+	memcpy(out + 1, status, n);
+	return (uint32_t)(1 + n);
+}
+
+int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+			 bool *ok, const char **status, struct ferry_error *err)
+{
+	if (h->type != WIRE_CTRL_FINISHED || h->len < 1 || payload[0] > 1)
+		return ferry_error_set(err, -EPROTO, "malformed FINISHED");
+	*ok = payload[0] == 1;
+	*status = (const char *)payload + 1;
+	return 0;
+}
+
+bool wire_vm_name_valid(const char *name)
+{
+	size_t n = strnlen(name, WIRE_VM_NAME_MAX + 1);
+
+	if (n < 1 || n > WIRE_VM_NAME_MAX || name[0] == '.' || name[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+			return false;
 	}
+	return true;
+}
+
+int wire_vm_encode(const char *name, uint8_t out[WIRE_VM_NAME_MAX],
+		   struct ferry_error *err)
+{
+	size_t n;
+
+	if (!wire_vm_name_valid(name))
+		return ferry_error_set(err, -EINVAL, "'%.80s' is not a valid VM "
+				       "name (1..%u characters of A-Z a-z 0-9 _ . -, "
+				       "not starting with . or -)", name,
+				       WIRE_VM_NAME_MAX);
+	n = strlen(name);
+	memcpy(out, name, n);
+	return (int)n;
+}
+
+int wire_vm_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		   char name[WIRE_VM_NAME_MAX + 1], struct ferry_error *err)
+{
+	if (h->type != WIRE_CTRL_VM || h->len < 1 || h->len > WIRE_VM_NAME_MAX)
+		return ferry_error_set(err, -EPROTO, "malformed VM message");
+	memcpy(name, payload, h->len);
+	name[h->len] = '\0';
+	if (strlen(name) != h->len || !wire_vm_name_valid(name))
+		return ferry_error_set(err, -EINVAL, "the source names an invalid "
+				       "VM (1..%u characters of A-Z a-z 0-9 _ . -, "
+				       "not starting with . or -)", WIRE_VM_NAME_MAX);
+	return 0;
 }
 
 void wire_frame_encode(const struct wire_frame_hdr *h,

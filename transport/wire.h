@@ -21,7 +21,7 @@
 #include "ferry.h"
 
 #define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
-#define WIRE_VERSION 3
+#define WIRE_VERSION 4
 
 /* Size of the hello that opens every TCP connection. */
 #define WIRE_HELLO_BYTES 64
@@ -49,8 +49,11 @@ enum wire_conn {
 					   itself after the hello: no frames */
 #define WIRE_OPT_BLOCK (1u << 5)	/* disks migrate too: DISKS follows the
 					   hello on the control connection */
+#define WIRE_OPT_VM (1u << 6)	/* the migration names its VM: VM follows
+					   the hello on the control connection */
 #define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
-			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF | WIRE_OPT_BLOCK)
+			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF | WIRE_OPT_BLOCK | \
+			WIRE_OPT_VM)
 
 /* A link probe carries at most this much; the receiver drops the probe
  * connection beyond it. */
@@ -86,15 +89,17 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 
 /*
  * Control messages: an 8-byte header (u32 length, u16 type, u16 zero)
- * followed by a payload of at most WIRE_CTRL_PAYLOAD_MAX bytes, usually a
- * short UTF-8 text (an error message) or nothing.
+ * followed by a payload of at most WIRE_CTRL_PAYLOAD_MAX bytes. Each type
+ * has its own payload length range (one table in wire.c, checked by
+ * wire_ctrl_decode() before a byte of the payload is read), and its own
+ * encode/decode functions below: nothing else packs a payload.
  */
 #define WIRE_CTRL_HDR_BYTES 8
 #define WIRE_CTRL_PAYLOAD_MAX 4096
 
 enum wire_ctrl {
-	WIRE_CTRL_READY = 1,	/* receiver -> source: destination incoming;
-				   payload: u16 port for --direct */
+	WIRE_CTRL_READY = 1,	/* receiver -> source: pre-checks passed,
+				   send the data connections; empty */
 	WIRE_CTRL_ERROR = 2,	/* either way: payload is the message */
 	WIRE_CTRL_FINISH = 3,	/* source -> receiver: source completed;
 				   payload: u8 resume */
@@ -110,7 +115,9 @@ enum wire_ctrl {
 				   answered by READY or ERROR */
 	WIRE_CTRL_MEMORY = 9,	/* source -> receiver: every disk mirror is
 				   ready; the memory connections follow */
-	WIRE_CTRL_MAX_TYPE = 9,
+	WIRE_CTRL_VM = 10,	/* source -> receiver after a hello with
+				   WIRE_OPT_VM: the VM's name (below) */
+	WIRE_CTRL_MAX_TYPE = 10,
 };
 
 struct wire_ctrl_hdr {
@@ -123,6 +130,39 @@ void wire_ctrl_encode(const struct wire_ctrl_hdr *h,
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
 		     struct wire_ctrl_hdr *h, struct ferry_error *err);
 const char *wire_ctrl_name(uint16_t type);
+
+/*
+ * Payloads. A text payload (ERROR, CANCEL, FINISHED's status) is UTF-8
+ * without a NUL; the receive path NUL-terminates it. FINISH and POSTCOPY
+ * carry one u8 flag (0 or 1); FINISHED an u8 ok, then the destination
+ * guest's status.
+ */
+#define WIRE_STATUS_MAX 63
+
+int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		     bool *flag, struct ferry_error *err);
+/* Returns the payload length. */
+uint32_t wire_finished_encode(bool ok, const char *status,
+			      uint8_t out[1 + WIRE_STATUS_MAX]);
+/* @status gets the NUL-terminated text (payload must be NUL-terminated
+ * after h->len bytes, as net_ctrl_recv leaves it). */
+int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+			 bool *ok, const char **status, struct ferry_error *err);
+
+/*
+ * VM names (the VM payload, and the name a service finds a destination
+ * QEMU by: DIR/NAME.qmp): 1..WIRE_VM_NAME_MAX bytes of [A-Za-z0-9_.-],
+ * not starting with '.' or '-', so a name is always one safe path
+ * component and one safe QMP or command-line word.
+ */
+#define WIRE_VM_NAME_MAX 64
+
+bool wire_vm_name_valid(const char *name);
+/* Returns the payload length, or -EINVAL for an invalid name. */
+int wire_vm_encode(const char *name, uint8_t out[WIRE_VM_NAME_MAX],
+		   struct ferry_error *err);
+int wire_vm_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		   char name[WIRE_VM_NAME_MAX + 1], struct ferry_error *err);
 
 /*
  * Data frames on a data connection: a 24-byte header and a payload.

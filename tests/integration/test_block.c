@@ -230,6 +230,9 @@ static int migrate(struct bpair *p, struct ferry_migrate_opts *o,
 	ck_assert_msg(m, "%s", err->msg);
 	rc = ferry_migration_run(m, rep, err);
 	ferry_migration_free(m);
+	/* A migration refused before READY does not end a --once receiver. */
+	if (rc)
+		rx_thread_stop(rx);
 	rx_thread_join(rx);
 	return rc;
 }

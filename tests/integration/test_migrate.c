@@ -405,6 +405,7 @@ START_TEST(destination_dies)
 	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
 	pthread_join(killer, NULL);
 	ferry_migration_free(m);
+	rx_thread_stop(&rx);
 	rx_thread_join(&rx);
 	ck_assert_str_eq(rep.status, "failed");
 	ck_assert(rep.source_running);

@@ -397,6 +397,91 @@ START_TEST(ctrl_checks)
 	h.len = 1;
 	wire_ctrl_encode(&h, buf);
 	ck_assert_int_eq(wire_ctrl_decode(buf, &d, &err), -EPROTO);
+	h.type = WIRE_CTRL_MAX_TYPE + 1;
+	wire_ctrl_encode(&h, buf);
+	ck_assert_int_eq(wire_ctrl_decode(buf, &d, &err), -EPROTO);
+}
+END_TEST
+
+/*
+ * Each type's payload length is checked at the header, before the payload
+ * is read: the one table in wire.c.
+ */
+START_TEST(ctrl_lengths)
+{
+	static const struct { uint16_t type; uint32_t len; bool ok; } cases[] = {
+		{ WIRE_CTRL_READY, 0, true }, { WIRE_CTRL_READY, 2, false },
+		{ WIRE_CTRL_FINISH, 1, true }, { WIRE_CTRL_FINISH, 0, false },
+		{ WIRE_CTRL_FINISH, 2, false }, { WIRE_CTRL_POSTCOPY, 4, false },
+		{ WIRE_CTRL_FINISHED, 0, false }, { WIRE_CTRL_FINISHED, 64, true },
+		{ WIRE_CTRL_FINISHED, 65, false }, { WIRE_CTRL_PROBED, 16, true },
+		{ WIRE_CTRL_PROBED, 15, false }, { WIRE_CTRL_MEMORY, 1, false },
+		{ WIRE_CTRL_DISKS, 1, false }, { WIRE_CTRL_VM, 0, false },
+		{ WIRE_CTRL_VM, 64, true }, { WIRE_CTRL_VM, 65, false },
+		{ WIRE_CTRL_ERROR, 4096, true }, { WIRE_CTRL_CANCEL, 0, true },
+	};
+	struct ferry_error err = { 0 };
+	uint8_t buf[WIRE_CTRL_HDR_BYTES];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct wire_ctrl_hdr h = { .type = cases[i].type,
+					   .len = cases[i].len }, d;
+		int rc;
+
+		wire_ctrl_encode(&h, buf);
+		rc = wire_ctrl_decode(buf, &d, &err);
+		ck_assert_msg(cases[i].ok ? rc == 0 : rc == -EPROTO,
+			      "%s of %u bytes: %d (%s)", wire_ctrl_name(h.type),
+			      h.len, rc, err.msg);
+	}
+}
+END_TEST
+
+/* Flags, FINISHED and VM names: what the receive path decodes. */
+START_TEST(ctrl_payloads)
+{
+	struct wire_ctrl_hdr h = { .type = WIRE_CTRL_FINISH, .len = 1 };
+	uint8_t p[WIRE_CTRL_PAYLOAD_MAX + 1] = { 2 };
+	char name[WIRE_VM_NAME_MAX + 1];
+	struct ferry_error err = { 0 };
+	const char *status;
+	bool flag, ok;
+	uint32_t n;
+
+	ck_assert_int_eq(wire_flag_decode(&h, p, &flag, &err), -EPROTO);
+	p[0] = 1;
+	ck_assert_int_eq(wire_flag_decode(&h, p, &flag, &err), 0);
+	ck_assert(flag);
+
+	n = wire_finished_encode(true, "running", p);
+	p[n] = '\0';
+	h = (struct wire_ctrl_hdr){ .type = WIRE_CTRL_FINISHED, .len = n };
+	ck_assert_int_eq(wire_finished_decode(&h, p, &ok, &status, &err), 0);
+	ck_assert(ok);
+	ck_assert_str_eq(status, "running");
+
+	ck_assert(wire_vm_name_valid("web-1.prod_2"));
+	ck_assert(!wire_vm_name_valid(""));
+	ck_assert(!wire_vm_name_valid("../etc"));
+	ck_assert(!wire_vm_name_valid("a/b"));
+	ck_assert(!wire_vm_name_valid("-rf"));
+	ck_assert(!wire_vm_name_valid(".hidden"));
+	ck_assert(!wire_vm_name_valid("sp ace"));
+	memset(name, 'a', sizeof(name));
+	name[WIRE_VM_NAME_MAX] = '\0';
+	ck_assert(wire_vm_name_valid(name));
+	ck_assert_int_eq(wire_vm_encode("vm$", p, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "not a valid VM name"), "%s", err.msg);
+
+	/* A NUL inside, or a bad character, from a peer. */
+	memcpy(p, "ab\0cd", 5);
+	h = (struct wire_ctrl_hdr){ .type = WIRE_CTRL_VM, .len = 5 };
+	ck_assert_int_eq(wire_vm_decode(&h, p, name, &err), -EINVAL);
+	memcpy(p, "ab/cd", 5);
+	ck_assert_int_eq(wire_vm_decode(&h, p, name, &err), -EINVAL);
+	memcpy(p, "abxcd", 5);
+	ck_assert_int_eq(wire_vm_decode(&h, p, name, &err), 0);
+	ck_assert_str_eq(name, "abxcd");
 }
 END_TEST
 
@@ -897,6 +982,8 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, hello_rejects_empty_id);
 	tcase_add_test(wire, frame_checks);
 	tcase_add_test(wire, ctrl_checks);
+	tcase_add_test(wire, ctrl_lengths);
+	tcase_add_test(wire, ctrl_payloads);
 	tcase_add_test(wire, disk_manifest_checks);
 	tcase_add_test(wire, disk_record_checks);
 	tcase_add_test(wire, disk_record_manifest);

@@ -1,0 +1,861 @@
+/*
+ * The receiving service: ferry_receiver_new/run/stop/free (see rx.h for
+ * the shape, docs/receiving-service.md for the user's view).
+ *
+ * Three kinds of threads:
+ *   - the acceptor (ferry_receiver_run's caller): accepts, gives every
+ *     connection a handshake slot (evicting the oldest when they run out),
+ *     joins migrations that ended;
+ *   - one handshake thread per connection: TLS, hello, VM name, each
+ *     bounded by the connection's own deadline, then routing;
+ *   - one thread per migration (receiver.c).
+ * One lock (svc->mu) guards the slots, the migration registry and the
+ * burnt list; nothing blocks on a peer while holding it.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mig.h"
+#include "rx.h"
+#include "transport/tls.h"
+#include "util.h"
+
+struct rx_slot {
+	int fd;			/* -1: free */
+	uint64_t t0_ms;
+	bool evicted;		/* shut down to make room */
+};
+
+struct rx_burnt {
+	char qmp_path[PATH_MAX];
+	dev_t dev;
+	ino_t ino;
+	struct timespec ctime;
+	char id[37];		/* the migration that burnt it */
+};
+
+struct ferry_receiver {
+	struct ferry_receiver_opts o;
+	char *listen_host, *qmp_path, *qmp_dir;
+	int listen_fd;
+	int stop_efd;		/* readable: stop (stays readable) */
+	int reap_efd;		/* readable: a migration ended */
+	uint16_t port;
+	struct tls_ctx *tls;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;	/* a slot freed, a handshake ended */
+	struct rx_slot *slots;	/* o.max_handshakes */
+	uint32_t handshakes;	/* handshake threads alive */
+	struct rx_mig *migs[FERRY_MAX_MIGRATIONS_LIMIT];
+	struct rx_burnt burnt[RX_BURNT_MAX];
+	uint32_t nburnt;
+	bool stopping;
+};
+
+/* What a handshake thread gets. */
+struct rx_handshake {
+	struct ferry_receiver *svc;
+	uint32_t slot;
+	struct rx_conn conn;
+	enum rx_conn_state state;
+	uint64_t deadline_ms;
+};
+
+const struct ferry_receiver_opts *rx_opts(const struct ferry_receiver *svc)
+{
+	return &svc->o;
+}
+
+struct tls_ctx *rx_tls(const struct ferry_receiver *svc)
+{
+	return svc->tls;
+}
+
+int rx_stop_fd(const struct ferry_receiver *svc)
+{
+	return svc->stop_efd;
+}
+
+static void efd_signal(int efd)
+{
+	uint64_t one = 1;
+
+	if (write(efd, &one, sizeof(one)) < 0) {
+		/* Only on overflow, when a wake-up is pending anyway. */
+	}
+}
+
+static void efd_drain(int efd)
+{
+	uint64_t v;
+
+	if (read(efd, &v, sizeof(v)) < 0) {
+		/* EAGAIN: nothing pending. */
+	}
+}
+
+static int opts_check(const struct ferry_receiver_opts *o,
+		      struct ferry_error *err)
+{
+	if (!o->listen_host)
+		return ferry_error_set(err, -EINVAL,
+			"a receiver needs an address to listen on");
+	if (!o->qmp_path == !o->qmp_dir)
+		return ferry_error_set(err, -EINVAL,
+			"a receiver needs either the destination QMP socket "
+			"(--qmp) or a directory of registered ones (--qmp-dir), "
+			"not both");
+	if (o->max_migrations > FERRY_MAX_MIGRATIONS_LIMIT)
+		return ferry_error_set(err, -EINVAL,
+			"--max-migrations %u is over the limit of %u",
+			o->max_migrations, FERRY_MAX_MIGRATIONS_LIMIT);
+	if (!o->tls.creds_dir && !o->tls.psk_file && !o->tls.insecure &&
+	    !tls_host_is_loopback(o->listen_host))
+		return ferry_error_set(err, -EPERM,
+			"refusing to receive guest memory in plaintext on %s: give "
+			"--tls-creds DIR or --tls-psk FILE, or --insecure if the "
+			"network is trusted", o->listen_host);
+	return 0;
+}
+
+struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
+					  struct ferry_error *err)
+{
+	struct ferry_receiver *r;
+	int fd;
+
+	if (opts_check(o, err) < 0)
+		return NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		ferry_error_set(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	r->o = *o;
+	memset(&r->o.tls, 0, sizeof(r->o.tls));
+	r->listen_fd = -1;
+	r->reap_efd = -1;
+	r->listen_host = strdup(o->listen_host);
+	r->qmp_path = o->qmp_path ? strdup(o->qmp_path) : NULL;
+	r->qmp_dir = o->qmp_dir ? strdup(o->qmp_dir) : NULL;
+	if (!r->o.hello_timeout_ms)
+		r->o.hello_timeout_ms = FERRY_DEFAULT_HELLO_TIMEOUT_MS;
+	if (!r->o.max_migrations)
+		r->o.max_migrations = FERRY_DEFAULT_MAX_MIGRATIONS;
+	if (!r->o.max_handshakes)
+		r->o.max_handshakes = FERRY_DEFAULT_MAX_HANDSHAKES;
+	r->slots = calloc(r->o.max_handshakes, sizeof(*r->slots));
+	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	r->reap_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!r->listen_host || (o->qmp_path && !r->qmp_path) ||
+	    (o->qmp_dir && !r->qmp_dir) || !r->slots || r->stop_efd < 0 ||
+	    r->reap_efd < 0) {
+		ferry_error_set(err, -ENOMEM, "out of memory");
+		goto err_free;
+	}
+	for (uint32_t i = 0; i < r->o.max_handshakes; i++)
+		r->slots[i].fd = -1;
+	r->o.listen_host = r->listen_host;
+	r->o.qmp_path = r->qmp_path;
+	r->o.qmp_dir = r->qmp_dir;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	if (tls_ctx_new(&r->tls, &o->tls, true, err) < 0)
+		goto err_lock;
+	fd = net_listen(o->listen_host, o->listen_port, err);
+	if (fd < 0)
+		goto err_lock;
+	r->listen_fd = fd;
+	r->port = net_local_port(fd);
+	return r;
+
+err_lock:
+	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->mu);
+err_free:
+	tls_ctx_free(r->tls);
+	if (r->stop_efd >= 0)
+		close(r->stop_efd);
+	if (r->reap_efd >= 0)
+		close(r->reap_efd);
+	free(r->slots);
+	free(r->listen_host);
+	free(r->qmp_path);
+	free(r->qmp_dir);
+	free(r);
+	return NULL;
+}
+
+uint16_t ferry_receiver_port(const struct ferry_receiver *r)
+{
+	return r->port;
+}
+
+void ferry_receiver_stop(struct ferry_receiver *r)
+{
+	efd_signal(r->stop_efd);
+}
+
+void ferry_receiver_free(struct ferry_receiver *r)
+{
+	if (!r)
+		return;
+	tls_ctx_free(r->tls);
+	close(r->listen_fd);
+	close(r->stop_efd);
+	close(r->reap_efd);
+	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->mu);
+	free(r->slots);
+	free(r->listen_host);
+	free(r->qmp_path);
+	free(r->qmp_dir);
+	free(r);
+}
+
+/* ---- the migration inbox ---- */
+
+int rx_inbox_take(struct rx_mig *m, uint64_t deadline_ms, int watch_fd,
+		  struct rx_conn *out)
+{
+	struct ferry_receiver *svc = m->svc;
+
+	for (;;) {
+		struct pollfd fds[3] = {
+			{ .fd = m->wake_efd, .events = POLLIN },
+			{ .fd = svc->stop_efd, .events = POLLIN },
+			{ .fd = watch_fd, .events = POLLIN },
+		};
+		uint64_t now = ferry_now_ms();
+		bool got = false;
+
+		pthread_mutex_lock(&svc->mu);
+		if (m->inbox_n) {
+			*out = m->inbox[0];
+			memmove(m->inbox, m->inbox + 1,
+				--m->inbox_n * sizeof(m->inbox[0]));
+			got = true;
+		}
+		pthread_mutex_unlock(&svc->mu);
+		if (got)
+			return 0;
+		if (now >= deadline_ms)
+			return -ETIMEDOUT;
+		if (poll(fds, 3, (int)(deadline_ms - now)) < 0 && errno != EINTR)
+			return -errno;
+		if (fds[1].revents)
+			return -ECANCELED;
+		if (fds[2].revents)
+			return -EPIPE;
+		if (fds[0].revents)
+			efd_drain(m->wake_efd);
+	}
+}
+
+void rx_mig_want_resume(struct rx_mig *m, bool on)
+{
+	pthread_mutex_lock(&m->svc->mu);
+	m->want_resume = on;
+	pthread_mutex_unlock(&m->svc->mu);
+}
+
+void rx_mig_counted(struct rx_mig *m)
+{
+	pthread_mutex_lock(&m->svc->mu);
+	m->counted = true;
+	pthread_mutex_unlock(&m->svc->mu);
+}
+
+void rx_target_burnt(struct rx_mig *m, const char *why)
+{
+	struct ferry_receiver *svc = m->svc;
+	struct rx_burnt *b;
+
+	pthread_mutex_lock(&svc->mu);
+	/* The oldest entry goes when the list is full: by then that QEMU
+	 * is long gone or re-registered. */
+	if (svc->nburnt == RX_BURNT_MAX) {
+		memmove(svc->burnt, svc->burnt + 1,
+			(RX_BURNT_MAX - 1) * sizeof(svc->burnt[0]));
+		svc->nburnt--;
+	}
+	b = &svc->burnt[svc->nburnt++];
+	snprintf(b->qmp_path, sizeof(b->qmp_path), "%s", m->target.qmp_path);
+	b->dev = m->target.dev;
+	b->ino = m->target.ino;
+	b->ctime = m->target.ctime;
+	memcpy(b->id, m->id, sizeof(b->id));
+	pthread_mutex_unlock(&svc->mu);
+	ferry_log(FERRY_LOG_WARN, "destination QEMU %s%s%sat %s is burnt by "
+		  "failed migration %s (%s); it is not offered again until a new "
+		  "QEMU is registered there", m->target.vm[0] ? "for VM '" : "",
+		  m->target.vm, m->target.vm[0] ? "' " : "", m->target.qmp_path,
+		  m->id, why);
+}
+
+/* ---- routing ---- */
+
+static struct rx_mig *find_mig(struct ferry_receiver *svc,
+			       const uint8_t id[WIRE_MIG_ID_BYTES])
+{
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
+		struct rx_mig *m = svc->migs[i];
+
+		if (m && !m->ended &&
+		    !memcmp(m->ctrl.hello.mig_id, id, WIRE_MIG_ID_BYTES))
+			return m;
+	}
+	return NULL;
+}
+
+static uint32_t active_migs(struct ferry_receiver *svc)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++)
+		n += svc->migs[i] && !svc->migs[i]->ended;
+	return n;
+}
+
+/*
+ * Where the destination QEMU of a migration for @vm is: the one QMP socket
+ * of a one-VM receiver, or DIR/NAME.qmp of a registered one. Checked to
+ * be a socket now; whether a QEMU answers is for the migration to find.
+ */
+static int resolve_target(struct ferry_receiver *svc, const char *vm,
+			  struct rx_target *t, struct ferry_error *err)
+{
+	struct stat st;
+
+	memset(t, 0, sizeof(*t));
+	snprintf(t->vm, sizeof(t->vm), "%s", vm);
+	if (svc->qmp_path) {
+		snprintf(t->qmp_path, sizeof(t->qmp_path), "%s", svc->qmp_path);
+	} else {
+		if (!vm[0])
+			return ferry_error_set(err, -EINVAL, "this service serves "
+				"many VMs: name the VM (ferry migrate --vm NAME)");
+		if ((size_t)snprintf(t->qmp_path, sizeof(t->qmp_path), "%s/%s.qmp",
+				     svc->qmp_dir, vm) >= sizeof(t->qmp_path))
+			return ferry_error_set(err, -ENAMETOOLONG,
+				"the QMP path for VM '%s' is too long", vm);
+	}
+	if (stat(t->qmp_path, &st) < 0)
+		return ferry_error_set(err, -ENOENT, "no destination QEMU is "
+			"registered for VM '%s' (%s: %s)", vm[0] ? vm : "(unnamed)",
+			t->qmp_path, strerror(errno));
+	if (!S_ISSOCK(st.st_mode))
+		return ferry_error_set(err, -ENOTSOCK, "%s is not a QMP socket",
+				       t->qmp_path);
+	t->dev = st.st_dev;
+	t->ino = st.st_ino;
+	t->ctime = st.st_ctim;
+	return 0;
+}
+
+/* Under svc->mu: why a new migration for @t cannot start now, or 0. */
+static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
+		 const struct rx_target *t, struct ferry_error *err)
+{
+	uint32_t n = active_migs(svc);
+
+	if (n >= svc->o.max_migrations)
+		return ferry_error_set(err, -EBUSY, "busy: %u migrations in "
+				       "progress (the limit of this receiver)", n);
+	if (find_mig(svc, c->hello.mig_id))
+		return ferry_error_set(err, -EEXIST, "a migration with this id "
+				       "is already in progress");
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
+		struct rx_mig *m = svc->migs[i];
+
+		if (m && !m->ended && !strcmp(m->target.qmp_path, t->qmp_path))
+			return ferry_error_set(err, -EBUSY, "busy: the destination "
+				"QEMU %s%s%sis already receiving migration %s",
+				t->vm[0] ? "for VM '" : "", t->vm,
+				t->vm[0] ? "' " : "", m->id);
+	}
+	for (uint32_t i = 0; i < svc->nburnt; i++) {
+		const struct rx_burnt *b = &svc->burnt[i];
+
+		if (!strcmp(b->qmp_path, t->qmp_path) && b->dev == t->dev &&
+		    b->ino == t->ino && b->ctime.tv_sec == t->ctime.tv_sec &&
+		    b->ctime.tv_nsec == t->ctime.tv_nsec)
+			return ferry_error_set(err, -ESTALE, "the destination QEMU "
+				"%s%s%sat %s was burnt by failed migration %s; "
+				"start and register a new one",
+				t->vm[0] ? "for VM '" : "", t->vm,
+				t->vm[0] ? "' " : "", t->qmp_path, b->id);
+	}
+	return 0;
+}
+
+static int slot_free_index(struct ferry_receiver *svc)
+{
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++)
+		if (!svc->migs[i])
+			return (int)i;
+	return -1;
+}
+
+/* A refusal the peer can read, then the connection closes. */
+static void refuse(struct rx_conn *c, const struct ferry_error *why)
+{
+	ferry_log(FERRY_LOG_WARN, "refused migration from %s%s%s: %s", c->peer,
+		  c->vm[0] ? " for VM " : "", c->vm, why->msg);
+	net_ctrl_send(&c->c, WIRE_CTRL_ERROR, why->msg,
+		      (uint32_t)strnlen(why->msg, sizeof(why->msg)),
+		      (int)1000, NULL);
+	net_conn_close(&c->c);
+}
+
+/*
+ * A verified control connection: start its migration on a thread of its
+ * own, or refuse it (busy, unknown VM, burnt QEMU, --direct on TLS).
+ * Nothing here touches QMP.
+ */
+static void start_migration(struct ferry_receiver *svc, struct rx_conn *c)
+{
+	struct ferry_error err = { 0 };
+	struct rx_target t;
+	struct rx_mig *m;
+	int idx, rc;
+
+	if (svc->tls && (c->hello.options & WIRE_OPT_DIRECT)) {
+		ferry_error_set(&err, -EPERM, "--direct is refused by this TLS "
+			"receiver: QEMU's own stream would cross the network "
+			"without ferry's TLS; migrate without --direct");
+		refuse(c, &err);
+		return;
+	}
+	rc = resolve_target(svc, c->vm, &t, &err);
+	if (rc < 0) {
+		refuse(c, &err);
+		return;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		ferry_error_set(&err, -ENOMEM, "out of memory");
+		refuse(c, &err);
+		return;
+	}
+	m->svc = svc;
+	m->ctrl = *c;
+	m->target = t;
+	wire_mig_id_format(c->hello.mig_id, m->id);
+	m->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	pthread_mutex_lock(&svc->mu);
+	rc = svc->stopping ? ferry_error_set(&err, -ECANCELED,
+					     "the receiver is stopping") :
+	     admit(svc, c, &t, &err);
+	idx = slot_free_index(svc);
+	if (rc == 0 && (idx < 0 || m->wake_efd < 0))
+		rc = ferry_error_set(&err, -EBUSY, "busy: no room for another "
+				     "migration");
+	if (rc == 0) {
+		rc = -pthread_create(&m->thread, NULL, rx_mig_main, m);
+		if (rc < 0)
+			ferry_error_set(&err, rc, "cannot start a thread: %s",
+					strerror(-rc));
+	}
+	if (rc == 0)
+		svc->migs[idx] = m;
+	pthread_mutex_unlock(&svc->mu);
+	if (rc == 0)
+		return;
+	refuse(c, &err);
+	if (m->wake_efd >= 0)
+		close(m->wake_efd);
+	free(m);
+}
+
+/* Any other verified connection joins the migration it names. */
+static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
+{
+	const char *why = NULL;
+	struct rx_mig *m;
+	char id[37];
+
+	pthread_mutex_lock(&svc->mu);
+	m = find_mig(svc, c->hello.mig_id);
+	if (!m)
+		why = "no migration with its id is in progress here";
+	else if (strcmp(m->ctrl.identity, c->identity) != 0)
+		why = "its TLS identity differs from its migration's";
+	else if (c->hello.conn == WIRE_CONN_CONTROL && !m->want_resume)
+		why = "a second control connection";
+	else if (m->inbox_n == RX_INBOX_MAX)
+		why = "its migration has too many connections waiting";
+	if (!why) {
+		m->inbox[m->inbox_n++] = *c;
+		efd_signal(m->wake_efd);
+	}
+	pthread_mutex_unlock(&svc->mu);
+	if (!why)
+		return;
+	wire_mig_id_format(c->hello.mig_id, id);
+	ferry_log(FERRY_LOG_WARN, "rejected connection from %s for migration "
+		  "%s: %s", c->peer, id, why);
+	net_conn_close(&c->c);
+}
+
+/* ---- one connection's handshake ---- */
+
+static const char *conn_state_name(enum rx_conn_state s)
+{
+	static const char *const names[] = {
+		"tls", "hello", "vm", "routed", "failed",
+	};
+
+	return names[s];
+}
+
+static int remaining_ms(const struct rx_handshake *h)
+{
+	uint64_t now = ferry_now_ms();
+
+	return now >= h->deadline_ms ? 0 : (int)(h->deadline_ms - now);
+}
+
+/*
+ * One step of the handshake: the transition function of enum
+ * rx_conn_state. Every error leads to RX_CONN_FAILED with @err set.
+ */
+static enum rx_conn_state conn_step(struct rx_handshake *h,
+				    struct ferry_error *err)
+{
+	struct ferry_receiver *svc = h->svc;
+	struct rx_conn *c = &h->conn;
+	uint8_t buf[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr ch;
+
+	switch (h->state) {
+	case RX_CONN_TLS:
+		if (!svc->tls)
+			return RX_CONN_HELLO;
+		if (net_conn_start_tls(&c->c, svc->tls, NULL, remaining_ms(h),
+				       err) < 0)
+			return RX_CONN_FAILED;
+		if (tls_peer_identity(c->c.ssl, c->identity,
+				      sizeof(c->identity)) < 0) {
+			ferry_error_set(err, -EACCES, "the TLS peer has no identity");
+			return RX_CONN_FAILED;
+		}
+		return RX_CONN_HELLO;
+	case RX_CONN_HELLO:
+		if (net_read_full(&c->c, buf, WIRE_HELLO_BYTES, remaining_ms(h),
+				  "hello", err) < 0 ||
+		    wire_hello_decode(buf, &c->hello, err) < 0)
+			return RX_CONN_FAILED;
+		if (c->hello.conn == WIRE_CONN_CONTROL &&
+		    (c->hello.options & WIRE_OPT_VM) &&
+		    !(c->hello.options & WIRE_OPT_RESUME))
+			return RX_CONN_VM;
+		return RX_CONN_ROUTED;
+	case RX_CONN_VM:
+		if (net_ctrl_recv(&c->c, &ch, buf, remaining_ms(h), err) < 0)
+			return RX_CONN_FAILED;
+		if (ch.type != WIRE_CTRL_VM) {
+			ferry_error_set(err, -EPROTO, "expected VM after a hello "
+					"that names its VM, got %s",
+					wire_ctrl_name(ch.type));
+			return RX_CONN_FAILED;
+		}
+		return wire_vm_decode(&ch, buf, c->vm, err) < 0 ?
+			RX_CONN_FAILED : RX_CONN_ROUTED;
+	case RX_CONN_ROUTED:
+	case RX_CONN_FAILED:
+		break;
+	}
+	FERRY_ASSERT(!"conn_step past a final state");
+	return RX_CONN_FAILED;
+}
+
+static void slot_release(struct ferry_receiver *svc, uint32_t slot)
+{
+	pthread_mutex_lock(&svc->mu);
+	svc->slots[slot].fd = -1;
+	svc->handshakes--;
+	pthread_cond_broadcast(&svc->cv);
+	pthread_mutex_unlock(&svc->mu);
+}
+
+static void *handshake_main(void *arg)
+{
+	struct rx_handshake *h = arg;
+	struct ferry_receiver *svc = h->svc;
+	struct ferry_error err = { 0 };
+	struct rx_conn *c = &h->conn;
+	bool evicted;
+
+	while (h->state != RX_CONN_ROUTED && h->state != RX_CONN_FAILED) {
+		enum rx_conn_state next = conn_step(h, &err);
+
+		ferry_log(FERRY_LOG_DEBUG, "connection from %s: %s -> %s",
+			  c->peer, conn_state_name(h->state),
+			  conn_state_name(next));
+		h->state = next;
+	}
+	/* The slot goes first: from here the connection is a migration's,
+	 * or closed, and eviction must not shut it down. */
+	pthread_mutex_lock(&svc->mu);
+	svc->slots[h->slot].fd = -1;
+	evicted = svc->slots[h->slot].evicted;
+	pthread_mutex_unlock(&svc->mu);
+	if (h->state == RX_CONN_FAILED && evicted) {
+		ferry_log(FERRY_LOG_WARN, "closed connection from %s before its "
+			  "hello to make room: %u handshakes in progress, the "
+			  "oldest goes", c->peer, svc->o.max_handshakes);
+		net_conn_close(&c->c);
+	} else if (h->state == RX_CONN_FAILED) {
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s",
+			  c->peer, err.msg);
+		net_conn_close(&c->c);
+	} else if (c->hello.conn == WIRE_CONN_CONTROL &&
+		   !(c->hello.options & WIRE_OPT_RESUME)) {
+		start_migration(svc, c);
+	} else {
+		route_conn(svc, c);
+	}
+	pthread_mutex_lock(&svc->mu);
+	svc->handshakes--;
+	pthread_cond_broadcast(&svc->cv);
+	pthread_mutex_unlock(&svc->mu);
+	free(h);
+	return NULL;
+}
+
+/*
+ * Under svc->mu: a free handshake slot, evicting the oldest handshake
+ * when none is free (a flood of idle connections then costs a real one
+ * nothing but the eviction of an idle one), and waiting a moment for it.
+ */
+static int slot_get(struct ferry_receiver *svc)
+{
+	uint64_t deadline = ferry_now_ms() + RX_SLOT_WAIT_MS;
+	uint32_t oldest = 0;
+
+	for (;;) {
+		for (uint32_t i = 0; i < svc->o.max_handshakes; i++) {
+			if (svc->slots[i].fd < 0)
+				return (int)i;
+			if (svc->slots[i].t0_ms < svc->slots[oldest].t0_ms)
+				oldest = i;
+		}
+		if (ferry_now_ms() >= deadline)
+			return -EBUSY;
+		/* The thread sees EOF and gives the slot back. */
+		shutdown(svc->slots[oldest].fd, SHUT_RDWR);
+		svc->slots[oldest].t0_ms = UINT64_MAX;
+		svc->slots[oldest].evicted = true;
+		{
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
+		}
+	}
+}
+
+static void start_handshake(struct ferry_receiver *svc, int fd)
+{
+	struct rx_handshake *h = calloc(1, sizeof(*h));
+	pthread_attr_t attr;
+	pthread_t t;
+	char peer[64];
+	int slot, rc;
+
+	net_peer_name(fd, peer, sizeof(peer));
+	if (!h) {
+		close(fd);
+		return;
+	}
+	pthread_mutex_lock(&svc->mu);
+	slot = slot_get(svc);
+	if (slot >= 0) {
+		svc->slots[slot].fd = fd;
+		svc->slots[slot].t0_ms = ferry_now_ms();
+		svc->slots[slot].evicted = false;
+		svc->handshakes++;
+	}
+	pthread_mutex_unlock(&svc->mu);
+	if (slot < 0) {
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %u "
+			  "handshakes in progress", peer, svc->o.max_handshakes);
+		close(fd);
+		free(h);
+		return;
+	}
+	h->svc = svc;
+	h->slot = (uint32_t)slot;
+	h->state = RX_CONN_TLS;
+	h->deadline_ms = ferry_now_ms() + svc->o.hello_timeout_ms;
+	net_conn_init(&h->conn.c, fd);
+	snprintf(h->conn.peer, sizeof(h->conn.peer), "%s", peer);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&t, &attr, handshake_main, h);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: cannot "
+			  "start a thread: %s", peer, strerror(rc));
+		close(fd);
+		free(h);
+		slot_release(svc, (uint32_t)slot);
+	}
+}
+
+/* ---- the acceptor ---- */
+
+/*
+ * Join every migration that ended; *@rc, @err and @report get the result
+ * of the last one that counted (answered READY), and the return value
+ * says whether one did.
+ */
+static bool reap(struct ferry_receiver *svc, struct ferry_report *report,
+		 int *rc, struct ferry_error *err)
+{
+	bool counted = false;
+
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
+		struct rx_mig *m;
+
+		pthread_mutex_lock(&svc->mu);
+		m = svc->migs[i];
+		if (m && !m->ended)
+			m = NULL;
+		if (m)
+			svc->migs[i] = NULL;
+		pthread_mutex_unlock(&svc->mu);
+		if (!m)
+			continue;
+		pthread_join(m->thread, NULL);
+		if (m->counted) {
+			counted = true;
+			*report = m->report;
+			*rc = m->rc;
+			if (m->rc < 0 && err)
+				*err = m->err;
+		}
+		/* Connections that arrived too late for it. */
+		for (uint32_t k = 0; k < m->inbox_n; k++)
+			net_conn_close(&m->inbox[k].c);
+		close(m->wake_efd);
+		free(m);
+	}
+	return counted;
+}
+
+/* Stop everything: handshakes see their sockets shut, migrations the
+ * stop eventfd. Returns once every thread is gone. */
+static void shut_down(struct ferry_receiver *svc, struct ferry_report *report,
+		      int *rc, struct ferry_error *err)
+{
+	efd_signal(svc->stop_efd);
+	pthread_mutex_lock(&svc->mu);
+	svc->stopping = true;
+	for (uint32_t i = 0; i < svc->o.max_handshakes; i++)
+		if (svc->slots[i].fd >= 0)
+			shutdown(svc->slots[i].fd, SHUT_RDWR);
+	while (svc->handshakes)
+		pthread_cond_wait(&svc->cv, &svc->mu);
+	pthread_mutex_unlock(&svc->mu);
+	for (;;) {
+		bool left = false;
+
+		reap(svc, report, rc, err);
+		pthread_mutex_lock(&svc->mu);
+		for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++)
+			left |= svc->migs[i] != NULL;
+		pthread_mutex_unlock(&svc->mu);
+		if (!left)
+			break;
+		poll(&(struct pollfd){ .fd = svc->reap_efd, .events = POLLIN },
+		     1, 100);
+		efd_drain(svc->reap_efd);
+	}
+	/* A later run starts afresh. */
+	efd_drain(svc->stop_efd);
+	svc->stopping = false;
+}
+
+void rx_mig_ended(struct rx_mig *m)
+{
+	pthread_mutex_lock(&m->svc->mu);
+	m->ended = true;
+	pthread_mutex_unlock(&m->svc->mu);
+	efd_signal(m->svc->reap_efd);
+}
+
+int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
+		       struct ferry_error *err)
+{
+	struct ferry_report scratch;
+	struct ferry_error local = { 0 };
+	int rc = 0;
+
+	if (!report)
+		report = &scratch;
+	if (!err)
+		err = &local;
+	memset(report, 0, sizeof(*report));
+	if (r->qmp_path)
+		ferry_log(FERRY_LOG_INFO, "listening on %s:%u for QEMU at %s",
+			  r->o.listen_host, r->port, r->qmp_path);
+	else
+		ferry_log(FERRY_LOG_INFO, "listening on %s:%u for the QEMUs "
+			  "registered in %s (up to %u migrations at once)",
+			  r->o.listen_host, r->port, r->qmp_dir,
+			  r->o.max_migrations);
+	for (;;) {
+		struct pollfd fds[3] = {
+			{ .fd = r->listen_fd, .events = POLLIN },
+			{ .fd = r->stop_efd, .events = POLLIN },
+			{ .fd = r->reap_efd, .events = POLLIN },
+		};
+		int fd;
+
+		if (poll(fds, 3, -1) < 0 && errno != EINTR) {
+			rc = ferry_error_set(err, -errno, "poll: %s", strerror(errno));
+			break;
+		}
+		if (fds[1].revents)
+			break;
+		if (fds[2].revents) {
+			efd_drain(r->reap_efd);
+			if (reap(r, report, &rc, err) && r->o.once)
+				break;
+		}
+		if (!fds[0].revents)
+			continue;
+		fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED ||
+			    errno == EAGAIN || errno == EMFILE || errno == ENFILE) {
+				/* Out of descriptors: the handshakes in
+				 * progress give theirs back soon. */
+				if (errno == EMFILE || errno == ENFILE)
+					usleep(10 * 1000);
+				continue;
+			}
+			rc = ferry_error_set(err, -errno, "accept: %s",
+					     strerror(errno));
+			break;
+		}
+		start_handshake(r, fd);
+	}
+	shut_down(r, report, &rc, err);
+	return rc;
+}

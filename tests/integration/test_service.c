@@ -1,0 +1,835 @@
+/*
+ * The receiving service against peers that misbehave, and against load:
+ * real QEMU, real sockets, real TLS.
+ *
+ * Each test does something a broken or hostile peer would (a hello that
+ * matches and then closes, an absurd frame after a full handshake,
+ * --direct on a TLS service, silent and slow connections, a flood of idle
+ * ones, a bad hello to --once, a second migration to a busy service), then
+ * checks that the destination QEMUs that should be alive are alive and
+ * untouched (still waiting with -incoming defer), and that a real
+ * migration afterwards completes with the guest's RAM compared byte for
+ * byte. Timing is never asserted: where a test shows that a slow peer did
+ * not hold a migration up, it shows it by order (the migration finished
+ * while the slow peer's connection was still open).
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/util.h"
+#include "ferry.h"
+#include "tests/harness/pki.h"
+#include "tests/harness/rx.h"
+#include "tests/harness/tmpdir.h"
+#include "tests/harness/vm.h"
+#include "transport/net.h"
+#include "transport/tls.h"
+#include "transport/wire.h"
+
+#define TEST_MEM_MIB 64
+#define READY_TIMEOUT_MS 60000
+/* The service's per-connection deadline in these tests. */
+#define HELLO_MS 4000
+
+struct pair {
+	struct vm *src, *dst;
+	char dir[64];
+};
+
+static void vm_pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
+			  uint32_t rate_mib_s)
+{
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = fill,
+				.ws_mib = ws_mib, .rate_mib_s = rate_mib_s };
+	struct vm_config dc = sc;
+	struct ferry_error err = { 0 };
+
+	dc.incoming = true;
+	dc.prealloc = true;
+	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-svc"), 0);
+	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
+		      "guest not ready: %s", err.msg);
+}
+
+static void vm_pair_stop(struct pair *p)
+{
+	vm_stop(p->src);
+	vm_stop(p->dst);
+	tmpdir_remove(p->dir);
+}
+
+static void expect_status(struct vm *vm, const char *want)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(vm_alive(vm), "QEMU exited (expected '%s')", want);
+	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
+}
+
+static void expect_same_ram(struct pair *p)
+{
+	struct ferry_error err = { 0 };
+	char a[128], b[128];
+	uint64_t diff = 0;
+	int eq;
+
+	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
+	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
+	eq = vm_files_equal(a, b, &diff, &err);
+	ck_assert_msg(eq >= 0, "%s", err.msg);
+	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
+		      (unsigned long long)diff);
+	unlink(a);
+	unlink(b);
+}
+
+static void service_start(struct rx_thread *r, struct ferry_receiver_opts *o)
+{
+	o->listen_host = "127.0.0.1";
+	if (!o->hello_timeout_ms)
+		o->hello_timeout_ms = HELLO_MS;
+	ck_assert_msg(rx_thread_start(r, o, NULL, &r->err) == 0, "receiver: %s",
+		      r->err.msg);
+}
+
+static void service_stop(struct rx_thread *r)
+{
+	rx_thread_stop(r);
+	rx_thread_join(r);
+}
+
+/* A migration of @p->src to the service on @port (paused destination). */
+static int migrate(struct pair *p, uint16_t port, const char *vm_name,
+		   struct ferry_migrate_opts *o, struct ferry_report *rep,
+		   struct ferry_error *err)
+{
+	struct ferry_migration *m;
+	int rc;
+
+	o->to_host = "127.0.0.1";
+	o->to_port = port;
+	o->qmp_path = vm_qmp_path(p->src);
+	o->paused = true;
+	o->vm_name = vm_name;
+	m = ferry_migration_new(o, err);
+	ck_assert_msg(m, "%s", err->msg);
+	rc = ferry_migration_run(m, rep, err);
+	ferry_migration_free(m);
+	return rc;
+}
+
+/* A real migration that must complete, RAM verified. */
+static void migrate_verified(struct pair *p, uint16_t port, const char *vm_name)
+{
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+
+	ck_assert_msg(migrate(p, port, vm_name, &o, &rep, &err) == 0,
+		      "real migration after the misbehaving peer: %s", err.msg);
+	ck_assert(rep.completed);
+	expect_status(p->src, "postmigrate");
+	expect_status(p->dst, "paused");
+	expect_same_ram(p);
+}
+
+/* ---- a raw peer: ferry's wire format by hand ---- */
+
+struct raw {
+	struct net_conn c;
+	struct tls_ctx *tls;
+};
+
+static uint64_t vm_ram_bytes(void)
+{
+	return (uint64_t)TEST_MEM_MIB << 20;
+}
+
+static void raw_open(struct raw *r, uint16_t port, const struct ferry_tls_opts *tls,
+		     const uint8_t id[WIRE_MIG_ID_BYTES], enum wire_conn kind,
+		     uint32_t options, uint64_t ram)
+{
+	struct ferry_error err = { 0 };
+	struct wire_hello h = {
+		.version = WIRE_VERSION, .conn = kind, .options = options,
+		.ram_bytes = ram, .stream_index = 0, .stream_count = 1,
+		.frame_max = 1u << 20,
+	};
+	uint8_t buf[WIRE_HELLO_BYTES];
+	int fd;
+
+	r->tls = NULL;
+	if (tls)
+		ck_assert_msg(tls_ctx_new(&r->tls, tls, false, &err) == 0, "%s",
+			      err.msg);
+	fd = net_connect("127.0.0.1", port, 2000, &err);
+	ck_assert_msg(fd >= 0, "%s", err.msg);
+	net_conn_init(&r->c, fd);
+	ck_assert_msg(net_conn_start_tls(&r->c, r->tls, "127.0.0.1", 5000, &err) == 0,
+		      "%s", err.msg);
+	memcpy(h.mig_id, id, WIRE_MIG_ID_BYTES);
+	wire_hello_encode(&h, buf);
+	ck_assert_msg(net_write_full(&r->c, buf, sizeof(buf), 2000, "hello",
+				     &err) == 0, "%s", err.msg);
+}
+
+static void raw_close(struct raw *r)
+{
+	net_conn_close(&r->c);
+	tls_ctx_free(r->tls);
+	r->tls = NULL;
+}
+
+/* The next control message; its payload as text in @text. */
+static uint16_t raw_ctrl(struct raw *r, char *text, size_t len)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct ferry_error err = { 0 };
+	struct wire_ctrl_hdr h;
+
+	ck_assert_msg(net_ctrl_recv(&r->c, &h, payload, 20000, &err) == 0,
+		      "%s", err.msg);
+	snprintf(text, len, "%s", (char *)payload);
+	return h.type;
+}
+
+static void random_id(uint8_t id[WIRE_MIG_ID_BYTES])
+{
+	ck_assert_int_eq(wire_mig_id_random(id), 0);
+}
+
+/* Lets the service finish with a refused peer before QEMU is looked at,
+ * or the next peer comes. */
+static void settle(void)
+{
+	usleep(1000 * 1000);
+}
+
+/* ---- tests ---- */
+
+/*
+ * A hello whose RAM size matches, then nothing: plaintext control hellos
+ * (plain and --direct) that close, one that closes after READY, and one
+ * that sends every connection's hello and closes. The destination QEMU is
+ * never put into migrate-incoming, and the real migration that follows
+ * finds it as it was.
+ */
+START_TEST(matching_hello_then_close)
+{
+	struct ferry_receiver_opts ro = { 0 };
+	struct rx_thread rx;
+	struct pair p;
+	uint8_t id[WIRE_MIG_ID_BYTES];
+	struct raw c, d, ret;
+	char text[256];
+
+	vm_pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	service_start(&rx, &ro);
+
+	random_id(id);
+	raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, WIRE_OPT_DIRECT,
+		 vm_ram_bytes());
+	raw_close(&c);
+	settle();
+	expect_status(p.dst, "inmigrate");
+
+	random_id(id);
+	raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, 0, vm_ram_bytes());
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
+	raw_close(&c);
+	settle();
+	expect_status(p.dst, "inmigrate");
+
+	random_id(id);
+	raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, 0, vm_ram_bytes());
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
+	raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, 0, vm_ram_bytes());
+	raw_open(&ret, rx.port, NULL, id, WIRE_CONN_RETURN, 0, vm_ram_bytes());
+	raw_close(&d);
+	raw_close(&ret);
+	/* The service gives up on the stream that never starts. */
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+	ck_assert_msg(strstr(text, "was not started"), "%s", text);
+	raw_close(&c);
+	settle();
+	expect_status(p.dst, "inmigrate");
+
+	migrate_verified(&p, rx.port, NULL);
+	service_stop(&rx);
+	vm_pair_stop(&p);
+}
+END_TEST
+
+/*
+ * A full handshake (control, READY, data, return), then a frame header
+ * declaring 0xfffffff0 bytes; and one whose first frame is valid but not
+ * a QEMU stream. Each fails its own migration; QEMU never took a byte.
+ */
+START_TEST(bad_stream_after_handshake)
+{
+	static const uint8_t not_qemu[16] = "GET / HTTP/1.0\r\n";
+	struct ferry_receiver_opts ro = { 0 };
+	struct ferry_error err = { 0 };
+	struct rx_thread rx;
+	struct pair p;
+
+	vm_pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	service_start(&rx, &ro);
+	for (int round = 0; round < 2; round++) {
+		uint8_t id[WIRE_MIG_ID_BYTES], hdr[WIRE_FRAME_HDR_BYTES];
+		struct wire_frame_hdr fh = { .type = WIRE_FRAME_DATA, .seq = 0 };
+		struct raw c, d, ret;
+		char text[256];
+
+		random_id(id);
+		raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, 0, vm_ram_bytes());
+		ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
+		raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, 0, vm_ram_bytes());
+		raw_open(&ret, rx.port, NULL, id, WIRE_CONN_RETURN, 0, vm_ram_bytes());
+		fh.len = fh.raw_len = round == 0 ? 0xfffffff0u : sizeof(not_qemu);
+		wire_frame_encode(&fh, hdr);
+		ck_assert(net_write_full(&d.c, hdr, sizeof(hdr), 2000, "frame",
+					 &err) == 0);
+		if (round == 1)
+			ck_assert(net_write_full(&d.c, not_qemu, sizeof(not_qemu),
+						 2000, "frame", &err) == 0);
+		ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+		ck_assert_msg(strstr(text, round == 0 ? "declares" :
+				     "not a QEMU migration stream"), "%s", text);
+		ck_assert_msg(strstr(text, "was not started"), "%s", text);
+		raw_close(&d);
+		raw_close(&ret);
+		raw_close(&c);
+		settle();
+		expect_status(p.dst, "inmigrate");
+	}
+	migrate_verified(&p, rx.port, NULL);
+	service_stop(&rx);
+	vm_pair_stop(&p);
+}
+END_TEST
+
+static char pki_dir[64];
+
+static void setup_pki(void)
+{
+	ck_assert_int_eq(tmpdir_make(pki_dir, sizeof(pki_dir), "ferry-pki"), 0);
+}
+
+static void teardown_pki(void)
+{
+	tmpdir_remove(pki_dir);
+}
+
+/* Whether process @pid has a listening TCP socket (from /proc). */
+static bool pid_listens(pid_t pid)
+{
+	char path[64], line[512], link[64];
+	bool listens = false;
+	FILE *f;
+
+	for (int v6 = 0; v6 < 2 && !listens; v6++) {
+		f = fopen(v6 ? "/proc/net/tcp6" : "/proc/net/tcp", "r");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f) && !listens) {
+			unsigned long inode;
+			unsigned st;
+
+			/* sl local rem st ... uid timeout inode */
+			if (sscanf(line, "%*s %*s %*s %x %*s %*s %*s %*s %*s %lu",
+				   &st, &inode) != 2 || st != 0x0a)
+				continue;
+			snprintf(link, sizeof(link), "socket:[%lu]", inode);
+			for (int fd = 0; fd < 256 && !listens; fd++) {
+				char target[64];
+				ssize_t n;
+
+				snprintf(path, sizeof(path), "/proc/%d/fd/%d",
+					 (int)pid, fd);
+				n = readlink(path, target, sizeof(target) - 1);
+				if (n <= 0)
+					continue;
+				target[n] = '\0';
+				listens = !strcmp(target, link);
+			}
+		}
+		fclose(f);
+	}
+	return listens;
+}
+
+/*
+ * --direct to a TLS service: an authenticated peer's DIRECT hello is
+ * refused by the service itself with a clear error, no QEMU listens on
+ * anything, and a TLS migration then completes.
+ */
+START_TEST(direct_on_tls_refused)
+{
+	struct ferry_receiver_opts ro = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_tls_opts tls = { 0 };
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+	uint8_t id[WIRE_MIG_ID_BYTES];
+	char dir[128], text[512];
+	struct raw c;
+
+	snprintf(dir, sizeof(dir), "%s/pki", pki_dir);
+	ck_assert_msg(pki_generate(dir, NULL, &err) == 0, "%s", err.msg);
+	tls.creds_dir = dir;
+	vm_pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	ro.tls = tls;
+	service_start(&rx, &ro);
+
+	random_id(id);
+	raw_open(&c, rx.port, &tls, id, WIRE_CONN_CONTROL, WIRE_OPT_DIRECT,
+		 vm_ram_bytes());
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+	ck_assert_msg(strstr(text, "--direct is refused by this TLS receiver"),
+		      "%s", text);
+	raw_close(&c);
+	settle();
+	expect_status(p.dst, "inmigrate");
+	ck_assert_msg(!pid_listens(vm_pid(p.dst)),
+		      "the destination QEMU listens on a TCP port");
+
+	o.tls = tls;
+	ck_assert_msg(migrate(&p, rx.port, NULL, &o, &rep, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_str_eq(rep.tls, "x509");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	service_stop(&rx);
+	vm_pair_stop(&p);
+}
+END_TEST
+
+/* ---- peers that hold connections open ---- */
+
+struct nuisance {
+	uint16_t port;
+	uint32_t n;		/* connections to open */
+	uint32_t interval_ms;	/* between them */
+	bool slowloris;		/* dribble a hello, a byte per 500 ms */
+	int fds[256];
+	uint32_t opened;
+	volatile bool stop;
+	pthread_t t;
+};
+
+static void *nuisance_main(void *arg)
+{
+	struct nuisance *z = arg;
+	uint8_t hello[WIRE_HELLO_BYTES];
+	struct wire_hello h = { .version = WIRE_VERSION, .conn = WIRE_CONN_DATA,
+				.ram_bytes = 1u << 30, .stream_count = 1,
+				.frame_max = 1u << 20 };
+	uint32_t sent = 0;
+
+	memset(h.mig_id, 0x5a, sizeof(h.mig_id));
+	wire_hello_encode(&h, hello);
+	while (!z->stop) {
+		if (z->opened < z->n) {
+			struct ferry_error err = { 0 };
+			int fd = net_connect("127.0.0.1", z->port, 2000, &err);
+
+			if (fd >= 0)
+				z->fds[z->opened++] = fd;
+		}
+		if (z->slowloris && z->opened && sent < sizeof(hello) - 1) {
+			for (uint32_t i = 0; i < z->opened; i++)
+				send(z->fds[i], hello + sent, 1, MSG_NOSIGNAL);
+			sent++;
+			usleep(500 * 1000);
+		} else {
+			usleep(z->interval_ms * 1000);
+		}
+	}
+	return NULL;
+}
+
+static void nuisance_start(struct nuisance *z)
+{
+	ck_assert_int_eq(pthread_create(&z->t, NULL, nuisance_main, z), 0);
+}
+
+/* How many of the nuisance's connections the service still holds open. */
+static uint32_t nuisance_stop(struct nuisance *z)
+{
+	uint32_t open_n = 0;
+
+	z->stop = true;
+	pthread_join(z->t, NULL);
+	for (uint32_t i = 0; i < z->opened; i++) {
+		uint8_t b;
+		ssize_t n = recv(z->fds[i], &b, 1, MSG_DONTWAIT);
+
+		open_n += n < 0 && errno == EAGAIN;
+		close(z->fds[i]);
+	}
+	return open_n;
+}
+
+/*
+ * Silent connections opened all through a real migration (between its
+ * READY and its data connections among them), a slowloris dribbling a
+ * hello, and 200 idle connections opened before a migration: each costs
+ * only its own connection. The migration completes while they are still
+ * open, which shows it did not wait for their deadlines.
+ */
+START_TEST(silent_slow_and_idle_connections)
+{
+	struct ferry_receiver_opts ro = { .hello_timeout_ms = 60000 };
+	struct nuisance silent = { .n = 40, .interval_ms = 25 };
+	struct nuisance slow = { .n = 3, .slowloris = true };
+	struct nuisance flood = { .n = 200, .interval_ms = 1 };
+	struct rx_thread rx;
+	struct pair p;
+
+	vm_pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	service_start(&rx, &ro);
+	silent.port = slow.port = flood.port = rx.port;
+	nuisance_start(&silent);
+	nuisance_start(&slow);
+	migrate_verified(&p, rx.port, NULL);
+	ck_assert_uint_gt(nuisance_stop(&silent), 0);
+	ck_assert_uint_gt(nuisance_stop(&slow), 0);
+	vm_pair_stop(&p);
+
+	/* 200 idle connections, more than the handshake slots. */
+	vm_pair_start(&p, "mix", 0, 0);
+	service_stop(&rx);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	service_start(&rx, &ro);
+	flood.port = rx.port;
+	nuisance_start(&flood);
+	while (flood.opened < flood.n)
+		usleep(10 * 1000);
+	migrate_verified(&p, rx.port, NULL);
+	/* Those not evicted for the migration's connections are still open. */
+	ck_assert_uint_gt(nuisance_stop(&flood), 0);
+	service_stop(&rx);
+	vm_pair_stop(&p);
+}
+END_TEST
+
+/*
+ * --once: a refused hello (wrong RAM size) does not end the receiver;
+ * the real migration that follows is served, and then it returns.
+ */
+START_TEST(once_survives_bad_hello)
+{
+	struct ferry_receiver_opts ro = { .once = true };
+	struct rx_thread rx;
+	struct pair p;
+	uint8_t id[WIRE_MIG_ID_BYTES];
+	char text[512];
+	struct raw c;
+
+	vm_pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	service_start(&rx, &ro);
+	random_id(id);
+	raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, 0, vm_ram_bytes() * 2);
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+	ck_assert_msg(strstr(text, "guest RAM differs"), "%s", text);
+	raw_close(&c);
+	migrate_verified(&p, rx.port, NULL);
+	rx_thread_join(&rx);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert(rx.rep.completed);
+	vm_pair_stop(&p);
+}
+END_TEST
+
+/* ---- many VMs ---- */
+
+struct mig_thread {
+	struct pair *p;
+	uint16_t port;
+	const char *vm;
+	struct ferry_migrate_opts o;
+	struct ferry_report rep;
+	struct ferry_error err;
+	int rc;
+	volatile bool precopy;	/* seen in precopy */
+	pthread_t t;
+};
+
+static void mig_progress(const struct ferry_progress *pr, void *opaque)
+{
+	struct mig_thread *mt = opaque;
+
+	if (pr->phase == FERRY_PHASE_PRECOPY)
+		mt->precopy = true;
+}
+
+/* Until @mt's migration streams memory. */
+static void wait_precopy(struct mig_thread *mt)
+{
+	for (int i = 0; i < 600 && !mt->precopy; i++)
+		usleep(50 * 1000);
+	ck_assert_msg(mt->precopy, "the migration did not reach precopy");
+}
+
+static void *mig_main(void *arg)
+{
+	struct mig_thread *mt = arg;
+	struct ferry_migration *m;
+
+	mt->o.to_host = "127.0.0.1";
+	mt->o.to_port = mt->port;
+	mt->o.qmp_path = vm_qmp_path(mt->p->src);
+	mt->o.paused = true;
+	mt->o.vm_name = mt->vm;
+	mt->o.progress = mig_progress;
+	mt->o.progress_opaque = mt;
+	mt->o.progress_interval_ms = 50;
+	m = ferry_migration_new(&mt->o, &mt->err);
+	mt->rc = m ? ferry_migration_run(m, &mt->rep, &mt->err) : -EINVAL;
+	ferry_migration_free(m);
+	return NULL;
+}
+
+/* Register @dst as VM @name in @dir (a symlink to its QMP socket). */
+static void register_vm(const char *dir, const char *name, struct vm *dst)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s.qmp", dir, name);
+	unlink(path);
+	ck_assert_int_eq(symlink(vm_qmp_path(dst), path), 0);
+}
+
+/*
+ * Two VMs migrate to one service at the same time, each to the QEMU
+ * registered under its name; a third migration while the service is at
+ * --max-migrations is refused at once with "busy"; a migration to a VM
+ * that is already receiving one is refused with "busy" too; an unknown
+ * VM gets a clear error.
+ */
+START_TEST(two_vms_and_busy)
+{
+	struct ferry_receiver_opts ro = { .max_migrations = 2 };
+	struct mig_thread a = { .vm = "vm-a" }, b = { .vm = "vm-b" };
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair pa, pb, pc;
+	char dir[64];
+	int rc;
+
+	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
+	/* Incompressible, dirtying guests on a capped wire: the
+	 * migrations overlap for seconds. */
+	vm_pair_start(&pa, "random", 4, 32);
+	vm_pair_start(&pb, "random", 4, 32);
+	vm_pair_start(&pc, "mix", 0, 0);
+	register_vm(dir, "vm-a", pa.dst);
+	register_vm(dir, "vm-b", pb.dst);
+	register_vm(dir, "vm-c", pc.dst);
+	ro.qmp_dir = dir;
+	service_start(&rx, &ro);
+
+	o.max_bandwidth_bytes_per_s = 24u << 20;
+	a.o = b.o = o;
+	a.p = &pa;
+	b.p = &pb;
+	a.port = b.port = rx.port;
+	ck_assert_int_eq(pthread_create(&a.t, NULL, mig_main, &a), 0);
+	ck_assert_int_eq(pthread_create(&b.t, NULL, mig_main, &b), 0);
+	wait_precopy(&a);
+	wait_precopy(&b);
+
+	/* A third VM while two migrate: over the limit. */
+	rc = migrate(&pc, rx.port, "vm-c", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_msg(strstr(err.msg, "busy: 2 migrations in progress"), "%s",
+		      err.msg);
+	expect_status(pc.src, "running");
+	expect_status(pc.dst, "inmigrate");
+
+	pthread_join(a.t, NULL);
+	pthread_join(b.t, NULL);
+	ck_assert_msg(a.rc == 0, "vm-a: %s", a.err.msg);
+	ck_assert_msg(b.rc == 0, "vm-b: %s", b.err.msg);
+	expect_same_ram(&pa);
+	expect_same_ram(&pb);
+
+	/* An unknown VM, and an unnamed migration to a many-VM service. */
+	rc = migrate(&pc, rx.port, "vm-x", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_msg(rc < 0 && strstr(err.msg, "no destination QEMU is "
+				       "registered for VM 'vm-x'"), "%s", err.msg);
+	rc = migrate(&pc, rx.port, NULL, &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_msg(rc < 0 && strstr(err.msg, "name the VM"), "%s", err.msg);
+	/* The registered one is untouched by all that. */
+	migrate_verified(&pc, rx.port, "vm-c");
+	service_stop(&rx);
+	vm_pair_stop(&pa);
+	vm_pair_stop(&pb);
+	vm_pair_stop(&pc);
+	tmpdir_remove(dir);
+}
+END_TEST
+
+/* A second migration to the one VM of a "receive" service: busy. */
+START_TEST(second_migration_to_busy_vm)
+{
+	struct ferry_receiver_opts ro = { 0 };
+	struct mig_thread a = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair pa, pb;
+	int rc;
+
+	vm_pair_start(&pa, "random", 2, 32);
+	vm_pair_start(&pb, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(pa.dst);
+	service_start(&rx, &ro);
+	a.o.max_bandwidth_bytes_per_s = 24u << 20;
+	a.p = &pa;
+	a.port = rx.port;
+	ck_assert_int_eq(pthread_create(&a.t, NULL, mig_main, &a), 0);
+	wait_precopy(&a);
+	rc = migrate(&pb, rx.port, NULL, &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_msg(strstr(err.msg, "busy: the destination QEMU is already "
+			     "receiving migration"), "%s", err.msg);
+	expect_status(pb.src, "running");
+	pthread_join(a.t, NULL);
+	ck_assert_msg(a.rc == 0, "%s", a.err.msg);
+	expect_same_ram(&pa);
+	service_stop(&rx);
+	vm_pair_stop(&pa);
+	vm_pair_stop(&pb);
+}
+END_TEST
+
+/*
+ * A registered QEMU that a failed migration burnt (a hand-off stream with
+ * QEMU's header and then garbage: the QEMU takes it and fails) is refused
+ * by name until a new QEMU is registered at its path; then a migration to
+ * the new one completes.
+ */
+START_TEST(burnt_qemu_until_registered_anew)
+{
+	static const uint8_t bad[24] = { 'Q', 'E', 'V', 'M', 0, 0, 0, 3,
+					 0xee, 0xee, 0xee, 0xee, 0xee, 0xee };
+	struct ferry_receiver_opts ro = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "mix",
+				.incoming = true, .prealloc = true };
+	struct rx_thread rx;
+	struct pair p;
+	uint8_t id[WIRE_MIG_ID_BYTES];
+	char dir[64], text[512];
+	struct raw c, d;
+	int rc;
+
+	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
+	vm_pair_start(&p, "mix", 0, 0);
+	register_vm(dir, "guest1", p.dst);
+	ro.qmp_dir = dir;
+	service_start(&rx, &ro);
+
+	random_id(id);
+	raw_open(&c, rx.port, NULL, id, WIRE_CONN_CONTROL, WIRE_OPT_VM,
+		 vm_ram_bytes());
+	{
+		uint8_t name[WIRE_VM_NAME_MAX];
+		int n = wire_vm_encode("guest1", name, &err);
+
+		ck_assert(net_ctrl_send(&c.c, WIRE_CTRL_VM, name, (uint32_t)n,
+					2000, &err) == 0);
+	}
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
+	raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, WIRE_OPT_HANDOFF,
+		 vm_ram_bytes());
+	ck_assert(net_write_full(&d.c, bad, sizeof(bad), 2000, "junk", &err) == 0);
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+	raw_close(&d);
+	raw_close(&c);
+	settle();
+
+	rc = migrate(&p, rx.port, "guest1", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_msg(strstr(err.msg, "for VM 'guest1'") &&
+		      strstr(err.msg, "was burnt by failed migration"), "%s",
+		      err.msg);
+	expect_status(p.src, "running");
+
+	/* A new destination QEMU, registered anew under the same name. */
+	vm_stop(p.dst);
+	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	register_vm(dir, "guest1", p.dst);
+	/* A symlink re-made to a new socket is a new registration. */
+	migrate_verified(&p, rx.port, "guest1");
+	service_stop(&rx);
+	vm_pair_stop(&p);
+	tmpdir_remove(dir);
+}
+END_TEST
+
+static Suite *service_suite(void)
+{
+	Suite *s = suite_create("service");
+	TCase *peers = tcase_create("peers");
+	TCase *tls = tcase_create("tls");
+	TCase *many = tcase_create("many");
+
+	tcase_set_timeout(peers, 240);
+	tcase_set_timeout(tls, 120);
+	tcase_set_timeout(many, 240);
+	tcase_add_test(peers, matching_hello_then_close);
+	tcase_add_test(peers, bad_stream_after_handshake);
+	tcase_add_test(peers, silent_slow_and_idle_connections);
+	tcase_add_test(peers, once_survives_bad_hello);
+	tcase_add_checked_fixture(tls, setup_pki, teardown_pki);
+	tcase_add_test(tls, direct_on_tls_refused);
+	tcase_add_test(many, two_vms_and_busy);
+	tcase_add_test(many, second_migration_to_busy_vm);
+	tcase_add_test(many, burnt_qemu_until_registered_anew);
+	suite_add_tcase(s, peers);
+	suite_add_tcase(s, tls);
+	suite_add_tcase(s, many);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(service_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
