@@ -4,6 +4,8 @@
  *   ferry migrate --qmp SRC_QMP --to HOST:PORT [options]
  *   ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]
  *   ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]
+ *   ferry serve --listen HOST:PORT --launch CMD --state-dir DIR --allow-dir DIR
+ *   ferry launch-qemu NAME QMP_PATH   (the launcher ferry ships)
  *
  * Exit status: 0 when the migration completed (or the receiver stopped
  * cleanly), 1 when it failed, 2 for a usage error.
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/launch.h"
 #include "ferry.h"
 #include "ferry_policy.h"
 
@@ -48,6 +51,8 @@ static void usage(FILE *f)
 		"usage: ferry migrate --qmp SRC_QMP --to HOST:PORT [options]\n"
 		"       ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]\n"
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
+		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
+		"                   [--allow-dir DIR]...\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -84,6 +89,11 @@ static void usage(FILE *f)
 		"serve (and receive) options:\n"
 		"  --qmp-dir DIR       serve many VMs: the destination QEMU for VM NAME\n"
 		"                      listens on DIR/NAME.qmp (serve)\n"
+		"  --launch CMD        start each destination QEMU with CMD (e.g.\n"
+		"                      'ferry launch-qemu') from the source's command line\n"
+		"  --state-dir DIR     launched QEMUs' sockets and logs (serve --launch)\n"
+		"  --allow-dir DIR     a directory the paths of a launched QEMU may name\n"
+		"                      (repeat for more)\n"
 		"  --max-migrations N  migrations at once (default %d); more are refused\n"
 		"                      with 'busy' at once\n"
 		"  --once              return after one migration (receive)\n"
@@ -198,7 +208,8 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_TLS_HOST, OPT_INSECURE, OPT_TIMEOUT_ACTION, OPT_POLICY,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
-       OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS };
+       OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
+       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -238,11 +249,15 @@ static const struct option long_opts[] = {
 	{ "vm", required_argument, NULL, OPT_VM },
 	{ "qmp-dir", required_argument, NULL, OPT_QMP_DIR },
 	{ "max-migrations", required_argument, NULL, OPT_MAX_MIGRATIONS },
+	{ "launch", required_argument, NULL, OPT_LAUNCH },
+	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
+	{ "allow-dir", required_argument, NULL, OPT_ALLOW_DIR },
 	{ 0 },
 };
 
 struct cli {
-	const char *qmp, *to, *listen, *vm, *qmp_dir;
+	const char *qmp, *to, *listen, *vm, *qmp_dir, *launch, *state_dir;
+	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
 	enum ferry_codec codec;
@@ -261,6 +276,21 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_QMP: c->qmp = optarg; break;
 		case OPT_VM: c->vm = optarg; break;
 		case OPT_QMP_DIR: c->qmp_dir = optarg; break;
+		case OPT_LAUNCH: c->launch = optarg; break;
+		case OPT_STATE_DIR: c->state_dir = optarg; break;
+		case OPT_ALLOW_DIR: {
+			size_t n = strlen(c->allow_dirs);
+
+			if (optarg[0] != '/' || strchr(optarg, ':') ||
+			    n + strlen(optarg) + 2 > sizeof(c->allow_dirs)) {
+				fprintf(stderr, "ferry: --allow-dir %s: an absolute "
+					"path without ':' is needed\n", optarg);
+				return -EINVAL;
+			}
+			snprintf(c->allow_dirs + n, sizeof(c->allow_dirs) - n,
+				 "%s%s", n ? ":" : "", optarg);
+			break;
+		}
 		case OPT_MAX_MIGRATIONS:
 			if (parse_u32(optarg, &c->max_migrations) < 0 ||
 			    !c->max_migrations)
@@ -453,12 +483,17 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 
 	if (!c->listen ||
 	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0 ||
-	    (serve ? !c->qmp_dir || c->qmp : !c->qmp || c->qmp_dir)) {
+	    (serve ? !!c->qmp_dir + !!c->launch != 1 || c->qmp :
+		     !c->qmp || c->qmp_dir || c->launch)) {
 		fprintf(stderr, serve ?
-			"ferry serve: needs --listen HOST:PORT and --qmp-dir DIR\n" :
+			"ferry serve: needs --listen HOST:PORT and --qmp-dir DIR or "
+			"--launch CMD --state-dir DIR\n" :
 			"ferry receive: needs --listen HOST:PORT and --qmp DST_QMP\n");
 		return 2;
 	}
+	o.launch_cmd = c->launch;
+	o.state_dir = c->state_dir;
+	o.allow_dirs = c->allow_dirs[0] ? c->allow_dirs : NULL;
 	o.listen_host = host;
 	o.qmp_path = c->qmp;
 	o.qmp_dir = c->qmp_dir;
@@ -500,6 +535,8 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
+	if (strcmp(cmd, "launch-qemu") == 0)
+		return launch_qemu_main(argc - 1, argv + 1);
 	if (parse_args(argc - 1, argv + 1, &c) < 0) {
 		usage(stderr);
 		return 2;

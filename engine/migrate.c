@@ -17,6 +17,7 @@
  * receiver is told, and the source guest is resumed if it was running.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,54 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 	return rc;
 }
 
+/*
+ * CONFIG: the source QEMU's command line, from the process behind its QMP
+ * socket, for a receiver that launches the destination QEMU itself. When
+ * it cannot be read (another pid namespace) or is too long, CONFIG is
+ * empty, and only a receiver with registered QEMUs can take the VM.
+ */
+static int send_config(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t raw[WIRE_CTRL_PAYLOAD_MAX + 1];
+	char *argv[WIRE_CONFIG_ARGS_MAX];
+	uint8_t out[WIRE_CTRL_PAYLOAD_MAX];
+	struct ferry_error e = { 0 };
+	uint32_t argc = 0;
+	char path[64];
+	ssize_t n = -1;
+	int pid = qmp_peer_pid(m->q), fd = -1, len = 0;
+
+	if (pid > 0) {
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd >= 0) {
+		ssize_t r;
+
+		n = 0;
+		while ((size_t)n < sizeof(raw) &&
+		       (r = read(fd, raw + n, sizeof(raw) - (size_t)n)) > 0)
+			n += r;
+		close(fd);
+	}
+	if (n > 0 && (size_t)n <= WIRE_CTRL_PAYLOAD_MAX && raw[n - 1] == '\0') {
+		for (ssize_t i = 0; i < n && argc < WIRE_CONFIG_ARGS_MAX;
+		     i += (ssize_t)strlen((char *)raw + i) + 1)
+			argv[argc++] = (char *)raw + i;
+		len = wire_config_encode(argv, argc, out, sizeof(out), &e);
+	} else {
+		ferry_error_set(&e, -E2BIG, "cannot read the source QEMU's "
+				"command line (pid %d) in full", pid);
+	}
+	if (len < 0 || e.code) {
+		ferry_log(FERRY_LOG_WARN, "the receiver gets no QEMU configuration: "
+			  "%s", e.msg);
+		len = 0;
+	}
+	return net_ctrl_send(&m->ctrl, WIRE_CTRL_CONFIG, out, (uint32_t)len,
+			     MIG_QMP_TIMEOUT_MS, err);
+}
+
 static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 {
 	char status[32];
@@ -336,6 +385,8 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		if (rc >= 0)
 			rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_VM, name,
 					   (uint32_t)rc, MIG_QMP_TIMEOUT_MS, err);
+		if (rc >= 0)
+			rc = send_config(m, err);
 		if (rc < 0)
 			return rc;
 	}

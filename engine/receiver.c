@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "blk.h"
+#include "launch.h"
 #include "mig.h"
 #include "rx.h"
 #include "transport/net.h"
@@ -86,6 +87,12 @@ struct incoming {
 	bool qemu_started;	/* migrate-incoming/-recover ran: from here a
 				   failure burns the destination QEMU */
 	struct blk_dst *blk;	/* --block */
+	struct wire_disk disks[WIRE_DISKS_MAX];	/* its manifest */
+	uint32_t ndisks;
+	struct launch_result launch;	/* a launched destination QEMU */
+	bool launched;
+	bool switched;		/* the source completed: the destination
+				   holds the guest now */
 };
 
 static void rx_set_state(struct incoming *in, enum rx_state s)
@@ -126,13 +133,11 @@ static int check_destination(struct incoming *in, struct ferry_error *err)
 	return 0;
 }
 
-/* --block: the manifest, then every pre-check before a byte is sent. */
-static int rx_prepare_disks(struct incoming *in, struct ferry_error *err)
+/* --block: the manifest, which comes right after the hello (and VM). */
+static int rx_read_disks(struct incoming *in, struct ferry_error *err)
 {
 	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
-	struct wire_disk d[WIRE_DISKS_MAX];
 	struct wire_ctrl_hdr h;
-	uint32_t n;
 	int rc;
 
 	rc = net_ctrl_recv(&in->ctrl, &h, payload, (int)in->o->hello_timeout_ms,
@@ -143,12 +148,46 @@ static int rx_prepare_disks(struct incoming *in, struct ferry_error *err)
 		return ferry_error_set(err, -EPROTO, "expected DISKS after a "
 				       "block migration's hello, got %s",
 				       wire_ctrl_name(h.type));
-	rc = wire_disks_decode(payload, h.len, d, &n, err);
+	return wire_disks_decode(payload, h.len, in->disks, &in->ndisks, err);
+}
+
+/*
+ * --launch: the destination QEMU is started for this migration from the
+ * source's command line (CONFIG, checked at the edge by the service).
+ */
+static int rx_launch(struct incoming *in, struct ferry_error *err)
+{
+	const struct rx_conn *c = &in->m->ctrl;
+	const char *argv[WIRE_CONFIG_ARGS_MAX];
+	struct wire_ctrl_hdr h = { .type = WIRE_CTRL_CONFIG, .len = c->config_len };
+	struct launch_req r = {
+		.cmd = in->o->launch_cmd,
+		.vm = in->m->target.vm,
+		.qmp_path = in->m->target.qmp_path,
+		.state_dir = in->o->state_dir,
+		.allow_dirs = in->o->allow_dirs,
+		.argv = argv,
+		.disks = in->disks,
+		.ndisks = in->ndisks,
+		.block = in->hello.options & WIRE_OPT_BLOCK,
+	};
+	int rc;
+
+	if (!c->config || !c->config_len)
+		return ferry_error_set(err, -EINVAL, "this service launches the "
+				       "destination QEMU from the source's "
+				       "configuration, and the source sent none");
+	rc = wire_config_decode(&h, c->config, argv, &r.argc, err);
 	if (rc < 0)
 		return rc;
-	rc = blk_dst_prepare(&in->blk, in->q, d, n, err);
+	unlink(r.qmp_path);	/* a stale socket of an earlier QEMU */
+	rc = launch_run(&r, &in->launch, err);
 	if (rc < 0)
-		return ferry_error_prefix(err, "block migration pre-check: ");
+		return ferry_error_prefix(err, "launching the destination QEMU "
+					  "for VM '%s': ", r.vm);
+	in->launched = true;
+	ferry_log(FERRY_LOG_INFO, "migration %s: launched destination QEMU "
+		  "(pid %d) for VM '%s'", in->id, in->launch.pid, r.vm);
 	return 0;
 }
 
@@ -172,9 +211,9 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the destination QEMU: ");
 	if (in->hello.options & WIRE_OPT_BLOCK) {
-		rc = rx_prepare_disks(in, err);
+		rc = blk_dst_prepare(&in->blk, in->q, in->disks, in->ndisks, err);
 		if (rc < 0)
-			return rc;
+			return ferry_error_prefix(err, "block migration pre-check: ");
 	}
 	/* The destination QEMU gets its socket once the data connections
 	 * are here (rx_accept_data): the tunnel's, or the connection itself. */
@@ -517,6 +556,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 	int rc;
 
 	rx_set_state(in, RX_FINISH);
+	in->switched = true;
 	while (ferry_now_ms() < deadline) {
 		rc = mig_query(in->q, &info, err);
 		if (rc < 0)
@@ -778,7 +818,13 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  (unsigned long long)(in->hello.ram_bytes >> 20),
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
-	rc = rx_prepare(in, err);
+	rc = 0;
+	if (in->hello.options & WIRE_OPT_BLOCK)
+		rc = rx_read_disks(in, err);
+	if (rc == 0 && in->m->target.launched)
+		rc = rx_launch(in, err);
+	if (rc == 0)
+		rc = rx_prepare(in, err);
 	if (rc == 0 && in->blk)
 		rc = rx_disks(in, err);
 	if (rc == 0)
@@ -812,9 +858,18 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	tun_free(in->tun);
 	qmp_close(in->q);
 	/* A QEMU that took the stream of a migration that failed before the
-	 * destination took over cannot take another. */
-	if (rc < 0 && in->qemu_started)
+	 * destination took over cannot take another: one the service
+	 * launched goes, with what the launch made; a registered one is
+	 * remembered as burnt. After post-copy started, the destination holds
+	 * the only copy of part of the guest: never killed. */
+	if (rc < 0 && in->launched && !in->postcopy && !in->switched) {
+		ferry_log(FERRY_LOG_WARN, "migration %s failed: killing the "
+			  "destination QEMU it launched (pid %d)", in->id,
+			  in->launch.pid);
+		launch_undo(&in->launch, in->m->target.qmp_path);
+	} else if (rc < 0 && in->qemu_started && !in->launched) {
 		rx_target_burnt(in->m, err->msg);
+	}
 	return rc;
 }
 

@@ -41,6 +41,7 @@ enum rx_conn_state {
 	RX_CONN_TLS,		/* TLS handshake (a TLS service only) */
 	RX_CONN_HELLO,		/* the 64-byte hello */
 	RX_CONN_VM,		/* a control hello with WIRE_OPT_VM: the name */
+	RX_CONN_CONFIG,		/* ... then the source QEMU's command line */
 	RX_CONN_ROUTED,		/* handed to a migration: done */
 	RX_CONN_FAILED,		/* refused and closed, with a log line */
 };
@@ -52,6 +53,9 @@ struct rx_conn {
 	char peer[64];
 	char identity[RX_IDENTITY_MAX];	/* empty on a plaintext service */
 	char vm[WIRE_VM_NAME_MAX + 1];	/* control connections; may be empty */
+	uint8_t *config;		/* CONFIG payload (control connections
+					   that named their VM), owned */
+	uint32_t config_len;
 };
 
 /* Where a migration's destination QEMU is. */
@@ -63,6 +67,7 @@ struct rx_target {
 	dev_t dev;
 	ino_t ino;
 	struct timespec ctime;
+	bool launched;			/* the migration starts it (--launch) */
 };
 
 /*

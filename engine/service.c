@@ -43,7 +43,8 @@ struct rx_burnt {
 
 struct ferry_receiver {
 	struct ferry_receiver_opts o;
-	char *listen_host, *qmp_path, *qmp_dir;
+	char *listen_host, *qmp_path, *qmp_dir, *launch_cmd, *state_dir;
+	char *allow_dirs;
 	int listen_fd;
 	int stop_efd;		/* readable: stop (stays readable) */
 	int reap_efd;		/* readable: a migration ended */
@@ -108,11 +109,15 @@ static int opts_check(const struct ferry_receiver_opts *o,
 	if (!o->listen_host)
 		return ferry_error_set(err, -EINVAL,
 			"a receiver needs an address to listen on");
-	if (!o->qmp_path == !o->qmp_dir)
+	if (!!o->qmp_path + !!o->qmp_dir + !!o->launch_cmd != 1)
 		return ferry_error_set(err, -EINVAL,
-			"a receiver needs either the destination QMP socket "
-			"(--qmp) or a directory of registered ones (--qmp-dir), "
-			"not both");
+			"a receiver needs one of: the destination QMP socket "
+			"(--qmp), a directory of registered ones (--qmp-dir), or "
+			"a command that launches them (--launch)");
+	if (o->launch_cmd && (!o->state_dir || o->state_dir[0] != '/'))
+		return ferry_error_set(err, -EINVAL,
+			"--launch needs an absolute --state-dir for the launched "
+			"QEMUs' sockets");
 	if (o->max_migrations > FERRY_MAX_MIGRATIONS_LIMIT)
 		return ferry_error_set(err, -EINVAL,
 			"--max-migrations %u is over the limit of %u",
@@ -146,6 +151,9 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	r->listen_host = strdup(o->listen_host);
 	r->qmp_path = o->qmp_path ? strdup(o->qmp_path) : NULL;
 	r->qmp_dir = o->qmp_dir ? strdup(o->qmp_dir) : NULL;
+	r->launch_cmd = o->launch_cmd ? strdup(o->launch_cmd) : NULL;
+	r->state_dir = o->state_dir ? strdup(o->state_dir) : NULL;
+	r->allow_dirs = o->allow_dirs ? strdup(o->allow_dirs) : NULL;
 	if (!r->o.hello_timeout_ms)
 		r->o.hello_timeout_ms = FERRY_DEFAULT_HELLO_TIMEOUT_MS;
 	if (!r->o.max_migrations)
@@ -156,7 +164,9 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	r->reap_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!r->listen_host || (o->qmp_path && !r->qmp_path) ||
-	    (o->qmp_dir && !r->qmp_dir) || !r->slots || r->stop_efd < 0 ||
+	    (o->qmp_dir && !r->qmp_dir) || (o->launch_cmd && !r->launch_cmd) ||
+	    (o->state_dir && !r->state_dir) || (o->allow_dirs && !r->allow_dirs) ||
+	    !r->slots || r->stop_efd < 0 ||
 	    r->reap_efd < 0) {
 		ferry_error_set(err, -ENOMEM, "out of memory");
 		goto err_free;
@@ -166,6 +176,14 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	r->o.listen_host = r->listen_host;
 	r->o.qmp_path = r->qmp_path;
 	r->o.qmp_dir = r->qmp_dir;
+	r->o.launch_cmd = r->launch_cmd;
+	r->o.state_dir = r->state_dir;
+	r->o.allow_dirs = r->allow_dirs;
+	if (r->state_dir && mkdir(r->state_dir, 0700) < 0 && errno != EEXIST) {
+		ferry_error_set(err, -errno, "cannot create the state directory "
+				"%s: %s", r->state_dir, strerror(errno));
+		goto err_free;
+	}
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	if (tls_ctx_new(&r->tls, &o->tls, true, err) < 0)
@@ -190,6 +208,9 @@ err_free:
 	free(r->listen_host);
 	free(r->qmp_path);
 	free(r->qmp_dir);
+	free(r->launch_cmd);
+	free(r->state_dir);
+	free(r->allow_dirs);
 	free(r);
 	return NULL;
 }
@@ -218,6 +239,9 @@ void ferry_receiver_free(struct ferry_receiver *r)
 	free(r->listen_host);
 	free(r->qmp_path);
 	free(r->qmp_dir);
+	free(r->launch_cmd);
+	free(r->state_dir);
+	free(r->allow_dirs);
 	free(r);
 }
 
@@ -337,6 +361,18 @@ static int resolve_target(struct ferry_receiver *svc, const char *vm,
 
 	memset(t, 0, sizeof(*t));
 	snprintf(t->vm, sizeof(t->vm), "%s", vm);
+	if (svc->launch_cmd) {
+		if (!vm[0])
+			return ferry_error_set(err, -EINVAL, "this service launches "
+				"each VM's QEMU: name the VM (ferry migrate --vm NAME)");
+		/* Made by the launch; nothing to look at yet. */
+		t->launched = true;
+		if ((size_t)snprintf(t->qmp_path, sizeof(t->qmp_path), "%s/%s.qmp",
+				     svc->state_dir, vm) >= sizeof(t->qmp_path))
+			return ferry_error_set(err, -ENAMETOOLONG,
+				"the QMP path for VM '%s' is too long", vm);
+		return 0;
+	}
 	if (svc->qmp_path) {
 		snprintf(t->qmp_path, sizeof(t->qmp_path), "%s", svc->qmp_path);
 	} else {
@@ -382,7 +418,7 @@ static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
 				t->vm[0] ? "for VM '" : "", t->vm,
 				t->vm[0] ? "' " : "", m->id);
 	}
-	for (uint32_t i = 0; i < svc->nburnt; i++) {
+	for (uint32_t i = 0; i < svc->nburnt && !t->launched; i++) {
 		const struct rx_burnt *b = &svc->burnt[i];
 
 		if (!strcmp(b->qmp_path, t->qmp_path) && b->dev == t->dev &&
@@ -414,6 +450,8 @@ static void refuse(struct rx_conn *c, const struct ferry_error *why)
 		      (uint32_t)strnlen(why->msg, sizeof(why->msg)),
 		      (int)1000, NULL);
 	net_conn_close(&c->c);
+	free(c->config);
+	c->config = NULL;
 }
 
 /*
@@ -511,7 +549,7 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 static const char *conn_state_name(enum rx_conn_state s)
 {
 	static const char *const names[] = {
-		"tls", "hello", "vm", "routed", "failed",
+		"tls", "hello", "vm", "config", "routed", "failed",
 	};
 
 	return names[s];
@@ -569,7 +607,31 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 			return RX_CONN_FAILED;
 		}
 		return wire_vm_decode(&ch, buf, c->vm, err) < 0 ?
-			RX_CONN_FAILED : RX_CONN_ROUTED;
+			RX_CONN_FAILED : RX_CONN_CONFIG;
+	case RX_CONN_CONFIG:
+		if (net_ctrl_recv(&c->c, &ch, buf, remaining_ms(h), err) < 0)
+			return RX_CONN_FAILED;
+		if (ch.type != WIRE_CTRL_CONFIG) {
+			ferry_error_set(err, -EPROTO, "expected CONFIG after VM, "
+					"got %s", wire_ctrl_name(ch.type));
+			return RX_CONN_FAILED;
+		}
+		{
+			const char *argv[WIRE_CONFIG_ARGS_MAX];
+			uint32_t argc;
+
+			/* Checked here, at the edge; kept as bytes. */
+			if (wire_config_decode(&ch, buf, argv, &argc, err) < 0)
+				return RX_CONN_FAILED;
+		}
+		c->config = malloc(ch.len + 1);
+		if (!c->config) {
+			ferry_error_set(err, -ENOMEM, "out of memory");
+			return RX_CONN_FAILED;
+		}
+		memcpy(c->config, buf, ch.len + 1);
+		c->config_len = ch.len;
+		return RX_CONN_ROUTED;
 	case RX_CONN_ROUTED:
 	case RX_CONN_FAILED:
 		break;
@@ -609,6 +671,10 @@ static void *handshake_main(void *arg)
 	svc->slots[h->slot].fd = -1;
 	evicted = svc->slots[h->slot].evicted;
 	pthread_mutex_unlock(&svc->mu);
+	if (h->state == RX_CONN_FAILED) {
+		free(c->config);
+		c->config = NULL;
+	}
 	if (h->state == RX_CONN_FAILED && evicted) {
 		ferry_log(FERRY_LOG_WARN, "closed connection from %s before its "
 			  "hello to make room: %u handshakes in progress, the "
@@ -753,6 +819,7 @@ static bool reap(struct ferry_receiver *svc, struct ferry_report *report,
 		for (uint32_t k = 0; k < m->inbox_n; k++)
 			net_conn_close(&m->inbox[k].c);
 		close(m->wake_efd);
+		free(m->ctrl.config);
 		free(m);
 	}
 	return counted;
@@ -814,6 +881,11 @@ int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 	if (r->qmp_path)
 		ferry_log(FERRY_LOG_INFO, "listening on %s:%u for QEMU at %s",
 			  r->o.listen_host, r->port, r->qmp_path);
+	else if (r->launch_cmd)
+		ferry_log(FERRY_LOG_INFO, "listening on %s:%u; launching each "
+			  "destination QEMU with '%s' (up to %u migrations at "
+			  "once)", r->o.listen_host, r->port, r->launch_cmd,
+			  r->o.max_migrations);
 	else
 		ferry_log(FERRY_LOG_INFO, "listening on %s:%u for the QEMUs "
 			  "registered in %s (up to %u migrations at once)",

@@ -292,10 +292,11 @@ int ferry_report_write_json(const struct ferry_report *r, int fd);
 /*
  * Options of the receiving side: a service that serves migrations of many
  * VMs at once (docs/receiving-service.md). It finds the destination QEMU
- * of a migration in one of two ways:
- *   qmp_path: one destination QEMU, whatever the VM's name (the classic
- *             "ferry receive --qmp");
- *   qmp_dir:  registered QEMUs, DIR/NAME.qmp for the VM named NAME.
+ * of a migration in one of three ways:
+ *   qmp_path:   one destination QEMU, whatever the VM's name (the classic
+ *               "ferry receive --qmp");
+ *   qmp_dir:    registered QEMUs, DIR/NAME.qmp for the VM named NAME;
+ *   launch_cmd: launched for each migration, and killed if it fails.
  */
 struct ferry_receiver_opts {
 	const char *listen_host;	/* address to listen on */
@@ -309,6 +310,14 @@ struct ferry_receiver_opts {
 	uint32_t max_migrations;	/* at once; 0: FERRY_DEFAULT_MAX_MIGRATIONS */
 	uint32_t max_handshakes;	/* connections before their hello is
 					   read; 0: FERRY_DEFAULT_MAX_HANDSHAKES */
+	/* launched: run this command (a shell word list, e.g. "ferry
+	 * launch-qemu") to start the destination QEMU of each migration from
+	 * the source's command line; its QMP socket goes in state_dir.
+	 * See docs/receiving-service.md for the contract. */
+	const char *launch_cmd;
+	const char *state_dir;		/* 0700; created if missing */
+	const char *allow_dirs;		/* colon-separated: where the paths of
+					   a launched QEMU may point */
 };
 
 #define FERRY_DEFAULT_HELLO_TIMEOUT_MS 10000

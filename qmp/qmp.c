@@ -535,3 +535,13 @@ int qmp_query_status_string(struct qmp *q, const char *cmd, char *buf,
 	json_decref(ret);
 	return 0;
 }
+
+int qmp_peer_pid(const struct qmp *q)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(q->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return -errno;
+	return cred.pid > 0 ? cred.pid : -ESRCH;
+}

@@ -71,6 +71,9 @@ struct qmp *qmp_open_fd(int fd, int timeout_ms, struct ferry_error *err);
 /* Close the connection and free queued events. NULL is allowed. */
 void qmp_close(struct qmp *q);
 
+/* The pid of the process at the other end (SO_PEERCRED), or -errno. */
+int qmp_peer_pid(const struct qmp *q);
+
 /* The socket, for poll(): readable means events (or EOF) may be waiting. */
 int qmp_fd(const struct qmp *q);
 

@@ -120,6 +120,7 @@ static const struct {
 	[WIRE_CTRL_DISKS] = { "DISKS", 2, WIRE_CTRL_PAYLOAD_MAX },
 	[WIRE_CTRL_MEMORY] = { "MEMORY", 0, 0 },
 	[WIRE_CTRL_VM] = { "VM", 1, WIRE_VM_NAME_MAX },
+	[WIRE_CTRL_CONFIG] = { "CONFIG", 0, WIRE_CTRL_PAYLOAD_MAX },
 };
 
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
@@ -475,5 +476,57 @@ int wire_mig_id_random(uint8_t id[WIRE_MIG_ID_BYTES])
 		return n < 0 ? -errno : -EIO;
 	id[6] = (uint8_t)((id[6] & 0x0f) | 0x40);	/* UUID version 4 */
 	id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
+	return 0;
+}
+
+int wire_config_encode(char *const *argv, uint32_t argc, uint8_t *out,
+		       uint32_t cap, struct ferry_error *err)
+{
+	uint32_t len = 0;
+
+	if (argc > WIRE_CONFIG_ARGS_MAX)
+		return ferry_error_set(err, -E2BIG, "the QEMU command line has "
+				       "%u arguments (at most %u)", argc,
+				       WIRE_CONFIG_ARGS_MAX);
+	for (uint32_t i = 0; i < argc; i++) {
+		size_t n = strlen(argv[i]) + 1;
+
+		if (n > cap - len)
+			return ferry_error_set(err, -E2BIG, "the QEMU command line "
+					       "is longer than %u bytes", cap);
+		memcpy(out + len, argv[i], n);
+		len += (uint32_t)n;
+	}
+	return (int)len;
+}
+
+int wire_config_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		       const char *argv[WIRE_CONFIG_ARGS_MAX], uint32_t *argc,
+		       struct ferry_error *err)
+{
+	uint32_t start = 0;
+
+	*argc = 0;
+	if (h->type != WIRE_CTRL_CONFIG)
+		return ferry_error_set(err, -EPROTO, "malformed CONFIG");
+	if (h->len && payload[h->len - 1] != '\0')
+		return ferry_error_set(err, -EPROTO, "CONFIG does not end with "
+				       "a NUL");
+	for (uint32_t i = 0; i < h->len; i++) {
+		uint8_t c = payload[i];
+
+		if (c == '\0') {
+			if (*argc == WIRE_CONFIG_ARGS_MAX)
+				return ferry_error_set(err, -E2BIG, "CONFIG has "
+					"more than %u arguments", WIRE_CONFIG_ARGS_MAX);
+			argv[(*argc)++] = (const char *)payload + start;
+			start = i + 1;
+		} else if (c < 0x20 || c > 0x7e) {
+			*argc = 0;
+			return ferry_error_set(err, -EPROTO, "CONFIG argument %u "
+					       "has a byte 0x%02x (printable ASCII "
+					       "only)", *argc, c);
+		}
+	}
 	return 0;
 }

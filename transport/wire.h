@@ -117,7 +117,9 @@ enum wire_ctrl {
 				   ready; the memory connections follow */
 	WIRE_CTRL_VM = 10,	/* source -> receiver after a hello with
 				   WIRE_OPT_VM: the VM's name (below) */
-	WIRE_CTRL_MAX_TYPE = 10,
+	WIRE_CTRL_CONFIG = 11,	/* source -> receiver right after VM: the
+				   source QEMU's command line (below) */
+	WIRE_CTRL_MAX_TYPE = 11,
 };
 
 struct wire_ctrl_hdr {
@@ -163,6 +165,23 @@ int wire_vm_encode(const char *name, uint8_t out[WIRE_VM_NAME_MAX],
 		   struct ferry_error *err);
 int wire_vm_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		   char name[WIRE_VM_NAME_MAX + 1], struct ferry_error *err);
+
+/*
+ * The CONFIG payload: the source QEMU's command line, argv[0] included,
+ * each argument NUL-terminated; at most WIRE_CONFIG_ARGS_MAX arguments of
+ * printable ASCII, WIRE_CTRL_PAYLOAD_MAX bytes in all. Empty when the
+ * source could not read it. A receiver that launches destination QEMUs
+ * hands it to its launcher, which decides what of it to use.
+ */
+#define WIRE_CONFIG_ARGS_MAX 256
+
+/* Returns the payload length, or -E2BIG when it does not fit. */
+int wire_config_encode(char *const *argv, uint32_t argc, uint8_t *out,
+		       uint32_t cap, struct ferry_error *err);
+/* @argv points into @payload (kept by the caller); *@argc 0: none sent. */
+int wire_config_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		       const char *argv[WIRE_CONFIG_ARGS_MAX], uint32_t *argc,
+		       struct ferry_error *err);
 
 /*
  * Data frames on a data connection: a 24-byte header and a payload.

@@ -19,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "qmp/qmp.h"
 #include "tests/harness/pki.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
@@ -798,12 +801,266 @@ START_TEST(burnt_qemu_until_registered_anew)
 }
 END_TEST
 
+/* ---- launched destinations ---- */
+
+static char launch_dir[64];
+
+static void setup_launch(void)
+{
+	ck_assert_int_eq(tmpdir_make(launch_dir, sizeof(launch_dir),
+				     "ferry-launch"), 0);
+}
+
+/* Kill every QEMU a launch left (by its pid file), then the dir. */
+static void teardown_launch(void)
+{
+	DIR *d = opendir(launch_dir);
+	struct dirent *e;
+
+	while (d && (e = readdir(d))) {
+		char path[512];
+		FILE *f;
+		int pid = 0;
+
+		if (!strstr(e->d_name, ".pid"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", launch_dir, e->d_name);
+		f = fopen(path, "r");
+		if (f && fscanf(f, "%d", &pid) == 1 && pid > 1)
+			kill(pid, SIGKILL);
+		if (f)
+			fclose(f);
+	}
+	if (d)
+		closedir(d);
+	tmpdir_remove(launch_dir);
+}
+
+static bool file_exists(const char *dir, const char *name)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	return access(path, F_OK) == 0;
+}
+
+/* Whether a process runs with @needle in its command line. */
+static bool process_with_arg(const char *needle)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	bool found = false;
+
+	while (d && !found && (e = readdir(d))) {
+		char path[300], buf[4096];
+		FILE *f;
+		size_t n;
+
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		for (size_t i = 0; i < n; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		buf[n] = '\0';
+		found = strstr(buf, needle) != NULL;
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+static struct ferry_migration *cancel_me;
+
+static void cancel_in_precopy(const struct ferry_progress *pr, void *opaque)
+{
+	if (pr->phase == FERRY_PHASE_PRECOPY && cancel_me)
+		ferry_migration_cancel(cancel_me);
+}
+
+/*
+ * ferry serve --launch with the shipped launcher: a source whose command
+ * line names a file outside the allowed directories is refused before
+ * anything starts; then, with the guest's directory allowed, a guest
+ * migrates into a destination QEMU that nobody started by hand, and its
+ * RAM equals the source's.
+ */
+START_TEST(launch_destination)
+{
+	const char *bin = getenv("FERRY_BIN"), *guest = getenv("FERRY_GUEST");
+	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = "mix" };
+	struct ferry_receiver_opts ro = { 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p = { 0 };
+	char cmd[600], allow[512], qmp_path[256], a[128], b[128], st[32];
+	struct qmp *q;
+	uint64_t diff = 0;
+	int rc;
+
+	ck_assert_msg(bin && guest && guest[0] == '/',
+		      "FERRY_BIN and an absolute FERRY_GUEST are needed");
+	snprintf(cmd, sizeof(cmd), "%s launch-qemu", bin);
+	snprintf(allow, sizeof(allow), "%s", guest);
+	*strrchr(allow, '/') = '\0';
+	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-svc"), 0);
+	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(vm_wait_ready(p.src, READY_TIMEOUT_MS, &err) == 0, "%s",
+		      err.msg);
+
+	/* The guest's kernel is outside what this service allows. */
+	ro.launch_cmd = cmd;
+	ro.state_dir = launch_dir;
+	ro.allow_dirs = launch_dir;
+	service_start(&rx, &ro);
+	rc = migrate(&p, rx.port, "refused1", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_msg(strstr(err.msg, "outside the directories this service "
+			     "allows"), "%s", err.msg);
+	ck_assert(!file_exists(launch_dir, "refused1.pid"));
+	ck_assert(!file_exists(launch_dir, "refused1.qmp"));
+	expect_status(p.src, "running");
+	service_stop(&rx);
+
+	ro.allow_dirs = allow;
+	service_start(&rx, &ro);
+
+	/* A migration cancelled in precopy: its launched QEMU goes, with
+	 * its files. */
+	{
+		struct ferry_migrate_opts o = {
+			.to_host = "127.0.0.1", .to_port = rx.port,
+			.qmp_path = vm_qmp_path(p.src), .vm_name = "launched2",
+			.max_bandwidth_bytes_per_s = 8u << 20,
+			.progress = cancel_in_precopy, .progress_interval_ms = 50,
+		};
+
+		cancel_me = ferry_migration_new(&o, &err);
+		ck_assert_msg(cancel_me, "%s", err.msg);
+		ck_assert_int_eq(ferry_migration_run(cancel_me, &rep, &err),
+				 -ECANCELED);
+		ferry_migration_free(cancel_me);
+		cancel_me = NULL;
+		expect_status(p.src, "running");
+		settle();
+		ck_assert(!file_exists(launch_dir, "launched2.qmp"));
+		ck_assert(!file_exists(launch_dir, "launched2.pid"));
+		ck_assert(!process_with_arg("launched2.qmp"));
+	}
+	rc = migrate(&p, rx.port, "launched1", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_msg(rc == 0, "%s", err.msg);
+	service_stop(&rx);
+	expect_status(p.src, "postmigrate");
+
+	/* The launched QEMU, through its one QMP socket, now free. */
+	snprintf(qmp_path, sizeof(qmp_path), "%s/launched1.qmp", launch_dir);
+	q = qmp_connect(qmp_path, 5000, &err);
+	ck_assert_msg(q, "%s", err.msg);
+	ck_assert(qmp_query_status_string(q, "query-status", st, sizeof(st),
+					  5000, &err) == 0);
+	ck_assert_str_eq(st, "paused");
+	ck_assert(!process_with_arg("launched2.qmp"));
+	snprintf(a, sizeof(a), "%s/src.ram", p.dir);
+	snprintf(b, sizeof(b), "%s/dst.ram", p.dir);
+	ck_assert_msg(vm_pmemsave(p.src, a, &err) == 0, "%s", err.msg);
+	ck_assert_msg(qmp_execute(q, "pmemsave",
+				  json_pack("{s:I,s:I,s:s}", "val", (json_int_t)0,
+					    "size", (json_int_t)TEST_MEM_MIB << 20,
+					    "filename", b),
+				  NULL, 60000, &err) == 0, "%s", err.msg);
+	qmp_close(q);
+	ck_assert_int_eq(vm_files_equal(a, b, &diff, &err), 1);
+	vm_stop(p.src);
+	tmpdir_remove(p.dir);
+}
+END_TEST
+
+/*
+ * The launcher alone, for a block migration: a disk image the destination
+ * lacks is created empty with the format the command line gives and the
+ * manifest's size, and QEMU starts on it; an option outside the allowlist
+ * is refused and nothing is created.
+ */
+START_TEST(launcher_creates_missing_image)
+{
+	const char *bin = getenv("FERRY_BIN"), *guest = getenv("FERRY_GUEST");
+	static const char *const good[] = {
+		"qemu-system-x86_64", "-machine", "pc", "-accel", "tcg",
+		"-m", "32", "-nodefaults", "-display", "none", "-kernel", NULL,
+		"-drive", NULL, "-device", "virtio-blk-pci,drive=drive0,id=vdisk0",
+		"-qmp", "unix:/nonexistent/src.qmp,server=on,wait=off",
+	};
+	char cfg[256], out[256], img[256], drive[400], sh[2048], line[256];
+	char allow[512];
+	const char *argv[FERRY_ARRAY_SIZE(good)];
+	struct stat st;
+	FILE *f;
+	int pid = 0;
+
+	ck_assert(bin && guest && guest[0] == '/');
+	snprintf(allow, sizeof(allow), "%s", guest);
+	*strrchr(allow, '/') = '\0';
+	snprintf(img, sizeof(img), "%s/disk0.qcow2", launch_dir);
+	snprintf(drive, sizeof(drive), "if=none,id=drive0,format=qcow2,file=%s",
+		 img);
+	memcpy(argv, good, sizeof(good));
+	argv[11] = guest;
+	argv[13] = drive;
+	snprintf(cfg, sizeof(cfg), "%s/cfg", launch_dir);
+	snprintf(out, sizeof(out), "%s/out", launch_dir);
+	f = fopen(cfg, "w");
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(argv); i++)
+		fwrite(argv[i], 1, strlen(argv[i]) + 1, f);
+	fclose(f);
+	snprintf(sh, sizeof(sh), "FERRY_LAUNCH_STATE_DIR=%s "
+		 "FERRY_LAUNCH_ALLOW_DIRS=%s:%s FERRY_LAUNCH_BLOCK=1 "
+		 "FERRY_LAUNCH_DISKS=vdisk0=16777216 %s launch-qemu vm1 %s/vm1.qmp "
+		 "< %s > %s", launch_dir, allow, launch_dir, bin, launch_dir, cfg,
+		 out);
+	ck_assert_int_eq(system(sh), 0);
+	f = fopen(out, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		sscanf(line, "pid %d", &pid);
+	fclose(f);
+	ck_assert_int_gt(pid, 1);
+	ck_assert_int_eq(stat(img, &st), 0);
+	snprintf(sh, sizeof(sh), "qemu-img info --output=json -U %s | "
+		 "grep -q '\"virtual-size\": 16777216'", img);
+	ck_assert_msg(system(sh) == 0, "the created image is not 16 MiB qcow2");
+	ck_assert(process_with_arg("vm1.qmp"));
+	kill(pid, SIGKILL);
+
+	/* Not on the allowlist: refused, nothing made. */
+	f = fopen(cfg, "w");
+	fwrite("q\0-vnc\0:0\0", 1, 10, f);
+	fclose(f);
+	snprintf(sh, sizeof(sh), "FERRY_LAUNCH_STATE_DIR=%s %s launch-qemu vm2 "
+		 "%s/vm2.qmp < %s > %s 2>&1", launch_dir, bin, launch_dir, cfg, out);
+	ck_assert_int_ne(system(sh), 0);
+	f = fopen(out, "r");
+	ck_assert(fgets(line, sizeof(line), f));
+	fclose(f);
+	ck_assert_msg(strstr(line, "option -vnc is not allowed"), "%s", line);
+	ck_assert(!file_exists(launch_dir, "vm2.pid"));
+}
+END_TEST
+
 static Suite *service_suite(void)
 {
 	Suite *s = suite_create("service");
 	TCase *peers = tcase_create("peers");
 	TCase *tls = tcase_create("tls");
 	TCase *many = tcase_create("many");
+	TCase *launch = tcase_create("launch");
 
 	tcase_set_timeout(peers, 240);
 	tcase_set_timeout(tls, 120);
@@ -819,7 +1076,12 @@ static Suite *service_suite(void)
 	tcase_add_test(many, burnt_qemu_until_registered_anew);
 	suite_add_tcase(s, peers);
 	suite_add_tcase(s, tls);
+	tcase_set_timeout(launch, 180);
+	tcase_add_checked_fixture(launch, setup_launch, teardown_launch);
+	tcase_add_test(launch, launch_destination);
+	tcase_add_test(launch, launcher_creates_missing_image);
 	suite_add_tcase(s, many);
+	suite_add_tcase(s, launch);
 	return s;
 }
 
