@@ -23,20 +23,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
 
 int probe_send(struct net_conn *c, uint64_t *rate, struct ferry_error *err)
 {
@@ -82,13 +68,9 @@ int probe_send(struct net_conn *c, uint64_t *rate, struct ferry_error *err)
 		rc = net_ctrl_recv(c, &ch, payload, PROBE_TIMEOUT_MS, err);
 	if (rc < 0)
 		goto out;
-	if (ch.type != WIRE_CTRL_PROBED || ch.len != WIRE_PROBED_BYTES) {
-		rc = ferry_error_set(err, -EPROTO, "expected PROBED, got %s (%u bytes)",
-				     wire_ctrl_name(ch.type), ch.len);
+	rc = wire_probed_decode(&ch, payload, &bytes, &ns, err);
+	if (rc < 0)
 		goto out;
-	}
-	bytes = get64(payload);
-	ns = get64(payload + 8);
 	if (bytes > sent)
 		rc = ferry_error_set(err, -EPROTO, "the receiver claims %llu probe "
 				     "bytes of %llu sent", (unsigned long long)bytes,
@@ -153,8 +135,7 @@ int probe_serve(struct net_conn *c, struct ferry_error *err)
 	free(sink);
 	if (rc < 0)
 		return rc;
-	put64(answer, bytes);
-	put64(answer + 8, t_last > t_first ? t_last - t_first : 0);
+	wire_probed_encode(bytes, t_last > t_first ? t_last - t_first : 0, answer);
 	return net_ctrl_send(c, WIRE_CTRL_PROBED, answer, sizeof(answer),
 			     PROBE_TIMEOUT_MS, err);
 }

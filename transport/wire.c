@@ -165,6 +165,24 @@ int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 	return 0;
 }
 
+void wire_probed_encode(uint64_t bytes, uint64_t ns,
+			uint8_t out[WIRE_PROBED_BYTES])
+{
+	be_put64(out, bytes);
+	be_put64(out + 8, ns);
+}
+
+int wire_probed_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		       uint64_t *bytes, uint64_t *ns, struct ferry_error *err)
+{
+	if (h->type != WIRE_CTRL_PROBED || h->len != WIRE_PROBED_BYTES)
+		return ferry_error_set(err, -EPROTO, "expected PROBED, got %s "
+				       "(%u bytes)", wire_ctrl_name(h->type), h->len);
+	*bytes = be_get64(payload);
+	*ns = be_get64(payload + 8);
+	return 0;
+}
+
 uint32_t wire_finished_encode(bool ok, const char *status,
 			      uint8_t out[1 + WIRE_STATUS_MAX])
 {

@@ -143,6 +143,11 @@ const char *wire_ctrl_name(uint16_t type);
 
 int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		     bool *flag, struct ferry_error *err);
+/* PROBED: bytes received, ns from the first to the last. */
+void wire_probed_encode(uint64_t bytes, uint64_t ns,
+			uint8_t out[WIRE_PROBED_BYTES]);
+int wire_probed_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		       uint64_t *bytes, uint64_t *ns, struct ferry_error *err);
 /* Returns the payload length. */
 uint32_t wire_finished_encode(bool ok, const char *status,
 			      uint8_t out[1 + WIRE_STATUS_MAX]);

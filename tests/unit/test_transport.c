@@ -485,6 +485,41 @@ START_TEST(ctrl_payloads)
 }
 END_TEST
 
+/* CONFIG: NUL-terminated printable arguments, bounded in number. */
+START_TEST(ctrl_config)
+{
+	char *const in[] = { "qemu-system-x86_64", "-m", "128", "" };
+	const char *argv[WIRE_CONFIG_ARGS_MAX];
+	uint8_t p[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct ferry_error err = { 0 };
+	struct wire_ctrl_hdr h = { .type = WIRE_CTRL_CONFIG };
+	uint32_t argc;
+	int n;
+
+	n = wire_config_encode(in, 4, p, sizeof(p) - 1, &err);
+	ck_assert_int_eq(n, 19 + 3 + 4 + 1);
+	h.len = (uint32_t)n;
+	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), 0);
+	ck_assert_uint_eq(argc, 4);
+	ck_assert_str_eq(argv[2], "128");
+	ck_assert_str_eq(argv[3], "");
+	h.len = 0;
+	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), 0);
+	ck_assert_uint_eq(argc, 0);
+	/* Not NUL-terminated; a control byte; too many arguments. */
+	h.len = 5;
+	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), -EPROTO);
+	memcpy(p, "a\nb", 4);
+	h.len = 4;
+	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), -EPROTO);
+	ck_assert_msg(strstr(err.msg, "0x0a"), "%s", err.msg);
+	memset(p, 0, WIRE_CONFIG_ARGS_MAX + 1);
+	h.len = WIRE_CONFIG_ARGS_MAX + 1;
+	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), -E2BIG);
+	ck_assert_int_eq(wire_config_encode(in, 4, p, 10, &err), -E2BIG);
+}
+END_TEST
+
 /* A connected TCP pair on loopback. */
 static void tcp_pair(int fds[2])
 {
@@ -984,6 +1019,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, ctrl_checks);
 	tcase_add_test(wire, ctrl_lengths);
 	tcase_add_test(wire, ctrl_payloads);
+	tcase_add_test(wire, ctrl_config);
 	tcase_add_test(wire, disk_manifest_checks);
 	tcase_add_test(wire, disk_record_checks);
 	tcase_add_test(wire, disk_record_manifest);
