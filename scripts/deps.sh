@@ -2,10 +2,21 @@
 # Install the Debian 12 packages ferry needs, and only those that are missing.
 # Called by `make demo` and `make check`; safe to run again (it does nothing
 # when everything is present). Needs root to install; says so otherwise.
+#
+#   scripts/deps.sh        building and testing (make check, demo, bench)
+#   scripts/deps.sh fuzz   building the libFuzzer harnesses (make fuzz):
+#                          clang, its fuzzer and sanitizer runtimes, and
+#                          llvm-symbolizer for readable crash reports; no QEMU
 set -eu
 
-PKGS="build-essential pkg-config libjansson-dev liburing-dev liblz4-dev \
-libzstd-dev libssl-dev check qemu-system-x86 qemu-utils openssl"
+BUILD="build-essential pkg-config libjansson-dev liburing-dev liblz4-dev \
+libzstd-dev libssl-dev"
+
+case "${1:-}" in
+"")	PKGS="$BUILD check qemu-system-x86 qemu-utils openssl" ;;
+fuzz)	PKGS="$BUILD clang-14 libclang-rt-14-dev llvm-14" ;;
+*)	echo "usage: $0 [fuzz]" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $PKGS; do
