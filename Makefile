@@ -105,4 +105,6 @@ bench: deps
 clean:
 	rm -rf build build-san
 
+include fuzz.mk
+
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
