@@ -259,8 +259,10 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 			    !m->resuming ? WIRE_OPT_VM : 0),
 		.ram_bytes = m->ram_bytes,
 		.stream_index = index,
-		/* --direct: one connection, QEMU's own stream. */
-		.stream_count = (uint16_t)(m->o.direct ? 1 : m->o.streams),
+		/* --direct: the memory is one connection, QEMU's own stream;
+		 * the disk tunnel has its streams as always. */
+		.stream_count = (uint16_t)(m->o.direct && kind == WIRE_CONN_DATA ?
+					   1 : m->o.streams),
 		.frame_max = TUN_FRAME_BYTES,
 	};
 	uint8_t buf[WIRE_HELLO_BYTES];

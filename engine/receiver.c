@@ -87,8 +87,6 @@ struct incoming {
 	bool qemu_started;	/* migrate-incoming/-recover ran: from here a
 				   failure burns the destination QEMU */
 	struct blk_dst *blk;	/* --block */
-	struct wire_disk disks[WIRE_DISKS_MAX];	/* its manifest */
-	uint32_t ndisks;
 	struct launch_result launch;	/* a launched destination QEMU */
 	bool launched;
 	bool switched;		/* the source completed: the destination
@@ -104,6 +102,9 @@ static void rx_set_state(struct incoming *in, enum rx_state s)
 
 static int send_error(struct incoming *in, const struct ferry_error *why)
 {
+	/* Closed when post-copy recovery gave up waiting for the source. */
+	if (in->ctrl.fd < 0)
+		return -ENOTCONN;
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_ERROR, why->msg,
 			     (uint32_t)strnlen(why->msg, sizeof(why->msg)),
 			     MIG_QMP_TIMEOUT_MS, NULL);
@@ -133,24 +134,6 @@ static int check_destination(struct incoming *in, struct ferry_error *err)
 	return 0;
 }
 
-/* --block: the manifest, which comes right after the hello (and VM). */
-static int rx_read_disks(struct incoming *in, struct ferry_error *err)
-{
-	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
-	struct wire_ctrl_hdr h;
-	int rc;
-
-	rc = net_ctrl_recv(&in->ctrl, &h, payload, (int)in->o->hello_timeout_ms,
-			   err);
-	if (rc < 0)
-		return ferry_error_prefix(err, "waiting for the disk manifest: ");
-	if (h.type != WIRE_CTRL_DISKS)
-		return ferry_error_set(err, -EPROTO, "expected DISKS after a "
-				       "block migration's hello, got %s",
-				       wire_ctrl_name(h.type));
-	return wire_disks_decode(payload, h.len, in->disks, &in->ndisks, err);
-}
-
 /*
  * --launch: the destination QEMU is started for this migration from the
  * source's command line (CONFIG, checked at the edge by the service).
@@ -167,8 +150,8 @@ static int rx_launch(struct incoming *in, struct ferry_error *err)
 		.state_dir = in->o->state_dir,
 		.allow_dirs = in->o->allow_dirs,
 		.argv = argv,
-		.disks = in->disks,
-		.ndisks = in->ndisks,
+		.disks = in->m->ctrl.disks,
+		.ndisks = in->m->ctrl.ndisks,
 		.block = in->hello.options & WIRE_OPT_BLOCK,
 	};
 	int rc;
@@ -211,12 +194,16 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the destination QEMU: ");
 	if (in->hello.options & WIRE_OPT_BLOCK) {
-		rc = blk_dst_prepare(&in->blk, in->q, in->disks, in->ndisks, err);
+		/* The manifest was read and checked with the hello. */
+		FERRY_ASSERT(in->m->ctrl.disks);
+		rc = blk_dst_prepare(&in->blk, in->q, in->m->ctrl.disks,
+				     in->m->ctrl.ndisks, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "block migration pre-check: ");
 	}
 	/* The destination QEMU gets its socket once the data connections
 	 * are here (rx_accept_data): the tunnel's, or the connection itself. */
+	rx_mig_want_conns(in->m, true);
 	rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 			   MIG_QMP_TIMEOUT_MS, err);
 	if (rc == 0)
@@ -263,7 +250,10 @@ static const char *rx_conn_refusal(const struct incoming *in,
 				   const struct rx_conns *c,
 				   const struct wire_hello *h, uint32_t probes)
 {
-	bool direct = in->hello.options & WIRE_OPT_DIRECT;
+	/* --direct: the memory is QEMU's own stream on one connection; the
+	 * disk tunnel is ferry's as always. */
+	bool direct = (in->hello.options & WIRE_OPT_DIRECT) &&
+		      c->data_kind == WIRE_CONN_DATA;
 
 	/* The service routed it here by id and TLS identity. */
 	FERRY_ASSERT(!memcmp(h->mig_id, in->hello.mig_id, WIRE_MIG_ID_BYTES));
@@ -327,7 +317,9 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 	uint64_t deadline = ferry_now_ms() + in->o->hello_timeout_ms;
 	uint32_t probes = 0;
 
-	c->n = in->hello.stream_count;
+	/* --direct's memory is one connection, whatever --streams says. */
+	c->n = (in->hello.options & WIRE_OPT_DIRECT) &&
+	       c->data_kind == WIRE_CONN_DATA ? 1 : in->hello.stream_count;
 	c->got = 0;
 	c->have_ret = c->handoff = false;
 	for (uint32_t i = 0; i < c->n; i++)
@@ -762,17 +754,17 @@ static int rx_recover(struct incoming *in, const char *why,
 			}
 			usleep(20 * 1000);
 		}
+		rx_mig_want_conns(in->m, true);
 		if (rc == 0)
 			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 					   MIG_QMP_TIMEOUT_MS, err);
 		if (rc == 0)
 			rc = rx_accept_data(in, "migrate-recover", err);
-		if (rc == 0) {
+		rx_mig_want_conns(in->m, false);
+		if (rc == 0)
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
 				  "from %s", in->id, c.peer);
-			return 0;
-		}
-		send_error(in, err);
+		/* A failure's ERROR goes out once, from run_incoming(). */
 		return rc;
 	}
 	rx_mig_want_resume(in->m, false);
@@ -819,9 +811,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
 	rc = 0;
-	if (in->hello.options & WIRE_OPT_BLOCK)
-		rc = rx_read_disks(in, err);
-	if (rc == 0 && in->m->target.launched)
+	if (in->m->target.launched)
 		rc = rx_launch(in, err);
 	if (rc == 0)
 		rc = rx_prepare(in, err);
@@ -829,6 +819,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		rc = rx_disks(in, err);
 	if (rc == 0)
 		rc = rx_accept_data(in, "migrate-incoming", err);
+	rx_mig_want_conns(in->m, false);
 	if (rc >= 0)
 		rc = rx_stream(in, err);
 	while (rc == -EAGAIN) {
@@ -876,7 +867,10 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 void *rx_mig_main(void *arg)
 {
 	struct rx_mig *m = arg;
-	struct incoming in = {
+	struct incoming in;
+
+	rx_thread_init();
+	in = (struct incoming){
 		.m = m,
 		.o = rx_opts(m->svc),
 		.state = RX_PREPARE,

@@ -33,8 +33,10 @@
 /* A TLS peer's identity: "x509:" + SHA-256 of its certificate, or
  * "psk:" + the PSK identity. */
 #define RX_IDENTITY_MAX (8 + 2 * TLS_PSK_IDENTITY_MAX)
-/* How long a new connection waits for a handshake slot to free up after
- * the oldest was evicted. */
+/* How long a new connection waits for a handshake slot: first a grace
+ * period in which a handshake in progress may end by itself (a real
+ * peer's takes milliseconds), then evicting the oldest, up to the bound. */
+#define RX_SLOT_GRACE_MS 20
 #define RX_SLOT_WAIT_MS 1000
 
 enum rx_conn_state {
@@ -42,6 +44,8 @@ enum rx_conn_state {
 	RX_CONN_HELLO,		/* the 64-byte hello */
 	RX_CONN_VM,		/* a control hello with WIRE_OPT_VM: the name */
 	RX_CONN_CONFIG,		/* ... then the source QEMU's command line */
+	RX_CONN_DISKS,		/* a control hello with WIRE_OPT_BLOCK: the
+				   disk manifest */
 	RX_CONN_ROUTED,		/* handed to a migration: done */
 	RX_CONN_FAILED,		/* refused and closed, with a log line */
 };
@@ -56,7 +60,13 @@ struct rx_conn {
 	uint8_t *config;		/* CONFIG payload (control connections
 					   that named their VM), owned */
 	uint32_t config_len;
+	struct wire_disk *disks;	/* DISKS, decoded (block migrations),
+					   owned; WIRE_DISKS_MAX entries */
+	uint32_t ndisks;
 };
+
+/* Frees what a connection owns besides its socket. */
+void rx_conn_free_preamble(struct rx_conn *c);
 
 /* Where a migration's destination QEMU is. */
 struct rx_target {
@@ -85,6 +95,7 @@ struct rx_mig {
 	struct rx_conn inbox[RX_INBOX_MAX];
 	uint32_t inbox_n;
 	bool want_resume;		/* waits for a RESUME control connection */
+	bool want_conns;		/* takes its other connections now */
 	bool counted;			/* answered READY (counts for --once) */
 	bool ended;			/* the thread is done: join it */
 	int rc;
@@ -114,6 +125,13 @@ int rx_inbox_take(struct rx_mig *m, uint64_t deadline_ms, int watch_fd,
 /* From now on (until cleared), RESUME control connections for @m are
  * routed to its inbox. */
 void rx_mig_want_resume(struct rx_mig *m, bool on);
+/* From now on (until cleared), the data, return, disk and probe
+ * connections of @m are; at other times they are refused, so that no
+ * peer can park connections on a migration. */
+void rx_mig_want_conns(struct rx_mig *m, bool on);
+/* Every thread the service starts calls this first: SIGPIPE blocked (a
+ * TLS alert written to a closed socket must not kill the host program). */
+void rx_thread_init(void);
 /* @m answered READY: it counts for --once. */
 void rx_mig_counted(struct rx_mig *m);
 /*

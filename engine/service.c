@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "mig.h"
@@ -27,10 +28,28 @@
 #include "transport/tls.h"
 #include "util.h"
 
+/* How long a refusal may take to reach a peer that does not read. */
+#define RX_REFUSE_SEND_MS 1000
+/* After an eviction, how long to wait for its slot between looks. */
+#define RX_EVICT_WAIT_MS 50
+/* Out of descriptors: back off this long before accepting again. */
+#define RX_EMFILE_BACKOFF_MS 10
+/* Stopping: how often to look for migrations that ended. */
+#define RX_REAP_POLL_MS 100
+
 struct rx_slot {
 	int fd;			/* -1: free */
 	uint64_t t0_ms;
+	enum rx_conn_state state;	/* its handshake's */
 	bool evicted;		/* shut down to make room */
+};
+
+/* What ferry_receiver_run() returns: a migration that counted. */
+struct rx_outcome {
+	bool counted;
+	int rc;
+	struct ferry_error err;
+	struct ferry_report report;
 };
 
 struct rx_burnt {
@@ -131,6 +150,24 @@ static int opts_check(const struct ferry_receiver_opts *o,
 	return 0;
 }
 
+/* What ferry_receiver_new() allocates before it listens, and @r. */
+static void svc_release(struct ferry_receiver *r)
+{
+	tls_ctx_free(r->tls);
+	if (r->stop_efd >= 0)
+		close(r->stop_efd);
+	if (r->reap_efd >= 0)
+		close(r->reap_efd);
+	free(r->slots);
+	free(r->listen_host);
+	free(r->qmp_path);
+	free(r->qmp_dir);
+	free(r->launch_cmd);
+	free(r->state_dir);
+	free(r->allow_dirs);
+	free(r);
+}
+
 struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 					  struct ferry_error *err)
 {
@@ -147,7 +184,7 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 	r->o = *o;
 	memset(&r->o.tls, 0, sizeof(r->o.tls));
 	r->listen_fd = -1;
-	r->reap_efd = -1;
+	r->stop_efd = r->reap_efd = -1;
 	r->listen_host = strdup(o->listen_host);
 	r->qmp_path = o->qmp_path ? strdup(o->qmp_path) : NULL;
 	r->qmp_dir = o->qmp_dir ? strdup(o->qmp_dir) : NULL;
@@ -185,7 +222,15 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 		goto err_free;
 	}
 	pthread_mutex_init(&r->mu, NULL);
-	pthread_cond_init(&r->cv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* Waits are on the monotonic clock, like every deadline. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&r->cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	if (tls_ctx_new(&r->tls, &o->tls, true, err) < 0)
 		goto err_lock;
 	fd = net_listen(o->listen_host, o->listen_port, err);
@@ -199,19 +244,7 @@ err_lock:
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
 err_free:
-	tls_ctx_free(r->tls);
-	if (r->stop_efd >= 0)
-		close(r->stop_efd);
-	if (r->reap_efd >= 0)
-		close(r->reap_efd);
-	free(r->slots);
-	free(r->listen_host);
-	free(r->qmp_path);
-	free(r->qmp_dir);
-	free(r->launch_cmd);
-	free(r->state_dir);
-	free(r->allow_dirs);
-	free(r);
+	svc_release(r);
 	return NULL;
 }
 
@@ -229,20 +262,10 @@ void ferry_receiver_free(struct ferry_receiver *r)
 {
 	if (!r)
 		return;
-	tls_ctx_free(r->tls);
 	close(r->listen_fd);
-	close(r->stop_efd);
-	close(r->reap_efd);
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
-	free(r->slots);
-	free(r->listen_host);
-	free(r->qmp_path);
-	free(r->qmp_dir);
-	free(r->launch_cmd);
-	free(r->state_dir);
-	free(r->allow_dirs);
-	free(r);
+	svc_release(r);
 }
 
 /* ---- the migration inbox ---- */
@@ -289,6 +312,31 @@ void rx_mig_want_resume(struct rx_mig *m, bool on)
 	pthread_mutex_lock(&m->svc->mu);
 	m->want_resume = on;
 	pthread_mutex_unlock(&m->svc->mu);
+}
+
+void rx_mig_want_conns(struct rx_mig *m, bool on)
+{
+	pthread_mutex_lock(&m->svc->mu);
+	m->want_conns = on;
+	pthread_mutex_unlock(&m->svc->mu);
+}
+
+void rx_thread_init(void)
+{
+	sigset_t s;
+
+	sigemptyset(&s);
+	sigaddset(&s, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &s, NULL);
+}
+
+void rx_conn_free_preamble(struct rx_conn *c)
+{
+	free(c->config);
+	free(c->disks);
+	c->config = NULL;
+	c->disks = NULL;
+	c->config_len = c->ndisks = 0;
 }
 
 void rx_mig_counted(struct rx_mig *m)
@@ -412,7 +460,10 @@ static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
 	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
 		struct rx_mig *m = svc->migs[i];
 
-		if (m && !m->ended && !strcmp(m->target.qmp_path, t->qmp_path))
+		/* The same socket under two names is the same QEMU. */
+		if (m && !m->ended && (!strcmp(m->target.qmp_path, t->qmp_path) ||
+		    (!t->launched && !m->target.launched && t->ino &&
+		     m->target.dev == t->dev && m->target.ino == t->ino)))
 			return ferry_error_set(err, -EBUSY, "busy: the destination "
 				"QEMU %s%s%sis already receiving migration %s",
 				t->vm[0] ? "for VM '" : "", t->vm,
@@ -448,10 +499,9 @@ static void refuse(struct rx_conn *c, const struct ferry_error *why)
 		  c->vm[0] ? " for VM " : "", c->vm, why->msg);
 	net_ctrl_send(&c->c, WIRE_CTRL_ERROR, why->msg,
 		      (uint32_t)strnlen(why->msg, sizeof(why->msg)),
-		      (int)1000, NULL);
+		      RX_REFUSE_SEND_MS, NULL);
 	net_conn_close(&c->c);
-	free(c->config);
-	c->config = NULL;
+	rx_conn_free_preamble(c);
 }
 
 /*
@@ -529,6 +579,8 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 		why = "its TLS identity differs from its migration's";
 	else if (c->hello.conn == WIRE_CONN_CONTROL && !m->want_resume)
 		why = "a second control connection";
+	else if (c->hello.conn != WIRE_CONN_CONTROL && !m->want_conns)
+		why = "its migration does not take connections now";
 	else if (m->inbox_n == RX_INBOX_MAX)
 		why = "its migration has too many connections waiting";
 	if (!why) {
@@ -549,7 +601,7 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 static const char *conn_state_name(enum rx_conn_state s)
 {
 	static const char *const names[] = {
-		"tls", "hello", "vm", "config", "routed", "failed",
+		"tls", "hello", "vm", "config", "disks", "routed", "failed",
 	};
 
 	return names[s];
@@ -562,9 +614,44 @@ static int remaining_ms(const struct rx_handshake *h)
 	return now >= h->deadline_ms ? 0 : (int)(h->deadline_ms - now);
 }
 
+/* The next control message of the preamble, which must be @type. */
+static int preamble_msg(struct rx_handshake *h, uint16_t type,
+			struct wire_ctrl_hdr *ch, uint8_t *buf,
+			struct ferry_error *err)
+{
+	int rc = net_ctrl_recv(&h->conn.c, ch, buf, remaining_ms(h), err);
+
+	if (rc == 0 && ch->type != type)
+		rc = ferry_error_set(err, -EPROTO, "expected %s in the preamble, "
+				     "got %s", wire_ctrl_name(type),
+				     wire_ctrl_name(ch->type));
+	return rc;
+}
+
+/* Where the preamble of a control hello goes after @done. */
+static enum rx_conn_state preamble_next(const struct rx_conn *c,
+					enum rx_conn_state done)
+{
+	bool fresh_control = c->hello.conn == WIRE_CONN_CONTROL &&
+			     !(c->hello.options & WIRE_OPT_RESUME);
+
+	if (!fresh_control)
+		return RX_CONN_ROUTED;
+	if (done == RX_CONN_HELLO && (c->hello.options & WIRE_OPT_VM))
+		return RX_CONN_VM;
+	if (done == RX_CONN_VM)
+		return RX_CONN_CONFIG;
+	if (done != RX_CONN_DISKS && (c->hello.options & WIRE_OPT_BLOCK))
+		return RX_CONN_DISKS;
+	return RX_CONN_ROUTED;
+}
+
 /*
  * One step of the handshake: the transition function of enum
- * rx_conn_state. Every error leads to RX_CONN_FAILED with @err set.
+ * rx_conn_state. The whole preamble of a control connection (hello, VM,
+ * CONFIG, DISKS) is read and checked here, under the connection's own
+ * deadline, so a migration starts only with everything it needs before
+ * READY. Every error leads to RX_CONN_FAILED with @err set.
  */
 static enum rx_conn_state conn_step(struct rx_handshake *h,
 				    struct ferry_error *err)
@@ -572,7 +659,9 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 	struct ferry_receiver *svc = h->svc;
 	struct rx_conn *c = &h->conn;
 	uint8_t buf[WIRE_CTRL_PAYLOAD_MAX + 1];
+	const char *argv[WIRE_CONFIG_ARGS_MAX];
 	struct wire_ctrl_hdr ch;
+	uint32_t argc;
 
 	switch (h->state) {
 	case RX_CONN_TLS:
@@ -592,38 +681,17 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 				  "hello", err) < 0 ||
 		    wire_hello_decode(buf, &c->hello, err) < 0)
 			return RX_CONN_FAILED;
-		if (c->hello.conn == WIRE_CONN_CONTROL &&
-		    (c->hello.options & WIRE_OPT_VM) &&
-		    !(c->hello.options & WIRE_OPT_RESUME))
-			return RX_CONN_VM;
-		return RX_CONN_ROUTED;
+		return preamble_next(c, RX_CONN_HELLO);
 	case RX_CONN_VM:
-		if (net_ctrl_recv(&c->c, &ch, buf, remaining_ms(h), err) < 0)
+		if (preamble_msg(h, WIRE_CTRL_VM, &ch, buf, err) < 0 ||
+		    wire_vm_decode(&ch, buf, c->vm, err) < 0)
 			return RX_CONN_FAILED;
-		if (ch.type != WIRE_CTRL_VM) {
-			ferry_error_set(err, -EPROTO, "expected VM after a hello "
-					"that names its VM, got %s",
-					wire_ctrl_name(ch.type));
-			return RX_CONN_FAILED;
-		}
-		return wire_vm_decode(&ch, buf, c->vm, err) < 0 ?
-			RX_CONN_FAILED : RX_CONN_CONFIG;
+		return preamble_next(c, RX_CONN_VM);
 	case RX_CONN_CONFIG:
-		if (net_ctrl_recv(&c->c, &ch, buf, remaining_ms(h), err) < 0)
+		/* Checked here, at the edge; kept as bytes. */
+		if (preamble_msg(h, WIRE_CTRL_CONFIG, &ch, buf, err) < 0 ||
+		    wire_config_decode(&ch, buf, argv, &argc, err) < 0)
 			return RX_CONN_FAILED;
-		if (ch.type != WIRE_CTRL_CONFIG) {
-			ferry_error_set(err, -EPROTO, "expected CONFIG after VM, "
-					"got %s", wire_ctrl_name(ch.type));
-			return RX_CONN_FAILED;
-		}
-		{
-			const char *argv[WIRE_CONFIG_ARGS_MAX];
-			uint32_t argc;
-
-			/* Checked here, at the edge; kept as bytes. */
-			if (wire_config_decode(&ch, buf, argv, &argc, err) < 0)
-				return RX_CONN_FAILED;
-		}
 		c->config = malloc(ch.len + 1);
 		if (!c->config) {
 			ferry_error_set(err, -ENOMEM, "out of memory");
@@ -631,7 +699,17 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 		}
 		memcpy(c->config, buf, ch.len + 1);
 		c->config_len = ch.len;
-		return RX_CONN_ROUTED;
+		return preamble_next(c, RX_CONN_CONFIG);
+	case RX_CONN_DISKS:
+		c->disks = calloc(WIRE_DISKS_MAX, sizeof(*c->disks));
+		if (!c->disks) {
+			ferry_error_set(err, -ENOMEM, "out of memory");
+			return RX_CONN_FAILED;
+		}
+		if (preamble_msg(h, WIRE_CTRL_DISKS, &ch, buf, err) < 0 ||
+		    wire_disks_decode(buf, ch.len, c->disks, &c->ndisks, err) < 0)
+			return RX_CONN_FAILED;
+		return preamble_next(c, RX_CONN_DISKS);
 	case RX_CONN_ROUTED:
 	case RX_CONN_FAILED:
 		break;
@@ -640,10 +718,26 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 	return RX_CONN_FAILED;
 }
 
-static void slot_release(struct ferry_receiver *svc, uint32_t slot)
+/*
+ * The handshake is over: its slot is free (and no longer evictable), and
+ * whether it was evicted meanwhile (then the connection is dead).
+ */
+static bool slot_clear(struct ferry_receiver *svc, uint32_t slot)
 {
+	bool evicted;
+
 	pthread_mutex_lock(&svc->mu);
 	svc->slots[slot].fd = -1;
+	evicted = svc->slots[slot].evicted;
+	pthread_cond_broadcast(&svc->cv);
+	pthread_mutex_unlock(&svc->mu);
+	return evicted;
+}
+
+/* The handshake thread is done with the service (shut_down waits). */
+static void handshake_done(struct ferry_receiver *svc)
+{
+	pthread_mutex_lock(&svc->mu);
 	svc->handshakes--;
 	pthread_cond_broadcast(&svc->cv);
 	pthread_mutex_unlock(&svc->mu);
@@ -655,8 +749,8 @@ static void *handshake_main(void *arg)
 	struct ferry_receiver *svc = h->svc;
 	struct ferry_error err = { 0 };
 	struct rx_conn *c = &h->conn;
-	bool evicted;
 
+	rx_thread_init();
 	while (h->state != RX_CONN_ROUTED && h->state != RX_CONN_FAILED) {
 		enum rx_conn_state next = conn_step(h, &err);
 
@@ -664,95 +758,105 @@ static void *handshake_main(void *arg)
 			  c->peer, conn_state_name(h->state),
 			  conn_state_name(next));
 		h->state = next;
+		/* A handshake that is through is never evicted. */
+		pthread_mutex_lock(&svc->mu);
+		svc->slots[h->slot].state = next;
+		pthread_mutex_unlock(&svc->mu);
 	}
 	/* The slot goes first: from here the connection is a migration's,
-	 * or closed, and eviction must not shut it down. */
-	pthread_mutex_lock(&svc->mu);
-	svc->slots[h->slot].fd = -1;
-	evicted = svc->slots[h->slot].evicted;
-	pthread_mutex_unlock(&svc->mu);
-	if (h->state == RX_CONN_FAILED) {
-		free(c->config);
-		c->config = NULL;
-	}
-	if (h->state == RX_CONN_FAILED && evicted) {
-		ferry_log(FERRY_LOG_WARN, "closed connection from %s before its "
-			  "hello to make room: %u handshakes in progress, the "
-			  "oldest goes", c->peer, svc->o.max_handshakes);
-		net_conn_close(&c->c);
+	 * or closed, and eviction must not shut it down. One evicted at the
+	 * last moment is dead, whatever its state. */
+	if (slot_clear(svc, h->slot)) {
+		ferry_log(FERRY_LOG_WARN, "closed connection from %s during its "
+			  "handshake (%s) to make room: %u handshakes in "
+			  "progress, the oldest goes", c->peer,
+			  conn_state_name(h->state), svc->o.max_handshakes);
+		h->state = RX_CONN_FAILED;
+		err.code = 0;
 	} else if (h->state == RX_CONN_FAILED) {
 		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %s",
 			  c->peer, err.msg);
+	}
+	if (h->state == RX_CONN_FAILED) {
 		net_conn_close(&c->c);
+		rx_conn_free_preamble(c);
 	} else if (c->hello.conn == WIRE_CONN_CONTROL &&
 		   !(c->hello.options & WIRE_OPT_RESUME)) {
 		start_migration(svc, c);
 	} else {
 		route_conn(svc, c);
 	}
-	pthread_mutex_lock(&svc->mu);
-	svc->handshakes--;
-	pthread_cond_broadcast(&svc->cv);
-	pthread_mutex_unlock(&svc->mu);
+	handshake_done(svc);
 	free(h);
 	return NULL;
 }
 
 /*
- * Under svc->mu: a free handshake slot, evicting the oldest handshake
- * when none is free (a flood of idle connections then costs a real one
- * nothing but the eviction of an idle one), and waiting a moment for it.
+ * Under svc->mu: a free handshake slot. When none is free, a moment's
+ * grace for one to end by itself, then the oldest handshake still in
+ * progress is shut down to make room (a flood of idle connections then
+ * costs a real one the eviction of an idle one), one eviction at a time;
+ * the whole wait is bounded.
  */
 static int slot_get(struct ferry_receiver *svc)
 {
-	uint64_t deadline = ferry_now_ms() + RX_SLOT_WAIT_MS;
-	uint32_t oldest = 0;
+	uint64_t now = ferry_now_ms(), deadline = now + RX_SLOT_WAIT_MS;
+	uint64_t grace = now + RX_SLOT_GRACE_MS;
 
 	for (;;) {
+		uint32_t oldest = UINT32_MAX, pending = 0;
+		struct timespec ts;
+
 		for (uint32_t i = 0; i < svc->o.max_handshakes; i++) {
-			if (svc->slots[i].fd < 0)
+			const struct rx_slot *sl = &svc->slots[i];
+
+			if (sl->fd < 0)
 				return (int)i;
-			if (svc->slots[i].t0_ms < svc->slots[oldest].t0_ms)
+			pending += sl->evicted;
+			if (!sl->evicted && sl->state < RX_CONN_ROUTED &&
+			    (oldest == UINT32_MAX ||
+			     sl->t0_ms < svc->slots[oldest].t0_ms))
 				oldest = i;
 		}
-		if (ferry_now_ms() >= deadline)
+		now = ferry_now_ms();
+		if (now >= deadline)
 			return -EBUSY;
 		/* The thread sees EOF and gives the slot back. */
-		shutdown(svc->slots[oldest].fd, SHUT_RDWR);
-		svc->slots[oldest].t0_ms = UINT64_MAX;
-		svc->slots[oldest].evicted = true;
-		{
-			struct timespec ts;
-
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 50 * 1000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
-			pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
+		if (now >= grace && !pending && oldest != UINT32_MAX) {
+			shutdown(svc->slots[oldest].fd, SHUT_RDWR);
+			svc->slots[oldest].evicted = true;
 		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += RX_EVICT_WAIT_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
 	}
 }
 
 static void start_handshake(struct ferry_receiver *svc, int fd)
 {
-	struct rx_handshake *h = calloc(1, sizeof(*h));
+	struct rx_handshake *h;
 	pthread_attr_t attr;
 	pthread_t t;
 	char peer[64];
 	int slot, rc;
 
 	net_peer_name(fd, peer, sizeof(peer));
+	h = calloc(1, sizeof(*h));
 	if (!h) {
-		close(fd);
-		return;
+		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: out of "
+			  "memory", peer);
+		goto err_close;
 	}
 	pthread_mutex_lock(&svc->mu);
 	slot = slot_get(svc);
 	if (slot >= 0) {
 		svc->slots[slot].fd = fd;
 		svc->slots[slot].t0_ms = ferry_now_ms();
+		svc->slots[slot].state = RX_CONN_TLS;
 		svc->slots[slot].evicted = false;
 		svc->handshakes++;
 	}
@@ -760,9 +864,7 @@ static void start_handshake(struct ferry_receiver *svc, int fd)
 	if (slot < 0) {
 		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: %u "
 			  "handshakes in progress", peer, svc->o.max_handshakes);
-		close(fd);
-		free(h);
-		return;
+		goto err_free;
 	}
 	h->svc = svc;
 	h->slot = (uint32_t)slot;
@@ -774,27 +876,28 @@ static void start_handshake(struct ferry_receiver *svc, int fd)
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	rc = pthread_create(&t, &attr, handshake_main, h);
 	pthread_attr_destroy(&attr);
-	if (rc != 0) {
-		ferry_log(FERRY_LOG_WARN, "rejected connection from %s: cannot "
-			  "start a thread: %s", peer, strerror(rc));
-		close(fd);
-		free(h);
-		slot_release(svc, (uint32_t)slot);
-	}
+	if (rc == 0)
+		return;
+	ferry_log(FERRY_LOG_WARN, "rejected connection from %s: cannot start "
+		  "a thread: %s", peer, strerror(rc));
+	slot_clear(svc, (uint32_t)slot);
+	handshake_done(svc);
+err_free:
+	free(h);
+err_close:
+	close(fd);
 }
 
 /* ---- the acceptor ---- */
 
 /*
- * Join every migration that ended; *@rc, @err and @report get the result
- * of the last one that counted (answered READY), and the return value
- * says whether one did.
+ * Join every migration that ended. A migration that counted (answered
+ * READY) is recorded in @out, unless @out already holds one and
+ * @keep_first is set (--once returns the first).
  */
-static bool reap(struct ferry_receiver *svc, struct ferry_report *report,
-		 int *rc, struct ferry_error *err)
+static void reap(struct ferry_receiver *svc, bool keep_first,
+		 struct rx_outcome *out)
 {
-	bool counted = false;
-
 	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
 		struct rx_mig *m;
 
@@ -808,27 +911,41 @@ static bool reap(struct ferry_receiver *svc, struct ferry_report *report,
 		if (!m)
 			continue;
 		pthread_join(m->thread, NULL);
-		if (m->counted) {
-			counted = true;
-			*report = m->report;
-			*rc = m->rc;
-			if (m->rc < 0 && err)
-				*err = m->err;
+		if (m->counted && !(keep_first && out->counted)) {
+			out->counted = true;
+			out->rc = m->rc;
+			out->err = m->err;
+			out->report = m->report;
 		}
 		/* Connections that arrived too late for it. */
-		for (uint32_t k = 0; k < m->inbox_n; k++)
+		for (uint32_t k = 0; k < m->inbox_n; k++) {
 			net_conn_close(&m->inbox[k].c);
+			rx_conn_free_preamble(&m->inbox[k]);
+		}
 		close(m->wake_efd);
-		free(m->ctrl.config);
+		rx_conn_free_preamble(&m->ctrl);
 		free(m);
 	}
-	return counted;
 }
 
-/* Stop everything: handshakes see their sockets shut, migrations the
- * stop eventfd. Returns once every thread is gone. */
-static void shut_down(struct ferry_receiver *svc, struct ferry_report *report,
-		      int *rc, struct ferry_error *err)
+static bool migs_left(struct ferry_receiver *svc)
+{
+	bool left = false;
+
+	pthread_mutex_lock(&svc->mu);
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++)
+		left |= svc->migs[i] != NULL;
+	pthread_mutex_unlock(&svc->mu);
+	return left;
+}
+
+/*
+ * Stop everything: handshakes see their sockets shut, migrations the
+ * stop eventfd. Returns once every thread is gone; what they end with
+ * is recorded as reap() does.
+ */
+static void shut_down(struct ferry_receiver *svc, bool keep_first,
+		      struct rx_outcome *out)
 {
 	efd_signal(svc->stop_efd);
 	pthread_mutex_lock(&svc->mu);
@@ -840,22 +957,18 @@ static void shut_down(struct ferry_receiver *svc, struct ferry_report *report,
 		pthread_cond_wait(&svc->cv, &svc->mu);
 	pthread_mutex_unlock(&svc->mu);
 	for (;;) {
-		bool left = false;
-
-		reap(svc, report, rc, err);
-		pthread_mutex_lock(&svc->mu);
-		for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++)
-			left |= svc->migs[i] != NULL;
-		pthread_mutex_unlock(&svc->mu);
-		if (!left)
+		reap(svc, keep_first, out);
+		if (!migs_left(svc))
 			break;
 		poll(&(struct pollfd){ .fd = svc->reap_efd, .events = POLLIN },
-		     1, 100);
+		     1, RX_REAP_POLL_MS);
 		efd_drain(svc->reap_efd);
 	}
 	/* A later run starts afresh. */
 	efd_drain(svc->stop_efd);
+	pthread_mutex_lock(&svc->mu);
 	svc->stopping = false;
+	pthread_mutex_unlock(&svc->mu);
 }
 
 void rx_mig_ended(struct rx_mig *m)
@@ -869,15 +982,13 @@ void rx_mig_ended(struct rx_mig *m)
 int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 		       struct ferry_error *err)
 {
-	struct ferry_report scratch;
-	struct ferry_error local = { 0 };
+	struct rx_outcome *out = calloc(1, sizeof(*out));
 	int rc = 0;
 
-	if (!report)
-		report = &scratch;
-	if (!err)
-		err = &local;
-	memset(report, 0, sizeof(*report));
+	if (!out)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	if (report)
+		memset(report, 0, sizeof(*report));
 	if (r->qmp_path)
 		ferry_log(FERRY_LOG_INFO, "listening on %s:%u for QEMU at %s",
 			  r->o.listen_host, r->port, r->qmp_path);
@@ -907,27 +1018,38 @@ int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 			break;
 		if (fds[2].revents) {
 			efd_drain(r->reap_efd);
-			if (reap(r, report, &rc, err) && r->o.once)
+			reap(r, r->o.once, out);
+			if (r->o.once && out->counted)
 				break;
 		}
 		if (!fds[0].revents)
 			continue;
 		fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+			/* The handshakes in progress give theirs back soon. */
+			usleep(RX_EMFILE_BACKOFF_MS * 1000);
+			continue;
+		}
+		if (fd < 0 && (errno == EINTR || errno == ECONNABORTED ||
+			       errno == EAGAIN))
+			continue;
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED ||
-			    errno == EAGAIN || errno == EMFILE || errno == ENFILE) {
-				/* Out of descriptors: the handshakes in
-				 * progress give theirs back soon. */
-				if (errno == EMFILE || errno == ENFILE)
-					usleep(10 * 1000);
-				continue;
-			}
 			rc = ferry_error_set(err, -errno, "accept: %s",
 					     strerror(errno));
 			break;
 		}
 		start_handshake(r, fd);
 	}
-	shut_down(r, report, &rc, err);
+	/* --once returns the first migration that counted; the others were
+	 * stopped and are not the result. */
+	shut_down(r, true, out);
+	if (report && out->counted)
+		*report = out->report;
+	if (rc == 0 && r->o.once && out->counted && out->rc < 0) {
+		rc = out->rc;
+		if (err)
+			*err = out->err;
+	}
+	free(out);
 	return rc;
 }

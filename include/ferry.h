@@ -340,8 +340,9 @@ uint16_t ferry_receiver_port(const struct ferry_receiver *r);
  * ended. Migrations run concurrently, each on a thread of its own, up to
  * max_migrations; a bad connection (garbage, wrong version, stall, a
  * refused hello) is logged and closed, and the receiver goes on serving.
- * Returns 0, or the error of the migration when opts.once is set and it
- * failed; @report gets the report of the last migration that ended.
+ * Returns 0, or, when opts.once is set, the error of that one migration
+ * if it failed; @report gets its report (without once: that of the last
+ * migration that answered READY).
  */
 int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
 		       struct ferry_error *err);

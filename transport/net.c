@@ -283,28 +283,15 @@ bool net_conn_pending(const struct net_conn *c)
  */
 static __thread char tls_why[128];
 
-/*
- * OpenSSL's socket BIO writes with write(2), which raises SIGPIPE when the
- * peer has closed. A library must not kill its host program for a closed
- * connection, nor change its signal handlers: SIGPIPE is blocked on this
- * thread around the write, and one it raised is consumed (as libpq does).
- */
+/* SSL_write() without SIGPIPE (see tls_sigpipe_block). */
 static int ssl_write_nosigpipe(SSL *ssl, const void *buf, int len)
 {
-	struct timespec zero = { 0 };
-	sigset_t pipe_set, old, pending;
-	bool was_pending;
+	struct tls_sigpipe g;
 	int r;
 
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-	sigpending(&pending);
-	was_pending = sigismember(&pending, SIGPIPE);
+	tls_sigpipe_block(&g);
 	r = SSL_write(ssl, buf, len);
-	if (r <= 0 && errno == EPIPE && !was_pending)
-		sigtimedwait(&pipe_set, NULL, &zero);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	tls_sigpipe_restore(&g);
 	return r;
 }
 

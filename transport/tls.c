@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,13 @@ struct tls_ctx {
 static int ctx_index = -1;
 /* Per session (server): the PSK the client proved it holds. */
 static int ssl_index = -1;
+static pthread_once_t index_once = PTHREAD_ONCE_INIT;
+
+static void index_init(void)
+{
+	ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
 
 const char *tls_last_error(const char *fallback)
 {
@@ -276,12 +285,9 @@ int tls_ctx_new(struct tls_ctx **out, const struct ferry_tls_opts *o,
 	if (o->creds_dir && o->psk_file)
 		return ferry_error_set(err, -EINVAL,
 			"TLS: choose certificates or a pre-shared key, not both");
-	if (ctx_index < 0) {
-		ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-		ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-		if (ctx_index < 0 || ssl_index < 0)
-			return ferry_error_set(err, -ENOMEM, "TLS: no ex_data index");
-	}
+	pthread_once(&index_once, index_init);
+	if (ctx_index < 0 || ssl_index < 0)
+		return ferry_error_set(err, -ENOMEM, "TLS: no ex_data index");
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return ferry_error_set(err, -ENOMEM, "out of memory");
@@ -392,7 +398,7 @@ static void explain(struct tls_ctx *c, SSL *s, int fd, int ssl_err,
 	}
 }
 
-int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
+static int handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
 		  SSL **out, struct ferry_error *err)
 {
 	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
@@ -508,4 +514,41 @@ int tls_peer_identity(SSL *s, char *buf, size_t len)
 	for (unsigned int i = 0; i < mdlen && o + 3 <= len; i++, o += 2)
 		snprintf(buf + o, len - o, "%02x", md[i]);
 	return 0;
+}
+
+void tls_sigpipe_block(struct tls_sigpipe *g)
+{
+	sigset_t pipe_set, pending;
+
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
+	sigpending(&pending);
+	g->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+void tls_sigpipe_restore(struct tls_sigpipe *g)
+{
+	struct timespec zero = { 0 };
+	sigset_t pipe_set, pending;
+
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	sigpending(&pending);
+	if (!g->was_pending && sigismember(&pending, SIGPIPE))
+		sigtimedwait(&pipe_set, NULL, &zero);
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* The handshake writes too: a ClientHello, an alert after the peer left. */
+int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
+		  SSL **out, struct ferry_error *err)
+{
+	struct tls_sigpipe g;
+	int rc;
+
+	tls_sigpipe_block(&g);
+	rc = handshake(c, fd, host, timeout_ms, out, err);
+	tls_sigpipe_restore(&g);
+	return rc;
 }

@@ -8,6 +8,7 @@
 #ifndef FERRY_TLS_H
 #define FERRY_TLS_H
 
+#include <signal.h>
 #include <stdbool.h>
 
 #include <openssl/ssl.h>
@@ -44,6 +45,21 @@ int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
 
 /* The reason for the last OpenSSL failure on this thread, or @fallback. */
 const char *tls_last_error(const char *fallback);
+
+/*
+ * OpenSSL's socket BIO writes with write(2), which raises SIGPIPE when
+ * the peer has closed. A library must not kill its host program for a
+ * closed connection, nor change its signal handlers: around such calls
+ * SIGPIPE is blocked on the calling thread, and one they raised is
+ * consumed (as libpq does).
+ */
+struct tls_sigpipe {
+	sigset_t old;
+	bool was_pending;
+};
+
+void tls_sigpipe_block(struct tls_sigpipe *g);
+void tls_sigpipe_restore(struct tls_sigpipe *g);
 
 /*
  * Who the peer of an established session is, as text: "psk:IDENTITY", or

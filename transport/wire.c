@@ -370,7 +370,8 @@ int wire_disks_decode(const uint8_t *in, uint32_t len, struct wire_disk *d,
 		memcpy(d[i].id, in + at, idl);
 		d[i].id[idl] = 0;
 		at += idl;
-		if (!wire_disk_id_valid(d[i].id))
+		/* A NUL inside would cut the id short (found by fuzz_disks). */
+		if (strlen(d[i].id) != idl || !wire_disk_id_valid(d[i].id))
 			return ferry_error_set(err, -EPROTO, "disk manifest: "
 					       "invalid disk id");
 		d[i].flags = in[at++];
@@ -534,16 +535,20 @@ int wire_config_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		uint8_t c = payload[i];
 
 		if (c == '\0') {
-			if (*argc == WIRE_CONFIG_ARGS_MAX)
+			if (*argc == WIRE_CONFIG_ARGS_MAX) {
+				*argc = 0;
 				return ferry_error_set(err, -E2BIG, "CONFIG has "
 					"more than %u arguments", WIRE_CONFIG_ARGS_MAX);
+			}
 			argv[(*argc)++] = (const char *)payload + start;
 			start = i + 1;
 		} else if (c < 0x20 || c > 0x7e) {
+			uint32_t bad = *argc;
+
 			*argc = 0;
 			return ferry_error_set(err, -EPROTO, "CONFIG argument %u "
 					       "has a byte 0x%02x (printable ASCII "
-					       "only)", *argc, c);
+					       "only)", bad, c);
 		}
 	}
 	return 0;

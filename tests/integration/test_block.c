@@ -497,6 +497,28 @@ START_TEST(block_receiver_dies)
 }
 END_TEST
 
+/*
+ * --direct with --block and two streams: QEMU's own stream carries the
+ * memory on one connection, ferry's disk tunnel the disks on two.
+ */
+START_TEST(block_direct)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { .direct = true, .streams = 2 };
+
+	bpair_start(&p, 96 * MiB, 32, "raw", false, 96 * MiB);
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert_str_eq(rep.transport, "direct");
+	expect_same_file(p.src_img, p.dst_img);
+	expect_same_ram(&p);
+	bpair_stop(&p);
+}
+END_TEST
+
 /* One case per test: CK_RUN_CASE=name runs one. */
 static void add(Suite *s, const char *name, const TTest *t)
 {
@@ -514,6 +536,7 @@ int main(void)
 	int failed;
 
 	add(s, "raw_with_writes", block_raw_with_writes);
+	add(s, "direct", block_direct);
 	add(s, "qcow2_write_blocking", block_qcow2_write_blocking);
 	add(s, "sparse_4g", block_sparse_4g);
 	add(s, "cdrom", block_cdrom);

@@ -29,6 +29,7 @@
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
+#include "tests/integration/pair.h"
 #include "transport/net.h"
 
 /* The guest size for these tests: big enough for several passes. */
@@ -36,62 +37,10 @@
 #define READY_TIMEOUT_MS 60000
 #define CHILD_TIMEOUT_MS 120000
 
-struct pair {
-	struct vm *src, *dst;
-	char dir[64];
-};
-
 static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
 		       uint32_t rate_mib_s)
 {
-	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = fill,
-				.ws_mib = ws_mib, .rate_mib_s = rate_mib_s };
-	struct vm_config dc = sc;
-	struct ferry_error err = { 0 };
-
-	dc.incoming = true;
-	dc.prealloc = true;
-	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-test"), 0);
-	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
-	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
-	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
-		      "guest not ready: %s", err.msg);
-}
-
-static void pair_stop(struct pair *p)
-{
-	vm_stop(p->src);
-	vm_stop(p->dst);
-	tmpdir_remove(p->dir);
-}
-
-static void expect_status(struct vm *vm, const char *want)
-{
-	struct ferry_error err = { 0 };
-	char st[32];
-
-	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
-	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
-}
-
-/* Both guests quiescent: their RAM must be equal, byte for byte. */
-static void expect_same_ram(struct pair *p)
-{
-	struct ferry_error err = { 0 };
-	char a[128], b[128];
-	uint64_t diff = 0;
-	int eq;
-
-	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
-	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
-	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
-	eq = vm_files_equal(a, b, &diff, &err);
-	ck_assert_msg(eq >= 0, "%s", err.msg);
-	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
-		      (unsigned long long)diff);
-	unlink(a);
-	unlink(b);
+	pair_start_mem(p, TEST_MEM_MIB, fill, ws_mib, rate_mib_s);
 }
 
 /* The source guest keeps running: status and fresh heartbeats. */

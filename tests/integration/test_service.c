@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -29,74 +31,24 @@
 #include "ferry.h"
 #include "qmp/qmp.h"
 #include "tests/harness/pki.h"
+#include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
+#include "tests/integration/pair.h"
 #include "transport/net.h"
 #include "transport/tls.h"
 #include "transport/wire.h"
 
 #define TEST_MEM_MIB 64
-#define READY_TIMEOUT_MS 60000
+#define READY_TIMEOUT_MS PAIR_READY_TIMEOUT_MS
 /* The service's per-connection deadline in these tests. */
 #define HELLO_MS 4000
 
-struct pair {
-	struct vm *src, *dst;
-	char dir[64];
-};
-
-static void vm_pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
-			  uint32_t rate_mib_s)
+static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
+		       uint32_t rate_mib_s)
 {
-	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = fill,
-				.ws_mib = ws_mib, .rate_mib_s = rate_mib_s };
-	struct vm_config dc = sc;
-	struct ferry_error err = { 0 };
-
-	dc.incoming = true;
-	dc.prealloc = true;
-	ck_assert_int_eq(tmpdir_make(p->dir, sizeof(p->dir), "ferry-svc"), 0);
-	ck_assert_msg(vm_start(&p->src, &sc, &err) == 0, "source: %s", err.msg);
-	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "destination: %s", err.msg);
-	ck_assert_msg(vm_wait_ready(p->src, READY_TIMEOUT_MS, &err) == 0,
-		      "guest not ready: %s", err.msg);
-}
-
-static void vm_pair_stop(struct pair *p)
-{
-	vm_stop(p->src);
-	vm_stop(p->dst);
-	tmpdir_remove(p->dir);
-}
-
-static void expect_status(struct vm *vm, const char *want)
-{
-	struct ferry_error err = { 0 };
-	char st[32];
-
-	ck_assert_msg(vm_alive(vm), "QEMU exited (expected '%s')", want);
-	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
-	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
-}
-
-static void expect_same_ram(struct pair *p)
-{
-	struct ferry_error err = { 0 };
-	char a[128], b[128];
-	uint64_t diff = 0;
-	int eq;
-
-	snprintf(a, sizeof(a), "%s/src.ram", p->dir);
-	snprintf(b, sizeof(b), "%s/dst.ram", p->dir);
-	ck_assert_msg(vm_pmemsave(p->src, a, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_pmemsave(p->dst, b, &err) == 0, "%s", err.msg);
-	eq = vm_files_equal(a, b, &diff, &err);
-	ck_assert_msg(eq >= 0, "%s", err.msg);
-	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
-		      (unsigned long long)diff);
-	unlink(a);
-	unlink(b);
+	pair_start_mem(p, TEST_MEM_MIB, fill, ws_mib, rate_mib_s);
 }
 
 static void service_start(struct rx_thread *r, struct ferry_receiver_opts *o)
@@ -239,7 +191,7 @@ START_TEST(matching_hello_then_close)
 	struct raw c, d, ret;
 	char text[256];
 
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 
@@ -272,8 +224,11 @@ START_TEST(matching_hello_then_close)
 	expect_status(p.dst, "inmigrate");
 
 	migrate_verified(&p, rx.port, NULL);
+	/* Failed migrations are not the result of a service that is not
+	 * --once: it stops cleanly. */
 	service_stop(&rx);
-	vm_pair_stop(&p);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -290,7 +245,7 @@ START_TEST(bad_stream_after_handshake)
 	struct rx_thread rx;
 	struct pair p;
 
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	for (int round = 0; round < 2; round++) {
@@ -323,7 +278,7 @@ START_TEST(bad_stream_after_handshake)
 	}
 	migrate_verified(&p, rx.port, NULL);
 	service_stop(&rx);
-	vm_pair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -398,7 +353,7 @@ START_TEST(direct_on_tls_refused)
 	snprintf(dir, sizeof(dir), "%s/pki", pki_dir);
 	ck_assert_msg(pki_generate(dir, NULL, &err) == 0, "%s", err.msg);
 	tls.creds_dir = dir;
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	ro.tls = tls;
 	service_start(&rx, &ro);
@@ -422,7 +377,64 @@ START_TEST(direct_on_tls_refused)
 	expect_status(p.dst, "paused");
 	expect_same_ram(&p);
 	service_stop(&rx);
-	vm_pair_stop(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * A TLS handshake stalled after its ClientHello, evicted by the next
+ * connection (one handshake slot): OpenSSL's alert on the shut socket
+ * must not kill the program that embeds the service with SIGPIPE. The
+ * service then serves a real TLS migration.
+ */
+START_TEST(tls_eviction_keeps_host_alive)
+{
+	struct ferry_receiver_opts ro = { .max_handshakes = 1 };
+	struct ferry_error err = { 0 };
+	struct ferry_tls_opts tls = { 0 };
+	struct ferry_migrate_opts o = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+	char dir[128], ca[160];
+	SSL_CTX *ctx;
+	SSL *s;
+	int fd, fd2;
+
+	snprintf(dir, sizeof(dir), "%s/pki", pki_dir);
+	ck_assert_msg(pki_generate(dir, NULL, &err) == 0, "%s", err.msg);
+	snprintf(ca, sizeof(ca), "%s/ca-cert.pem", dir);
+	tls.creds_dir = dir;
+	pair_start(&p, "mix", 0, 0);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	ro.tls = tls;
+	service_start(&rx, &ro);
+
+	ctx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX_load_verify_locations(ctx, ca, NULL);
+	fd = net_connect("127.0.0.1", rx.port, 2000, &err);
+	ck_assert_int_ge(fd, 0);
+	s = SSL_new(ctx);
+	SSL_set_fd(s, fd);
+	SSL_set_connect_state(s);
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	ck_assert_int_le(SSL_do_handshake(s), 0);	/* ClientHello sent */
+	settle();
+	fd2 = net_connect("127.0.0.1", rx.port, 2000, &err);
+	ck_assert_int_ge(fd2, 0);
+	settle();
+	close(fd2);
+	SSL_free(s);
+	SSL_CTX_free(ctx);
+	close(fd);
+
+	o.tls = tls;
+	ck_assert_msg(migrate(&p, rx.port, NULL, &o, &rep, &err) == 0, "%s",
+		      err.msg);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	service_stop(&rx);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -508,7 +520,7 @@ START_TEST(silent_slow_and_idle_connections)
 	struct rx_thread rx;
 	struct pair p;
 
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	silent.port = slow.port = flood.port = rx.port;
@@ -517,10 +529,10 @@ START_TEST(silent_slow_and_idle_connections)
 	migrate_verified(&p, rx.port, NULL);
 	ck_assert_uint_gt(nuisance_stop(&silent), 0);
 	ck_assert_uint_gt(nuisance_stop(&slow), 0);
-	vm_pair_stop(&p);
+	pair_stop(&p);
 
 	/* 200 idle connections, more than the handshake slots. */
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	service_stop(&rx);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
@@ -532,7 +544,7 @@ START_TEST(silent_slow_and_idle_connections)
 	/* Those not evicted for the migration's connections are still open. */
 	ck_assert_uint_gt(nuisance_stop(&flood), 0);
 	service_stop(&rx);
-	vm_pair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -549,7 +561,7 @@ START_TEST(once_survives_bad_hello)
 	char text[512];
 	struct raw c;
 
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	random_id(id);
@@ -561,7 +573,7 @@ START_TEST(once_survives_bad_hello)
 	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert(rx.rep.completed);
-	vm_pair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -646,9 +658,9 @@ START_TEST(two_vms_and_busy)
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
 	/* Incompressible, dirtying guests on a capped wire: the
 	 * migrations overlap for seconds. */
-	vm_pair_start(&pa, "random", 4, 32);
-	vm_pair_start(&pb, "random", 4, 32);
-	vm_pair_start(&pc, "mix", 0, 0);
+	pair_start(&pa, "random", 4, 32);
+	pair_start(&pb, "random", 4, 32);
+	pair_start(&pc, "mix", 0, 0);
 	register_vm(dir, "vm-a", pa.dst);
 	register_vm(dir, "vm-b", pb.dst);
 	register_vm(dir, "vm-c", pc.dst);
@@ -692,9 +704,58 @@ START_TEST(two_vms_and_busy)
 	/* The registered one is untouched by all that. */
 	migrate_verified(&pc, rx.port, "vm-c");
 	service_stop(&rx);
-	vm_pair_stop(&pa);
-	vm_pair_stop(&pb);
-	vm_pair_stop(&pc);
+	pair_stop(&pa);
+	pair_stop(&pb);
+	pair_stop(&pc);
+	tmpdir_remove(dir);
+}
+END_TEST
+
+/*
+ * The CLI, as on two hosts: ferry serve --qmp-dir and ferry migrate --vm
+ * --json as separate processes; the report says completed, the RAM is
+ * the same, and serve stops cleanly on SIGTERM.
+ */
+START_TEST(cli_serve_and_migrate_vm)
+{
+	const char *bin = getenv("FERRY_BIN");
+	char dir[64], listen[64], to[64], out[8192];
+	struct pair p;
+	uint16_t port = proc_free_port();
+	struct ferry_error err = { 0 };
+	pid_t serve, mig;
+	int out_fd;
+
+	ck_assert_ptr_nonnull(bin);
+	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
+	pair_start(&p, "mix", 0, 0);
+	register_vm(dir, "cli-vm", p.dst);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	{
+		char *argv[] = { (char *)bin, "serve", "--listen", listen,
+				 "--qmp-dir", dir, "--max-migrations", "2", NULL };
+
+		ck_assert_msg(proc_spawn(argv, NULL, &serve, &err) == 0, "%s",
+			      err.msg);
+	}
+	ck_assert_msg(proc_wait_port(port, 10000, &err) == 0, "%s", err.msg);
+	{
+		char *argv[] = { (char *)bin, "migrate", "--qmp",
+				 (char *)vm_qmp_path(p.src), "--to", to, "--vm",
+				 "cli-vm", "--paused", "--json", NULL };
+
+		ck_assert_msg(proc_spawn(argv, &out_fd, &mig, &err) == 0, "%s",
+			      err.msg);
+	}
+	proc_read_all(out_fd, out, sizeof(out));
+	ck_assert_int_eq(proc_wait(mig), 0);
+	ck_assert_msg(strstr(out, "\"status\":\"completed\""), "%s", out);
+	kill(serve, SIGTERM);
+	ck_assert_int_eq(proc_wait(serve), 0);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
 	tmpdir_remove(dir);
 }
 END_TEST
@@ -710,8 +771,8 @@ START_TEST(second_migration_to_busy_vm)
 	struct pair pa, pb;
 	int rc;
 
-	vm_pair_start(&pa, "random", 2, 32);
-	vm_pair_start(&pb, "mix", 0, 0);
+	pair_start(&pa, "random", 2, 32);
+	pair_start(&pb, "mix", 0, 0);
 	ro.qmp_path = vm_qmp_path(pa.dst);
 	service_start(&rx, &ro);
 	a.o.max_bandwidth_bytes_per_s = 24u << 20;
@@ -729,8 +790,8 @@ START_TEST(second_migration_to_busy_vm)
 	ck_assert_msg(a.rc == 0, "%s", a.err.msg);
 	expect_same_ram(&pa);
 	service_stop(&rx);
-	vm_pair_stop(&pa);
-	vm_pair_stop(&pb);
+	pair_stop(&pa);
+	pair_stop(&pb);
 }
 END_TEST
 
@@ -757,7 +818,7 @@ START_TEST(burnt_qemu_until_registered_anew)
 	int rc;
 
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
-	vm_pair_start(&p, "mix", 0, 0);
+	pair_start(&p, "mix", 0, 0);
 	register_vm(dir, "guest1", p.dst);
 	ro.qmp_dir = dir;
 	service_start(&rx, &ro);
@@ -771,6 +832,9 @@ START_TEST(burnt_qemu_until_registered_anew)
 
 		ck_assert(net_ctrl_send(&c.c, WIRE_CTRL_VM, name, (uint32_t)n,
 					2000, &err) == 0);
+		/* No configuration: registered QEMUs need none. */
+		ck_assert(net_ctrl_send(&c.c, WIRE_CTRL_CONFIG, NULL, 0, 2000,
+					&err) == 0);
 	}
 	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
 	raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, WIRE_OPT_HANDOFF,
@@ -796,7 +860,7 @@ START_TEST(burnt_qemu_until_registered_anew)
 	/* A symlink re-made to a new socket is a new registration. */
 	migrate_verified(&p, rx.port, "guest1");
 	service_stop(&rx);
-	vm_pair_stop(&p);
+	pair_stop(&p);
 	tmpdir_remove(dir);
 }
 END_TEST
@@ -1071,8 +1135,10 @@ static Suite *service_suite(void)
 	tcase_add_test(peers, once_survives_bad_hello);
 	tcase_add_checked_fixture(tls, setup_pki, teardown_pki);
 	tcase_add_test(tls, direct_on_tls_refused);
+	tcase_add_test(tls, tls_eviction_keeps_host_alive);
 	tcase_add_test(many, two_vms_and_busy);
 	tcase_add_test(many, second_migration_to_busy_vm);
+	tcase_add_test(many, cli_serve_and_migrate_vm);
 	tcase_add_test(many, burnt_qemu_until_registered_anew);
 	suite_add_tcase(s, peers);
 	suite_add_tcase(s, tls);

@@ -195,6 +195,13 @@ START_TEST(disk_manifest_checks)
 	buf[0] = 0;
 	buf[1] = 0;
 	ck_assert_int_eq(wire_disks_decode(buf, 2, out, &n, &err), -EPROTO);
+	/* A NUL inside an id would cut it short (found by fuzz_disks). */
+	snprintf(in[0].id, sizeof(in[0].id), "vdaXvdb");
+	len = wire_disks_encode(in, 1, buf, sizeof(buf), &err);
+	ck_assert_int_gt(len, 0);
+	buf[2 + 1 + 3] = '\0';
+	ck_assert_int_eq(wire_disks_decode(buf, (uint32_t)len, out, &n, &err),
+			 -EPROTO);
 }
 END_TEST
 
