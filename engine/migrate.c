@@ -747,7 +747,7 @@ static void note_postcopy(struct ferry_migration *m)
  */
 static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 {
-	uint8_t resume = m->o.paused ? 0 : 1;
+	uint8_t resume[1];
 	int rc;
 
 	rc = qmp_execute(m->q, "migrate-start-postcopy", NULL, NULL,
@@ -763,7 +763,8 @@ static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 		   (unsigned long long)m->last.dirty_sync_count,
 		   (unsigned long long)(m->last.ram_remaining >> 20));
 	/* The receiver resumes the destination now, unless --paused. */
-	return net_ctrl_send(&m->ctrl, WIRE_CTRL_POSTCOPY, &resume, 1,
+	return net_ctrl_send(&m->ctrl, WIRE_CTRL_POSTCOPY, resume,
+			     wire_flag_encode(!m->o.paused, resume),
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
@@ -1005,7 +1006,7 @@ static int phase_precopy(struct ferry_migration *m, struct ferry_error *err)
 static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 {
 	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
-	uint8_t resume = m->o.paused ? 0 : 1;
+	uint8_t resume[1];
 	struct wire_ctrl_hdr h;
 	const char *status;
 	bool ok;
@@ -1018,8 +1019,9 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel after completion: ");
 	}
-	m->dest_may_run = resume;
-	rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_FINISH, &resume, 1,
+	m->dest_may_run = !m->o.paused;
+	rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_FINISH, resume,
+			   wire_flag_encode(!m->o.paused, resume),
 			   MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;

@@ -446,7 +446,6 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 	bool fresh = !strcmp(cmd, "migrate-incoming");
 	int sv[2], rc;
 
-	rx_set_state(in, RX_TUNNEL);
 	rc = rx_accept_conns(in, &c, err);
 	if (rc < 0)
 		return rc;
@@ -490,7 +489,6 @@ static int rx_disks(struct incoming *in, struct ferry_error *err)
 	};
 	int rc;
 
-	rx_set_state(in, RX_DISKS);
 	rc = rx_accept_conns(in, &c, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "disk tunnel: ");
@@ -547,7 +545,6 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 	char status[32];
 	int rc;
 
-	rx_set_state(in, RX_FINISH);
 	in->switched = true;
 	while (ferry_now_ms() < deadline) {
 		rc = mig_query(in->q, &info, err);
@@ -638,7 +635,6 @@ static bool rx_in_postcopy(struct incoming *in)
 /* Stream until FINISH (1), or fail. */
 static int rx_stream(struct incoming *in, struct ferry_error *err)
 {
-	rx_set_state(in, RX_STREAMING);
 	for (;;) {
 		struct pollfd fds[4] = {
 			{ .fd = in->ctrl.fd, .events = POLLIN },
@@ -711,7 +707,6 @@ static int rx_recover(struct incoming *in, const char *why,
 	struct mig_info info;
 	int rc;
 
-	rx_set_state(in, RX_RECOVER);
 	ferry_log(FERRY_LOG_WARN, "migration %s: post-copy interrupted (%s); "
 		  "waiting up to %d s for the source to reconnect", in->id, why,
 		  MIG_RECOVERY_TIMEOUT_MS / 1000);
@@ -799,6 +794,68 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
 }
 
+/*
+ * One step of a migration: the transition function of enum rx_state.
+ * Each state's work runs here and says where to go; every error leads to
+ * RX_FAILED with @err set.
+ */
+static enum rx_state rx_step(struct incoming *in, struct ferry_error *err)
+{
+	char why[FERRY_ERROR_MSG_MAX];
+	int rc;
+
+	switch (in->state) {
+	case RX_PREPARE:
+		rc = in->m->target.launched ? rx_launch(in, err) : 0;
+		if (rc == 0)
+			rc = rx_prepare(in, err);
+		if (rc < 0)
+			return RX_FAILED;
+		return in->blk ? RX_DISKS : RX_TUNNEL;
+	case RX_DISKS:
+		return rx_disks(in, err) < 0 ? RX_FAILED : RX_TUNNEL;
+	case RX_TUNNEL:
+		rc = rx_accept_data(in, "migrate-incoming", err);
+		rx_mig_want_conns(in->m, false);
+		return rc < 0 ? RX_FAILED : RX_STREAMING;
+	case RX_STREAMING:
+		rc = rx_stream(in, err);
+		if (rc == 1)
+			return RX_FINISH;
+		/* In post-copy a lost source is waited for. */
+		return rc == -EAGAIN ? RX_RECOVER : RX_FAILED;
+	case RX_RECOVER:
+		snprintf(why, sizeof(why), "%s", err->msg);
+		return rx_recover(in, why, err) < 0 ? RX_FAILED : RX_STREAMING;
+	case RX_FINISH:
+		return rx_finish(in, err) < 0 ? RX_FAILED : RX_DONE;
+	case RX_DONE:
+	case RX_FAILED:
+		break;
+	}
+	FERRY_ASSERT(!"rx_step past a final state");
+	return RX_FAILED;
+}
+
+/*
+ * After RX_FAILED: a QEMU that took the stream of a migration that failed
+ * before the destination took over cannot take another. One the service
+ * launched goes, with what the launch made; a registered one is
+ * remembered as burnt. After post-copy started, the destination holds
+ * the only copy of part of the guest: it is never killed.
+ */
+static void rx_failed_qemu(struct incoming *in, const struct ferry_error *err)
+{
+	if (in->launched && !in->postcopy && !in->switched) {
+		ferry_log(FERRY_LOG_WARN, "migration %s failed: killing the "
+			  "destination QEMU it launched (pid %d)", in->id,
+			  in->launch.pid);
+		launch_undo(&in->launch, in->m->target.qmp_path);
+	} else if (in->qemu_started && !in->launched) {
+		rx_target_burnt(in->m, err->msg);
+	}
+}
+
 static int run_incoming(struct incoming *in, struct ferry_report *rep,
 			struct ferry_error *err)
 {
@@ -810,57 +867,24 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  (unsigned long long)(in->hello.ram_bytes >> 20),
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
-	rc = 0;
-	if (in->m->target.launched)
-		rc = rx_launch(in, err);
-	if (rc == 0)
-		rc = rx_prepare(in, err);
-	if (rc == 0 && in->blk)
-		rc = rx_disks(in, err);
-	if (rc == 0)
-		rc = rx_accept_data(in, "migrate-incoming", err);
+	while (in->state != RX_DONE && in->state != RX_FAILED)
+		rx_set_state(in, rx_step(in, err));
 	rx_mig_want_conns(in->m, false);
-	if (rc >= 0)
-		rc = rx_stream(in, err);
-	while (rc == -EAGAIN) {
-		char why[FERRY_ERROR_MSG_MAX];
-
-		snprintf(why, sizeof(why), "%s", err->msg);
-		rc = rx_recover(in, why, err);
-		if (rc == 0)
-			rc = rx_stream(in, err);
-	}
-	if (rc == 1)
-		rc = rx_finish(in, err);
+	rc = in->state == RX_DONE ? 0 : err->code ? err->code : -EIO;
 	if (rc < 0) {
-		rx_set_state(in, RX_FAILED);
 		ferry_log(FERRY_LOG_ERROR, "migration %s failed: %s", in->id, err->msg);
 		if (in->tun)
 			tun_cancel(in->tun);
 		if (rc != -ECANCELED)
 			send_error(in, err);
-	} else {
-		rc = 0;
-		rx_set_state(in, RX_DONE);
 	}
 	fill_rx_report(in, rep, rc, err);
 	blk_dst_free(in->blk);
 	in->blk = NULL;
 	tun_free(in->tun);
 	qmp_close(in->q);
-	/* A QEMU that took the stream of a migration that failed before the
-	 * destination took over cannot take another: one the service
-	 * launched goes, with what the launch made; a registered one is
-	 * remembered as burnt. After post-copy started, the destination holds
-	 * the only copy of part of the guest: never killed. */
-	if (rc < 0 && in->launched && !in->postcopy && !in->switched) {
-		ferry_log(FERRY_LOG_WARN, "migration %s failed: killing the "
-			  "destination QEMU it launched (pid %d)", in->id,
-			  in->launch.pid);
-		launch_undo(&in->launch, in->m->target.qmp_path);
-	} else if (rc < 0 && in->qemu_started && !in->launched) {
-		rx_target_burnt(in->m, err->msg);
-	}
+	if (rc < 0)
+		rx_failed_qemu(in, err);
 	return rc;
 }
 

@@ -153,6 +153,12 @@ const char *wire_ctrl_name(uint16_t type)
 	return ctrl_types[type].name;
 }
 
+uint32_t wire_flag_encode(bool flag, uint8_t out[1])
+{
+	out[0] = flag ? 1 : 0;
+	return 1;
+}
+
 int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		     bool *flag, struct ferry_error *err)
 {

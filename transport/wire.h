@@ -141,6 +141,8 @@ const char *wire_ctrl_name(uint16_t type);
  */
 #define WIRE_STATUS_MAX 63
 
+/* FINISH and POSTCOPY: one byte; returns the payload length. */
+uint32_t wire_flag_encode(bool flag, uint8_t out[1]);
 int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		     bool *flag, struct ferry_error *err);
 /* PROBED: bytes received, ns from the first to the last. */
