@@ -33,10 +33,14 @@
 /* A TLS peer's identity: "x509:" + SHA-256 of its certificate, or
  * "psk:" + the PSK identity. */
 #define RX_IDENTITY_MAX (8 + 2 * TLS_PSK_IDENTITY_MAX)
-/* How long a new connection waits for a handshake slot: first a grace
- * period in which a handshake in progress may end by itself (a real
- * peer's takes milliseconds), then evicting the oldest, up to the bound. */
-#define RX_SLOT_GRACE_MS 20
+/*
+ * Handshake slots: max_handshakes in progress, and as many again for
+ * evicted ones still closing, so that the acceptor never waits for an
+ * eviction to finish. A handshake younger than RX_SLOT_MIN_AGE_MS is not
+ * evicted (a real peer's takes milliseconds on loopback); when only such
+ * remain, a new connection waits for a slot, at most RX_SLOT_WAIT_MS.
+ */
+#define RX_SLOT_MIN_AGE_MS 20
 #define RX_SLOT_WAIT_MS 1000
 
 enum rx_conn_state {

@@ -72,7 +72,7 @@ struct ferry_receiver {
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;	/* a slot freed, a handshake ended */
-	struct rx_slot *slots;	/* o.max_handshakes */
+	struct rx_slot *slots;	/* 2 * o.max_handshakes (see rx.h) */
 	uint32_t handshakes;	/* handshake threads alive */
 	struct rx_mig *migs[FERRY_MAX_MIGRATIONS_LIMIT];
 	struct rx_burnt burnt[RX_BURNT_MAX];
@@ -197,7 +197,7 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 		r->o.max_migrations = FERRY_DEFAULT_MAX_MIGRATIONS;
 	if (!r->o.max_handshakes)
 		r->o.max_handshakes = FERRY_DEFAULT_MAX_HANDSHAKES;
-	r->slots = calloc(r->o.max_handshakes, sizeof(*r->slots));
+	r->slots = calloc(2 * (size_t)r->o.max_handshakes, sizeof(*r->slots));
 	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	r->reap_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!r->listen_host || (o->qmp_path && !r->qmp_path) ||
@@ -208,7 +208,7 @@ struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
 		ferry_error_set(err, -ENOMEM, "out of memory");
 		goto err_free;
 	}
-	for (uint32_t i = 0; i < r->o.max_handshakes; i++)
+	for (uint32_t i = 0; i < 2 * r->o.max_handshakes; i++)
 		r->slots[i].fd = -1;
 	r->o.listen_host = r->listen_host;
 	r->o.qmp_path = r->qmp_path;
@@ -792,40 +792,50 @@ static void *handshake_main(void *arg)
 }
 
 /*
- * Under svc->mu: a free handshake slot. When none is free, a moment's
- * grace for one to end by itself, then the oldest handshake still in
- * progress is shut down to make room (a flood of idle connections then
- * costs a real one the eviction of an idle one), one eviction at a time;
- * the whole wait is bounded.
+ * Under svc->mu: a free handshake slot. When max_handshakes are in
+ * progress, the oldest of them (not younger than RX_SLOT_MIN_AGE_MS, its
+ * handshake not through) is shut down to make room, so a flood of idle
+ * connections costs a real one the eviction of an idle one, not a wait;
+ * the evicted connection keeps its slot until its thread lets go, in the
+ * second half of the slots. Only when nothing can go is there a wait,
+ * bounded.
  */
 static int slot_get(struct ferry_receiver *svc)
 {
-	uint64_t now = ferry_now_ms(), deadline = now + RX_SLOT_WAIT_MS;
-	uint64_t grace = now + RX_SLOT_GRACE_MS;
+	uint64_t deadline = ferry_now_ms() + RX_SLOT_WAIT_MS;
 
 	for (;;) {
-		uint32_t oldest = UINT32_MAX, pending = 0;
+		uint32_t active = 0, oldest = UINT32_MAX, free_slot = UINT32_MAX;
+		uint64_t now = ferry_now_ms();
 		struct timespec ts;
 
-		for (uint32_t i = 0; i < svc->o.max_handshakes; i++) {
+		for (uint32_t i = 0; i < 2 * svc->o.max_handshakes; i++) {
 			const struct rx_slot *sl = &svc->slots[i];
 
-			if (sl->fd < 0)
-				return (int)i;
-			pending += sl->evicted;
-			if (!sl->evicted && sl->state < RX_CONN_ROUTED &&
+			if (sl->fd < 0) {
+				if (free_slot == UINT32_MAX)
+					free_slot = i;
+				continue;
+			}
+			if (sl->evicted)
+				continue;
+			active++;
+			if (sl->state < RX_CONN_ROUTED &&
+			    now - sl->t0_ms >= RX_SLOT_MIN_AGE_MS &&
 			    (oldest == UINT32_MAX ||
 			     sl->t0_ms < svc->slots[oldest].t0_ms))
 				oldest = i;
 		}
-		now = ferry_now_ms();
-		if (now >= deadline)
-			return -EBUSY;
-		/* The thread sees EOF and gives the slot back. */
-		if (now >= grace && !pending && oldest != UINT32_MAX) {
+		if (active >= svc->o.max_handshakes && oldest != UINT32_MAX) {
+			/* Its thread sees EOF and gives the slot back. */
 			shutdown(svc->slots[oldest].fd, SHUT_RDWR);
 			svc->slots[oldest].evicted = true;
+			active--;
 		}
+		if (active < svc->o.max_handshakes && free_slot != UINT32_MAX)
+			return (int)free_slot;
+		if (now >= deadline)
+			return -EBUSY;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ts.tv_nsec += RX_EVICT_WAIT_MS * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
@@ -950,7 +960,7 @@ static void shut_down(struct ferry_receiver *svc, bool keep_first,
 	efd_signal(svc->stop_efd);
 	pthread_mutex_lock(&svc->mu);
 	svc->stopping = true;
-	for (uint32_t i = 0; i < svc->o.max_handshakes; i++)
+	for (uint32_t i = 0; i < 2 * svc->o.max_handshakes; i++)
 		if (svc->slots[i].fd >= 0)
 			shutdown(svc->slots[i].fd, SHUT_RDWR);
 	while (svc->handshakes)
