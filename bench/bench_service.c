@@ -41,6 +41,7 @@ struct nuisance {
 	bool slow;
 	int fds[BS_CONNS_MAX];
 	uint32_t opened;
+	volatile bool opening_done;	/* all opened, or a connect failed */
 	volatile bool stop;
 	pthread_t t;
 };
@@ -64,6 +65,7 @@ static void *nuisance_main(void *arg)
 			break;
 		z->fds[z->opened++] = fd;
 	}
+	z->opening_done = true;
 	while (!z->stop && z->slow && sent < sizeof(hello) - 1) {
 		for (uint32_t i = 0; i < z->opened; i++)
 			send(z->fds[i], hello + sent, 1, MSG_NOSIGNAL);
@@ -113,7 +115,7 @@ static int same_ram(const char *dir, struct vm *a, struct vm *b)
 
 /* One migration in @mode; its wall time (ferry's total) in *@ms. */
 static int one(enum mode mode, uint32_t mem, uint32_t conns, const char *dir,
-	       uint64_t *ms, struct ferry_error *err)
+	       uint64_t *ms, uint32_t *opened, struct ferry_error *err)
 {
 	struct vm_config sc = { .mem_mib = mem, .fill = "random" };
 	struct vm_config dc = sc;
@@ -143,8 +145,9 @@ static int one(enum mode mode, uint32_t mem, uint32_t conns, const char *dir,
 	z.n = mode == M_QUIET ? 0 : conns;
 	z.slow = mode == M_SLOW;
 	pthread_create(&z.t, NULL, nuisance_main, &z);
-	while (z.opened < z.n && !z.stop)
+	while (!z.opening_done)
 		usleep(5 * 1000);
+	*opened = z.opened;
 	/* Let the service see them all before the migration starts. */
 	usleep(200 * 1000);
 	o.qmp_path = vm_qmp_path(src);
@@ -183,6 +186,7 @@ static void print_machine(void)
 int main(int argc, char **argv)
 {
 	static uint64_t ms[M_COUNT][BS_REPEATS_MAX];
+	uint32_t opened = 0;
 	uint32_t mem = 256, repeats = 3, conns = 200;
 	struct ferry_error err = { 0 };
 	uint64_t base;
@@ -210,14 +214,16 @@ int main(int argc, char **argv)
 	       mem, conns, repeats);
 	for (uint32_t r = 0; r < repeats; r++) {
 		for (int md = 0; md < M_COUNT; md++) {
-			if (one((enum mode)md, mem, conns, dir, &ms[md][r], &err) < 0) {
+			if (one((enum mode)md, mem, conns, dir, &ms[md][r], &opened,
+				&err) < 0) {
 				fprintf(stderr, "%s run %u: %s\n", mode_names[md], r,
 					err.msg);
 				tmpdir_remove(dir);
 				return 1;
 			}
-			printf("%-10s run %u: %llu ms (RAM verified)\n", mode_names[md],
-			       r, (unsigned long long)ms[md][r]);
+			printf("%-10s run %u: %llu ms (RAM verified; %u connections "
+			       "open)\n", mode_names[md], r,
+			       (unsigned long long)ms[md][r], opened);
 			fflush(stdout);
 		}
 	}

@@ -45,6 +45,13 @@
 #define RX_POLL_MS 250
 /* Link probes one migration may send before its data connections. */
 #define RX_PROBES_MAX 4
+/*
+ * The source's ferry is gone outside post-copy: how long the destination
+ * QEMU may keep loading a stream that needs no ferry (hand-off, --direct)
+ * before the service gives up on it. A dead peer ends such a stream much
+ * sooner (TCP keepalives, NET_TCP_USER_TIMEOUT_MS).
+ */
+#define RX_SOURCE_LOST_WAIT_MS (10 * 60 * 1000)
 /* After FINISH: the destination completes within moments of the source. */
 #define RX_FINISH_POLL_MS 2
 
@@ -91,6 +98,8 @@ struct incoming {
 	bool launched;
 	bool switched;		/* the source completed: the destination
 				   holds the guest now */
+	bool source_lost;	/* the source's ferry left; the destination
+				   completed on its own */
 };
 
 static void rx_set_state(struct incoming *in, enum rx_state s)
@@ -558,7 +567,9 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return ferry_error_set(err, -EIO,
 			"destination QEMU migration is '%s'%s%s", info.status,
 			info.error_desc[0] ? ": " : "", info.error_desc);
-	if (in->tun) {
+	/* Without the source the return path may be cut; QEMU completed, so
+	 * it had the whole stream. */
+	if (in->tun && !in->source_lost) {
 		rc = tun_wait(in->tun, MIG_FINISH_TIMEOUT_MS, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel: ");
@@ -578,6 +589,8 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return rc;
 	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
 		  in->id, status);
+	if (in->source_lost)
+		return 0;
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_FINISHED, text,
 			     wire_finished_encode(true, status, text),
 			     MIG_QMP_TIMEOUT_MS, err);
@@ -632,6 +645,58 @@ static bool rx_in_postcopy(struct incoming *in)
 	return in->postcopy;
 }
 
+/*
+ * The source's ferry is gone (its control connection or the tunnel broke)
+ * outside post-copy. Its QEMU may finish on its own: with hand-off and
+ * --direct, QEMU's stream does not need ferry. Wait, bounded, for the
+ * destination QEMU to leave the active states. Completed: the destination
+ * holds the whole guest and the source QEMU has stopped for good (it only
+ * completes once the destination has everything), so finish as FINISH
+ * would (1), resuming the guest unless the source asked for --paused.
+ * Anything else: the migration failed, and the source QEMU, whose stream
+ * failed too, runs its guest on.
+ */
+static int rx_source_lost(struct incoming *in, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + RX_SOURCE_LOST_WAIT_MS;
+	char why[FERRY_ERROR_MSG_MAX];
+	struct mig_info info = { 0 };
+	int rc;
+
+	snprintf(why, sizeof(why), "%s", err->msg);
+	ferry_log(FERRY_LOG_WARN, "migration %s: the source's ferry is gone (%s); "
+		  "waiting for the destination QEMU to finish or fail on its own",
+		  in->id, why);
+	/* Through the tunnel no more of the stream can come: QEMU sees its
+	 * end now, and completes only if it had it all. */
+	if (in->tun && !tun_finished(in->tun))
+		tun_cancel(in->tun);
+	do {
+		rc = mig_query(in->q, &info, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "the source's ferry is gone "
+						  "(%s), and the destination QEMU "
+						  "too: ", why);
+		if (!mig_status_active(info.status))
+			break;
+		usleep(RX_POLL_MS * 1000);
+	} while (ferry_now_ms() < deadline);
+	if (strcmp(info.status, "completed") != 0)
+		return ferry_error_set(err, -ECONNRESET, "the source's ferry is gone "
+				       "(%s); the destination QEMU's migration is "
+				       "'%s'%s%s, so the source guest runs on", why,
+				       info.status, info.error_desc[0] ? ": " : "",
+				       info.error_desc);
+	ferry_log(FERRY_LOG_WARN, "migration %s: the destination QEMU completed "
+		  "without the source's ferry: it holds the whole guest, and the "
+		  "source QEMU has stopped; %s", in->id,
+		  in->hello.options & WIRE_OPT_PAUSED ?
+		  "leaving it paused, as the source asked" : "resuming it");
+	in->source_lost = true;
+	in->resume = !(in->hello.options & WIRE_OPT_PAUSED);
+	return 1;
+}
+
 /* Stream until FINISH (1), or fail. */
 static int rx_stream(struct incoming *in, struct ferry_error *err)
 {
@@ -662,6 +727,8 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			if (rc < 0 && rx_in_postcopy(in) && rc != -ECANCELED &&
 			    rc != -EPROTO)
 				return ferry_error_recode(err, -EAGAIN);
+			if (rc < 0 && rc != -ECANCELED && rc != -EPROTO)
+				return rx_source_lost(in, err);
 			if (rc != 0)
 				return rc;
 			continue;
@@ -674,8 +741,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 				ferry_error_prefix(err, "tunnel: ");
 				return ferry_error_recode(err, -EAGAIN);
 			}
-			if (rc < 0 && rc != -ETIMEDOUT)
-				return ferry_error_prefix(err, "tunnel: ");
+			if (rc < 0 && rc != -ETIMEDOUT) {
+				ferry_error_prefix(err, "tunnel: ");
+				return rx_source_lost(in, err);
+			}
 		}
 		rc = mig_query(in->q, &info, err);
 		if (rc < 0)

@@ -1,0 +1,199 @@
+/*
+ * Whatever dies mid-migration, the guest runs exactly once, with its
+ * memory intact: the cells of the kill matrix that the living side
+ * handles by itself.
+ *
+ * `ferry migrate` runs as a child process (as on its own host) and is
+ * killed with SIGKILL while QEMU streams; the receiver runs in this
+ * process, as libferry. With hand-off, QEMU's stream needs no ferry and
+ * the migration completes without it: the receiver sees the destination
+ * complete and finishes it as the source would have asked (paused or
+ * running); through the tunnel, the stream dies with ferry, the source
+ * QEMU's migration fails and its guest runs on. Each cell checks which
+ * copy runs, and the data: RAM compared byte for byte where both guests
+ * are quiescent, heartbeats where the guest runs.
+ */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/mig.h"
+#include "engine/util.h"
+#include "ferry.h"
+#include "tests/harness/proc.h"
+#include "tests/harness/rx.h"
+#include "tests/harness/vm.h"
+#include "tests/integration/pair.h"
+
+#define TEST_MEM_MIB 128
+/* QEMU paces the stream: 128 MiB take about 8 s, time to kill ferry. */
+#define CAP_MIB_S "16"
+#define ACTIVE_TIMEOUT_MS 30000
+
+/* Until the destination QEMU is loading a stream. */
+static void wait_dest_active(struct pair *p)
+{
+	struct mig_info info;
+
+	for (int i = 0; i < ACTIVE_TIMEOUT_MS / 20; i++) {
+		if (mig_query(vm_qmp(p->dst), &info, NULL) == 0 &&
+		    !strcmp(info.status, "active"))
+			return;
+		usleep(20 * 1000);
+	}
+	ck_abort_msg("the destination never started loading");
+}
+
+/* Start `ferry migrate` to @port with @extra options; killed with SIGKILL
+ * once the destination loads. */
+static void migrate_and_kill(struct pair *p, uint16_t port,
+			     const char *const *extra)
+{
+	char to[32];
+	char *argv[24] = { getenv("FERRY_BIN"), "migrate", "--qmp",
+			   (char *)vm_qmp_path(p->src), "--to", to,
+			   "--bandwidth", CAP_MIB_S, "--quiet" };
+	struct ferry_error err = { 0 };
+	int n = 9;
+	pid_t mig;
+
+	ck_assert_ptr_nonnull(argv[0]);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	for (; extra && *extra; extra++)
+		argv[n++] = (char *)*extra;
+	argv[n] = NULL;
+	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
+	wait_dest_active(p);
+	kill(mig, SIGKILL);
+	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
+}
+
+static void rx_start_once(struct rx_thread *rx, struct pair *p)
+{
+	struct ferry_receiver_opts o = { .listen_host = "127.0.0.1",
+					 .qmp_path = vm_qmp_path(p->dst),
+					 .once = true };
+
+	ck_assert_msg(rx_thread_start(rx, &o, NULL, &rx->err) == 0, "%s",
+		      rx->err.msg);
+}
+
+/*
+ * Hand-off, --paused: ferry migrate dies, QEMU completes without it, and
+ * the receiver finishes the migration as asked: the destination stays
+ * paused, the source is stopped, their RAM is the same.
+ */
+START_TEST(migrate_killed_handoff_paused)
+{
+	static const char *const extra[] = { "--compress", "none", "--paused",
+					     NULL };
+	struct rx_thread rx;
+	struct pair p;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	rx_start_once(&rx, &p);
+	migrate_and_kill(&p, rx.port, extra);
+	rx_thread_join(&rx);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert(rx.rep.completed);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * Hand-off, the guest to run on the destination: it does, once, and beats
+ * there; the source stays stopped.
+ */
+START_TEST(migrate_killed_handoff_resumes)
+{
+	static const char *const extra[] = { "--compress", "none", NULL };
+	struct ferry_error err = { 0 };
+	struct rx_thread rx;
+	struct pair p;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 4, 8);
+	rx_start_once(&rx, &p);
+	migrate_and_kill(&p, rx.port, extra);
+	rx_thread_join(&rx);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	expect_status(p.dst, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0,
+		      "the destination guest does not beat: %s", err.msg);
+	expect_status(p.src, "postmigrate");
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * Through the tunnel: the stream dies with ferry; the source guest runs
+ * on (its heartbeat goes on), and a new migration of it to a fresh
+ * destination completes with the same RAM.
+ */
+START_TEST(migrate_killed_tunnel_source_runs)
+{
+	static const char *const extra[] = { "--compress", "none",
+					     "--no-handoff", NULL };
+	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
+				.incoming = true, .prealloc = true };
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	rx_start_once(&rx, &p);
+	migrate_and_kill(&p, rx.port, extra);
+	rx_thread_join(&rx);
+	ck_assert_int_lt(rx.rc, 0);
+	expect_status(p.src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0,
+		      "the source guest does not beat: %s", err.msg);
+
+	/* The retry, to a new destination. */
+	vm_stop(p.dst);
+	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	rx_start_once(&rx, &p);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = rx.port;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	rx_thread_join(&rx);
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+END_TEST
+
+static Suite *crash_suite(void)
+{
+	Suite *s = suite_create("crash");
+	TCase *tc = tcase_create("migrate_killed");
+
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, migrate_killed_handoff_paused);
+	tcase_add_test(tc, migrate_killed_handoff_resumes);
+	tcase_add_test(tc, migrate_killed_tunnel_source_runs);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(crash_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
