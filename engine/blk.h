@@ -69,6 +69,28 @@ struct blk_disk_info {
 int blk_query_disks(struct qmp *q, const char *only, struct blk_disk_info *d,
 		    uint32_t *n, struct ferry_error *err);
 
+/*
+ * The names ferry gives what it creates in QEMU and on disk: mirror jobs
+ * and NBD nodes in the source QEMU (plus the device id), and the private
+ * directories of its NBD sockets (under $TMPDIR or /tmp).
+ */
+#define BLK_JOB_PREFIX "ferry-mirror-"
+#define BLK_NODE_PREFIX "ferry-target-"
+#define BLK_DIR_PREFIX "ferry-nbd-"
+/* A socket directory younger than this may be an attempt starting now. */
+#define BLK_STALE_DIR_MIN_AGE_S 60
+
+/* The directory for NBD socket dirs ($TMPDIR when short enough). */
+const char *blk_tmpdir(void);
+
+/*
+ * What an earlier ferry that died left in this QEMU and on this host:
+ * its mirror jobs (cancelled, dismissed), its NBD nodes (deleted), and
+ * socket directories nobody listens in any more (removed). Each is said
+ * in the log. 0, or -errno when QEMU refuses.
+ */
+int blk_clear_stale(struct qmp *q, struct ferry_error *err);
+
 /* Source side. */
 struct blk_src;
 

@@ -321,9 +321,8 @@ int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
 		if (rc < 0)
 			return rc;
 	}
-	snprintf(b->dir, sizeof(b->dir), "%s/ferry-nbd-XXXXXX",
-		 getenv("TMPDIR") && strlen(getenv("TMPDIR")) < 40 ?
-		 getenv("TMPDIR") : "/tmp");
+	snprintf(b->dir, sizeof(b->dir), "%s/" BLK_DIR_PREFIX "XXXXXX",
+		 blk_tmpdir());
 	if (!mkdtemp(b->dir)) {
 		b->dir[0] = 0;
 		return ferry_error_set(err, -errno, "mkdtemp: %s", strerror(errno));

@@ -378,8 +378,8 @@ int blk_src_new(struct blk_src **out, struct qmp *q,
 		d->info = info[i];
 		d->lfd = d->cfd = -1;
 		/* From @info, not d->info: the names live in the same struct. */
-		snprintf(d->job, sizeof(d->job), "ferry-mirror-%s", info[i].w.id);
-		snprintf(d->target, sizeof(d->target), "ferry-target-%s",
+		snprintf(d->job, sizeof(d->job), BLK_JOB_PREFIX "%s", info[i].w.id);
+		snprintf(d->target, sizeof(d->target), BLK_NODE_PREFIX "%s",
 			 info[i].w.id);
 	}
 	*out = b;
@@ -483,9 +483,8 @@ int blk_src_start(struct blk_src *b, struct tun_opts *to,
 	if (rc < 0)
 		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
 	b->acker_started = true;
-	snprintf(b->dir, sizeof(b->dir), "%s/ferry-nbd-XXXXXX",
-		 getenv("TMPDIR") && strlen(getenv("TMPDIR")) < 40 ?
-		 getenv("TMPDIR") : "/tmp");
+	snprintf(b->dir, sizeof(b->dir), "%s/" BLK_DIR_PREFIX "XXXXXX",
+		 blk_tmpdir());
 	if (!mkdtemp(b->dir)) {	/* mode 0700: only ferry and root */
 		rc = ferry_error_set(err, -errno, "mkdtemp: %s", strerror(errno));
 		b->dir[0] = 0;

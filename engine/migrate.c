@@ -372,6 +372,10 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		       m->was_running, err);
 	if (rc < 0)
 		return rc;
+	/* Before anything of this attempt: what a ferry that died left. */
+	rc = blk_clear_stale(m->q, err);
+	if (rc < 0)
+		return rc;
 	if (m->o.block.enabled) {
 		rc = blk_src_new(&m->blk, m->q, &m->o.block, err);
 		if (rc < 0)

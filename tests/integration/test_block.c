@@ -497,6 +497,74 @@ START_TEST(block_receiver_dies)
 }
 END_TEST
 
+/* Whether the source QEMU has ferry's mirror job for vdisk0. */
+static bool mirror_running(struct vm *vm)
+{
+	json_t *ret = NULL, *job;
+	bool found = false;
+	size_t i;
+
+	if (qmp_execute(vm_qmp(vm), "query-block-jobs", NULL, &ret, QMP_MS,
+			NULL) < 0)
+		return false;
+	json_array_foreach(ret, i, job)
+		found |= !strcmp(json_string_value(json_object_get(job, "device")) ?:
+				 "", "ferry-mirror-vdisk0");
+	json_decref(ret);
+	return found;
+}
+
+/*
+ * `ferry migrate --block` killed (SIGKILL) while QEMU mirrors: the source
+ * guest runs on its untouched disk, and what the dead ferry left in the
+ * source QEMU (its mirror job, its NBD node) and on the host (its socket
+ * directory) is cleared by the next attempt, which migrates the guest
+ * without anybody touching QMP: disks byte-identical, RAM the same.
+ */
+START_TEST(block_migrate_killed_then_retry)
+{
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct bpair p;
+	uint16_t port = proc_free_port();
+	char to[32], copy[160];
+	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
+			 to, "--block", "--bandwidth", "8", "--quiet", NULL };
+	struct ferry_migrate_opts o = { 0 };
+	pid_t rxp, mig;
+
+	bpair_start(&p, 96 * MiB, 64, "raw", false, 96 * MiB);
+	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
+	make_raw(copy, 96 * MiB, 64, 1);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	/* The killed ferry's socket directory goes into the test's own. */
+	setenv("TMPDIR", p.dir, 1);
+	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
+		      "%s", err.msg);
+	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
+	for (int i = 0; i < 1500 && !mirror_running(p.src); i++)
+		usleep(20 * 1000);
+	ck_assert_msg(mirror_running(p.src), "the mirror never started");
+	usleep(500 * 1000);
+	kill(mig, SIGKILL);
+	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
+	kill(rxp, SIGTERM);
+	proc_wait(rxp);
+	expect_source_alive(&p);
+	expect_same_file(copy, p.src_img);
+
+	/* The retry: ferry clears the leftovers by itself. */
+	ck_assert_int_eq(migrate(&p, &o, &rep, &err, &rx), 0);
+	unsetenv("TMPDIR");
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	expect_same_file(p.src_img, p.dst_img);
+	expect_same_ram(&p);
+	bpair_stop(&p);
+}
+END_TEST
+
 /*
  * --direct with --block and two streams: QEMU's own stream carries the
  * memory on one connection, ferry's disk tunnel the disks on two.
@@ -542,6 +610,7 @@ int main(void)
 	add(s, "cdrom", block_cdrom);
 	add(s, "precheck_size", block_precheck_size);
 	add(s, "receiver_dies", block_receiver_dies);
+	add(s, "migrate_killed_then_retry", block_migrate_killed_then_retry);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
