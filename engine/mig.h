@@ -27,6 +27,9 @@
 #define MIG_RECOVERY_TIMEOUT_MS 60000
 #define MIG_RECOVERY_BACKOFF_MIN_MS 250
 #define MIG_RECOVERY_BACKOFF_MAX_MS 4000
+/* After the source QEMU's migration failed: how long the receiver has to
+ * say whether the destination failed first. */
+#define MIG_PEER_VERDICT_MS 3000
 /* Bound on QEMU acknowledging migrate_cancel. */
 #define MIG_CANCEL_TIMEOUT_MS 10000
 

@@ -801,6 +801,54 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * The stream broke here (the source QEMU's migration failed, or the
+ * tunnel): often only the symptom of the destination failing, which the
+ * receiver says in an ERROR. Wait for that, bounded, and report the
+ * destination's failure when there is one; else @err as it is.
+ */
+static int blame(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct pollfd p = { .fd = m->ctrl.fd, .events = POLLIN };
+	char own[FERRY_ERROR_MSG_MAX];
+	struct wire_ctrl_hdr h;
+
+	snprintf(own, sizeof(own), "%s", err->msg);
+	if (m->ctrl.fd >= 0 && (net_conn_pending(&m->ctrl) ||
+				poll(&p, 1, MIG_PEER_VERDICT_MS) > 0) &&
+	    net_ctrl_recv(&m->ctrl, &h, payload, MIG_PEER_VERDICT_MS, NULL) == 0 &&
+	    h.type == WIRE_CTRL_ERROR)
+		return ferry_error_set(err, -EREMOTEIO, "the destination failed: "
+				       "%s (%s)", (char *)payload, own);
+	return err->code;
+}
+
+/*
+ * query-migrate into m->last. A failed or cancelled migration has no RAM
+ * statistics: the last ones seen are kept, so the report of a failure
+ * says how far it got.
+ */
+static int query_keep_counters(struct ferry_migration *m,
+			       struct ferry_error *err)
+{
+	struct mig_info now;
+	int rc = mig_query(m->q, &now, err);
+
+	if (rc < 0)
+		return rc;
+	if (!now.ram_total && m->last.ram_total) {
+		now.total_time_ms = now.total_time_ms ? now.total_time_ms :
+				    m->last.total_time_ms;
+		now.ram_total = m->last.ram_total;
+		now.ram_transferred = m->last.ram_transferred;
+		now.ram_remaining = m->last.ram_remaining;
+		now.dirty_sync_count = m->last.dirty_sync_count;
+	}
+	m->last = now;
+	return 0;
+}
+
 /* One turn of the precopy loop: 1 when QEMU completed, 0 to go on. */
 static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 {
@@ -835,15 +883,17 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 	} else if (fds[0].revents) {
 		return ferry_error_set(err, -ECANCELED, "migration cancelled by request");
 	}
-	rc = mig_query(m->q, &m->last, err);
+	rc = query_keep_counters(m, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "source QEMU: ");
 	if (strcmp(m->last.status, "completed") == 0)
 		return 1;
-	if (!mig_status_active(m->last.status))
-		return ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
-				       m->last.status, m->last.error_desc[0] ? ": " : "",
-				       m->last.error_desc);
+	if (!mig_status_active(m->last.status)) {
+		ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
+				m->last.status, m->last.error_desc[0] ? ": " : "",
+				m->last.error_desc);
+		return blame(m, err);
+	}
 	if (m->conv.postcopy_active && !strcmp(m->last.status, "postcopy-paused"))
 		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
 	if (m->blk && !strcmp(m->last.status, "pre-switchover"))
@@ -864,8 +914,10 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 			ferry_error_prefix(err, "tunnel broke: ");
 			return ferry_error_recode(err, -EAGAIN);
 		}
-		if (rc < 0)
-			return ferry_error_prefix(err, "tunnel to the receiver broke: ");
+		if (rc < 0) {
+			ferry_error_prefix(err, "tunnel to the receiver broke: ");
+			return blame(m, err);
+		}
 	}
 	if (!strcmp(m->last.status, "postcopy-active") && !m->conv.postcopy_active)
 		note_postcopy(m);

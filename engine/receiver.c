@@ -23,6 +23,8 @@
  * too, it gets a connection that ferry accepted and checked.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -645,6 +647,61 @@ static bool rx_in_postcopy(struct incoming *in)
 	return in->postcopy;
 }
 
+/* The last line of a launched QEMU's log (its stderr), or "". */
+static void launch_log_tail(const struct incoming *in, char *out, size_t len)
+{
+	char path[PATH_MAX], buf[1024];
+	ssize_t n;
+	int fd;
+
+	out[0] = '\0';
+	if (!in->launched)
+		return;
+	snprintf(path, sizeof(path), "%s/%s.log", in->o->state_dir,
+		 in->m->target.vm);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	if (n > 0) {
+		off_t size = lseek(fd, 0, SEEK_END);
+
+		if (size > (off_t)sizeof(buf) - 1)
+			n = pread(fd, buf, sizeof(buf) - 1, size - (off_t)sizeof(buf) + 1);
+	}
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	while (n > 0 && buf[n - 1] == '\n')
+		buf[--n] = '\0';
+	snprintf(out, len, "%s", strrchr(buf, '\n') ? strrchr(buf, '\n') + 1 : buf);
+}
+
+/*
+ * The destination QEMU failed the migration (@info, when it still
+ * answers) or exited (QEMU 7.2 exits when an incoming migration fails):
+ * say so, and why when it can be known (its error, or the last line a
+ * launched QEMU printed), so that the source reports the destination's
+ * failure rather than its own broken stream.
+ */
+static int rx_dest_failed(struct incoming *in, const struct mig_info *info,
+			  struct ferry_error *err)
+{
+	char tail[512];
+
+	if (info)
+		return ferry_error_set(err, -EIO, "the destination QEMU failed the "
+				       "migration%s%s", info->error_desc[0] ?
+				       ": " : "", info->error_desc);
+	launch_log_tail(in, tail, sizeof(tail));
+	return ferry_error_set(err, -EIO, "the destination QEMU exited while it "
+			       "loaded the migration stream%s%s", tail[0] ?
+			       ": " : " (it rejects the source's state, a device "
+			       "or setting the destination lacks is the usual "
+			       "cause; QEMU's own message is on its stderr)", tail);
+}
+
 /*
  * The source's ferry is gone (its control connection or the tunnel broke)
  * outside post-copy. Its QEMU may finish on its own: with hand-off and
@@ -661,10 +718,27 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	uint64_t deadline = ferry_now_ms() + RX_SOURCE_LOST_WAIT_MS;
 	char why[FERRY_ERROR_MSG_MAX];
 	struct mig_info info = { 0 };
-	int rc;
+
+	int trc = in->tun ? tun_wait(in->tun, 0, NULL) : -ETIMEDOUT;
+	/* The tunnel failed on the source's side first: whatever QEMU does
+	 * next (it exits at the end of its stream) follows from that. */
+	bool peer_first = trc < 0 && trc != -ETIMEDOUT &&
+			  !tun_failed_locally(in->tun);
 
 	snprintf(why, sizeof(why), "%s", err->msg);
-	ferry_log(FERRY_LOG_WARN, "migration %s: the source's ferry is gone (%s); "
+	/* A destination QEMU that failed (or exited) broke the stream
+	 * itself: the tunnel saw its side end first, or QEMU says so. */
+	if (!peer_first && mig_query(in->q, &info, NULL) < 0)
+		return rx_dest_failed(in, NULL, err);
+	if (!peer_first && (!strcmp(info.status, "failed") ||
+			    (in->tun && tun_failed_locally(in->tun)))) {
+		/* It closes its end a moment before it fails or exits. */
+		usleep(RX_POLL_MS * 1000);
+		return rx_dest_failed(in, mig_query(in->q, &info, NULL) == 0 &&
+				      !strcmp(info.status, "failed") ? &info :
+				      NULL, err);
+	}
+	ferry_log(FERRY_LOG_WARN, "migration %s: the source's side broke off (%s); "
 		  "waiting for the destination QEMU to finish or fail on its own",
 		  in->id, why);
 	/* Through the tunnel no more of the stream can come: QEMU sees its
@@ -672,11 +746,11 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	if (in->tun && !tun_finished(in->tun))
 		tun_cancel(in->tun);
 	do {
-		rc = mig_query(in->q, &info, err);
-		if (rc < 0)
-			return ferry_error_prefix(err, "the source's ferry is gone "
-						  "(%s), and the destination QEMU "
-						  "too: ", why);
+		if (mig_query(in->q, &info, NULL) < 0)
+			return ferry_error_set(err, -ECONNRESET, "the source's side "
+				"broke off (%s); the destination QEMU exited with "
+				"its stream (as QEMU 7.2 does), so the source guest "
+				"runs on", why);
 		if (!mig_status_active(info.status))
 			break;
 		usleep(RX_POLL_MS * 1000);
@@ -746,13 +820,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 				return rx_source_lost(in, err);
 			}
 		}
-		rc = mig_query(in->q, &info, err);
-		if (rc < 0)
-			return ferry_error_prefix(err, "destination QEMU is gone: ");
+		if (mig_query(in->q, &info, NULL) < 0)
+			return rx_dest_failed(in, NULL, err);
 		if (strcmp(info.status, "failed") == 0)
-			return ferry_error_set(err, -EIO,
-				"destination QEMU failed the migration%s%s",
-				info.error_desc[0] ? ": " : "", info.error_desc);
+			return rx_dest_failed(in, &info, err);
 		/* With --direct, QEMU's own connection broke. */
 		if (strcmp(info.status, "postcopy-paused") == 0)
 			return ferry_error_set(err, -EAGAIN, "the destination QEMU "

@@ -150,6 +150,7 @@ struct tun {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool failed, finished, stopping;
+	bool failed_local;	/* the first failure was the local QEMU side */
 	struct ferry_error error;
 	int done_fd;
 	pthread_t threads[TUN_MAX_THREADS];
@@ -626,6 +627,11 @@ static void local_failed(struct tun *t, int rc, const char *doing)
 {
 	if (rc == -ECANCELED)
 		return;
+	/* The local side fails first: say so (tun_failed_locally). */
+	pthread_mutex_lock(&t->mu);
+	if (!t->failed && !t->finished)
+		t->failed_local = true;
+	pthread_mutex_unlock(&t->mu);
 	if (rc == -ETIMEDOUT)
 		tun_fail(t, rc, "no data moved for %u ms while %s the local "
 			 "QEMU: the peer stalled", t->idle_ms, doing);
@@ -1433,6 +1439,16 @@ fail:
 int tun_done_fd(const struct tun *t)
 {
 	return t->done_fd;
+}
+
+bool tun_failed_locally(const struct tun *t)
+{
+	bool f;
+
+	pthread_mutex_lock((pthread_mutex_t *)&t->mu);
+	f = t->failed && t->failed_local;
+	pthread_mutex_unlock((pthread_mutex_t *)&t->mu);
+	return f;
 }
 
 bool tun_finished(const struct tun *t)

@@ -104,6 +104,8 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 /* An eventfd that becomes readable when the tunnel has ended. */
 int tun_done_fd(const struct tun *t);
 bool tun_finished(const struct tun *t);
+/* It failed, and first on the local QEMU's side (not a peer's). */
+bool tun_failed_locally(const struct tun *t);
 
 /* Copy of the counters; safe while the tunnel runs. */
 void tun_stats(const struct tun *t, struct tun_stats *s);
