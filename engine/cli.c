@@ -6,9 +6,12 @@
  *   ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]
  *   ferry serve --listen HOST:PORT --launch CMD --state-dir DIR --allow-dir DIR
  *   ferry launch-qemu NAME QMP_PATH   (the launcher ferry ships)
+ *   ferry recover [--state-dir DIR]
  *
  * Exit status: 0 when the migration completed (or the receiver stopped
- * cleanly), 1 when it failed, 2 for a usage error.
+ * cleanly), 1 when it failed and the source guest runs, 2 for a usage
+ * error, 3 when it failed and the source guest is not confirmed running
+ * (the destination may hold it: run ferry recover on both hosts).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +23,7 @@
 #include <unistd.h>
 
 #include "engine/launch.h"
+#include "engine/recover.h"
 #include "ferry.h"
 #include "ferry_policy.h"
 
@@ -53,6 +57,7 @@ static void usage(FILE *f)
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
 		"                   [--allow-dir DIR]...\n"
+		"       ferry recover [--state-dir DIR]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -97,6 +102,13 @@ static void usage(FILE *f)
 		"  --max-migrations N  migrations at once (default %d); more are refused\n"
 		"                      with 'busy' at once\n"
 		"  --once              return after one migration (receive)\n"
+		"\n"
+		"  --state-dir DIR     (all commands) the migration journal, for\n"
+		"                      ferry recover (default $FERRY_STATE_DIR or\n"
+		"                      /var/lib/ferry)\n"
+		"\n"
+		"exit status: 0 done; 1 failed, the source guest runs; 2 usage;\n"
+		"3 failed, the guest's state needs ferry recover (see the message)\n"
 		"\n"
 		"TLS (both commands; the source is the client):\n"
 		"  --tls-creds DIR     x509: ca-cert.pem, server-cert.pem, server-key.pem,\n"
@@ -419,6 +431,16 @@ bad_choice:
 	return -EINVAL;
 }
 
+/* --state-dir, else $FERRY_STATE_DIR, else the system's. */
+static const char *state_dir(const struct cli *c)
+{
+	const char *env = getenv("FERRY_STATE_DIR");
+
+	if (c->state_dir)
+		return c->state_dir;
+	return env && env[0] ? env : FERRY_DEFAULT_STATE_DIR;
+}
+
 static int cmd_migrate(const struct cli *c)
 {
 	struct ferry_migrate_opts o = { 0 };
@@ -446,6 +468,7 @@ static int cmd_migrate(const struct cli *c)
 	o.converge = c->conv;
 	o.block = c->block;
 	o.vm_name = c->vm;
+	o.state_dir = state_dir(c);
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);
@@ -465,7 +488,19 @@ static int cmd_migrate(const struct cli *c)
 		print_summary(&rep);
 	ferry_migration_free(g_mig);
 	g_mig = NULL;
-	return rc < 0 ? 1 : 0;
+	return rc == 0 ? 0 : rep.source_running ? 1 : 3;
+}
+
+static int cmd_recover(const struct cli *c)
+{
+	struct ferry_error err = { 0 };
+	bool needs_person;
+	int rc;
+
+	rc = recover_all(state_dir(c), &needs_person, &err);
+	if (rc < 0)
+		return 1;
+	return needs_person ? 3 : 0;
 }
 
 /*
@@ -492,7 +527,7 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 		return 2;
 	}
 	o.launch_cmd = c->launch;
-	o.state_dir = c->state_dir;
+	o.state_dir = state_dir(c);
 	o.allow_dirs = c->allow_dirs[0] ? c->allow_dirs : NULL;
 	o.listen_host = host;
 	o.qmp_path = c->qmp;
@@ -545,6 +580,8 @@ int main(int argc, char **argv)
 		return cmd_migrate(&c);
 	if (strcmp(cmd, "receive") == 0 || strcmp(cmd, "serve") == 0)
 		return cmd_receive(&c, cmd);
+	if (strcmp(cmd, "recover") == 0)
+		return cmd_recover(&c);
 	fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

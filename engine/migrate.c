@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "blk.h"
+#include "journal.h"
 #include "mig.h"
 #include "transport/net.h"
 #include "transport/probe.h"
@@ -57,6 +58,8 @@ struct ferry_migration {
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
 	char *vm_name;		/* owned copy of o.vm_name */
+	char *state_dir;	/* owned copy of o.state_dir */
+	struct journal *journal;	/* this run's; NULL without state_dir */
 	bool handoff;		/* QEMU writes to ferry's data connection */
 	uint64_t probe_rate;	/* the link probe's answer, bytes/s */
 	struct mig_info last;
@@ -142,6 +145,12 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
 			goto err_free;
 		m->o.vm_name = m->vm_name;
 	}
+	if (o->state_dir) {
+		m->state_dir = strdup(o->state_dir);
+		if (!m->state_dir)
+			goto err_free;
+		m->o.state_dir = m->state_dir;
+	}
 	if (o->block.disks) {
 		m->disks = strdup(o->block.disks);
 		if (!m->disks)
@@ -196,6 +205,7 @@ void ferry_migration_free(struct ferry_migration *m)
 	free(m->tls_host);
 	free(m->disks);
 	free(m->vm_name);
+	free(m->state_dir);
 	free(m->qmp_path);
 	free(m->to_host);
 	free(m);
@@ -334,6 +344,28 @@ static int send_config(struct ferry_migration *m, struct ferry_error *err)
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
+/* The journal of this run, and its first entry: what is being done. */
+static int journal_start(struct ferry_migration *m, struct ferry_error *err)
+{
+	char id[37];
+	int rc;
+
+	if (!m->o.state_dir)
+		return 0;
+	wire_mig_id_format(m->mig_id, id);
+	rc = journal_open(&m->journal, m->o.state_dir, id, "source", err);
+	if (rc < 0)
+		return rc;
+	return journal_step(m->journal, JOURNAL_STARTED,
+		json_pack("{s:s,s:s,s:s,s:s?,s:i,s:b,s:b,s:b,s:b,s:b}",
+			  "id", id, "side", "source", "qmp", m->o.qmp_path,
+			  "vm", m->o.vm_name, "to_port", (int)m->o.to_port,
+			  "was_running", m->was_running, "paused", m->o.paused,
+			  "direct", m->o.direct, "block", m->o.block.enabled,
+			  "postcopy", m->conv.postcopy_cap),
+		err);
+}
+
 static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 {
 	char status[32];
@@ -370,6 +402,9 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 				      MIG_BANDWIDTH_UNLIMITED ? 0 :
 				      m->o.max_bandwidth_bytes_per_s) : m->wire_cap,
 		       m->was_running, err);
+	if (rc < 0)
+		return rc;
+	rc = journal_start(m, err);
 	if (rc < 0)
 		return rc;
 	/* Before anything of this attempt: what a ferry that died left. */
@@ -660,6 +695,11 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return rc;
 	snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
+	rc = journal_step(m->journal, JOURNAL_STREAMING, NULL, err);
+	if (rc < 0) {
+		mig_drop_fd(m->q);
+		return rc;
+	}
 	rc = qmp_execute(m->q, "migrate", json_pack("{s:s}", "uri", uri), NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0) {
@@ -754,6 +794,9 @@ static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 	uint8_t resume[1];
 	int rc;
 
+	rc = journal_step(m->journal, JOURNAL_POSTCOPY, NULL, err);
+	if (rc < 0)
+		return rc;
 	rc = qmp_execute(m->q, "migrate-start-postcopy", NULL, NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
@@ -793,6 +836,9 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
 	}
 	m->disks_switched = true;
 	blk_src_poll(m->blk, &m->disk_done, &m->disk_total, NULL);
+	rc = journal_step(m->journal, JOURNAL_SWITCHOVER, NULL, err);
+	if (rc < 0)
+		return rc;
 	rc = qmp_execute(m->q, "migrate-continue",
 			 json_pack("{s:s}", "state", "pre-switchover"), NULL,
 			 MIG_QMP_TIMEOUT_MS, err);
@@ -1076,6 +1122,11 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 			return ferry_error_prefix(err, "tunnel after completion: ");
 	}
 	m->dest_may_run = !m->o.paused;
+	/* The source QEMU completed: the destination holds the guest now. */
+	rc = journal_step(m->journal, JOURNAL_SWITCHOVER,
+			  json_pack("{s:b}", "resume", !m->o.paused), err);
+	if (rc < 0)
+		return rc;
 	rc = net_ctrl_send(&m->ctrl, WIRE_CTRL_FINISH, resume,
 			   wire_flag_encode(!m->o.paused, resume),
 			   MIG_QMP_TIMEOUT_MS, err);
@@ -1292,6 +1343,12 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 			 rc == -ECANCELED ? "cancelled" : "failed");
 		snprintf(report->error, sizeof(report->error), "%s", err->msg);
 	}
+	journal_step(m->journal, rc == 0 ? JOURNAL_COMPLETED : JOURNAL_FAILED,
+		     rc == 0 ? NULL : json_pack("{s:b,s:s}", "source_running",
+						report->source_running, "error",
+						err->msg), NULL);
+	journal_close(m->journal);
+	m->journal = NULL;
 	teardown(m);
 	return rc;
 }

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "blk.h"
+#include "journal.h"
 #include "launch.h"
 #include "mig.h"
 #include "rx.h"
@@ -97,6 +98,7 @@ struct incoming {
 				   failure burns the destination QEMU */
 	struct blk_dst *blk;	/* --block */
 	struct launch_result launch;	/* a launched destination QEMU */
+	struct journal *journal;	/* NULL without a state directory */
 	bool launched;
 	bool switched;		/* the source completed: the destination
 				   holds the guest now */
@@ -229,6 +231,8 @@ static int rx_start_qemu(struct incoming *in, int fd, const char *cmd,
 {
 	int rc = mig_give_fd(in->q, fd, err);
 
+	if (rc == 0 && !strcmp(cmd, "migrate-incoming"))
+		rc = journal_step(in->journal, JOURNAL_INCOMING, NULL, err);
 	if (rc == 0) {
 		in->qemu_started = true;
 		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
@@ -582,7 +586,10 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 			ferry_error_set(err, -EIO, "the destination QEMU completed "
 					"before its disks were synced");
 	if (in->resume) {
-		rc = qmp_execute(in->q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
+		rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
+		if (rc == 0)
+			rc = qmp_execute(in->q, "cont", NULL, NULL,
+					 MIG_QMP_TIMEOUT_MS, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "resuming the destination guest: ");
 	}
@@ -623,6 +630,10 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 		ferry_log(FERRY_LOG_INFO, "migration %s switched to post-copy%s",
 			  in->id, flag ? "; resuming the destination" : "");
 		in->postcopy = true;
+		rc = journal_step(in->journal, JOURNAL_POSTCOPY,
+				  json_pack("{s:b}", "resume", flag), err);
+		if (rc < 0)
+			return rc;
 		/* During an incoming migration, cont means "run once loaded". */
 		if (flag && qmp_execute(in->q, "cont", NULL, NULL,
 					MIG_QMP_TIMEOUT_MS, err) < 0)
@@ -1007,6 +1018,19 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		  (unsigned long long)(in->hello.ram_bytes >> 20),
 		  in->hello.options & WIRE_OPT_DIRECT ? "direct" : "through ferry",
 		  in->hello.options & WIRE_OPT_PAUSED ? ", destination stays paused" : "");
+	if (in->o->state_dir &&
+	    (journal_open(&in->journal, in->o->state_dir, in->id, "destination",
+			  err) < 0 ||
+	     journal_step(in->journal, JOURNAL_STARTED,
+			  json_pack("{s:s,s:s,s:s,s:s?,s:s,s:b,s:b}", "id", in->id,
+				    "side", "destination",
+				    "qmp", in->m->target.qmp_path,
+				    "vm", in->m->target.vm[0] ? in->m->target.vm :
+				    NULL, "peer", in->peer,
+				    "paused", in->hello.options & WIRE_OPT_PAUSED,
+				    "launched", in->m->target.launched),
+			  err) < 0))
+		rx_set_state(in, RX_FAILED);
 	while (in->state != RX_DONE && in->state != RX_FAILED)
 		rx_set_state(in, rx_step(in, err));
 	rx_mig_want_conns(in->m, false);
@@ -1025,6 +1049,12 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	qmp_close(in->q);
 	if (rc < 0)
 		rx_failed_qemu(in, err);
+	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED : JOURNAL_FAILED,
+		     rc == 0 ? NULL : json_pack("{s:s,s:b}", "error", err->msg,
+						"destination_started",
+						in->qemu_started), NULL);
+	journal_close(in->journal);
+	in->journal = NULL;
 	return rc;
 }
 

@@ -214,9 +214,14 @@ struct ferry_migrate_opts {
 	 * (1..64 characters of A-Z a-z 0-9 _ . -); NULL: unnamed, which only
 	 * a receiver for one destination QEMU (qmp_path) accepts. */
 	const char *vm_name;
+	/* Where the migration journal goes (docs/journal.md), for `ferry
+	 * recover`; NULL: no journal. The CLI's default is /var/lib/ferry. */
+	const char *state_dir;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
+/* The CLI's journal directory when none is given. */
+#define FERRY_DEFAULT_STATE_DIR "/var/lib/ferry"
 #define FERRY_DEFAULT_PROGRESS_MS 250
 
 /* What happened, filled by ferry_migration_run() whether or not it failed. */

@@ -21,6 +21,7 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
 
@@ -198,6 +199,7 @@ int main(void)
 	struct ferry_error err = { 0 };
 	struct vm *src = NULL, *dst = NULL;
 	char dir[] = "/tmp/ferry-demo.XXXXXX";
+	char state[64] = "";
 	int rc = 1;
 
 	dc.incoming = true;
@@ -206,6 +208,10 @@ int main(void)
 		perror("demo: mkdtemp");
 		return 1;
 	}
+	/* The journals of this demo's migration go with it. */
+	if (!getenv("FERRY_STATE_DIR") &&
+	    tmpdir_make(state, sizeof(state), "ferry-demo-state") == 0)
+		setenv("FERRY_STATE_DIR", state, 1);
 	printf("ferry demo: a %u MiB guest (%s memory, dirtying %u MiB at %u MiB/s), %s\n",
 	       sc.mem_mib, sc.fill, sc.ws_mib, sc.rate_mib_s,
 	       env_str("FERRY_ACCEL", "tcg"));
@@ -223,6 +229,8 @@ out:
 	vm_stop(src);
 	vm_stop(dst);
 	rmdir(dir);
+	if (state[0])
+		tmpdir_remove(state);
 	printf(rc == 0 ? "demo: ok\n" : "demo: FAILED\n");
 	return rc;
 }

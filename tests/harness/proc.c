@@ -11,13 +11,35 @@
 
 #include "engine/util.h"
 #include "proc.h"
+#include "tmpdir.h"
 #include "transport/net.h"
 
 #define PROC_PORT_POLL_MS 25
 
+/*
+ * The children's journal directory (FERRY_STATE_DIR), unless the test
+ * set one: a scratch directory of this process, removed with it, so that
+ * no test writes the system's /var/lib/ferry.
+ */
+static const char *state_dir(void)
+{
+	static char dir[64];
+	static pid_t made_by;
+
+	if (getenv("FERRY_STATE_DIR"))
+		return NULL;
+	if (made_by != getpid()) {
+		if (tmpdir_make(dir, sizeof(dir), "ferry-state") < 0)
+			return NULL;
+		made_by = getpid();
+	}
+	return dir;
+}
+
 int proc_spawn(char *const argv[], int *stdout_fd, pid_t *pid,
 	       struct ferry_error *err)
 {
+	const char *sd = state_dir();
 	int pipefd[2] = { -1, -1 };
 	pid_t p;
 
@@ -42,6 +64,8 @@ int proc_spawn(char *const argv[], int *stdout_fd, pid_t *pid,
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (out >= 0)
 			dup2(out, STDOUT_FILENO);
+		if (sd)
+			setenv("FERRY_STATE_DIR", sd, 1);
 		execv(argv[0], argv);
 		_exit(127);
 	}

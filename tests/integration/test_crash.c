@@ -222,6 +222,94 @@ START_TEST(destination_rejects_state)
 }
 END_TEST
 
+/* `ferry recover --state-dir @dir`: its exit status, its output in @out. */
+static int run_recover(const char *dir, char *out, size_t len)
+{
+	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
+			 (char *)dir, NULL };
+	struct ferry_error err = { 0 };
+	pid_t pid;
+	int fd;
+
+	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
+	proc_read_all(fd, out, len);
+	return proc_wait(pid);
+}
+
+/*
+ * Both ferry processes killed (SIGKILL) during hand-off precopy, as a
+ * crash of both would: QEMU completes the migration by itself, and the
+ * guest is down on both hosts (the source stopped, the destination
+ * paused, nobody to resume it). `ferry recover` on the source host says
+ * the destination holds the guest and leaves the source stopped; on the
+ * destination host it resumes the guest there, once; a second recover
+ * finds nothing left to do.
+ */
+START_TEST(both_killed_handoff_then_recover)
+{
+	struct ferry_error err = { 0 };
+	char src_state[64], dst_state[64], listen[32], out[4096];
+	uint16_t port = proc_free_port();
+	struct pair p;
+	pid_t rxp;
+
+	ck_assert_int_eq(tmpdir_make(src_state, sizeof(src_state),
+				     "ferry-src-state"), 0);
+	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
+				     "ferry-dst-state"), 0);
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 4, 8);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+	{
+		char *argv[] = { getenv("FERRY_BIN"), "receive", "--listen", listen,
+				 "--qmp", (char *)vm_qmp_path(p.dst), "--once",
+				 "--state-dir", dst_state, NULL };
+
+		ck_assert_msg(proc_spawn(argv, NULL, &rxp, &err) == 0, "%s",
+			      err.msg);
+		ck_assert_msg(proc_wait_port(port, 5000, &err) == 0, "%s", err.msg);
+	}
+	{
+		static const char *extra[] = { "--compress", "none", "--state-dir",
+					       NULL, NULL };
+
+		extra[3] = src_state;
+		migrate_and_kill(&p, port, extra);
+	}
+	kill(rxp, SIGKILL);
+	proc_wait(rxp);
+	/* QEMU goes on alone: the destination completes, paused. */
+	for (int i = 0; i < 600; i++) {
+		struct mig_info info;
+
+		if (mig_query(vm_qmp(p.dst), &info, NULL) == 0 &&
+		    !mig_status_active(info.status))
+			break;
+		usleep(50 * 1000);
+	}
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+
+	ck_assert_int_eq(run_recover(src_state, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "(source): the source QEMU completed its "
+			     "migration: the destination holds the whole guest"),
+		      "%s", out);
+	expect_status(p.src, "postmigrate");
+	ck_assert_int_eq(run_recover(dst_state, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "(destination): the destination QEMU completed: "
+			     "it holds the whole guest, which runs"), "%s", out);
+	expect_status(p.dst, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0, "%s",
+		      err.msg);
+	expect_status(p.src, "postmigrate");
+	/* Recovered: nothing left for a second run. */
+	ck_assert_int_eq(run_recover(dst_state, out, sizeof(out)), 0);
+	ck_assert_msg(!strstr(out, "migration "), "%s", out);
+	pair_stop(&p);
+	tmpdir_remove(src_state);
+	tmpdir_remove(dst_state);
+}
+END_TEST
+
 static Suite *crash_suite(void)
 {
 	Suite *s = suite_create("crash");
@@ -232,6 +320,7 @@ static Suite *crash_suite(void)
 	tcase_add_test(tc, migrate_killed_handoff_resumes);
 	tcase_add_test(tc, migrate_killed_tunnel_source_runs);
 	tcase_add_loop_test(tc, destination_rejects_state, 0, 2);
+	tcase_add_test(tc, both_killed_handoff_then_recover);
 	suite_add_tcase(s, tc);
 	return s;
 }

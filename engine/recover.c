@@ -1,0 +1,251 @@
+/*
+ * ferry recover: after a crash, bring each unfinished migration of this
+ * host to exactly one running copy of its guest, from the journal (what
+ * ferry was doing, docs/journal.md) and the QEMU's own state (what
+ * happened). Each side decides what it can alone:
+ *
+ *   source, QEMU's migration completed: the destination holds the whole
+ *       guest; the source stays stopped (recover the destination);
+ *   source, migration still streaming without ferry, before the
+ *       switchover: cancelled; the source guest runs (as it was);
+ *   source, migration failed or cancelled: the source guest runs (as it
+ *       was), and what ferry left in QEMU is cleared;
+ *   destination, incoming migration completed: it holds the whole guest
+ *       (QEMU completes only once the source stopped); resumed unless the
+ *       migration asked to leave it paused;
+ *   destination, anything else: it does not hold the guest; nothing to do;
+ *   either side in post-copy: the guest's memory is split between the
+ *       hosts; both stay paused, nothing is guessed, and the message says
+ *       so (resuming it needs both ferry processes: not built yet).
+ * A migration recovered is marked so in its journal (state "recovered").
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blk.h"
+#include "journal.h"
+#include "mig.h"
+#include "recover.h"
+#include "util.h"
+
+/* How long a cancelled migration may take to leave the active states. */
+#define RECOVER_CANCEL_MS 10000
+#define RECOVER_POLL_MS 50
+
+struct recovery {
+	const char *id, *side, *qmp, *last;
+	bool was_running, paused;
+	char outcome[FERRY_ERROR_MSG_MAX];
+	bool needs_person;
+};
+
+static int vm_cont(struct qmp *q, struct ferry_error *err)
+{
+	return qmp_execute(q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+static void wait_inactive(struct qmp *q, struct mig_info *info)
+{
+	uint64_t deadline = ferry_now_ms() + RECOVER_CANCEL_MS;
+
+	while (ferry_now_ms() < deadline && mig_query(q, info, NULL) == 0 &&
+	       mig_status_active(info->status))
+		usleep(RECOVER_POLL_MS * 1000);
+}
+
+static int recover_source(struct recovery *r, struct qmp *q,
+			  struct mig_info *info, struct ferry_error *err)
+{
+	char status[32];
+	bool past_switchover = !strcmp(r->last, JOURNAL_SWITCHOVER);
+
+	if (!strcmp(info->status, "completed")) {
+		snprintf(r->outcome, sizeof(r->outcome), "the source QEMU completed "
+			 "its migration: the destination holds the whole guest; "
+			 "the source stays stopped (run ferry recover on the "
+			 "destination host)");
+		return 0;
+	}
+	if (!strncmp(info->status, "postcopy", 8) || !strcmp(r->last,
+							      JOURNAL_POSTCOPY)) {
+		r->needs_person = true;
+		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
+			 "(QEMU: '%s'): the guest's memory is split between the "
+			 "hosts; both stay paused, nothing is guessed", info->status);
+		return 0;
+	}
+	if (mig_status_active(info->status) && past_switchover) {
+		r->needs_person = true;
+		snprintf(r->outcome, sizeof(r->outcome), "the switchover had "
+			 "started and QEMU is still '%s': run ferry recover again "
+			 "once it has finished", info->status);
+		return 0;
+	}
+	if (mig_status_active(info->status)) {
+		/* Streaming without ferry before the switchover: the source
+		 * still holds the whole guest; stop the stream there. */
+		qmp_execute(q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
+		wait_inactive(q, info);
+		if (mig_status_active(info->status))
+			return ferry_error_set(err, -ETIMEDOUT, "the source QEMU's "
+					       "migration is still '%s' after "
+					       "migrate_cancel", info->status);
+	}
+	if (blk_clear_stale(q, err) < 0)
+		return -EIO;
+	if (mig_vm_status(q, status, sizeof(status), err) < 0)
+		return -EIO;
+	if (r->was_running && strcmp(status, "running") != 0 && vm_cont(q, err) < 0)
+		return ferry_error_prefix(err, "resuming the source guest: ");
+	snprintf(r->outcome, sizeof(r->outcome), "the switchover never happened "
+		 "(QEMU: '%s'): the source guest %s", info->status,
+		 r->was_running ? "runs" : "stays paused, as it was");
+	return 0;
+}
+
+static int recover_destination(struct recovery *r, struct qmp *q,
+			       struct mig_info *info, struct ferry_error *err)
+{
+	char status[32];
+
+	if (!strncmp(info->status, "postcopy", 8) || !strcmp(r->last,
+							      JOURNAL_POSTCOPY)) {
+		r->needs_person = true;
+		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
+			 "(QEMU: '%s'): the guest's memory is split between the "
+			 "hosts; both stay paused, nothing is guessed", info->status);
+		return 0;
+	}
+	if (strcmp(info->status, "completed") != 0) {
+		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU's "
+			 "migration is '%s': it does not hold the guest (the "
+			 "source does)", info->status[0] ? info->status : "none");
+		return 0;
+	}
+	if (mig_vm_status(q, status, sizeof(status), err) < 0)
+		return -EIO;
+	if (!r->paused && strcmp(status, "running") != 0 && vm_cont(q, err) < 0)
+		return ferry_error_prefix(err, "resuming the destination guest: ");
+	snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU completed: "
+		 "it holds the whole guest, which %s", r->paused ?
+		 "stays paused, as the migration asked" : "runs");
+	return 0;
+}
+
+/* One journal file; *@needs_person set when it needs one. */
+static int recover_file(const char *dir, const char *name, bool *needs_person,
+			struct ferry_error *err)
+{
+	char path[PATH_MAX];
+	struct recovery r = { 0 };
+	struct mig_info info = { 0 };
+	struct journal *j = NULL;
+	json_t *lines, *first;
+	struct qmp *q;
+	char id[64];
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	rc = journal_read(path, &lines, err);
+	if (rc < 0)
+		return rc;
+	first = json_array_get(lines, 0);
+	r.last = json_string_value(json_object_get(
+			json_array_get(lines, json_array_size(lines) - 1), "state"));
+	if (!first || journal_terminal(r.last)) {
+		json_decref(lines);
+		return 0;
+	}
+	r.id = json_string_value(json_object_get(first, "id"));
+	r.side = json_string_value(json_object_get(first, "side"));
+	r.qmp = json_string_value(json_object_get(first, "qmp"));
+	r.was_running = json_is_true(json_object_get(first, "was_running"));
+	r.paused = json_is_true(json_object_get(first, "paused"));
+	if (!r.id || !r.side || !r.qmp || strlen(r.id) >= sizeof(id)) {
+		json_decref(lines);
+		return ferry_error_set(err, -EINVAL, "%s: no id, side or QMP socket "
+				       "in its first entry", path);
+	}
+	snprintf(id, sizeof(id), "%s", r.id);
+	q = qmp_connect(r.qmp, MIG_QMP_TIMEOUT_MS, err);
+	if (!q) {
+		snprintf(r.outcome, sizeof(r.outcome), "its QEMU (%s) is gone: %s",
+			 r.qmp, !strcmp(r.side, "source") ?
+			 "the guest lives on only if the destination took over" :
+			 "the destination does not hold the guest");
+		rc = 0;
+	} else {
+		rc = mig_query(q, &info, err);
+		if (rc == 0)
+			rc = !strcmp(r.side, "source") ?
+			     recover_source(&r, q, &info, err) :
+			     recover_destination(&r, q, &info, err);
+		qmp_close(q);
+	}
+	if (rc == 0) {
+		printf("migration %s (%s): %s\n", id, r.side, r.outcome);
+		fflush(stdout);
+		ferry_log(FERRY_LOG_INFO, "recover: migration %s (%s): %s", id,
+			  r.side, r.outcome);
+		*needs_person |= r.needs_person;
+		/* Done with it, unless a person must decide. */
+		if (!r.needs_person) {
+			char state_dir[PATH_MAX];
+
+			snprintf(state_dir, sizeof(state_dir), "%s", dir);
+			*strrchr(state_dir, '/') = '\0';
+			rc = journal_open(&j, state_dir, id, r.side, err);
+			if (rc == 0)
+				rc = journal_step(j, JOURNAL_RECOVERED,
+						  json_pack("{s:s}", "outcome",
+							    r.outcome), err);
+			journal_close(j);
+		}
+	}
+	json_decref(lines);
+	return rc;
+}
+
+int recover_all(const char *state_dir, bool *needs_person,
+		struct ferry_error *err)
+{
+	char dir[PATH_MAX];
+	struct dirent *e;
+	int rc = 0, n = 0;
+	DIR *d;
+
+	*needs_person = false;
+	snprintf(dir, sizeof(dir), "%s/%s", state_dir, JOURNAL_DIR);
+	d = opendir(dir);
+	if (!d) {
+		if (errno == ENOENT) {
+			printf("no migrations recorded in %s\n", state_dir);
+			return 0;
+		}
+		return ferry_error_set(err, -errno, "cannot read %s: %s", dir,
+				       strerror(errno));
+	}
+	while ((e = readdir(d))) {
+		size_t len = strlen(e->d_name);
+		struct ferry_error one = { 0 };
+
+		if (len < 7 || strcmp(e->d_name + len - 6, ".jsonl"))
+			continue;
+		n++;
+		if (recover_file(dir, e->d_name, needs_person, &one) < 0) {
+			fprintf(stderr, "ferry recover: %s\n", one.msg);
+			if (!rc) {
+				rc = one.code ? one.code : -EIO;
+				*err = one;
+			}
+		}
+	}
+	closedir(d);
+	if (!n)
+		printf("no migrations recorded in %s\n", state_dir);
+	return rc;
+}
