@@ -222,6 +222,83 @@ START_TEST(destination_rejects_state)
 }
 END_TEST
 
+/*
+ * The receiver killed during hand-off precopy: the switchover never
+ * started, so the source's ferry cancels and its guest runs on, once;
+ * the exit status says the source runs (1).
+ */
+START_TEST(receiver_killed_handoff)
+{
+	struct ferry_error err = { 0 };
+	uint16_t port = proc_free_port();
+	char to[32];
+	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
+			 to, "--bandwidth", CAP_MIB_S, "--compress", "none",
+			 "--quiet", NULL };
+	struct pair p;
+	pid_t rxp, mig;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
+		      "%s", err.msg);
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
+	wait_dest_active(&p);
+	kill(rxp, SIGKILL);
+	proc_wait(rxp);
+	ck_assert_int_eq(proc_wait(mig), 1);
+	expect_status(p.src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
+		      err.msg);
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * The source QEMU killed during precopy: it held the only whole copy of
+ * the guest, which is lost; the destination must not run a partial one.
+ * The receiver fails (the stream ended unfinished) and its QEMU never
+ * runs the guest.
+ */
+START_TEST(source_qemu_killed)
+{
+	struct ferry_error err = { 0 };
+	struct rx_thread rx;
+	struct pair p;
+	uint16_t port;
+	static const char *const extra[] = { "--compress", "none", NULL };
+	char to[32];
+	char *argv[16] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
+			   to, "--bandwidth", CAP_MIB_S, "--quiet" };
+	pid_t mig;
+	int n = 9;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	rx_start_once(&rx, &p);
+	port = rx.port;
+	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
+	argv[3] = (char *)vm_qmp_path(p.src);
+	for (const char *const *e = extra; *e; e++)
+		argv[n++] = (char *)*e;
+	argv[n] = NULL;
+	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
+	wait_dest_active(&p);
+	vm_kill(p.src);
+	ck_assert_int_eq(proc_wait(mig), 3);
+	rx_thread_join(&rx);
+	ck_assert_int_lt(rx.rc, 0);
+	/* The destination never ran a partial guest (QEMU 7.2 exits). */
+	if (vm_alive(p.dst)) {
+		char st[32];
+
+		ck_assert(vm_status(p.dst, st, sizeof(st), &err) == 0);
+		ck_assert_str_ne(st, "running");
+	}
+	pair_stop(&p);
+}
+END_TEST
+
 /* `ferry recover --state-dir @dir`: its exit status, its output in @out. */
 static int run_recover(const char *dir, char *out, size_t len)
 {
@@ -321,6 +398,8 @@ static Suite *crash_suite(void)
 	tcase_add_test(tc, migrate_killed_tunnel_source_runs);
 	tcase_add_loop_test(tc, destination_rejects_state, 0, 2);
 	tcase_add_test(tc, both_killed_handoff_then_recover);
+	tcase_add_test(tc, receiver_killed_handoff);
+	tcase_add_test(tc, source_qemu_killed);
 	suite_add_tcase(s, tc);
 	return s;
 }
