@@ -38,7 +38,6 @@ static bool has_prefix(const char *s, const char *prefix)
 static int clear_jobs(struct qmp *q, struct ferry_error *err)
 {
 	uint64_t deadline = ferry_now_ms() + BLK_STALE_CANCEL_MS;
-	bool cancelled = false;
 
 	for (;;) {
 		json_t *ret = NULL, *job;
@@ -64,14 +63,13 @@ static int clear_jobs(struct qmp *q, struct ferry_error *err)
 				continue;
 			}
 			waiting = true;
-			if (!cancelled)
-				qmp_execute(q, "block-job-cancel",
-					    json_pack("{s:s,s:b}", "device", id,
-						      "force", 1),
-					    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+			/* Every pass: a job seen first in a state that refused
+			 * the cancel (waiting, pending) takes it later. */
+			qmp_execute(q, "block-job-cancel",
+				    json_pack("{s:s,s:b}", "device", id, "force", 1),
+				    NULL, MIG_QMP_TIMEOUT_MS, NULL);
 		}
 		json_decref(ret);
-		cancelled = true;
 		if (!waiting)
 			return 0;
 		if (ferry_now_ms() >= deadline)

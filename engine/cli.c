@@ -57,7 +57,7 @@ static void usage(FILE *f)
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
 		"                   [--allow-dir DIR]...\n"
-		"       ferry recover [--state-dir DIR]\n"
+		"       ferry recover [--state-dir DIR] [--source-completed ID]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -221,7 +221,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
-       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR };
+       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -264,11 +264,13 @@ static const struct option long_opts[] = {
 	{ "launch", required_argument, NULL, OPT_LAUNCH },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "allow-dir", required_argument, NULL, OPT_ALLOW_DIR },
+	{ "source-completed", required_argument, NULL, OPT_SOURCE_COMPLETED },
 	{ 0 },
 };
 
 struct cli {
 	const char *qmp, *to, *listen, *vm, *qmp_dir, *launch, *state_dir;
+	const char *source_completed;
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
@@ -290,6 +292,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_QMP_DIR: c->qmp_dir = optarg; break;
 		case OPT_LAUNCH: c->launch = optarg; break;
 		case OPT_STATE_DIR: c->state_dir = optarg; break;
+		case OPT_SOURCE_COMPLETED: c->source_completed = optarg; break;
 		case OPT_ALLOW_DIR: {
 			size_t n = strlen(c->allow_dirs);
 
@@ -497,7 +500,7 @@ static int cmd_recover(const struct cli *c)
 	bool needs_person;
 	int rc;
 
-	rc = recover_all(state_dir(c), &needs_person, &err);
+	rc = recover_all(state_dir(c), c->source_completed, &needs_person, &err);
 	if (rc < 0)
 		return 1;
 	return needs_person ? 3 : 0;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +32,37 @@ static int mkdir_private(const char *dir, struct ferry_error *err)
 	return 0;
 }
 
+/* A torn last line (a crash mid-write) goes, so the next is whole. */
+static int trim_torn(int fd)
+{
+	off_t size = lseek(fd, 0, SEEK_END), at = size;
+	char c;
+
+	while (at > 0) {
+		if (pread(fd, &c, 1, at - 1) != 1)
+			return -EIO;
+		if (c == '\n')
+			break;
+		at--;
+	}
+	if (at != size && ftruncate(fd, at) < 0)
+		return -errno;
+	return 0;
+}
+
+/* A new file's name reaches the disk with its directory. */
+static int sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
 int journal_open(struct journal **out, const char *state_dir, const char *id,
 		 const char *side, struct ferry_error *err)
 {
@@ -52,15 +84,33 @@ int journal_open(struct journal **out, const char *state_dir, const char *id,
 	if (!j)
 		return ferry_error_set(err, -ENOMEM, "out of memory");
 	snprintf(j->path, sizeof(j->path), "%s/%s.%s.jsonl", dir, id, side);
-	j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	j->fd = open(j->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0) {
 		rc = ferry_error_set(err, -errno, "journal: cannot open %s: %s",
 				     j->path, strerror(errno));
 		free(j);
 		return rc;
 	}
+	/* The owner holds it: ferry recover leaves a live one alone. */
+	if (flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = ferry_error_set(err, -EBUSY, "journal %s is in use by a live "
+				     "ferry", j->path);
+		goto err_close;
+	}
+	rc = trim_torn(j->fd);
+	if (rc == 0)
+		rc = sync_dir(dir);
+	if (rc < 0) {
+		ferry_error_set(err, rc, "journal %s: %s", j->path, strerror(-rc));
+		goto err_close;
+	}
 	*out = j;
 	return 0;
+
+err_close:
+	close(j->fd);
+	free(j);
+	return rc;
 }
 
 int journal_step(struct journal *j, const char *state, json_t *fields,
@@ -87,15 +137,16 @@ int journal_step(struct journal *j, const char *state, json_t *fields,
 	if (!text)
 		return ferry_error_set(err, -ENOMEM, "journal: out of memory");
 	len = strlen(text);
-	text[len] = '\n';
+	text[len] = '\n';	/* over the NUL: json_dumps gave len + 1 bytes */
 	/* One write of one line with O_APPEND: a crash leaves it whole or
-	 * torn at the end, never interleaved. */
+	 * torn at the end, never interleaved; a short one is taken back. */
 	n = write(j->fd, text, len + 1);
-	if (n != (ssize_t)(len + 1))
+	if (n != (ssize_t)(len + 1)) {
 		rc = ferry_error_set(err, n < 0 ? -errno : -EIO, "journal %s: "
 				     "cannot record '%s': %s", j->path, state,
 				     n < 0 ? strerror(errno) : "short write");
-	else if (fdatasync(j->fd) < 0)
+		trim_torn(j->fd);
+	} else if (fdatasync(j->fd) < 0)
 		rc = ferry_error_set(err, -errno, "journal %s: cannot sync '%s': %s",
 				     j->path, state, strerror(errno));
 	free(text);

@@ -31,14 +31,19 @@
 #define JOURNAL_SWITCHOVER "switchover"	/* source: FINISH to the receiver */
 #define JOURNAL_RESUMING "resuming"	/* destination: cont the guest */
 #define JOURNAL_COMPLETED "completed"	/* terminal */
-#define JOURNAL_FAILED "failed"		/* terminal; source_running says more */
+#define JOURNAL_FAILED "failed"		/* terminal: the source guest runs */
+#define JOURNAL_UNRESOLVED "unresolved"	/* not terminal: ferry stopped, and
+					   which copy is whole is for
+					   ferry recover to find out */
 #define JOURNAL_RECOVERED "recovered"	/* terminal: ferry recover decided */
 
 struct journal;
 
 /*
  * Create (0700) STATE_DIR and its migrations/ directory if needed and
- * open the journal of migration @id on @side ("source", "destination").
+ * open the journal of migration @id on @side ("source", "destination"),
+ * locked (flock) for as long as it is open: -EBUSY when a live ferry
+ * holds it. A torn last line is cut off first.
  */
 int journal_open(struct journal **out, const char *state_dir, const char *id,
 		 const char *side, struct ferry_error *err);

@@ -54,6 +54,7 @@ struct ferry_migration {
 	bool migrate_started;
 	bool was_running;
 	bool dest_may_run;	/* FINISH sent, no definite answer yet */
+	bool source_completed;	/* the source QEMU completed: never cont it */
 	uint8_t mig_id[WIRE_MIG_ID_BYTES];
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
@@ -1115,6 +1116,10 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 	int rc;
 
 	set_phase(m, FERRY_PHASE_COMPLETING);
+	/* The source QEMU completed: from here the destination may hold the
+	 * only runnable copy, and the source must never run again unless
+	 * the receiver says the destination did not take over. */
+	m->source_completed = true;
 	report_progress(m);
 	if (m->tun) {
 		rc = tun_wait(m->tun, MIG_FINISH_TIMEOUT_MS, err);
@@ -1137,18 +1142,23 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_prefix(err, "waiting for the destination to finish: ");
 	/* A definite answer: the destination knows whether it runs. */
 	m->dest_may_run = false;
-	if (h.type == WIRE_CTRL_ERROR)
+	if (h.type == WIRE_CTRL_ERROR) {
+		/* It does not: the source may run its guest again. */
+		m->source_completed = false;
 		return ferry_error_set(err, -EREMOTEIO,
 			"the destination did not take over: %s", (char *)payload);
+	}
 	if (h.type != WIRE_CTRL_FINISHED)
 		return ferry_error_set(err, -EPROTO, "expected FINISHED, got %s",
 				       wire_ctrl_name(h.type));
 	rc = wire_finished_decode(&h, payload, &ok, &status, err);
 	if (rc < 0)
 		return rc;
-	if (!ok)
+	if (!ok) {
+		m->source_completed = false;
 		return ferry_error_set(err, -EREMOTEIO,
 			"the destination did not take over: %s", status);
+	}
 	return 0;
 }
 
@@ -1222,7 +1232,12 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	blk_src_abort(m->blk);
 	if (mig_vm_status(m->q, status, sizeof(status), NULL) < 0)
 		return false;
-	if (m->dest_may_run) {
+	/* QEMU completed on its own (hand-off, or before ferry noticed): the
+	 * device state went out, and the destination may run the guest. */
+	if (!m->source_completed && mig_query(m->q, &m->last, NULL) == 0 &&
+	    !strcmp(m->last.status, "completed"))
+		m->source_completed = true;
+	if (m->dest_may_run || m->source_completed) {
 		/*
 		 * The destination was told to resume and never answered: it
 		 * may be running the guest. Resuming the source too would run
@@ -1308,6 +1323,7 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 	memset(&m->last, 0, sizeof(m->last));
 	m->migrate_started = false;
 	m->dest_may_run = false;
+	m->source_completed = false;
 	m->recoveries = 0;
 	m->handoff = false;
 	m->probe_rate = 0;
@@ -1343,7 +1359,8 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 			 rc == -ECANCELED ? "cancelled" : "failed");
 		snprintf(report->error, sizeof(report->error), "%s", err->msg);
 	}
-	journal_step(m->journal, rc == 0 ? JOURNAL_COMPLETED : JOURNAL_FAILED,
+	journal_step(m->journal, rc == 0 ? JOURNAL_COMPLETED :
+		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
 		     rc == 0 ? NULL : json_pack("{s:b,s:s}", "source_running",
 						report->source_running, "error",
 						err->msg), NULL);

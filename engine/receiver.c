@@ -102,8 +102,8 @@ struct incoming {
 	bool launched;
 	bool switched;		/* the source completed: the destination
 				   holds the guest now */
-	bool source_lost;	/* the source's ferry left; the destination
-				   completed on its own */
+	bool whole_copy;	/* the destination completed without the
+				   source's word: it is left for recover */
 };
 
 static void rx_set_state(struct incoming *in, enum rx_state s)
@@ -573,9 +573,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return ferry_error_set(err, -EIO,
 			"destination QEMU migration is '%s'%s%s", info.status,
 			info.error_desc[0] ? ": " : "", info.error_desc);
-	/* Without the source the return path may be cut; QEMU completed, so
-	 * it had the whole stream. */
-	if (in->tun && !in->source_lost) {
+	if (in->tun) {
 		rc = tun_wait(in->tun, MIG_FINISH_TIMEOUT_MS, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel: ");
@@ -598,8 +596,6 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return rc;
 	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
 		  in->id, status);
-	if (in->source_lost)
-		return 0;
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_FINISHED, text,
 			     wire_finished_encode(true, status, text),
 			     MIG_QMP_TIMEOUT_MS, err);
@@ -717,19 +713,22 @@ static int rx_dest_failed(struct incoming *in, const struct mig_info *info,
  * The source's ferry is gone (its control connection or the tunnel broke)
  * outside post-copy. Its QEMU may finish on its own: with hand-off and
  * --direct, QEMU's stream does not need ferry. Wait, bounded, for the
- * destination QEMU to leave the active states. Completed: the destination
- * holds the whole guest and the source QEMU has stopped for good (it only
- * completes once the destination has everything), so finish as FINISH
- * would (1), resuming the guest unless the source asked for --paused.
- * Anything else: the migration failed, and the source QEMU, whose stream
- * failed too, runs its guest on.
+ * destination QEMU to leave the active states (and for a CANCEL, or the
+ * service stopping). Completed means the destination holds a whole copy
+ * of the guest, but not that the source has stopped for good: a source
+ * QEMU whose return path broke after the end of its stream fails and
+ * runs its guest again. So the destination stays paused, is not killed,
+ * and the migration ends unresolved: `ferry recover` on the source host
+ * says whether the source completed, and `ferry recover
+ * --source-completed ID` here resumes the guest then. Post-copy seen
+ * meanwhile goes to recovery. Anything else: failed, the source runs on.
  */
 static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 {
 	uint64_t deadline = ferry_now_ms() + RX_SOURCE_LOST_WAIT_MS;
 	char why[FERRY_ERROR_MSG_MAX];
 	struct mig_info info = { 0 };
-
+	bool ctrl_alive = in->ctrl.fd >= 0;
 	int trc = in->tun ? tun_wait(in->tun, 0, NULL) : -ETIMEDOUT;
 	/* The tunnel failed on the source's side first: whatever QEMU does
 	 * next (it exits at the end of its stream) follows from that. */
@@ -741,8 +740,9 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	 * itself: the tunnel saw its side end first, or QEMU says so. */
 	if (!peer_first && mig_query(in->q, &info, NULL) < 0)
 		return rx_dest_failed(in, NULL, err);
-	if (!peer_first && (!strcmp(info.status, "failed") ||
-			    (in->tun && tun_failed_locally(in->tun)))) {
+	if (!peer_first && strcmp(info.status, "completed") != 0 &&
+	    (!strcmp(info.status, "failed") ||
+	     (in->tun && tun_failed_locally(in->tun)))) {
 		/* It closes its end a moment before it fails or exits. */
 		usleep(RX_POLL_MS * 1000);
 		return rx_dest_failed(in, mig_query(in->q, &info, NULL) == 0 &&
@@ -757,14 +757,35 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	if (in->tun && !tun_finished(in->tun))
 		tun_cancel(in->tun);
 	do {
+		struct pollfd fds[2] = {
+			{ .fd = ctrl_alive ? in->ctrl.fd : -1, .events = POLLIN },
+			{ .fd = rx_stop_fd(in->m->svc), .events = POLLIN },
+		};
+		int rc;
+
 		if (mig_query(in->q, &info, NULL) < 0)
 			return ferry_error_set(err, -ECONNRESET, "the source's side "
 				"broke off (%s); the destination QEMU exited with "
 				"its stream (as QEMU 7.2 does), so the source guest "
 				"runs on", why);
+		if (!strncmp(info.status, "postcopy-", 9)) {
+			in->postcopy = true;
+			return ferry_error_set(err, -EAGAIN, "%s", why);
+		}
 		if (!mig_status_active(info.status))
 			break;
-		usleep(RX_POLL_MS * 1000);
+		poll(fds, 2, RX_POLL_MS);
+		if (fds[1].revents)
+			return ferry_error_set(err, -ECANCELED, "the receiver is "
+					       "stopping");
+		/* A source ferry that is still there may cancel, or finish
+		 * (FINISH says its QEMU completed). */
+		if (!fds[0].revents)
+			continue;
+		rc = rx_control(in, err);
+		if (rc == 1 || rc == -ECANCELED)
+			return rc;
+		ctrl_alive = rc == 0;
 	} while (ferry_now_ms() < deadline);
 	if (strcmp(info.status, "completed") != 0)
 		return ferry_error_set(err, -ECONNRESET, "the source's ferry is gone "
@@ -772,14 +793,13 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 				       "'%s'%s%s, so the source guest runs on", why,
 				       info.status, info.error_desc[0] ? ": " : "",
 				       info.error_desc);
-	ferry_log(FERRY_LOG_WARN, "migration %s: the destination QEMU completed "
-		  "without the source's ferry: it holds the whole guest, and the "
-		  "source QEMU has stopped; %s", in->id,
-		  in->hello.options & WIRE_OPT_PAUSED ?
-		  "leaving it paused, as the source asked" : "resuming it");
-	in->source_lost = true;
-	in->resume = !(in->hello.options & WIRE_OPT_PAUSED);
-	return 1;
+	in->whole_copy = true;
+	return ferry_error_set(err, -EINPROGRESS, "the source's ferry is gone "
+		"(%s) and the destination QEMU completed: it holds a whole copy "
+		"of the guest and stays paused, since only the source host can "
+		"tell whether the source stopped for good. Run ferry recover on "
+		"the source host; if it says the source completed, run ferry "
+		"recover --source-completed %s on this host", why, in->id);
 }
 
 /* Stream until FINISH (1), or fail. */
@@ -997,6 +1017,19 @@ static enum rx_state rx_step(struct incoming *in, struct ferry_error *err)
  */
 static void rx_failed_qemu(struct incoming *in, const struct ferry_error *err)
 {
+	struct mig_info info;
+
+	/* QEMU's own word first: a destination that completed or runs
+	 * post-copy holds the guest (or part of it), whatever ferry saw. */
+	if (in->launched && in->q && mig_query(in->q, &info, NULL) == 0 &&
+	    (!strcmp(info.status, "completed") ||
+	     !strncmp(info.status, "postcopy-", 9)))
+		in->whole_copy = true;
+	if (in->whole_copy) {
+		ferry_log(FERRY_LOG_WARN, "migration %s: the destination QEMU holds "
+			  "the guest; it stays, paused, for ferry recover", in->id);
+		return;
+	}
 	if (in->launched && !in->postcopy && !in->switched) {
 		ferry_log(FERRY_LOG_WARN, "migration %s failed: killing the "
 			  "destination QEMU it launched (pid %d)", in->id,
@@ -1046,10 +1079,15 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	blk_dst_free(in->blk);
 	in->blk = NULL;
 	tun_free(in->tun);
-	qmp_close(in->q);
 	if (rc < 0)
 		rx_failed_qemu(in, err);
-	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED : JOURNAL_FAILED,
+	qmp_close(in->q);
+	in->q = NULL;
+	/* A destination that holds the guest, or that was told to run it,
+	 * is not finished with: ferry recover decides. */
+	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED :
+		     in->whole_copy || in->switched ? JOURNAL_UNRESOLVED :
+		     JOURNAL_FAILED,
 		     rc == 0 ? NULL : json_pack("{s:s,s:b}", "error", err->msg,
 						"destination_started",
 						in->qemu_started), NULL);

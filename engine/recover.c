@@ -10,9 +10,11 @@
  *       switchover: cancelled; the source guest runs (as it was);
  *   source, migration failed or cancelled: the source guest runs (as it
  *       was), and what ferry left in QEMU is cleared;
- *   destination, incoming migration completed: it holds the whole guest
- *       (QEMU completes only once the source stopped); resumed unless the
- *       migration asked to leave it paused;
+ *   destination, incoming migration completed: it holds a whole copy,
+ *       but a source QEMU whose return path broke at the very end fails
+ *       and runs its guest again: resumed (unless the migration asked to
+ *       leave it paused) only when the source host's recover said its QEMU
+ *       completed (--source-completed ID); else it stays paused;
  *   destination, anything else: it does not hold the guest; nothing to do;
  *   either side in post-copy: the guest's memory is split between the
  *       hosts; both stay paused, nothing is guessed, and the message says
@@ -37,7 +39,7 @@
 #define RECOVER_POLL_MS 50
 
 struct recovery {
-	const char *id, *side, *qmp, *last;
+	const char *id, *side, *qmp, *last, *source_completed;
 	bool was_running, paused;
 	char outcome[FERRY_ERROR_MSG_MAX];
 	bool needs_person;
@@ -66,8 +68,8 @@ static int recover_source(struct recovery *r, struct qmp *q,
 	if (!strcmp(info->status, "completed")) {
 		snprintf(r->outcome, sizeof(r->outcome), "the source QEMU completed "
 			 "its migration: the destination holds the whole guest; "
-			 "the source stays stopped (run ferry recover on the "
-			 "destination host)");
+			 "the source stays stopped. On the destination host run: "
+			 "ferry recover --source-completed %s", r->id);
 		return 0;
 	}
 	if (!strncmp(info->status, "postcopy", 8) || !strcmp(r->last,
@@ -94,6 +96,9 @@ static int recover_source(struct recovery *r, struct qmp *q,
 			return ferry_error_set(err, -ETIMEDOUT, "the source QEMU's "
 					       "migration is still '%s' after "
 					       "migrate_cancel", info->status);
+		/* It completed before the cancel took: as above. */
+		if (!strcmp(info->status, "completed"))
+			return recover_source(r, q, info, err);
 	}
 	if (blk_clear_stale(q, err) < 0)
 		return -EIO;
@@ -120,10 +125,26 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 			 "hosts; both stay paused, nothing is guessed", info->status);
 		return 0;
 	}
+	if (mig_status_active(info->status)) {
+		r->needs_person = true;
+		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU is "
+			 "still loading ('%s'): run ferry recover again once it "
+			 "has finished", info->status);
+		return 0;
+	}
 	if (strcmp(info->status, "completed") != 0) {
 		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU's "
 			 "migration is '%s': it does not hold the guest (the "
 			 "source does)", info->status[0] ? info->status : "none");
+		return 0;
+	}
+	if (!r->source_completed || strcmp(r->source_completed, r->id) != 0) {
+		r->needs_person = true;
+		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU "
+			 "completed: it holds a whole copy, paused. Only the source "
+			 "host can tell whether the source stopped for good: run "
+			 "ferry recover there; if it says the source completed, run "
+			 "ferry recover --source-completed %s here", r->id);
 		return 0;
 	}
 	if (mig_vm_status(q, status, sizeof(status), err) < 0)
@@ -137,7 +158,8 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 }
 
 /* One journal file; *@needs_person set when it needs one. */
-static int recover_file(const char *dir, const char *name, bool *needs_person,
+static int recover_file(const char *dir, const char *name,
+			const char *source_completed, bool *needs_person,
 			struct ferry_error *err)
 {
 	char path[PATH_MAX];
@@ -150,6 +172,7 @@ static int recover_file(const char *dir, const char *name, bool *needs_person,
 	int rc;
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	r.source_completed = source_completed;
 	rc = journal_read(path, &lines, err);
 	if (rc < 0)
 		return rc;
@@ -171,8 +194,34 @@ static int recover_file(const char *dir, const char *name, bool *needs_person,
 				       "in its first entry", path);
 	}
 	snprintf(id, sizeof(id), "%s", r.id);
+	/* Its owner holds the journal while it lives: leave it be. */
+	{
+		char state_dir[PATH_MAX];
+
+		snprintf(state_dir, sizeof(state_dir), "%s", dir);
+		*strrchr(state_dir, '/') = '\0';
+		rc = journal_open(&j, state_dir, id, r.side, err);
+		if (rc == -EBUSY) {
+			printf("migration %s (%s): in progress (a live ferry holds "
+			       "its journal)\n", id, r.side);
+			json_decref(lines);
+			return 0;
+		}
+		if (rc < 0) {
+			json_decref(lines);
+			return rc;
+		}
+	}
 	q = qmp_connect(r.qmp, MIG_QMP_TIMEOUT_MS, err);
-	if (!q) {
+	if (!q && err->code != -ENOENT && err->code != -ECONNREFUSED) {
+		/* Connected, no greeting: another client holds QEMU's one
+		 * QMP connection. It is not gone. */
+		r.needs_person = true;
+		snprintf(r.outcome, sizeof(r.outcome), "its QEMU (%s) does not "
+			 "answer (%s): run ferry recover again when nothing else "
+			 "holds its QMP socket", r.qmp, err->msg);
+		rc = 0;
+	} else if (!q) {
 		snprintf(r.outcome, sizeof(r.outcome), "its QEMU (%s) is gone: %s",
 			 r.qmp, !strcmp(r.side, "source") ?
 			 "the guest lives on only if the destination took over" :
@@ -193,25 +242,18 @@ static int recover_file(const char *dir, const char *name, bool *needs_person,
 			  r.side, r.outcome);
 		*needs_person |= r.needs_person;
 		/* Done with it, unless a person must decide. */
-		if (!r.needs_person) {
-			char state_dir[PATH_MAX];
-
-			snprintf(state_dir, sizeof(state_dir), "%s", dir);
-			*strrchr(state_dir, '/') = '\0';
-			rc = journal_open(&j, state_dir, id, r.side, err);
-			if (rc == 0)
-				rc = journal_step(j, JOURNAL_RECOVERED,
-						  json_pack("{s:s}", "outcome",
-							    r.outcome), err);
-			journal_close(j);
-		}
+		if (!r.needs_person)
+			rc = journal_step(j, JOURNAL_RECOVERED,
+					  json_pack("{s:s}", "outcome", r.outcome),
+					  err);
 	}
+	journal_close(j);
 	json_decref(lines);
 	return rc;
 }
 
-int recover_all(const char *state_dir, bool *needs_person,
-		struct ferry_error *err)
+int recover_all(const char *state_dir, const char *source_completed,
+		bool *needs_person, struct ferry_error *err)
 {
 	char dir[PATH_MAX];
 	struct dirent *e;
@@ -236,7 +278,8 @@ int recover_all(const char *state_dir, bool *needs_person,
 		if (len < 7 || strcmp(e->d_name + len - 6, ".jsonl"))
 			continue;
 		n++;
-		if (recover_file(dir, e->d_name, needs_person, &one) < 0) {
+		if (recover_file(dir, e->d_name, source_completed, needs_person,
+				 &one) < 0) {
 			fprintf(stderr, "ferry recover: %s\n", one.msg);
 			if (!rc) {
 				rc = one.code ? one.code : -EIO;

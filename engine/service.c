@@ -137,6 +137,10 @@ static int opts_check(const struct ferry_receiver_opts *o,
 		return ferry_error_set(err, -EINVAL,
 			"--launch needs an absolute --state-dir for the launched "
 			"QEMUs' sockets");
+	if (o->max_handshakes > FERRY_MAX_HANDSHAKES_LIMIT)
+		return ferry_error_set(err, -EINVAL,
+			"max_handshakes %u is over the limit of %u",
+			o->max_handshakes, FERRY_MAX_HANDSHAKES_LIMIT);
 	if (o->max_migrations > FERRY_MAX_MIGRATIONS_LIMIT)
 		return ferry_error_set(err, -EINVAL,
 			"--max-migrations %u is over the limit of %u",

@@ -329,6 +329,7 @@ struct ferry_receiver_opts {
 #define FERRY_DEFAULT_MAX_MIGRATIONS 4
 #define FERRY_MAX_MIGRATIONS_LIMIT 64
 #define FERRY_DEFAULT_MAX_HANDSHAKES 64
+#define FERRY_MAX_HANDSHAKES_LIMIT 4096
 
 struct ferry_receiver;
 

@@ -6,10 +6,11 @@
  * `ferry migrate` runs as a child process (as on its own host) and is
  * killed with SIGKILL while QEMU streams; the receiver runs in this
  * process, as libferry. With hand-off, QEMU's stream needs no ferry and
- * the migration completes without it: the receiver sees the destination
- * complete and finishes it as the source would have asked (paused or
- * running); through the tunnel, the stream dies with ferry, the source
- * QEMU's migration fails and its guest runs on. Each cell checks which
+ * the migration completes without it: the destination holds a whole copy
+ * and stays paused until `ferry recover`, with the source host's proof
+ * that the source completed, resumes it; through the tunnel, the stream
+ * dies with ferry, the source QEMU's migration fails and its guest runs
+ * on. Each cell checks which
  * copy runs, and the data: RAM compared byte for byte where both guests
  * are quiescent, heartbeats where the guest runs.
  */
@@ -73,34 +74,37 @@ static void migrate_and_kill(struct pair *p, uint16_t port,
 	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
 }
 
-static void rx_start_once(struct rx_thread *rx, struct pair *p)
+static void rx_start_once(struct rx_thread *rx, struct pair *p,
+			  const char *state_dir)
 {
 	struct ferry_receiver_opts o = { .listen_host = "127.0.0.1",
 					 .qmp_path = vm_qmp_path(p->dst),
-					 .once = true };
+					 .once = true, .state_dir = state_dir };
 
 	ck_assert_msg(rx_thread_start(rx, &o, NULL, &rx->err) == 0, "%s",
 		      rx->err.msg);
 }
 
 /*
- * Hand-off, --paused: ferry migrate dies, QEMU completes without it, and
- * the receiver finishes the migration as asked: the destination stays
- * paused, the source is stopped, their RAM is the same.
+ * Hand-off: ferry migrate dies and QEMU completes the migration without
+ * it. The destination holds a whole copy, but only the source host can
+ * tell that the source stopped for good, so the receiver leaves it
+ * paused (not killed) and says to recover: the source is stopped, the
+ * destination paused, their RAM the same.
  */
-START_TEST(migrate_killed_handoff_paused)
+START_TEST(migrate_killed_handoff)
 {
-	static const char *const extra[] = { "--compress", "none", "--paused",
-					     NULL };
+	static const char *const extra[] = { "--compress", "none", NULL };
 	struct rx_thread rx;
 	struct pair p;
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, NULL);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
-	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	ck_assert(rx.rep.completed);
+	ck_assert_int_eq(rx.rc, -EINPROGRESS);
+	ck_assert_msg(strstr(rx.err.msg, "holds a whole copy of the guest and "
+			     "stays paused"), "%s", rx.err.msg);
 	expect_status(p.src, "postmigrate");
 	expect_status(p.dst, "paused");
 	expect_same_ram(&p);
@@ -108,27 +112,81 @@ START_TEST(migrate_killed_handoff_paused)
 }
 END_TEST
 
-/*
- * Hand-off, the guest to run on the destination: it does, once, and beats
- * there; the source stays stopped.
- */
-START_TEST(migrate_killed_handoff_resumes)
+/* `ferry recover --state-dir @dir [--source-completed @id]`: its exit
+ * status, its output in @out. */
+static int run_recover(const char *dir, const char *id, char *out, size_t len)
 {
-	static const char *const extra[] = { "--compress", "none", NULL };
+	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
+			 (char *)dir, id ? "--source-completed" : NULL,
+			 (char *)id, NULL };
 	struct ferry_error err = { 0 };
+	pid_t pid;
+	int fd;
+
+	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
+	proc_read_all(fd, out, len);
+	return proc_wait(pid);
+}
+
+/*
+ * After a migration that QEMU completed without ferry: recover on the
+ * source host proves the source completed and names the migration;
+ * recover on the destination leaves the guest paused without that proof
+ * (exit 3), and with it resumes the guest there, once. A second recover
+ * has nothing left to do.
+ */
+static void recover_with_proof(struct pair *p, const char *src_state,
+			       const char *dst_state)
+{
+	static const char cmd[] = "ferry recover --source-completed ";
+	struct ferry_error err = { 0 };
+	char out[4096], id[40];
+	const char *at;
+
+	ck_assert_int_eq(run_recover(src_state, NULL, out, sizeof(out)), 0);
+	at = strstr(out, cmd);
+	ck_assert_msg(strstr(out, "(source): the source QEMU completed its "
+			     "migration") && at, "%s", out);
+	snprintf(id, sizeof(id), "%.36s", at + strlen(cmd));
+	expect_status(p->src, "postmigrate");
+	ck_assert_int_eq(run_recover(dst_state, NULL, out, sizeof(out)), 3);
+	ck_assert_msg(strstr(out, "it holds a whole copy, paused"), "%s", out);
+	expect_status(p->dst, "paused");
+	ck_assert_int_eq(run_recover(dst_state, id, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "(destination): the destination QEMU completed: "
+			     "it holds the whole guest, which runs"), "%s", out);
+	expect_status(p->dst, "running");
+	ck_assert_msg(vm_wait_heartbeats(p->dst, 5, 10000, &err) == 0, "%s",
+		      err.msg);
+	expect_status(p->src, "postmigrate");
+	ck_assert_int_eq(run_recover(dst_state, NULL, out, sizeof(out)), 0);
+	ck_assert_msg(!strstr(out, "migration "), "%s", out);
+}
+
+/* The same with journals on both sides, then recover. */
+START_TEST(migrate_killed_handoff_recover)
+{
+	static const char *extra[] = { "--compress", "none", "--state-dir", NULL,
+				       NULL };
+	char src_state[64], dst_state[64];
 	struct rx_thread rx;
 	struct pair p;
 
+	ck_assert_int_eq(tmpdir_make(src_state, sizeof(src_state),
+				     "ferry-src-state"), 0);
+	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
+				     "ferry-dst-state"), 0);
+	extra[3] = src_state;
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 4, 8);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, dst_state);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
-	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	expect_status(p.dst, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0,
-		      "the destination guest does not beat: %s", err.msg);
-	expect_status(p.src, "postmigrate");
+	ck_assert_int_eq(rx.rc, -EINPROGRESS);
+	expect_status(p.dst, "paused");
+	recover_with_proof(&p, src_state, dst_state);
 	pair_stop(&p);
+	tmpdir_remove(src_state);
+	tmpdir_remove(dst_state);
 }
 END_TEST
 
@@ -151,7 +209,7 @@ START_TEST(migrate_killed_tunnel_source_runs)
 	struct pair p;
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, NULL);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
 	ck_assert_int_lt(rx.rc, 0);
@@ -162,7 +220,7 @@ START_TEST(migrate_killed_tunnel_source_runs)
 	/* The retry, to a new destination. */
 	vm_stop(p.dst);
 	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, NULL);
 	o.qmp_path = vm_qmp_path(p.src);
 	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
@@ -202,7 +260,7 @@ START_TEST(destination_rejects_state)
 	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
 	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
 		      err.msg);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, NULL);
 	o.qmp_path = vm_qmp_path(p.src);
 	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
@@ -275,7 +333,7 @@ START_TEST(source_qemu_killed)
 	int n = 9;
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
-	rx_start_once(&rx, &p);
+	rx_start_once(&rx, &p, NULL);
 	port = rx.port;
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
@@ -299,20 +357,6 @@ START_TEST(source_qemu_killed)
 }
 END_TEST
 
-/* `ferry recover --state-dir @dir`: its exit status, its output in @out. */
-static int run_recover(const char *dir, char *out, size_t len)
-{
-	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
-			 (char *)dir, NULL };
-	struct ferry_error err = { 0 };
-	pid_t pid;
-	int fd;
-
-	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
-	proc_read_all(fd, out, len);
-	return proc_wait(pid);
-}
-
 /*
  * Both ferry processes killed (SIGKILL) during hand-off precopy, as a
  * crash of both would: QEMU completes the migration by itself, and the
@@ -325,7 +369,7 @@ static int run_recover(const char *dir, char *out, size_t len)
 START_TEST(both_killed_handoff_then_recover)
 {
 	struct ferry_error err = { 0 };
-	char src_state[64], dst_state[64], listen[32], out[4096];
+	char src_state[64], dst_state[64], listen[32];
 	uint16_t port = proc_free_port();
 	struct pair p;
 	pid_t rxp;
@@ -366,21 +410,7 @@ START_TEST(both_killed_handoff_then_recover)
 	expect_status(p.src, "postmigrate");
 	expect_status(p.dst, "paused");
 
-	ck_assert_int_eq(run_recover(src_state, out, sizeof(out)), 0);
-	ck_assert_msg(strstr(out, "(source): the source QEMU completed its "
-			     "migration: the destination holds the whole guest"),
-		      "%s", out);
-	expect_status(p.src, "postmigrate");
-	ck_assert_int_eq(run_recover(dst_state, out, sizeof(out)), 0);
-	ck_assert_msg(strstr(out, "(destination): the destination QEMU completed: "
-			     "it holds the whole guest, which runs"), "%s", out);
-	expect_status(p.dst, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0, "%s",
-		      err.msg);
-	expect_status(p.src, "postmigrate");
-	/* Recovered: nothing left for a second run. */
-	ck_assert_int_eq(run_recover(dst_state, out, sizeof(out)), 0);
-	ck_assert_msg(!strstr(out, "migration "), "%s", out);
+	recover_with_proof(&p, src_state, dst_state);
 	pair_stop(&p);
 	tmpdir_remove(src_state);
 	tmpdir_remove(dst_state);
@@ -393,8 +423,8 @@ static Suite *crash_suite(void)
 	TCase *tc = tcase_create("migrate_killed");
 
 	tcase_set_timeout(tc, 180);
-	tcase_add_test(tc, migrate_killed_handoff_paused);
-	tcase_add_test(tc, migrate_killed_handoff_resumes);
+	tcase_add_test(tc, migrate_killed_handoff);
+	tcase_add_test(tc, migrate_killed_handoff_recover);
 	tcase_add_test(tc, migrate_killed_tunnel_source_runs);
 	tcase_add_loop_test(tc, destination_rejects_state, 0, 2);
 	tcase_add_test(tc, both_killed_handoff_then_recover);

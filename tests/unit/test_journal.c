@@ -94,6 +94,37 @@ START_TEST(torn_last_line)
 }
 END_TEST
 
+/* Appending after a torn line cuts it first: the journal stays readable;
+ * and one holder at a time. */
+START_TEST(append_after_torn_line)
+{
+	struct ferry_error err = { 0 };
+	struct journal *j, *j2;
+	char state[128], path[256];
+	json_t *lines;
+	FILE *f;
+
+	snprintf(state, sizeof(state), "%s/state", dir);
+	ck_assert_int_eq(journal_open(&j, state, "m2", "destination", &err), 0);
+	ck_assert_int_eq(journal_step(j, JOURNAL_STARTED, NULL, &err), 0);
+	ck_assert_int_eq(journal_open(&j2, state, "m2", "destination", &err),
+			 -EBUSY);
+	journal_close(j);
+	path_of(path, sizeof(path), "m2", "destination");
+	f = fopen(path, "a");
+	fputs("{\"v\":1,\"sta", f);
+	fclose(f);
+	ck_assert_int_eq(journal_open(&j, state, "m2", "destination", &err), 0);
+	ck_assert_int_eq(journal_step(j, JOURNAL_RECOVERED, NULL, &err), 0);
+	journal_close(j);
+	ck_assert_int_eq(journal_read(path, &lines, &err), 0);
+	ck_assert_uint_eq(json_array_size(lines), 2);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 1),
+							   "state")), "recovered");
+	json_decref(lines);
+}
+END_TEST
+
 START_TEST(not_a_journal)
 {
 	struct ferry_error err = { 0 };
@@ -126,6 +157,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, write_then_read);
 	tcase_add_test(tc, torn_last_line);
+	tcase_add_test(tc, append_after_torn_line);
 	tcase_add_test(tc, not_a_journal);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
