@@ -39,6 +39,7 @@
 #include "ferry.h"
 #include "ferry_policy.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/proxy.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "engine/mig.h"
@@ -226,171 +227,39 @@ START_TEST(postcopy_direct_paused)
 }
 END_TEST
 
-/* ---- a TCP proxy that can cut every connection at once ---- */
-
-#define PROXY_MAX_PAIRS 64
-
-struct proxy {
-	int lfd;
-	uint16_t port, target;
-	pthread_t acceptor;
-	pthread_t pumps[PROXY_MAX_PAIRS];
-	int fds[PROXY_MAX_PAIRS][2];
-	int npairs;
-	pthread_mutex_t mu;
-	bool stop;
-	int cuts;
-	bool control_only;	/* cut only the first (control) connection */
-	uint64_t postcopy_seen_ms;
-	struct vm *dst;
-};
-
-struct pump_arg {
-	struct proxy *p;
-	int idx;
-};
-
-static void *pump_main(void *arg)
-{
-	struct pump_arg *a = arg;
-	struct proxy *p = a->p;
-	int f[2] = { p->fds[a->idx][0], p->fds[a->idx][1] };
-	char buf[65536];
-
-	free(a);
-	for (;;) {
-		struct pollfd pf[2] = { { .fd = f[0], .events = POLLIN },
-					{ .fd = f[1], .events = POLLIN } };
-
-		if (poll(pf, 2, 200) < 0)
-			break;
-		if (p->stop)
-			break;
-		for (int i = 0; i < 2; i++) {
-			ssize_t n, off = 0;
-
-			if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
-				continue;
-			n = recv(f[i], buf, sizeof(buf), 0);
-			if (n <= 0)
-				goto out;
-			while (off < n) {
-				ssize_t w = send(f[!i], buf + off, (size_t)(n - off),
-						 MSG_NOSIGNAL);
-
-				if (w <= 0)
-					goto out;
-				off += w;
-			}
-		}
-	}
-out:
-	shutdown(f[0], SHUT_RDWR);
-	shutdown(f[1], SHUT_RDWR);
-	return NULL;
-}
-
-static void *acceptor_main(void *arg)
-{
-	struct proxy *p = arg;
-	struct ferry_error err = { 0 };
-
-	while (!p->stop) {
-		struct pollfd pf = { .fd = p->lfd, .events = POLLIN };
-		struct pump_arg *a;
-		int c, u;
-
-		if (poll(&pf, 1, 100) <= 0)
-			continue;
-		c = accept(p->lfd, NULL, NULL);
-		if (c < 0)
-			continue;
-		u = net_connect("127.0.0.1", p->target, 2000, &err);
-		pthread_mutex_lock(&p->mu);
-		if (u < 0 || p->npairs == PROXY_MAX_PAIRS) {
-			pthread_mutex_unlock(&p->mu);
-			close(c);
-			if (u >= 0)
-				close(u);
-			continue;
-		}
-		p->fds[p->npairs][0] = c;
-		p->fds[p->npairs][1] = u;
-		a = malloc(sizeof(*a));
-		a->p = p;
-		a->idx = p->npairs;
-		pthread_create(&p->pumps[p->npairs], NULL, pump_main, a);
-		p->npairs++;
-		pthread_mutex_unlock(&p->mu);
-	}
-	return NULL;
-}
-
-static void proxy_start(struct proxy *p, uint16_t target)
-{
-	struct ferry_error err = { 0 };
-
-	memset(p, 0, sizeof(*p));
-	pthread_mutex_init(&p->mu, NULL);
-	p->target = target;
-	p->lfd = net_listen("127.0.0.1", 0, &err);
-	ck_assert_int_ge(p->lfd, 0);
-	p->port = net_local_port(p->lfd);
-	pthread_create(&p->acceptor, NULL, acceptor_main, p);
-}
-
-/* Break every connection in flight (RST-like: both ends shut), or only the
- * control connection, the first one a migration opens. */
-static void proxy_cut(struct proxy *p)
-{
-	pthread_mutex_lock(&p->mu);
-	for (int i = 0; i < (p->control_only ? 1 : p->npairs); i++) {
-		shutdown(p->fds[i][0], SHUT_RDWR);
-		shutdown(p->fds[i][1], SHUT_RDWR);
-	}
-	p->cuts++;
-	pthread_mutex_unlock(&p->mu);
-}
-
-static void proxy_stop(struct proxy *p)
-{
-	p->stop = true;
-	pthread_join(p->acceptor, NULL);
-	for (int i = 0; i < p->npairs; i++) {
-		pthread_join(p->pumps[i], NULL);
-		close(p->fds[i][0]);
-		close(p->fds[i][1]);
-	}
-	close(p->lfd);
-}
-
 /*
  * Cut once the destination itself runs post-copy (it holds pages the
  * source no longer has: the case where a lost connection would lose the
  * guest). Before that, a broken stream fails QEMU's switchover and the
  * destination QEMU exits: nothing to recover there.
  */
+struct cutter {
+	struct proxy px;
+	uint64_t postcopy_seen_ms;
+	struct vm *dst;
+};
+
 static void cut_in_postcopy(const struct ferry_progress *pr, void *opaque)
 {
-	struct proxy *p = opaque;
+	struct cutter *c = opaque;
 
-	if (pr->postcopy && !p->postcopy_seen_ms)
-		p->postcopy_seen_ms = ferry_now_ms();
-	if (p->postcopy_seen_ms && !p->cuts &&
-	    ferry_now_ms() - p->postcopy_seen_ms >= 500) {
+	if (pr->postcopy && !c->postcopy_seen_ms)
+		c->postcopy_seen_ms = ferry_now_ms();
+	if (c->postcopy_seen_ms && !c->px.cuts &&
+	    ferry_now_ms() - c->postcopy_seen_ms >= 500) {
 		struct mig_info di;
 
 		/* Only once the destination itself runs post-copy. */
-		if (mig_query(vm_qmp(p->dst), &di, NULL) == 0 &&
+		if (mig_query(vm_qmp(c->dst), &di, NULL) == 0 &&
 		    !strcmp(di.status, "postcopy-active"))
-			proxy_cut(p);
+			proxy_cut(&c->px);
 	}
 }
 
 START_TEST(postcopy_recovers_after_cut)
 {
 	struct pair p;
-	struct proxy px;
+	struct cutter cut = { 0 };
 	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
 					  .qmp_path = NULL, .once = true };
 	struct ferry_migrate_opts o = { .timeout_s = 120,
@@ -409,17 +278,17 @@ START_TEST(postcopy_recovers_after_cut)
 	ro.qmp_path = vm_qmp_path(p.dst);
 	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
 		      rx.err.msg);
-	proxy_start(&px, rx.port);
-	px.dst = p.dst;
+	ck_assert_int_eq(proxy_start(&cut.px, rx.port), 0);
+	cut.dst = p.dst;
 	/* The third time only ferry's control connection breaks, while
 	 * QEMU's handed-off stream goes on: ferry pauses it to resume both. */
-	px.control_only = _i == 2;
+	cut.px.control_only = _i == 2;
 	ck_assert_int_eq(vm_qmp_connect(p.dst, &err), 0);
 	snprintf(events, sizeof(events), "%s/events.jsonl", p.dir);
 	o.to_host = "127.0.0.1";
-	o.to_port = px.port;
+	o.to_port = cut.px.port;
 	o.qmp_path = vm_qmp_path(p.src);
-	o.progress_opaque = &px;
+	o.progress_opaque = &cut;
 	o.converge.events_path = events;
 	m = ferry_migration_new(&o, &err);
 	ck_assert_msg(m, "%s", err.msg);
@@ -435,8 +304,8 @@ START_TEST(postcopy_recovers_after_cut)
 	ferry_migration_free(m);
 	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	proxy_stop(&px);
-	ck_assert_int_eq(px.cuts, 1);
+	proxy_stop(&cut.px);
+	ck_assert_int_eq(cut.px.cuts, 1);
 	ck_assert_str_eq(rep.transport, _i == 0 ? "tunnel" : "handoff");
 	ck_assert(rep.postcopy);
 	ck_assert_uint_ge(rep.recoveries, 1);

@@ -26,6 +26,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/proxy.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
@@ -417,6 +418,66 @@ START_TEST(both_killed_handoff_then_recover)
 }
 END_TEST
 
+static void cut_when_completing(const struct ferry_progress *pr, void *opaque)
+{
+	struct proxy *px = opaque;
+
+	if (pr->phase == FERRY_PHASE_COMPLETING && !px->cuts)
+		proxy_cut(px);
+}
+
+/*
+ * Every connection between the two ferry processes breaks right after the
+ * source QEMU completed, before FINISH (a network break in the completion
+ * window). Neither side may resume the guest on its own: the source
+ * stays stopped (exit-status 3 territory: not running), the destination
+ * holds a whole copy, paused; their RAM is the same. Then recover, with
+ * the source host's proof, runs the guest on the destination, once.
+ */
+START_TEST(cut_in_completion_window)
+{
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
+					.codec = FERRY_CODEC_NONE, .no_handoff = true,
+					.progress = cut_when_completing,
+					.progress_interval_ms = 50 };
+	char src_state[64], dst_state[64];
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct proxy px;
+	struct pair p;
+
+	ck_assert_int_eq(tmpdir_make(src_state, sizeof(src_state),
+				     "ferry-src-state"), 0);
+	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
+				     "ferry-dst-state"), 0);
+	pair_start_mem(&p, TEST_MEM_MIB, "mix", 0, 0);
+	rx_start_once(&rx, &p, dst_state);
+	ck_assert_int_eq(proxy_start(&px, rx.port), 0);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = px.port;
+	o.progress_opaque = &px;
+	o.state_dir = src_state;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	ck_assert_int_eq(px.cuts, 1);
+	ck_assert(!rep.source_running);
+	rx_thread_join(&rx);
+	ck_assert_int_lt(rx.rc, 0);
+	proxy_stop(&px);
+	/* Zero running copies, not two. */
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	recover_with_proof(&p, src_state, dst_state);
+	pair_stop(&p);
+	tmpdir_remove(src_state);
+	tmpdir_remove(dst_state);
+}
+END_TEST
+
 static Suite *crash_suite(void)
 {
 	Suite *s = suite_create("crash");
@@ -430,6 +491,7 @@ static Suite *crash_suite(void)
 	tcase_add_test(tc, both_killed_handoff_then_recover);
 	tcase_add_test(tc, receiver_killed_handoff);
 	tcase_add_test(tc, source_qemu_killed);
+	tcase_add_test(tc, cut_in_completion_window);
 	suite_add_tcase(s, tc);
 	return s;
 }
