@@ -704,9 +704,10 @@ static int rx_dest_failed(struct incoming *in, const struct mig_info *info,
 	launch_log_tail(in, tail, sizeof(tail));
 	return ferry_error_set(err, -EIO, "the destination QEMU exited while it "
 			       "loaded the migration stream%s%s", tail[0] ?
-			       ": " : " (it rejects the source's state, a device "
-			       "or setting the destination lacks is the usual "
-			       "cause; QEMU's own message is on its stderr)", tail);
+			       ": " : " (it was killed, or rejected the source's "
+			       "state: a device or setting the destination lacks "
+			       "is the usual cause; QEMU's own message is on its "
+			       "stderr)", tail);
 }
 
 /*

@@ -113,6 +113,14 @@ START_TEST(migrate_killed_handoff)
 }
 END_TEST
 
+/* Kills the destination QEMU (@opaque) a second into precopy. */
+static void kill_dst_in_precopy(const struct ferry_progress *pr, void *opaque)
+{
+	if (pr->phase == FERRY_PHASE_PRECOPY && pr->elapsed_ms > 1000 &&
+	    vm_alive(opaque))
+		vm_kill(opaque);
+}
+
 /* `ferry recover --state-dir @dir [--source-completed @id]`: its exit
  * status, its output in @out. */
 static int run_recover(const char *dir, const char *id, char *out, size_t len)
@@ -418,6 +426,43 @@ START_TEST(both_killed_handoff_then_recover)
 }
 END_TEST
 
+/*
+ * The destination QEMU killed during precopy (through the tunnel and with
+ * hand-off): the source still holds the whole guest, its ferry cancels,
+ * and its guest runs on, once; the report says so.
+ */
+START_TEST(destination_qemu_killed)
+{
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
+					.codec = FERRY_CODEC_NONE,
+					.no_handoff = _i == 0,
+					.max_bandwidth_bytes_per_s = 16u << 20,
+					.progress = kill_dst_in_precopy,
+					.progress_interval_ms = 50 };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+
+	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	rx_start_once(&rx, &p, NULL);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = rx.port;
+	o.progress_opaque = p.dst;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	rx_thread_join(&rx);
+	ck_assert(!vm_alive(p.dst));
+	ck_assert_msg(rep.source_running, "%s", err.msg);
+	expect_status(p.src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
+		      err.msg);
+	pair_stop(&p);
+}
+END_TEST
+
 static void cut_when_completing(const struct ferry_progress *pr, void *opaque)
 {
 	struct proxy *px = opaque;
@@ -492,6 +537,7 @@ static Suite *crash_suite(void)
 	tcase_add_test(tc, receiver_killed_handoff);
 	tcase_add_test(tc, source_qemu_killed);
 	tcase_add_test(tc, cut_in_completion_window);
+	tcase_add_loop_test(tc, destination_qemu_killed, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
