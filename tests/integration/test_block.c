@@ -517,9 +517,10 @@ static bool mirror_running(struct vm *vm)
 /*
  * `ferry migrate --block` killed (SIGKILL) while QEMU mirrors: the source
  * guest runs on its untouched disk, and what the dead ferry left in the
- * source QEMU (its mirror job, its NBD node) and on the host (its socket
- * directory) is cleared by the next attempt, which migrates the guest
- * without anybody touching QMP: disks byte-identical, RAM the same.
+ * source QEMU (its mirror job, its NBD node) is cleared by the next
+ * attempt, which migrates the guest without anybody touching QMP: disks
+ * byte-identical, RAM the same. (Its socket directory is younger than the
+ * minute after which a retry removes one, and goes with the test's.)
  */
 START_TEST(block_migrate_killed_then_retry)
 {
