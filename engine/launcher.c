@@ -72,7 +72,18 @@ static const struct { const char *name; enum opt_kind kind; } opts[] = {
 /* Keys whose value is a file path, in any option's key=value list. */
 static const char *const path_keys[] = {
 	"file", "filename", "path", "logfile", "mem-path", "script",
-	"downscript", "dir",
+	"downscript", "dir", "romfile", "smb", "tftp", "bootfile", "x509-dir",
+};
+
+/* Keys that open the destination host to the guest or the network,
+ * whatever their value. */
+static const char *const denied_keys[] = {
+	"hostfwd", "guestfwd", "host", "sysfsdev", "vhostfd", "fd", "fds",
+};
+
+/* Devices that take host hardware or shared host memory. */
+static const char *const denied_devices[] = {
+	"vfio", "vhost", "ivshmem", "usb-host", "pci-assign", "xen",
 };
 
 static const char *const object_types[] = {
@@ -177,15 +188,42 @@ static void kv_first(const char *list, char *buf, size_t len)
 static int check_paths(const struct launcher *l, const char *opt,
 		       const char *list)
 {
-	char v[PATH_MAX];
+	const char *p = list;
 
 	/* QEMU's ",," escape would hide a key from this parser. */
 	if (strstr(list, ",,"))
 		return fail("-%s %s: escaped commas are not supported", opt, list);
-	for (size_t i = 0; i < FERRY_ARRAY_SIZE(path_keys); i++)
-		if (kv_get(list, path_keys[i], v, sizeof(v)) && !path_allowed(l, v))
-			return fail("-%s names %s, outside the directories this "
-				    "service allows", opt, v);
+	/* Every key=value: a path key (or a dotted one ending in one, as
+	 * file.filename) must name an allowed place; a denied key goes; a
+	 * '/' anywhere else is a path the launcher cannot check. */
+	while (p && *p) {
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		const char *eq = memchr(p, '=', n);
+		char key[64], v[PATH_MAX];
+		const char *leaf;
+		bool is_path = false;
+
+		if (eq && (size_t)(eq - p) < sizeof(key)) {
+			snprintf(key, sizeof(key), "%.*s", (int)(eq - p), p);
+			snprintf(v, sizeof(v), "%.*s", (int)(n - (size_t)(eq - p) - 1),
+				 eq + 1);
+			leaf = strrchr(key, '.') ? strrchr(key, '.') + 1 : key;
+			for (size_t i = 0; i < FERRY_ARRAY_SIZE(denied_keys); i++)
+				if (!strcmp(leaf, denied_keys[i]))
+					return fail("-%s %s: '%s' is not allowed by the "
+						    "launcher", opt, list, key);
+			for (size_t i = 0; i < FERRY_ARRAY_SIZE(path_keys); i++)
+				is_path |= !strcmp(leaf, path_keys[i]);
+			if (is_path && !path_allowed(l, v))
+				return fail("-%s names %s, outside the directories "
+					    "this service allows", opt, v);
+		}
+		if (!is_path && memchr(p, '/', n))
+			return fail("-%s %s: a path where the launcher cannot "
+				    "check it", opt, list);
+		p = end ? end + 1 : NULL;
+	}
 	return 0;
 }
 
@@ -295,6 +333,18 @@ static int take_opt(struct launcher *l, enum opt_kind kind, const char *name,
 				    "service allows", name, arg);
 		break;
 	case OPT_KEEP1:
+		/* The kernel's command line is the guest's business. */
+		if (!strcmp(name, "append"))
+			break;
+		if (!strcmp(name, "device")) {
+			kv_first(arg, first, sizeof(first));
+			for (size_t i = 0; i < FERRY_ARRAY_SIZE(denied_devices); i++)
+				if (!strncmp(first, denied_devices[i],
+					     strlen(denied_devices[i])))
+					return fail("-device %s: host devices and "
+						    "shared host memory are not "
+						    "allowed by the launcher", first);
+		}
 		rc = check_paths(l, name, arg);
 		break;
 	case OPT_DRIVE:

@@ -1103,18 +1103,42 @@ START_TEST(launcher_creates_missing_image)
 	ck_assert(process_with_arg("vm1.qmp"));
 	kill(pid, SIGKILL);
 
-	/* Not on the allowlist: refused, nothing made. */
-	f = fopen(cfg, "w");
-	fwrite("q\0-vnc\0:0\0", 1, 10, f);
-	fclose(f);
-	snprintf(sh, sizeof(sh), "FERRY_LAUNCH_STATE_DIR=%s %s launch-qemu vm2 "
-		 "%s/vm2.qmp < %s > %s 2>&1", launch_dir, bin, launch_dir, cfg, out);
-	ck_assert_int_ne(system(sh), 0);
-	f = fopen(out, "r");
-	ck_assert(fgets(line, sizeof(line), f));
-	fclose(f);
-	ck_assert_msg(strstr(line, "option -vnc is not allowed"), "%s", line);
-	ck_assert(!file_exists(launch_dir, "vm2.pid"));
+	/* Refused, nothing made: an option off the allowlist, a host device,
+	 * a path hidden in a dotted key, a port opened on the host, a host
+	 * file as a ROM. */
+	{
+		static const struct { const char *opt, *arg, *why; } bad[] = {
+			{ "-vnc", ":0", "option -vnc is not allowed" },
+			{ "-device", "vfio-pci,host=0000:00:01.0", "host devices" },
+			{ "-drive", "if=none,file.filename=/etc/shadow",
+			  "/etc/shadow, outside the directories" },
+			{ "-netdev", "user,id=n0,hostfwd=tcp::2222-:22",
+			  "'hostfwd' is not allowed" },
+			{ "-device", "e1000,romfile=/etc/shadow",
+			  "/etc/shadow, outside the directories" },
+			{ "-global", "isa-fdc.driveA=/dev/sda",
+			  "a path where the launcher cannot check it" },
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			f = fopen(cfg, "w");
+			fwrite("q", 1, 2, f);
+			fwrite(bad[i].opt, 1, strlen(bad[i].opt) + 1, f);
+			fwrite(bad[i].arg, 1, strlen(bad[i].arg) + 1, f);
+			fclose(f);
+			snprintf(sh, sizeof(sh), "FERRY_LAUNCH_STATE_DIR=%s "
+				 "FERRY_LAUNCH_ALLOW_DIRS=%s %s launch-qemu vm2 "
+				 "%s/vm2.qmp < %s > %s 2>&1", launch_dir, launch_dir,
+				 bin, launch_dir, cfg, out);
+			ck_assert_int_ne(system(sh), 0);
+			f = fopen(out, "r");
+			ck_assert(fgets(line, sizeof(line), f));
+			fclose(f);
+			ck_assert_msg(strstr(line, bad[i].why), "%s %s: %s",
+				      bad[i].opt, bad[i].arg, line);
+			ck_assert(!file_exists(launch_dir, "vm2.pid"));
+		}
+	}
 }
 END_TEST
 
