@@ -33,9 +33,33 @@
 /* Bound on QEMU acknowledging migrate_cancel. */
 #define MIG_CANCEL_TIMEOUT_MS 10000
 
+/*
+ * QEMU's MigrationStatus (qapi/migration.json, 7.2), parsed once where
+ * query-migrate is read (mig_query); the code decides on this, the text
+ * is kept for messages.
+ */
+enum mig_state {
+	MIG_S_NONE, MIG_S_SETUP, MIG_S_CANCELLING, MIG_S_CANCELLED,
+	MIG_S_ACTIVE, MIG_S_POSTCOPY_ACTIVE, MIG_S_POSTCOPY_PAUSED,
+	MIG_S_POSTCOPY_RECOVER, MIG_S_COMPLETED, MIG_S_FAILED, MIG_S_COLO,
+	MIG_S_PRE_SWITCHOVER, MIG_S_DEVICE, MIG_S_WAIT_UNPLUG,
+	MIG_S_UNKNOWN,		/* a status this ferry does not know */
+};
+
+enum mig_state mig_state_parse(const char *status);
+/* Still going: setup, active, the switchover, post-copy, cancelling. */
+bool mig_state_active(enum mig_state s);
+
+static inline bool mig_state_postcopy(enum mig_state s)
+{
+	return s == MIG_S_POSTCOPY_ACTIVE || s == MIG_S_POSTCOPY_PAUSED ||
+	       s == MIG_S_POSTCOPY_RECOVER;
+}
+
 /* What query-migrate says, the fields ferry uses. */
 struct mig_info {
-	char status[32];
+	char status[32];	/* QEMU's text, for messages */
+	enum mig_state state;	/* what the code decides on */
 	uint64_t total_time_ms;
 	uint64_t downtime_ms;
 	uint64_t setup_time_ms;

@@ -388,7 +388,7 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	rc = mig_query(m->q, &info, err);
 	if (rc < 0)
 		return rc;
-	if (mig_status_active(info.status))
+	if (mig_state_active(info.state))
 		return ferry_error_set(err, -EBUSY,
 			"the source QEMU already has a migration in state '%s'",
 			info.status);
@@ -933,17 +933,17 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 	rc = query_keep_counters(m, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "source QEMU: ");
-	if (strcmp(m->last.status, "completed") == 0)
+	if (m->last.state == MIG_S_COMPLETED)
 		return 1;
-	if (!mig_status_active(m->last.status)) {
+	if (!mig_state_active(m->last.state)) {
 		ferry_error_set(err, -EIO, "source QEMU migration %s%s%s",
 				m->last.status, m->last.error_desc[0] ? ": " : "",
 				m->last.error_desc);
 		return blame(m, err);
 	}
-	if (m->conv.postcopy_active && !strcmp(m->last.status, "postcopy-paused"))
+	if (m->conv.postcopy_active && m->last.state == MIG_S_POSTCOPY_PAUSED)
 		return ferry_error_set(err, -EAGAIN, "the source QEMU paused post-copy");
-	if (m->blk && !strcmp(m->last.status, "pre-switchover"))
+	if (m->blk && m->last.state == MIG_S_PRE_SWITCHOVER)
 		return disks_switchover(m, err);
 	if (m->blk && !m->disks_switched && blk_src_tick(m->blk, err) < 0)
 		return -EIO;
@@ -966,7 +966,7 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 			return blame(m, err);
 		}
 	}
-	if (!strcmp(m->last.status, "postcopy-active") && !m->conv.postcopy_active)
+	if (m->last.state == MIG_S_POSTCOPY_ACTIVE && !m->conv.postcopy_active)
 		note_postcopy(m);
 	{
 		bool go = false;
@@ -997,7 +997,7 @@ static int wait_qemu_status(struct ferry_migration *m, const char *want,
 			return rc;
 		if (!strcmp(m->last.status, want))
 			return 0;
-		if (!mig_status_active(m->last.status))
+		if (!mig_state_active(m->last.state))
 			return ferry_error_set(err, -EIO, "source QEMU migration is "
 					       "'%s'", m->last.status);
 		usleep(50 * 1000);
@@ -1034,7 +1034,7 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 	 * stream still runs. Pause it, so that both ends resume together on
 	 * the new connections. */
 	if (mig_query(m->q, &m->last, NULL) == 0 &&
-	    !strcmp(m->last.status, "postcopy-active"))
+	    m->last.state == MIG_S_POSTCOPY_ACTIVE)
 		qmp_execute(m->q, "migrate-pause", NULL, NULL, MIG_QMP_TIMEOUT_MS,
 			    NULL);
 	rc = wait_qemu_status(m, "postcopy-paused", MIG_QMP_TIMEOUT_MS, err);
@@ -1171,7 +1171,7 @@ static void cancel_qemu_migration(struct ferry_migration *m)
 	qmp_execute(m->q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
 	while (ferry_now_ms() < deadline) {
 		if (mig_query(m->q, &info, NULL) < 0 ||
-		    !mig_status_active(info.status))
+		    !mig_state_active(info.state))
 			return;
 		usleep(50 * 1000);
 	}
@@ -1199,8 +1199,8 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 		m->conv.postcopy_active = false;
 	if (m->conv.postcopy_active && m->q &&
 	    mig_query(m->q, &m->last, NULL) == 0 &&
-	    (!strcmp(m->last.status, "failed") ||
-	     !strcmp(m->last.status, "cancelled"))) {
+	    (m->last.state == MIG_S_FAILED ||
+	     m->last.state == MIG_S_CANCELLED)) {
 		/* QEMU failed the switchover itself: the destination never got
 		 * the device state, so the source still holds the whole guest
 		 * and may run it again. */
@@ -1235,7 +1235,7 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	/* QEMU completed on its own (hand-off, or before ferry noticed): the
 	 * device state went out, and the destination may run the guest. */
 	if (!m->source_completed && mig_query(m->q, &m->last, NULL) == 0 &&
-	    !strcmp(m->last.status, "completed"))
+	    m->last.state == MIG_S_COMPLETED)
 		m->source_completed = true;
 	if (m->dest_may_run || m->source_completed) {
 		/*

@@ -55,6 +55,7 @@ int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err)
 	copy_str(info->status, sizeof(info->status), json_object_get(ret, "status"));
 	if (!info->status[0])
 		snprintf(info->status, sizeof(info->status), "none");
+	info->state = mig_state_parse(info->status);
 	info->total_time_ms = get_u64(ret, "total-time");
 	info->downtime_ms = get_u64(ret, "downtime");
 	info->setup_time_ms = get_u64(ret, "setup-time");
@@ -84,18 +85,41 @@ int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err)
 	return 0;
 }
 
+static const char *const mig_state_names[] = {
+	[MIG_S_NONE] = "none", [MIG_S_SETUP] = "setup",
+	[MIG_S_CANCELLING] = "cancelling", [MIG_S_CANCELLED] = "cancelled",
+	[MIG_S_ACTIVE] = "active", [MIG_S_POSTCOPY_ACTIVE] = "postcopy-active",
+	[MIG_S_POSTCOPY_PAUSED] = "postcopy-paused",
+	[MIG_S_POSTCOPY_RECOVER] = "postcopy-recover",
+	[MIG_S_COMPLETED] = "completed", [MIG_S_FAILED] = "failed",
+	[MIG_S_COLO] = "colo", [MIG_S_PRE_SWITCHOVER] = "pre-switchover",
+	[MIG_S_DEVICE] = "device", [MIG_S_WAIT_UNPLUG] = "wait-unplug",
+};
+
+enum mig_state mig_state_parse(const char *status)
+{
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(mig_state_names); i++)
+		if (mig_state_names[i] && !strcmp(status, mig_state_names[i]))
+			return (enum mig_state)i;
+	return MIG_S_UNKNOWN;
+}
+
+bool mig_state_active(enum mig_state s)
+{
+	switch (s) {
+	case MIG_S_SETUP: case MIG_S_ACTIVE: case MIG_S_PRE_SWITCHOVER:
+	case MIG_S_DEVICE: case MIG_S_WAIT_UNPLUG: case MIG_S_POSTCOPY_ACTIVE:
+	case MIG_S_POSTCOPY_PAUSED: case MIG_S_POSTCOPY_RECOVER:
+	case MIG_S_CANCELLING:
+		return true;
+	default:
+		return false;
+	}
+}
+
 bool mig_status_active(const char *s)
 {
-	static const char *const active[] = {
-		"setup", "active", "pre-switchover", "device", "wait-unplug",
-		"postcopy-active", "postcopy-paused", "postcopy-recover",
-		"cancelling",
-	};
-
-	for (size_t i = 0; i < sizeof(active) / sizeof(active[0]); i++)
-		if (strcmp(s, active[i]) == 0)
-			return true;
-	return false;
+	return mig_state_active(mig_state_parse(s));
 }
 
 int mig_ram_size(struct qmp *q, uint64_t *bytes, struct ferry_error *err)

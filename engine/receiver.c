@@ -565,11 +565,11 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		rc = mig_query(in->q, &info, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "destination QEMU: ");
-		if (!mig_status_active(info.status))
+		if (!mig_state_active(info.state))
 			break;
 		usleep(RX_FINISH_POLL_MS * 1000);
 	}
-	if (strcmp(info.status, "completed") != 0)
+	if (info.state != MIG_S_COMPLETED)
 		return ferry_error_set(err, -EIO,
 			"destination QEMU migration is '%s'%s%s", info.status,
 			info.error_desc[0] ? ": " : "", info.error_desc);
@@ -649,7 +649,7 @@ static bool rx_in_postcopy(struct incoming *in)
 	struct mig_info info;
 
 	if (!in->postcopy && mig_query(in->q, &info, NULL) == 0 &&
-	    !strncmp(info.status, "postcopy-", 9))
+	    mig_state_postcopy(info.state))
 		in->postcopy = true;
 	return in->postcopy;
 }
@@ -741,13 +741,13 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	 * itself: the tunnel saw its side end first, or QEMU says so. */
 	if (!peer_first && mig_query(in->q, &info, NULL) < 0)
 		return rx_dest_failed(in, NULL, err);
-	if (!peer_first && strcmp(info.status, "completed") != 0 &&
-	    (!strcmp(info.status, "failed") ||
+	if (!peer_first && info.state != MIG_S_COMPLETED &&
+	    (info.state == MIG_S_FAILED ||
 	     (in->tun && tun_failed_locally(in->tun)))) {
 		/* It closes its end a moment before it fails or exits. */
 		usleep(RX_POLL_MS * 1000);
 		return rx_dest_failed(in, mig_query(in->q, &info, NULL) == 0 &&
-				      !strcmp(info.status, "failed") ? &info :
+				      info.state == MIG_S_FAILED ? &info :
 				      NULL, err);
 	}
 	ferry_log(FERRY_LOG_WARN, "migration %s: the source's side broke off (%s); "
@@ -769,11 +769,11 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 				"broke off (%s); the destination QEMU exited with "
 				"its stream (as QEMU 7.2 does), so the source guest "
 				"runs on", why);
-		if (!strncmp(info.status, "postcopy-", 9)) {
+		if (mig_state_postcopy(info.state)) {
 			in->postcopy = true;
 			return ferry_error_set(err, -EAGAIN, "%s", why);
 		}
-		if (!mig_status_active(info.status))
+		if (!mig_state_active(info.state))
 			break;
 		poll(fds, 2, RX_POLL_MS);
 		if (fds[1].revents)
@@ -788,7 +788,7 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 			return rc;
 		ctrl_alive = rc == 0;
 	} while (ferry_now_ms() < deadline);
-	if (strcmp(info.status, "completed") != 0)
+	if (info.state != MIG_S_COMPLETED)
 		return ferry_error_set(err, -ECONNRESET, "the source's ferry is gone "
 				       "(%s); the destination QEMU's migration is "
 				       "'%s'%s%s, so the source guest runs on", why,
@@ -854,10 +854,10 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 		}
 		if (mig_query(in->q, &info, NULL) < 0)
 			return rx_dest_failed(in, NULL, err);
-		if (strcmp(info.status, "failed") == 0)
+		if (info.state == MIG_S_FAILED)
 			return rx_dest_failed(in, &info, err);
 		/* With --direct, QEMU's own connection broke. */
-		if (strcmp(info.status, "postcopy-paused") == 0)
+		if (info.state == MIG_S_POSTCOPY_PAUSED)
 			return ferry_error_set(err, -EAGAIN, "the destination QEMU "
 					       "paused post-copy");
 		while (qmp_wait_event(in->q, NULL, &ev, 0, NULL) == 0)
@@ -911,7 +911,7 @@ static int rx_recover(struct incoming *in, const char *why,
 		/* QEMU notices the broken stream on its own time. */
 		for (uint64_t until = ferry_now_ms() + MIG_QMP_TIMEOUT_MS;;) {
 			rc = mig_query(in->q, &info, err);
-			if (rc < 0 || !strcmp(info.status, "postcopy-paused"))
+			if (rc < 0 || info.state == MIG_S_POSTCOPY_PAUSED)
 				break;
 			if (ferry_now_ms() > until) {
 				rc = ferry_error_set(err, -EIO, "destination QEMU is "
@@ -1023,8 +1023,8 @@ static void rx_failed_qemu(struct incoming *in, const struct ferry_error *err)
 	/* QEMU's own word first: a destination that completed or runs
 	 * post-copy holds the guest (or part of it), whatever ferry saw. */
 	if (in->launched && in->q && mig_query(in->q, &info, NULL) == 0 &&
-	    (!strcmp(info.status, "completed") ||
-	     !strncmp(info.status, "postcopy-", 9)))
+	    (info.state == MIG_S_COMPLETED ||
+	     mig_state_postcopy(info.state)))
 		in->whole_copy = true;
 	if (in->whole_copy) {
 		ferry_log(FERRY_LOG_WARN, "migration %s: the destination QEMU holds "

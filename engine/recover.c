@@ -55,7 +55,7 @@ static void wait_inactive(struct qmp *q, struct mig_info *info)
 	uint64_t deadline = ferry_now_ms() + RECOVER_CANCEL_MS;
 
 	while (ferry_now_ms() < deadline && mig_query(q, info, NULL) == 0 &&
-	       mig_status_active(info->status))
+	       mig_state_active(info->state))
 		usleep(RECOVER_POLL_MS * 1000);
 }
 
@@ -65,14 +65,14 @@ static int recover_source(struct recovery *r, struct qmp *q,
 	char status[32];
 	bool past_switchover = !strcmp(r->last, JOURNAL_SWITCHOVER);
 
-	if (!strcmp(info->status, "completed")) {
+	if (info->state == MIG_S_COMPLETED) {
 		snprintf(r->outcome, sizeof(r->outcome), "the source QEMU completed "
 			 "its migration: the destination holds the whole guest; "
 			 "the source stays stopped. On the destination host run: "
 			 "ferry recover --source-completed %s", r->id);
 		return 0;
 	}
-	if (!strncmp(info->status, "postcopy", 8) || !strcmp(r->last,
+	if (mig_state_postcopy(info->state) || !strcmp(r->last,
 							      JOURNAL_POSTCOPY)) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
@@ -80,24 +80,24 @@ static int recover_source(struct recovery *r, struct qmp *q,
 			 "hosts; both stay paused, nothing is guessed", info->status);
 		return 0;
 	}
-	if (mig_status_active(info->status) && past_switchover) {
+	if (mig_state_active(info->state) && past_switchover) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the switchover had "
 			 "started and QEMU is still '%s': run ferry recover again "
 			 "once it has finished", info->status);
 		return 0;
 	}
-	if (mig_status_active(info->status)) {
+	if (mig_state_active(info->state)) {
 		/* Streaming without ferry before the switchover: the source
 		 * still holds the whole guest; stop the stream there. */
 		qmp_execute(q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
 		wait_inactive(q, info);
-		if (mig_status_active(info->status))
+		if (mig_state_active(info->state))
 			return ferry_error_set(err, -ETIMEDOUT, "the source QEMU's "
 					       "migration is still '%s' after "
 					       "migrate_cancel", info->status);
 		/* It completed before the cancel took: as above. */
-		if (!strcmp(info->status, "completed"))
+		if (info->state == MIG_S_COMPLETED)
 			return recover_source(r, q, info, err);
 	}
 	if (blk_clear_stale(q, err) < 0)
@@ -117,7 +117,7 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 {
 	char status[32];
 
-	if (!strncmp(info->status, "postcopy", 8) || !strcmp(r->last,
+	if (mig_state_postcopy(info->state) || !strcmp(r->last,
 							      JOURNAL_POSTCOPY)) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
@@ -125,14 +125,14 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 			 "hosts; both stay paused, nothing is guessed", info->status);
 		return 0;
 	}
-	if (mig_status_active(info->status)) {
+	if (mig_state_active(info->state)) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU is "
 			 "still loading ('%s'): run ferry recover again once it "
 			 "has finished", info->status);
 		return 0;
 	}
-	if (strcmp(info->status, "completed") != 0) {
+	if (info->state != MIG_S_COMPLETED) {
 		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU's "
 			 "migration is '%s': it does not hold the guest (the "
 			 "source does)", info->status[0] ? info->status : "none");
