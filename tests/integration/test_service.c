@@ -1013,7 +1013,11 @@ START_TEST(launch_destination)
 		ferry_migration_free(cancel_me);
 		cancel_me = NULL;
 		expect_status(p.src, "running");
-		settle();
+		/* The service cleans up when it sees the CANCEL: bounded. */
+		for (int i = 0; i < 300 && (process_with_arg("launched2.qmp") ||
+					    file_exists(launch_dir, "launched2.qmp"));
+		     i++)
+			usleep(50 * 1000);
 		ck_assert(!file_exists(launch_dir, "launched2.qmp"));
 		ck_assert(!file_exists(launch_dir, "launched2.pid"));
 		ck_assert(!process_with_arg("launched2.qmp"));
