@@ -41,6 +41,7 @@
 #include "tests/harness/link.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
+#include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -367,19 +368,6 @@ out:
 	return rc;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static uint64_t median(uint64_t *v, uint32_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_u64);
-	return n ? (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2) : 0;
-}
-
 int main(int argc, char **argv)
 {
 	static struct bench b = { .disk_gib = 4, .repeats = 3, .link_mbit = 1000,
@@ -474,14 +462,14 @@ int main(int argc, char **argv)
 	printf("%-12s %4s %10s %12s %8s\n", "mode", "ok", "total ms",
 	       "wire MiB", "vs 1st");
 	{
-		uint64_t base = got[0] ? median(totals[0], got[0]) : 0;
+		uint64_t base = got[0] ? stats_median(totals[0], got[0]) : 0;
 
 		for (uint32_t i = 0; i < nm; i++) {
-			uint64_t t = median(totals[i], got[i]);
+			uint64_t t = stats_median(totals[i], got[i]);
 
 			printf("%-12s %4u %10llu %12llu %8.2f\n", modes[i], got[i],
 			       (unsigned long long)t,
-			       (unsigned long long)(median(wires[i], got[i]) >> 20),
+			       (unsigned long long)(stats_median(wires[i], got[i]) >> 20),
 			       base ? (double)t / (double)base : 0.0);
 		}
 	}

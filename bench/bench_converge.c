@@ -26,6 +26,7 @@
 #include "ferry.h"
 #include "ferry_policy.h"
 #include "tests/harness/rx.h"
+#include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -43,36 +44,6 @@ struct result {
 	bool postcopy;
 	uint32_t throttle;
 };
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static uint64_t median(uint64_t *v, uint32_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_u64);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static int same_ram(const char *dir, struct vm *a, struct vm *b)
-{
-	struct ferry_error err = { 0 };
-	char pa[128], pb[128];
-	uint64_t diff;
-	int eq;
-
-	snprintf(pa, sizeof(pa), "%s/a.ram", dir);
-	snprintf(pb, sizeof(pb), "%s/b.ram", dir);
-	if (vm_pmemsave(a, pa, &err) || vm_pmemsave(b, pb, &err))
-		return -1;
-	eq = vm_files_equal(pa, pb, &diff, &err);
-	unlink(pa);
-	unlink(pb);
-	return eq;
-}
 
 static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
 	       uint32_t link, uint32_t timeout_s, const char *dir,
@@ -145,7 +116,7 @@ static int one(enum pol pol, uint32_t mem, uint32_t ws, uint32_t rate,
 	res->postcopy = rep.postcopy;
 	res->throttle = rep.throttle_pct_max;
 	if (res->completed)
-		res->verified = same_ram(dir, src, dst) == 1;
+		res->verified = stats_same_ram(dir, src, dst) == 1;
 	rc = 0;
 out:
 	vm_stop(src);
@@ -262,8 +233,8 @@ static void summarize(const char *const *paths, int npaths)
 				printf(all ? " aborted (0/%u) |" : " - |", all);
 				continue;
 			}
-			printf(" %.1f s, %llu ms (%u/%u", (double)median(tot, ok) / 1000,
-			       (unsigned long long)median(down, ok), ok, all);
+			printf(" %.1f s, %llu ms (%u/%u", (double)stats_median(tot, ok) / 1000,
+			       (unsigned long long)stats_median(down, ok), ok, all);
 			if (pc == ok)
 				printf(", post-copy) |");
 			else if (pc)
@@ -272,7 +243,7 @@ static void summarize(const char *const *paths, int npaths)
 				printf(") |");
 		}
 		if (npred)
-			printf(" %.1f s |\n", (double)median(pred, npred) / 1000);
+			printf(" %.1f s |\n", (double)stats_median(pred, npred) / 1000);
 		else
 			printf(" - |\n");
 	}

@@ -23,6 +23,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/rx.h"
+#include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 #include "transport/net.h"
@@ -83,36 +84,6 @@ static void nuisance_stop(struct nuisance *z)
 		close(z->fds[i]);
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static uint64_t median(uint64_t *v, uint32_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_u64);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static int same_ram(const char *dir, struct vm *a, struct vm *b)
-{
-	struct ferry_error err = { 0 };
-	char pa[128], pb[128];
-	uint64_t diff;
-	int eq;
-
-	snprintf(pa, sizeof(pa), "%s/a.ram", dir);
-	snprintf(pb, sizeof(pb), "%s/b.ram", dir);
-	if (vm_pmemsave(a, pa, &err) || vm_pmemsave(b, pb, &err))
-		return -1;
-	eq = vm_files_equal(pa, pb, &diff, &err);
-	unlink(pa);
-	unlink(pb);
-	return eq;
-}
-
 /* One migration in @mode; its wall time (ferry's total) in *@ms. */
 static int one(enum mode mode, uint32_t mem, uint32_t conns, const char *dir,
 	       uint64_t *ms, uint32_t *opened, struct ferry_error *err)
@@ -160,7 +131,7 @@ static int one(enum mode mode, uint32_t mem, uint32_t conns, const char *dir,
 		rx_thread_stop(&rx);
 	rx_thread_join(&rx);
 	*ms = rep.total_ms;
-	if (rc == 0 && same_ram(dir, src, dst) != 1)
+	if (rc == 0 && stats_same_ram(dir, src, dst) != 1)
 		rc = ferry_error_set(err, -EIO, "guest RAM differs");
 out:
 	vm_stop(src);
@@ -229,9 +200,9 @@ int main(int argc, char **argv)
 	}
 	tmpdir_remove(dir);
 	printf("\n| mode | median ms | vs quiet |\n| --- | ---: | ---: |\n");
-	base = median(ms[M_QUIET], repeats);
+	base = stats_median(ms[M_QUIET], repeats);
 	for (int md = 0; md < M_COUNT; md++) {
-		uint64_t v = median(ms[md], repeats);
+		uint64_t v = stats_median(ms[md], repeats);
 
 		printf("| %s | %llu | %+lld ms |\n", mode_names[md],
 		       (unsigned long long)v, (long long)v - (long long)base);

@@ -59,6 +59,18 @@ static void wait_inactive(struct qmp *q, struct mig_info *info)
 		usleep(RECOVER_POLL_MS * 1000);
 }
 
+/* Post-copy (by QEMU or the journal): nothing can be decided alone. */
+static bool split_in_postcopy(struct recovery *r, const struct mig_info *info)
+{
+	if (!mig_state_postcopy(info->state) && strcmp(r->last, JOURNAL_POSTCOPY))
+		return false;
+	r->needs_person = true;
+	snprintf(r->outcome, sizeof(r->outcome), "post-copy was running (QEMU: "
+		 "'%s'): the guest's memory is split between the hosts; both "
+		 "stay paused, nothing is guessed", info->status);
+	return true;
+}
+
 static int recover_source(struct recovery *r, struct qmp *q,
 			  struct mig_info *info, struct ferry_error *err)
 {
@@ -72,14 +84,8 @@ static int recover_source(struct recovery *r, struct qmp *q,
 			 "ferry recover --source-completed %s", r->id);
 		return 0;
 	}
-	if (mig_state_postcopy(info->state) || !strcmp(r->last,
-							      JOURNAL_POSTCOPY)) {
-		r->needs_person = true;
-		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
-			 "(QEMU: '%s'): the guest's memory is split between the "
-			 "hosts; both stay paused, nothing is guessed", info->status);
+	if (split_in_postcopy(r, info))
 		return 0;
-	}
 	if (mig_state_active(info->state) && past_switchover) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the switchover had "
@@ -117,14 +123,8 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 {
 	char status[32];
 
-	if (mig_state_postcopy(info->state) || !strcmp(r->last,
-							      JOURNAL_POSTCOPY)) {
-		r->needs_person = true;
-		snprintf(r->outcome, sizeof(r->outcome), "post-copy was running "
-			 "(QEMU: '%s'): the guest's memory is split between the "
-			 "hosts; both stay paused, nothing is guessed", info->status);
+	if (split_in_postcopy(r, info))
 		return 0;
-	}
 	if (mig_state_active(info->state)) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU is "

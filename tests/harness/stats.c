@@ -1,0 +1,41 @@
+/* Benchmark helpers (see stats.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "stats.h"
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+uint64_t stats_median(uint64_t *v, uint32_t n)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
+{
+	struct ferry_error err = { 0 };
+	char pa[256], pb[256];
+	uint64_t diff;
+	int eq;
+
+	snprintf(pa, sizeof(pa), "%s/a.ram", dir);
+	snprintf(pb, sizeof(pb), "%s/b.ram", dir);
+	if (vm_pmemsave(a, pa, &err) || vm_pmemsave(b, pb, &err)) {
+		unlink(pa);
+		unlink(pb);
+		return err.code ? err.code : -1;
+	}
+	eq = vm_files_equal(pa, pb, &diff, &err);
+	unlink(pa);
+	unlink(pb);
+	return eq;
+}

@@ -1,0 +1,19 @@
+/*
+ * Small helpers the benchmarks share: medians of repeated runs, and the
+ * byte-for-byte comparison of two quiescent guests' RAM.
+ */
+#ifndef FERRY_TESTS_STATS_H
+#define FERRY_TESTS_STATS_H
+
+#include <stdint.h>
+
+#include "vm.h"
+
+/* The median of @n values (sorts @v in place); 0 when n is 0. */
+uint64_t stats_median(uint64_t *v, uint32_t n);
+
+/* pmemsave both guests into @dir and compare: 1 equal, 0 different,
+ * -errno when a dump failed. The dumps are removed. */
+int stats_same_ram(const char *dir, struct vm *a, struct vm *b);
+
+#endif /* FERRY_TESTS_STATS_H */
