@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include "launch.h"
+#include "transport/tls.h"
 #include "util.h"
 
 static void close_pair(int p[2])
@@ -122,8 +122,8 @@ static int collect(int out_fd, int err_fd, char *out, size_t *out_len,
 }
 
 /* "pid N" and "created PATH" lines; anything else is ignored. */
-static int parse_output(char *out, const char *state_dir,
-			struct launch_result *res, struct ferry_error *err)
+static int parse_output(char *out, struct launch_result *res,
+			struct ferry_error *err)
 {
 	char *save = NULL;
 
@@ -147,7 +147,6 @@ static int parse_output(char *out, const char *state_dir,
 				 line + 8);
 		}
 	}
-	(void)state_dir;
 	if (!res->pid)
 		return ferry_error_set(err, -EPROTO, "the launcher did not say "
 				       "which QEMU it started (no 'pid N' line)");
@@ -187,20 +186,15 @@ int launch_run(const struct launch_req *r, struct launch_result *out,
 	close(out_p[1]);
 	close(err_p[1]);
 	in_p[0] = out_p[1] = err_p[1] = -1;
-	/* A launcher that exits without reading gives EPIPE, not SIGPIPE:
-	 * the service ignores nothing globally, so block it here. */
+	/* A launcher that exits without reading gives EPIPE, not SIGPIPE. */
 	{
-		sigset_t s, old;
-		struct timespec zero = { 0 };
+		struct tls_sigpipe g;
 
-		sigemptyset(&s);
-		sigaddset(&s, SIGPIPE);
-		pthread_sigmask(SIG_BLOCK, &s, &old);
+		tls_sigpipe_block(&g);
 		feed_config(in_p[1], r);
 		close(in_p[1]);
 		in_p[1] = -1;
-		sigtimedwait(&s, NULL, &zero);
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		tls_sigpipe_restore(&g);
 	}
 	rc = collect(out_p[0], err_p[0], stdout_buf, &out_len, stderr_buf,
 		     &err_len, deadline);
@@ -224,7 +218,7 @@ int launch_run(const struct launch_req *r, struct launch_result *out,
 				     WTERMSIG(status),
 				     err_len ? stderr_buf : "(no message)");
 	} else {
-		rc = parse_output(stdout_buf, r->state_dir, out, err);
+		rc = parse_output(stdout_buf, out, err);
 	}
 	/* A launcher that failed after it started QEMU said so first. */
 	if (rc < 0 && rc != -ECHILD && out->pid)

@@ -315,15 +315,16 @@ static int find_opt(const char *name)
 }
 
 /* One option of the source's command line: the transition of the walk. */
-static int take_opt(struct launcher *l, enum opt_kind kind, const char *name,
+static int take_opt(struct launcher *l, enum opt_kind kind, const char *opt,
 		    const char *arg)
 {
+	const char *name = opt + 1;
 	char first[64];
 	int rc = 0;
 
 	switch (kind) {
 	case OPT_KEEP0:
-		return out_add(l, name - 1);
+		return out_add(l, opt);
 	case OPT_DROP0:
 	case OPT_DROP1:
 		return 0;
@@ -388,7 +389,7 @@ static int take_opt(struct launcher *l, enum opt_kind kind, const char *name,
 		break;
 	}
 	if (rc == 0)
-		rc = out_add(l, name - 1);
+		rc = out_add(l, opt);
 	return rc ? rc : out_add(l, arg);
 }
 
@@ -400,26 +401,23 @@ static int rewrite(struct launcher *l)
 
 	rc = out_add(l, qemu && qemu[0] ? qemu : "qemu-system-x86_64");
 	for (uint32_t i = 1; rc == 0 && i < l->nin; i++) {
-		const char *o = l->in[i];
+		/* -opt and --opt: @opt is the one-dash form. */
+		const char *opt = l->in[i] + (l->in[i][0] == '-' &&
+					       l->in[i][1] == '-');
 		int k;
 
-		if (o[0] != '-')
-			return fail("unexpected argument '%s'", o);
-		o += o[1] == '-' ? 2 : 1;	/* -opt and --opt */
-		k = find_opt(o);
+		if (opt[0] != '-')
+			return fail("unexpected argument '%s'", opt);
+		k = find_opt(opt + 1);
 		if (k < 0)
-			return fail("option -%s is not allowed by the launcher", o);
+			return fail("option %s is not allowed by the launcher", opt);
 		if (opts[k].kind == OPT_KEEP0 || opts[k].kind == OPT_DROP0) {
-			/* out_add(name - 1) needs the one-dash form. */
-			rc = opts[k].kind == OPT_KEEP0 ? out_add(l, l->in[i] +
-						(l->in[i][1] == '-')) : 0;
+			rc = take_opt(l, opts[k].kind, opt, NULL);
 			continue;
 		}
 		if (i + 1 >= l->nin)
-			return fail("option -%s lacks its argument", o);
-		rc = take_opt(l, opts[k].kind, l->in[i] + (l->in[i][1] == '-') + 1,
-			      l->in[i + 1]);
-		i++;
+			return fail("option %s lacks its argument", opt);
+		rc = take_opt(l, opts[k].kind, opt, l->in[++i]);
 	}
 	snprintf(qmp, sizeof(qmp), "unix:%s,server=on,wait=off", l->qmp_path);
 	if (rc == 0)

@@ -53,7 +53,6 @@ struct ferry_migration {
 	uint32_t recoveries;
 	bool migrate_started;
 	bool was_running;
-	bool dest_may_run;	/* FINISH sent, no definite answer yet */
 	bool source_completed;	/* the source QEMU completed: never cont it */
 	uint8_t mig_id[WIRE_MIG_ID_BYTES];
 	uint64_t ram_bytes;
@@ -1126,7 +1125,6 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 		if (rc < 0)
 			return ferry_error_prefix(err, "tunnel after completion: ");
 	}
-	m->dest_may_run = !m->o.paused;
 	/* The source QEMU completed: the destination holds the guest now. */
 	rc = journal_step(m->journal, JOURNAL_SWITCHOVER,
 			  json_pack("{s:b}", "resume", !m->o.paused), err);
@@ -1141,7 +1139,6 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_prefix(err, "waiting for the destination to finish: ");
 	/* A definite answer: the destination knows whether it runs. */
-	m->dest_may_run = false;
 	if (h.type == WIRE_CTRL_ERROR) {
 		/* It does not: the source may run its guest again. */
 		m->source_completed = false;
@@ -1237,11 +1234,12 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	if (!m->source_completed && mig_query(m->q, &m->last, NULL) == 0 &&
 	    m->last.state == MIG_S_COMPLETED)
 		m->source_completed = true;
-	if (m->dest_may_run || m->source_completed) {
+	if (m->source_completed) {
 		/*
-		 * The destination was told to resume and never answered: it
-		 * may be running the guest. Resuming the source too would run
-		 * two copies of one guest, so the source stays as it is.
+		 * The source QEMU completed and the receiver never said the
+		 * destination did not take over: the destination may hold or
+		 * run the only copy. Resuming the source too could run two
+		 * copies of one guest, so the source stays as it is.
 		 */
 		ferry_log(FERRY_LOG_ERROR,
 			  "the destination may be running the guest; source left '%s' for the operator",
@@ -1322,7 +1320,6 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 		err = &local;
 	memset(&m->last, 0, sizeof(m->last));
 	m->migrate_started = false;
-	m->dest_may_run = false;
 	m->source_completed = false;
 	m->recoveries = 0;
 	m->handoff = false;

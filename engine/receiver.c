@@ -37,6 +37,7 @@
 #include "launch.h"
 #include "mig.h"
 #include "rx.h"
+#include "transport/be.h"
 #include "transport/net.h"
 #include "transport/probe.h"
 #include "transport/tls.h"
@@ -92,7 +93,6 @@ struct incoming {
 	uint64_t t0_ms;
 	bool resume;
 	bool postcopy;
-	uint16_t direct_port;	/* where the destination QEMU listens */
 	bool handoff;		/* the data connection went to QEMU */
 	bool qemu_started;	/* migrate-incoming/-recover ran: from here a
 				   failure burns the destination QEMU */
@@ -102,6 +102,8 @@ struct incoming {
 	bool launched;
 	bool switched;		/* the source completed: the destination
 				   holds the guest now */
+	bool resume_tried;	/* cont was sent: the guest may run here, so
+				   "did not take over" is no longer ours to say */
 	bool whole_copy;	/* the destination completed without the
 				   source's word: it is left for recover */
 };
@@ -431,10 +433,8 @@ static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
 				       "start within %u ms (%s); the destination "
 				       "QEMU was not started",
 				       in->o->hello_timeout_ms, strerror(-rc));
-	magic = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
-		(uint32_t)head[2] << 8 | head[3];
-	version = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 |
-		  (uint32_t)head[6] << 8 | head[7];
+	magic = be_get32(head);
+	version = be_get32(head + 4);
 	if (magic != RX_QEMU_MAGIC || version != RX_QEMU_VERSION)
 		return ferry_error_set(err, -EPROTO, "the stream from the source "
 				       "is not a QEMU migration stream (starts "
@@ -585,6 +585,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 					"before its disks were synced");
 	if (in->resume) {
 		rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
+		in->resume_tried = rc == 0;
 		if (rc == 0)
 			rc = qmp_execute(in->q, "cont", NULL, NULL,
 					 MIG_QMP_TIMEOUT_MS, err);
@@ -669,12 +670,13 @@ static void launch_log_tail(const struct incoming *in, char *out, size_t len)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	n = pread(fd, buf, sizeof(buf) - 1, 0);
-	if (n > 0) {
+	{
+		/* Its end is enough: the last line is the reason. */
 		off_t size = lseek(fd, 0, SEEK_END);
+		off_t at = size > (off_t)sizeof(buf) - 1 ?
+			   size - (off_t)sizeof(buf) + 1 : 0;
 
-		if (size > (off_t)sizeof(buf) - 1)
-			n = pread(fd, buf, sizeof(buf) - 1, size - (off_t)sizeof(buf) + 1);
+		n = pread(fd, buf, sizeof(buf) - 1, at);
 	}
 	close(fd);
 	if (n <= 0)
@@ -1073,7 +1075,11 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 		ferry_log(FERRY_LOG_ERROR, "migration %s failed: %s", in->id, err->msg);
 		if (in->tun)
 			tun_cancel(in->tun);
-		if (rc != -ECANCELED)
+		/* ERROR tells the source the destination did not take over,
+		 * and the source then runs its guest again: never once this
+		 * side may have resumed it (the source then stays stopped,
+		 * for ferry recover). */
+		if (rc != -ECANCELED && !in->resume_tried)
 			send_error(in, err);
 	}
 	fill_rx_report(in, rep, rc, err);

@@ -32,6 +32,7 @@
 #include "journal.h"
 #include "mig.h"
 #include "recover.h"
+#include "transport/wire.h"
 #include "util.h"
 
 /* How long a cancelled migration may take to leave the active states. */
@@ -158,60 +159,47 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 }
 
 /* One journal file; *@needs_person set when it needs one. */
-static int recover_file(const char *dir, const char *name,
+static int recover_file(const char *state_dir, const char *name,
 			const char *source_completed, bool *needs_person,
 			struct ferry_error *err)
 {
 	char path[PATH_MAX];
-	struct recovery r = { 0 };
+	struct recovery r = { .source_completed = source_completed };
 	struct mig_info info = { 0 };
 	struct journal *j = NULL;
 	json_t *lines, *first;
 	struct qmp *q;
-	char id[64];
 	int rc;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	r.source_completed = source_completed;
+	snprintf(path, sizeof(path), "%s/%s/%s", state_dir, JOURNAL_DIR, name);
 	rc = journal_read(path, &lines, err);
 	if (rc < 0)
 		return rc;
 	first = json_array_get(lines, 0);
 	r.last = json_string_value(json_object_get(
 			json_array_get(lines, json_array_size(lines) - 1), "state"));
-	if (!first || journal_terminal(r.last)) {
-		json_decref(lines);
-		return 0;
-	}
+	if (!first || journal_terminal(r.last))
+		goto out_lines;
 	r.id = json_string_value(json_object_get(first, "id"));
 	r.side = json_string_value(json_object_get(first, "side"));
 	r.qmp = json_string_value(json_object_get(first, "qmp"));
 	r.was_running = json_is_true(json_object_get(first, "was_running"));
 	r.paused = json_is_true(json_object_get(first, "paused"));
-	if (!r.id || !r.side || !r.qmp || strlen(r.id) >= sizeof(id)) {
-		json_decref(lines);
-		return ferry_error_set(err, -EINVAL, "%s: no id, side or QMP socket "
-				       "in its first entry", path);
+	/* The id names a file: one safe path component, like a VM name. */
+	if (!r.id || !r.side || !r.qmp || !wire_vm_name_valid(r.id)) {
+		rc = ferry_error_set(err, -EINVAL, "%s: no id, side or QMP socket "
+				     "in its first entry", path);
+		goto out_lines;
 	}
-	snprintf(id, sizeof(id), "%s", r.id);
 	/* Its owner holds the journal while it lives: leave it be. */
-	{
-		char state_dir[PATH_MAX];
-
-		snprintf(state_dir, sizeof(state_dir), "%s", dir);
-		*strrchr(state_dir, '/') = '\0';
-		rc = journal_open(&j, state_dir, id, r.side, err);
-		if (rc == -EBUSY) {
-			printf("migration %s (%s): in progress (a live ferry holds "
-			       "its journal)\n", id, r.side);
-			json_decref(lines);
-			return 0;
-		}
-		if (rc < 0) {
-			json_decref(lines);
-			return rc;
-		}
+	rc = journal_open(&j, state_dir, r.id, r.side, err);
+	if (rc == -EBUSY) {
+		printf("migration %s (%s): in progress (a live ferry holds its "
+		       "journal)\n", r.id, r.side);
+		rc = 0;
 	}
+	if (!j)
+		goto out_lines;
 	q = qmp_connect(r.qmp, MIG_QMP_TIMEOUT_MS, err);
 	if (!q && err->code != -ENOENT && err->code != -ECONNREFUSED) {
 		/* Connected, no greeting: another client holds QEMU's one
@@ -236,9 +224,9 @@ static int recover_file(const char *dir, const char *name,
 		qmp_close(q);
 	}
 	if (rc == 0) {
-		printf("migration %s (%s): %s\n", id, r.side, r.outcome);
+		printf("migration %s (%s): %s\n", r.id, r.side, r.outcome);
 		fflush(stdout);
-		ferry_log(FERRY_LOG_INFO, "recover: migration %s (%s): %s", id,
+		ferry_log(FERRY_LOG_INFO, "recover: migration %s (%s): %s", r.id,
 			  r.side, r.outcome);
 		*needs_person |= r.needs_person;
 		/* Done with it, unless a person must decide. */
@@ -248,6 +236,7 @@ static int recover_file(const char *dir, const char *name,
 					  err);
 	}
 	journal_close(j);
+out_lines:
 	json_decref(lines);
 	return rc;
 }
@@ -278,8 +267,8 @@ int recover_all(const char *state_dir, const char *source_completed,
 		if (len < 7 || strcmp(e->d_name + len - 6, ".jsonl"))
 			continue;
 		n++;
-		if (recover_file(dir, e->d_name, source_completed, needs_person,
-				 &one) < 0) {
+		if (recover_file(state_dir, e->d_name, source_completed,
+				 needs_person, &one) < 0) {
 			fprintf(stderr, "ferry recover: %s\n", one.msg);
 			if (!rc) {
 				rc = one.code ? one.code : -EIO;

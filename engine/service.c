@@ -311,18 +311,22 @@ int rx_inbox_take(struct rx_mig *m, uint64_t deadline_ms, int watch_fd,
 	}
 }
 
-void rx_mig_want_resume(struct rx_mig *m, bool on)
+/* A flag of @m that the routing reads, under the service lock. */
+static void mig_flag(struct rx_mig *m, bool *flag, bool on)
 {
 	pthread_mutex_lock(&m->svc->mu);
-	m->want_resume = on;
+	*flag = on;
 	pthread_mutex_unlock(&m->svc->mu);
+}
+
+void rx_mig_want_resume(struct rx_mig *m, bool on)
+{
+	mig_flag(m, &m->want_resume, on);
 }
 
 void rx_mig_want_conns(struct rx_mig *m, bool on)
 {
-	pthread_mutex_lock(&m->svc->mu);
-	m->want_conns = on;
-	pthread_mutex_unlock(&m->svc->mu);
+	mig_flag(m, &m->want_conns, on);
 }
 
 void rx_thread_init(void)
@@ -345,14 +349,23 @@ void rx_conn_free_preamble(struct rx_conn *c)
 
 void rx_mig_counted(struct rx_mig *m)
 {
-	pthread_mutex_lock(&m->svc->mu);
-	m->counted = true;
-	pthread_mutex_unlock(&m->svc->mu);
+	mig_flag(m, &m->counted, true);
+}
+
+/* "for VM 'x' " when the target has a name, for messages. */
+static const char *target_label(const struct rx_target *t, char *buf,
+				size_t len)
+{
+	if (!t->vm[0])
+		return "";
+	snprintf(buf, len, "for VM '%s' ", t->vm);
+	return buf;
 }
 
 void rx_target_burnt(struct rx_mig *m, const char *why)
 {
 	struct ferry_receiver *svc = m->svc;
+	char label[WIRE_VM_NAME_MAX + 16];
 	struct rx_burnt *b;
 
 	pthread_mutex_lock(&svc->mu);
@@ -370,11 +383,11 @@ void rx_target_burnt(struct rx_mig *m, const char *why)
 	b->ctime = m->target.ctime;
 	memcpy(b->id, m->id, sizeof(b->id));
 	pthread_mutex_unlock(&svc->mu);
-	ferry_log(FERRY_LOG_WARN, "destination QEMU %s%s%sat %s is burnt by "
-		  "failed migration %s (%s); it is not offered again until a new "
-		  "QEMU is registered there", m->target.vm[0] ? "for VM '" : "",
-		  m->target.vm, m->target.vm[0] ? "' " : "", m->target.qmp_path,
-		  m->id, why);
+	ferry_log(FERRY_LOG_WARN, "destination QEMU %sat %s is burnt by failed "
+		  "migration %s (%s); it is not offered again until a new QEMU "
+		  "is registered there", target_label(&m->target, label,
+						      sizeof(label)),
+		  m->target.qmp_path, m->id, why);
 }
 
 /* ---- routing ---- */
@@ -409,33 +422,28 @@ static uint32_t active_migs(struct ferry_receiver *svc)
 static int resolve_target(struct ferry_receiver *svc, const char *vm,
 			  struct rx_target *t, struct ferry_error *err)
 {
+	/* Launched QEMUs' sockets are in the state directory. */
+	const char *dir = svc->launch_cmd ? svc->state_dir : svc->qmp_dir;
 	struct stat st;
 
 	memset(t, 0, sizeof(*t));
 	snprintf(t->vm, sizeof(t->vm), "%s", vm);
-	if (svc->launch_cmd) {
-		if (!vm[0])
-			return ferry_error_set(err, -EINVAL, "this service launches "
-				"each VM's QEMU: name the VM (ferry migrate --vm NAME)");
-		/* Made by the launch; nothing to look at yet. */
-		t->launched = true;
-		if ((size_t)snprintf(t->qmp_path, sizeof(t->qmp_path), "%s/%s.qmp",
-				     svc->state_dir, vm) >= sizeof(t->qmp_path))
-			return ferry_error_set(err, -ENAMETOOLONG,
-				"the QMP path for VM '%s' is too long", vm);
-		return 0;
-	}
 	if (svc->qmp_path) {
 		snprintf(t->qmp_path, sizeof(t->qmp_path), "%s", svc->qmp_path);
-	} else {
-		if (!vm[0])
-			return ferry_error_set(err, -EINVAL, "this service serves "
-				"many VMs: name the VM (ferry migrate --vm NAME)");
-		if ((size_t)snprintf(t->qmp_path, sizeof(t->qmp_path), "%s/%s.qmp",
-				     svc->qmp_dir, vm) >= sizeof(t->qmp_path))
-			return ferry_error_set(err, -ENAMETOOLONG,
-				"the QMP path for VM '%s' is too long", vm);
+	} else if (!vm[0]) {
+		return ferry_error_set(err, -EINVAL, "this service %s: name the "
+				       "VM (ferry migrate --vm NAME)",
+				       svc->launch_cmd ? "launches each VM's QEMU" :
+				       "serves many VMs");
+	} else if ((size_t)snprintf(t->qmp_path, sizeof(t->qmp_path), "%s/%s.qmp",
+				    dir, vm) >= sizeof(t->qmp_path)) {
+		return ferry_error_set(err, -ENAMETOOLONG,
+				       "the QMP path for VM '%s' is too long", vm);
 	}
+	/* Made by the launch; nothing to look at yet. */
+	t->launched = svc->launch_cmd != NULL;
+	if (t->launched)
+		return 0;
 	if (stat(t->qmp_path, &st) < 0)
 		return ferry_error_set(err, -ENOENT, "no destination QEMU is "
 			"registered for VM '%s' (%s: %s)", vm[0] ? vm : "(unnamed)",
@@ -453,6 +461,7 @@ static int resolve_target(struct ferry_receiver *svc, const char *vm,
 static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
 		 const struct rx_target *t, struct ferry_error *err)
 {
+	char label[WIRE_VM_NAME_MAX + 16];
 	uint32_t n = active_migs(svc);
 
 	if (n >= svc->o.max_migrations)
@@ -469,9 +478,8 @@ static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
 		    (!t->launched && !m->target.launched && t->ino &&
 		     m->target.dev == t->dev && m->target.ino == t->ino)))
 			return ferry_error_set(err, -EBUSY, "busy: the destination "
-				"QEMU %s%s%sis already receiving migration %s",
-				t->vm[0] ? "for VM '" : "", t->vm,
-				t->vm[0] ? "' " : "", m->id);
+				"QEMU %sis already receiving migration %s",
+				target_label(t, label, sizeof(label)), m->id);
 	}
 	for (uint32_t i = 0; i < svc->nburnt && !t->launched; i++) {
 		const struct rx_burnt *b = &svc->burnt[i];
@@ -480,10 +488,10 @@ static int admit(struct ferry_receiver *svc, const struct rx_conn *c,
 		    b->ino == t->ino && b->ctime.tv_sec == t->ctime.tv_sec &&
 		    b->ctime.tv_nsec == t->ctime.tv_nsec)
 			return ferry_error_set(err, -ESTALE, "the destination QEMU "
-				"%s%s%sat %s was burnt by failed migration %s; "
-				"start and register a new one",
-				t->vm[0] ? "for VM '" : "", t->vm,
-				t->vm[0] ? "' " : "", t->qmp_path, b->id);
+				"%sat %s was burnt by failed migration %s; start "
+				"and register a new one",
+				target_label(t, label, sizeof(label)),
+				t->qmp_path, b->id);
 	}
 	return 0;
 }

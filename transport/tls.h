@@ -48,10 +48,11 @@ const char *tls_last_error(const char *fallback);
 
 /*
  * OpenSSL's socket BIO writes with write(2), which raises SIGPIPE when
- * the peer has closed. A library must not kill its host program for a
- * closed connection, nor change its signal handlers: around such calls
- * SIGPIPE is blocked on the calling thread, and one they raised is
- * consumed (as libpq does).
+ * the peer has closed (as does any write to a pipe or socket without
+ * MSG_NOSIGNAL). A library must not kill its host program for a closed
+ * connection, nor change its signal handlers: around such calls SIGPIPE
+ * is blocked on the calling thread, and one they raised is consumed (as
+ * libpq does).
  */
 struct tls_sigpipe {
 	sigset_t old;

@@ -516,6 +516,13 @@ int wire_config_encode(char *const *argv, uint32_t argc, uint8_t *out,
 	for (uint32_t i = 0; i < argc; i++) {
 		size_t n = strlen(argv[i]) + 1;
 
+		/* What wire_config_decode() refuses is never sent. */
+		for (const char *c = argv[i]; *c; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				return ferry_error_set(err, -EINVAL, "QEMU argument "
+					"%u has a byte 0x%02x (printable ASCII "
+					"only)", i, (uint8_t)*c);
+
 		if (n > cap - len)
 			return ferry_error_set(err, -E2BIG, "the QEMU command line "
 					       "is longer than %u bytes", cap);

@@ -53,8 +53,10 @@ static void wait_dest_active(struct pair *p)
 
 /* Start `ferry migrate` to @port with @extra options; killed with SIGKILL
  * once the destination loads. */
-static void migrate_and_kill(struct pair *p, uint16_t port,
-			     const char *const *extra)
+/* `ferry migrate` of @p to @port with @extra options, as a child process
+ * (its host), once the destination loads. */
+static pid_t spawn_migrate(struct pair *p, uint16_t port,
+			   const char *const *extra)
 {
 	char to[32];
 	char *argv[24] = { getenv("FERRY_BIN"), "migrate", "--qmp",
@@ -71,6 +73,15 @@ static void migrate_and_kill(struct pair *p, uint16_t port,
 	argv[n] = NULL;
 	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
 	wait_dest_active(p);
+	return mig;
+}
+
+/* The same, killed with SIGKILL once the destination loads. */
+static void migrate_and_kill(struct pair *p, uint16_t port,
+			     const char *const *extra)
+{
+	pid_t mig = spawn_migrate(p, port, extra);
+
 	kill(mig, SIGKILL);
 	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
 }
@@ -296,22 +307,16 @@ END_TEST
  */
 START_TEST(receiver_killed_handoff)
 {
+	static const char *const extra[] = { "--compress", "none", NULL };
 	struct ferry_error err = { 0 };
 	uint16_t port = proc_free_port();
-	char to[32];
-	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
-			 to, "--bandwidth", CAP_MIB_S, "--compress", "none",
-			 "--quiet", NULL };
 	struct pair p;
 	pid_t rxp, mig;
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
 	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
 		      "%s", err.msg);
-	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
-	argv[3] = (char *)vm_qmp_path(p.src);
-	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
-	wait_dest_active(&p);
+	mig = spawn_migrate(&p, port, extra);
 	kill(rxp, SIGKILL);
 	proc_wait(rxp);
 	ck_assert_int_eq(proc_wait(mig), 1);
@@ -330,27 +335,15 @@ END_TEST
  */
 START_TEST(source_qemu_killed)
 {
+	static const char *const extra[] = { "--compress", "none", NULL };
 	struct ferry_error err = { 0 };
 	struct rx_thread rx;
 	struct pair p;
-	uint16_t port;
-	static const char *const extra[] = { "--compress", "none", NULL };
-	char to[32];
-	char *argv[16] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
-			   to, "--bandwidth", CAP_MIB_S, "--quiet" };
 	pid_t mig;
-	int n = 9;
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
 	rx_start_once(&rx, &p, NULL);
-	port = rx.port;
-	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
-	argv[3] = (char *)vm_qmp_path(p.src);
-	for (const char *const *e = extra; *e; e++)
-		argv[n++] = (char *)*e;
-	argv[n] = NULL;
-	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
-	wait_dest_active(&p);
+	mig = spawn_migrate(&p, rx.port, extra);
 	vm_kill(p.src);
 	ck_assert_int_eq(proc_wait(mig), 3);
 	rx_thread_join(&rx);

@@ -524,6 +524,16 @@ START_TEST(ctrl_config)
 	h.len = WIRE_CONFIG_ARGS_MAX + 1;
 	ck_assert_int_eq(wire_config_decode(&h, p, argv, &argc, &err), -E2BIG);
 	ck_assert_int_eq(wire_config_encode(in, 4, p, 10, &err), -E2BIG);
+	/* The encoder refuses what the decoder would (a tab, a UTF-8 byte):
+	 * the source then sends no configuration rather than one that gets
+	 * its whole migration refused. */
+	{
+		char *const bad[] = { "qemu", "-name", "caf\xc3\xa9" };
+
+		ck_assert_int_eq(wire_config_encode(bad, 3, p, sizeof(p) - 1, &err),
+				 -EINVAL);
+		ck_assert_msg(strstr(err.msg, "argument 2"), "%s", err.msg);
+	}
 }
 END_TEST
 
