@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "engine/launch.h"
+#include "engine/mig.h"
 #include "engine/recover.h"
 #include "ferry.h"
 #include "ferry_policy.h"
@@ -57,7 +58,7 @@ static void usage(FILE *f)
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
 		"                   [--allow-dir DIR]...\n"
-		"       ferry recover [--state-dir DIR] [--source-completed ID]\n"
+		"       ferry recover [--state-dir DIR] [--source-completed ID] [--wait SEC]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -102,6 +103,8 @@ static void usage(FILE *f)
 		"  --max-migrations N  migrations at once (default %d); more are refused\n"
 		"                      with 'busy' at once\n"
 		"  --once              return after one migration (receive)\n"
+		"  --wait SEC          (recover) how long a resumed post-copy waits\n"
+		"                      for its receiver (default %d)\n"
 		"\n"
 		"  --state-dir DIR     (all commands) the migration journal, for\n"
 		"                      ferry recover (default $FERRY_STATE_DIR or\n"
@@ -116,7 +119,8 @@ static void usage(FILE *f)
 		"  --tls-psk FILE      pre-shared keys, lines of identity:hexkey\n"
 		"  --tls-psk-identity ID  which key of FILE to use (migrate)\n"
 		"  --insecure          allow plaintext on a non-loopback address\n",
-		FERRY_DEFAULT_DOWNTIME_MS, FERRY_DEFAULT_MAX_MIGRATIONS);
+		FERRY_DEFAULT_DOWNTIME_MS, FERRY_DEFAULT_MAX_MIGRATIONS,
+		MIG_RECOVERY_TIMEOUT_MS / 1000);
 }
 
 /* Parse "HOST:PORT" or "[V6]:PORT"; @host gets a copy of the host part. */
@@ -221,7 +225,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
-       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED };
+       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -265,6 +269,7 @@ static const struct option long_opts[] = {
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "allow-dir", required_argument, NULL, OPT_ALLOW_DIR },
 	{ "source-completed", required_argument, NULL, OPT_SOURCE_COMPLETED },
+	{ "wait", required_argument, NULL, OPT_WAIT },
 	{ 0 },
 };
 
@@ -274,6 +279,7 @@ struct cli {
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
+	uint32_t wait_s;
 	enum ferry_codec codec;
 	int codec_level;
 	struct ferry_tls_opts tls;
@@ -306,6 +312,11 @@ static int parse_args(int argc, char **argv, struct cli *c)
 				 "%s%s", n ? ":" : "", optarg);
 			break;
 		}
+		case OPT_WAIT:
+			if (parse_u32(optarg, &c->wait_s) < 0 || !c->wait_s ||
+			    c->wait_s > 24 * 3600)
+				goto bad_number;
+			break;
 		case OPT_MAX_MIGRATIONS:
 			if (parse_u32(optarg, &c->max_migrations) < 0 ||
 			    !c->max_migrations)
@@ -500,7 +511,8 @@ static int cmd_recover(const struct cli *c)
 	bool needs_person;
 	int rc;
 
-	rc = recover_all(state_dir(c), c->source_completed, &needs_person, &err);
+	rc = recover_all(state_dir(c), c->source_completed, c->wait_s * 1000,
+			 &needs_person, &err);
 	if (rc < 0)
 		return 1;
 	return needs_person ? 3 : 0;

@@ -27,6 +27,7 @@
 #include "blk.h"
 #include "journal.h"
 #include "mig.h"
+#include "recover.h"
 #include "transport/net.h"
 #include "transport/probe.h"
 #include "converge.h"
@@ -36,6 +37,11 @@
 #include "util.h"
 
 #define MIG_CONFIG_STRS 10
+/* How often a resumed post-copy looks at a source QEMU streaming alone. */
+#define RESUME_POLL_MS 50
+/* How long a broken post-copy waits for the receiver's word before it
+ * reconnects: an ERROR (the destination QEMU is gone) usually follows. */
+#define MIG_RECOVERY_VERDICT_MS 300
 
 /*
  * The caller's options, copied whole (every string too) and never
@@ -66,6 +72,7 @@ struct mig_run {
 	uint64_t wire_cap, qemu_cap;	/* the plan's, until hand-off moves
 					   the cap to QEMU */
 	bool resuming;		/* reconnecting a broken post-copy */
+	uint32_t recovery_wait_ms;	/* for the receiver to come back */
 	uint32_t recoveries;
 	bool migrate_started;
 	bool was_running;
@@ -373,26 +380,41 @@ static int send_config(struct ferry_migration *m, struct ferry_error *err)
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
+/* How QEMU's stream reaches the receiver in this run. */
+static const char *run_transport(const struct ferry_migration *m)
+{
+	return m->cfg.o.direct ? "direct" : m->run.handoff ? "handoff" : "tunnel";
+}
+
 /* The journal of this run, and its first entry: what is being done. */
 static int journal_start(struct ferry_migration *m, struct ferry_error *err)
 {
+	const struct ferry_migrate_opts *o = &m->cfg.o;
 	char id[37];
 	int rc;
 
-	if (!m->cfg.o.state_dir)
+	if (!o->state_dir)
 		return 0;
 	wire_mig_id_format(m->run.mig_id, id);
 	rc = journal_open(&m->run.journal, m->cfg.o.state_dir, id, "source", err);
 	if (rc < 0)
 		return rc;
-	return journal_step(m->run.journal, JOURNAL_STARTED,
-		json_pack("{s:s,s:s,s:s,s:s?,s:i,s:b,s:b,s:b,s:b,s:b}",
-			  "id", id, "side", "source", "qmp", m->cfg.o.qmp_path,
-			  "vm", m->cfg.o.vm_name, "to_port", (int)m->cfg.o.to_port,
-			  "was_running", m->run.was_running, "paused", m->cfg.o.paused,
-			  "direct", m->cfg.o.direct, "block", m->cfg.o.block.enabled,
-			  "postcopy", m->run.conv.postcopy_cap),
-		err);
+	return journal_step(m->run.journal, JOURNAL_STARTED, json_pack(
+		"{s:s,s:s,s:s,s:s?,s:s,s:i,s:b,s:b,s:b,s:b,s:b,"
+		"s:{s:s?,s:s?,s:s?,s:s?,s:b},s:s,s:i,s:i,s:b,s:I}",
+		"id", id, "side", "source", "qmp", o->qmp_path, "vm", o->vm_name,
+		"to_host", o->to_host, "to_port", (int)o->to_port,
+		"was_running", m->run.was_running, "paused", o->paused,
+		"direct", o->direct, "block", o->block.enabled,
+		"postcopy", m->run.conv.postcopy_cap,
+		/* What a resumed post-copy needs to reach the receiver again
+		 * (paths only: the secrets stay in their files). */
+		"tls", "creds_dir", o->tls.creds_dir, "psk_file", o->tls.psk_file,
+		"psk_identity", o->tls.psk_identity, "hostname", o->tls.hostname,
+		"insecure", o->tls.insecure,
+		"codec", ferry_codec_name(o->codec), "codec_level", o->codec_level,
+		"streams", (int)m->plan.streams, "no_handoff", o->no_handoff,
+		"bandwidth", (json_int_t)o->max_bandwidth_bytes_per_s), err);
 }
 
 static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
@@ -724,7 +746,8 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return rc;
 	snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
-	rc = journal_step(m->run.journal, JOURNAL_STREAMING, NULL, err);
+	rc = journal_step(m->run.journal, JOURNAL_STREAMING,
+			  json_pack("{s:s}", "transport", run_transport(m)), err);
 	if (rc < 0) {
 		mig_drop_fd(m->run.q);
 		return rc;
@@ -882,7 +905,8 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
  * receiver says in an ERROR. Wait for that, bounded, and report the
  * destination's failure when there is one; else @err as it is.
  */
-static int blame(struct ferry_migration *m, struct ferry_error *err)
+static int peer_verdict(struct ferry_migration *m, int wait_ms,
+			struct ferry_error *err)
 {
 	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
 	struct pollfd p = { .fd = m->run.ctrl.fd, .events = POLLIN };
@@ -891,12 +915,17 @@ static int blame(struct ferry_migration *m, struct ferry_error *err)
 
 	snprintf(own, sizeof(own), "%s", err->msg);
 	if (m->run.ctrl.fd >= 0 && (net_conn_pending(&m->run.ctrl) ||
-				poll(&p, 1, MIG_PEER_VERDICT_MS) > 0) &&
+				poll(&p, 1, wait_ms) > 0) &&
 	    net_ctrl_recv(&m->run.ctrl, &h, payload, MIG_PEER_VERDICT_MS, NULL) == 0 &&
 	    h.type == WIRE_CTRL_ERROR)
 		return ferry_error_set(err, -EREMOTEIO, "the destination failed: "
 				       "%s (%s)", (char *)payload, own);
 	return err->code;
+}
+
+static int blame(struct ferry_migration *m, struct ferry_error *err)
+{
+	return peer_verdict(m, MIG_PEER_VERDICT_MS, err);
 }
 
 /*
@@ -1044,7 +1073,7 @@ static int wait_qemu_status(struct ferry_migration *m, const char *want,
 static int recover_postcopy(struct ferry_migration *m, const char *why,
 			    struct ferry_error *err)
 {
-	uint64_t deadline = ferry_now_ms() + MIG_RECOVERY_TIMEOUT_MS;
+	uint64_t deadline = ferry_now_ms() + m->run.recovery_wait_ms;
 	uint32_t backoff = MIG_RECOVERY_BACKOFF_MIN_MS, attempt = 0;
 	char reason[FERRY_ERROR_MSG_MAX];
 	int rc;
@@ -1052,11 +1081,17 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 	snprintf(reason, sizeof(reason), "%s", why);
 	conv_event(&m->run.conv, "recovery", NULL,
 		   "post-copy interrupted (%s); reconnecting for up to %d s",
-		   reason, MIG_RECOVERY_TIMEOUT_MS / 1000);
+		   reason, m->run.recovery_wait_ms / 1000);
 	if (m->run.tun)
 		tun_cancel(m->run.tun);
 	tun_free(m->run.tun);
 	m->run.tun = NULL;
+	/* The destination's failure may be why: then nothing can resume. */
+	if (peer_verdict(m, MIG_RECOVERY_VERDICT_MS, err) == -EREMOTEIO)
+		return -EREMOTEIO;
+	/* Nothing to resume without the source QEMU (fail_safe says so). */
+	if (mig_query(m->run.q, &m->run.last, err) < 0)
+		return ferry_error_prefix(err, "source QEMU: ");
 	net_conn_close(&m->run.ctrl);
 	/* Only ferry's side broke (the control connection, say): QEMU's own
 	 * stream still runs. Pause it, so that both ends resume together on
@@ -1110,7 +1145,7 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 	return ferry_error_set(err, -EHOSTUNREACH,
 		"post-copy recovery failed within %d s (%s); the guest's state is "
 		"split between the source and the destination, both paused in "
-		"postcopy-paused", MIG_RECOVERY_TIMEOUT_MS / 1000, reason);
+		"postcopy-paused", m->run.recovery_wait_ms / 1000, reason);
 }
 
 static int phase_precopy(struct ferry_migration *m, struct ferry_error *err)
@@ -1232,6 +1267,31 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 		 * and may run it again. */
 		m->run.conv.postcopy_active = false;
 	}
+	if (m->run.conv.postcopy_active &&
+	    (!m->run.q || mig_query(m->run.q, &m->run.last, NULL) < 0)) {
+		/*
+		 * The source QEMU is gone: nothing can resume. Say so to a
+		 * receiver still there, so that it does not wait for a source
+		 * that cannot come back.
+		 */
+		ferry_error_prefix(err, "the source QEMU is gone during post-copy: "
+				   "the guest's pages that had not reached the "
+				   "destination are lost with it: ");
+		if (m->run.ctrl.fd >= 0)
+			net_ctrl_send(&m->run.ctrl, WIRE_CTRL_CANCEL, err->msg,
+				      (uint32_t)strnlen(err->msg, sizeof(err->msg)),
+				      1000, NULL);
+		ferry_log(FERRY_LOG_ERROR, "%s", err->msg);
+		return false;
+	}
+	if (m->run.conv.postcopy_active && err->code == -EREMOTEIO) {
+		ferry_error_prefix(err, "post-copy failed on the destination, "
+				   "which held the guest's state since the "
+				   "switchover: the source QEMU cannot run it "
+				   "again and stays stopped: ");
+		ferry_log(FERRY_LOG_ERROR, "%s", err->msg);
+		return false;
+	}
 	if (m->run.conv.postcopy_active) {
 		/*
 		 * Post-copy broke: the destination ran the guest and holds the
@@ -1302,8 +1362,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 		r->throughput_bytes_per_s = r->wire_bytes * 1000 / m->run.last.total_time_ms;
 	snprintf(r->codec, sizeof(r->codec), "%s", m->cfg.o.direct || m->run.handoff ?
 		 "none" : ferry_codec_name(m->cfg.o.codec));
-	snprintf(r->transport, sizeof(r->transport), "%s", m->cfg.o.direct ? "direct" :
-		 m->run.handoff ? "handoff" : "tunnel");
+	snprintf(r->transport, sizeof(r->transport), "%s", run_transport(m));
 	r->probe_bytes_per_s = m->run.probe_rate;
 	r->streams = m->cfg.o.direct ? 0 : m->plan.streams;
 	snprintf(r->tls, sizeof(r->tls), "%s", tls_ctx_mode(m->tls));
@@ -1348,6 +1407,35 @@ static void run_reset(struct ferry_migration *m)
 	m->run.qemu_cap = m->plan.qemu_cap;
 	m->run.phase = FERRY_PHASE_INIT;
 	m->run.t0_ms = ferry_now_ms();
+	m->run.recovery_wait_ms = MIG_RECOVERY_TIMEOUT_MS;
+}
+
+/* The end of a run, completed (@rc 0) or not: the report, the source
+ * guest kept running on a failure where it may, the journal's verdict. */
+static int run_end(struct ferry_migration *m, int rc, struct ferry_report *report,
+		   struct ferry_error *err)
+{
+	fill_report(m, report);
+	if (rc == 0) {
+		set_phase(m, FERRY_PHASE_DONE);
+		report->completed = true;
+		snprintf(report->status, sizeof(report->status), "completed");
+	} else {
+		report->source_running = fail_safe(m, err);
+		set_phase(m, FERRY_PHASE_FAILED);
+		snprintf(report->status, sizeof(report->status), "%s",
+			 rc == -ECANCELED ? "cancelled" : "failed");
+		snprintf(report->error, sizeof(report->error), "%s", err->msg);
+	}
+	journal_step(m->run.journal, rc == 0 ? JOURNAL_COMPLETED :
+		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
+		     rc == 0 ? NULL : json_pack("{s:b,s:s}", "source_running",
+						report->source_running, "error",
+						err->msg), NULL);
+	journal_close(m->run.journal);
+	m->run.journal = NULL;
+	teardown(m);
+	return rc;
 }
 
 int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
@@ -1371,25 +1459,85 @@ int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
 		mig_query(m->run.q, &m->run.last, NULL);
 		rc = phase_completing(m, err);
 	}
-	fill_report(m, report);
-	if (rc == 0) {
-		set_phase(m, FERRY_PHASE_DONE);
-		report->completed = true;
-		snprintf(report->status, sizeof(report->status), "completed");
-	} else {
-		report->source_running = fail_safe(m, err);
-		set_phase(m, FERRY_PHASE_FAILED);
-		snprintf(report->status, sizeof(report->status), "%s",
-			 rc == -ECANCELED ? "cancelled" : "failed");
-		snprintf(report->error, sizeof(report->error), "%s", err->msg);
+	return run_end(m, rc, report, err);
+}
+
+/*
+ * The source QEMU of a resumed post-copy: in post-copy still, paused
+ * (ferry's stream broke with ferry) or streaming on its own (hand-off,
+ * --direct: then it is left to finish, bounded). 1 when it completed
+ * without ferry: nothing is left to resume.
+ */
+static int resume_connect(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint64_t deadline = ferry_now_ms() + m->run.recovery_wait_ms;
+	int rc;
+
+	set_phase(m, FERRY_PHASE_CONNECT);
+	m->run.q = qmp_connect(m->cfg.o.qmp_path, MIG_QMP_TIMEOUT_MS, err);
+	if (!m->run.q)
+		return ferry_error_prefix(err, "source QEMU at %s: ",
+					  m->cfg.o.qmp_path);
+	rc = mig_ram_size(m->run.q, &m->run.ram_bytes, err);
+	while (rc == 0) {
+		rc = mig_query(m->run.q, &m->run.last, err);
+		if (rc < 0 || m->run.last.state == MIG_S_COMPLETED ||
+		    m->run.last.state == MIG_S_POSTCOPY_PAUSED)
+			break;
+		if (m->run.last.state != MIG_S_POSTCOPY_ACTIVE)
+			return ferry_error_set(err, -EINVAL, "the source QEMU's "
+					       "migration is '%s', not in post-copy",
+					       m->run.last.status);
+		if (ferry_now_ms() > deadline)
+			return ferry_error_set(err, -ETIMEDOUT, "the source QEMU "
+					       "is still streaming post-copy on "
+					       "its own after %u s",
+					       m->run.recovery_wait_ms / 1000);
+		usleep(RESUME_POLL_MS * 1000);
 	}
-	journal_step(m->run.journal, rc == 0 ? JOURNAL_COMPLETED :
-		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
-		     rc == 0 ? NULL : json_pack("{s:b,s:s}", "source_running",
-						report->source_running, "error",
-						err->msg), NULL);
-	journal_close(m->run.journal);
-	m->run.journal = NULL;
-	teardown(m);
-	return rc;
+	if (rc < 0)
+		return rc;
+	/* Post-copy began before: the source guest never runs again. */
+	m->run.migrate_started = true;
+	m->run.source_completed = m->run.last.state == MIG_S_COMPLETED;
+	rc = conv_init(&m->run.conv, &m->cfg.o, m->run.q, m->run.ram_bytes,
+		       m->run.wire_cap, false, err);
+	if (rc < 0)
+		return rc;
+	m->run.conv.postcopy_cap = true;
+	note_postcopy(m);
+	return m->run.source_completed ? 1 : 0;
+}
+
+int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,
+			struct ferry_report *report, struct ferry_error *err)
+{
+	int rc;
+
+	run_reset(m);
+	m->run.journal = rs->journal;
+	if (rs->wait_ms)
+		m->run.recovery_wait_ms = rs->wait_ms;
+	m->run.handoff = !strcmp(rs->transport, "handoff");
+	if (wire_mig_id_parse(rs->id, m->run.mig_id) < 0) {
+		rc = ferry_error_set(err, -EINVAL, "'%s' is not a migration id",
+				     rs->id);
+		return run_end(m, rc, report, err);
+	}
+	rc = resume_connect(m, err);
+	if (rc == 0)
+		rc = journal_step(m->run.journal, JOURNAL_POSTCOPY,
+				  json_pack("{s:b}", "recover", true), err);
+	if (rc == 0)
+		rc = recover_postcopy(m, "ferry recover resumes it", err);
+	if (rc == 0)
+		rc = phase_precopy(m, err);
+	if (rc == 0) {
+		mig_query(m->run.q, &m->run.last, NULL);
+		rc = phase_completing(m, err);
+	}
+	/* Completed without ferry: the destination has all it needs. */
+	if (rc == 1)
+		rc = 0;
+	return run_end(m, rc, report, err);
 }

@@ -16,6 +16,8 @@
  *                 to this migration; only then migrate-incoming
  *   RX_STREAMING  until the source says FINISH (or CANCEL, or it breaks)
  *   RX_RECOVER    post-copy broke: wait for the source's RESUME
+ *   RX_ADOPT      a RESUME for a post-copy of this host's journal whose
+ *                 receiver is gone: take the destination QEMU back
  *   RX_FINISH     wait for the destination to complete, resume it unless
  *                 told to leave it paused, answer FINISHED
  *   RX_DONE / RX_FAILED
@@ -65,6 +67,7 @@ enum rx_state {
 	RX_TUNNEL,
 	RX_STREAMING,
 	RX_RECOVER,
+	RX_ADOPT,
 	RX_FINISH,
 	RX_DONE,
 	RX_FAILED,
@@ -73,7 +76,8 @@ enum rx_state {
 static const char *rx_state_name(enum rx_state s)
 {
 	static const char *const names[] = {
-		"prepare", "disks", "tunnel", "streaming", "recover", "finish",
+		"prepare", "disks", "tunnel", "streaming", "recover", "adopt",
+		"finish",
 		"done", "failed",
 	};
 
@@ -805,6 +809,23 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 		"recover --source-completed %s on this host", why, in->id);
 }
 
+/*
+ * Post-copy broke on ferry's side (@err says how): -EAGAIN to wait for
+ * the source, unless the destination QEMU is gone with it: then the
+ * guest is, and the source hears it at once (its ERROR) instead of
+ * reconnecting to nothing.
+ */
+static int rx_postcopy_broke(struct incoming *in, struct ferry_error *err)
+{
+	struct mig_info info;
+
+	if (mig_query(in->q, &info, NULL) == 0)
+		return ferry_error_recode(err, -EAGAIN);
+	return ferry_error_set(err, -EIO, "the destination QEMU is gone during "
+			       "post-copy: it held the running guest, which is "
+			       "lost with it");
+}
+
 /* Stream until FINISH (1), or fail. */
 static int rx_stream(struct incoming *in, struct ferry_error *err)
 {
@@ -831,10 +852,11 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return ferry_error_prefix(err, "block migration: ");
 		if (fds[0].revents) {
 			rc = rx_control(in, err);
-			/* In post-copy a lost source is waited for, not dropped. */
+			/* In post-copy a lost source is waited for, not dropped
+			 * (unless this side's QEMU is gone too). */
 			if (rc < 0 && rx_in_postcopy(in) && rc != -ECANCELED &&
 			    rc != -EPROTO)
-				return ferry_error_recode(err, -EAGAIN);
+				return rx_postcopy_broke(in, err);
 			if (rc < 0 && rc != -ECANCELED && rc != -EPROTO)
 				return rx_source_lost(in, err);
 			if (rc != 0)
@@ -847,7 +869,7 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			rc = tun_wait(in->tun, 0, err);
 			if (rc < 0 && rc != -ETIMEDOUT && rx_in_postcopy(in)) {
 				ferry_error_prefix(err, "tunnel: ");
-				return ferry_error_recode(err, -EAGAIN);
+				return rx_postcopy_broke(in, err);
 			}
 			if (rc < 0 && rc != -ETIMEDOUT) {
 				ferry_error_prefix(err, "tunnel: ");
@@ -868,11 +890,49 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 }
 
 /*
+ * The source came back with a RESUME control connection (in->ctrl): once
+ * the destination QEMU is in postcopy-paused, answer READY, have it
+ * migrate-recover on a fresh socket, and take the new connections.
+ */
+static int rx_resume(struct incoming *in, struct ferry_error *err)
+{
+	uint64_t until = ferry_now_ms() + MIG_QMP_TIMEOUT_MS;
+	struct mig_info info;
+	int rc;
+
+	/* QEMU notices the broken stream on its own time. */
+	for (;;) {
+		rc = mig_query(in->q, &info, err);
+		if (rc < 0 || info.state == MIG_S_POSTCOPY_PAUSED)
+			break;
+		if (ferry_now_ms() > until) {
+			rc = ferry_error_set(err, -EIO, "destination QEMU is '%s', "
+					     "not postcopy-paused", info.status);
+			break;
+		}
+		usleep(20 * 1000);
+	}
+	rx_mig_want_conns(in->m, true);
+	if (rc == 0)
+		rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
+				   MIG_QMP_TIMEOUT_MS, err);
+	if (rc == 0)
+		rc = rx_accept_data(in, "migrate-recover", err);
+	rx_mig_want_conns(in->m, false);
+	if (rc == 0)
+		ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed from %s",
+			  in->id, in->peer);
+	/* A failure's ERROR goes out once, from run_incoming(). */
+	return rc;
+}
+
+/*
  * Post-copy broke: the destination QEMU runs (or holds) part of the guest
  * and stops in postcopy-paused. Wait, bounded, for the source to come
  * back with a RESUME control connection for this migration (the service
- * routes it here by id and TLS identity), have the destination
- * migrate-recover on a fresh socket, and take the new connections.
+ * routes it here by id and TLS identity), and resume on it. QEMU's own
+ * stream (hand-off, --direct) may not have broken with ferry: when it
+ * completes meanwhile, the destination holds the whole guest (1).
  */
 static int rx_recover(struct incoming *in, const char *why,
 		      struct ferry_error *err)
@@ -892,12 +952,24 @@ static int rx_recover(struct incoming *in, const char *why,
 	rx_mig_want_resume(in->m, true);
 	for (;;) {
 		struct rx_conn c;
+		uint64_t next = ferry_now_ms() + RX_POLL_MS;
 
-		rc = rx_inbox_take(in->m, deadline, -1, &c);
+		if (mig_query(in->q, &info, NULL) == 0 &&
+		    info.state == MIG_S_COMPLETED) {
+			rx_mig_want_resume(in->m, false);
+			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy completed "
+				  "without the source's ferry: the destination "
+				  "holds the whole guest", in->id);
+			return 1;
+		}
+		rc = rx_inbox_take(in->m, next < deadline ? next : deadline, -1,
+				   &c);
 		if (rc == -ECANCELED) {
 			rx_mig_want_resume(in->m, false);
 			return ferry_error_set(err, -ECANCELED, "the receiver is stopping");
 		}
+		if (rc == -ETIMEDOUT && ferry_now_ms() < deadline)
+			continue;
 		if (rc < 0)
 			break;
 		if (c.hello.conn != WIRE_CONN_CONTROL ||
@@ -910,36 +982,55 @@ static int rx_recover(struct incoming *in, const char *why,
 		}
 		rx_mig_want_resume(in->m, false);
 		in->ctrl = c.c;
-		/* QEMU notices the broken stream on its own time. */
-		for (uint64_t until = ferry_now_ms() + MIG_QMP_TIMEOUT_MS;;) {
-			rc = mig_query(in->q, &info, err);
-			if (rc < 0 || info.state == MIG_S_POSTCOPY_PAUSED)
-				break;
-			if (ferry_now_ms() > until) {
-				rc = ferry_error_set(err, -EIO, "destination QEMU is "
-						     "'%s', not postcopy-paused",
-						     info.status);
-				break;
-			}
-			usleep(20 * 1000);
-		}
-		rx_mig_want_conns(in->m, true);
-		if (rc == 0)
-			rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
-					   MIG_QMP_TIMEOUT_MS, err);
-		if (rc == 0)
-			rc = rx_accept_data(in, "migrate-recover", err);
-		rx_mig_want_conns(in->m, false);
-		if (rc == 0)
-			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed "
-				  "from %s", in->id, c.peer);
-		/* A failure's ERROR goes out once, from run_incoming(). */
-		return rc;
+		snprintf(in->peer, sizeof(in->peer), "%s", c.peer);
+		return rx_resume(in, err);
 	}
 	rx_mig_want_resume(in->m, false);
 	return ferry_error_set(err, -ETIMEDOUT, "post-copy recovery: the source "
 		"did not reconnect within %d s; the guest's state is split between "
-		"the hosts", MIG_RECOVERY_TIMEOUT_MS / 1000);
+		"the hosts (a receiver on this host with the same state directory "
+		"takes it back when ferry recover on the source host resumes it)",
+		MIG_RECOVERY_TIMEOUT_MS / 1000);
+}
+
+/*
+ * A post-copy of this host's journal, whose receiver died or gave up,
+ * resumed by the source (the service checked the journal and the TLS
+ * identity): the destination QEMU must be that migration's, in post-copy
+ * and of the source's RAM size, before it is touched.
+ */
+static int rx_adopt(struct incoming *in, struct ferry_error *err)
+{
+	struct mig_info info;
+	uint64_t ram;
+	int rc;
+
+	in->q = qmp_connect(in->m->target.qmp_path, MIG_QMP_TIMEOUT_MS, err);
+	if (!in->q)
+		return ferry_error_prefix(err, "destination QEMU at %s: ",
+					  in->m->target.qmp_path);
+	rc = mig_query(in->q, &info, err);
+	if (rc == 0 && !mig_state_postcopy(info.state))
+		rc = ferry_error_set(err, -EINVAL, "the destination QEMU's "
+				     "migration is '%s', not in post-copy: "
+				     "nothing to resume", info.status);
+	if (rc == 0)
+		rc = mig_ram_size(in->q, &ram, err);
+	if (rc == 0 && ram != in->hello.ram_bytes)
+		rc = ferry_error_set(err, -EINVAL, "guest RAM differs: source %llu "
+				     "bytes, destination %llu bytes",
+				     (unsigned long long)in->hello.ram_bytes,
+				     (unsigned long long)ram);
+	if (rc < 0)
+		return rc;
+	in->postcopy = true;
+	in->qemu_started = true;
+	ferry_log(FERRY_LOG_INFO, "migration %s: taking back its post-copy "
+		  "from the journal (destination QEMU '%s')", in->id, info.status);
+	rc = rx_resume(in, err);
+	if (rc == 0)
+		rx_mig_counted(in->m);
+	return rc;
 }
 
 static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
@@ -1000,7 +1091,10 @@ static enum rx_state rx_step(struct incoming *in, struct ferry_error *err)
 		return rc == -EAGAIN ? RX_RECOVER : RX_FAILED;
 	case RX_RECOVER:
 		snprintf(why, sizeof(why), "%s", err->msg);
-		return rx_recover(in, why, err) < 0 ? RX_FAILED : RX_STREAMING;
+		rc = rx_recover(in, why, err);
+		return rc < 0 ? RX_FAILED : rc == 1 ? RX_DONE : RX_STREAMING;
+	case RX_ADOPT:
+		return rx_adopt(in, err) < 0 ? RX_FAILED : RX_STREAMING;
 	case RX_FINISH:
 		return rx_finish(in, err) < 0 ? RX_FAILED : RX_DONE;
 	case RX_DONE:
@@ -1038,7 +1132,7 @@ static void rx_failed_qemu(struct incoming *in, const struct ferry_error *err)
 			  "destination QEMU it launched (pid %d)", in->id,
 			  in->launch.pid);
 		launch_undo(&in->launch, in->m->target.qmp_path);
-	} else if (in->qemu_started && !in->launched) {
+	} else if (in->qemu_started && !in->launched && !in->postcopy) {
 		rx_target_burnt(in->m, err->msg);
 	}
 }
@@ -1057,16 +1151,23 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	if (in->o->state_dir &&
 	    (journal_open(&in->journal, in->o->state_dir, in->id, "destination",
 			  err) < 0 ||
-	     journal_step(in->journal, JOURNAL_STARTED,
-			  json_pack("{s:s,s:s,s:s,s:s?,s:s,s:b,s:b}", "id", in->id,
+	     journal_step(in->journal, in->m->adopted ? JOURNAL_POSTCOPY :
+			  JOURNAL_STARTED, in->m->adopted ?
+			  json_pack("{s:b,s:s}", "adopted", true, "peer", in->peer) :
+			  json_pack("{s:s,s:s,s:s,s:s?,s:s,s:s,s:b,s:b}", "id", in->id,
 				    "side", "destination",
 				    "qmp", in->m->target.qmp_path,
 				    "vm", in->m->target.vm[0] ? in->m->target.vm :
 				    NULL, "peer", in->peer,
+				    "identity", in->m->ctrl.identity,
 				    "paused", in->hello.options & WIRE_OPT_PAUSED,
 				    "launched", in->m->target.launched),
-			  err) < 0))
+			  err) < 0)) {
+		if (err->code == -EBUSY)
+			ferry_error_prefix(err, "its journal is held (ferry recover "
+					   "at work?): ");
 		rx_set_state(in, RX_FAILED);
+	}
 	while (in->state != RX_DONE && in->state != RX_FAILED)
 		rx_set_state(in, rx_step(in, err));
 	rx_mig_want_conns(in->m, false);
@@ -1093,8 +1194,8 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	/* A destination that holds the guest, or that was told to run it,
 	 * is not finished with: ferry recover decides. */
 	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED :
-		     in->whole_copy || in->switched ? JOURNAL_UNRESOLVED :
-		     JOURNAL_FAILED,
+		     in->whole_copy || in->switched || in->postcopy ?
+		     JOURNAL_UNRESOLVED : JOURNAL_FAILED,
 		     rc == 0 ? NULL : json_pack("{s:s,s:b}", "error", err->msg,
 						"destination_started",
 						in->qemu_started), NULL);
@@ -1112,7 +1213,7 @@ void *rx_mig_main(void *arg)
 	in = (struct incoming){
 		.m = m,
 		.o = rx_opts(m->svc),
-		.state = RX_PREPARE,
+		.state = m->adopted ? RX_ADOPT : RX_PREPARE,
 		.ctrl = m->ctrl.c,
 		.hello = m->ctrl.hello,
 	};

@@ -38,10 +38,16 @@
 /* How long a cancelled migration may take to leave the active states. */
 #define RECOVER_CANCEL_MS 10000
 #define RECOVER_POLL_MS 50
+/* recover_source(): resume the post-copy (the QMP connection must go). */
+#define RECOVER_RESUME 1
 
 struct recovery {
 	const char *id, *side, *qmp, *last, *source_completed;
 	bool was_running, paused;
+	bool had_postcopy;	/* the journal says post-copy started */
+	json_t *lines;		/* the journal */
+	struct journal *j;	/* held; NULL once a resumed run took it */
+	uint32_t wait_ms;
 	char outcome[FERRY_ERROR_MSG_MAX];
 	bool needs_person;
 };
@@ -60,15 +66,116 @@ static void wait_inactive(struct qmp *q, struct mig_info *info)
 		usleep(RECOVER_POLL_MS * 1000);
 }
 
-/* Post-copy (by QEMU or the journal): nothing can be decided alone. */
-static bool split_in_postcopy(struct recovery *r, const struct mig_info *info)
+/* The first entry's string @key, or NULL. */
+static const char *first_str(const struct recovery *r, const char *key)
 {
-	if (!mig_state_postcopy(info->state) && strcmp(r->last, JOURNAL_POSTCOPY))
+	return json_string_value(json_object_get(json_array_get(r->lines, 0), key));
+}
+
+/* The last value of @key in the journal's @state entries, or NULL. */
+static const char *step_str(const struct recovery *r, const char *state,
+			    const char *key)
+{
+	const char *v = NULL;
+	size_t i;
+	json_t *l;
+
+	json_array_foreach(r->lines, i, l)
+		if (!strcmp(json_string_value(json_object_get(l, "state")) ?: "",
+			    state) && json_is_string(json_object_get(l, key)))
+			v = json_string_value(json_object_get(l, key));
+	return v;
+}
+
+/* The migration's options, as its start recorded them, for a resume. */
+static int journal_opts(const struct recovery *r, struct ferry_migrate_opts *o,
+			const char *state_dir, struct ferry_error *err)
+{
+	json_t *first = json_array_get(r->lines, 0);
+	json_t *tls = json_object_get(first, "tls");
+	const char *codec = first_str(r, "codec");
+
+	memset(o, 0, sizeof(*o));
+	o->qmp_path = r->qmp;
+	o->to_host = first_str(r, "to_host");
+	o->to_port = (uint16_t)json_integer_value(json_object_get(first, "to_port"));
+	o->paused = r->paused;
+	o->direct = json_is_true(json_object_get(first, "direct"));
+	o->vm_name = first_str(r, "vm");
+	o->state_dir = state_dir;
+	o->streams = (uint32_t)json_integer_value(json_object_get(first, "streams"));
+	o->no_handoff = json_is_true(json_object_get(first, "no_handoff"));
+	o->max_bandwidth_bytes_per_s =
+		(uint64_t)json_integer_value(json_object_get(first, "bandwidth"));
+	o->tls.creds_dir = json_string_value(json_object_get(tls, "creds_dir"));
+	o->tls.psk_file = json_string_value(json_object_get(tls, "psk_file"));
+	o->tls.psk_identity = json_string_value(json_object_get(tls, "psk_identity"));
+	o->tls.hostname = json_string_value(json_object_get(tls, "hostname"));
+	o->tls.insecure = json_is_true(json_object_get(tls, "insecure"));
+	if (!o->to_host || !o->to_port || !codec)
+		return ferry_error_set(err, -EINVAL, "the journal of migration %s "
+				       "does not say where its receiver was (a "
+				       "journal of an older ferry)", r->id);
+	return ferry_codec_parse(codec, &o->codec, &o->codec_level, err) < 0 ?
+	       -EINVAL : 0;
+}
+
+/*
+ * Source, post-copy paused (or still streaming on its own): resume it
+ * on new connections to the receiver and run it to completion. The run
+ * takes the journal over and writes its verdict there.
+ */
+static int resume_postcopy(struct recovery *r, const char *state_dir,
+			   struct ferry_error *err)
+{
+	struct mig_resume rs = {
+		.id = r->id,
+		.transport = step_str(r, JOURNAL_STREAMING, "transport") ?: "tunnel",
+		.journal = r->j,
+		.wait_ms = r->wait_ms,
+	};
+	struct ferry_migrate_opts o;
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct ferry_error e = { 0 };
+	int rc;
+
+	rc = journal_opts(r, &o, state_dir, err);
+	if (rc < 0)
+		return rc;
+	m = ferry_migration_new(&o, err);
+	if (!m)
+		return ferry_error_prefix(err, "resuming post-copy: ");
+	r->j = NULL;
+	rc = mig_resume_postcopy(m, &rs, &rep, &e);
+	ferry_migration_free(m);
+	if (rc == 0) {
+		snprintf(r->outcome, sizeof(r->outcome), "post-copy resumed and "
+			 "completed: the destination holds the whole guest, which "
+			 "%s; the source stays stopped", r->paused ?
+			 "stays paused, as the migration asked" : "runs");
+		return 0;
+	}
+	r->needs_person = true;
+	snprintf(r->outcome, sizeof(r->outcome), "post-copy could not resume "
+		 "(%s); the guest's memory is split between the hosts and both "
+		 "stay paused. Run ferry recover again once a receiver runs on "
+		 "the destination host (ferry serve, or ferry receive, with its "
+		 "state directory)", e.msg);
+	return 0;
+}
+
+/* Destination, in post-copy: it holds part of the guest, and waits. */
+static bool dest_waits_in_postcopy(struct recovery *r, const struct mig_info *info)
+{
+	if (!mig_state_postcopy(info->state))
 		return false;
 	r->needs_person = true;
-	snprintf(r->outcome, sizeof(r->outcome), "post-copy was running (QEMU: "
-		 "'%s'): the guest's memory is split between the hosts; both "
-		 "stay paused, nothing is guessed", info->status);
+	snprintf(r->outcome, sizeof(r->outcome), "post-copy was interrupted "
+		 "(QEMU: '%s'): the destination holds part of the guest and "
+		 "waits. A receiver on this host (ferry serve, or ferry receive, "
+		 "with this state directory) takes it back when ferry recover "
+		 "on the source host resumes it", info->status);
 	return true;
 }
 
@@ -85,8 +192,9 @@ static int recover_source(struct recovery *r, struct qmp *q,
 			 "ferry recover --source-completed %s", r->id);
 		return 0;
 	}
-	if (split_in_postcopy(r, info))
-		return 0;
+	/* Post-copy: the destination runs on pages only the source has. */
+	if (mig_state_postcopy(info->state))
+		return RECOVER_RESUME;
 	if (mig_state_active(info->state) && past_switchover) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the switchover had "
@@ -124,7 +232,7 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 {
 	char status[32];
 
-	if (split_in_postcopy(r, info))
+	if (dest_waits_in_postcopy(r, info))
 		return 0;
 	if (mig_state_active(info->state)) {
 		r->needs_person = true;
@@ -139,7 +247,9 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 			 "source does)", info->status[0] ? info->status : "none");
 		return 0;
 	}
-	if (!r->source_completed || strcmp(r->source_completed, r->id) != 0) {
+	/* After post-copy began, the source never runs its guest again. */
+	if (!r->had_postcopy &&
+	    (!r->source_completed || strcmp(r->source_completed, r->id) != 0)) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU "
 			 "completed: it holds a whole copy, paused. Only the source "
@@ -160,31 +270,40 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 
 /* One journal file; *@needs_person set when it needs one. */
 static int recover_file(const char *state_dir, const char *name,
-			const char *source_completed, bool *needs_person,
-			struct ferry_error *err)
+			const char *source_completed, uint32_t wait_ms,
+			bool *needs_person, struct ferry_error *err)
 {
 	char path[PATH_MAX];
-	struct recovery r = { .source_completed = source_completed };
+	struct recovery r = { .source_completed = source_completed,
+			      .wait_ms = wait_ms };
 	struct mig_info info = { 0 };
-	struct journal *j = NULL;
-	json_t *lines, *first;
 	struct qmp *q;
+	json_t *first;
 	int rc;
 
 	snprintf(path, sizeof(path), "%s/%s/%s", state_dir, JOURNAL_DIR, name);
-	rc = journal_read(path, &lines, err);
+	rc = journal_read(path, &r.lines, err);
 	if (rc < 0)
 		return rc;
-	first = json_array_get(lines, 0);
+	first = json_array_get(r.lines, 0);
 	r.last = json_string_value(json_object_get(
-			json_array_get(lines, json_array_size(lines) - 1), "state"));
+			json_array_get(r.lines, json_array_size(r.lines) - 1),
+			"state"));
 	if (!first || journal_terminal(r.last))
 		goto out_lines;
-	r.id = json_string_value(json_object_get(first, "id"));
-	r.side = json_string_value(json_object_get(first, "side"));
-	r.qmp = json_string_value(json_object_get(first, "qmp"));
+	r.id = first_str(&r, "id");
+	r.side = first_str(&r, "side");
+	r.qmp = first_str(&r, "qmp");
 	r.was_running = json_is_true(json_object_get(first, "was_running"));
 	r.paused = json_is_true(json_object_get(first, "paused"));
+	{
+		size_t i;
+		json_t *l;
+
+		json_array_foreach(r.lines, i, l)
+			r.had_postcopy |= !strcmp(json_string_value(json_object_get(
+					l, "state")) ?: "", JOURNAL_POSTCOPY);
+	}
 	/* The id names a file: one safe path component, like a VM name. */
 	if (!r.id || !r.side || !r.qmp || !wire_vm_name_valid(r.id)) {
 		rc = ferry_error_set(err, -EINVAL, "%s: no id, side or QMP socket "
@@ -192,13 +311,13 @@ static int recover_file(const char *state_dir, const char *name,
 		goto out_lines;
 	}
 	/* Its owner holds the journal while it lives: leave it be. */
-	rc = journal_open(&j, state_dir, r.id, r.side, err);
+	rc = journal_open(&r.j, state_dir, r.id, r.side, err);
 	if (rc == -EBUSY) {
 		printf("migration %s (%s): in progress (a live ferry holds its "
 		       "journal)\n", r.id, r.side);
 		rc = 0;
 	}
-	if (!j)
+	if (!r.j)
 		goto out_lines;
 	q = qmp_connect(r.qmp, MIG_QMP_TIMEOUT_MS, err);
 	if (!q && err->code != -ENOENT && err->code != -ECONNREFUSED) {
@@ -211,7 +330,9 @@ static int recover_file(const char *state_dir, const char *name,
 		rc = 0;
 	} else if (!q) {
 		snprintf(r.outcome, sizeof(r.outcome), "its QEMU (%s) is gone: %s",
-			 r.qmp, !strcmp(r.side, "source") ?
+			 r.qmp, r.had_postcopy ? "post-copy had started, so the "
+			 "guest is lost (each side held part of its memory that "
+			 "the other lacks)" : !strcmp(r.side, "source") ?
 			 "the guest lives on only if the destination took over" :
 			 "the destination does not hold the guest");
 		rc = 0;
@@ -221,7 +342,10 @@ static int recover_file(const char *state_dir, const char *name,
 			rc = !strcmp(r.side, "source") ?
 			     recover_source(&r, q, &info, err) :
 			     recover_destination(&r, q, &info, err);
+		/* QEMU's one QMP connection is the resumed run's now. */
 		qmp_close(q);
+		if (rc == RECOVER_RESUME)
+			rc = resume_postcopy(&r, state_dir, err);
 	}
 	if (rc == 0) {
 		printf("migration %s (%s): %s\n", r.id, r.side, r.outcome);
@@ -229,20 +353,21 @@ static int recover_file(const char *state_dir, const char *name,
 		ferry_log(FERRY_LOG_INFO, "recover: migration %s (%s): %s", r.id,
 			  r.side, r.outcome);
 		*needs_person |= r.needs_person;
-		/* Done with it, unless a person must decide. */
-		if (!r.needs_person)
-			rc = journal_step(j, JOURNAL_RECOVERED,
+		/* Done with it, unless a person must decide (or the resumed
+		 * run wrote its own verdict). */
+		if (!r.needs_person && r.j)
+			rc = journal_step(r.j, JOURNAL_RECOVERED,
 					  json_pack("{s:s}", "outcome", r.outcome),
 					  err);
 	}
-	journal_close(j);
+	journal_close(r.j);
 out_lines:
-	json_decref(lines);
+	json_decref(r.lines);
 	return rc;
 }
 
 int recover_all(const char *state_dir, const char *source_completed,
-		bool *needs_person, struct ferry_error *err)
+		uint32_t wait_ms, bool *needs_person, struct ferry_error *err)
 {
 	char dir[PATH_MAX];
 	struct dirent *e;
@@ -268,7 +393,7 @@ int recover_all(const char *state_dir, const char *source_completed,
 			continue;
 		n++;
 		if (recover_file(state_dir, e->d_name, source_completed,
-				 needs_person, &one) < 0) {
+				 wait_ms, needs_person, &one) < 0) {
 			fprintf(stderr, "ferry recover: %s\n", one.msg);
 			if (!rc) {
 				rc = one.code ? one.code : -EIO;

@@ -15,8 +15,28 @@
 #include "ferry.h"
 
 /* @source_completed: the id of a migration whose source host's recover
- * said the source QEMU completed (NULL: none). */
+ * said the source QEMU completed (NULL: none). @wait_ms: how long a
+ * resumed post-copy waits for its receiver (0: MIG_RECOVERY_TIMEOUT_MS). */
 int recover_all(const char *state_dir, const char *source_completed,
-		bool *needs_person, struct ferry_error *err);
+		uint32_t wait_ms, bool *needs_person, struct ferry_error *err);
+
+struct journal;
+
+/*
+ * migrate.c, for recover on the source host: resume the post-copy of
+ * migration @id, whose ferry died, on new connections to the receiver
+ * (which takes it back: a live receiver still waiting for it, or one
+ * started later on the same state directory), and run it to completion.
+ * @m was made from the options the journal recorded.
+ */
+struct mig_resume {
+	const char *id;
+	const char *transport;		/* "tunnel", "handoff", "direct" */
+	struct journal *journal;	/* the migration's, taken (closed) */
+	uint32_t wait_ms;		/* for the receiver; 0: the default */
+};
+
+int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,
+			struct ferry_report *report, struct ferry_error *err);
 
 #endif /* FERRY_RECOVER_H */

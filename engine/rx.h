@@ -98,6 +98,8 @@ struct rx_mig {
 
 	struct rx_conn inbox[RX_INBOX_MAX];
 	uint32_t inbox_n;
+	bool adopted;			/* a post-copy taken back from the journal
+					   (its receiver had died or given up) */
 	bool want_resume;		/* waits for a RESUME control connection */
 	bool want_conns;		/* takes its other connections now */
 	bool counted;			/* answered READY (counts for --once) */

@@ -13,6 +13,7 @@
  * burnt list; nothing blocks on a peer while holding it.
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "journal.h"
 #include "mig.h"
 #include "rx.h"
 #include "transport/tls.h"
@@ -517,6 +519,60 @@ static void refuse(struct rx_conn *c, const struct ferry_error *why)
 }
 
 /*
+ * A RESUME control connection for a migration that does not run here:
+ * a post-copy whose receiver died, or gave up waiting, and that ferry
+ * recover on the source host resumes. The journal of this host says
+ * which destination QEMU it was and whose it was: taken back when the
+ * journal is not finished and the TLS identity is the one it recorded.
+ * The migration's thread checks the QEMU itself (in post-copy, the same
+ * RAM size) before anything is done to it.
+ */
+static int adopt_target(struct ferry_receiver *svc, const struct rx_conn *c,
+			struct rx_target *t, struct ferry_error *err)
+{
+	char id[37], path[PATH_MAX];
+	const char *qmp, *vm, *identity, *last;
+	json_t *lines, *first;
+	int rc;
+
+	if (!svc->state_dir)
+		return ferry_error_set(err, -ENOENT, "no migration with its id is "
+				       "in progress here (and this receiver "
+				       "keeps no journal)");
+	wire_mig_id_format(c->hello.mig_id, id);
+	snprintf(path, sizeof(path), "%s/%s/%s.destination.jsonl", svc->state_dir,
+		 JOURNAL_DIR, id);
+	rc = journal_read(path, &lines, err);
+	if (rc < 0)
+		return ferry_error_set(err, -ENOENT, "no migration with its id is "
+				       "in progress here or in this host's "
+				       "journal");
+	first = json_array_get(lines, 0);
+	qmp = json_string_value(json_object_get(first, "qmp"));
+	vm = json_string_value(json_object_get(first, "vm"));
+	identity = json_string_value(json_object_get(first, "identity"));
+	last = json_string_value(json_object_get(json_array_get(lines,
+			json_array_size(lines) - 1), "state"));
+	memset(t, 0, sizeof(*t));
+	if (!qmp || !identity || !last)
+		rc = ferry_error_set(err, -EINVAL, "its journal does not say "
+				     "which QEMU it was, or whose");
+	else if (journal_terminal(last))
+		rc = ferry_error_set(err, -EALREADY, "its journal says it ended "
+				     "('%s')", last);
+	else if (strcmp(identity, c->identity) != 0)
+		rc = ferry_error_set(err, -EACCES, "its TLS identity differs "
+				     "from the one its journal recorded");
+	else if (snprintf(t->qmp_path, sizeof(t->qmp_path), "%s", qmp) >=
+		 (int)sizeof(t->qmp_path))
+		rc = ferry_error_set(err, -ENAMETOOLONG, "its QMP path is too long");
+	else
+		snprintf(t->vm, sizeof(t->vm), "%s", vm ? vm : "");
+	json_decref(lines);
+	return rc;
+}
+
+/*
  * A verified control connection: start its migration on a thread of its
  * own, or refuse it (busy, unknown VM, burnt QEMU, --direct on TLS).
  * Nothing here touches QMP.
@@ -535,7 +591,8 @@ static void start_migration(struct ferry_receiver *svc, struct rx_conn *c)
 		refuse(c, &err);
 		return;
 	}
-	rc = resolve_target(svc, c->vm, &t, &err);
+	rc = c->hello.options & WIRE_OPT_RESUME ?
+	     adopt_target(svc, c, &t, &err) : resolve_target(svc, c->vm, &t, &err);
 	if (rc < 0) {
 		refuse(c, &err);
 		return;
@@ -549,6 +606,7 @@ static void start_migration(struct ferry_receiver *svc, struct rx_conn *c)
 	m->svc = svc;
 	m->ctrl = *c;
 	m->target = t;
+	m->adopted = c->hello.options & WIRE_OPT_RESUME;
 	wire_mig_id_format(c->hello.mig_id, m->id);
 	m->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_lock(&svc->mu);
@@ -576,7 +634,7 @@ static void start_migration(struct ferry_receiver *svc, struct rx_conn *c)
 	free(m);
 }
 
-/* Any other verified connection joins the migration it names. */
+/* Any other verified connection joins the migration it names. *//* Any other verified connection joins the migration it names. */
 static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 {
 	const char *why = NULL;
@@ -585,6 +643,12 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 
 	pthread_mutex_lock(&svc->mu);
 	m = find_mig(svc, c->hello.mig_id);
+	if (!m && c->hello.conn == WIRE_CONN_CONTROL) {
+		/* A RESUME: perhaps a post-copy of this host's journal. */
+		pthread_mutex_unlock(&svc->mu);
+		start_migration(svc, c);
+		return;
+	}
 	if (!m)
 		why = "no migration with its id is in progress here";
 	else if (strcmp(m->ctrl.identity, c->identity) != 0)

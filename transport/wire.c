@@ -493,6 +493,35 @@ void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37])
 		 id[9], id[10], id[11], id[12], id[13], id[14], id[15]);
 }
 
+int wire_mig_id_parse(const char *text, uint8_t id[WIRE_MIG_ID_BYTES])
+{
+	static const uint8_t dash_at[] = { 8, 13, 18, 23 };
+	uint32_t n = 0, d = 0;
+
+	if (strlen(text) != 36)
+		return -EINVAL;
+	for (uint32_t i = 0; i < 36; i++) {
+		int v;
+
+		if (d < sizeof(dash_at) && i == dash_at[d]) {
+			if (text[i] != '-')
+				return -EINVAL;
+			d++;
+			continue;
+		}
+		v = text[i] >= '0' && text[i] <= '9' ? text[i] - '0' :
+		    text[i] >= 'a' && text[i] <= 'f' ? text[i] - 'a' + 10 : -1;
+		if (v < 0)
+			return -EINVAL;
+		if (n % 2 == 0)
+			id[n / 2] = (uint8_t)(v << 4);
+		else
+			id[n / 2] |= (uint8_t)v;
+		n++;
+	}
+	return 0;
+}
+
 int wire_mig_id_random(uint8_t id[WIRE_MIG_ID_BYTES])
 {
 	ssize_t n = getrandom(id, WIRE_MIG_ID_BYTES, 0);

@@ -333,5 +333,7 @@ int wire_disk_rec_check(const struct wire_disk_rec *r, const struct wire_disk *d
 /* Migration ids as text (UUID layout, 36 chars + NUL). */
 void wire_mig_id_format(const uint8_t id[WIRE_MIG_ID_BYTES], char out[37]);
 int wire_mig_id_random(uint8_t id[WIRE_MIG_ID_BYTES]);
+/* The text form back (lower-case hex, as formatted): 0, or -EINVAL. */
+int wire_mig_id_parse(const char *text, uint8_t id[WIRE_MIG_ID_BYTES]);
 
 #endif /* FERRY_WIRE_H */
