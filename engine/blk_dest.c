@@ -125,36 +125,26 @@ static void send_error(struct blk_dst *b, const char *msg)
 static int check_in_use(struct qmp *q, const struct dst_disk *d,
 			struct ferry_error *err)
 {
-	json_t *ret = NULL, *it;
-	size_t i;
+	struct qemu_block_job jobs[QEMU_BLOCK_JOBS_MAX];
+	struct qemu_block_export ex[QEMU_BLOCK_EXPORTS_MAX];
+	size_t n;
 	int rc;
 
-	rc = qmp_execute(q, "query-block-jobs", NULL, &ret, MIG_QMP_TIMEOUT_MS,
-			 err);
+	rc = qemu_query_block_jobs(q, jobs, QEMU_BLOCK_JOBS_MAX, &n, err);
 	if (rc < 0)
 		return rc;
-	if (json_array_size(ret)) {
-		it = json_array_get(ret, 0);
-		rc = ferry_error_set(err, -EBUSY, "disk %s: the destination QEMU "
+	if (n)
+		return ferry_error_set(err, -EBUSY, "disk %s: the destination QEMU "
 			"runs block job '%s'; its disks must not be in use",
-			d->info.w.id, json_string_value(json_object_get(it, "device")));
-	}
-	json_decref(ret);
+			d->info.w.id, jobs[0].id);
+	rc = qemu_query_block_exports(q, ex, QEMU_BLOCK_EXPORTS_MAX, &n, err);
 	if (rc < 0)
 		return rc;
-	rc = qmp_execute(q, "query-block-exports", NULL, &ret, MIG_QMP_TIMEOUT_MS,
-			 err);
-	if (rc < 0)
-		return rc;
-	json_array_foreach(ret, i, it) {
-		const char *node = json_string_value(json_object_get(it, "node-name"));
-
-		if (node && !strcmp(node, d->info.node_name))
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(ex[i].node_name, d->info.node_name))
 			rc = ferry_error_set(err, -EBUSY, "disk %s: already exported "
 				"by the destination QEMU as '%s'", d->info.w.id,
-				json_string_value(json_object_get(it, "id")));
-	}
-	json_decref(ret);
+				ex[i].id);
 	return rc;
 }
 
@@ -215,30 +205,20 @@ static int open_export(struct blk_dst *b, struct dst_disk *d,
 
 	snprintf(sock, sizeof(sock), "%s/nbd.sock", b->dir);
 	if (!b->nbd_server) {
-		rc = qmp_execute(b->q, "nbd-server-start",
-				 json_pack("{s:{s:s,s:{s:s}}}", "addr", "type",
-					   "unix", "data", "path", sock),
-				 NULL, MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_nbd_server_start_unix(b->q, sock, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "nbd-server-start: ");
 		b->nbd_server = true;
 		/* The exports hold the images: QEMU must not activate them
 		 * for the guest before ferry removed the exports. */
-		rc = qmp_execute(b->q, "migrate-set-capabilities",
-				 json_pack("{s:[{s:s,s:b}]}", "capabilities",
-					   "capability", "late-block-activate",
-					   "state", 1),
-				 NULL, MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_late_block_activate(b->q, err);
 		if (rc < 0)
 			return rc;
 	}
 	snprintf(d->export_id, sizeof(d->export_id), "ferry-export-%s",
 		 d->info.w.id);
-	rc = qmp_execute(b->q, "block-export-add",
-			 json_pack("{s:s,s:s,s:s,s:b,s:s}", "type", "nbd",
-				   "id", d->export_id, "node-name", d->info.node_name,
-				   "writable", 1, "name", d->info.w.id),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_block_export_add_nbd(b->q, d->export_id, d->info.node_name,
+				       d->info.w.id, true, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "disk %s: block-export-add: ",
 					  d->info.w.id);
@@ -739,17 +719,13 @@ static int release(struct blk_dst *b, struct ferry_error *err)
 		/* hard: ferry's own connection may not be gone yet in QEMU;
 		 * everything was flushed already. */
 		if (d->exported && rc == 0) {
-			rc = qmp_execute(b->q, "block-export-del",
-					 json_pack("{s:s,s:s}", "id", d->export_id,
-						   "mode", "hard"),
-					 NULL, MIG_QMP_TIMEOUT_MS, err);
+			rc = qemu_block_export_del(b->q, d->export_id, true, err);
 			d->exported = rc < 0;
 		}
 	}
 	/* The server goes in any case: it closes whatever export is left. */
 	if (b->nbd_server &&
-	    qmp_execute(b->q, "nbd-server-stop", NULL, NULL, MIG_QMP_TIMEOUT_MS,
-			rc < 0 ? NULL : err) == 0)
+	    qemu_nbd_server_stop(b->q, rc < 0 ? NULL : err) == 0)
 		b->nbd_server = false;
 	b->released = rc == 0;
 	/* Tell the source, which still waits in pre-switchover. */

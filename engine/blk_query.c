@@ -84,7 +84,7 @@ int blk_query_disks(struct qmp *q, const char *only, struct blk_disk_info *d,
 	int rc = 0;
 
 	*n = 0;
-	rc = qmp_execute(q, "query-block", NULL, &ret, MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_query_block(q, &ret, err);
 	if (rc < 0)
 		return rc;
 	json_array_foreach(ret, i, blk) {

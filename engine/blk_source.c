@@ -438,11 +438,7 @@ static int start_mirror(struct src_disk *d, struct ferry_error *err)
 	if (rc < 0)
 		return ferry_error_set(err, rc, "pthread_create: %s", strerror(-rc));
 	d->thread_started = true;
-	rc = qmp_execute(b->q, "blockdev-add",
-			 json_pack("{s:s,s:s,s:{s:s,s:s},s:s}", "driver", "nbd",
-				   "node-name", d->target, "server", "type",
-				   "unix", "path", d->sock, "export", d->info.w.id),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_blockdev_add_nbd(b->q, d->target, d->sock, d->info.w.id, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "adding ferry's NBD target: ");
 	d->node_added = true;
@@ -450,14 +446,11 @@ static int start_mirror(struct src_disk *d, struct ferry_error *err)
 	 * auto-dismiss off: a failed job stays in query-block-jobs with its
 	 * error until ferry has read it.
 	 */
-	rc = qmp_execute(b->q, "blockdev-mirror",
-			 json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "job-id", d->job,
-				   "device", d->info.node, "target", d->target,
-				   "sync", "full", "copy-mode",
-				   b->mode == FERRY_BLOCK_WRITE_BLOCKING &&
-				   !d->info.read_only ? "write-blocking" :
-				   "background", "auto-dismiss", 0),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_blockdev_mirror(b->q, &(struct qemu_mirror){
+		.job = d->job, .device = d->info.node, .target = d->target,
+		.write_blocking = b->mode == FERRY_BLOCK_WRITE_BLOCKING &&
+				  !d->info.read_only,
+	}, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "blockdev-mirror: ");
 	d->job_started = true;
@@ -528,57 +521,51 @@ static struct src_disk *find_job(struct blk_src *b, const char *id)
 }
 
 /* A job concluded: read its error, dismiss it, drop its NBD node. */
-static int conclude(struct src_disk *d, json_t *job, struct ferry_error *err)
+static int conclude(struct src_disk *d, const struct qemu_block_job *job,
+		    struct ferry_error *err)
 {
-	const char *e = json_string_value(json_object_get(job, "error"));
 	struct ferry_error why = { 0 };
 
-	qmp_execute(d->b->q, "job-dismiss", json_pack("{s:s}", "id", d->job),
-		    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	qemu_job_dismiss(d->b->q, d->job, NULL);
 	d->job_started = false;
 	d->done = true;
-	if (d->node_added &&
-	    qmp_execute(d->b->q, "blockdev-del", json_pack("{s:s}", "node-name",
-							  d->target),
-			NULL, MIG_QMP_TIMEOUT_MS, NULL) == 0)
+	if (d->node_added && qemu_blockdev_del(d->b->q, d->target, NULL) == 0)
 		d->node_added = false;
-	if (!e)
+	if (!job->failed)
 		return 0;
 	blk_src_check(d->b, &why);
 	return ferry_error_set(err, -EIO, "disk %s: the mirror failed: %s%s%s",
-			       d->info.w.id, e, why.msg[0] ? "; " : "", why.msg);
+			       d->info.w.id, job->error, why.msg[0] ? "; " : "",
+			       why.msg);
 }
 
 /* One pass over query-block-jobs for our jobs. */
 static int poll_jobs(struct blk_src *b, struct ferry_error *err)
 {
 	bool seen[WIRE_DISKS_MAX] = { false };
-	json_t *ret = NULL, *job;
-	size_t i;
+	struct qemu_block_job jobs[QEMU_BLOCK_JOBS_MAX];
+	size_t n;
 	int rc;
 
-	rc = qmp_execute(b->q, "query-block-jobs", NULL, &ret,
-			 MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_query_block_jobs(b->q, jobs, QEMU_BLOCK_JOBS_MAX, &n, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "source QEMU: ");
-	json_array_foreach(ret, i, job) {
-		struct src_disk *d = find_job(b, json_string_value(
-						json_object_get(job, "device")));
-		const char *st = json_string_value(json_object_get(job, "status"));
+	for (size_t i = 0; i < n; i++) {
+		const struct qemu_block_job *job = &jobs[i];
+		struct src_disk *d = find_job(b, job->id);
 
 		if (!d || !d->job_started)
 			continue;
 		seen[d->index] = true;
-		d->offset = (uint64_t)json_integer_value(json_object_get(job, "offset"));
-		d->len = (uint64_t)json_integer_value(json_object_get(job, "len"));
-		d->ready = json_is_true(json_object_get(job, "ready"));
-		if (st && !strcmp(st, "concluded")) {
+		d->offset = job->offset;
+		d->len = job->len;
+		d->ready = job->ready;
+		if (!strcmp(job->status, "concluded")) {
 			rc = conclude(d, job, err);
 			if (rc < 0)
 				break;
 		}
 	}
-	json_decref(ret);
 	/* auto-dismiss is off: only ferry removes its jobs. */
 	for (uint32_t k = 0; rc == 0 && k < b->n; k++)
 		if (b->d[k].job_started && !seen[k])
@@ -612,9 +599,7 @@ int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
 					       d->info.w.id);
 		/* A read-only disk never changes: once copied, its job ends. */
 		if (d->ready && d->info.read_only && !d->cancel_sent) {
-			rc = qmp_execute(b->q, "block-job-cancel",
-					 json_pack("{s:s}", "device", d->job), NULL,
-					 MIG_QMP_TIMEOUT_MS, err);
+			rc = qemu_block_job_cancel(b->q, d->job, false, err);
 			if (rc < 0)
 				return ferry_error_prefix(err, "disk %s: ",
 							  d->info.w.id);
@@ -668,9 +653,7 @@ int blk_src_switchover(struct blk_src *b, struct ferry_error *err)
 
 		if (!d->job_started || d->cancel_sent)
 			continue;
-		rc = qmp_execute(b->q, "block-job-cancel",
-				 json_pack("{s:s}", "device", d->job), NULL,
-				 MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_block_job_cancel(b->q, d->job, false, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "completing the mirror of "
 						  "disk %s: ", d->info.w.id);
@@ -760,9 +743,7 @@ void blk_src_abort(struct blk_src *b)
 
 		if (!d->job_started)
 			continue;
-		qmp_execute(b->q, "block-job-cancel",
-			    json_pack("{s:s,s:b}", "device", d->job, "force", 1),
-			    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+		qemu_block_job_cancel(b->q, d->job, true, NULL);
 		pending = true;
 	}
 	/* QEMU's NBD client may be waiting on ferry: unblock it first (a
@@ -790,10 +771,7 @@ void blk_src_abort(struct blk_src *b)
 		if (d->job_started)
 			ferry_log(FERRY_LOG_WARN, "disk %s: mirror job %s still "
 				  "there after cancel", d->info.w.id, d->job);
-		if (d->node_added &&
-		    qmp_execute(b->q, "blockdev-del", json_pack("{s:s}",
-				"node-name", d->target), NULL, MIG_QMP_TIMEOUT_MS,
-				NULL) == 0)
+		if (d->node_added && qemu_blockdev_del(b->q, d->target, NULL) == 0)
 			d->node_added = false;
 	}
 }

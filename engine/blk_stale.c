@@ -40,36 +40,30 @@ static int clear_jobs(struct qmp *q, struct ferry_error *err)
 	uint64_t deadline = ferry_now_ms() + BLK_STALE_CANCEL_MS;
 
 	for (;;) {
-		json_t *ret = NULL, *job;
+		struct qemu_block_job jobs[QEMU_BLOCK_JOBS_MAX];
 		bool waiting = false;
-		size_t i;
+		size_t n;
 		int rc;
 
-		rc = qmp_execute(q, "query-block-jobs", NULL, &ret,
-				 MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_query_block_jobs(q, jobs, QEMU_BLOCK_JOBS_MAX, &n, err);
 		if (rc < 0)
 			return rc;
-		json_array_foreach(ret, i, job) {
-			const char *id = json_string_value(json_object_get(job, "device"));
-			const char *st = json_string_value(json_object_get(job, "status"));
+		for (size_t i = 0; i < n; i++) {
+			const struct qemu_block_job *job = &jobs[i];
 
-			if (!has_prefix(id, BLK_JOB_PREFIX) || !st)
+			if (!has_prefix(job->id, BLK_JOB_PREFIX) || !job->status[0])
 				continue;
-			if (!strcmp(st, "concluded")) {
+			if (!strcmp(job->status, "concluded")) {
 				ferry_log(FERRY_LOG_WARN, "clearing mirror job %s, left "
-					  "by an earlier ferry", id);
-				qmp_execute(q, "job-dismiss", json_pack("{s:s}", "id", id),
-					    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+					  "by an earlier ferry", job->id);
+				qemu_job_dismiss(q, job->id, NULL);
 				continue;
 			}
 			waiting = true;
 			/* Every pass: a job seen first in a state that refused
 			 * the cancel (waiting, pending) takes it later. */
-			qmp_execute(q, "block-job-cancel",
-				    json_pack("{s:s,s:b}", "device", id, "force", 1),
-				    NULL, MIG_QMP_TIMEOUT_MS, NULL);
+			qemu_block_job_cancel(q, job->id, true, NULL);
 		}
-		json_decref(ret);
 		if (!waiting)
 			return 0;
 		if (ferry_now_ms() >= deadline)
@@ -84,32 +78,25 @@ static int clear_jobs(struct qmp *q, struct ferry_error *err)
 /* ferry's NBD nodes in QEMU (their jobs are gone): delete them. */
 static int clear_nodes(struct qmp *q, struct ferry_error *err)
 {
-	json_t *ret = NULL, *node;
-	size_t i;
+	struct qemu_node_name nodes[QEMU_NODE_NAMES_MAX];
+	size_t n;
 	int rc;
 
-	rc = qmp_execute(q, "query-named-block-nodes",
-			 json_pack("{s:b}", "flat", 1), &ret, MIG_QMP_TIMEOUT_MS,
-			 err);
+	rc = qemu_query_node_names(q, BLK_NODE_PREFIX, nodes,
+				   QEMU_NODE_NAMES_MAX, &n, err);
 	if (rc < 0)
 		return rc;
-	json_array_foreach(ret, i, node) {
-		const char *name = json_string_value(json_object_get(node,
-								     "node-name"));
+	for (size_t i = 0; i < n; i++) {
+		const char *name = nodes[i].name;
 		struct ferry_error e = { 0 };
 
-		if (!has_prefix(name, BLK_NODE_PREFIX))
-			continue;
-		if (qmp_execute(q, "blockdev-del", json_pack("{s:s}", "node-name",
-							     name),
-				NULL, MIG_QMP_TIMEOUT_MS, &e) < 0)
+		if (qemu_blockdev_del(q, name, &e) < 0)
 			ferry_log(FERRY_LOG_WARN, "cannot clear NBD node %s, left by "
 				  "an earlier ferry: %s", name, e.msg);
 		else
 			ferry_log(FERRY_LOG_WARN, "cleared NBD node %s, left by an "
 				  "earlier ferry", name);
 	}
-	json_decref(ret);
 	return 0;
 }
 

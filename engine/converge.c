@@ -243,7 +243,7 @@ int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
 	    info->dirty_sync_count > c->limits.postcopy_after_pass)
 		*start_postcopy = true;
 	if (a.pause_source && !c->source_paused) {
-		rc = qmp_execute(q, "stop", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_stop(q, err);
 		if (rc < 0)
 			return rc;
 		c->source_paused = true;
@@ -273,8 +273,7 @@ int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
 				(unsigned long long)(info->ram_remaining >> 20),
 				(double)s.dirty_rate / (1 << 20));
 		case FERRY_TIMEOUT_PAUSE:
-			rc = qmp_execute(q, "stop", NULL, NULL, MIG_QMP_TIMEOUT_MS,
-					 err);
+			rc = qemu_stop(q, err);
 			if (rc < 0)
 				return rc;
 			c->source_paused = true;

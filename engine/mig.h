@@ -128,4 +128,124 @@ int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);
 /* query-status "status", e.g. "running", "inmigrate", "postmigrate". */
 int mig_vm_status(struct qmp *q, char *buf, size_t len, struct ferry_error *err);
 
+/*
+ * ---- QEMU commands as C functions (qemu_ops.c) --------------------------
+ *
+ * The arguments are C values and the JSON is built and read in
+ * qemu_ops.c, so that the engine's other files hold no command names or
+ * argument shapes. Each waits MIG_QMP_TIMEOUT_MS and returns 0 or -errno
+ * with @err filled (the QMP client's message, which names the command);
+ * @err may be NULL where the caller ignores the failure.
+ */
+
+/* stop: pause the guest's vCPUs. */
+int qemu_stop(struct qmp *q, struct ferry_error *err);
+
+/*
+ * Bounds on what the query functions copy out: far more than QEMU holds
+ * during a migration (ferry's own at most WIRE_DISKS_MAX of each). More
+ * is refused with -E2BIG.
+ */
+#define QEMU_BLOCK_JOBS_MAX 64
+#define QEMU_BLOCK_EXPORTS_MAX 64
+#define QEMU_NODE_NAMES_MAX 64
+/* Names longer than a buffer are cut; ferry's own are far shorter. */
+#define QEMU_ID_MAX 128
+
+/* One entry of query-block-jobs, the fields ferry uses. A field QEMU
+ * left out reads as "" or 0. */
+struct qemu_block_job {
+	char id[QEMU_ID_MAX];		/* "device": the job id */
+	char status[32];		/* e.g. "running", "ready", "concluded" */
+	uint64_t offset, len;		/* progress, bytes */
+	bool ready;
+	bool failed;			/* QEMU reported an "error" */
+	char error[FERRY_ERROR_MSG_MAX];	/* its text */
+};
+
+/* query-block-jobs: the jobs in QEMU's order into @jobs (at most @max). */
+int qemu_query_block_jobs(struct qmp *q, struct qemu_block_job *jobs,
+			  size_t max, size_t *n, struct ferry_error *err);
+
+/* block-job-cancel of job @id. @force: stop at once; without it a ready
+ * mirror ends with its target in sync (and does not pivot). */
+int qemu_block_job_cancel(struct qmp *q, const char *id, bool force,
+			  struct ferry_error *err);
+
+/* job-dismiss: remove concluded job @id. */
+int qemu_job_dismiss(struct qmp *q, const char *id, struct ferry_error *err);
+
+/*
+ * query-named-block-nodes (flat): the node names that start with @prefix,
+ * at most @max of them into @names.
+ */
+struct qemu_node_name {
+	char name[QEMU_ID_MAX];
+};
+
+int qemu_query_node_names(struct qmp *q, const char *prefix,
+			  struct qemu_node_name *names, size_t max, size_t *n,
+			  struct ferry_error *err);
+
+/*
+ * query-block: QEMU's reply (an array, a new reference the caller
+ * releases), read field by field by blk_query.c.
+ */
+int qemu_query_block(struct qmp *q, json_t **ret, struct ferry_error *err);
+
+/*
+ * blockdev-add of an NBD client node @node on the unix socket @sock,
+ * opening export @export.
+ */
+int qemu_blockdev_add_nbd(struct qmp *q, const char *node, const char *sock,
+			  const char *export, struct ferry_error *err);
+
+/* blockdev-del of node @node. */
+int qemu_blockdev_del(struct qmp *q, const char *node, struct ferry_error *err);
+
+/*
+ * blockdev-mirror: a full copy of @device into node @target as job @job,
+ * auto-dismiss off (a failed job stays in query-block-jobs with its error
+ * until dismissed). @write_blocking: a guest write completes once the
+ * target has it too (copy-mode write-blocking, else background).
+ */
+struct qemu_mirror {
+	const char *job, *device, *target;
+	bool write_blocking;
+};
+
+int qemu_blockdev_mirror(struct qmp *q, const struct qemu_mirror *m,
+			 struct ferry_error *err);
+
+/* nbd-server-start on the unix socket @sock; nbd-server-stop. */
+int qemu_nbd_server_start_unix(struct qmp *q, const char *sock,
+			       struct ferry_error *err);
+int qemu_nbd_server_stop(struct qmp *q, struct ferry_error *err);
+
+/*
+ * Migration capability late-block-activate (destination): QEMU does not
+ * activate the disks when the migration ends, only when the guest is
+ * resumed (cont).
+ */
+int qemu_late_block_activate(struct qmp *q, struct ferry_error *err);
+
+/* block-export-add: NBD export @id of node @node under the name @name. */
+int qemu_block_export_add_nbd(struct qmp *q, const char *id, const char *node,
+			      const char *name, bool writable,
+			      struct ferry_error *err);
+
+/* block-export-del of export @id; @hard closes its connections at once. */
+int qemu_block_export_del(struct qmp *q, const char *id, bool hard,
+			  struct ferry_error *err);
+
+/* One entry of query-block-exports. */
+struct qemu_block_export {
+	char id[QEMU_ID_MAX];
+	char node_name[QEMU_ID_MAX];
+};
+
+/* query-block-exports into @ex (at most @max). */
+int qemu_query_block_exports(struct qmp *q, struct qemu_block_export *ex,
+			     size_t max, size_t *n, struct ferry_error *err);
+
 #endif /* FERRY_MIG_H */

@@ -271,3 +271,200 @@ int mig_dirty_rate_poll(struct qmp *q, uint64_t *bytes_per_s,
 	json_decref(ret);
 	return rc;
 }
+
+/* ---- QEMU commands as C functions (see mig.h) ---------------------------- */
+
+static int run(struct qmp *q, const char *cmd, json_t *args,
+	       struct ferry_error *err)
+{
+	return qmp_execute(q, cmd, args, NULL, MIG_QMP_TIMEOUT_MS, err);
+}
+
+/*
+ * @cmd's reply, an array of at most @max entries: more is -E2BIG, before
+ * the caller copies any. A reply that is not an array has no entries.
+ */
+static int query_array(struct qmp *q, const char *cmd, size_t max,
+		       json_t **ret, struct ferry_error *err)
+{
+	int rc = qmp_execute(q, cmd, NULL, ret, MIG_QMP_TIMEOUT_MS, err);
+
+	if (rc < 0)
+		return rc;
+	if (json_array_size(*ret) > max) {
+		rc = ferry_error_set(err, -E2BIG, "%s returned %zu entries, "
+				     "more than the %zu ferry reads", cmd,
+				     json_array_size(*ret), max);
+		json_decref(*ret);
+		*ret = NULL;
+	}
+	return rc;
+}
+
+int qemu_stop(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "stop", NULL, err);
+}
+
+int qemu_query_block_jobs(struct qmp *q, struct qemu_block_job *jobs,
+			  size_t max, size_t *n, struct ferry_error *err)
+{
+	json_t *ret = NULL, *job;
+	size_t i;
+	int rc;
+
+	*n = 0;
+	rc = query_array(q, "query-block-jobs", max, &ret, err);
+	if (rc < 0)
+		return rc;
+	json_array_foreach(ret, i, job) {
+		struct qemu_block_job *j = &jobs[i];
+		json_t *e = json_object_get(job, "error");
+
+		copy_str(j->id, sizeof(j->id), json_object_get(job, "device"));
+		copy_str(j->status, sizeof(j->status),
+			 json_object_get(job, "status"));
+		j->offset = get_u64(job, "offset");
+		j->len = get_u64(job, "len");
+		j->ready = json_is_true(json_object_get(job, "ready"));
+		j->failed = json_is_string(e);
+		copy_str(j->error, sizeof(j->error), e);
+	}
+	*n = json_array_size(ret);
+	json_decref(ret);
+	return 0;
+}
+
+int qemu_block_job_cancel(struct qmp *q, const char *id, bool force,
+			  struct ferry_error *err)
+{
+	return run(q, "block-job-cancel",
+		   force ? json_pack("{s:s,s:b}", "device", id, "force", 1) :
+			   json_pack("{s:s}", "device", id), err);
+}
+
+int qemu_job_dismiss(struct qmp *q, const char *id, struct ferry_error *err)
+{
+	return run(q, "job-dismiss", json_pack("{s:s}", "id", id), err);
+}
+
+int qemu_query_node_names(struct qmp *q, const char *prefix,
+			  struct qemu_node_name *names, size_t max, size_t *n,
+			  struct ferry_error *err)
+{
+	json_t *ret = NULL, *node;
+	size_t i;
+	int rc;
+
+	*n = 0;
+	rc = qmp_execute(q, "query-named-block-nodes",
+			 json_pack("{s:b}", "flat", 1), &ret, MIG_QMP_TIMEOUT_MS,
+			 err);
+	if (rc < 0)
+		return rc;
+	json_array_foreach(ret, i, node) {
+		json_t *name = json_object_get(node, "node-name");
+
+		if (!json_is_string(name) ||
+		    strncmp(json_string_value(name), prefix, strlen(prefix)))
+			continue;
+		if (*n == max) {
+			rc = ferry_error_set(err, -E2BIG, "query-named-block-nodes: "
+					     "more than %zu nodes named %s...",
+					     max, prefix);
+			break;
+		}
+		copy_str(names[(*n)++].name, sizeof(names->name), name);
+	}
+	json_decref(ret);
+	return rc;
+}
+
+int qemu_query_block(struct qmp *q, json_t **ret, struct ferry_error *err)
+{
+	return qmp_execute(q, "query-block", NULL, ret, MIG_QMP_TIMEOUT_MS, err);
+}
+
+int qemu_blockdev_add_nbd(struct qmp *q, const char *node, const char *sock,
+			  const char *export, struct ferry_error *err)
+{
+	return run(q, "blockdev-add",
+		   json_pack("{s:s,s:s,s:{s:s,s:s},s:s}", "driver", "nbd",
+			     "node-name", node, "server", "type", "unix",
+			     "path", sock, "export", export), err);
+}
+
+int qemu_blockdev_del(struct qmp *q, const char *node, struct ferry_error *err)
+{
+	return run(q, "blockdev-del", json_pack("{s:s}", "node-name", node), err);
+}
+
+int qemu_blockdev_mirror(struct qmp *q, const struct qemu_mirror *m,
+			 struct ferry_error *err)
+{
+	return run(q, "blockdev-mirror",
+		   json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "job-id", m->job,
+			     "device", m->device, "target", m->target,
+			     "sync", "full", "copy-mode",
+			     m->write_blocking ? "write-blocking" : "background",
+			     "auto-dismiss", 0), err);
+}
+
+int qemu_nbd_server_start_unix(struct qmp *q, const char *sock,
+			       struct ferry_error *err)
+{
+	return run(q, "nbd-server-start",
+		   json_pack("{s:{s:s,s:{s:s}}}", "addr", "type", "unix",
+			     "data", "path", sock), err);
+}
+
+int qemu_nbd_server_stop(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "nbd-server-stop", NULL, err);
+}
+
+int qemu_late_block_activate(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "migrate-set-capabilities",
+		   json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability",
+			     "late-block-activate", "state", 1), err);
+}
+
+int qemu_block_export_add_nbd(struct qmp *q, const char *id, const char *node,
+			      const char *name, bool writable,
+			      struct ferry_error *err)
+{
+	return run(q, "block-export-add",
+		   json_pack("{s:s,s:s,s:s,s:b,s:s}", "type", "nbd", "id", id,
+			     "node-name", node, "writable", writable,
+			     "name", name), err);
+}
+
+int qemu_block_export_del(struct qmp *q, const char *id, bool hard,
+			  struct ferry_error *err)
+{
+	return run(q, "block-export-del",
+		   hard ? json_pack("{s:s,s:s}", "id", id, "mode", "hard") :
+			  json_pack("{s:s}", "id", id), err);
+}
+
+int qemu_query_block_exports(struct qmp *q, struct qemu_block_export *ex,
+			     size_t max, size_t *n, struct ferry_error *err)
+{
+	json_t *ret = NULL, *it;
+	size_t i;
+	int rc;
+
+	*n = 0;
+	rc = query_array(q, "query-block-exports", max, &ret, err);
+	if (rc < 0)
+		return rc;
+	json_array_foreach(ret, i, it) {
+		copy_str(ex[i].id, sizeof(ex[i].id), json_object_get(it, "id"));
+		copy_str(ex[i].node_name, sizeof(ex[i].node_name),
+			 json_object_get(it, "node-name"));
+	}
+	*n = json_array_size(ret);
+	json_decref(ret);
+	return 0;
+}
