@@ -248,4 +248,22 @@ struct qemu_block_export {
 int qemu_query_block_exports(struct qmp *q, struct qemu_block_export *ex,
 			     size_t max, size_t *n, struct ferry_error *err);
 
+/* The migration's own commands. */
+/* cont: run the guest (during an incoming migration: once loaded). */
+int qemu_cont(struct qmp *q, struct ferry_error *err);
+/* migrate to @uri; @resume: a paused post-copy, on a new channel. */
+int qemu_migrate(struct qmp *q, const char *uri, bool resume,
+		 struct ferry_error *err);
+/* migrate-incoming from @uri, or (@recover) migrate-recover: a paused
+ * post-copy's new channel. */
+int qemu_migrate_incoming(struct qmp *q, const char *uri, bool recover,
+			  struct ferry_error *err);
+int qemu_migrate_start_postcopy(struct qmp *q, struct ferry_error *err);
+/* migrate-continue from the paused @state ("pre-switchover"). */
+int qemu_migrate_continue(struct qmp *q, const char *state,
+			  struct ferry_error *err);
+/* migrate-pause: post-copy's stream stops, for a recovery. */
+int qemu_migrate_pause(struct qmp *q, struct ferry_error *err);
+int qemu_migrate_cancel(struct qmp *q, struct ferry_error *err);
+
 #endif /* FERRY_MIG_H */

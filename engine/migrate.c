@@ -752,8 +752,7 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 		mig_drop_fd(m->run.q);
 		return rc;
 	}
-	rc = qmp_execute(m->run.q, "migrate", json_pack("{s:s}", "uri", uri), NULL,
-			 MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_migrate(m->run.q, uri, false, err);
 	if (rc < 0) {
 		/* Close QEMU's copy, so the receiver's end sees the end. */
 		mig_drop_fd(m->run.q);
@@ -849,8 +848,7 @@ static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 	rc = journal_step(m->run.journal, JOURNAL_POSTCOPY, NULL, err);
 	if (rc < 0)
 		return rc;
-	rc = qmp_execute(m->run.q, "migrate-start-postcopy", NULL, NULL,
-			 MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_migrate_start_postcopy(m->run.q, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "switching to post-copy: ");
 	note_postcopy(m);
@@ -891,9 +889,7 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
 	rc = journal_step(m->run.journal, JOURNAL_SWITCHOVER, NULL, err);
 	if (rc < 0)
 		return rc;
-	rc = qmp_execute(m->run.q, "migrate-continue",
-			 json_pack("{s:s}", "state", "pre-switchover"), NULL,
-			 MIG_QMP_TIMEOUT_MS, err);
+	rc = qemu_migrate_continue(m->run.q, "pre-switchover", err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "migrate-continue: ");
 	return 0;
@@ -1098,8 +1094,7 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 	 * the new connections. */
 	if (mig_query(m->run.q, &m->run.last, NULL) == 0 &&
 	    m->run.last.state == MIG_S_POSTCOPY_ACTIVE)
-		qmp_execute(m->run.q, "migrate-pause", NULL, NULL, MIG_QMP_TIMEOUT_MS,
-			    NULL);
+		qemu_migrate_pause(m->run.q, NULL);
 	rc = wait_qemu_status(m, "postcopy-paused", MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "post-copy recovery: ");
@@ -1114,10 +1109,7 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 		if (rc == 0)
 			rc = open_tunnel(m, &e);
 		if (rc == 0) {
-			rc = qmp_execute(m->run.q, "migrate",
-					 json_pack("{s:s,s:b}", "uri", "fd:" MIG_FDNAME,
-						   "resume", 1),
-					 NULL, MIG_QMP_TIMEOUT_MS, &e);
+			rc = qemu_migrate(m->run.q, "fd:" MIG_FDNAME, true, &e);
 			if (rc < 0)
 				mig_drop_fd(m->run.q);
 		}
@@ -1229,7 +1221,7 @@ static void cancel_qemu_migration(struct ferry_migration *m)
 	uint64_t deadline = ferry_now_ms() + MIG_CANCEL_TIMEOUT_MS;
 	struct mig_info info;
 
-	qmp_execute(m->run.q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
+	qemu_migrate_cancel(m->run.q, NULL);
 	while (ferry_now_ms() < deadline) {
 		if (mig_query(m->run.q, &info, NULL) < 0 ||
 		    !mig_state_active(info.state))
@@ -1338,7 +1330,7 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 	if (m->run.was_running && strcmp(status, "running") != 0) {
 		ferry_log(FERRY_LOG_WARN, "source guest is '%s' after the failure; resuming it",
 			  status);
-		if (qmp_execute(m->run.q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL) < 0 ||
+		if (qemu_cont(m->run.q, NULL) < 0 ||
 		    mig_vm_status(m->run.q, status, sizeof(status), NULL) < 0)
 			return false;
 	}

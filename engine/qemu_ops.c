@@ -468,3 +468,46 @@ int qemu_query_block_exports(struct qmp *q, struct qemu_block_export *ex,
 	json_decref(ret);
 	return 0;
 }
+
+/* ---- the migration's own commands ---- */
+
+int qemu_cont(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "cont", NULL, err);
+}
+
+int qemu_migrate(struct qmp *q, const char *uri, bool resume,
+		 struct ferry_error *err)
+{
+	return run(q, "migrate", resume ?
+		   json_pack("{s:s,s:b}", "uri", uri, "resume", 1) :
+		   json_pack("{s:s}", "uri", uri), err);
+}
+
+int qemu_migrate_incoming(struct qmp *q, const char *uri, bool recover,
+			  struct ferry_error *err)
+{
+	return run(q, recover ? "migrate-recover" : "migrate-incoming",
+		   json_pack("{s:s}", "uri", uri), err);
+}
+
+int qemu_migrate_start_postcopy(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "migrate-start-postcopy", NULL, err);
+}
+
+int qemu_migrate_continue(struct qmp *q, const char *state,
+			  struct ferry_error *err)
+{
+	return run(q, "migrate-continue", json_pack("{s:s}", "state", state), err);
+}
+
+int qemu_migrate_pause(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "migrate-pause", NULL, err);
+}
+
+int qemu_migrate_cancel(struct qmp *q, struct ferry_error *err)
+{
+	return run(q, "migrate_cancel", NULL, err);
+}

@@ -231,21 +231,22 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 }
 
 /* Give the destination QEMU @fd and have it take the stream from it
- * (@cmd: migrate-incoming, or migrate-recover to resume post-copy). */
-static int rx_start_qemu(struct incoming *in, int fd, const char *cmd,
+ * (migrate-incoming, or @recover: migrate-recover to resume post-copy). */
+static int rx_start_qemu(struct incoming *in, int fd, bool recover,
 			 struct ferry_error *err)
 {
 	int rc = mig_give_fd(in->q, fd, err);
 
-	if (rc == 0 && !strcmp(cmd, "migrate-incoming"))
+	if (rc == 0 && !recover)
 		rc = journal_step(in->journal, JOURNAL_INCOMING, NULL, err);
 	if (rc == 0) {
 		in->qemu_started = true;
-		rc = qmp_execute(in->q, cmd, json_pack("{s:s}", "uri", "fd:" MIG_FDNAME),
-				 NULL, MIG_QMP_TIMEOUT_MS, err);
+		rc = qemu_migrate_incoming(in->q, "fd:" MIG_FDNAME, recover, err);
 	}
 	if (rc < 0)
-		return ferry_error_prefix(err, "destination QEMU refused %s: ", cmd);
+		return ferry_error_prefix(err, "destination QEMU refused %s: ",
+					  recover ? "migrate-recover" :
+					  "migrate-incoming");
 	return 0;
 }
 
@@ -449,10 +450,10 @@ static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
 
 /*
  * The memory tunnel (or hand-off), then the destination QEMU starts on it
- * (@cmd: migrate-incoming or migrate-recover); migrate-incoming only once
- * the stream has begun with QEMU's header.
+ * (migrate-incoming, or @recover: migrate-recover); migrate-incoming only
+ * once the stream has begun with QEMU's header.
  */
-static int rx_accept_data(struct incoming *in, const char *cmd,
+static int rx_accept_data(struct incoming *in, bool recover,
 			  struct ferry_error *err)
 {
 	struct rx_conns c = { .data_kind = WIRE_CONN_DATA,
@@ -462,7 +463,7 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 		.frame_max = in->hello.frame_max,
 		.codec = FERRY_CODEC_NONE,
 	};
-	bool fresh = !strcmp(cmd, "migrate-incoming");
+	bool fresh = !recover;
 	int sv[2], rc;
 
 	rc = rx_accept_conns(in, &c, err);
@@ -472,7 +473,7 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 	if (in->handoff) {
 		rc = fresh ? rx_gate_stream(in, c.streams[0].fd, err) : 0;
 		if (rc == 0)
-			rc = rx_start_qemu(in, c.streams[0].fd, cmd, err);
+			rc = rx_start_qemu(in, c.streams[0].fd, recover, err);
 		net_conn_close(&c.streams[0]);	/* QEMU holds its own copy */
 		return rc;
 	}
@@ -489,7 +490,7 @@ static int rx_accept_data(struct incoming *in, const char *cmd,
 	if (rc == 0 && fresh)
 		rc = rx_gate_stream(in, sv[0], err);
 	if (rc == 0)
-		rc = rx_start_qemu(in, sv[0], cmd, err);
+		rc = rx_start_qemu(in, sv[0], recover, err);
 	close(sv[0]);		/* QEMU holds its own copy */
 	return rc;
 }
@@ -591,8 +592,7 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
 		in->resume_tried = rc == 0;
 		if (rc == 0)
-			rc = qmp_execute(in->q, "cont", NULL, NULL,
-					 MIG_QMP_TIMEOUT_MS, err);
+			rc = qemu_cont(in->q, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "resuming the destination guest: ");
 	}
@@ -636,8 +636,7 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 		if (rc < 0)
 			return rc;
 		/* During an incoming migration, cont means "run once loaded". */
-		if (flag && qmp_execute(in->q, "cont", NULL, NULL,
-					MIG_QMP_TIMEOUT_MS, err) < 0)
+		if (flag && qemu_cont(in->q, err) < 0)
 			return ferry_error_prefix(err, "resuming the destination: ");
 		return 0;
 	}
@@ -917,7 +916,7 @@ static int rx_resume(struct incoming *in, struct ferry_error *err)
 		rc = net_ctrl_send(&in->ctrl, WIRE_CTRL_READY, NULL, 0,
 				   MIG_QMP_TIMEOUT_MS, err);
 	if (rc == 0)
-		rc = rx_accept_data(in, "migrate-recover", err);
+		rc = rx_accept_data(in, true, err);
 	rx_mig_want_conns(in->m, false);
 	if (rc == 0)
 		ferry_log(FERRY_LOG_INFO, "migration %s: post-copy resumed from %s",
@@ -1080,7 +1079,7 @@ static enum rx_state rx_step(struct incoming *in, struct ferry_error *err)
 	case RX_DISKS:
 		return rx_disks(in, err) < 0 ? RX_FAILED : RX_TUNNEL;
 	case RX_TUNNEL:
-		rc = rx_accept_data(in, "migrate-incoming", err);
+		rc = rx_accept_data(in, false, err);
 		rx_mig_want_conns(in->m, false);
 		return rc < 0 ? RX_FAILED : RX_STREAMING;
 	case RX_STREAMING:

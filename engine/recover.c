@@ -52,11 +52,6 @@ struct recovery {
 	bool needs_person;
 };
 
-static int vm_cont(struct qmp *q, struct ferry_error *err)
-{
-	return qmp_execute(q, "cont", NULL, NULL, MIG_QMP_TIMEOUT_MS, err);
-}
-
 static void wait_inactive(struct qmp *q, struct mig_info *info)
 {
 	uint64_t deadline = ferry_now_ms() + RECOVER_CANCEL_MS;
@@ -205,7 +200,7 @@ static int recover_source(struct recovery *r, struct qmp *q,
 	if (mig_state_active(info->state)) {
 		/* Streaming without ferry before the switchover: the source
 		 * still holds the whole guest; stop the stream there. */
-		qmp_execute(q, "migrate_cancel", NULL, NULL, MIG_QMP_TIMEOUT_MS, NULL);
+		qemu_migrate_cancel(q, NULL);
 		wait_inactive(q, info);
 		if (mig_state_active(info->state))
 			return ferry_error_set(err, -ETIMEDOUT, "the source QEMU's "
@@ -219,7 +214,7 @@ static int recover_source(struct recovery *r, struct qmp *q,
 		return -EIO;
 	if (mig_vm_status(q, status, sizeof(status), err) < 0)
 		return -EIO;
-	if (r->was_running && strcmp(status, "running") != 0 && vm_cont(q, err) < 0)
+	if (r->was_running && strcmp(status, "running") != 0 && qemu_cont(q, err) < 0)
 		return ferry_error_prefix(err, "resuming the source guest: ");
 	snprintf(r->outcome, sizeof(r->outcome), "the switchover never happened "
 		 "(QEMU: '%s'): the source guest %s", info->status,
@@ -260,7 +255,7 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 	}
 	if (mig_vm_status(q, status, sizeof(status), err) < 0)
 		return -EIO;
-	if (!r->paused && strcmp(status, "running") != 0 && vm_cont(q, err) < 0)
+	if (!r->paused && strcmp(status, "running") != 0 && qemu_cont(q, err) < 0)
 		return ferry_error_prefix(err, "resuming the destination guest: ");
 	snprintf(r->outcome, sizeof(r->outcome), "the destination QEMU completed: "
 		 "it holds the whole guest, which %s", r->paused ?
