@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 struct journal {
 	int fd;
+	char side[16];
 	char path[PATH_MAX];
 };
 
@@ -84,6 +86,7 @@ int journal_open(struct journal **out, const char *state_dir, const char *id,
 	if (!j)
 		return ferry_error_set(err, -ENOMEM, "out of memory");
 	snprintf(j->path, sizeof(j->path), "%s/%s.%s.jsonl", dir, id, side);
+	snprintf(j->side, sizeof(j->side), "%s", side);
 	j->fd = open(j->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0) {
 		rc = ferry_error_set(err, -errno, "journal: cannot open %s: %s",
@@ -111,6 +114,35 @@ err_close:
 	close(j->fd);
 	free(j);
 	return rc;
+}
+
+/*
+ * The kill matrix's fault points (tests; docs/journal.md): with
+ * FERRY_FAULT=SIDE:STATE:kill this process dies (SIGKILL) right after it
+ * recorded STATE on SIDE, as a crash there would; with
+ * FERRY_FAULT=SIDE:STATE:stall=MS it waits there MS ms (at most a
+ * minute), for a test to kill another process at that step.
+ */
+static void fault_point(const struct journal *j, const char *state)
+{
+	const char *f = getenv("FERRY_FAULT");
+	size_t side = strlen(j->side), st = strlen(state);
+	unsigned long ms;
+
+	if (!f || strncmp(f, j->side, side) || f[side] != ':' ||
+	    strncmp(f + side + 1, state, st) || f[side + 1 + st] != ':')
+		return;
+	f += side + st + 2;
+	if (!strcmp(f, "kill")) {
+		ferry_log(FERRY_LOG_WARN, "FERRY_FAULT: killed after '%s'", state);
+		raise(SIGKILL);
+	}
+	if (!strncmp(f, "stall=", 6)) {
+		ms = strtoul(f + 6, NULL, 10);
+		ferry_log(FERRY_LOG_WARN, "FERRY_FAULT: stalling %lu ms after '%s'",
+			  ms, state);
+		usleep((useconds_t)(ms < 60000 ? ms : 60000) * 1000);
+	}
 }
 
 int journal_step(struct journal *j, const char *state, json_t *fields,
@@ -150,6 +182,8 @@ int journal_step(struct journal *j, const char *state, json_t *fields,
 		rc = ferry_error_set(err, -errno, "journal %s: cannot sync '%s': %s",
 				     j->path, state, strerror(errno));
 	free(text);
+	if (rc == 0)
+		fault_point(j, state);
 	return rc;
 }
 

@@ -190,7 +190,10 @@ static int recover_source(struct recovery *r, struct qmp *q,
 	/* Post-copy: the destination runs on pages only the source has. */
 	if (mig_state_postcopy(info->state))
 		return RECOVER_RESUME;
-	if (mig_state_active(info->state) && past_switchover) {
+	/* Waiting in pre-switchover, QEMU has not sent the device state:
+	 * whatever the journal says, the source still holds the guest. */
+	if (mig_state_active(info->state) && past_switchover &&
+	    info->state != MIG_S_PRE_SWITCHOVER) {
 		r->needs_person = true;
 		snprintf(r->outcome, sizeof(r->outcome), "the switchover had "
 			 "started and QEMU is still '%s': run ferry recover again "
