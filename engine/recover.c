@@ -16,9 +16,12 @@
  *       leave it paused) only when the source host's recover said its QEMU
  *       completed (--source-completed ID); else it stays paused;
  *   destination, anything else: it does not hold the guest; nothing to do;
- *   either side in post-copy: the guest's memory is split between the
- *       hosts; both stay paused, nothing is guessed, and the message says
- *       so (resuming it needs both ferry processes: not built yet).
+ *   source in post-copy: resumed on new connections to the receiver the
+ *       journal names (which takes it back from its own journal) and run
+ *       to completion (mig_resume_postcopy);
+ *   destination in post-copy: it waits for that; after post-copy began
+ *       and completed, it is resumed without the source's proof (the
+ *       source can never run the guest again).
  * A migration recovered is marked so in its journal (state "recovered").
  */
 #include <dirent.h>
