@@ -5,6 +5,8 @@
 #   make demo       two local VMs, one live-migrated through ferry
 #   make bench      the benchmarks (not part of check)
 #   make check SANITIZE=1   the same under ASan and UBSan (in build-san/)
+#   make check-long the kill matrix (tests/integration/test_crash*) again and
+#                   again (LONG_ROUNDS, default 5): the races of a crash
 #
 # Missing Debian packages are installed by scripts/deps.sh (check, demo).
 
@@ -40,7 +42,7 @@ BENCH_BINS := $(BENCH_SRCS:%.c=$(B)/%)
 
 GUEST   := $(B)/guest.elf
 
-.PHONY: all deps check unit integration demo bench headers clean
+.PHONY: all deps check check-long unit integration demo bench headers clean
 all: $(B)/libferry.a $(B)/ferry
 
 deps:
@@ -93,6 +95,18 @@ integration: all $(GUEST) $(INTEG_BINS)
 check: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+
+# Every cell of the kill matrix runs in check; a crash lands between
+# different instructions each time, so the long run repeats them.
+LONG_ROUNDS ?= 5
+CRASH_BINS := $(filter $(B)/tests/integration/test_crash%,$(INTEG_BINS))
+check-long: deps
+	@$(MAKE) --no-print-directory all $(GUEST) $(CRASH_BINS)
+	@for i in $$(seq $(LONG_ROUNDS)); do \
+		echo "== check-long: round $$i of $(LONG_ROUNDS)"; \
+		FERRY_BIN=$(abspath $(B)/ferry) FERRY_GUEST=$(abspath $(GUEST)) \
+			sh scripts/run-tests.sh integration $(CRASH_BINS) || exit 1; \
+	done
 
 demo: deps
 	@$(MAKE) --no-print-directory all $(GUEST) $(B)/ferry-demo

@@ -210,6 +210,32 @@ START_TEST(migrate_killed_handoff_recover)
 }
 END_TEST
 
+/* The source guest, running after a failed attempt, migrates to a new
+ * destination: completed, RAM the same. */
+static void retry_to_new_destination(struct pair *p)
+{
+	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
+				.incoming = true, .prealloc = true };
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+
+	vm_stop(p->dst);
+	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "%s", err.msg);
+	rx_start_once(&rx, p, NULL);
+	o.qmp_path = vm_qmp_path(p->src);
+	o.to_port = rx.port;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "retry: %s",
+		      err.msg);
+	ferry_migration_free(m);
+	rx_thread_join(&rx);
+	expect_status(p->dst, "paused");
+	expect_same_ram(p);
+}
+
 /*
  * Through the tunnel: the stream dies with ferry; the source guest runs
  * on (its heartbeat goes on), and a new migration of it to a fresh
@@ -219,12 +245,7 @@ START_TEST(migrate_killed_tunnel_source_runs)
 {
 	static const char *const extra[] = { "--compress", "none",
 					     "--no-handoff", NULL };
-	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
-				.incoming = true, .prealloc = true };
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
 	struct ferry_error err = { 0 };
-	struct ferry_migration *m;
-	struct ferry_report rep;
 	struct rx_thread rx;
 	struct pair p;
 
@@ -237,18 +258,7 @@ START_TEST(migrate_killed_tunnel_source_runs)
 	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0,
 		      "the source guest does not beat: %s", err.msg);
 
-	/* The retry, to a new destination. */
-	vm_stop(p.dst);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	rx_start_once(&rx, &p, NULL);
-	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = rx.port;
-	m = ferry_migration_new(&o, &err);
-	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
-	ferry_migration_free(m);
-	rx_thread_join(&rx);
-	expect_status(p.dst, "paused");
-	expect_same_ram(&p);
+	retry_to_new_destination(&p);
 	pair_stop(&p);
 }
 END_TEST
@@ -301,13 +311,18 @@ START_TEST(destination_rejects_state)
 END_TEST
 
 /*
- * The receiver killed during hand-off precopy: the switchover never
- * started, so the source's ferry cancels and its guest runs on, once;
- * the exit status says the source runs (1).
+ * The receiver killed during precopy (hand-off, then the tunnel): the
+ * switchover never started, so the source's ferry cancels and its guest
+ * runs on, once; the exit status says the source runs (1); a new
+ * migration of it completes.
  */
-START_TEST(receiver_killed_handoff)
+START_TEST(receiver_killed)
 {
-	static const char *const extra[] = { "--compress", "none", NULL };
+	/* Hand-off, then the tunnel. */
+	static const char *const extra[2][4] = {
+		{ "--compress", "none", NULL },
+		{ "--compress", "none", "--no-handoff" },
+	};
 	struct ferry_error err = { 0 };
 	uint16_t port = proc_free_port();
 	struct pair p;
@@ -316,13 +331,14 @@ START_TEST(receiver_killed_handoff)
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
 	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
 		      "%s", err.msg);
-	mig = spawn_migrate(&p, port, extra);
+	mig = spawn_migrate(&p, port, extra[_i]);
 	kill(rxp, SIGKILL);
 	proc_wait(rxp);
 	ck_assert_int_eq(proc_wait(mig), 1);
 	expect_status(p.src, "running");
 	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
 		      err.msg);
+	retry_to_new_destination(&p);
 	pair_stop(&p);
 }
 END_TEST
@@ -335,7 +351,11 @@ END_TEST
  */
 START_TEST(source_qemu_killed)
 {
-	static const char *const extra[] = { "--compress", "none", NULL };
+	/* Hand-off, then the tunnel. */
+	static const char *const extra[2][4] = {
+		{ "--compress", "none", NULL },
+		{ "--compress", "none", "--no-handoff", NULL },
+	};
 	struct ferry_error err = { 0 };
 	struct rx_thread rx;
 	struct pair p;
@@ -343,7 +363,7 @@ START_TEST(source_qemu_killed)
 
 	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
 	rx_start_once(&rx, &p, NULL);
-	mig = spawn_migrate(&p, rx.port, extra);
+	mig = spawn_migrate(&p, rx.port, extra[_i]);
 	vm_kill(p.src);
 	ck_assert_int_eq(proc_wait(mig), 3);
 	rx_thread_join(&rx);
@@ -452,6 +472,7 @@ START_TEST(destination_qemu_killed)
 	expect_status(p.src, "running");
 	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
 		      err.msg);
+	retry_to_new_destination(&p);
 	pair_stop(&p);
 }
 END_TEST
@@ -527,8 +548,8 @@ static Suite *crash_suite(void)
 	tcase_add_test(tc, migrate_killed_tunnel_source_runs);
 	tcase_add_loop_test(tc, destination_rejects_state, 0, 2);
 	tcase_add_test(tc, both_killed_handoff_then_recover);
-	tcase_add_test(tc, receiver_killed_handoff);
-	tcase_add_test(tc, source_qemu_killed);
+	tcase_add_loop_test(tc, receiver_killed, 0, 2);
+	tcase_add_loop_test(tc, source_qemu_killed, 0, 2);
 	tcase_add_test(tc, cut_in_completion_window);
 	tcase_add_loop_test(tc, destination_qemu_killed, 0, 2);
 	suite_add_tcase(s, tc);
