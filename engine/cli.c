@@ -20,11 +20,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <jansson.h>
 
 #include "engine/launch.h"
 #include "engine/mig.h"
 #include "engine/recover.h"
+#include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
 
@@ -59,6 +62,7 @@ static void usage(FILE *f)
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
 		"                   [--allow-dir DIR]...\n"
 		"       ferry recover [--state-dir DIR] [--source-completed ID] [--wait SEC]\n"
+		"       ferry list [--status S] [--vm NAME] [--since T] [--json]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -103,6 +107,10 @@ static void usage(FILE *f)
 		"  --max-migrations N  migrations at once (default %d); more are refused\n"
 		"                      with 'busy' at once\n"
 		"  --once              return after one migration (receive)\n"
+		"  --status S          (list) running, completed, failed, cancelled,\n"
+		"                      needs-recover or recovered\n"
+		"  --since T           (list) started since T: 30m, 12h, 7d, or a UTC\n"
+		"                      date YYYY-MM-DD[THH:MM[:SS]]\n"
 		"  --wait SEC          (recover) how long a resumed post-copy waits\n"
 		"                      for its receiver (default %d)\n"
 		"\n"
@@ -225,7 +233,8 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_POSTCOPY, OPT_AUTO_CONVERGE, OPT_THR_INIT, OPT_THR_INC, OPT_THR_MAX,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
-       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT };
+       OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
+       OPT_SINCE };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -270,12 +279,15 @@ static const struct option long_opts[] = {
 	{ "allow-dir", required_argument, NULL, OPT_ALLOW_DIR },
 	{ "source-completed", required_argument, NULL, OPT_SOURCE_COMPLETED },
 	{ "wait", required_argument, NULL, OPT_WAIT },
+	{ "status", required_argument, NULL, OPT_STATUS },
+	{ "since", required_argument, NULL, OPT_SINCE },
 	{ 0 },
 };
 
 struct cli {
 	const char *qmp, *to, *listen, *vm, *qmp_dir, *launch, *state_dir;
 	const char *source_completed;
+	const char *status, *since;	/* list */
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
@@ -299,6 +311,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_LAUNCH: c->launch = optarg; break;
 		case OPT_STATE_DIR: c->state_dir = optarg; break;
 		case OPT_SOURCE_COMPLETED: c->source_completed = optarg; break;
+		case OPT_STATUS: c->status = optarg; break;
+		case OPT_SINCE: c->since = optarg; break;
 		case OPT_ALLOW_DIR: {
 			size_t n = strlen(c->allow_dirs);
 
@@ -518,6 +532,130 @@ static int cmd_recover(const struct cli *c)
 	return needs_person ? 3 : 0;
 }
 
+/* --since: a duration back from now (30m, 12h, 7d) or a UTC date;
+ * Unix ms, or -1. */
+static int64_t parse_since(const char *t)
+{
+	struct tm tm = { 0 };
+	char *end;
+	unsigned long long v = strtoull(t, &end, 10);
+	int64_t now = (int64_t)time(NULL);
+	const char *rest;
+
+	if (end != t && end[0] && !end[1] && strchr("smhd", end[0])) {
+		int64_t unit = end[0] == 's' ? 1 : end[0] == 'm' ? 60 :
+			       end[0] == 'h' ? 3600 : 86400;
+
+		return (now - (int64_t)v * unit) * 1000;
+	}
+	rest = strptime(t, "%Y-%m-%d", &tm);
+	if (rest && rest[0] == 'T')
+		rest = strptime(rest + 1, strchr(rest + 1, ':') &&
+				strchr(strchr(rest + 1, ':') + 1, ':') ?
+				"%H:%M:%S" : "%H:%M", &tm);
+	if (!rest || rest[0])
+		return -1;
+	return (int64_t)timegm(&tm) * 1000;
+}
+
+/* Unix ms as "YYYY-MM-DD HH:MM:SS" UTC. */
+static const char *utc_time(int64_t ms, char *buf, size_t len)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (!ms || !gmtime_r(&t, &tm))
+		return "-";
+	strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+	return buf;
+}
+
+static bool list_keep(const struct cli *c, json_t *e, int64_t since)
+{
+	const char *vm = json_string_value(json_object_get(e, "vm"));
+
+	if (c->status && strcmp(c->status, json_string_value(
+			json_object_get(e, "status")) ?: ""))
+		return false;
+	if (c->vm && (!vm || strcmp(c->vm, vm)))
+		return false;
+	return since < 0 || json_integer_value(json_object_get(e,
+							"started_ms")) >= since;
+}
+
+/* ferry list: the journal's migrations, as a table or (--json) JSON. */
+static int cmd_list(const struct cli *c)
+{
+	static const char *const statuses[] = { "running", "completed", "failed",
+		"cancelled", "needs-recover", "recovered" };
+	struct ferry_error err = { 0 };
+	int64_t since = c->since ? parse_since(c->since) : -1;
+	json_t *all, *kept, *e;
+	char *text;
+	size_t i;
+	bool known = !c->status;
+
+	for (i = 0; c->status && i < FERRY_ARRAY_SIZE(statuses); i++)
+		known |= !strcmp(c->status, statuses[i]);
+	if (!known || (c->since && since < 0)) {
+		fprintf(stderr, "ferry list: %s '%s' is not valid (see --help)\n",
+			!known ? "--status" : "--since", !known ? c->status : c->since);
+		return 2;
+	}
+	if (ferry_list_json(state_dir(c), &text, &err) < 0) {
+		fprintf(stderr, "ferry list: %s\n", err.msg);
+		return 1;
+	}
+	all = json_loads(text, 0, NULL);
+	free(text);
+	kept = json_array();
+	json_array_foreach(all, i, e)
+		if (list_keep(c, e, since))
+			json_array_append(kept, e);
+	json_decref(all);
+	if (c->json) {
+		text = json_dumps(kept, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		printf("%s\n", text ? text : "[]");
+		free(text);
+		json_decref(kept);
+		return 0;
+	}
+	printf("%-36s  %-4s  %-16s  %-24s  %-10s  %-13s  %-19s  %8s  %8s  %9s  %s\n",
+	       "ID", "SIDE", "VM", "PEER", "TYPE", "STATUS", "STARTED (UTC)",
+	       "TOTAL_S", "DOWN_MS", "WIRE_MIB", "ERROR");
+	json_array_foreach(kept, i, e) {
+		const char *side = json_string_value(json_object_get(e, "side"));
+		json_t *down = json_object_get(e, "downtime_ms");
+		json_t *wire = json_object_get(e, "wire_bytes");
+		char t0[32], d[16] = "-", w[16] = "-";
+
+		if (json_is_integer(down))
+			snprintf(d, sizeof(d), "%lld",
+				 (long long)json_integer_value(down));
+		if (json_is_integer(wire))
+			snprintf(w, sizeof(w), "%.1f",
+				 (double)json_integer_value(wire) / (1 << 20));
+		printf("%-36s  %-4s  %-16s  %s%-22s  %-10s  %-13s  %-19s  %8.1f  %8s  %9s  %s\n",
+		       json_string_value(json_object_get(e, "id")),
+		       side && !strcmp(side, "source") ? "src" : "dst",
+		       json_string_value(json_object_get(e, "vm")) ?: "-",
+		       side && !strcmp(side, "source") ? "->" : "<-",
+		       json_string_value(json_object_get(e, "peer")),
+		       json_string_value(json_object_get(e, "type")),
+		       json_string_value(json_object_get(e, "status")),
+		       utc_time(json_integer_value(json_object_get(e, "started_ms")),
+				t0, sizeof(t0)),
+		       (double)json_integer_value(json_object_get(e, "total_ms")) /
+		       1000, d, w,
+		       json_string_value(json_object_get(e, "error")) ?: "");
+	}
+	if (!json_array_size(kept))
+		printf("(no migrations%s)\n", c->status || c->vm || c->since ?
+		       " match" : " recorded");
+	json_decref(kept);
+	return 0;
+}
+
 /*
  * "receive" is the one-VM case of "serve": one destination QEMU (--qmp);
  * "serve" finds each VM's QEMU in --qmp-dir. Both are the same service.
@@ -597,6 +735,8 @@ int main(int argc, char **argv)
 		return cmd_receive(&c, cmd);
 	if (strcmp(cmd, "recover") == 0)
 		return cmd_recover(&c);
+	if (strcmp(cmd, "list") == 0)
+		return cmd_list(&c);
 	fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

@@ -28,6 +28,7 @@
 #include "journal.h"
 #include "mig.h"
 #include "recover.h"
+#include "report.h"
 #include "transport/net.h"
 #include "transport/probe.h"
 #include "converge.h"
@@ -1421,9 +1422,10 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 	}
 	journal_step(m->run.journal, rc == 0 ? JOURNAL_COMPLETED :
 		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
-		     rc == 0 ? NULL : json_pack("{s:b,s:s}", "source_running",
-						report->source_running, "error",
-						err->msg), NULL);
+		     rc == 0 ? json_pack("{s:o*}", "report", report_json(report)) :
+		     json_pack("{s:b,s:s,s:o*}", "source_running",
+			       report->source_running, "error", err->msg,
+			       "report", report_json(report)), NULL);
 	journal_close(m->run.journal);
 	m->run.journal = NULL;
 	teardown(m);

@@ -38,6 +38,7 @@
 #include "journal.h"
 #include "launch.h"
 #include "mig.h"
+#include "report.h"
 #include "rx.h"
 #include "transport/be.h"
 #include "transport/net.h"
@@ -1153,14 +1154,15 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	     journal_step(in->journal, in->m->adopted ? JOURNAL_POSTCOPY :
 			  JOURNAL_STARTED, in->m->adopted ?
 			  json_pack("{s:b,s:s}", "adopted", true, "peer", in->peer) :
-			  json_pack("{s:s,s:s,s:s,s:s?,s:s,s:s,s:b,s:b}", "id", in->id,
+			  json_pack("{s:s,s:s,s:s,s:s?,s:s,s:s,s:b,s:b,s:b}", "id", in->id,
 				    "side", "destination",
 				    "qmp", in->m->target.qmp_path,
 				    "vm", in->m->target.vm[0] ? in->m->target.vm :
 				    NULL, "peer", in->peer,
 				    "identity", in->m->ctrl.identity,
 				    "paused", in->hello.options & WIRE_OPT_PAUSED,
-				    "launched", in->m->target.launched),
+				    "launched", in->m->target.launched,
+				    "block", in->hello.options & WIRE_OPT_BLOCK),
 			  err) < 0)) {
 		if (err->code == -EBUSY)
 			ferry_error_prefix(err, "its journal is held (ferry recover "
@@ -1195,9 +1197,10 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED :
 		     in->whole_copy || in->switched || in->postcopy ?
 		     JOURNAL_UNRESOLVED : JOURNAL_FAILED,
-		     rc == 0 ? NULL : json_pack("{s:s,s:b}", "error", err->msg,
-						"destination_started",
-						in->qemu_started), NULL);
+		     rc == 0 ? json_pack("{s:o*}", "report", report_json(rep)) :
+		     json_pack("{s:s,s:b,s:o*}", "error", err->msg,
+			       "destination_started", in->qemu_started,
+			       "report", report_json(rep)), NULL);
 	journal_close(in->journal);
 	in->journal = NULL;
 	return rc;

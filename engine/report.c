@@ -5,13 +5,11 @@
 #include <unistd.h>
 
 #include "ferry.h"
+#include "report.h"
 
-int ferry_report_write_json(const struct ferry_report *r, int fd)
+json_t *report_json(const struct ferry_report *r)
 {
 	json_t *o;
-	char *text;
-	size_t len, off = 0;
-	int rc = 0;
 
 	o = json_pack("{s:s,s:b,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b}",
 		      "status", r->status,
@@ -29,7 +27,7 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 		      "throughput_bytes_per_s", (json_int_t)r->throughput_bytes_per_s,
 		      "source_running", r->completed ? 0 : r->source_running);
 	if (!o)
-		return -ENOMEM;
+		return NULL;
 	json_object_set_new(o, "codec", json_string(r->codec));
 	json_object_set_new(o, "transport", json_string(r->transport));
 	json_object_set_new(o, "probe_bytes_per_s",
@@ -61,6 +59,18 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 		json_object_set_new(o, "disks", d);
 	}
 	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
+	return o;
+}
+
+int ferry_report_write_json(const struct ferry_report *r, int fd)
+{
+	json_t *o = report_json(r);
+	char *text;
+	size_t len, off = 0;
+	int rc = 0;
+
+	if (!o)
+		return -ENOMEM;
 	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	if (!text)

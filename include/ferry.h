@@ -295,6 +295,14 @@ void ferry_migration_free(struct ferry_migration *m);
 int ferry_report_write_json(const struct ferry_report *r, int fd);
 
 /*
+ * The migrations this host sent or received, running and past, from the
+ * journal in @state_dir (docs/journal.md): *@json gets a JSON array, the
+ * oldest first, each entry in the schema of docs/list.md (`ferry list
+ * --json`); free() it. 0, or -errno with @err set.
+ */
+int ferry_list_json(const char *state_dir, char **json, struct ferry_error *err);
+
+/*
  * Options of the receiving side: a service that serves migrations of many
  * VMs at once (docs/receiving-service.md). It finds the destination QEMU
  * of a migration in one of three ways:

@@ -1,5 +1,6 @@
 /* Child processes of the tests (see proc.h). */
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -160,4 +161,38 @@ int proc_spawn_receiver(const char *qmp_path, uint16_t port, pid_t *pid,
 		proc_wait(*pid);
 	}
 	return rc;
+}
+
+int proc_list_status(const char *dir, const char *side, char *status,
+		     size_t len, struct ferry_error *err)
+{
+	char *argv[] = { getenv("FERRY_BIN"), "list", "--state-dir", (char *)dir,
+			 "--json", NULL };
+	char out[65536];
+	json_t *all, *e, *found = NULL;
+	size_t i, n = 0;
+	pid_t pid;
+	int fd, rc;
+
+	rc = proc_spawn(argv, &fd, &pid, err);
+	if (rc < 0)
+		return rc;
+	proc_read_all(fd, out, sizeof(out));
+	rc = proc_wait(pid);
+	if (rc != 0)
+		return ferry_error_set(err, -EIO, "ferry list exited with %d", rc);
+	all = json_loads(out, 0, NULL);
+	json_array_foreach(all, i, e)
+		if (!strcmp(json_string_value(json_object_get(e, "side")) ?: "",
+			    side)) {
+			found = e;
+			n++;
+		}
+	if (n == 1)
+		snprintf(status, len, "%s",
+			 json_string_value(json_object_get(found, "status")) ?: "");
+	json_decref(all);
+	return n == 1 ? 0 : ferry_error_set(err, -ENOENT, "ferry list shows %zu "
+					    "%s migrations in %s: %s", n, side,
+					    dir, out);
 }

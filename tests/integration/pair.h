@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
 
@@ -78,6 +79,19 @@ static void expect_same_ram(struct pair *p)
 		      (unsigned long long)diff);
 	unlink(a);
 	unlink(b);
+}
+
+/* `ferry list` shows the journal's one migration of @side as @status. */
+static __attribute__((unused)) void
+expect_listed(const char *dir, const char *side, const char *status)
+{
+	struct ferry_error err = { 0 };
+	char st[32];
+
+	ck_assert_msg(proc_list_status(dir, side, st, sizeof(st), &err) == 0, "%s",
+		      err.msg);
+	ck_assert_msg(!strcmp(st, status), "ferry list: %s migration is '%s', "
+		      "expected '%s'", side, st, status);
 }
 
 #endif /* FERRY_TESTS_PAIR_H */

@@ -163,7 +163,10 @@ static void recover_with_proof(struct pair *p, const char *src_state,
 	char out[4096], id[40];
 	const char *at;
 
+	expect_listed(src_state, "source", "needs-recover");
+	expect_listed(dst_state, "destination", "needs-recover");
 	ck_assert_int_eq(run_recover(src_state, NULL, out, sizeof(out)), 0);
+	expect_listed(src_state, "source", "recovered");
 	at = strstr(out, cmd);
 	ck_assert_msg(strstr(out, "(source): the source QEMU completed its "
 			     "migration") && at, "%s", out);
@@ -181,6 +184,7 @@ static void recover_with_proof(struct pair *p, const char *src_state,
 	expect_status(p->src, "postmigrate");
 	ck_assert_int_eq(run_recover(dst_state, NULL, out, sizeof(out)), 0);
 	ck_assert_msg(!strstr(out, "migration "), "%s", out);
+	expect_listed(dst_state, "destination", "recovered");
 }
 
 /* The same with journals on both sides, then recover. */

@@ -207,6 +207,8 @@ START_TEST(migrate_killed)
 	rx_thread_join(&rx);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	expect_moved(&c);
+	expect_listed(c.src_state, "source", "completed");
+	expect_listed(c.dst_state, "destination", "completed");
 	/* Nothing left to do. */
 	ck_assert_int_eq(run_recover(c.src_state, out, sizeof(out)), 0);
 	ck_assert_msg(!strstr(out, "migration "), "%s", out);
@@ -233,9 +235,11 @@ START_TEST(both_killed)
 	kill_wait(mig);
 	kill_wait(rxp);
 	wait_dst(&c, "postcopy-paused");
+	expect_listed(c.src_state, "source", "needs-recover");
 	ck_assert_int_eq(run_recover(c.dst_state, out, sizeof(out)), 3);
 	ck_assert_msg(strstr(out, "(destination): post-copy was interrupted"),
 		      "%s", out);
+	expect_listed(c.dst_state, "destination", "needs-recover");
 	rxp = spawn_receiver(&c);
 	ck_assert_int_eq(run_recover(c.src_state, out, sizeof(out)), 0);
 	ck_assert_msg(strstr(out, "(source): post-copy resumed and completed"),

@@ -1,0 +1,13 @@
+/* The final report as JSON (report.c). */
+#ifndef FERRY_REPORT_H
+#define FERRY_REPORT_H
+
+#include <jansson.h>
+
+#include "ferry.h"
+
+/* Every field of @r (the schema of ferry migrate --json); NULL: out of
+ * memory. */
+json_t *report_json(const struct ferry_report *r);
+
+#endif /* FERRY_REPORT_H */
