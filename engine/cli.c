@@ -63,6 +63,7 @@ static void usage(FILE *f)
 		"                   [--allow-dir DIR]...\n"
 		"       ferry recover [--state-dir DIR] [--source-completed ID] [--wait SEC]\n"
 		"       ferry list [--status S] [--vm NAME] [--since T] [--json]\n"
+		"       ferry abort ID | force-complete ID | set-downtime ID MS\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -288,6 +289,8 @@ struct cli {
 	const char *qmp, *to, *listen, *vm, *qmp_dir, *launch, *state_dir;
 	const char *source_completed;
 	const char *status, *since;	/* list */
+	char **args;			/* the words after the options */
+	int nargs;
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
@@ -449,6 +452,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
 			return -EINVAL;
 		}
 	}
+	c->args = argv + optind;
+	c->nargs = argc - optind;
 	return 0;
 
 bad_number:
@@ -656,6 +661,35 @@ static int cmd_list(const struct cli *c)
 	return 0;
 }
 
+/* ferry abort|force-complete ID, ferry set-downtime ID MS: through the
+ * migration's control socket on this host. */
+static int cmd_steer(const struct cli *c, const char *cmd)
+{
+	char answer[FERRY_ERROR_MSG_MAX];
+	struct ferry_error err = { 0 };
+	bool downtime = !strcmp(cmd, "set-downtime");
+	uint32_t ms = 0;
+	int rc;
+
+	if (c->nargs != (downtime ? 2 : 1) ||
+	    (downtime && (parse_u32(c->args[1], &ms) < 0 || !ms))) {
+		fprintf(stderr, "usage: ferry %s ID%s [--state-dir DIR]\n", cmd,
+			downtime ? " MS" : "");
+		return 2;
+	}
+	rc = !strcmp(cmd, "abort") ?
+	     ferry_abort(state_dir(c), c->args[0], answer, &err) :
+	     downtime ?
+	     ferry_set_downtime(state_dir(c), c->args[0], ms, answer, &err) :
+	     ferry_force_complete(state_dir(c), c->args[0], answer, &err);
+	if (rc < 0) {
+		fprintf(stderr, "ferry %s: %s\n", cmd, err.msg);
+		return 1;
+	}
+	printf("%s\n", answer);
+	return 0;
+}
+
 /*
  * "receive" is the one-VM case of "serve": one destination QEMU (--qmp);
  * "serve" finds each VM's QEMU in --qmp-dir. Both are the same service.
@@ -737,6 +771,9 @@ int main(int argc, char **argv)
 		return cmd_recover(&c);
 	if (strcmp(cmd, "list") == 0)
 		return cmd_list(&c);
+	if (!strcmp(cmd, "abort") || !strcmp(cmd, "force-complete") ||
+	    !strcmp(cmd, "set-downtime"))
+		return cmd_steer(&c, cmd);
 	fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

@@ -83,6 +83,13 @@ static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,
 	return 0;
 }
 
+int conv_set_downtime_limit(struct converge *c, struct qmp *q, uint32_t ms,
+			    struct ferry_error *err)
+{
+	c->limits.downtime_max_ms = ms;
+	return set_downtime(c, q, ms, "the limit, changed while it runs", err);
+}
+
 int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	      struct qmp *q, uint64_t ram_bytes, uint64_t link_cap,
 	      bool guest_running, struct ferry_error *err)

@@ -53,6 +53,11 @@ int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 
 void conv_fini(struct converge *c);
 
+/* A new downtime limit while the migration runs (ferry set-downtime):
+ * QEMU gets it now, and the policy's steps stay under it. */
+int conv_set_downtime_limit(struct converge *c, struct qmp *q, uint32_t ms,
+			    struct ferry_error *err);
+
 /*
  * One sample during the migration. *start_postcopy is set when ferry must
  * switch now (the caller does it: QEMU and the receiver both take part).

@@ -45,12 +45,13 @@ static json_int_t int_of(json_t *o, const char *key)
  */
 static const char *list_status(const char *last, json_t *end, bool held)
 {
-	const char *error = str_of(end, "error");
+	const char *status = str_of(json_object_get(end, "report"), "status");
 
 	if (!strcmp(last, JOURNAL_COMPLETED))
 		return "completed";
 	if (!strcmp(last, JOURNAL_FAILED))
-		return error && strstr(error, "cancel") ? "cancelled" : "failed";
+		return status && !strcmp(status, "cancelled") ? "cancelled" :
+		       "failed";
 	if (!strcmp(last, JOURNAL_RECOVERED))
 		return "recovered";
 	if (held)

@@ -266,4 +266,8 @@ int qemu_migrate_continue(struct qmp *q, const char *state,
 int qemu_migrate_pause(struct qmp *q, struct ferry_error *err);
 int qemu_migrate_cancel(struct qmp *q, struct ferry_error *err);
 
+/* Whether process @pid (a QEMU, from its QMP socket's peer) has exited:
+ * gone, or a zombie its parent has not reaped yet. */
+bool qemu_process_gone(int pid);
+
 #endif /* FERRY_MIG_H */

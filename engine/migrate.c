@@ -31,6 +31,7 @@
 #include "report.h"
 #include "transport/net.h"
 #include "transport/probe.h"
+#include "control.h"
 #include "converge.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
@@ -67,6 +68,7 @@ struct mig_plan {
 struct mig_run {
 	enum ferry_phase phase;
 	struct qmp *q;
+	int qemu_pid;		/* the source QEMU's, when its socket says */
 	struct net_conn ctrl;
 	struct tun *tun;
 	struct converge conv;
@@ -82,6 +84,7 @@ struct mig_run {
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
 	struct journal *journal;	/* this run's; NULL without state_dir */
+	struct ctl ctl;		/* its control socket; fd -1 without */
 	bool handoff;		/* QEMU writes to ferry's data connection */
 	uint64_t probe_rate;	/* the link probe's answer, bytes/s */
 	struct mig_info last;
@@ -135,6 +138,8 @@ static int config_copy(struct mig_config *c, const struct ferry_migrate_opts *o)
 		&c->o.state_dir,
 	};
 
+	_Static_assert(FERRY_ARRAY_SIZE(strs) == FERRY_ARRAY_SIZE(c->strs),
+		       "one copy per string of the options");
 	c->o = *o;
 	for (size_t i = 0; i < FERRY_ARRAY_SIZE(strs); i++) {
 		if (!*strs[i])
@@ -397,7 +402,9 @@ static int journal_start(struct ferry_migration *m, struct ferry_error *err)
 	if (!o->state_dir)
 		return 0;
 	wire_mig_id_format(m->run.mig_id, id);
-	rc = journal_open(&m->run.journal, m->cfg.o.state_dir, id, "source", err);
+	rc = journal_open(&m->run.journal, o->state_dir, id, "source", err);
+	if (rc == 0)
+		rc = ctl_open(&m->run.ctl, o->state_dir, id, err);
 	if (rc < 0)
 		return rc;
 	return journal_step(m->run.journal, JOURNAL_STARTED, json_pack(
@@ -428,6 +435,7 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	m->run.q = qmp_connect(m->cfg.o.qmp_path, MIG_QMP_TIMEOUT_MS, err);
 	if (!m->run.q)
 		return ferry_error_prefix(err, "source QEMU at %s: ", m->cfg.o.qmp_path);
+	m->run.qemu_pid = qmp_peer_pid(m->run.q);
 	rc = mig_vm_status(m->run.q, status, sizeof(status), err);
 	if (rc < 0)
 		return rc;
@@ -648,6 +656,7 @@ static void choose_transport(struct ferry_migration *m)
 
 static void report_progress(struct ferry_migration *m);
 static int read_ctrl_news(struct ferry_migration *m, struct ferry_error *err);
+static int control_request(struct ferry_migration *m, struct ferry_error *err);
 
 /* The disk tunnel: n streams and a return connection, like the RAM's. */
 static int open_disk_tunnel(struct ferry_migration *m, struct ferry_error *err)
@@ -682,15 +691,18 @@ static int phase_disks(struct ferry_migration *m, struct ferry_error *err)
 		limit_ms = BLK_READY_TIMEOUT_MIN_MS;
 	deadline = ferry_now_ms() + limit_ms;
 	for (;;) {
-		struct pollfd fds[2] = {
+		struct pollfd fds[3] = {
 			{ .fd = m->cancel_efd, .events = POLLIN },
 			{ .fd = m->run.ctrl.fd, .events = POLLIN },
+			{ .fd = m->run.ctl.fd, .events = POLLIN },
 		};
 
-		poll(fds, 2, (int)m->plan.progress_ms);
+		poll(fds, 3, (int)m->plan.progress_ms);
 		if (fds[0].revents)
 			return ferry_error_set(err, -ECANCELED,
 					       "migration cancelled by request");
+		if (fds[2].revents && control_request(m, err) < 0)
+			return err->code;
 		if (fds[1].revents || net_conn_pending(&m->run.ctrl))
 			return read_ctrl_news(m, err);
 		rc = blk_src_poll(m->run.blk, &m->run.disk_done, &m->run.disk_total, err);
@@ -950,10 +962,78 @@ static int query_keep_counters(struct ferry_migration *m,
 	return 0;
 }
 
+/*
+ * A request on the control socket (ferry abort, force-complete,
+ * set-downtime from another terminal): answered here; -ECANCELED (with
+ * @err) when the migration is to stop.
+ */
+static int control_request(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct ctl_request req;
+	int rc;
+
+	if (ctl_take(&m->run.ctl, &req) <= 0)
+		return 0;
+	switch (req.cmd) {
+	case CTL_ABORT:
+		if (m->run.conv.postcopy_active) {
+			ctl_answer(&req, false, "post-copy is running: the guest's "
+				   "memory is split between the hosts, so it runs "
+				   "to completion");
+			return 0;
+		}
+		conv_event(&m->run.conv, "abort", NULL, "aborted by request "
+			   "(control socket)");
+		ctl_answer(&req, true, "aborting; the source guest runs on");
+		return ferry_error_set(err, -ECANCELED, "migration aborted by "
+				       "request (ferry abort)");
+	case CTL_FORCE_COMPLETE:
+		if (m->run.conv.postcopy_active) {
+			ctl_answer(&req, true, "already in post-copy");
+			return 0;
+		}
+		if (m->run.conv.postcopy_cap && m->run.migrate_started &&
+		    !m->run.blk) {
+			rc = start_postcopy(m, err);
+			if (rc < 0) {
+				ctl_answer(&req, false, "%s", err->msg);
+				return rc;
+			}
+			ctl_answer(&req, true, "switched to post-copy");
+			return 0;
+		}
+		/* As Nova does: the rest is downtime. A failure later
+		 * resumes the guest (fail_safe). */
+		rc = qemu_stop(m->run.q, err);
+		if (rc < 0) {
+			ctl_answer(&req, false, "pausing the source guest: %s",
+				   err->msg);
+			return rc;
+		}
+		conv_event(&m->run.conv, "force_complete", NULL, "forced to "
+			   "complete: the source guest is paused, the rest is "
+			   "downtime");
+		ctl_answer(&req, true, "paused the source guest: the rest of the "
+			   "migration is downtime");
+		return 0;
+	case CTL_SET_DOWNTIME:
+		rc = conv_set_downtime_limit(&m->run.conv, m->run.q, req.downtime_ms,
+					     err);
+		if (rc < 0) {
+			ctl_answer(&req, false, "%s", err->msg);
+			return rc;
+		}
+		ctl_answer(&req, true, "downtime limit %u ms", req.downtime_ms);
+		return 0;
+	}
+	ctl_answer(&req, false, "unknown request");
+	return 0;
+}
+
 /* One turn of the precopy loop: 1 when QEMU completed, 0 to go on. */
 static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 {
-	struct pollfd fds[4] = {
+	struct pollfd fds[5] = {
 		{ .fd = m->cancel_efd, .events = POLLIN },
 		{ .fd = m->run.ctrl.fd, .events = POLLIN },
 		/* A tunnel that ended cleanly has nothing more to say. */
@@ -961,15 +1041,18 @@ static int precopy_step(struct ferry_migration *m, struct ferry_error *err)
 			tun_done_fd(m->run.tun) : -1, .events = POLLIN },
 		/* QEMU's MIGRATION events: completion is seen at once. */
 		{ .fd = qmp_fd(m->run.q), .events = POLLIN },
+		{ .fd = m->run.ctl.fd, .events = POLLIN },
 	};
 	int rc;
 
 	if (net_conn_pending(&m->run.ctrl))
 		fds[1].revents = POLLIN;
 	else
-		poll(fds, 4, (int)m->plan.progress_ms);
+		poll(fds, 5, (int)m->plan.progress_ms);
 	if (fds[3].revents && qmp_pump(m->run.q, err) < 0)
 		return ferry_error_prefix(err, "source QEMU: ");
+	if (fds[4].revents && control_request(m, err) < 0)
+		return err->code;
 	if (fds[0].revents && m->run.conv.postcopy_active) {
 		uint64_t n;
 
@@ -1083,12 +1166,13 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 		tun_cancel(m->run.tun);
 	tun_free(m->run.tun);
 	m->run.tun = NULL;
+	/* Nothing to resume without the source QEMU: fail_safe says so to
+	 * the receiver at once. */
+	if (mig_query(m->run.q, &m->run.last, err) < 0)
+		return ferry_error_prefix(err, "source QEMU: ");
 	/* The destination's failure may be why: then nothing can resume. */
 	if (peer_verdict(m, MIG_RECOVERY_VERDICT_MS, err) == -EREMOTEIO)
 		return -EREMOTEIO;
-	/* Nothing to resume without the source QEMU (fail_safe says so). */
-	if (mig_query(m->run.q, &m->run.last, err) < 0)
-		return ferry_error_prefix(err, "source QEMU: ");
 	net_conn_close(&m->run.ctrl);
 	/* Only ferry's side broke (the control connection, say): QEMU's own
 	 * stream still runs. Pause it, so that both ends resume together on
@@ -1234,6 +1318,25 @@ static void cancel_qemu_migration(struct ferry_migration *m)
 }
 
 /*
+ * Whether the source QEMU is gone (not merely slow to answer): its QMP
+ * connection fails and its process has exited (or, when its pid is not
+ * known, its socket refuses a new connection).
+ */
+static bool source_qemu_gone(struct ferry_migration *m)
+{
+	struct ferry_error e = { 0 };
+	struct qmp *q;
+
+	if (m->run.q && mig_query(m->run.q, &m->run.last, NULL) == 0)
+		return false;
+	if (m->run.qemu_pid > 0)
+		return qemu_process_gone(m->run.qemu_pid);
+	q = qmp_connect(m->cfg.o.qmp_path, MIG_PEER_VERDICT_MS, &e);
+	qmp_close(q);
+	return !q && (e.code == -ENOENT || e.code == -ECONNREFUSED);
+}
+
+/*
  * The failure path: whatever happened, the guest must keep running on the
  * source. Cancel QEMU's migration, tell the receiver, stop the tunnel, and
  * resume the source guest if it was running and is not any more (QEMU
@@ -1260,8 +1363,7 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 		 * and may run it again. */
 		m->run.conv.postcopy_active = false;
 	}
-	if (m->run.conv.postcopy_active &&
-	    (!m->run.q || mig_query(m->run.q, &m->run.last, NULL) < 0)) {
+	if (m->run.conv.postcopy_active && source_qemu_gone(m)) {
 		/*
 		 * The source QEMU is gone: nothing can resume. Say so to a
 		 * receiver still there, so that it does not wait for a source
@@ -1273,7 +1375,7 @@ static bool fail_safe(struct ferry_migration *m, struct ferry_error *err)
 		if (m->run.ctrl.fd >= 0)
 			net_ctrl_send(&m->run.ctrl, WIRE_CTRL_CANCEL, err->msg,
 				      (uint32_t)strnlen(err->msg, sizeof(err->msg)),
-				      1000, NULL);
+				      MIG_PEER_VERDICT_MS, NULL);
 		ferry_log(FERRY_LOG_ERROR, "%s", err->msg);
 		return false;
 	}
@@ -1381,6 +1483,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 
 static void teardown(struct ferry_migration *m)
 {
+	ctl_close(&m->run.ctl);
 	blk_src_free(m->run.blk);
 	m->run.blk = NULL;
 	tun_free(m->run.tun);
@@ -1396,6 +1499,7 @@ static void run_reset(struct ferry_migration *m)
 {
 	memset(&m->run, 0, sizeof(m->run));
 	net_conn_init(&m->run.ctrl, -1);
+	m->run.ctl.fd = -1;
 	m->run.wire_cap = m->plan.wire_cap;
 	m->run.qemu_cap = m->plan.qemu_cap;
 	m->run.phase = FERRY_PHASE_INIT;
@@ -1472,6 +1576,7 @@ static int resume_connect(struct ferry_migration *m, struct ferry_error *err)
 	if (!m->run.q)
 		return ferry_error_prefix(err, "source QEMU at %s: ",
 					  m->cfg.o.qmp_path);
+	m->run.qemu_pid = qmp_peer_pid(m->run.q);
 	rc = mig_ram_size(m->run.q, &m->run.ram_bytes, err);
 	while (rc == 0) {
 		rc = mig_query(m->run.q, &m->run.last, err);
@@ -1491,15 +1596,16 @@ static int resume_connect(struct ferry_migration *m, struct ferry_error *err)
 	}
 	if (rc < 0)
 		return rc;
-	/* Post-copy began before: the source guest never runs again. */
-	m->run.migrate_started = true;
-	m->run.source_completed = m->run.last.state == MIG_S_COMPLETED;
 	rc = conv_init(&m->run.conv, &m->cfg.o, m->run.q, m->run.ram_bytes,
 		       m->run.wire_cap, false, err);
-	if (rc < 0)
-		return rc;
+	/* Post-copy began before: the source guest never runs again, and a
+	 * failure from here leaves both sides paused (fail_safe). */
 	m->run.conv.postcopy_cap = true;
 	note_postcopy(m);
+	m->run.migrate_started = true;
+	m->run.source_completed = m->run.last.state == MIG_S_COMPLETED;
+	if (rc < 0)
+		return rc;
 	return m->run.source_completed ? 1 : 0;
 }
 

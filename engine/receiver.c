@@ -59,6 +59,11 @@
  * sooner (TCP keepalives, NET_TCP_USER_TIMEOUT_MS).
  */
 #define RX_SOURCE_LOST_WAIT_MS (10 * 60 * 1000)
+/* How long a broken post-copy waits for the source's word (its QEMU may
+ * be gone) before it waits for the source to come back. */
+#define RX_PEER_VERDICT_MS 1000
+/* How often a resume looks for the destination QEMU to pause post-copy. */
+#define RX_PAUSED_POLL_MS 20
 /* After FINISH: the destination completes within moments of the source. */
 #define RX_FINISH_POLL_MS 2
 
@@ -97,7 +102,8 @@ struct incoming {
 	struct tun *tun;
 	uint64_t t0_ms;
 	bool resume;
-	bool postcopy;
+	bool postcopy;		/* told so, or seen in QEMU's state */
+	bool postcopy_seen;	/* seen in QEMU's state, and journaled */
 	bool handoff;		/* the data connection went to QEMU */
 	bool qemu_started;	/* migrate-incoming/-recover ran: from here a
 				   failure burns the destination QEMU */
@@ -646,6 +652,25 @@ static int rx_control(struct incoming *in, struct ferry_error *err)
 }
 
 /*
+ * The destination QEMU itself runs post-copy (@info): from here it holds
+ * state the source no longer has, and the source can never run the guest
+ * again. Journaled once ("seen"): what ferry recover trusts, where the
+ * source's POSTCOPY message was only a request QEMU may not have acted on.
+ */
+static void rx_postcopy_seen(struct incoming *in, const struct mig_info *info)
+{
+	if (!mig_state_postcopy(info->state))
+		return;
+	in->postcopy = true;
+	if (in->postcopy_seen)
+		return;
+	in->postcopy_seen = true;
+	journal_step(in->journal, JOURNAL_POSTCOPY,
+		     json_pack("{s:b,s:s}", "seen", true, "qemu", info->status),
+		     NULL);
+}
+
+/*
  * Whether the destination is in post-copy: told so by the source, or seen
  * in QEMU's state (the POSTCOPY message may be lost with the connection).
  */
@@ -653,9 +678,8 @@ static bool rx_in_postcopy(struct incoming *in)
 {
 	struct mig_info info;
 
-	if (!in->postcopy && mig_query(in->q, &info, NULL) == 0 &&
-	    mig_state_postcopy(info.state))
-		in->postcopy = true;
+	if (!in->postcopy && mig_query(in->q, &info, NULL) == 0)
+		rx_postcopy_seen(in, &info);
 	return in->postcopy;
 }
 
@@ -817,13 +841,25 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
  */
 static int rx_postcopy_broke(struct incoming *in, struct ferry_error *err)
 {
+	struct pollfd p = { .fd = in->ctrl.fd, .events = POLLIN };
 	struct mig_info info;
 
-	if (mig_query(in->q, &info, NULL) == 0)
-		return ferry_error_recode(err, -EAGAIN);
-	return ferry_error_set(err, -EIO, "the destination QEMU is gone during "
-			       "post-copy: it held the running guest, which is "
-			       "lost with it");
+	if (mig_query(in->q, &info, NULL) < 0)
+		return ferry_error_set(err, -EIO, "the destination QEMU is gone "
+				       "during post-copy: it held the running "
+				       "guest, which is lost with it");
+	/* A source whose QEMU is gone says so (CANCEL) on a control
+	 * connection that still works: then nobody is coming back. */
+	if (in->ctrl.fd >= 0 && (net_conn_pending(&in->ctrl) ||
+				 poll(&p, 1, RX_PEER_VERDICT_MS) > 0)) {
+		struct ferry_error e = { 0 };
+
+		if (rx_control(in, &e) == -ECANCELED) {
+			*err = e;
+			return err->code;
+		}
+	}
+	return ferry_error_recode(err, -EAGAIN);
 }
 
 /* Stream until FINISH (1), or fail. */
@@ -880,6 +916,7 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 			return rx_dest_failed(in, NULL, err);
 		if (info.state == MIG_S_FAILED)
 			return rx_dest_failed(in, &info, err);
+		rx_postcopy_seen(in, &info);
 		/* With --direct, QEMU's own connection broke. */
 		if (info.state == MIG_S_POSTCOPY_PAUSED)
 			return ferry_error_set(err, -EAGAIN, "the destination QEMU "
@@ -887,6 +924,26 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 		while (qmp_wait_event(in->q, NULL, &ev, 0, NULL) == 0)
 			qmp_event_clear(&ev);
 	}
+}
+
+/*
+ * Post-copy completed while the source's ferry was away: run the guest
+ * here unless the migration asked to leave it paused (the POSTCOPY
+ * message that would have resumed it may have been lost with the
+ * source's ferry).
+ */
+static int rx_resume_guest(struct incoming *in, struct ferry_error *err)
+{
+	int rc;
+
+	if (in->hello.options & WIRE_OPT_PAUSED)
+		return 0;
+	rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
+	in->resume_tried = rc == 0;
+	if (rc == 0)
+		rc = qemu_cont(in->q, err);
+	return rc < 0 ? ferry_error_prefix(err, "resuming the destination "
+					   "guest: ") : 0;
 }
 
 /*
@@ -910,7 +967,7 @@ static int rx_resume(struct incoming *in, struct ferry_error *err)
 					     "not postcopy-paused", info.status);
 			break;
 		}
-		usleep(20 * 1000);
+		usleep(RX_PAUSED_POLL_MS * 1000);
 	}
 	rx_mig_want_conns(in->m, true);
 	if (rc == 0)
@@ -960,7 +1017,7 @@ static int rx_recover(struct incoming *in, const char *why,
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy completed "
 				  "without the source's ferry: the destination "
 				  "holds the whole guest", in->id);
-			return 1;
+			return rx_resume_guest(in, err) < 0 ? -EIO : 1;
 		}
 		rc = rx_inbox_take(in->m, next < deadline ? next : deadline, -1,
 				   &c);
@@ -1023,7 +1080,7 @@ static int rx_adopt(struct incoming *in, struct ferry_error *err)
 				     (unsigned long long)ram);
 	if (rc < 0)
 		return rc;
-	in->postcopy = true;
+	rx_postcopy_seen(in, &info);
 	in->qemu_started = true;
 	ferry_log(FERRY_LOG_INFO, "migration %s: taking back its post-copy "
 		  "from the journal (destination QEMU '%s')", in->id, info.status);
@@ -1195,8 +1252,8 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	/* A destination that holds the guest, or that was told to run it,
 	 * is not finished with: ferry recover decides. */
 	journal_step(in->journal, rc == 0 ? JOURNAL_COMPLETED :
-		     in->whole_copy || in->switched || in->postcopy ?
-		     JOURNAL_UNRESOLVED : JOURNAL_FAILED,
+		     in->whole_copy || in->switched || in->postcopy ||
+		     in->m->adopted ? JOURNAL_UNRESOLVED : JOURNAL_FAILED,
 		     rc == 0 ? json_pack("{s:o*}", "report", report_json(rep)) :
 		     json_pack("{s:s,s:b,s:o*}", "error", err->msg,
 			       "destination_started", in->qemu_started,

@@ -85,6 +85,26 @@ static const char *step_str(const struct recovery *r, const char *state,
 	return v;
 }
 
+/*
+ * Whether post-copy began, as far as this side's journal can tell: the
+ * source records its request; a destination records QEMU seen in
+ * post-copy ("seen"), the only proof that the source can never run the
+ * guest again (a request QEMU may not act on).
+ */
+static bool journal_saw_postcopy(const struct recovery *r)
+{
+	bool dest = !strcmp(r->side, "destination");
+	size_t i;
+	json_t *l;
+
+	json_array_foreach(r->lines, i, l)
+		if (!strcmp(json_string_value(json_object_get(l, "state")) ?: "",
+			    JOURNAL_POSTCOPY) &&
+		    (!dest || json_is_true(json_object_get(l, "seen"))))
+			return true;
+	return false;
+}
+
 /* The migration's options, as its start recorded them, for a resume. */
 static int journal_opts(const struct recovery *r, struct ferry_migrate_opts *o,
 			const char *state_dir, struct ferry_error *err)
@@ -114,8 +134,11 @@ static int journal_opts(const struct recovery *r, struct ferry_migrate_opts *o,
 		return ferry_error_set(err, -EINVAL, "the journal of migration %s "
 				       "does not say where its receiver was (a "
 				       "journal of an older ferry)", r->id);
-	return ferry_codec_parse(codec, &o->codec, &o->codec_level, err) < 0 ?
-	       -EINVAL : 0;
+	if (ferry_codec_parse(codec, &o->codec, &o->codec_level, err) < 0)
+		return -EINVAL;
+	o->codec_level = (int)json_integer_value(json_object_get(first,
+								"codec_level"));
+	return 0;
 }
 
 /*
@@ -297,20 +320,13 @@ static int recover_file(const char *state_dir, const char *name,
 	r.qmp = first_str(&r, "qmp");
 	r.was_running = json_is_true(json_object_get(first, "was_running"));
 	r.paused = json_is_true(json_object_get(first, "paused"));
-	{
-		size_t i;
-		json_t *l;
-
-		json_array_foreach(r.lines, i, l)
-			r.had_postcopy |= !strcmp(json_string_value(json_object_get(
-					l, "state")) ?: "", JOURNAL_POSTCOPY);
-	}
 	/* The id names a file: one safe path component, like a VM name. */
 	if (!r.id || !r.side || !r.qmp || !wire_vm_name_valid(r.id)) {
 		rc = ferry_error_set(err, -EINVAL, "%s: no id, side or QMP socket "
 				     "in its first entry", path);
 		goto out_lines;
 	}
+	r.had_postcopy = journal_saw_postcopy(&r);
 	/* Its owner holds the journal while it lives: leave it be. */
 	rc = journal_open(&r.j, state_dir, r.id, r.side, err);
 	if (rc == -EBUSY) {

@@ -634,7 +634,7 @@ static void start_migration(struct ferry_receiver *svc, struct rx_conn *c)
 	free(m);
 }
 
-/* Any other verified connection joins the migration it names. *//* Any other verified connection joins the migration it names. */
+/* Any other verified connection joins the migration it names. */
 static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 {
 	const char *why = NULL;

@@ -303,6 +303,25 @@ int ferry_report_write_json(const struct ferry_report *r, int fd);
 int ferry_list_json(const char *state_dir, char **json, struct ferry_error *err);
 
 /*
+ * Steer a running migration of this host from another program (of the
+ * same user): through its control socket in @state_dir (docs/control.md).
+ * @id is its id, or a unique prefix of at least 8 characters. 0 when the
+ * migration took the request (@answer says what it does), -EPERM when it
+ * refused (the reason in @err, e.g. an abort during post-copy), another
+ * -errno when it could not be reached.
+ *   abort: as a cancel: the source guest runs on; refused in post-copy.
+ *   force_complete: switch to post-copy if the migration may, else pause
+ *       the source guest so that the rest is downtime (as Nova does).
+ *   set_downtime: the downtime limit, ms, from now on.
+ */
+int ferry_abort(const char *state_dir, const char *id,
+		char answer[FERRY_ERROR_MSG_MAX], struct ferry_error *err);
+int ferry_force_complete(const char *state_dir, const char *id,
+			 char answer[FERRY_ERROR_MSG_MAX], struct ferry_error *err);
+int ferry_set_downtime(const char *state_dir, const char *id, uint32_t ms,
+		       char answer[FERRY_ERROR_MSG_MAX], struct ferry_error *err);
+
+/*
  * Options of the receiving side: a service that serves migrations of many
  * VMs at once (docs/receiving-service.md). It finds the destination QEMU
  * of a migration in one of three ways:

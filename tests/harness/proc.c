@@ -1,7 +1,9 @@
 /* Child processes of the tests (see proc.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,4 +197,31 @@ int proc_list_status(const char *dir, const char *side, char *status,
 	return n == 1 ? 0 : ferry_error_set(err, -ENOENT, "ferry list shows %zu "
 					    "%s migrations in %s: %s", n, side,
 					    dir, out);
+}
+
+bool proc_journal_has(const char *dir, const char *side, const char *text)
+{
+	char path[PATH_MAX], suffix[32], line[4096];
+	bool found = false;
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/migrations", dir);
+	snprintf(suffix, sizeof(suffix), ".%s.jsonl", side);
+	d = opendir(path);
+	while (d && !found && (e = readdir(d))) {
+		FILE *f;
+
+		if (!strstr(e->d_name, suffix))
+			continue;
+		snprintf(path, sizeof(path), "%s/migrations/%s", dir, e->d_name);
+		f = fopen(path, "r");
+		while (f && !found && fgets(line, sizeof(line), f))
+			found = strstr(line, text) != NULL;
+		if (f)
+			fclose(f);
+	}
+	if (d)
+		closedir(d);
+	return found;
 }

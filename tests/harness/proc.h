@@ -6,6 +6,7 @@
 #ifndef FERRY_PROC_H
 #define FERRY_PROC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -40,5 +41,9 @@ int proc_spawn_receiver(const char *qmp_path, uint16_t port, pid_t *pid,
  * of @side ("source", "destination"): its "status" into @status. */
 int proc_list_status(const char *dir, const char *side, char *status,
 		     size_t len, struct ferry_error *err);
+
+/* Whether the journal in @dir of a migration's @side has a line with
+ * @text (e.g. "\"state\":\"switchover\""). */
+bool proc_journal_has(const char *dir, const char *side, const char *text);
 
 #endif /* FERRY_PROC_H */

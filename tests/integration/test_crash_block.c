@@ -17,8 +17,6 @@
  * killed, none, and nothing pretends otherwise.
  */
 #include <check.h>
-#include <dirent.h>
-#include <limits.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -107,34 +105,6 @@ static void src_mig_status(struct cell *c, char *out, size_t len)
 	json_decref(ret);
 }
 
-/* Whether the source's journal (in @dir) recorded @state. */
-static bool journal_has(const char *dir, const char *state)
-{
-	char path[PATH_MAX], want[64], line[4096];
-	bool found = false;
-	struct dirent *e;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "%s/migrations", dir);
-	snprintf(want, sizeof(want), "\"state\":\"%s\"", state);
-	d = opendir(path);
-	while (d && !found && (e = readdir(d))) {
-		FILE *f;
-
-		if (!strstr(e->d_name, ".source.jsonl"))
-			continue;
-		snprintf(path, sizeof(path), "%s/migrations/%s", dir, e->d_name);
-		f = fopen(path, "r");
-		while (f && !found && fgets(line, sizeof(line), f))
-			found = strstr(line, want) != NULL;
-		if (f)
-			fclose(f);
-	}
-	if (d)
-		closedir(d);
-	return found;
-}
-
 /* Until the phase to kill in: the mirror copying, or the source QEMU
  * waiting at pre-switchover with the mirrors completed and the
  * switchover recorded (ferry stalls, or dies, there). */
@@ -145,7 +115,8 @@ static void wait_phase(struct cell *c, enum phase ph)
 	for (int i = 0; i < WAIT_MS / 10; i++) {
 		if (ph == P_MIRROR && mirror_running(c->p.src))
 			return;
-		if (ph == P_SWITCHOVER && journal_has(c->src_state, "switchover")) {
+		if (ph == P_SWITCHOVER && proc_journal_has(c->src_state, "source",
+							    "\"state\":\"switchover\"")) {
 			src_mig_status(c, st, sizeof(st));
 			ck_assert_str_eq(st, "pre-switchover");
 			return;

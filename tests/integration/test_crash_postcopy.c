@@ -291,6 +291,14 @@ START_TEST(both_killed_handoff)
 	rxp = spawn_receiver(&c);
 	mig = spawn_migrate(&c, true);
 	wait_dst_postcopy(&c);
+	/* Once the receiver saw its QEMU in post-copy (and journaled it):
+	 * the proof that the source can never run the guest again. */
+	for (int i = 0; i < 200 && !proc_journal_has(c.dst_state, "destination",
+						      "\"seen\":true"); i++)
+		usleep(10 * 1000);
+	ck_assert_msg(proc_journal_has(c.dst_state, "destination",
+				       "\"seen\":true"),
+		      "the receiver never journaled its QEMU in post-copy");
 	kill_wait(mig);
 	kill_wait(rxp);
 	wait_dst(&c, "completed");
@@ -371,19 +379,26 @@ START_TEST(destination_qemu_killed)
 }
 END_TEST
 
+/* One case per cell: CK_RUN_CASE=name runs one. */
+static void add(Suite *s, const char *name, const TTest *t)
+{
+	TCase *tc = tcase_create(name);
+
+	tcase_set_timeout(tc, 240);
+	tcase_add_test(tc, t);
+	suite_add_tcase(s, tc);
+}
+
 static Suite *crash_postcopy_suite(void)
 {
 	Suite *s = suite_create("crash_postcopy");
-	TCase *tc = tcase_create("postcopy");
 
-	tcase_set_timeout(tc, 240);
-	tcase_add_test(tc, migrate_killed);
-	tcase_add_test(tc, both_killed);
-	tcase_add_test(tc, receiver_killed);
-	tcase_add_test(tc, both_killed_handoff);
-	tcase_add_test(tc, source_qemu_killed);
-	tcase_add_test(tc, destination_qemu_killed);
-	suite_add_tcase(s, tc);
+	add(s, "migrate_killed", migrate_killed);
+	add(s, "both_killed", both_killed);
+	add(s, "receiver_killed", receiver_killed);
+	add(s, "both_killed_handoff", both_killed_handoff);
+	add(s, "source_qemu_killed", source_qemu_killed);
+	add(s, "destination_qemu_killed", destination_qemu_killed);
 	return s;
 }
 
