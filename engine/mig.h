@@ -266,6 +266,12 @@ int qemu_migrate_continue(struct qmp *q, const char *state,
 int qemu_migrate_pause(struct qmp *q, struct ferry_error *err);
 int qemu_migrate_cancel(struct qmp *q, struct ferry_error *err);
 
+/* What the guest of @q is made of: machine type, CPU model, the devices
+ * added with -device (sorted), for the GUEST pre-check. */
+struct wire_guest;
+int qemu_guest_describe(struct qmp *q, struct wire_guest *g,
+			struct ferry_error *err);
+
 /* Whether process @pid (a QEMU, from its QMP socket's peer) has exited:
  * gone, or a zombie its parent has not reaped yet. */
 bool qemu_process_gone(int pid);

@@ -392,6 +392,27 @@ static const char *run_transport(const struct ferry_migration *m)
 	return m->cfg.o.direct ? "direct" : m->run.handoff ? "handoff" : "tunnel";
 }
 
+/* GUEST: what the guest is made of, for the destination's pre-check. */
+static int send_guest(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
+	struct wire_guest *g = malloc(sizeof(*g));
+	int rc;
+
+	if (!g)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	rc = qemu_guest_describe(m->run.q, g, err);
+	if (rc < 0)
+		ferry_error_prefix(err, "describing the source guest: ");
+	else
+		rc = wire_guest_encode(g, buf, sizeof(buf), err);
+	free(g);
+	if (rc >= 0)
+		rc = net_ctrl_send(&m->run.ctrl, WIRE_CTRL_GUEST, buf, (uint32_t)rc,
+				   MIG_QMP_TIMEOUT_MS, err);
+	return rc < 0 ? rc : 0;
+}
+
 /* The journal of this run, and its first entry: what is being done. */
 static int journal_start(struct ferry_migration *m, struct ferry_error *err)
 {
@@ -491,6 +512,9 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		if (rc < 0)
 			return rc;
 	}
+	rc = send_guest(m, err);
+	if (rc < 0)
+		return rc;
 	if (m->run.blk) {
 		struct wire_disk d[WIRE_DISKS_MAX];
 		uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];

@@ -1,6 +1,8 @@
 /* The QMP operations of a migration (see mig.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -9,6 +11,7 @@
 
 #include "mig.h"
 #include "transport/net.h"
+#include "transport/wire.h"
 #include "util.h"
 
 static uint64_t get_u64(json_t *obj, const char *key)
@@ -531,4 +534,95 @@ bool qemu_process_gone(int pid)
 	 * its last ')'. */
 	paren = strrchr(buf, ')');
 	return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+/* ---- what the guest is made of (the GUEST pre-check) ---- */
+
+/* qom-get @path's "type" into @out (a word, else ""). */
+static int qom_type(struct qmp *q, const char *path, char *out, size_t len,
+		    struct ferry_error *err)
+{
+	json_t *ret = NULL;
+	int rc;
+
+	rc = qmp_execute(q, "qom-get", json_pack("{s:s,s:s}", "path", path,
+						 "property", "type"),
+			 &ret, MIG_QMP_TIMEOUT_MS, err);
+	if (rc == 0)
+		copy_str(out, len, ret);
+	json_decref(ret);
+	return rc;
+}
+
+/* The devices under QOM container @path ("child<TYPE>" children), named
+ * by their ids when @named. */
+static int qom_devices(struct qmp *q, const char *path, bool named,
+		       struct wire_guest *g, struct ferry_error *err)
+{
+	json_t *ret = NULL, *p;
+	size_t i;
+	int rc;
+
+	rc = qmp_execute(q, "qom-list", json_pack("{s:s}", "path", path), &ret,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	json_array_foreach(ret, i, p) {
+		const char *type = json_string_value(json_object_get(p, "type"));
+		const char *name = json_string_value(json_object_get(p, "name"));
+		struct wire_guest_device *d;
+		size_t n;
+
+		if (!type || !name || strncmp(type, "child<", 6))
+			continue;
+		n = strlen(type + 6);
+		if (!n || type[6 + n - 1] != '>')
+			continue;
+		if (g->ndevices == WIRE_GUEST_DEVICES_MAX) {
+			rc = ferry_error_set(err, -E2BIG, "the QEMU has more than "
+					     "%u devices", WIRE_GUEST_DEVICES_MAX);
+			break;
+		}
+		d = &g->devices[g->ndevices++];
+		snprintf(d->type, sizeof(d->type), "%.*s", (int)(n - 1), type + 6);
+		snprintf(d->id, sizeof(d->id), "%s", named ? name : "");
+	}
+	json_decref(ret);
+	return rc;
+}
+
+static int device_cmp(const void *a, const void *b)
+{
+	const struct wire_guest_device *x = a, *y = b;
+	int c = strcmp(x->type, y->type);
+
+	return c ? c : strcmp(x->id, y->id);
+}
+
+int qemu_guest_describe(struct qmp *q, struct wire_guest *g,
+			struct ferry_error *err)
+{
+	json_t *cpus = NULL;
+	const char *cpu_path;
+	int rc;
+
+	memset(g, 0, sizeof(*g));
+	rc = qom_type(q, "/machine", g->machine, sizeof(g->machine), err);
+	if (rc == 0)
+		rc = qmp_execute(q, "query-cpus-fast", NULL, &cpus,
+				 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	cpu_path = json_string_value(json_object_get(json_array_get(cpus, 0),
+						     "qom-path"));
+	rc = cpu_path ? qom_type(q, cpu_path, g->cpu, sizeof(g->cpu), err) :
+	     ferry_error_set(err, -EPROTO, "query-cpus-fast names no CPU");
+	json_decref(cpus);
+	if (rc == 0)
+		rc = qom_devices(q, "/machine/peripheral", true, g, err);
+	if (rc == 0)
+		rc = qom_devices(q, "/machine/peripheral-anon", false, g, err);
+	if (rc == 0)
+		qsort(g->devices, g->ndevices, sizeof(g->devices[0]), device_cmp);
+	return rc;
 }

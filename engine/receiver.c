@@ -160,6 +160,77 @@ static int check_destination(struct incoming *in, struct ferry_error *err)
 	return 0;
 }
 
+/* Append ", TYPE (ID)" for @d to @out. */
+static void add_device(char *out, size_t len, const struct wire_guest_device *d)
+{
+	size_t n = strlen(out);
+
+	snprintf(out + n, len - n, "%s%s%s%s%s", n ? ", " : "", d->type,
+		 d->id[0] ? " (" : "", d->id, d->id[0] ? ")" : "");
+}
+
+/*
+ * The pre-check of what the guest is made of (the source's GUEST): the
+ * destination QEMU must be the same machine, with the same CPU model and
+ * the same devices. Else QEMU fails only while it loads the stream (a
+ * device the destination lacks), or the guest finds its hardware changed
+ * under it (one the destination has in addition, another CPU). Every
+ * difference is named; nothing is changed on either QEMU.
+ */
+static int check_guest(struct incoming *in, struct ferry_error *err)
+{
+	const struct wire_guest *src = in->m->ctrl.guest;
+	char only_src[1024] = "", only_dst[1024] = "", msg[FERRY_ERROR_MSG_MAX];
+	struct wire_guest *dst;
+	uint32_t i = 0, j = 0;
+	size_t n = 0;
+	int rc;
+
+	if (!src)
+		return 0;
+	dst = malloc(sizeof(*dst));
+	if (!dst)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	rc = qemu_guest_describe(in->q, dst, err);
+	if (rc < 0) {
+		free(dst);
+		return ferry_error_prefix(err, "describing the destination guest: ");
+	}
+	while (i < src->ndevices || j < dst->ndevices) {
+		int c = i == src->ndevices ? 1 : j == dst->ndevices ? -1 :
+			strcmp(src->devices[i].type, dst->devices[j].type) ?:
+			strcmp(src->devices[i].id, dst->devices[j].id);
+
+		if (c < 0)
+			add_device(only_src, sizeof(only_src), &src->devices[i++]);
+		else if (c > 0)
+			add_device(only_dst, sizeof(only_dst), &dst->devices[j++]);
+		else
+			i++, j++;
+	}
+	msg[0] = '\0';
+	if (strcmp(src->machine, dst->machine))
+		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; machine type "
+				      "'%s' on the source, '%s' here",
+				      src->machine, dst->machine);
+	if (n < sizeof(msg) && strcmp(src->cpu, dst->cpu))
+		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; CPU model "
+				      "'%s' on the source, '%s' here (start both "
+				      "with the same -cpu, a model both hosts "
+				      "run, such as qemu64)", src->cpu, dst->cpu);
+	if (n < sizeof(msg) && only_src[0])
+		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; devices only "
+				      "on the source: %s", only_src);
+	if (n < sizeof(msg) && only_dst[0])
+		snprintf(msg + n, sizeof(msg) - n, "; devices only here: %s",
+			 only_dst);
+	free(dst);
+	if (!msg[0])
+		return 0;
+	return ferry_error_set(err, -EINVAL, "pre-check: the destination QEMU "
+			       "differs from the source (%s)", msg + 2);
+}
+
 /*
  * --launch: the destination QEMU is started for this migration from the
  * source's command line (CONFIG, checked at the edge by the service).
@@ -214,6 +285,8 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		return ferry_error_prefix(err, "destination QEMU at %s: ",
 					  in->m->target.qmp_path);
 	rc = check_destination(in, err);
+	if (rc == 0)
+		rc = check_guest(in, err);
 	if (rc < 0)
 		return rc;
 	rc = mig_setup_qemu(in->q, &p, err);

@@ -48,6 +48,8 @@ enum rx_conn_state {
 	RX_CONN_HELLO,		/* the 64-byte hello */
 	RX_CONN_VM,		/* a control hello with WIRE_OPT_VM: the name */
 	RX_CONN_CONFIG,		/* ... then the source QEMU's command line */
+	RX_CONN_GUEST,		/* every fresh control hello: the guest's
+				   machine, CPU and devices */
 	RX_CONN_DISKS,		/* a control hello with WIRE_OPT_BLOCK: the
 				   disk manifest */
 	RX_CONN_ROUTED,		/* handed to a migration: done */
@@ -64,6 +66,7 @@ struct rx_conn {
 	uint8_t *config;		/* CONFIG payload (control connections
 					   that named their VM), owned */
 	uint32_t config_len;
+	struct wire_guest *guest;	/* GUEST, decoded, owned */
 	struct wire_disk *disks;	/* DISKS, decoded (block migrations),
 					   owned; WIRE_DISKS_MAX entries */
 	uint32_t ndisks;

@@ -343,8 +343,10 @@ void rx_thread_init(void)
 void rx_conn_free_preamble(struct rx_conn *c)
 {
 	free(c->config);
+	free(c->guest);
 	free(c->disks);
 	c->config = NULL;
+	c->guest = NULL;
 	c->disks = NULL;
 	c->config_len = c->ndisks = 0;
 }
@@ -677,7 +679,8 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 static const char *conn_state_name(enum rx_conn_state s)
 {
 	static const char *const names[] = {
-		"tls", "hello", "vm", "config", "disks", "routed", "failed",
+		"tls", "hello", "vm", "config", "guest", "disks", "routed",
+		"failed",
 	};
 
 	return names[s];
@@ -717,7 +720,9 @@ static enum rx_conn_state preamble_next(const struct rx_conn *c,
 		return RX_CONN_VM;
 	if (done == RX_CONN_VM)
 		return RX_CONN_CONFIG;
-	if (done != RX_CONN_DISKS && (c->hello.options & WIRE_OPT_BLOCK))
+	if (done == RX_CONN_HELLO || done == RX_CONN_CONFIG)
+		return RX_CONN_GUEST;
+	if (done == RX_CONN_GUEST && (c->hello.options & WIRE_OPT_BLOCK))
 		return RX_CONN_DISKS;
 	return RX_CONN_ROUTED;
 }
@@ -725,7 +730,7 @@ static enum rx_conn_state preamble_next(const struct rx_conn *c,
 /*
  * One step of the handshake: the transition function of enum
  * rx_conn_state. The whole preamble of a control connection (hello, VM,
- * CONFIG, DISKS) is read and checked here, under the connection's own
+ * CONFIG, GUEST, DISKS) is read and checked here, under the connection's own
  * deadline, so a migration starts only with everything it needs before
  * READY. Every error leads to RX_CONN_FAILED with @err set.
  */
@@ -776,6 +781,16 @@ static enum rx_conn_state conn_step(struct rx_handshake *h,
 		memcpy(c->config, buf, ch.len + 1);
 		c->config_len = ch.len;
 		return preamble_next(c, RX_CONN_CONFIG);
+	case RX_CONN_GUEST:
+		c->guest = malloc(sizeof(*c->guest));
+		if (!c->guest) {
+			ferry_error_set(err, -ENOMEM, "out of memory");
+			return RX_CONN_FAILED;
+		}
+		if (preamble_msg(h, WIRE_CTRL_GUEST, &ch, buf, err) < 0 ||
+		    wire_guest_decode(&ch, buf, c->guest, err) < 0)
+			return RX_CONN_FAILED;
+		return preamble_next(c, RX_CONN_GUEST);
 	case RX_CONN_DISKS:
 		c->disks = calloc(WIRE_DISKS_MAX, sizeof(*c->disks));
 		if (!c->disks) {

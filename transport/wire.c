@@ -121,6 +121,7 @@ static const struct {
 	[WIRE_CTRL_MEMORY] = { "MEMORY", 0, 0 },
 	[WIRE_CTRL_VM] = { "VM", 1, WIRE_VM_NAME_MAX },
 	[WIRE_CTRL_CONFIG] = { "CONFIG", 0, WIRE_CTRL_PAYLOAD_MAX },
+	[WIRE_CTRL_GUEST] = { "GUEST", 0, WIRE_CTRL_PAYLOAD_MAX },
 };
 
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
@@ -207,6 +208,123 @@ int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 	*ok = payload[0] == 1;
 	*status = (const char *)payload + 1;
 	return 0;
+}
+
+bool wire_guest_word_valid(const char *word)
+{
+	size_t n = strnlen(word, WIRE_GUEST_WORD_MAX + 1);
+
+	if (n < 1 || n > WIRE_GUEST_WORD_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = word[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ',' ||
+		      c == ':' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+int wire_guest_encode(const struct wire_guest *g, uint8_t *out, uint32_t cap,
+		      struct ferry_error *err)
+{
+	size_t len = 0;
+	int n;
+
+	if (!wire_guest_word_valid(g->machine) || !wire_guest_word_valid(g->cpu))
+		return ferry_error_set(err, -EINVAL, "the source QEMU's machine "
+				       "type or CPU model is not a word ferry "
+				       "can send ('%.80s', '%.80s')", g->machine,
+				       g->cpu);
+	if (g->ndevices > WIRE_GUEST_DEVICES_MAX)
+		return ferry_error_set(err, -E2BIG, "the source QEMU has more than "
+				       "%u devices", WIRE_GUEST_DEVICES_MAX);
+	n = snprintf((char *)out, cap, "machine %s\ncpu %s\n", g->machine, g->cpu);
+	if (n < 0 || (size_t)n >= cap)
+		return ferry_error_set(err, -E2BIG, "GUEST does not fit");
+	len = (size_t)n;
+	for (uint32_t i = 0; i < g->ndevices; i++) {
+		const struct wire_guest_device *d = &g->devices[i];
+
+		if (!wire_guest_word_valid(d->type) ||
+		    (d->id[0] && !wire_guest_word_valid(d->id)))
+			return ferry_error_set(err, -EINVAL, "device '%.80s' (id "
+					       "'%.80s') is not words ferry can "
+					       "send", d->type, d->id);
+		n = snprintf((char *)out + len, cap - len, "device %s%s%s\n",
+			     d->type, d->id[0] ? " " : "", d->id);
+		if (n < 0 || (size_t)n >= cap - len)
+			return ferry_error_set(err, -E2BIG, "the source QEMU's "
+					       "devices do not fit in GUEST (%u "
+					       "bytes)", cap);
+		len += (size_t)n;
+	}
+	return (int)len;
+}
+
+/* The next word of @line (up to a space or its end) into @out. */
+static const char *guest_word(const char *line, char out[WIRE_GUEST_WORD_MAX + 1])
+{
+	size_t n = strcspn(line, " ");
+
+	if (n < 1 || n > WIRE_GUEST_WORD_MAX)
+		return NULL;
+	memcpy(out, line, n);
+	out[n] = '\0';
+	if (!wire_guest_word_valid(out))
+		return NULL;
+	return line[n] == ' ' ? line + n + 1 : line + n;
+}
+
+int wire_guest_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		      struct wire_guest *g, struct ferry_error *err)
+{
+	char text[WIRE_CTRL_PAYLOAD_MAX + 1], *line, *save = NULL;
+	char key[WIRE_GUEST_WORD_MAX + 1];
+
+	memset(g, 0, sizeof(*g));
+	if (h->type != WIRE_CTRL_GUEST || h->len > WIRE_CTRL_PAYLOAD_MAX)
+		return ferry_error_set(err, -EPROTO, "malformed GUEST message");
+	memcpy(text, payload, h->len);
+	text[h->len] = '\0';
+	if (strlen(text) != h->len || (h->len && text[h->len - 1] != '\n'))
+		return ferry_error_set(err, -EPROTO, "GUEST: not lines of text");
+	for (line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		const char *rest = guest_word(line, key);
+		struct wire_guest_device *d;
+
+		if (!rest)
+			goto bad;
+		if (!strcmp(key, "machine") && !g->machine[0]) {
+			rest = guest_word(rest, g->machine);
+		} else if (!strcmp(key, "cpu") && !g->cpu[0]) {
+			rest = guest_word(rest, g->cpu);
+		} else if (!strcmp(key, "device")) {
+			if (g->ndevices == WIRE_GUEST_DEVICES_MAX)
+				return ferry_error_set(err, -E2BIG, "GUEST: more "
+						       "than %u devices",
+						       WIRE_GUEST_DEVICES_MAX);
+			d = &g->devices[g->ndevices++];
+			rest = guest_word(rest, d->type);
+			if (rest && *rest)
+				rest = guest_word(rest, d->id);
+		} else {
+			goto bad;
+		}
+		if (!rest || *rest)
+			goto bad;
+	}
+	if (!g->machine[0] || !g->cpu[0])
+		return ferry_error_set(err, -EPROTO, "GUEST: no machine or cpu line");
+	return 0;
+bad:
+	return ferry_error_set(err, -EPROTO, "GUEST: a line that is not "
+			       "'machine TYPE', 'cpu TYPE' or 'device TYPE [ID]' "
+			       "(words of A-Z a-z 0-9 _ . , : -, at most %u)",
+			       WIRE_GUEST_WORD_MAX);
 }
 
 bool wire_vm_name_valid(const char *name)

@@ -21,7 +21,7 @@
 #include "ferry.h"
 
 #define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
-#define WIRE_VERSION 4
+#define WIRE_VERSION 5
 
 /* Size of the hello that opens every TCP connection. */
 #define WIRE_HELLO_BYTES 64
@@ -119,7 +119,10 @@ enum wire_ctrl {
 				   WIRE_OPT_VM: the VM's name (below) */
 	WIRE_CTRL_CONFIG = 11,	/* source -> receiver right after VM: the
 				   source QEMU's command line (below) */
-	WIRE_CTRL_MAX_TYPE = 11,
+	WIRE_CTRL_GUEST = 12,	/* source -> receiver in every fresh control
+				   preamble, before DISKS: what the guest
+				   is made of (below), for the pre-checks */
+	WIRE_CTRL_MAX_TYPE = 12,
 };
 
 struct wire_ctrl_hdr {
@@ -157,6 +160,37 @@ uint32_t wire_finished_encode(bool ok, const char *status,
  * after h->len bytes, as net_ctrl_recv leaves it). */
 int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 			 bool *ok, const char **status, struct ferry_error *err);
+
+/*
+ * GUEST: the machine type, the CPU model and the devices of the source
+ * QEMU (QOM type names, and the ids given with -device), which the
+ * destination must have too. Text, one item a line, each word 1 to
+ * WIRE_GUEST_WORD_MAX bytes of [A-Za-z0-9_.,:-]:
+ *   machine TYPE
+ *   cpu TYPE
+ *   device TYPE [ID]       (at most WIRE_GUEST_DEVICES_MAX lines)
+ */
+#define WIRE_GUEST_WORD_MAX 64
+#define WIRE_GUEST_DEVICES_MAX 128
+
+struct wire_guest_device {
+	char type[WIRE_GUEST_WORD_MAX + 1];
+	char id[WIRE_GUEST_WORD_MAX + 1];	/* "" for an anonymous one */
+};
+
+struct wire_guest {
+	char machine[WIRE_GUEST_WORD_MAX + 1];
+	char cpu[WIRE_GUEST_WORD_MAX + 1];
+	uint32_t ndevices;
+	struct wire_guest_device devices[WIRE_GUEST_DEVICES_MAX];
+};
+
+bool wire_guest_word_valid(const char *word);
+/* Returns the payload length, or -E2BIG / -EINVAL. */
+int wire_guest_encode(const struct wire_guest *g, uint8_t *out, uint32_t cap,
+		      struct ferry_error *err);
+int wire_guest_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		      struct wire_guest *g, struct ferry_error *err);
 
 /*
  * VM names (the VM payload, and the name a service finds a destination

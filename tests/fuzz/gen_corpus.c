@@ -267,6 +267,23 @@ static void gen_vm(void)
 	payload("vm", "empty", "", 0);
 }
 
+static void gen_guest(void)
+{
+	static const char pc[] = "machine pc-i440fx-7.2-machine\n"
+		"cpu qemu64-x86_64-cpu\n"
+		"device virtio-blk-pci vdisk0\n"
+		"device virtio-rng-pci\n";
+	static const char min[] = "machine m\ncpu c\n";
+
+	payload("guest", "pc", pc, sizeof(pc) - 1);
+	payload("guest", "minimal", min, sizeof(min) - 1);
+	payload("guest", "no-cpu", "machine m\n", 10);
+	payload("guest", "no-newline", "machine m\ncpu c", 15);
+	payload("guest", "bad-word", "machine m/x\ncpu c\n", 18);
+	payload("guest", "three-words", "machine m\ncpu c\ndevice a b c\n", 29);
+	payload("guest", "empty", "", 0);
+}
+
 static void gen_config(void)
 {
 	struct seed s = { 0 };
@@ -737,6 +754,7 @@ int main(int argc, char **argv)
 	gen_frame_codec(cc);
 	gen_vm();
 	gen_config();
+	gen_guest();
 	gen_disks();
 	gen_disk_rec();
 	gen_nbd_server();

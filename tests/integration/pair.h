@@ -26,7 +26,7 @@ struct pair {
 
 /* Start both VMs (@mem_mib, @fill, dirtying @ws_mib at @rate_mib_s) and
  * wait for the source guest's READY. */
-static void pair_start_mem(struct pair *p, uint32_t mem_mib, const char *fill,
+static __attribute__((unused)) void pair_start_mem(struct pair *p, uint32_t mem_mib, const char *fill,
 			   uint32_t ws_mib, uint32_t rate_mib_s)
 {
 	struct vm_config sc = { .mem_mib = mem_mib, .fill = fill,
@@ -43,7 +43,7 @@ static void pair_start_mem(struct pair *p, uint32_t mem_mib, const char *fill,
 		      "guest not ready: %s", err.msg);
 }
 
-static void pair_stop(struct pair *p)
+static __attribute__((unused)) void pair_stop(struct pair *p)
 {
 	vm_stop(p->src);
 	vm_stop(p->dst);
@@ -51,7 +51,7 @@ static void pair_stop(struct pair *p)
 }
 
 /* @vm's QEMU is alive and in run state @want. */
-static void expect_status(struct vm *vm, const char *want)
+static __attribute__((unused)) void expect_status(struct vm *vm, const char *want)
 {
 	struct ferry_error err = { 0 };
 	char st[32];
@@ -62,7 +62,7 @@ static void expect_status(struct vm *vm, const char *want)
 }
 
 /* Both guests quiescent: their RAM must be equal, byte for byte. */
-static void expect_same_ram(struct pair *p)
+static __attribute__((unused)) void expect_same_ram(struct pair *p)
 {
 	struct ferry_error err = { 0 };
 	char a[128], b[128];

@@ -268,18 +268,22 @@ START_TEST(migrate_killed_tunnel_source_runs)
 END_TEST
 
 /*
- * The destination QEMU lacks a device the source has: it fails while it
- * loads the stream (and exits, as QEMU 7.2 does). The error says the
+ * The destination QEMU differs in what the pre-check cannot see (a
+ * device's memory size): it fails while it loads the stream (and exits,
+ * as QEMU 7.2 does). The error says the
  * destination failed, not the source; the source guest runs on; the
  * report keeps what the migration had done. Through the tunnel and with
  * hand-off.
  */
 START_TEST(destination_rejects_state)
 {
+	/* The same devices (the pre-check passes), but video memory of
+	 * another size: QEMU finds out only while it loads. */
 	struct vm_config sc = { .mem_mib = 64, .fill = "mix",
-				.extra_args = "-device virtio-rng-pci,id=rng0" };
+				.extra_args = "-device VGA,id=vga0,vgamem_mb=16" };
 	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
-				.prealloc = true };
+				.prealloc = true,
+				.extra_args = "-device VGA,id=vga0,vgamem_mb=8" };
 	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
 					.codec = FERRY_CODEC_NONE,
 					.no_handoff = _i == 0 };

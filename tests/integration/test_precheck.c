@@ -1,0 +1,106 @@
+/*
+ * The pre-check of what the guest is made of, before a byte of it moves:
+ * a destination QEMU with another machine type, another CPU model, a
+ * device the source lacks, or lacking one the source has, is refused with
+ * the difference named, and nothing is changed on either QEMU: the source
+ * guest runs on without a migration, the destination still waits for one
+ * (and is not burnt: it is offered again).
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/mig.h"
+#include "ferry.h"
+#include "tests/harness/rx.h"
+#include "tests/harness/tmpdir.h"
+#include "tests/harness/vm.h"
+#include "tests/integration/pair.h"
+
+static const struct {
+	const char *src_args, *dst_args, *want;
+} cases[] = {
+	{ "-device virtio-rng-pci,id=rng0", NULL,
+	  "devices only on the source: virtio-rng-pci (rng0)" },
+	{ NULL, "-device virtio-rng-pci",
+	  "devices only here: virtio-rng-pci" },
+	{ NULL, "-machine q35",
+	  "machine type 'pc-i440fx-7.2-machine' on the source, "
+	  "'pc-q35-7.2-machine' here" },
+	{ NULL, "-cpu max",
+	  "CPU model 'qemu64-x86_64-cpu' on the source, 'max-x86_64-cpu' here" },
+};
+
+/* QEMU's migration status on @vm. */
+static void expect_migration(struct vm *vm, const char *want)
+{
+	struct mig_info info;
+
+	ck_assert_int_eq(mig_query(vm_qmp(vm), &info, NULL), 0);
+	ck_assert_str_eq(info.status, want);
+}
+
+START_TEST(refused)
+{
+	struct vm_config sc = { .mem_mib = 64, .fill = "mix",
+				.extra_args = cases[_i].src_args };
+	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
+				.prealloc = true, .extra_args = cases[_i].dst_args };
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1" };
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
+					.codec = FERRY_CODEC_NONE };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+
+	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
+	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
+		      err.msg);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
+		      rx.err.msg);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = rx.port;
+	/* Twice: a refused destination is not burnt, and says it again. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		m = ferry_migration_new(&o, &err);
+		ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+		ferry_migration_free(m);
+		ck_assert_msg(strstr(err.msg, cases[_i].want), "%s", err.msg);
+		ck_assert(rep.source_running);
+		ck_assert_uint_eq(rep.wire_bytes, 0);
+	}
+	rx_thread_stop(&rx);
+	rx_thread_join(&rx);
+	/* Nothing changed on either side. */
+	expect_status(p.src, "running");
+	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
+		      err.msg);
+	expect_migration(p.src, "none");
+	expect_status(p.dst, "inmigrate");
+	expect_migration(p.dst, "none");
+	pair_stop(&p);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("precheck");
+	TCase *tc = tcase_create("guest");
+	SRunner *sr;
+	int failed;
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, refused, 0, sizeof(cases) / sizeof(cases[0]));
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
