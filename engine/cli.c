@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <jansson.h>
 
+#include "engine/evacuate.h"
 #include "engine/launch.h"
 #include "engine/mig.h"
 #include "engine/recover.h"
@@ -64,6 +65,8 @@ static void usage(FILE *f)
 		"       ferry recover [--state-dir DIR] [--source-completed ID] [--wait SEC]\n"
 		"       ferry list [--status S] [--vm NAME] [--since T] [--json]\n"
 		"       ferry abort ID | force-complete ID | set-downtime ID MS\n"
+		"       ferry evacuate --qmp-dir DIR --to HOST:PORT[,HOST:PORT...]\n"
+		"                   [--parallel N] [--vms A,B] [migrate options]\n"
 		"       ferry version\n"
 		"\n"
 		"migrate options:\n"
@@ -108,6 +111,10 @@ static void usage(FILE *f)
 		"  --max-migrations N  migrations at once (default %d); more are refused\n"
 		"                      with 'busy' at once\n"
 		"  --once              return after one migration (receive)\n"
+		"  --ram-allocation-ratio R  memory overcommit: take guests up to\n"
+		"                      MemTotal x R, less what is in use (default 1.0)\n"
+		"  --parallel N        (evacuate) migrations at once (default 2)\n"
+		"  --vms A,B           (evacuate) only these VMs of --qmp-dir\n"
 		"  --status S          (list) running, completed, failed, cancelled,\n"
 		"                      needs-recover or recovered\n"
 		"  --since T           (list) started since T: 30m, 12h, 7d, or a UTC\n"
@@ -235,7 +242,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
        OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
-       OPT_SINCE };
+       OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -282,6 +289,9 @@ static const struct option long_opts[] = {
 	{ "wait", required_argument, NULL, OPT_WAIT },
 	{ "status", required_argument, NULL, OPT_STATUS },
 	{ "since", required_argument, NULL, OPT_SINCE },
+	{ "ram-allocation-ratio", required_argument, NULL, OPT_RAM_RATIO },
+	{ "parallel", required_argument, NULL, OPT_PARALLEL },
+	{ "vms", required_argument, NULL, OPT_VMS },
 	{ 0 },
 };
 
@@ -294,7 +304,9 @@ struct cli {
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
-	uint32_t wait_s;
+	uint32_t wait_s, parallel;
+	double ram_ratio;
+	const char *vms;
 	enum ferry_codec codec;
 	int codec_level;
 	struct ferry_tls_opts tls;
@@ -315,6 +327,21 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_STATE_DIR: c->state_dir = optarg; break;
 		case OPT_SOURCE_COMPLETED: c->source_completed = optarg; break;
 		case OPT_STATUS: c->status = optarg; break;
+		case OPT_VMS: c->vms = optarg; break;
+		case OPT_PARALLEL:
+			if (parse_u32(optarg, &c->parallel) < 0 || !c->parallel ||
+			    c->parallel > 16)
+				goto bad_number;
+			break;
+		case OPT_RAM_RATIO: {
+			char *end;
+
+			c->ram_ratio = strtod(optarg, &end);
+			if (end == optarg || *end || !(c->ram_ratio > 0) ||
+			    c->ram_ratio > 100)
+				goto bad_number;
+			break;
+		}
 		case OPT_SINCE: c->since = optarg; break;
 		case OPT_ALLOW_DIR: {
 			size_t n = strlen(c->allow_dirs);
@@ -474,6 +501,25 @@ static const char *state_dir(const struct cli *c)
 	return env && env[0] ? env : FERRY_DEFAULT_STATE_DIR;
 }
 
+/* The options of `ferry migrate` (and of each of evacuate's). */
+static void migrate_opts(const struct cli *c, struct ferry_migrate_opts *o)
+{
+	o->paused = c->paused;
+	o->direct = c->direct;
+	o->max_bandwidth_bytes_per_s = (uint64_t)c->bw_mib_s << 20;
+	o->downtime_ms = c->downtime_ms;
+	o->timeout_s = c->timeout_s;
+	o->codec = c->codec;
+	o->codec_level = c->codec_level;
+	o->streams = c->streams;
+	o->no_handoff = c->no_handoff;
+	o->tls = c->tls;
+	o->converge = c->conv;
+	o->block = c->block;
+	o->vm_name = c->vm;
+	o->state_dir = state_dir(c);
+}
+
 static int cmd_migrate(const struct cli *c)
 {
 	struct ferry_migrate_opts o = { 0 };
@@ -486,22 +532,9 @@ static int cmd_migrate(const struct cli *c)
 		fprintf(stderr, "ferry migrate: needs --qmp SRC_QMP and --to HOST:PORT\n");
 		return 2;
 	}
+	migrate_opts(c, &o);
 	o.qmp_path = c->qmp;
 	o.to_host = host;
-	o.paused = c->paused;
-	o.direct = c->direct;
-	o.max_bandwidth_bytes_per_s = (uint64_t)c->bw_mib_s << 20;
-	o.downtime_ms = c->downtime_ms;
-	o.timeout_s = c->timeout_s;
-	o.codec = c->codec;
-	o.codec_level = c->codec_level;
-	o.streams = c->streams;
-	o.no_handoff = c->no_handoff;
-	o.tls = c->tls;
-	o.converge = c->conv;
-	o.block = c->block;
-	o.vm_name = c->vm;
-	o.state_dir = state_dir(c);
 	if (!c->quiet && isatty(STDERR_FILENO))
 		o.progress = print_progress;
 	g_mig = ferry_migration_new(&o, &err);
@@ -691,6 +724,83 @@ static int cmd_steer(const struct cli *c, const char *cmd)
 }
 
 /*
+ * ferry evacuate --qmp-dir DIR --to H:P[,H:P...]: every VM of DIR off this
+ * host, --parallel at a time; a summary table (or --json) at the end.
+ * Exit status: 0 every VM moved; 1 some did not and run where they were;
+ * 3 one is not confirmed running (ferry recover).
+ */
+static int cmd_evacuate(const struct cli *c)
+{
+	struct evac_dest dests[EVAC_DESTS_MAX];
+	struct evac_opts o = { .qmp_dir = c->qmp_dir, .only = c->vms,
+			       .dests = dests, .parallel = c->parallel };
+	struct ferry_error err = { 0 };
+	struct evac_result *res;
+	uint32_t n, moved = 0;
+	char list[1024], *tok, *save = NULL;
+	json_t *arr = c->json ? json_array() : NULL;
+	int status = 0;
+
+	if (!c->qmp_dir || !c->to || strlen(c->to) >= sizeof(list)) {
+		fprintf(stderr, "usage: ferry evacuate --qmp-dir DIR --to "
+			"HOST:PORT[,HOST:PORT...] [--parallel N] [--vms A,B] "
+			"[migrate options]\n");
+		return 2;
+	}
+	snprintf(list, sizeof(list), "%s", c->to);
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (o.ndests == EVAC_DESTS_MAX ||
+		    parse_hostport(tok, dests[o.ndests].host,
+				   sizeof(dests[0].host), &dests[o.ndests].port) < 0) {
+			fprintf(stderr, "ferry evacuate: --to: '%s' is not HOST:PORT "
+				"(at most %d of them)\n", tok, EVAC_DESTS_MAX);
+			return 2;
+		}
+		o.ndests++;
+	}
+	migrate_opts(c, &o.base);
+	if (evac_run(&o, &res, &n, &err) < 0) {
+		fprintf(stderr, "ferry evacuate: %s\n", err.msg);
+		return 1;
+	}
+	if (!c->json)
+		printf("%-20s  %-24s  %-11s  %8s  %8s  %s\n", "VM", "DESTINATION",
+		       "STATUS", "TOTAL_S", "DOWN_MS", "ERROR");
+	for (uint32_t i = 0; i < n; i++) {
+		const struct evac_result *r = &res[i];
+		bool done = !strcmp(r->status, "completed");
+
+		moved += done;
+		if (!done && status != 3)
+			status = strcmp(r->status, "not-running") ? 1 : 3;
+		if (arr)
+			json_array_append_new(arr, json_pack(
+				"{s:s,s:s,s:s,s:s,s:I,s:I,s:s?}", "vm", r->vm,
+				"destination", r->dest, "status", r->status,
+				"migration_id", r->report.migration_id,
+				"total_ms", (json_int_t)r->report.total_ms,
+				"downtime_ms", (json_int_t)r->report.downtime_ms,
+				"error", r->error[0] ? r->error : NULL));
+		else
+			printf("%-20s  %-24s  %-11s  %8.1f  %8llu  %s\n", r->vm,
+			       r->dest[0] ? r->dest : "-", r->status,
+			       (double)r->report.total_ms / 1000,
+			       (unsigned long long)r->report.downtime_ms, r->error);
+	}
+	if (arr) {
+		char *text = json_dumps(arr, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+
+		printf("%s\n", text ? text : "[]");
+		free(text);
+		json_decref(arr);
+	} else {
+		printf("%u of %u VMs moved\n", moved, n);
+	}
+	free(res);
+	return status;
+}
+
+/*
  * "receive" is the one-VM case of "serve": one destination QEMU (--qmp);
  * "serve" finds each VM's QEMU in --qmp-dir. Both are the same service.
  */
@@ -720,6 +830,7 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 	o.qmp_path = c->qmp;
 	o.qmp_dir = c->qmp_dir;
 	o.max_migrations = c->max_migrations;
+	o.ram_allocation_ratio = c->ram_ratio;
 	o.once = c->once;
 	o.tls = c->tls;
 	g_rx = ferry_receiver_new(&o, &err);
@@ -771,6 +882,8 @@ int main(int argc, char **argv)
 		return cmd_recover(&c);
 	if (strcmp(cmd, "list") == 0)
 		return cmd_list(&c);
+	if (strcmp(cmd, "evacuate") == 0)
+		return cmd_evacuate(&c);
 	if (!strcmp(cmd, "abort") || !strcmp(cmd, "force-complete") ||
 	    !strcmp(cmd, "set-downtime"))
 		return cmd_steer(&c, cmd);

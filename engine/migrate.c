@@ -33,6 +33,7 @@
 #include "transport/probe.h"
 #include "control.h"
 #include "converge.h"
+#include "evacuate.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
@@ -1664,4 +1665,30 @@ int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,
 	if (rc == 1)
 		rc = 0;
 	return run_end(m, rc, report, err);
+}
+
+int mig_host_info(struct ferry_migration *m, uint64_t ram_bytes,
+		  struct wire_host *h, struct ferry_error *err)
+{
+	uint8_t payload[WIRE_CTRL_PAYLOAD_MAX + 1];
+	struct wire_ctrl_hdr hdr;
+	struct net_conn c;
+	int rc;
+
+	run_reset(m);
+	m->run.ram_bytes = ram_bytes;
+	rc = wire_mig_id_random(m->run.mig_id);
+	if (rc < 0)
+		return ferry_error_set(err, rc, "getrandom: %s", strerror(-rc));
+	rc = open_conn(m, &c, WIRE_CONN_HOST, 0, err);
+	if (rc < 0)
+		return rc;
+	rc = net_ctrl_recv(&c, &hdr, payload, MIG_QMP_TIMEOUT_MS, err);
+	if (rc == 0 && hdr.type == WIRE_CTRL_ERROR)
+		rc = ferry_error_set(err, -EREMOTEIO, "the receiver refused: %s",
+				     (char *)payload);
+	else if (rc == 0)
+		rc = wire_host_decode(&hdr, payload, h, err);
+	net_conn_close(&c);
+	return rc;
 }

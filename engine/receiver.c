@@ -260,6 +260,24 @@ static int rx_launch(struct incoming *in, struct ferry_error *err)
 	rc = wire_config_decode(&h, c->config, argv, &r.argc, err);
 	if (rc < 0)
 		return rc;
+	{
+		/* This migration's RAM is counted in already. */
+		struct wire_host host;
+		int64_t left = rx_host(in->m->svc, &host);
+
+		if (left < 0)
+			return ferry_error_set(err, -ENOMEM, "pre-check: this host "
+				"cannot take a %llu MiB guest: %llu MiB short "
+				"(MemTotal %llu MiB x ratio %.2f, %llu MiB in "
+				"use, %u migrations arriving)",
+				(unsigned long long)(in->hello.ram_bytes >> 20),
+				(unsigned long long)(-left >> 20),
+				(unsigned long long)(host.mem_total >> 20),
+				host.ratio_milli / 1000.0,
+				(unsigned long long)((host.mem_total -
+						      host.mem_available) >> 20),
+				host.migrations);
+	}
 	unlink(r.qmp_path);	/* a stale socket of an earlier QEMU */
 	rc = launch_run(&r, &in->launch, err);
 	if (rc < 0)

@@ -120,6 +120,10 @@ void rx_mig_ended(struct rx_mig *m);
 /* service.c, for the migration's thread. */
 const struct ferry_receiver_opts *rx_opts(const struct ferry_receiver *svc);
 struct tls_ctx *rx_tls(const struct ferry_receiver *svc);
+/* This host's memory, ratio and migrations (HOST); returns usable
+ * memory, negative when the migrations in progress already exceed it. */
+struct wire_host;
+int64_t rx_host(struct ferry_receiver *svc, struct wire_host *h);
 /* Readable once the service is stopping. */
 int rx_stop_fd(const struct ferry_receiver *svc);
 

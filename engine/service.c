@@ -147,6 +147,10 @@ static int opts_check(const struct ferry_receiver_opts *o,
 		return ferry_error_set(err, -EINVAL,
 			"--max-migrations %u is over the limit of %u",
 			o->max_migrations, FERRY_MAX_MIGRATIONS_LIMIT);
+	if (o->ram_allocation_ratio < 0 || o->ram_allocation_ratio > 100 ||
+	    o->ram_allocation_ratio != o->ram_allocation_ratio)
+		return ferry_error_set(err, -EINVAL, "--ram-allocation-ratio must "
+				       "be over 0 and at most 100");
 	if (!o->tls.creds_dir && !o->tls.psk_file && !o->tls.insecure &&
 	    !tls_host_is_loopback(o->listen_host))
 		return ferry_error_set(err, -EPERM,
@@ -674,6 +678,67 @@ static void route_conn(struct ferry_receiver *svc, struct rx_conn *c)
 	net_conn_close(&c->c);
 }
 
+/* MemTotal and MemAvailable, bytes; 0 when unknown. */
+static void meminfo(uint64_t *total, uint64_t *available)
+{
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "re");
+	unsigned long long kib;
+
+	*total = *available = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
+			*total = kib << 10;
+		else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+			*available = kib << 10;
+	}
+	if (f)
+		fclose(f);
+}
+
+int64_t rx_host(struct ferry_receiver *svc, struct wire_host *h)
+{
+	double ratio = svc->o.ram_allocation_ratio > 0 ?
+		       svc->o.ram_allocation_ratio : 1.0;
+	uint64_t reserved = 0;
+	int64_t usable;
+
+	memset(h, 0, sizeof(*h));
+	meminfo(&h->mem_total, &h->mem_available);
+	pthread_mutex_lock(&svc->mu);
+	for (uint32_t i = 0; i < FERRY_MAX_MIGRATIONS_LIMIT; i++) {
+		struct rx_mig *m = svc->migs[i];
+
+		if (m && !m->ended) {
+			reserved += m->ctrl.hello.ram_bytes;
+			h->migrations++;
+		}
+	}
+	pthread_mutex_unlock(&svc->mu);
+	h->max_migrations = svc->o.max_migrations;
+	h->ratio_milli = (uint32_t)(ratio * 1000 + 0.5);
+	usable = (int64_t)((double)h->mem_total * ratio) -
+		 (int64_t)(h->mem_total - h->mem_available) - (int64_t)reserved;
+	h->usable = usable > 0 ? (uint64_t)usable : 0;
+	return usable;
+}
+
+/*
+ * A HOST connection: what this host can take, for a source choosing
+ * among destinations. Nothing else is read or done.
+ */
+static void answer_host(struct ferry_receiver *svc, struct rx_conn *c)
+{
+	uint8_t buf[WIRE_HOST_BYTES];
+	struct wire_host h;
+
+	rx_host(svc, &h);
+	wire_host_encode(&h, buf);
+	net_ctrl_send(&c->c, WIRE_CTRL_HOST, buf, sizeof(buf), RX_REFUSE_SEND_MS,
+		      NULL);
+	net_conn_close(&c->c);
+}
+
 /* ---- one connection's handshake ---- */
 
 static const char *conn_state_name(enum rx_conn_state s)
@@ -871,6 +936,8 @@ static void *handshake_main(void *arg)
 	if (h->state == RX_CONN_FAILED) {
 		net_conn_close(&c->c);
 		rx_conn_free_preamble(c);
+	} else if (c->hello.conn == WIRE_CONN_HOST) {
+		answer_host(svc, c);
 	} else if (c->hello.conn == WIRE_CONN_CONTROL &&
 		   !(c->hello.options & WIRE_OPT_RESUME)) {
 		start_migration(svc, c);

@@ -350,6 +350,11 @@ struct ferry_receiver_opts {
 	const char *state_dir;		/* 0700; created if missing */
 	const char *allow_dirs;		/* colon-separated: where the paths of
 					   a launched QEMU may point */
+	/* Memory overcommit (Nova's ram_allocation_ratio): this host takes
+	 * guests up to MemTotal x ratio, less what is in use; 0: 1.0. It is
+	 * what the host reports to sources choosing a destination (ferry
+	 * evacuate), and a launched destination QEMU is refused beyond it. */
+	double ram_allocation_ratio;
 };
 
 #define FERRY_DEFAULT_HELLO_TIMEOUT_MS 10000

@@ -56,7 +56,7 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
 	h->conn = be_get16(in + 10);
-	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_DISK_RETURN)
+	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_HOST)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
 	h->options = be_get32(in + 12);
@@ -122,6 +122,7 @@ static const struct {
 	[WIRE_CTRL_VM] = { "VM", 1, WIRE_VM_NAME_MAX },
 	[WIRE_CTRL_CONFIG] = { "CONFIG", 0, WIRE_CTRL_PAYLOAD_MAX },
 	[WIRE_CTRL_GUEST] = { "GUEST", 0, WIRE_CTRL_PAYLOAD_MAX },
+	[WIRE_CTRL_HOST] = { "HOST", WIRE_HOST_BYTES, WIRE_HOST_BYTES },
 };
 
 int wire_ctrl_decode(const uint8_t in[WIRE_CTRL_HDR_BYTES],
@@ -169,6 +170,34 @@ int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 				       wire_ctrl_name(h->type), h->len,
 				       h->len ? payload[0] : 0);
 	*flag = payload[0] == 1;
+	return 0;
+}
+
+void wire_host_encode(const struct wire_host *h, uint8_t out[WIRE_HOST_BYTES])
+{
+	be_put64(out, h->mem_total);
+	be_put64(out + 8, h->mem_available);
+	be_put64(out + 16, h->usable);
+	be_put32(out + 24, h->ratio_milli);
+	be_put32(out + 28, h->migrations);
+	be_put32(out + 32, h->max_migrations);
+	be_put32(out + 36, 0);
+}
+
+int wire_host_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		     struct wire_host *host, struct ferry_error *err)
+{
+	if (h->type != WIRE_CTRL_HOST || h->len != WIRE_HOST_BYTES)
+		return ferry_error_set(err, -EPROTO, "expected HOST, got %s (%u "
+				       "bytes)", wire_ctrl_name(h->type), h->len);
+	host->mem_total = be_get64(payload);
+	host->mem_available = be_get64(payload + 8);
+	host->usable = be_get64(payload + 16);
+	host->ratio_milli = be_get32(payload + 24);
+	host->migrations = be_get32(payload + 28);
+	host->max_migrations = be_get32(payload + 32);
+	if (be_get32(payload + 36) || host->mem_available > host->mem_total)
+		return ferry_error_set(err, -EPROTO, "malformed HOST message");
 	return 0;
 }
 

@@ -38,6 +38,9 @@ enum wire_conn {
 				   tunnel, stream i of n (--block) */
 	WIRE_CONN_DISK_RETURN = 6,	/* destination -> source: the disk
 					   tunnel's acknowledgements */
+	WIRE_CONN_HOST = 7,	/* source -> receiver, alone: what this host
+				   can take (answered by HOST, then closed);
+				   the hello's RAM is the guest to place */
 };
 
 /* Option bits in the hello (the source's choices; the receiver follows). */
@@ -122,7 +125,9 @@ enum wire_ctrl {
 	WIRE_CTRL_GUEST = 12,	/* source -> receiver in every fresh control
 				   preamble, before DISKS: what the guest
 				   is made of (below), for the pre-checks */
-	WIRE_CTRL_MAX_TYPE = 12,
+	WIRE_CTRL_HOST = 13,	/* receiver -> source on a HOST connection:
+				   WIRE_HOST_BYTES (below) */
+	WIRE_CTRL_MAX_TYPE = 13,
 };
 
 struct wire_ctrl_hdr {
@@ -148,6 +153,24 @@ const char *wire_ctrl_name(uint16_t type);
 uint32_t wire_flag_encode(bool flag, uint8_t out[1]);
 int wire_flag_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		     bool *flag, struct ferry_error *err);
+/*
+ * HOST: the receiving host's memory (/proc/meminfo's MemTotal and
+ * MemAvailable), its overcommit ratio (--ram-allocation-ratio, in
+ * thousandths), what it can still take with that ratio (usable: total x
+ * ratio - in use - the RAM of the migrations it is receiving), and its
+ * migrations in progress against their limit.
+ */
+#define WIRE_HOST_BYTES 40
+
+struct wire_host {
+	uint64_t mem_total, mem_available, usable;
+	uint32_t ratio_milli, migrations, max_migrations;
+};
+
+void wire_host_encode(const struct wire_host *h, uint8_t out[WIRE_HOST_BYTES]);
+int wire_host_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
+		     struct wire_host *host, struct ferry_error *err);
+
 /* PROBED: bytes received, ns from the first to the last. */
 void wire_probed_encode(uint64_t bytes, uint64_t ns,
 			uint8_t out[WIRE_PROBED_BYTES]);

@@ -85,6 +85,26 @@ static void decode_payload(const struct wire_ctrl_hdr *h, const uint8_t *p)
 		free(name);
 		break;
 	}
+	case WIRE_CTRL_HOST: {
+		uint8_t out[WIRE_HOST_BYTES];
+		struct wire_host host;
+
+		rc = wire_host_decode(h, p, &host, &err);
+		if (rc == 0) {
+			FUZZ_CHECK(host.mem_available <= host.mem_total);
+			wire_host_encode(&host, out);
+			FUZZ_CHECK(memcmp(out, p, sizeof(out)) == 0);
+		}
+		break;
+	}
+	case WIRE_CTRL_GUEST: {
+		struct wire_guest *g = malloc(sizeof(*g));
+
+		FUZZ_CHECK(g);
+		rc = wire_guest_decode(h, p, g, &err);
+		free(g);
+		break;
+	}
 	case WIRE_CTRL_CONFIG: {
 		const char **argv = malloc(WIRE_CONFIG_ARGS_MAX * sizeof(*argv));
 		uint32_t argc;

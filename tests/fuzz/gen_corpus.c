@@ -221,7 +221,22 @@ static void gen_ctrl(void)
 	s.n = 0;
 	ctrl(&s, WIRE_CTRL_VM, "web1", 4);
 	ctrl(&s, WIRE_CTRL_CONFIG, QEMU_ARGS, sizeof(QEMU_ARGS));
+	ctrl(&s, WIRE_CTRL_GUEST, "machine m\ncpu c\ndevice d i\n", 27);
 	save("ctrl", "vm-config", &s);
+	{
+		/* What a source reads on a HOST connection. */
+		struct wire_host host = { .mem_total = 24ull << 30,
+					  .mem_available = 20ull << 30,
+					  .usable = 30ull << 30,
+					  .ratio_milli = 1500, .migrations = 1,
+					  .max_migrations = 4 };
+		uint8_t hb[WIRE_HOST_BYTES];
+
+		wire_host_encode(&host, hb);
+		s.n = 0;
+		ctrl(&s, WIRE_CTRL_HOST, hb, sizeof(hb));
+		save("ctrl", "host", &s);
+	}
 	/* The largest payload, then one byte more than the limit. */
 	s.n = 0;
 	memset(buf, 'x', sizeof(buf));

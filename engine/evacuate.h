@@ -1,0 +1,60 @@
+/*
+ * ferry evacuate (evacuate.c): move every VM of this host (the QEMUs
+ * registered in a directory, DIR/NAME.qmp, as the receiving service
+ * knows them) to other hosts, a few at a time. Each VM goes to the
+ * destination with the most usable memory (its HOST answer: MemTotal x
+ * its overcommit ratio, less what is in use and arriving) that takes it,
+ * passing every pre-check; a VM that no destination takes stays, running,
+ * where it was, and does not stop the others.
+ */
+#ifndef FERRY_EVACUATE_H
+#define FERRY_EVACUATE_H
+
+#include <stdint.h>
+
+#include "ferry.h"
+
+#define EVAC_DESTS_MAX 16
+#define EVAC_VMS_MAX 256
+#define EVAC_PARALLEL_DEFAULT 2	/* KubeVirt's per-node default */
+#define EVAC_PARALLEL_MAX 16
+
+struct evac_dest {
+	char host[256];
+	uint16_t port;
+};
+
+struct evac_result {
+	char vm[65];
+	char dest[280];		/* HOST:PORT it went to (or last tried) */
+	char status[16];	/* "completed", "failed", "not-running" */
+	struct ferry_report report;
+	char error[FERRY_ERROR_MSG_MAX];
+};
+
+struct evac_opts {
+	/* Every VM's migration: to_host, to_port, qmp_path and vm_name are
+	 * set per VM; the rest (TLS, --block, state directory...) as given. */
+	struct ferry_migrate_opts base;
+	const char *qmp_dir;
+	const char *only;	/* comma-separated VM names; NULL: all */
+	const struct evac_dest *dests;
+	uint32_t ndests;
+	uint32_t parallel;	/* 0: EVAC_PARALLEL_DEFAULT */
+};
+
+/*
+ * Evacuate; *@out gets one result per VM (free() it), in name order.
+ * 0 when the evacuation ran (look at each result), -errno when it could
+ * not start (no VM found, a bad option).
+ */
+int evac_run(const struct evac_opts *o, struct evac_result **out, uint32_t *n,
+	     struct ferry_error *err);
+
+/* migrate.c: what the receiver of @m (its to_host, to_port, TLS) says
+ * it can take, for a guest of @ram_bytes (a HOST connection). */
+struct wire_host;
+int mig_host_info(struct ferry_migration *m, uint64_t ram_bytes,
+		  struct wire_host *h, struct ferry_error *err);
+
+#endif /* FERRY_EVACUATE_H */
