@@ -57,7 +57,7 @@ static void install_signals(void)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ferry migrate --qmp SRC_QMP --to HOST:PORT [options]\n"
+		"usage: ferry migrate --qmp SRC_QMP --to HOST:PORT[,HOST:PORT...] [options]\n"
 		"       ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]\n"
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
@@ -520,6 +520,52 @@ static void migrate_opts(const struct cli *c, struct ferry_migrate_opts *o)
 	o->state_dir = state_dir(c);
 }
 
+/* --to HOST:PORT[,HOST:PORT...] into @d; the count, or -1. */
+static int parse_dests(const char *to, struct evac_dest *d)
+{
+	char list[1024], *tok, *save = NULL;
+	int n = 0;
+
+	if (strlen(to) >= sizeof(list))
+		return -1;
+	snprintf(list, sizeof(list), "%s", to);
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (n == EVAC_DESTS_MAX ||
+		    parse_hostport(tok, d[n].host, sizeof(d[n].host), &d[n].port) < 0) {
+			fprintf(stderr, "ferry: --to: '%s' is not HOST:PORT (at most "
+				"%d of them)\n", tok, EVAC_DESTS_MAX);
+			return -1;
+		}
+		n++;
+	}
+	return n;
+}
+
+/* ferry migrate --to A,B: the destination is chosen as evacuate does. */
+static int migrate_choosing(const struct cli *c)
+{
+	struct evac_dest dests[EVAC_DESTS_MAX];
+	struct evac_opts o = { .dests = dests };
+	struct evac_result r = { 0 };
+	int n = parse_dests(c->to, dests);
+
+	if (n < 0)
+		return 2;
+	o.ndests = (uint32_t)n;
+	migrate_opts(c, &o.base);
+	evac_place(&o, c->qmp, &r);
+	if (r.error[0])
+		fprintf(stderr, "ferry migrate: %s\n", r.error);
+	if (c->json)
+		ferry_report_write_json(&r.report, STDOUT_FILENO);
+	else if (r.report.migration_id[0])
+		print_summary(&r.report);
+	if (r.dest[0] && !c->json)
+		printf("destination: %s\n", r.dest);
+	return !strcmp(r.status, "completed") ? 0 :
+	       !strcmp(r.status, "not-running") ? 3 : 1;
+}
+
 static int cmd_migrate(const struct cli *c)
 {
 	struct ferry_migrate_opts o = { 0 };
@@ -528,6 +574,8 @@ static int cmd_migrate(const struct cli *c)
 	char host[256];
 	int rc;
 
+	if (c->qmp && c->to && strchr(c->to, ','))
+		return migrate_choosing(c);
 	if (!c->qmp || !c->to || parse_hostport(c->to, host, sizeof(host), &o.to_port) < 0) {
 		fprintf(stderr, "ferry migrate: needs --qmp SRC_QMP and --to HOST:PORT\n");
 		return 2;
@@ -737,27 +785,19 @@ static int cmd_evacuate(const struct cli *c)
 	struct ferry_error err = { 0 };
 	struct evac_result *res;
 	uint32_t n, moved = 0;
-	char list[1024], *tok, *save = NULL;
 	json_t *arr = c->json ? json_array() : NULL;
 	int status = 0;
 
-	if (!c->qmp_dir || !c->to || strlen(c->to) >= sizeof(list)) {
+	if (!c->qmp_dir || !c->to) {
 		fprintf(stderr, "usage: ferry evacuate --qmp-dir DIR --to "
 			"HOST:PORT[,HOST:PORT...] [--parallel N] [--vms A,B] "
 			"[migrate options]\n");
 		return 2;
 	}
-	snprintf(list, sizeof(list), "%s", c->to);
-	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (o.ndests == EVAC_DESTS_MAX ||
-		    parse_hostport(tok, dests[o.ndests].host,
-				   sizeof(dests[0].host), &dests[o.ndests].port) < 0) {
-			fprintf(stderr, "ferry evacuate: --to: '%s' is not HOST:PORT "
-				"(at most %d of them)\n", tok, EVAC_DESTS_MAX);
-			return 2;
-		}
-		o.ndests++;
-	}
+	n = (uint32_t)parse_dests(c->to, dests);
+	if ((int)n < 0)
+		return 2;
+	o.ndests = n;
 	migrate_opts(c, &o.base);
 	if (evac_run(&o, &res, &n, &err) < 0) {
 		fprintf(stderr, "ferry evacuate: %s\n", err.msg);

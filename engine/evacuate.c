@@ -98,7 +98,7 @@ static void vm_opts(const struct evac *e, const struct evac_result *r,
 {
 	*o = e->o->base;
 	o->qmp_path = qmp;
-	o->vm_name = r->vm;
+	o->vm_name = r->vm[0] ? r->vm : e->o->base.vm_name;
 	o->to_host = e->o->dests[d].host;
 	o->to_port = e->o->dests[d].port;
 	o->progress = NULL;
@@ -111,8 +111,18 @@ static void vm_opts(const struct evac *e, const struct evac_result *r,
  */
 static void evacuate_one(struct evac *e, struct evac_result *r)
 {
+	char qmp[PATH_MAX];
+
+	snprintf(qmp, sizeof(qmp), "%s/%s.qmp", e->o->qmp_dir, r->vm);
+	evac_place(e->o, qmp, r);
+}
+
+void evac_place(const struct evac_opts *eo, const char *qmp,
+		struct evac_result *r)
+{
+	struct evac ev = { .o = eo }, *e = &ev;
 	struct candidate cand[EVAC_DESTS_MAX];
-	char qmp[PATH_MAX], why[FERRY_ERROR_MSG_MAX] = "";
+	char why[FERRY_ERROR_MSG_MAX] = "";
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o;
 	uint32_t ncand = 0;
@@ -121,7 +131,6 @@ static void evacuate_one(struct evac *e, struct evac_result *r)
 
 	snprintf(r->status, sizeof(r->status), "failed");
 	r->report.source_running = true;
-	snprintf(qmp, sizeof(qmp), "%s/%s.qmp", e->o->qmp_dir, r->vm);
 	q = qmp_connect(qmp, MIG_QMP_TIMEOUT_MS, &err);
 	if (!q || mig_ram_size(q, &ram, &err) < 0) {
 		qmp_close(q);
@@ -156,8 +165,8 @@ static void evacuate_one(struct evac *e, struct evac_result *r)
 
 		vm_opts(e, r, qmp, cand[i].dest, &o);
 		snprintf(r->dest, sizeof(r->dest), "%s:%u", d->host, d->port);
-		ferry_log(FERRY_LOG_INFO, "evacuate: %s to %s (%llu MiB usable "
-			  "there)", r->vm, r->dest,
+		ferry_log(FERRY_LOG_INFO, "%s to %s (%llu MiB usable there)",
+			  o.vm_name ? o.vm_name : "the guest", r->dest,
 			  (unsigned long long)(cand[i].host.usable >> 20));
 		m = ferry_migration_new(&o, &err);
 		rc = m ? ferry_migration_run(m, &r->report, &err) : err.code;

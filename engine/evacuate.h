@@ -51,6 +51,15 @@ struct evac_opts {
 int evac_run(const struct evac_opts *o, struct evac_result **out, uint32_t *n,
 	     struct ferry_error *err);
 
+/*
+ * One guest (its QMP socket @qmp; r->vm its name, or "" for the one of
+ * o->base) to the best of o->dests, as evacuate places each VM: the
+ * destinations with room for it, most usable memory first, the next on
+ * a refusal before anything moved. The outcome in @r.
+ */
+void evac_place(const struct evac_opts *o, const char *qmp,
+		struct evac_result *r);
+
 /* migrate.c: what the receiver of @m (its to_host, to_port, TLS) says
  * it can take, for a guest of @ram_bytes (a HOST connection). */
 struct wire_host;

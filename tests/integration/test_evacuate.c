@@ -175,6 +175,67 @@ START_TEST(evacuate_three)
 }
 END_TEST
 
+/*
+ * ferry migrate --to A,B: the first destination with room has no QEMU
+ * for the VM and refuses before anything moves; the VM goes to the next.
+ */
+START_TEST(migrate_chooses)
+{
+	struct vm_config sc = { .mem_mib = MEM_MIB, .fill = "mix" };
+	struct vm_config dc = { .mem_mib = MEM_MIB, .fill = "mix",
+				.incoming = true, .prealloc = true };
+	struct ferry_error err = { 0 };
+	struct rx_thread rx[NSVC];
+	char dirs[NSVC][64], to[64], state[64], out[8192], port[16];
+	struct pair p;
+	int fd, rc;
+	pid_t pid;
+
+	ck_assert_int_eq(tmpdir_make(state, sizeof(state), "ferry-state"), 0);
+	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
+	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
+		      err.msg);
+	for (int s = 0; s < NSVC; s++) {
+		struct ferry_receiver_opts o = { .listen_host = "127.0.0.1" };
+
+		ck_assert_int_eq(tmpdir_make(dirs[s], sizeof(dirs[s]), "ferry-host"), 0);
+		if (s == 1)
+			link_qmp(dirs[s], "delta", p.dst);
+		o.qmp_dir = dirs[s];
+		ck_assert_msg(rx_thread_start(&rx[s], &o, NULL, &rx[s].err) == 0,
+			      "%s", rx[s].err.msg);
+	}
+	snprintf(to, sizeof(to), "127.0.0.1:%u,127.0.0.1:%u", rx[0].port,
+		 rx[1].port);
+	{
+		char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp",
+				 (char *)vm_qmp_path(p.src), "--vm", "delta",
+				 "--to", to, "--paused", "--compress", "none",
+				 "--state-dir", state, NULL };
+
+		ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
+		proc_read_all(fd, out, sizeof(out));
+		rc = proc_wait(pid);
+	}
+	ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
+	snprintf(port, sizeof(port), ":%u", rx[1].port);
+	ck_assert_msg(strstr(out, "destination: 127.0.0.1") && strstr(out, port),
+		      "%s", out);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	for (int s = 0; s < NSVC; s++) {
+		rx_thread_stop(&rx[s]);
+		rx_thread_join(&rx[s]);
+		tmpdir_remove(dirs[s]);
+	}
+	pair_stop(&p);
+	tmpdir_remove(state);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("evacuate");
@@ -184,6 +245,7 @@ int main(void)
 
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, evacuate_three);
+	tcase_add_test(tc, migrate_chooses);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
