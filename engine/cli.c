@@ -73,6 +73,8 @@ static void usage(FILE *f)
 		"  --vm NAME           the VM's name, which a receiving service finds\n"
 		"                      its destination QEMU by (DIR/NAME.qmp)\n"
 		"  --paused            leave the destination guest paused\n"
+		"  --cold              cold migration: pause the guest first, move it\n"
+		"                      stopped (with --block, its disks too)\n"
 		"  --direct            QEMU streams straight to the destination QEMU\n"
 		"                      (ferry only orchestrates; the baseline)\n"
 		"  --bandwidth MIB_S   cap the rate on the wire (default: unlimited)\n"
@@ -242,7 +244,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
        OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
-       OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS };
+       OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS, OPT_COLD };
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -292,6 +294,7 @@ static const struct option long_opts[] = {
 	{ "ram-allocation-ratio", required_argument, NULL, OPT_RAM_RATIO },
 	{ "parallel", required_argument, NULL, OPT_PARALLEL },
 	{ "vms", required_argument, NULL, OPT_VMS },
+	{ "cold", no_argument, NULL, OPT_COLD },
 	{ 0 },
 };
 
@@ -302,7 +305,7 @@ struct cli {
 	char **args;			/* the words after the options */
 	int nargs;
 	char allow_dirs[4096];
-	bool paused, json, direct, quiet, once, no_handoff;
+	bool paused, json, direct, quiet, once, no_handoff, cold;
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
 	uint32_t wait_s, parallel;
 	double ram_ratio;
@@ -328,6 +331,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_SOURCE_COMPLETED: c->source_completed = optarg; break;
 		case OPT_STATUS: c->status = optarg; break;
 		case OPT_VMS: c->vms = optarg; break;
+		case OPT_COLD: c->cold = true; break;
 		case OPT_PARALLEL:
 			if (parse_u32(optarg, &c->parallel) < 0 || !c->parallel ||
 			    c->parallel > 16)
@@ -518,6 +522,7 @@ static void migrate_opts(const struct cli *c, struct ferry_migrate_opts *o)
 	o->block = c->block;
 	o->vm_name = c->vm;
 	o->state_dir = state_dir(c);
+	o->cold = c->cold;
 }
 
 /* --to HOST:PORT[,HOST:PORT...] into @d; the count, or -1. */

@@ -60,6 +60,16 @@ static const char *list_status(const char *last, json_t *end, bool held)
 	return "needs-recover";
 }
 
+/* live, live+disks, cold, cold+disks: as its start recorded. */
+static const char *list_type(json_t *first)
+{
+	bool disks = json_is_true(json_object_get(first, "block"));
+
+	if (json_is_true(json_object_get(first, "cold")))
+		return disks ? "cold+disks" : "cold";
+	return disks ? "live+disks" : "live";
+}
+
 /* The entry of one journal, or NULL when the file is not one. */
 static json_t *list_entry(const char *path, struct ferry_error *err)
 {
@@ -93,8 +103,7 @@ static json_t *list_entry(const char *path, struct ferry_error *err)
 	e = json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s,s:s,s:I,s:I,s:I}",
 		      "id", str_of(first, "id"), "side", side,
 		      "vm", str_of(first, "vm"), "peer", peer,
-		      "type", json_is_true(json_object_get(first, "block")) ?
-			      "live+disks" : "live",
+		      "type", list_type(first),
 		      "status", list_status(last, end, held), "state", last,
 		      "started_ms", t0, "updated_ms", t1,
 		      "total_ms", rep ? int_of(rep, "total_ms") : t1 - t0);

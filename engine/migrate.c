@@ -430,13 +430,13 @@ static int journal_start(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return rc;
 	return journal_step(m->run.journal, JOURNAL_STARTED, json_pack(
-		"{s:s,s:s,s:s,s:s?,s:s,s:i,s:b,s:b,s:b,s:b,s:b,"
+		"{s:s,s:s,s:s,s:s?,s:s,s:i,s:b,s:b,s:b,s:b,s:b,s:b,"
 		"s:{s:s?,s:s?,s:s?,s:s?,s:b},s:s,s:i,s:i,s:b,s:I}",
 		"id", id, "side", "source", "qmp", o->qmp_path, "vm", o->vm_name,
 		"to_host", o->to_host, "to_port", (int)o->to_port,
 		"was_running", m->run.was_running, "paused", o->paused,
 		"direct", o->direct, "block", o->block.enabled,
-		"postcopy", m->run.conv.postcopy_cap,
+		"postcopy", m->run.conv.postcopy_cap, "cold", o->cold,
 		/* What a resumed post-copy needs to reach the receiver again
 		 * (paths only: the secrets stay in their files). */
 		"tls", "creds_dir", o->tls.creds_dir, "psk_file", o->tls.psk_file,
@@ -466,6 +466,13 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		return ferry_error_set(err, -EINVAL,
 			"the source guest is '%s'; ferry migrates a running or paused guest",
 			status);
+	/* Cold: it moves stopped (a failure resumes it, as it was). */
+	if (m->cfg.o.cold && m->run.was_running) {
+		rc = qemu_stop(m->run.q, err);
+		if (rc < 0)
+			return ferry_error_prefix(err, "pausing the source guest "
+						  "for a cold migration: ");
+	}
 	rc = mig_query(m->run.q, &info, err);
 	if (rc < 0)
 		return rc;
@@ -483,7 +490,7 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		       m->cfg.o.direct ? (m->run.qemu_cap ==
 				      MIG_BANDWIDTH_UNLIMITED ? 0 :
 				      m->run.qemu_cap) : m->run.wire_cap,
-		       m->run.was_running, err);
+		       m->run.was_running && !m->cfg.o.cold, err);
 	if (rc < 0)
 		return rc;
 	rc = journal_start(m, err);

@@ -217,6 +217,11 @@ struct ferry_migrate_opts {
 	/* Where the migration journal goes (docs/journal.md), for `ferry
 	 * recover`; NULL: no journal. The CLI's default is /var/lib/ferry. */
 	const char *state_dir;
+	/* Cold migration (Nova's `nova migrate`): the source guest is paused
+	 * first, and moves stopped, in one pass (with its disks: --block);
+	 * the destination runs it afterwards unless paused is set. A failure
+	 * resumes it on the source as it was. */
+	bool cold;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300

@@ -373,6 +373,51 @@ START_TEST(block_direct)
 }
 END_TEST
 
+/*
+ * Cold migration with a disk (Nova's `nova migrate`): the running guest
+ * is paused first and moves stopped, its disk with it; written before,
+ * the image arrives byte for byte, RAM the same, and the journal says
+ * what kind of migration it was.
+ */
+START_TEST(block_cold)
+{
+	struct bpair p;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { .cold = true };
+	char state[64], *json;
+	json_t *all;
+	uint64_t beats;
+
+	ck_assert_int_eq(tmpdir_make(state, sizeof(state), "ferry-state"), 0);
+	bpair_start(&p, 64 * MiB, 32, "raw", false, 64 * MiB);
+	qemu_io(p.src, "write -P 0x5a 1048576 65536");
+	o.state_dir = state;
+	beats = vm_heartbeats(p.src);
+	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	/* Stopped throughout: at most the beats of the moments before it
+	 * paused (10 ms each; the migration takes seconds). */
+	ck_assert_msg(vm_heartbeats(p.src) <= beats + 25, "the source beat %llu "
+		      "times during a cold migration of %llu ms",
+		      (unsigned long long)(vm_heartbeats(p.src) - beats),
+		      (unsigned long long)rep.total_ms);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_file(p.src_img, p.dst_img);
+	expect_same_ram(&p);
+	ck_assert_int_eq(ferry_list_json(state, &json, &err), 0);
+	all = json_loads(json, 0, NULL);
+	free(json);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(all, 0),
+							   "type")), "cold+disks");
+	json_decref(all);
+	bpair_stop(&p);
+	tmpdir_remove(state);
+}
+END_TEST
+
 /* One case per test: CK_RUN_CASE=name runs one. */
 static void add(Suite *s, const char *name, const TTest *t)
 {
@@ -391,6 +436,7 @@ int main(void)
 
 	add(s, "raw_with_writes", block_raw_with_writes);
 	add(s, "direct", block_direct);
+	add(s, "cold", block_cold);
 	add(s, "qcow2_write_blocking", block_qcow2_write_blocking);
 	add(s, "sparse_4g", block_sparse_4g);
 	add(s, "cdrom", block_cdrom);
