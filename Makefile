@@ -29,7 +29,8 @@ else
 B       := build
 endif
 
-LIB_SRCS  := $(wildcard qmp/*.c transport/*.c) $(filter-out engine/cli.c,$(wildcard engine/*.c))
+CLI_SRCS  := engine/cli.c engine/cli_config.c
+LIB_SRCS  := $(wildcard qmp/*.c transport/*.c) $(filter-out $(CLI_SRCS),$(wildcard engine/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(B)/%.o)
 HARN_SRCS := $(filter-out tests/harness/demo.c,$(wildcard tests/harness/*.c))
 HARN_OBJS := $(HARN_SRCS:%.c=$(B)/%.o)
@@ -42,7 +43,7 @@ BENCH_BINS := $(BENCH_SRCS:%.c=$(B)/%)
 
 GUEST   := $(B)/guest.elf
 
-.PHONY: all deps check check-long unit integration demo bench headers clean
+.PHONY: all deps check check-long unit integration demo bench headers clean install
 all: $(B)/libferry.a $(B)/ferry
 
 deps:
@@ -56,7 +57,7 @@ $(B)/libferry.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/ferry: $(B)/engine/cli.o $(B)/libferry.a
+$(B)/ferry: $(CLI_SRCS:%.c=$(B)/%.o) $(B)/libferry.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/libharness.a: $(HARN_OBJS)
@@ -115,6 +116,22 @@ demo: deps
 bench: deps
 	@$(MAKE) --no-print-directory all $(GUEST) $(BENCH_BINS)
 	@echo "benchmarks built in $(B)/bench; see bench/README.md"
+
+# The binary, and the receiving service's systemd unit and example
+# configuration (PREFIX, DESTDIR as usual; the library's own install is
+# not there yet).
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ferry
+	install -m 0755 $(B)/ferry $(DESTDIR)$(BINDIR)/ferry
+	sed 's|@BINDIR@|$(BINDIR)|' packaging/ferry-serve.service > \
+		$(DESTDIR)$(UNITDIR)/ferry-serve.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ferry-serve.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/ferry/serve.conf || \
+		install -m 0644 packaging/serve.conf $(DESTDIR)$(SYSCONFDIR)/ferry/serve.conf
 
 clean:
 	rm -rf build build-san

@@ -17,13 +17,17 @@
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <jansson.h>
 
+#include "engine/cli_config.h"
 #include "engine/evacuate.h"
 #include "engine/launch.h"
 #include "engine/mig.h"
@@ -61,6 +65,8 @@ static void usage(FILE *f)
 		"       ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]\n"
 		"       ferry serve --listen HOST:PORT --qmp-dir DIR [--max-migrations N]\n"
 		"       ferry serve --listen HOST:PORT --launch CMD --state-dir DIR\n"
+		"       ferry serve --config FILE [options]   (the file's keys are\n"
+		"                   the long options above; docs/receiving-service.md)\n"
 		"                   [--allow-dir DIR]...\n"
 		"       ferry recover [--state-dir DIR] [--source-completed ID] [--wait SEC]\n"
 		"       ferry list [--status S] [--vm NAME] [--since T] [--json]\n"
@@ -845,6 +851,31 @@ static int cmd_evacuate(const struct cli *c)
 	return status;
 }
 
+/* systemd's readiness (Type=notify): READY=1 to $NOTIFY_SOCKET, once the
+ * service listens. Nothing without one. */
+static void notify_ready(void)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	size_t len = path ? strlen(path) : 0;
+	int fd;
+
+	if (!len || (path[0] != '/' && path[0] != '@') ||
+	    len >= sizeof(sun.sun_path))
+		return;
+	memcpy(sun.sun_path, path, len);
+	if (sun.sun_path[0] == '@')
+		sun.sun_path[0] = '\0';	/* the abstract namespace */
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, "READY=1", 7, MSG_NOSIGNAL, (struct sockaddr *)&sun,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+		ferry_log(FERRY_LOG_WARN, "NOTIFY_SOCKET %s: %s", path,
+			  strerror(errno));
+	close(fd);
+}
+
 /*
  * "receive" is the one-VM case of "serve": one destination QEMU (--qmp);
  * "serve" finds each VM's QEMU in --qmp-dir. Both are the same service.
@@ -884,6 +915,7 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 		return 1;
 	}
 	install_signals();
+	notify_ready();
 	rc = ferry_receiver_run(g_rx, &rep, &err);
 	if (rc < 0)
 		fprintf(stderr, "ferry %s: %s\n", cmd, err.msg);
@@ -892,6 +924,48 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 	ferry_receiver_free(g_rx);
 	g_rx = NULL;
 	return rc < 0 ? 1 : 0;
+}
+
+/*
+ * --config FILE (serve, receive): the file's settings go in front of the
+ * command line's (which win), as one new argv. The words stay allocated
+ * for the life of the process.
+ */
+static int with_config(int *argc, char ***argv)
+{
+	const char *path = NULL;
+	char **cfg, **nv;
+	int ncfg, n = 0, at = -1;
+
+	for (int i = 2; i < *argc; i++) {
+		if (!strcmp((*argv)[i], "--config") && i + 1 < *argc) {
+			path = (*argv)[i + 1];
+			at = i;
+			break;
+		}
+	}
+	if (!path)
+		return 0;
+	if (strcmp((*argv)[1], "serve") && strcmp((*argv)[1], "receive")) {
+		fprintf(stderr, "ferry: --config is for serve and receive\n");
+		return -EINVAL;
+	}
+	if (config_load(path, &cfg, &ncfg) < 0)
+		return -EINVAL;
+	nv = calloc((size_t)(*argc + ncfg + 1), sizeof(*nv));
+	if (!nv)
+		return -ENOMEM;
+	nv[n++] = (*argv)[0];
+	nv[n++] = (*argv)[1];
+	for (int i = 0; i < ncfg; i++)
+		nv[n++] = cfg[i];
+	for (int i = 2; i < *argc; i++)
+		if (i != at && i != at + 1)
+			nv[n++] = (*argv)[i];
+	free(cfg);	/* the words live on in nv */
+	*argc = n;
+	*argv = nv;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -915,6 +989,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "launch-qemu") == 0)
 		return launch_qemu_main(argc - 1, argv + 1);
+	if (with_config(&argc, &argv) < 0)
+		return 2;
 	if (parse_args(argc - 1, argv + 1, &c) < 0) {
 		usage(stderr);
 		return 2;
