@@ -489,6 +489,20 @@ int vm_status(struct vm *vm, char *buf, size_t len, struct ferry_error *err)
 				       VM_QMP_TIMEOUT_MS, err);
 }
 
+int vm_status_settled(struct vm *vm, char *buf, size_t len,
+		      struct ferry_error *err)
+{
+	int rc;
+
+	for (int i = 0; i < VM_SETTLE_MS / 20; i++) {
+		rc = vm_status(vm, buf, len, err);
+		if (rc < 0 || strcmp(buf, "finish-migrate"))
+			return rc;
+		usleep(20 * 1000);
+	}
+	return 0;
+}
+
 int vm_pmemsave(struct vm *vm, const char *path, struct ferry_error *err)
 {
 	uint64_t size = (uint64_t)vm->mem_mib << 20;

@@ -117,6 +117,14 @@ uint32_t vm_fill_ms(struct vm *vm);
 
 /* query-status "status": "running", "paused", "inmigrate", "postmigrate"... */
 int vm_status(struct vm *vm, char *buf, size_t len, struct ferry_error *err);
+/*
+ * The same once QEMU's run state has settled: right after a migration
+ * completed, QEMU still says "finish-migrate" for a moment before
+ * "postmigrate"; this waits that out (at most VM_SETTLE_MS).
+ */
+#define VM_SETTLE_MS 2000
+int vm_status_settled(struct vm *vm, char *buf, size_t len,
+		      struct ferry_error *err);
 
 /* pmemsave of guest-physical 0 .. mem_mib MiB into @path (written by QEMU,
  * so relative to the same working directory). Checks the file's size. */

@@ -147,7 +147,8 @@ static __attribute__((unused)) void expect_status(struct vm *vm, const char *wan
 	struct ferry_error err = { 0 };
 	char st[32];
 
-	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_status_settled(vm, st, sizeof(st), &err) == 0, "%s",
+		      err.msg);
 	ck_assert_msg(!strcmp(st, want), "VM is '%s', expected '%s'", st, want);
 }
 

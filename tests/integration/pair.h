@@ -57,7 +57,8 @@ static __attribute__((unused)) void expect_status(struct vm *vm, const char *wan
 	char st[32];
 
 	ck_assert_msg(vm_alive(vm), "QEMU exited (expected '%s')", want);
-	ck_assert_msg(vm_status(vm, st, sizeof(st), &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_status_settled(vm, st, sizeof(st), &err) == 0, "%s",
+		      err.msg);
 	ck_assert_msg(strcmp(st, want) == 0, "VM is '%s', expected '%s'", st, want);
 }
 

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
 #include "qmp/qmp.h"
@@ -45,10 +46,33 @@
 /* The service's per-connection deadline in these tests. */
 #define HELLO_MS 4000
 
+/* What every test's guest is made of (they are all alike): the GUEST a
+ * raw peer sends, as a real source would. */
+static struct wire_guest g_guest;
+
 static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
 		       uint32_t rate_mib_s)
 {
+	struct ferry_error err = { 0 };
+
 	pair_start_mem(p, TEST_MEM_MIB, fill, ws_mib, rate_mib_s);
+	if (!g_guest.machine[0])
+		ck_assert_msg(qemu_guest_describe(vm_qmp(p->src), &g_guest,
+						  &err) == 0, "%s", err.msg);
+}
+
+/* A raw source's GUEST message, after its hello (and VM, CONFIG). */
+static void raw_guest(struct net_conn *c)
+{
+	struct ferry_error err = { 0 };
+	uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
+	int n;
+
+	ck_assert(g_guest.machine[0]);
+	n = wire_guest_encode(&g_guest, buf, sizeof(buf), &err);
+	ck_assert_msg(n >= 0, "%s", err.msg);
+	/* A service that already hung up says why on the next read. */
+	net_ctrl_send(c, WIRE_CTRL_GUEST, buf, (uint32_t)n, 2000, &err);
 }
 
 static void service_start(struct rx_thread *r, struct ferry_receiver_opts *o)
@@ -149,6 +173,11 @@ static void raw_open(struct raw *r, uint16_t port, const struct ferry_tls_opts *
 	wire_hello_encode(&h, buf);
 	ck_assert_msg(net_write_full(&r->c, buf, sizeof(buf), 2000, "hello",
 				     &err) == 0, "%s", err.msg);
+	/* A fresh control connection's preamble (with VM, the test sends
+	 * VM and CONFIG, then GUEST itself). */
+	if (kind == WIRE_CONN_CONTROL &&
+	    !(options & (WIRE_OPT_RESUME | WIRE_OPT_VM)))
+		raw_guest(&r->c);
 }
 
 static void raw_close(struct raw *r)
@@ -870,6 +899,7 @@ START_TEST(burnt_qemu_until_registered_anew)
 		/* No configuration: registered QEMUs need none. */
 		ck_assert(net_ctrl_send(&c.c, WIRE_CTRL_CONFIG, NULL, 0, 2000,
 					&err) == 0);
+		raw_guest(&c.c);
 	}
 	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_READY);
 	raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, WIRE_OPT_HANDOFF,
