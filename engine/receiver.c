@@ -268,7 +268,7 @@ static int rx_launch(struct incoming *in, struct ferry_error *err)
 		if (left < 0)
 			return ferry_error_set(err, -ENOMEM, "pre-check: this host "
 				"cannot take a %llu MiB guest: %llu MiB short "
-				"(MemTotal %llu MiB x ratio %.2f, %llu MiB in "
+				"(MemTotal %llu MiB x ratio %g, %llu MiB in "
 				"use, %u migrations arriving)",
 				(unsigned long long)(in->hello.ram_bytes >> 20),
 				(unsigned long long)(-left >> 20),

@@ -1058,7 +1058,23 @@ START_TEST(launch_destination)
 	expect_status(p.src, "running");
 	service_stop(&rx);
 
+	/* Memory: with a ratio this low no host has room for the guest; it
+	 * is refused before a QEMU starts. */
 	ro.allow_dirs = allow;
+	ro.ram_allocation_ratio = 0.001;
+	service_start(&rx, &ro);
+	rc = migrate(&p, rx.port, "nomem1", &(struct ferry_migrate_opts){ 0 },
+		     &rep, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_msg(strstr(err.msg, "pre-check: this host cannot take a 64 MiB "
+			     "guest"), "%s", err.msg);
+	ck_assert(!file_exists(launch_dir, "nomem1.pid"));
+	ck_assert(!process_with_arg("nomem1.qmp"));
+	expect_status(p.src, "running");
+	service_stop(&rx);
+
+	/* Overcommitted (1.5): room, as Nova's ram_allocation_ratio gives. */
+	ro.ram_allocation_ratio = 1.5;
 	service_start(&rx, &ro);
 
 	/* A migration cancelled in precopy: its launched QEMU goes, with
