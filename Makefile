@@ -15,7 +15,7 @@ PKGS    := jansson liburing liblz4 libzstd openssl
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
            -Wstrict-prototypes -Wmissing-prototypes -Wno-format-truncation \
-           -fno-strict-aliasing \
+           -fno-strict-aliasing -fPIC \
            -D_GNU_SOURCE -Iinclude -I. -pthread -MMD -MP
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null || \
              echo -ljansson -luring -llz4 -lzstd -lssl -lcrypto) -pthread
@@ -36,15 +36,24 @@ HARN_SRCS := $(filter-out tests/harness/demo.c,$(wildcard tests/harness/*.c))
 HARN_OBJS := $(HARN_SRCS:%.c=$(B)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:%.c=$(B)/%)
-INTEG_SRCS := $(wildcard tests/integration/test_*.c)
+# test_examples runs under check-install, with the installed examples.
+INTEG_SRCS := $(filter-out tests/integration/test_examples.c,$(wildcard tests/integration/test_*.c))
 INTEG_BINS := $(INTEG_SRCS:%.c=$(B)/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:%.c=$(B)/%)
 
 GUEST   := $(B)/guest.elf
 
-.PHONY: all deps check check-long unit integration demo bench headers clean install
-all: $(B)/libferry.a $(B)/ferry
+# The library, three ways: libferry.so.0 (only the public API exported:
+# libferry.map) and libferry.a (one object whose only globals are the
+# public API's) for embedders; libferry-internal.a, every symbol, for the
+# command-line tool, the tests and the benchmarks built here.
+SOVERSION := 0
+VERSION   := $(shell sed -n 's/^\#define FERRY_VERSION_STRING "\(.*\)"/\1/p' include/ferry.h)
+LIB_INT   := $(B)/libferry-internal.a
+
+.PHONY: all deps check check-long check-install check-abi abi-baseline unit integration demo bench headers clean install
+all: $(B)/libferry.a $(B)/libferry.so $(B)/ferry
 
 deps:
 	@sh scripts/deps.sh
@@ -53,27 +62,44 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(B)/libferry.a: $(LIB_OBJS)
+$(LIB_INT): $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/ferry: $(CLI_SRCS:%.c=$(B)/%.o) $(B)/libferry.a
+# One relocatable object of the whole library, every global but ferry_*
+# made local, so that a program linking libferry.a statically meets no
+# qmp_, net_, wire_... of ours.
+$(B)/libferry.a: $(LIB_OBJS)
+	@rm -f $@ $(B)/libferry-all.o
+	$(LD) -r -o $(B)/libferry-all.o $^
+	objcopy --wildcard --keep-global-symbol='ferry_*' $(B)/libferry-all.o
+	ar rcs $@ $(B)/libferry-all.o
+
+$(B)/libferry.so.$(SOVERSION): $(LIB_OBJS) libferry.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libferry.so.$(SOVERSION) \
+		-Wl,--version-script=libferry.map -Wl,--no-undefined \
+		-o $@ $(LIB_OBJS) $(LDLIBS)
+
+$(B)/libferry.so: $(B)/libferry.so.$(SOVERSION)
+	ln -sf libferry.so.$(SOVERSION) $@
+
+$(B)/ferry: $(CLI_SRCS:%.c=$(B)/%.o) $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/libharness.a: $(HARN_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libferry.a
+$(B)/tests/unit/%: $(B)/tests/unit/%.o $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
-$(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/libharness.a $(B)/libferry.a
+$(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/libharness.a $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
-$(B)/bench/%: $(B)/bench/%.o $(B)/libharness.a $(B)/libferry.a
+$(B)/bench/%: $(B)/bench/%.o $(B)/libharness.a $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/ferry-demo: $(B)/tests/harness/demo.o $(B)/libharness.a $(B)/libferry.a
+$(B)/ferry-demo: $(B)/tests/harness/demo.o $(B)/libharness.a $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 -include tests/guest/guest.mk
@@ -95,7 +121,9 @@ integration: all $(GUEST) $(INTEG_BINS)
 
 check: deps
 	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory check-abi
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory check-install
 
 # Every cell of the kill matrix runs in check; a crash lands between
 # different instructions each time, so the long run repeats them.
@@ -117,21 +145,59 @@ bench: deps
 	@$(MAKE) --no-print-directory all $(GUEST) $(BENCH_BINS)
 	@echo "benchmarks built in $(B)/bench; see bench/README.md"
 
-# The binary, and the receiving service's systemd unit and example
-# configuration (PREFIX, DESTDIR as usual; the library's own install is
-# not there yet).
+# Everything an operator and an embedder need: the binary, libferry.so.0
+# (with its symlinks) and libferry.a, the headers, ferry.pc, the examples,
+# the receiving service's systemd unit and example configuration. PREFIX
+# and DESTDIR as usual.
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DOCDIR  ?= $(PREFIX)/share/doc/ferry
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ferry
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(DOCDIR)/examples \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ferry
 	install -m 0755 $(B)/ferry $(DESTDIR)$(BINDIR)/ferry
+	install -m 0644 $(B)/libferry.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libferry.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libferry.so
+	install -m 0644 $(B)/libferry.a $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/ferry.h include/ferry_policy.h $(DESTDIR)$(INCLUDEDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+		packaging/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
+	install -m 0644 examples/*.c $(DESTDIR)$(DOCDIR)/examples/
 	sed 's|@BINDIR@|$(BINDIR)|' packaging/ferry-serve.service > \
 		$(DESTDIR)$(UNITDIR)/ferry-serve.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/ferry-serve.service
 	test -e $(DESTDIR)$(SYSCONFDIR)/ferry/serve.conf || \
 		install -m 0644 packaging/serve.conf $(DESTDIR)$(SYSCONFDIR)/ferry/serve.conf
+
+# The exported ABI against the stored baseline (abigail-tools): a function
+# added passes; any change to what exists (a symbol gone, a type's layout)
+# fails until it is announced by storing a new baseline with it (make
+# abi-baseline, in the same commit, with the soname bumped if it breaks).
+ABI_BASE := abi/libferry.so.$(SOVERSION).abi
+check-abi: $(B)/libferry.so.$(SOVERSION)
+	@abidiff --no-added-syms $(ABI_BASE) $< >$(B)/abidiff.txt; rc=$$?; \
+	if [ $$rc -ne 0 ]; then \
+		cat $(B)/abidiff.txt; echo "abi: libferry's ABI changed (abidiff $$rc):" \
+			"announce it with make abi-baseline, or undo it"; \
+		echo "abi: 0 passed, 1 failed"; exit 1; \
+	fi; \
+	echo "abi: 1 passed, 0 failed"
+
+abi-baseline: $(B)/libferry.so.$(SOVERSION)
+	abidw --no-show-locs --no-corpus-path $< > $(ABI_BASE)
+
+# The embedder's view (part of check): install into a scratch DESTDIR,
+# build the examples against it with pkg-config alone, and migrate a real
+# guest with them (test_examples).
+check-install: all $(GUEST) $(B)/tests/integration/test_examples
+	@FERRY_BIN=$(abspath $(B)/ferry) FERRY_GUEST=$(abspath $(GUEST)) \
+		sh scripts/check-install.sh $(B)
 
 clean:
 	rm -rf build build-san

@@ -91,3 +91,8 @@ int ferry_report_write_json(const struct ferry_report *r, int fd)
 	free(text);
 	return rc;
 }
+
+const char *ferry_version(void)
+{
+	return FERRY_VERSION_STRING;
+}

@@ -28,6 +28,13 @@ extern "C" {
 
 #define FERRY_VERSION_STRING "0.1.0"
 
+/*
+ * The version of the library a program runs with (FERRY_VERSION_STRING is
+ * the one it was compiled against). libferry.so.0 keeps its ABI within
+ * 0.x: functions are only added; docs/libferry.md has the rules.
+ */
+const char *ferry_version(void);
+
 /* Longest error message kept; longer messages are truncated, never lost. */
 #define FERRY_ERROR_MSG_MAX 512
 
