@@ -591,6 +591,55 @@ static int qom_devices(struct qmp *q, const char *path, bool named,
 	return rc;
 }
 
+static int cpuid_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct wire_guest_cpuid *)a)->key,
+		      ((const struct wire_guest_cpuid *)b)->key);
+}
+
+/*
+ * The CPUID feature words the guest sees (x86's "feature-words" of the
+ * first CPU), those with bits set, sorted. A QEMU whose CPU has none
+ * (another architecture) gives none.
+ */
+static int cpu_feature_words(struct qmp *q, const char *cpu_path,
+			     struct wire_guest *g, struct ferry_error *err)
+{
+	json_t *ret = NULL, *w;
+	size_t i;
+	int rc;
+
+	rc = qmp_execute(q, "qom-get", json_pack("{s:s,s:s}", "path", cpu_path,
+						 "property", "feature-words"),
+			 &ret, MIG_QMP_TIMEOUT_MS, NULL);
+	if (rc < 0)
+		return 0;
+	json_array_foreach(ret, i, w) {
+		json_int_t bits = json_integer_value(json_object_get(w, "features"));
+		const char *reg = json_string_value(json_object_get(w,
+							"cpuid-register"));
+		struct wire_guest_cpuid *c;
+
+		if (!bits || !reg)
+			continue;
+		if (g->ncpuid == WIRE_GUEST_CPUID_MAX) {
+			rc = ferry_error_set(err, -E2BIG, "the CPU has more than %u "
+					     "CPUID feature words", WIRE_GUEST_CPUID_MAX);
+			break;
+		}
+		c = &g->cpuid[g->ncpuid++];
+		snprintf(c->key, sizeof(c->key), "0x%llx.%lld.%s",
+			 (unsigned long long)json_integer_value(json_object_get(w,
+							"cpuid-input-eax")),
+			 (long long)json_integer_value(json_object_get(w,
+							"cpuid-input-ecx")), reg);
+		c->bits = (uint32_t)bits;
+	}
+	json_decref(ret);
+	qsort(g->cpuid, g->ncpuid, sizeof(g->cpuid[0]), cpuid_cmp);
+	return rc;
+}
+
 static int device_cmp(const void *a, const void *b)
 {
 	const struct wire_guest_device *x = a, *y = b;
@@ -617,6 +666,8 @@ int qemu_guest_describe(struct qmp *q, struct wire_guest *g,
 						     "qom-path"));
 	rc = cpu_path ? qom_type(q, cpu_path, g->cpu, sizeof(g->cpu), err) :
 	     ferry_error_set(err, -EPROTO, "query-cpus-fast names no CPU");
+	if (rc == 0)
+		rc = cpu_feature_words(q, cpu_path, g, err);
 	json_decref(cpus);
 	if (rc == 0)
 		rc = qom_devices(q, "/machine/peripheral", true, g, err);

@@ -169,6 +169,46 @@ static void add_device(char *out, size_t len, const struct wire_guest_device *d)
 		 d->id[0] ? " (" : "", d->id, d->id[0] ? ")" : "");
 }
 
+/* The bits of CPUID word @key in @g (0 when it has none set). */
+static uint32_t cpuid_bits(const struct wire_guest *g, const char *key)
+{
+	for (uint32_t i = 0; i < g->ncpuid; i++)
+		if (!strcmp(g->cpuid[i].key, key))
+			return g->cpuid[i].bits;
+	return 0;
+}
+
+/* "; CPU features differ: ..." for each CPUID word that differs, into
+ * @out; the length written. */
+static size_t cpuid_differences(const struct wire_guest *src,
+				const struct wire_guest *dst, char *out,
+				size_t len)
+{
+	const struct wire_guest *sides[2] = { src, dst };
+	size_t n = 0;
+	bool any = false;
+
+	out[0] = '\0';
+	for (int s = 0; s < 2; s++) {
+		for (uint32_t i = 0; i < sides[s]->ncpuid && n < len; i++) {
+			const char *key = sides[s]->cpuid[i].key;
+			uint32_t a = cpuid_bits(src, key), b = cpuid_bits(dst, key);
+
+			/* Each word once: from the source's list, or the
+			 * destination's when the source has none of it. */
+			if (a == b || (s == 1 && a))
+				continue;
+			n += (size_t)snprintf(out + n, len - n, "%sCPUID %s: bits "
+				"0x%x only on the source, 0x%x only here",
+				any ? ", " : "; CPU features differ (start both with "
+				"the same named -cpu model, not host): ", key,
+				a & ~b, b & ~a);
+			any = true;
+		}
+	}
+	return n < len ? n : len - 1;
+}
+
 /*
  * The pre-check of what the guest is made of (the source's GUEST): the
  * destination QEMU must be the same machine, with the same CPU model and
@@ -218,6 +258,9 @@ static int check_guest(struct incoming *in, struct ferry_error *err)
 				      "'%s' on the source, '%s' here (start both "
 				      "with the same -cpu, a model both hosts "
 				      "run, such as qemu64)", src->cpu, dst->cpu);
+	/* Another model differs in features anyway: that line says it. */
+	if (n < sizeof(msg) && !strcmp(src->cpu, dst->cpu))
+		n += cpuid_differences(src, dst, msg + n, sizeof(msg) - n);
 	if (n < sizeof(msg) && only_src[0])
 		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; devices only "
 				      "on the source: %s", only_src);

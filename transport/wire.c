@@ -1,6 +1,8 @@
 /* Encoding and validation of ferry's wire format (see wire.h). */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -290,6 +292,22 @@ int wire_guest_encode(const struct wire_guest *g, uint8_t *out, uint32_t cap,
 					       "bytes)", cap);
 		len += (size_t)n;
 	}
+	if (g->ncpuid > WIRE_GUEST_CPUID_MAX)
+		return ferry_error_set(err, -E2BIG, "more than %u CPUID words",
+				       WIRE_GUEST_CPUID_MAX);
+	for (uint32_t i = 0; i < g->ncpuid; i++) {
+		if (!wire_guest_word_valid(g->cpuid[i].key))
+			return ferry_error_set(err, -EINVAL, "CPUID word '%.80s' "
+					       "is not a word ferry can send",
+					       g->cpuid[i].key);
+		n = snprintf((char *)out + len, cap - len, "cpuid %s 0x%x\n",
+			     g->cpuid[i].key, g->cpuid[i].bits);
+		if (n < 0 || (size_t)n >= cap - len)
+			return ferry_error_set(err, -E2BIG, "the source QEMU's "
+					       "devices and CPU do not fit in GUEST "
+					       "(%u bytes)", cap);
+		len += (size_t)n;
+	}
 	return (int)len;
 }
 
@@ -331,6 +349,24 @@ int wire_guest_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 			rest = guest_word(rest, g->machine);
 		} else if (!strcmp(key, "cpu") && !g->cpu[0]) {
 			rest = guest_word(rest, g->cpu);
+		} else if (!strcmp(key, "cpuid")) {
+			char hex[WIRE_GUEST_WORD_MAX + 1], *end;
+			unsigned long v;
+
+			if (g->ncpuid == WIRE_GUEST_CPUID_MAX)
+				return ferry_error_set(err, -E2BIG, "GUEST: more "
+						       "than %u CPUID words",
+						       WIRE_GUEST_CPUID_MAX);
+			rest = guest_word(rest, g->cpuid[g->ncpuid].key);
+			if (rest)
+				rest = guest_word(rest, hex);
+			if (!rest || strncmp(hex, "0x", 2))
+				goto bad;
+			errno = 0;
+			v = strtoul(hex + 2, &end, 16);
+			if (errno || *end || end == hex + 2 || v > UINT32_MAX)
+				goto bad;
+			g->cpuid[g->ncpuid++].bits = (uint32_t)v;
 		} else if (!strcmp(key, "device")) {
 			if (g->ndevices == WIRE_GUEST_DEVICES_MAX)
 				return ferry_error_set(err, -E2BIG, "GUEST: more "
@@ -351,7 +387,8 @@ int wire_guest_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 	return 0;
 bad:
 	return ferry_error_set(err, -EPROTO, "GUEST: a line that is not "
-			       "'machine TYPE', 'cpu TYPE' or 'device TYPE [ID]' "
+			       "'machine TYPE', 'cpu TYPE', 'device TYPE [ID]' "
+			       "or 'cpuid KEY 0xBITS' "
 			       "(words of A-Z a-z 0-9 _ . , : -, at most %u)",
 			       WIRE_GUEST_WORD_MAX);
 }

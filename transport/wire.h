@@ -192,6 +192,7 @@ int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
  *   machine TYPE
  *   cpu TYPE
  *   device TYPE [ID]       (at most WIRE_GUEST_DEVICES_MAX lines)
+ *   cpuid KEY 0xBITS       (at most WIRE_GUEST_CPUID_MAX lines)
  */
 #define WIRE_GUEST_WORD_MAX 64
 #define WIRE_GUEST_DEVICES_MAX 128
@@ -201,11 +202,22 @@ struct wire_guest_device {
 	char id[WIRE_GUEST_WORD_MAX + 1];	/* "" for an anonymous one */
 };
 
+/* A CPUID feature word the guest sees: "LEAF.SUBLEAF.REG" (decimal leaf
+ * and subleaf, EAX..EDX) and its bits; only words with bits set. */
+#define WIRE_GUEST_CPUID_MAX 64
+
+struct wire_guest_cpuid {
+	char key[WIRE_GUEST_WORD_MAX + 1];
+	uint32_t bits;
+};
+
 struct wire_guest {
 	char machine[WIRE_GUEST_WORD_MAX + 1];
 	char cpu[WIRE_GUEST_WORD_MAX + 1];
 	uint32_t ndevices;
 	struct wire_guest_device devices[WIRE_GUEST_DEVICES_MAX];
+	uint32_t ncpuid;
+	struct wire_guest_cpuid cpuid[WIRE_GUEST_CPUID_MAX];
 };
 
 bool wire_guest_word_valid(const char *word);

@@ -52,6 +52,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(g->ndevices == again->ndevices);
 		FUZZ_CHECK(!memcmp(g->devices, again->devices,
 				   g->ndevices * sizeof(g->devices[0])));
+		FUZZ_CHECK(g->ncpuid == again->ncpuid);
+		for (uint32_t i = 0; i < g->ncpuid; i++) {
+			FUZZ_CHECK(!strcmp(g->cpuid[i].key, again->cpuid[i].key));
+			FUZZ_CHECK(g->cpuid[i].bits == again->cpuid[i].bits);
+		}
 	}
 	free(again);
 	free(g);

@@ -287,7 +287,9 @@ static void gen_guest(void)
 	static const char pc[] = "machine pc-i440fx-7.2-machine\n"
 		"cpu qemu64-x86_64-cpu\n"
 		"device virtio-blk-pci vdisk0\n"
-		"device virtio-rng-pci\n";
+		"device virtio-rng-pci\n"
+		"cpuid 1.0.ECX 0x80a02001\n"
+		"cpuid 7.0.EBX 0x0219c07ab\n";
 	static const char min[] = "machine m\ncpu c\n";
 
 	payload("guest", "pc", pc, sizeof(pc) - 1);
@@ -296,6 +298,8 @@ static void gen_guest(void)
 	payload("guest", "no-newline", "machine m\ncpu c", 15);
 	payload("guest", "bad-word", "machine m/x\ncpu c\n", 18);
 	payload("guest", "three-words", "machine m\ncpu c\ndevice a b c\n", 29);
+	payload("guest", "cpuid-not-hex", "machine m\ncpu c\ncpuid 1.0.EAX 12\n",
+		33);
 	payload("guest", "empty", "", 0);
 }
 

@@ -30,6 +30,10 @@ static const struct {
 	  "'pc-q35-7.2-machine' here" },
 	{ NULL, "-cpu max",
 	  "CPU model 'qemu64-x86_64-cpu' on the source, 'max-x86_64-cpu' here" },
+	{ NULL, "-cpu qemu64,+popcnt",
+	  "CPU features differ (start both with the same named -cpu model, "
+	  "not host): CPUID 0x1.0.ECX: bits 0x0 only on the source, 0x800000 "
+	  "only here" },
 };
 
 /* QEMU's migration status on @vm. */
