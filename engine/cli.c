@@ -130,6 +130,8 @@ static void usage(FILE *f)
 		"  --wait SEC          (recover) how long a resumed post-copy waits\n"
 		"                      for its receiver (default %d)\n"
 		"\n"
+		"  --log-level L       (all commands) error, warn, info (default) or\n"
+		"                      debug\n"
 		"  --state-dir DIR     (all commands) the migration journal, for\n"
 		"                      ferry recover (default $FERRY_STATE_DIR or\n"
 		"                      /var/lib/ferry)\n"
@@ -148,6 +150,24 @@ static void usage(FILE *f)
 }
 
 /* Parse "HOST:PORT" or "[V6]:PORT"; @host gets a copy of the host part. */
+/* Why @s (the value of --@opt) is not HOST:PORT, on stderr. */
+static void hostport_error(const char *cmd, const char *opt, const char *s)
+{
+	const char *colon = strrchr(s, ':');
+
+	if (!colon)
+		fprintf(stderr, "ferry %s: --%s '%s' lacks the port (HOST:PORT, "
+			"or [IPv6]:PORT)\n", cmd, opt, s);
+	else if (strchr(s, ':') != colon && s[0] != '[')
+		fprintf(stderr, "ferry %s: --%s '%s': write an IPv6 address in "
+			"brackets, [ADDRESS]:PORT\n", cmd, opt, s);
+	else if (colon == s || (s[0] == '[' && colon == s + 2))
+		fprintf(stderr, "ferry %s: --%s '%s' lacks the host\n", cmd, opt, s);
+	else
+		fprintf(stderr, "ferry %s: --%s '%s': the port must be a number "
+			"from 0 to 65535\n", cmd, opt, s);
+}
+
 static int parse_hostport(const char *s, char *host, size_t len, uint16_t *port)
 {
 	const char *colon = strrchr(s, ':');
@@ -216,8 +236,10 @@ static void print_progress(const struct ferry_progress *p, void *opaque)
 static void print_summary(const struct ferry_report *r)
 {
 	if (!r->completed) {
-		printf("migration %s: %s\nsource guest: %s\n", r->status, r->error,
-		       r->source_running ? "running (safe)" : "NOT confirmed running");
+		/* The error itself went to stderr, once. */
+		printf("migration %s; source guest: %s\n", r->status,
+		       r->source_running ? "running, checked" :
+		       "not confirmed running (ferry recover on both hosts)");
 		return;
 	}
 	printf("migration %s (%s, codec %s, %u stream%s, TLS %s) in %llu ms: "
@@ -250,7 +272,56 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_THR_TAILSLOW, OPT_DT_STEPS, OPT_DT_DELAY, OPT_EVENTS, OPT_BLOCK,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
        OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
-       OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS, OPT_COLD };
+       OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS, OPT_COLD,
+       OPT_LOG_LEVEL, OPT_MAX };
+
+/* Which commands take an option (the rest refuse it, by name). */
+enum {
+	C_MIGRATE = 1 << 0, C_RECEIVE = 1 << 1, C_SERVE = 1 << 2,
+	C_RECOVER = 1 << 3, C_LIST = 1 << 4, C_EVACUATE = 1 << 5,
+	C_STEER = 1 << 6,
+	C_ALL = 0x7f,
+	C_MOVE = C_MIGRATE | C_EVACUATE,	/* a migration's options */
+	C_RX = C_RECEIVE | C_SERVE,
+};
+
+static const unsigned opt_cmds[OPT_MAX] = {
+	[OPT_QMP] = C_MIGRATE | C_RECEIVE, [OPT_TO] = C_MOVE,
+	[OPT_PAUSED] = C_MOVE, [OPT_JSON] = C_MOVE | C_RX | C_LIST,
+	[OPT_DIRECT] = C_MOVE, [OPT_BW] = C_MOVE, [OPT_DOWNTIME] = C_MOVE,
+	[OPT_TIMEOUT] = C_MOVE, [OPT_QUIET] = C_MOVE | C_RX,
+	[OPT_LISTEN] = C_RX, [OPT_ONCE] = C_RX, [OPT_HELP] = C_ALL,
+	[OPT_COMPRESS] = C_MOVE, [OPT_STREAMS] = C_MOVE,
+	[OPT_NO_HANDOFF] = C_MOVE, [OPT_TLS_CREDS] = C_MOVE | C_RX,
+	[OPT_TLS_PSK] = C_MOVE | C_RX, [OPT_TLS_PSK_ID] = C_MOVE,
+	[OPT_TLS_HOST] = C_MOVE, [OPT_INSECURE] = C_MOVE | C_RX,
+	[OPT_TIMEOUT_ACTION] = C_MOVE, [OPT_POLICY] = C_MOVE,
+	[OPT_POSTCOPY] = C_MOVE, [OPT_AUTO_CONVERGE] = C_MOVE,
+	[OPT_THR_INIT] = C_MOVE, [OPT_THR_INC] = C_MOVE, [OPT_THR_MAX] = C_MOVE,
+	[OPT_THR_TAILSLOW] = C_MOVE, [OPT_DT_STEPS] = C_MOVE,
+	[OPT_DT_DELAY] = C_MOVE, [OPT_EVENTS] = C_MOVE, [OPT_BLOCK] = C_MOVE,
+	[OPT_DISKS] = C_MOVE, [OPT_BLOCK_MODE] = C_MOVE,
+	[OPT_VM] = C_MIGRATE | C_LIST, [OPT_QMP_DIR] = C_SERVE | C_EVACUATE,
+	[OPT_MAX_MIGRATIONS] = C_RX, [OPT_LAUNCH] = C_SERVE,
+	[OPT_STATE_DIR] = C_ALL, [OPT_ALLOW_DIR] = C_SERVE,
+	[OPT_SOURCE_COMPLETED] = C_RECOVER, [OPT_WAIT] = C_RECOVER,
+	[OPT_STATUS] = C_LIST, [OPT_SINCE] = C_LIST, [OPT_RAM_RATIO] = C_RX,
+	[OPT_PARALLEL] = C_EVACUATE, [OPT_VMS] = C_EVACUATE,
+	[OPT_COLD] = C_MOVE, [OPT_LOG_LEVEL] = C_ALL,
+};
+
+/* The values a choice option takes, for its error message. */
+static const char *choices(int opt)
+{
+	switch (opt) {
+	case OPT_BLOCK_MODE: return "background, write-blocking";
+	case OPT_TIMEOUT_ACTION: return "abort, postcopy, pause";
+	case OPT_POLICY: return "predict, nova, qemu";
+	case OPT_POSTCOPY: return "never, auto, after-pass=N";
+	case OPT_LOG_LEVEL: return "error, warn, info, debug";
+	default: return NULL;
+	}
+}
 
 static const struct option long_opts[] = {
 	{ "qmp", required_argument, NULL, OPT_QMP },
@@ -301,6 +372,7 @@ static const struct option long_opts[] = {
 	{ "parallel", required_argument, NULL, OPT_PARALLEL },
 	{ "vms", required_argument, NULL, OPT_VMS },
 	{ "cold", no_argument, NULL, OPT_COLD },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 	{ 0 },
 };
 
@@ -312,6 +384,7 @@ struct cli {
 	int nargs;
 	char allow_dirs[4096];
 	bool paused, json, direct, quiet, once, no_handoff, cold;
+	bool seen[OPT_MAX];		/* the options given */
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
 	uint32_t wait_s, parallel;
 	double ram_ratio;
@@ -323,11 +396,67 @@ struct cli {
 	struct ferry_block_opts block;
 };
 
+/* Edit distance of two short words (for "did you mean"). */
+static size_t distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
+
+	if (la >= 63 || lb >= 63)
+		return 64;
+	for (size_t j = 0; j <= lb; j++)
+		prev[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		cur[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+			size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+
+			cur[j] = sub < del ? (sub < ins ? sub : ins) :
+				 (del < ins ? del : ins);
+		}
+		memcpy(prev, cur, (lb + 1) * sizeof(prev[0]));
+	}
+	return prev[lb];
+}
+
+/* One line for an option getopt did not take: unknown (with the nearest
+ * one, when one is near), or lacking its value. */
+static void bad_option(const char *cmd, const char *word)
+{
+	char name[64];
+	const char *best = NULL;
+	size_t best_d = 3;
+
+	snprintf(name, sizeof(name), "%s", word + (word[0] == '-') +
+		 (word[0] == '-' && word[1] == '-'));
+	if (strchr(name, '='))
+		*strchr(name, '=') = '\0';
+	for (const struct option *o = long_opts; o->name; o++) {
+		size_t d = distance(name, o->name);
+
+		if (d == 0) {
+			fprintf(stderr, "ferry %s: --%s needs a value\n", cmd, o->name);
+			return;
+		}
+		if (d < best_d) {
+			best_d = d;
+			best = o->name;
+		}
+	}
+	fprintf(stderr, "ferry %s: unknown option '%s'%s%s%s (ferry %s --help)\n",
+		cmd, word, best ? "; did you mean --" : "", best ? best : "",
+		best ? "?" : "", cmd);
+}
+
 static int parse_args(int argc, char **argv, struct cli *c)
 {
-	int opt;
+	const char *cmd = argv[0];
+	int opt, li = -1;
 
-	while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, "h", long_opts, &li)) != -1) {
+		if (opt > 0 && opt < OPT_MAX)
+			c->seen[opt] = true;
 		switch (opt) {
 		case OPT_QMP: c->qmp = optarg; break;
 		case OPT_VM: c->vm = optarg; break;
@@ -485,20 +614,67 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_HELP:
 			usage(stdout);
 			exit(0);
+		case OPT_LOG_LEVEL: {
+			static const char *const levels[] = { "error", "warn",
+							      "info", "debug" };
+			int l = -1;
+
+			for (int i = 0; i < 4; i++)
+				if (!strcmp(optarg, levels[i]))
+					l = i;
+			if (l < 0)
+				goto bad_choice;
+			ferry_set_log(NULL, NULL, l);
+			break;
+		}
 		default:
+			bad_option(cmd, argv[optind - 1]);
 			return -EINVAL;
 		}
+		li = -1;
 	}
 	c->args = argv + optind;
 	c->nargs = argc - optind;
 	return 0;
 
 bad_number:
-	fprintf(stderr, "ferry: '%s' is not a valid positive number\n", optarg);
+	fprintf(stderr, "ferry %s: --%s: '%s' is not a valid number here (see "
+		"ferry %s --help for its range)\n", cmd,
+		li >= 0 ? long_opts[li].name : "?", optarg, cmd);
 	return -EINVAL;
 bad_choice:
-	fprintf(stderr, "ferry: '%s' is not a valid choice (see --help)\n", optarg);
+	fprintf(stderr, "ferry %s: --%s: '%s' is not one of: %s\n", cmd,
+		li >= 0 ? long_opts[li].name : "?", optarg,
+		li >= 0 && choices(long_opts[li].val) ? choices(long_opts[li].val) :
+		"(see --help)");
 	return -EINVAL;
+}
+
+/* The options given that @cmd does not take: each named, one line. */
+static int check_cmd_options(const struct cli *c, const char *cmd)
+{
+	static const struct { const char *name; unsigned bit; } cmds[] = {
+		{ "migrate", C_MIGRATE }, { "receive", C_RECEIVE },
+		{ "serve", C_SERVE }, { "recover", C_RECOVER }, { "list", C_LIST },
+		{ "evacuate", C_EVACUATE }, { "abort", C_STEER },
+		{ "force-complete", C_STEER }, { "set-downtime", C_STEER },
+	};
+	unsigned bit = 0;
+	int bad = 0;
+
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++)
+		if (!strcmp(cmds[i].name, cmd))
+			bit = cmds[i].bit;
+	if (!bit)
+		return 0;	/* an unknown command is said elsewhere */
+	for (const struct option *o = long_opts; o->name; o++) {
+		if (!c->seen[o->val] || (opt_cmds[o->val] & bit))
+			continue;
+		fprintf(stderr, "ferry %s: --%s is not an option of %s (see ferry "
+			"%s --help)\n", cmd, o->name, cmd, cmd);
+		bad = 1;
+	}
+	return bad ? -EINVAL : 0;
 }
 
 /* --state-dir, else $FERRY_STATE_DIR, else the system's. */
@@ -543,8 +719,11 @@ static int parse_dests(const char *to, struct evac_dest *d)
 	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (n == EVAC_DESTS_MAX ||
 		    parse_hostport(tok, d[n].host, sizeof(d[n].host), &d[n].port) < 0) {
-			fprintf(stderr, "ferry: --to: '%s' is not HOST:PORT (at most "
-				"%d of them)\n", tok, EVAC_DESTS_MAX);
+			if (n == EVAC_DESTS_MAX)
+				fprintf(stderr, "ferry: --to: at most %d destinations\n",
+					EVAC_DESTS_MAX);
+			else
+				hostport_error("migrate", "to", tok);
 			return -1;
 		}
 		n++;
@@ -587,8 +766,13 @@ static int cmd_migrate(const struct cli *c)
 
 	if (c->qmp && c->to && strchr(c->to, ','))
 		return migrate_choosing(c);
-	if (!c->qmp || !c->to || parse_hostport(c->to, host, sizeof(host), &o.to_port) < 0) {
-		fprintf(stderr, "ferry migrate: needs --qmp SRC_QMP and --to HOST:PORT\n");
+	if (!c->qmp || !c->to) {
+		fprintf(stderr, "ferry migrate: needs --qmp SRC_QMP and --to HOST:PORT"
+			" (%s is missing)\n", !c->qmp ? "--qmp" : "--to");
+		return 2;
+	}
+	if (parse_hostport(c->to, host, sizeof(host), &o.to_port) < 0) {
+		hostport_error("migrate", "to", c->to);
 		return 2;
 	}
 	migrate_opts(c, &o);
@@ -889,8 +1073,12 @@ static int cmd_receive(const struct cli *c, const char *cmd)
 	char host[256];
 	int rc;
 
+	if (c->listen &&
+	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0) {
+		hostport_error(cmd, "listen", c->listen);
+		return 2;
+	}
 	if (!c->listen ||
-	    parse_hostport(c->listen, host, sizeof(host), &o.listen_port) < 0 ||
 	    (serve ? !!c->qmp_dir + !!c->launch != 1 || c->qmp :
 		     !c->qmp || c->qmp_dir || c->launch)) {
 		fprintf(stderr, serve ?
@@ -991,10 +1179,9 @@ int main(int argc, char **argv)
 		return launch_qemu_main(argc - 1, argv + 1);
 	if (with_config(&argc, &argv) < 0)
 		return 2;
-	if (parse_args(argc - 1, argv + 1, &c) < 0) {
-		usage(stderr);
+	if (parse_args(argc - 1, argv + 1, &c) < 0 ||
+	    check_cmd_options(&c, cmd) < 0)
 		return 2;
-	}
 	if (strcmp(cmd, "migrate") == 0)
 		return cmd_migrate(&c);
 	if (strcmp(cmd, "receive") == 0 || strcmp(cmd, "serve") == 0)
