@@ -11,11 +11,14 @@
  * DEMO_MEM_MIB (256), DEMO_FILL (mix), DEMO_WS_MIB (32), DEMO_RATE (32).
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,20 +70,39 @@ static int wait_exit(pid_t pid)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static int wait_listening(uint16_t port)
+/*
+ * The receiver says when it listens, as systemd's Type=notify hears it
+ * (READY=1 on $NOTIFY_SOCKET): no probe connection, which the receiver
+ * would log as a peer that left during its hello.
+ */
+static int notify_open(const char *dir, char *path, size_t len)
 {
-	uint64_t deadline = ferry_now_ms() + DEMO_PORT_WAIT_MS;
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
-	while (ferry_now_ms() < deadline) {
-		int fd = net_connect("127.0.0.1", port, 200, NULL);
-
-		if (fd >= 0) {
+	snprintf(path, len, "%s/notify", dir);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		if (fd >= 0)
 			close(fd);
-			return 0;
-		}
-		usleep(20 * 1000);
+		return -errno;
 	}
-	return -ETIMEDOUT;
+	return fd;
+}
+
+static int wait_ready(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	char buf[64];
+	ssize_t n;
+
+	if (poll(&p, 1, DEMO_PORT_WAIT_MS) != 1)
+		return -ETIMEDOUT;
+	n = recv(fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = '\0';
+	return strstr(buf, "READY=1") ? 0 : -EPROTO;
 }
 
 static int pick_port(void)
@@ -109,10 +131,10 @@ static void slurp(int fd, char *buf, size_t len)
 static int run_demo(struct vm *src, struct vm *dst, const char *dir)
 {
 	char *bin = getenv("FERRY_BIN"), listen[32], report[8192];
-	char src_ram[256], dst_ram[256];
+	char src_ram[256], dst_ram[256], notify[128];
 	struct ferry_error err = { 0 };
 	uint64_t diff = 0;
-	int pipefd[2], port, rc_rx, rc_mig, eq;
+	int pipefd[2], port, rc_rx, rc_mig, eq, nfd, rc;
 	pid_t rx, mig;
 
 	if (!bin) {
@@ -130,9 +152,19 @@ static int run_demo(struct vm *src, struct vm *dst, const char *dir)
 		printf("\n$ ferry receive --listen %s --qmp %s --once   (destination host)\n",
 		       listen, vm_qmp_path(dst));
 		fflush(stdout);
+		nfd = notify_open(dir, notify, sizeof(notify));
+		if (nfd < 0) {
+			fprintf(stderr, "demo: notify socket: %s\n", strerror(-nfd));
+			return 1;
+		}
+		setenv("NOTIFY_SOCKET", notify, 1);
 		rx = spawn(argv, -1);
+		unsetenv("NOTIFY_SOCKET");
 	}
-	if (wait_listening((uint16_t)port) < 0) {
+	rc = wait_ready(nfd);
+	close(nfd);
+	unlink(notify);
+	if (rc < 0) {
 		fprintf(stderr, "demo: the receiver did not start listening\n");
 		kill(rx, SIGKILL);
 		wait_exit(rx);
