@@ -52,7 +52,7 @@ SOVERSION := 0
 VERSION   := $(shell sed -n 's/^\#define FERRY_VERSION_STRING "\(.*\)"/\1/p' include/ferry.h)
 LIB_INT   := $(B)/libferry-internal.a
 
-.PHONY: all deps check check-long check-install check-abi abi-baseline unit integration demo bench headers clean install
+.PHONY: all deps check check-long check-install check-abi check-man abi-baseline unit integration demo bench headers clean install
 all: $(B)/libferry.a $(B)/libferry.so $(B)/ferry
 
 deps:
@@ -122,6 +122,7 @@ integration: all $(GUEST) $(INTEG_BINS)
 check: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory check-abi
+	@$(MAKE) --no-print-directory check-man
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory check-install
 
@@ -154,13 +155,19 @@ BINDIR  ?= $(PREFIX)/bin
 LIBDIR  ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 DOCDIR  ?= $(PREFIX)/share/doc/ferry
+MANDIR  ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
 		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(DOCDIR)/examples \
-		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ferry
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ferry \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 \
+		$(DESTDIR)$(MANDIR)/man5
 	install -m 0755 $(B)/ferry $(DESTDIR)$(BINDIR)/ferry
+	install -m 0644 man/ferry.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/libferry.3 $(DESTDIR)$(MANDIR)/man3/
+	install -m 0644 man/ferry-serve.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(B)/libferry.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/
 	ln -sf libferry.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libferry.so
 	install -m 0644 $(B)/libferry.a $(DESTDIR)$(LIBDIR)/
@@ -191,6 +198,11 @@ check-abi: $(B)/libferry.so.$(SOVERSION)
 
 abi-baseline: $(B)/libferry.so.$(SOVERSION)
 	abidw --no-show-locs --no-corpus-path $< > $(ABI_BASE)
+
+# The man pages render cleanly and document every option of the real
+# tables (part of check).
+check-man: $(B)/ferry
+	@sh scripts/check-man.sh $(B)/ferry
 
 # The embedder's view (part of check): install into a scratch DESTDIR,
 # build the examples against it with pkg-config alone, and migrate a real

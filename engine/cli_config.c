@@ -141,3 +141,9 @@ void config_free(char **args, int n)
 		free(args[i]);
 	free(args);
 }
+
+void config_keys_print(void)
+{
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		printf("%s\n", keys[i].key);
+}

@@ -11,5 +11,7 @@
  */
 int config_load(const char *path, char ***out, int *nout);
 void config_free(char **args, int n);
+/* Every key a file may set, one a line (make check-man). */
+void config_keys_print(void);
 
 #endif /* FERRY_CLI_CONFIG_H */

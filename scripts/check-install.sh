@@ -14,7 +14,9 @@ make --no-print-directory -s install DESTDIR="$root" PREFIX=/usr \
 for f in usr/bin/ferry usr/lib/libferry.so.0 usr/lib/libferry.so \
 	 usr/lib/libferry.a usr/include/ferry.h usr/lib/pkgconfig/ferry.pc \
 	 usr/share/doc/ferry/examples/migrate_one.c \
-	 usr/lib/systemd/system/ferry-serve.service etc/ferry/serve.conf; do
+	 usr/lib/systemd/system/ferry-serve.service etc/ferry/serve.conf \
+	 usr/share/man/man1/ferry.1 usr/share/man/man3/libferry.3 \
+	 usr/share/man/man5/ferry-serve.conf.5; do
 	[ -e "$root/$f" ] || fail "make install did not install /$f"
 done
 # Only the public API leaves the library.
