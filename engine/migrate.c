@@ -121,6 +121,8 @@ const char *ferry_phase_name(enum ferry_phase p)
 }
 
 static void run_reset(struct ferry_migration *m);
+static int migration_run(struct ferry_migration *m, struct ferry_report *report,
+			 struct ferry_error *err);
 
 static void config_free(struct mig_config *c)
 {
@@ -171,10 +173,24 @@ static int plan_make(struct mig_plan *p, const struct ferry_migrate_opts *o)
 	return p->tls_host ? 0 : -ENOMEM;
 }
 
-struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
-					    struct ferry_error *err)
+struct ferry_migration *(ferry_migration_new)(const struct ferry_migrate_opts *o,
+					      struct ferry_error *err)
 {
+	return ferry_migration_new_sized(o, ABI0_MIGRATE_OPTS_SIZE, err);
+}
+
+struct ferry_migration *ferry_migration_new_sized(
+	const struct ferry_migrate_opts *in, size_t size, struct ferry_error *err)
+{
+	struct ferry_migrate_opts full, *o = &full;
 	struct ferry_migration *m;
+
+	if (abi_copy_in(&full, sizeof(full), in, size) < 0) {
+		ferry_error_set(err, -EINVAL, "this libferry (%s) does not know "
+				"an option the program set (built against a "
+				"later ferry.h)", FERRY_VERSION_STRING);
+		return NULL;
+	}
 
 	if (!o->qmp_path || !o->to_host || !o->to_port) {
 		ferry_error_set(err, -EINVAL,
@@ -1568,8 +1584,25 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 	return rc;
 }
 
-int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
-			struct ferry_error *err)
+int (ferry_migration_run)(struct ferry_migration *m, struct ferry_report *report,
+			  struct ferry_error *err)
+{
+	return ferry_migration_run_sized(m, report, ABI0_REPORT_SIZE, err);
+}
+
+int ferry_migration_run_sized(struct ferry_migration *m,
+			      struct ferry_report *report, size_t size,
+			      struct ferry_error *err)
+{
+	struct ferry_report full;
+	int rc = migration_run(m, &full, err);
+
+	memcpy(report, &full, size < sizeof(full) ? size : sizeof(full));
+	return rc;
+}
+
+static int migration_run(struct ferry_migration *m, struct ferry_report *report,
+			 struct ferry_error *err)
 {
 	struct ferry_error local = { 0 };
 	int rc;

@@ -6,6 +6,7 @@
 
 #include "ferry.h"
 #include "report.h"
+#include "util.h"
 
 json_t *report_json(const struct ferry_report *r)
 {
@@ -62,13 +63,23 @@ json_t *report_json(const struct ferry_report *r)
 	return o;
 }
 
-int ferry_report_write_json(const struct ferry_report *r, int fd)
+int (ferry_report_write_json)(const struct ferry_report *r, int fd)
 {
-	json_t *o = report_json(r);
+	return ferry_report_write_json_sized(r, ABI0_REPORT_SIZE, fd);
+}
+
+int ferry_report_write_json_sized(const struct ferry_report *in, size_t size,
+				  int fd)
+{
+	struct ferry_report full, *r = &full;
+	json_t *o;
 	char *text;
 	size_t len, off = 0;
 	int rc = 0;
 
+	if (abi_copy_in(&full, sizeof(full), in, size) < 0)
+		return -EINVAL;
+	o = report_json(r);
 	if (!o)
 		return -ENOMEM;
 	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -178,11 +178,25 @@ static void svc_release(struct ferry_receiver *r)
 	free(r);
 }
 
-struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
-					  struct ferry_error *err)
+struct ferry_receiver *(ferry_receiver_new)(const struct ferry_receiver_opts *o,
+					    struct ferry_error *err)
 {
+	return ferry_receiver_new_sized(o, ABI0_RECEIVER_OPTS_SIZE, err);
+}
+
+struct ferry_receiver *ferry_receiver_new_sized(
+	const struct ferry_receiver_opts *in, size_t size, struct ferry_error *err)
+{
+	struct ferry_receiver_opts full, *o = &full;
 	struct ferry_receiver *r;
 	int fd;
+
+	if (abi_copy_in(&full, sizeof(full), in, size) < 0) {
+		ferry_error_set(err, -EINVAL, "this libferry (%s) does not know "
+				"an option the program set (built against a "
+				"later ferry.h)", FERRY_VERSION_STRING);
+		return NULL;
+	}
 
 	if (opts_check(o, err) < 0)
 		return NULL;
@@ -1147,8 +1161,27 @@ void rx_mig_ended(struct rx_mig *m)
 	efd_signal(m->svc->reap_efd);
 }
 
-int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
-		       struct ferry_error *err)
+int (ferry_receiver_run)(struct ferry_receiver *r, struct ferry_report *report,
+			 struct ferry_error *err)
+{
+	return ferry_receiver_run_sized(r, report, ABI0_REPORT_SIZE, err);
+}
+
+static int receiver_run(struct ferry_receiver *r, struct ferry_report *report,
+			struct ferry_error *err);
+
+int ferry_receiver_run_sized(struct ferry_receiver *r, struct ferry_report *report,
+			     size_t size, struct ferry_error *err)
+{
+	struct ferry_report full;
+	int rc = receiver_run(r, &full, err);
+
+	memcpy(report, &full, size < sizeof(full) ? size : sizeof(full));
+	return rc;
+}
+
+static int receiver_run(struct ferry_receiver *r, struct ferry_report *report,
+			struct ferry_error *err)
 {
 	struct rx_outcome *out = calloc(1, sizeof(*out));
 	int rc = 0;

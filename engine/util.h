@@ -56,4 +56,17 @@ void ferry_log(int level, const char *fmt, ...)
 
 #define FERRY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/*
+ * The ABI's sized structs (ferry.h): the first @size bytes of a caller's
+ * struct into @full (@full_size, this library's): what the caller's lacks
+ * is 0; bytes beyond what this library knows must be 0 too (-EINVAL).
+ */
+int abi_copy_in(void *full, size_t full_size, const void *in, size_t size);
+
+/* libferry.so.0's first struct sizes: what a program passes that calls
+ * the plain entry points (built before the _sized ones). */
+#define ABI0_MIGRATE_OPTS_SIZE 224
+#define ABI0_RECEIVER_OPTS_SIZE 120
+#define ABI0_REPORT_SIZE 848
+
 #endif /* FERRY_UTIL_H */

@@ -283,8 +283,8 @@ struct ferry_report {
 struct ferry_migration;
 
 /* Copy the options; strings are copied too. Returns NULL with @err set. */
-struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
-					    struct ferry_error *err);
+struct ferry_migration *(ferry_migration_new)(const struct ferry_migrate_opts *o,
+					      struct ferry_error *err);
 
 /*
  * Run the migration to its end. Returns 0 when the migration completed and
@@ -292,8 +292,8 @@ struct ferry_migration *ferry_migration_new(const struct ferry_migrate_opts *o,
  * On failure the source guest is left running (report->source_running says
  * whether that could be confirmed).
  */
-int ferry_migration_run(struct ferry_migration *m, struct ferry_report *report,
-			struct ferry_error *err);
+int (ferry_migration_run)(struct ferry_migration *m, struct ferry_report *report,
+			  struct ferry_error *err);
 
 /*
  * Ask a running migration to stop. Async-signal-safe and thread-safe: it
@@ -304,7 +304,41 @@ void ferry_migration_cancel(struct ferry_migration *m);
 void ferry_migration_free(struct ferry_migration *m);
 
 /* Write the report as one JSON object (one line, newline-terminated). */
-int ferry_report_write_json(const struct ferry_report *r, int fd);
+int (ferry_report_write_json)(const struct ferry_report *r, int fd);
+
+/*
+ * ABI: the option and report structs grow at their end, release after
+ * release. The calls above are macros that pass the size of the caller's
+ * struct to these entry points, so a program keeps working with a later
+ * libferry.so.0: the library reads the options the caller's struct has
+ * (the rest are 0, the defaults) and writes only the report fields it
+ * has room for. A struct larger than the library knows, with a later
+ * field set, is refused (-EINVAL) rather than half understood.
+ */
+struct ferry_receiver;
+struct ferry_receiver_opts;
+struct ferry_migration *ferry_migration_new_sized(
+	const struct ferry_migrate_opts *o, size_t size, struct ferry_error *err);
+int ferry_migration_run_sized(struct ferry_migration *m,
+			      struct ferry_report *report, size_t size,
+			      struct ferry_error *err);
+struct ferry_receiver *ferry_receiver_new_sized(
+	const struct ferry_receiver_opts *o, size_t size, struct ferry_error *err);
+int ferry_receiver_run_sized(struct ferry_receiver *r, struct ferry_report *report,
+			     size_t size, struct ferry_error *err);
+int ferry_report_write_json_sized(const struct ferry_report *r, size_t size,
+				  int fd);
+
+#define ferry_migration_new(o, err) \
+	ferry_migration_new_sized((o), sizeof(*(o)), (err))
+#define ferry_migration_run(m, report, err) \
+	ferry_migration_run_sized((m), (report), sizeof(*(report)), (err))
+#define ferry_receiver_new(o, err) \
+	ferry_receiver_new_sized((o), sizeof(*(o)), (err))
+#define ferry_receiver_run(r, report, err) \
+	ferry_receiver_run_sized((r), (report), sizeof(*(report)), (err))
+#define ferry_report_write_json(r, fd) \
+	ferry_report_write_json_sized((r), sizeof(*(r)), (fd))
 
 /*
  * The migrations this host sent or received, running and past, from the
@@ -378,8 +412,8 @@ struct ferry_receiver_opts {
 struct ferry_receiver;
 
 /* Bind and listen now, so the port is known before run. */
-struct ferry_receiver *ferry_receiver_new(const struct ferry_receiver_opts *o,
-					  struct ferry_error *err);
+struct ferry_receiver *(ferry_receiver_new)(const struct ferry_receiver_opts *o,
+					    struct ferry_error *err);
 
 /* The port actually bound (useful with listen_port 0). */
 uint16_t ferry_receiver_port(const struct ferry_receiver *r);
@@ -394,8 +428,8 @@ uint16_t ferry_receiver_port(const struct ferry_receiver *r);
  * if it failed; @report gets its report (without once: that of the last
  * migration that answered READY).
  */
-int ferry_receiver_run(struct ferry_receiver *r, struct ferry_report *report,
-		       struct ferry_error *err);
+int (ferry_receiver_run)(struct ferry_receiver *r, struct ferry_report *report,
+			 struct ferry_error *err);
 
 /* Async-signal-safe and thread-safe: makes ferry_receiver_run() return. */
 void ferry_receiver_stop(struct ferry_receiver *r);
