@@ -107,6 +107,8 @@ static void usage(FILE *f)
 		"  --events FILE       every decision as a JSON line\n"
 		"  --json              print the final report as one JSON object\n"
 		"  --quiet             no progress line\n"
+		"  --progress P        line (at a terminal), json (one object a line\n"
+		"                      on stderr, when it is not a terminal), or none\n"
 		"\n"
 		"serve (and receive) options:\n"
 		"  --qmp-dir DIR       serve many VMs: the destination QEMU for VM NAME\n"
@@ -207,6 +209,33 @@ static int parse_u32(const char *s, uint32_t *out)
 	return 0;
 }
 
+static void print_progress_json(const struct ferry_progress *p, void *opaque)
+{
+	json_t *o = json_pack("{s:i,s:s,s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+			      "s:b,s:I,s:I,s:I}",
+		"schema", FERRY_JSON_SCHEMA, "migration_id", p->migration_id,
+		"timestamp", (json_int_t)ferry_unix_ms(),
+		"phase", ferry_phase_name(p->phase),
+		"elapsed_ms", (json_int_t)p->elapsed_ms,
+		"pass", (json_int_t)p->pass,
+		"ram_total_bytes", (json_int_t)p->ram_total_bytes,
+		"ram_transferred_bytes", (json_int_t)p->ram_transferred_bytes,
+		"ram_remaining_bytes", (json_int_t)p->ram_remaining_bytes,
+		"stream_bytes", (json_int_t)p->stream_bytes,
+		"wire_bytes", (json_int_t)p->wire_bytes,
+		"throughput_bytes_per_s", (json_int_t)p->throughput_bytes_per_s,
+		"postcopy", p->postcopy, "eta_ms", (json_int_t)p->eta_ms,
+		"disk_total_bytes", (json_int_t)p->disk_total_bytes,
+		"disk_done_bytes", (json_int_t)p->disk_done_bytes);
+	char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+	(void)opaque;
+	if (line)
+		fprintf(stderr, "%s\n", line);
+	free(line);
+	json_decref(o);
+}
+
 static void print_progress(const struct ferry_progress *p, void *opaque)
 {
 	char eta[32] = "";
@@ -273,7 +302,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
        OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
        OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS, OPT_COLD,
-       OPT_LOG_LEVEL, OPT_MAX };
+       OPT_LOG_LEVEL, OPT_PROGRESS, OPT_MAX };
 
 /* Which commands take an option (the rest refuse it, by name). */
 enum {
@@ -308,6 +337,7 @@ static const unsigned opt_cmds[OPT_MAX] = {
 	[OPT_STATUS] = C_LIST, [OPT_SINCE] = C_LIST, [OPT_RAM_RATIO] = C_RX,
 	[OPT_PARALLEL] = C_EVACUATE, [OPT_VMS] = C_EVACUATE,
 	[OPT_COLD] = C_MOVE, [OPT_LOG_LEVEL] = C_ALL,
+	[OPT_PROGRESS] = C_MIGRATE,
 };
 
 /* The values a choice option takes, for its error message. */
@@ -319,6 +349,7 @@ static const char *choices(int opt)
 	case OPT_POLICY: return "predict, nova, qemu";
 	case OPT_POSTCOPY: return "never, auto, after-pass=N";
 	case OPT_LOG_LEVEL: return "error, warn, info, debug";
+	case OPT_PROGRESS: return "line, json, none";
 	default: return NULL;
 	}
 }
@@ -373,6 +404,7 @@ static const struct option long_opts[] = {
 	{ "vms", required_argument, NULL, OPT_VMS },
 	{ "cold", no_argument, NULL, OPT_COLD },
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "progress", required_argument, NULL, OPT_PROGRESS },
 	{ 0 },
 };
 
@@ -389,6 +421,7 @@ struct cli {
 	uint32_t wait_s, parallel;
 	double ram_ratio;
 	const char *vms;
+	const char *progress;		/* line, json, none; NULL: by stderr */
 	enum ferry_codec codec;
 	int codec_level;
 	struct ferry_tls_opts tls;
@@ -467,6 +500,12 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_STATUS: c->status = optarg; break;
 		case OPT_VMS: c->vms = optarg; break;
 		case OPT_COLD: c->cold = true; break;
+		case OPT_PROGRESS:
+			if (strcmp(optarg, "line") && strcmp(optarg, "json") &&
+			    strcmp(optarg, "none"))
+				goto bad_choice;
+			c->progress = optarg;
+			break;
 		case OPT_PARALLEL:
 			if (parse_u32(optarg, &c->parallel) < 0 || !c->parallel ||
 			    c->parallel > 16)
@@ -778,8 +817,15 @@ static int cmd_migrate(const struct cli *c)
 	migrate_opts(c, &o);
 	o.qmp_path = c->qmp;
 	o.to_host = host;
-	if (!c->quiet && isatty(STDERR_FILENO))
-		o.progress = print_progress;
+	/* A line for a person at a terminal, JSON for a program reading
+	 * stderr (docs/schema/progress.schema.json). */
+	{
+		const char *how = c->quiet ? "none" : c->progress ? c->progress :
+				  isatty(STDERR_FILENO) ? "line" : "json";
+
+		o.progress = !strcmp(how, "line") ? print_progress :
+			     !strcmp(how, "json") ? print_progress_json : NULL;
+	}
 	g_mig = ferry_migration_new(&o, &err);
 	if (!g_mig) {
 		fprintf(stderr, "ferry migrate: %s\n", err.msg);
@@ -787,7 +833,7 @@ static int cmd_migrate(const struct cli *c)
 	}
 	install_signals();
 	rc = ferry_migration_run(g_mig, &rep, &err);
-	if (o.progress)
+	if (o.progress == print_progress)
 		fputc('\n', stderr);
 	if (rc < 0)
 		fprintf(stderr, "ferry migrate: %s\n", err.msg);

@@ -19,18 +19,28 @@ void conv_event(struct converge *c, const char *name, void *extra,
 	va_end(ap);
 	ferry_log(FERRY_LOG_INFO, "%s: %s", name, msg);
 	if (c->events && o) {
+		uint64_t now = ferry_unix_ms();
+		json_t *e;
 		char *line;
 
+		/* QMP's shape, and the contract's envelope
+		 * (docs/schema/event.schema.json). */
 		json_object_set_new(o, "t_ms",
 				    json_integer((json_int_t)(ferry_now_ms() - c->t0_ms)));
-		json_object_set_new(o, "event", json_string(name));
 		json_object_set_new(o, "detail", json_string(msg));
-		line = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+		e = json_pack("{s:i,s:s,s:s,s:{s:I,s:I},s:O}",
+			      "schema", FERRY_JSON_SCHEMA,
+			      "migration_id", c->mig_id, "event", name,
+			      "timestamp", "seconds", (json_int_t)(now / 1000),
+			      "microseconds", (json_int_t)(now % 1000 * 1000),
+			      "data", o);
+		line = e ? json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 		if (line) {
 			fprintf(c->events, "%s\n", line);
 			fflush(c->events);
 			free(line);
 		}
+		json_decref(e);
 	}
 	json_decref(o);
 }
@@ -92,13 +102,14 @@ int conv_set_downtime_limit(struct converge *c, struct qmp *q, uint32_t ms,
 
 int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	      struct qmp *q, uint64_t ram_bytes, uint64_t link_cap,
-	      bool guest_running, struct ferry_error *err)
+	      bool guest_running, const char *mig_id, struct ferry_error *err)
 {
 	const struct ferry_converge_opts *co = &o->converge;
 	struct ferry_policy_actions a = { 0 };
 	struct ferry_policy_sample s = { 0 };
 
 	memset(c, 0, sizeof(*c));
+	snprintf(c->mig_id, sizeof(c->mig_id), "%s", mig_id);
 	c->t0_ms = ferry_now_ms();
 	c->pass_t0_ms = c->t0_ms;
 	c->ram_bytes = ram_bytes;

@@ -37,6 +37,7 @@ struct converge {
 	uint64_t eta_ms;		/* the policy's estimate of the rest */
 	uint64_t link_cap;		/* --bandwidth, 0: none */
 	uint32_t downtime_now;
+	char mig_id[37];		/* the events' migration_id */
 	bool postcopy_cap, auto_converge_cap;
 	bool postcopy_active;
 	uint64_t postcopy_t0_ms, postcopy_ms;
@@ -47,9 +48,10 @@ struct converge {
 };
 
 /* Set-up before the migration: the policy's up-front decision. */
+/* @mig_id: the migration's id, for its events. */
 int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	      struct qmp *q, uint64_t ram_bytes, uint64_t link_cap,
-	      bool guest_running, struct ferry_error *err);
+	      bool guest_running, const char *mig_id, struct ferry_error *err);
 
 void conv_fini(struct converge *c);
 

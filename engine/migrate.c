@@ -465,7 +465,7 @@ static int journal_start(struct ferry_migration *m, struct ferry_error *err)
 
 static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 {
-	char status[32];
+	char status[32], id[37];
 	struct mig_info info;
 	int rc;
 
@@ -502,11 +502,12 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	rc = wire_mig_id_random(m->run.mig_id);
 	if (rc < 0)
 		return ferry_error_set(err, rc, "getrandom: %s", strerror(-rc));
+	wire_mig_id_format(m->run.mig_id, id);
 	rc = conv_init(&m->run.conv, &m->cfg.o, m->run.q, m->run.ram_bytes,
 		       m->cfg.o.direct ? (m->run.qemu_cap ==
 				      MIG_BANDWIDTH_UNLIMITED ? 0 :
 				      m->run.qemu_cap) : m->run.wire_cap,
-		       m->run.was_running && !m->cfg.o.cold, err);
+		       m->run.was_running && !m->cfg.o.cold, id, err);
 	if (rc < 0)
 		return rc;
 	rc = journal_start(m, err);
@@ -861,6 +862,8 @@ static void report_progress(struct ferry_migration *m)
 		.disk_total_bytes = m->run.disk_total,
 		.disk_done_bytes = m->run.disk_done,
 	};
+
+	wire_mig_id_format(m->run.mig_id, p.migration_id);
 
 	if (m->run.last_sample_ms && now > m->run.last_sample_ms)
 		m->run.throughput = (bytes - m->run.last_sample_bytes) * 1000 /
@@ -1493,6 +1496,10 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	memset(r, 0, sizeof(*r));
 	r->direct = m->cfg.o.direct;
 	wire_mig_id_format(m->run.mig_id, r->migration_id);
+	r->end_unix_ms = ferry_unix_ms();
+	snprintf(r->source, sizeof(r->source), "%s", m->cfg.o.qmp_path);
+	snprintf(r->destination, sizeof(r->destination), "%s:%u",
+		 m->cfg.o.to_host, m->cfg.o.to_port);
 	r->total_ms = ferry_now_ms() - m->run.t0_ms;
 	r->qemu_total_ms = m->run.last.total_time_ms;
 	r->downtime_ms = m->run.last.downtime_ms;
@@ -1572,6 +1579,11 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 			 rc == -ECANCELED ? "cancelled" : "failed");
 		snprintf(report->error, sizeof(report->error), "%s", err->msg);
 	}
+	/* Every migration's events end with one of these. */
+	conv_event(&m->run.conv, report->status, json_pack("{s:b,s:s?}",
+		   "source_running", report->completed ? false :
+		   report->source_running, "error", rc == 0 ? NULL : err->msg),
+		   "the migration %s", report->status);
 	journal_step(m->run.journal, rc == 0 ? JOURNAL_COMPLETED :
 		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
 		     rc == 0 ? json_pack("{s:o*}", "report", report_json(report)) :
@@ -1634,6 +1646,7 @@ static int migration_run(struct ferry_migration *m, struct ferry_report *report,
 static int resume_connect(struct ferry_migration *m, struct ferry_error *err)
 {
 	uint64_t deadline = ferry_now_ms() + m->run.recovery_wait_ms;
+	char id[37];
 	int rc;
 
 	set_phase(m, FERRY_PHASE_CONNECT);
@@ -1661,8 +1674,9 @@ static int resume_connect(struct ferry_migration *m, struct ferry_error *err)
 	}
 	if (rc < 0)
 		return rc;
+	wire_mig_id_format(m->run.mig_id, id);
 	rc = conv_init(&m->run.conv, &m->cfg.o, m->run.q, m->run.ram_bytes,
-		       m->run.wire_cap, false, err);
+		       m->run.wire_cap, false, id, err);
 	/* Post-copy began before: the source guest never runs again, and a
 	 * failure from here leaves both sides paused (fail_safe). */
 	m->run.conv.postcopy_cap = true;

@@ -1232,6 +1232,10 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 	memset(rep, 0, sizeof(*rep));
 	if (in->tun)
 		tun_stats(in->tun, &st);
+	rep->end_unix_ms = ferry_unix_ms();
+	snprintf(rep->source, sizeof(rep->source), "%s", in->peer);
+	snprintf(rep->destination, sizeof(rep->destination), "%s",
+		 in->m->target.qmp_path);
 	rep->streams = in->hello.stream_count;
 	snprintf(rep->tls, sizeof(rep->tls), "%s", tls_ctx_mode(rx_tls(in->m->svc)));
 	rep->direct = in->hello.options & WIRE_OPT_DIRECT;

@@ -60,6 +60,11 @@ json_t *report_json(const struct ferry_report *r)
 		json_object_set_new(o, "disks", d);
 	}
 	json_object_set_new(o, "error", r->error[0] ? json_string(r->error) : json_null());
+	/* The contract's envelope (docs/schema/report.schema.json). */
+	json_object_set_new(o, "schema", json_integer(FERRY_JSON_SCHEMA));
+	json_object_set_new(o, "timestamp", json_integer((json_int_t)r->end_unix_ms));
+	json_object_set_new(o, "source", json_string(r->source));
+	json_object_set_new(o, "destination", json_string(r->destination));
 	return o;
 }
 

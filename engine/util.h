@@ -20,6 +20,15 @@ static inline uint64_t ferry_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Unix time, ms: what JSON timestamps say. */
+static inline uint64_t ferry_unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static inline uint64_t ferry_now_us(void)
 {
 	struct timespec ts;

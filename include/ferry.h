@@ -27,6 +27,9 @@ extern "C" {
 #endif
 
 #define FERRY_VERSION_STRING "0.1.0"
+/* The version of the JSON that ferry writes: report, events, progress
+ * (docs/schema/). Fields are only added within a version. */
+#define FERRY_JSON_SCHEMA 1
 
 /*
  * The version of the library a program runs with (FERRY_VERSION_STRING is
@@ -89,6 +92,7 @@ struct ferry_progress {
 					 * left; 0: none yet */
 	uint64_t disk_total_bytes;	/* --block: what the mirrors copy */
 	uint64_t disk_done_bytes;	/* ... and have copied so far */
+	char migration_id[37];		/* UUID text */
 };
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);
@@ -278,6 +282,12 @@ struct ferry_report {
 	uint64_t disk_switchover_ms;	/* drain + flush barrier, guest paused */
 	bool source_running;		/* after a failure: did the guest survive */
 	char error[FERRY_ERROR_MSG_MAX];	/* empty when completed */
+	/* The two ends: the source QEMU's QMP socket (source side) or the
+	 * source's address (receiving side); the receiver's HOST:PORT, or
+	 * the destination QEMU's QMP socket. */
+	char source[280];
+	char destination[280];
+	uint64_t end_unix_ms;		/* when it ended, Unix time */
 };
 
 struct ferry_migration;

@@ -13,7 +13,7 @@ BUILD="build-essential pkg-config libjansson-dev liburing-dev liblz4-dev \
 libzstd-dev libssl-dev"
 
 case "${1:-}" in
-"")	PKGS="$BUILD check qemu-system-x86 qemu-utils openssl abigail-tools groff-base" ;;
+"")	PKGS="$BUILD check qemu-system-x86 qemu-utils openssl abigail-tools groff-base python3-jsonschema" ;;
 fuzz)	PKGS="$BUILD clang-14 libclang-rt-14-dev llvm-14" ;;
 *)	echo "usage: $0 [fuzz]" >&2; exit 2 ;;
 esac
