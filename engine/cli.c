@@ -429,6 +429,124 @@ struct cli {
 	struct ferry_block_opts block;
 };
 
+/* One command's --help: its synopsis and only the options it takes. */
+static const struct {
+	const char *cmd, *synopsis;
+	unsigned bit;
+} cmd_help[] = {
+	{ "migrate", "ferry migrate --qmp SRC_QMP --to HOST:PORT[,HOST:PORT...] "
+	  "[options]", C_MIGRATE },
+	{ "receive", "ferry receive --listen HOST:PORT --qmp DST_QMP [--once] "
+	  "[options]", C_RECEIVE },
+	{ "serve", "ferry serve --listen HOST:PORT (--qmp-dir DIR | --launch CMD "
+	  "--state-dir DIR) [options]\n       ferry serve --config FILE [options]",
+	  C_SERVE },
+	{ "recover", "ferry recover [--source-completed ID] [--wait SEC] "
+	  "[--state-dir DIR]", C_RECOVER },
+	{ "list", "ferry list [--status S] [--vm NAME] [--since T] [--json]",
+	  C_LIST },
+	{ "evacuate", "ferry evacuate --qmp-dir DIR --to HOST:PORT[,HOST:PORT...] "
+	  "[--parallel N] [--vms A,B] [options]", C_EVACUATE },
+	{ "abort", "ferry abort ID [--state-dir DIR]", C_STEER },
+	{ "force-complete", "ferry force-complete ID [--state-dir DIR]", C_STEER },
+	{ "set-downtime", "ferry set-downtime ID MS [--state-dir DIR]", C_STEER },
+};
+
+static const struct {
+	int opt;
+	const char *arg, *what;
+} opt_help[] = {
+	{ OPT_QMP, "PATH", "the source QEMU's QMP socket (receive: the destination's)" },
+	{ OPT_TO, "HOST:PORT,...", "the receiver(s); with several, the one with "
+	  "the most usable memory that takes it" },
+	{ OPT_VM, "NAME", "the VM's name (list: only its migrations)" },
+	{ OPT_PAUSED, NULL, "leave the destination guest paused" },
+	{ OPT_COLD, NULL, "pause the guest first and move it stopped" },
+	{ OPT_DIRECT, NULL, "QEMU streams straight to the destination QEMU" },
+	{ OPT_BW, "MIB_S", "cap the rate on the wire" },
+	{ OPT_COMPRESS, "C", "none, lz4, zstd[:LEVEL] or auto (default)" },
+	{ OPT_STREAMS, "N", "spread the data over N connections (1)" },
+	{ OPT_NO_HANDOFF, NULL, "keep every byte in ferry's frames" },
+	{ OPT_BLOCK, NULL, "migrate the guest's disks too" },
+	{ OPT_DISKS, "ID,...", "only these disks; the others are shared" },
+	{ OPT_BLOCK_MODE, "M", "background (default) or write-blocking" },
+	{ OPT_DOWNTIME, "N", "longest pause at the switchover, ms (300)" },
+	{ OPT_TIMEOUT, "N", "after N s, do what --timeout-action says" },
+	{ OPT_TIMEOUT_ACTION, "A", "abort (default), postcopy or pause" },
+	{ OPT_POLICY, "P", "predict (default), nova or qemu" },
+	{ OPT_POSTCOPY, "M", "never (default), auto or after-pass=N" },
+	{ OPT_AUTO_CONVERGE, NULL, "let QEMU throttle the guest's CPUs" },
+	{ OPT_THR_INIT, "P", "QEMU's initial throttle, percent" },
+	{ OPT_THR_INC, "P", "QEMU's throttle increment, percent" },
+	{ OPT_THR_MAX, "P", "QEMU's largest throttle, percent" },
+	{ OPT_THR_TAILSLOW, NULL, "QEMU's tail-slow throttling" },
+	{ OPT_DT_STEPS, "N", "nova policy: steps up to --downtime-ms (10)" },
+	{ OPT_DT_DELAY, "S", "nova policy: seconds per GiB between steps (75)" },
+	{ OPT_EVENTS, "FILE", "every decision as a JSON line" },
+	{ OPT_PROGRESS, "P", "line (terminal), json (otherwise) or none" },
+	{ OPT_PARALLEL, "N", "migrations at once (2)" },
+	{ OPT_VMS, "A,B", "only these VMs of --qmp-dir" },
+	{ OPT_LISTEN, "HOST:PORT", "where sources connect" },
+	{ OPT_ONCE, NULL, "return after one migration" },
+	{ OPT_QMP_DIR, "DIR", "the VMs' QMP sockets, DIR/NAME.qmp" },
+	{ OPT_LAUNCH, "CMD", "launch each destination QEMU with CMD" },
+	{ OPT_ALLOW_DIR, "DIR", "where a launched QEMU's paths may point (repeat)" },
+	{ OPT_MAX_MIGRATIONS, "N", "migrations at once (4)" },
+	{ OPT_RAM_RATIO, "R", "memory overcommit (1.0)" },
+	{ OPT_TLS_CREDS, "DIR", "x509 credentials (QEMU's layout)" },
+	{ OPT_TLS_PSK, "FILE", "pre-shared keys, identity:hexkey lines" },
+	{ OPT_TLS_PSK_ID, "ID", "which key of the PSK file" },
+	{ OPT_TLS_HOST, "NAME", "the name the receiver's certificate carries" },
+	{ OPT_INSECURE, NULL, "allow plaintext off loopback" },
+	{ OPT_SOURCE_COMPLETED, "ID", "the source host said its QEMU completed" },
+	{ OPT_WAIT, "SEC", "how long a resumed post-copy waits (60)" },
+	{ OPT_STATUS, "S", "running, completed, failed, cancelled, "
+	  "needs-recover or recovered" },
+	{ OPT_SINCE, "T", "30m, 12h, 7d or YYYY-MM-DD[THH:MM[:SS]]" },
+	{ OPT_JSON, NULL, "JSON output" },
+	{ OPT_QUIET, NULL, "no progress" },
+	{ OPT_STATE_DIR, "DIR", "the journal (default $FERRY_STATE_DIR or "
+	  "/var/lib/ferry)" },
+	{ OPT_LOG_LEVEL, "L", "error, warn, info (default) or debug" },
+};
+
+static const char *opt_name(int opt)
+{
+	for (const struct option *o = long_opts; o->name; o++)
+		if (o->val == opt)
+			return o->name;
+	return "?";
+}
+
+static void usage_cmd(FILE *f, const char *cmd)
+{
+	size_t i;
+
+	for (i = 0; i < FERRY_ARRAY_SIZE(cmd_help); i++)
+		if (!strcmp(cmd_help[i].cmd, cmd))
+			break;
+	if (i == FERRY_ARRAY_SIZE(cmd_help)) {
+		usage(f);
+		return;
+	}
+	fprintf(f, "usage: %s\n\noptions:\n", cmd_help[i].synopsis);
+	for (size_t j = 0; j < FERRY_ARRAY_SIZE(opt_help); j++) {
+		char left[48];
+
+		if (!(opt_cmds[opt_help[j].opt] & cmd_help[i].bit))
+			continue;
+		snprintf(left, sizeof(left), "--%s%s%s", opt_name(opt_help[j].opt),
+			 opt_help[j].arg ? " " : "", opt_help[j].arg ? opt_help[j].arg : "");
+		fprintf(f, "  %-26s %s\n", left, opt_help[j].what);
+	}
+	if (cmd_help[i].bit & C_RX)
+		fprintf(f, "  %-26s %s\n", "--config FILE",
+			"settings from a file (ferry-serve.conf(5))");
+	fprintf(f, "\nexit status: 0 done; 1 failed, the source guest runs; "
+		"2 usage; 3 the guest's state needs ferry recover.\nman ferry "
+		"for the whole story.\n");
+}
+
 /* Edit distance of two short words (for "did you mean"). */
 static size_t distance(const char *a, const char *b)
 {
@@ -651,7 +769,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 			break;
 		case 'h':
 		case OPT_HELP:
-			usage(stdout);
+			usage_cmd(stdout, cmd);
 			exit(0);
 		case OPT_LOG_LEVEL: {
 			static const char *const levels[] = { "error", "warn",

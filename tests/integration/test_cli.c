@@ -75,6 +75,28 @@ START_TEST(messages)
 }
 END_TEST
 
+/* Each command's own --help: its options, not the others'. On stdout,
+ * so run() sees none of it on stderr. */
+START_TEST(help_per_command)
+{
+	char out[8192], cmd[256];
+	FILE *p;
+	size_t n;
+
+	snprintf(cmd, sizeof(cmd), "%s receive --help", getenv("FERRY_BIN"));
+	p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	ck_assert_int_eq(pclose(p), 0);
+	ck_assert_msg(strstr(out, "usage: ferry receive") &&
+		      strstr(out, "--listen HOST:PORT") &&
+		      strstr(out, "--config FILE"), "%s", out);
+	ck_assert_msg(!strstr(out, "--paused") && !strstr(out, "--bandwidth"),
+		      "receive's help shows migrate's options: %s", out);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("cli");
@@ -83,6 +105,7 @@ int main(void)
 	int failed;
 
 	tcase_add_test(tc, messages);
+	tcase_add_test(tc, help_per_command);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
