@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -888,6 +889,35 @@ static int parse_dests(const char *to, struct evac_dest *d)
 	return n;
 }
 
+/*
+ * SIGINT and SIGTERM while evacuate's migrations run: a thread of its own
+ * takes them (blocked everywhere else, the workers included) and cancels
+ * every migration, as one migrate's own handler would: the guests that
+ * did not move run where they were.
+ */
+static void *cancel_on_signal(void *arg)
+{
+	sigset_t *set = arg;
+	int sig;
+
+	if (sigwait(set, &sig) == 0)
+		evac_cancel_all();
+	return NULL;
+}
+
+static void evac_signals(void)
+{
+	static sigset_t set;
+	pthread_t t;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	if (pthread_create(&t, NULL, cancel_on_signal, &set) == 0)
+		pthread_detach(t);
+}
+
 /* ferry migrate --to A,B: the destination is chosen as evacuate does. */
 static int migrate_choosing(const struct cli *c)
 {
@@ -900,6 +930,7 @@ static int migrate_choosing(const struct cli *c)
 		return 2;
 	o.ndests = (uint32_t)n;
 	migrate_opts(c, &o.base);
+	evac_signals();
 	evac_place(&o, c->qmp, &r);
 	if (r.error[0])
 		fprintf(stderr, "ferry migrate: %s\n", r.error);
@@ -1158,6 +1189,7 @@ static int cmd_evacuate(const struct cli *c)
 		return 2;
 	o.ndests = n;
 	migrate_opts(c, &o.base);
+	evac_signals();
 	if (evac_run(&o, &res, &n, &err) < 0) {
 		fprintf(stderr, "ferry evacuate: %s\n", err.msg);
 		return 1;

@@ -51,6 +51,17 @@ int ctl_open(struct ctl *c, const char *state_dir, const char *id,
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return ferry_error_set(err, -errno, "cannot create %s: %s", dir,
 				       strerror(errno));
+	/* This user's alone: nobody else may put or swap a socket there. */
+	{
+		struct stat st;
+
+		if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) ||
+		    st.st_uid != geteuid() || (st.st_mode & 077))
+			return ferry_error_set(err, -EPERM, "%s is not a directory "
+					       "of this user's alone (0700): "
+					       "the control socket does not go "
+					       "there", dir);
+	}
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (c->fd < 0)
 		return ferry_error_set(err, -errno, "socket: %s", strerror(errno));
@@ -175,6 +186,23 @@ int ctl_take(struct ctl *c, struct ctl_request *req)
 
 /* ---- the client: ferry abort / force-complete / set-downtime ---- */
 
+/* Whether DIR/@name is a socket somebody listens on (a killed ferry's
+ * stays behind, refusing). */
+static bool socket_alive(const char *dir, const char *name)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool alive;
+
+	if (fd < 0)
+		return true;	/* cannot tell: let the request say */
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s", dir, name);
+	alive = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 ||
+		errno != ECONNREFUSED;
+	close(fd);
+	return alive;
+}
+
 /*
  * @id, or the one running migration of this host whose id starts with it
  * (at least 8 characters), into @full.
@@ -201,7 +229,8 @@ static int resolve_id(const char *state_dir, const char *id, char full[37],
 		while (d && (e = readdir(d))) {
 			if (strlen(e->d_name) != 36 + 5 ||
 			    strncmp(e->d_name, id, len) ||
-			    strcmp(e->d_name + 36, ".sock"))
+			    strcmp(e->d_name + 36, ".sock") ||
+			    !socket_alive(path, e->d_name))
 				continue;
 			snprintf(full, 37, "%.36s", e->d_name);
 			n++;

@@ -100,3 +100,11 @@ int abi_copy_in(void *full, size_t full_size, const void *in, size_t size)
 			return -EINVAL;
 	return 0;
 }
+
+void report_copy_out(struct ferry_report *out, size_t size,
+		     const struct ferry_report *full)
+{
+	memcpy(out, full, size < sizeof(*full) ? size : sizeof(*full));
+	if (size > sizeof(*full))
+		memset((char *)out + sizeof(*full), 0, size - sizeof(*full));
+}

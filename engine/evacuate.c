@@ -13,6 +13,41 @@
 #include "transport/wire.h"
 #include "util.h"
 
+/* The migrations running now, for evac_cancel_all() (the CLI's signal
+ * thread); once stopping, none starts. */
+static pthread_mutex_t active_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ferry_migration *active[EVAC_PARALLEL_MAX + 1];
+static bool stopping;
+
+void evac_cancel_all(void)
+{
+	pthread_mutex_lock(&active_mu);
+	stopping = true;
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(active); i++)
+		if (active[i])
+			ferry_migration_cancel(active[i]);
+	pthread_mutex_unlock(&active_mu);
+}
+
+/* Register @m as running (@on), or not; false when stopping. */
+static bool set_active(struct ferry_migration *m, bool on)
+{
+	bool ok = true;
+
+	pthread_mutex_lock(&active_mu);
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(active); i++) {
+		if (on && !active[i] && !stopping) {
+			active[i] = m;
+			break;
+		}
+		if (!on && active[i] == m)
+			active[i] = NULL;
+	}
+	ok = !stopping;
+	pthread_mutex_unlock(&active_mu);
+	return ok;
+}
+
 struct evac {
 	const struct evac_opts *o;
 	struct evac_result *res;
@@ -83,20 +118,47 @@ static int find_vms(struct evac *e, struct ferry_error *err)
 			continue;
 		snprintf(e->res[e->n++].vm, sizeof(e->res[0].vm), "%s", name);
 	}
+	if (d && e->n == EVAC_VMS_MAX) {
+		closedir(dir);
+		return ferry_error_set(err, -E2BIG, "more than %d VMs in %s: "
+				       "evacuate them a part at a time (--vms)",
+				       EVAC_VMS_MAX, e->o->qmp_dir);
+	}
 	closedir(dir);
 	if (!e->n)
 		return ferry_error_set(err, -ENOENT, "no VM to evacuate in %s%s%s",
 				       e->o->qmp_dir, e->o->only ? " named " : "",
 				       e->o->only ? e->o->only : "");
+	/* Every VM asked for by name is there. */
+	for (const char *p = e->o->only; p && *p;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		bool found = false;
+
+		for (uint32_t i = 0; i < e->n && !found; i++)
+			found = strlen(e->res[i].vm) == len &&
+				!strncmp(e->res[i].vm, p, len);
+		if (!found)
+			return ferry_error_set(err, -ENOENT, "no VM '%.*s' in %s",
+					       (int)len, p, e->o->qmp_dir);
+		p = comma ? comma + 1 : p + len;
+	}
 	qsort(e->res, e->n, sizeof(*e->res), by_name);
 	return 0;
 }
 
-/* The migration options for @r to destination @d. */
+/* The migration options for @r to destination @d (@events: room for
+ * this VM's own events file, when there is one). */
 static void vm_opts(const struct evac *e, const struct evac_result *r,
-		    const char *qmp, uint32_t d, struct ferry_migrate_opts *o)
+		    const char *qmp, uint32_t d, struct ferry_migrate_opts *o,
+		    char events[PATH_MAX])
 {
 	*o = e->o->base;
+	/* Each VM writes its own: parallel ones would mix in one. */
+	if (o->converge.events_path && r->vm[0]) {
+		snprintf(events, PATH_MAX, "%s.%s", o->converge.events_path, r->vm);
+		o->converge.events_path = events;
+	}
 	o->qmp_path = qmp;
 	o->vm_name = r->vm[0] ? r->vm : e->o->base.vm_name;
 	o->to_host = e->o->dests[d].host;
@@ -122,7 +184,7 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 {
 	struct evac ev = { .o = eo }, *e = &ev;
 	struct candidate cand[EVAC_DESTS_MAX];
-	char why[FERRY_ERROR_MSG_MAX] = "";
+	char why[FERRY_ERROR_MSG_MAX] = "", events[PATH_MAX];
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o;
 	uint32_t ncand = 0;
@@ -143,7 +205,7 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 		struct ferry_migration *m;
 		size_t n = strlen(why);
 
-		vm_opts(e, r, qmp, d, &o);
+		vm_opts(e, r, qmp, d, &o, events);
 		m = ferry_migration_new(&o, &err);
 		if (m && mig_host_info(m, ram, &cand[ncand].host, &err) == 0 &&
 		    cand[ncand].host.usable >= ram) {
@@ -163,13 +225,21 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 		size_t n = strlen(why);
 		int rc;
 
-		vm_opts(e, r, qmp, cand[i].dest, &o);
+		vm_opts(e, r, qmp, cand[i].dest, &o, events);
 		snprintf(r->dest, sizeof(r->dest), "%s:%u", d->host, d->port);
 		ferry_log(FERRY_LOG_INFO, "%s to %s (%llu MiB usable there)",
 			  o.vm_name ? o.vm_name : "the guest", r->dest,
 			  (unsigned long long)(cand[i].host.usable >> 20));
 		m = ferry_migration_new(&o, &err);
+		if (m && !set_active(m, true)) {
+			ferry_migration_free(m);
+			snprintf(r->error, sizeof(r->error), "the evacuation was "
+				 "stopped before it moved");
+			return;
+		}
 		rc = m ? ferry_migration_run(m, &r->report, &err) : err.code;
+		if (m)
+			set_active(m, false);
 		ferry_migration_free(m);
 		if (rc == 0) {
 			snprintf(r->status, sizeof(r->status), "completed");

@@ -60,6 +60,10 @@ int evac_run(const struct evac_opts *o, struct evac_result **out, uint32_t *n,
 void evac_place(const struct evac_opts *o, const char *qmp,
 		struct evac_result *r);
 
+/* Cancel every migration evacuate runs, and start no more (a signal's
+ * thread; the VMs that did not move run where they were). */
+void evac_cancel_all(void);
+
 /* migrate.c: what the receiver of @m (its to_host, to_port, TLS) says
  * it can take, for a guest of @ram_bytes (a HOST connection). */
 struct wire_host;

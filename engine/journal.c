@@ -14,6 +14,10 @@
 #include "journal.h"
 #include "util.h"
 
+/* A shared probe of ferry list is waited out: 20 x 10 ms. */
+#define JOURNAL_LOCK_TRIES 20
+#define JOURNAL_LOCK_WAIT_MS 10
+
 struct journal {
 	int fd;
 	char side[16];
@@ -94,7 +98,11 @@ int journal_open(struct journal **out, const char *state_dir, const char *id,
 		free(j);
 		return rc;
 	}
-	/* The owner holds it: ferry recover leaves a live one alone. */
+	/* The owner holds it: ferry recover leaves a live one alone. A
+	 * reader's shared probe (ferry list) lasts a moment: wait that. */
+	for (int i = 0; i < JOURNAL_LOCK_TRIES &&
+	     flock(j->fd, LOCK_EX | LOCK_NB) < 0; i++)
+		usleep(JOURNAL_LOCK_WAIT_MS * 1000);
 	if (flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
 		rc = ferry_error_set(err, -EBUSY, "journal %s is in use by a live "
 				     "ferry", j->path);

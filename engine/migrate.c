@@ -1020,6 +1020,7 @@ static int query_keep_counters(struct ferry_migration *m,
  */
 static int control_request(struct ferry_migration *m, struct ferry_error *err)
 {
+	struct ferry_error e = { 0 };
 	struct ctl_request req;
 	int rc;
 
@@ -1047,6 +1048,8 @@ static int control_request(struct ferry_migration *m, struct ferry_error *err)
 		    !m->run.blk) {
 			rc = start_postcopy(m, err);
 			if (rc < 0) {
+				/* The switch itself failed: that is the
+				 * migration's failure, not the request's. */
 				ctl_answer(&req, false, "%s", err->msg);
 				return rc;
 			}
@@ -1055,11 +1058,12 @@ static int control_request(struct ferry_migration *m, struct ferry_error *err)
 		}
 		/* As Nova does: the rest is downtime. A failure later
 		 * resumes the guest (fail_safe). */
-		rc = qemu_stop(m->run.q, err);
+		rc = qemu_stop(m->run.q, &e);
 		if (rc < 0) {
+			/* Refused; the migration goes on as it was. */
 			ctl_answer(&req, false, "pausing the source guest: %s",
-				   err->msg);
-			return rc;
+				   e.msg);
+			return 0;
 		}
 		conv_event(&m->run.conv, "force_complete", NULL, "forced to "
 			   "complete: the source guest is paused, the rest is "
@@ -1069,10 +1073,10 @@ static int control_request(struct ferry_migration *m, struct ferry_error *err)
 		return 0;
 	case CTL_SET_DOWNTIME:
 		rc = conv_set_downtime_limit(&m->run.conv, m->run.q, req.downtime_ms,
-					     err);
+					     &e);
 		if (rc < 0) {
-			ctl_answer(&req, false, "%s", err->msg);
-			return rc;
+			ctl_answer(&req, false, "%s", e.msg);
+			return 0;
 		}
 		ctl_answer(&req, true, "downtime limit %u ms", req.downtime_ms);
 		return 0;
@@ -1607,9 +1611,11 @@ int ferry_migration_run_sized(struct ferry_migration *m,
 			      struct ferry_error *err)
 {
 	struct ferry_report full;
-	int rc = migration_run(m, &full, err);
+	int rc;
 
-	memcpy(report, &full, size < sizeof(full) ? size : sizeof(full));
+	memset(&full, 0, sizeof(full));
+	rc = migration_run(m, &full, err);
+	report_copy_out(report, size, &full);
 	return rc;
 }
 

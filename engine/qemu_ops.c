@@ -578,6 +578,14 @@ static int qom_devices(struct qmp *q, const char *path, bool named,
 		n = strlen(type + 6);
 		if (!n || type[6 + n - 1] != '>')
 			continue;
+		if (n - 1 > WIRE_GUEST_WORD_MAX ||
+		    (named && strlen(name) > WIRE_GUEST_WORD_MAX)) {
+			rc = ferry_error_set(err, -ENAMETOOLONG, "device '%.80s' "
+					     "(%.80s): over %u characters, which "
+					     "the pre-check does not compare",
+					     name, type + 6, WIRE_GUEST_WORD_MAX);
+			break;
+		}
 		if (g->ndevices == WIRE_GUEST_DEVICES_MAX) {
 			rc = ferry_error_set(err, -E2BIG, "the QEMU has more than "
 					     "%u devices", WIRE_GUEST_DEVICES_MAX);

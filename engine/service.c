@@ -1174,9 +1174,12 @@ int ferry_receiver_run_sized(struct ferry_receiver *r, struct ferry_report *repo
 			     size_t size, struct ferry_error *err)
 {
 	struct ferry_report full;
-	int rc = receiver_run(r, &full, err);
+	int rc;
 
-	memcpy(report, &full, size < sizeof(full) ? size : sizeof(full));
+	memset(&full, 0, sizeof(full));
+	rc = receiver_run(r, &full, err);
+	if (report)
+		report_copy_out(report, size, &full);
 	return rc;
 }
 

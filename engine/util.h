@@ -71,6 +71,10 @@ void ferry_log(int level, const char *fmt, ...)
  * is 0; bytes beyond what this library knows must be 0 too (-EINVAL).
  */
 int abi_copy_in(void *full, size_t full_size, const void *in, size_t size);
+/* This library's report into a caller's of @size: what fits, and zeros
+ * past it (a caller's struct from a later header). */
+void report_copy_out(struct ferry_report *out, size_t size,
+		     const struct ferry_report *full);
 
 /* libferry.so.0's first struct sizes: what a program passes that calls
  * the plain entry points (built before the _sized ones). */

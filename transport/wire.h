@@ -202,8 +202,8 @@ struct wire_guest_device {
 	char id[WIRE_GUEST_WORD_MAX + 1];	/* "" for an anonymous one */
 };
 
-/* A CPUID feature word the guest sees: "LEAF.SUBLEAF.REG" (decimal leaf
- * and subleaf, EAX..EDX) and its bits; only words with bits set. */
+/* A CPUID feature word the guest sees: "0xLEAF.SUBLEAF.REG" (hex leaf,
+ * decimal subleaf, EAX..EDX) and its bits; only words with bits set. */
 #define WIRE_GUEST_CPUID_MAX 64
 
 struct wire_guest_cpuid {
