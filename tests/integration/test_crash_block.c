@@ -170,11 +170,11 @@ static void expect_lost(struct cell *c)
 	char st[32];
 
 	ck_assert(!vm_alive(c->p.src));
-	if (vm_alive(c->p.dst)) {
-		ck_assert_msg(vm_status(c->p.dst, st, sizeof(st), &err) == 0, "%s",
-			      err.msg);
+	/* QEMU 7.2 exits when its incoming migration fails, maybe while it
+	 * is asked: gone, or not running. */
+	if (vm_alive(c->p.dst) && vm_status(c->p.dst, st, sizeof(st), &err) == 0)
 		ck_assert_str_ne(st, "running");
-	}
+	(void)err;
 }
 
 static void run_cell(enum victim v, enum phase ph)
