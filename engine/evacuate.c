@@ -149,20 +149,20 @@ static int find_vms(struct evac *e, struct ferry_error *err)
 
 /* The migration options for @r to destination @d (@events: room for
  * this VM's own events file, when there is one). */
-static void vm_opts(const struct evac *e, const struct evac_result *r,
+static void vm_opts(const struct evac_opts *eo, const struct evac_result *r,
 		    const char *qmp, uint32_t d, struct ferry_migrate_opts *o,
 		    char events[PATH_MAX])
 {
-	*o = e->o->base;
+	*o = eo->base;
 	/* Each VM writes its own: parallel ones would mix in one. */
 	if (o->converge.events_path && r->vm[0]) {
 		snprintf(events, PATH_MAX, "%s.%s", o->converge.events_path, r->vm);
 		o->converge.events_path = events;
 	}
 	o->qmp_path = qmp;
-	o->vm_name = r->vm[0] ? r->vm : e->o->base.vm_name;
-	o->to_host = e->o->dests[d].host;
-	o->to_port = e->o->dests[d].port;
+	o->vm_name = r->vm[0] ? r->vm : eo->base.vm_name;
+	o->to_host = eo->dests[d].host;
+	o->to_port = eo->dests[d].port;
 	o->progress = NULL;
 }
 
@@ -182,7 +182,6 @@ static void evacuate_one(struct evac *e, struct evac_result *r)
 void evac_place(const struct evac_opts *eo, const char *qmp,
 		struct evac_result *r)
 {
-	struct evac ev = { .o = eo }, *e = &ev;
 	struct candidate cand[EVAC_DESTS_MAX];
 	char why[FERRY_ERROR_MSG_MAX] = "", events[PATH_MAX];
 	struct ferry_error err = { 0 };
@@ -201,11 +200,11 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 		return;
 	}
 	qmp_close(q);
-	for (uint32_t d = 0; d < e->o->ndests; d++) {
+	for (uint32_t d = 0; d < eo->ndests; d++) {
 		struct ferry_migration *m;
 		size_t n = strlen(why);
 
-		vm_opts(e, r, qmp, d, &o, events);
+		vm_opts(eo, r, qmp, d, &o, events);
 		m = ferry_migration_new(&o, &err);
 		if (m && mig_host_info(m, ram, &cand[ncand].host, &err) == 0 &&
 		    cand[ncand].host.usable >= ram) {
@@ -220,12 +219,12 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 	}
 	qsort(cand, ncand, sizeof(cand[0]), by_usable);
 	for (uint32_t i = 0; i < ncand; i++) {
-		const struct evac_dest *d = &e->o->dests[cand[i].dest];
+		const struct evac_dest *d = &eo->dests[cand[i].dest];
 		struct ferry_migration *m;
 		size_t n = strlen(why);
 		int rc;
 
-		vm_opts(e, r, qmp, cand[i].dest, &o, events);
+		vm_opts(eo, r, qmp, cand[i].dest, &o, events);
 		snprintf(r->dest, sizeof(r->dest), "%s:%u", d->host, d->port);
 		ferry_log(FERRY_LOG_INFO, "%s to %s (%llu MiB usable there)",
 			  o.vm_name ? o.vm_name : "the guest", r->dest,

@@ -697,6 +697,19 @@ static int rx_disks(struct incoming *in, struct ferry_error *err)
 	}
 }
 
+/* Run the guest here: journaled first; from then on the source must not
+ * be told the destination did not take over. */
+static int rx_cont(struct incoming *in, struct ferry_error *err)
+{
+	int rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
+
+	in->resume_tried = rc == 0;
+	if (rc == 0)
+		rc = qemu_cont(in->q, err);
+	return rc < 0 ? ferry_error_prefix(err, "resuming the destination "
+					   "guest: ") : 0;
+}
+
 /* FINISH arrived: the source completed. Bring the destination up. */
 static int rx_finish(struct incoming *in, struct ferry_error *err)
 {
@@ -729,14 +742,8 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return rc < 0 ? ferry_error_prefix(err, "block migration: ") :
 			ferry_error_set(err, -EIO, "the destination QEMU completed "
 					"before its disks were synced");
-	if (in->resume) {
-		rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
-		in->resume_tried = rc == 0;
-		if (rc == 0)
-			rc = qemu_cont(in->q, err);
-		if (rc < 0)
-			return ferry_error_prefix(err, "resuming the destination guest: ");
-	}
+	if (in->resume && rx_cont(in, err) < 0)
+		return err->code;
 	rc = mig_vm_status(in->q, status, sizeof(status), err);
 	if (rc < 0)
 		return rc;
@@ -1061,26 +1068,6 @@ static int rx_stream(struct incoming *in, struct ferry_error *err)
 }
 
 /*
- * Post-copy completed while the source's ferry was away: run the guest
- * here unless the migration asked to leave it paused (the POSTCOPY
- * message that would have resumed it may have been lost with the
- * source's ferry).
- */
-static int rx_resume_guest(struct incoming *in, struct ferry_error *err)
-{
-	int rc;
-
-	if (in->hello.options & WIRE_OPT_PAUSED)
-		return 0;
-	rc = journal_step(in->journal, JOURNAL_RESUMING, NULL, err);
-	in->resume_tried = rc == 0;
-	if (rc == 0)
-		rc = qemu_cont(in->q, err);
-	return rc < 0 ? ferry_error_prefix(err, "resuming the destination "
-					   "guest: ") : 0;
-}
-
-/*
  * The source came back with a RESUME control connection (in->ctrl): once
  * the destination QEMU is in postcopy-paused, answer READY, have it
  * migrate-recover on a fresh socket, and take the new connections.
@@ -1151,7 +1138,12 @@ static int rx_recover(struct incoming *in, const char *why,
 			ferry_log(FERRY_LOG_INFO, "migration %s: post-copy completed "
 				  "without the source's ferry: the destination "
 				  "holds the whole guest", in->id);
-			return rx_resume_guest(in, err) < 0 ? -EIO : 1;
+			/* Unless paused: POSTCOPY, which would have resumed
+			 * it, may have been lost with the source's ferry. */
+			if (!(in->hello.options & WIRE_OPT_PAUSED) &&
+			    rx_cont(in, err) < 0)
+				return err->code;
+			return 1;
 		}
 		rc = rx_inbox_take(in->m, next < deadline ? next : deadline, -1,
 				   &c);

@@ -225,3 +225,18 @@ bool proc_journal_has(const char *dir, const char *side, const char *text)
 		closedir(d);
 	return found;
 }
+
+int proc_recover(const char *dir, const char *opt, const char *val, char *out,
+		 size_t len, struct ferry_error *err)
+{
+	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir", (char *)dir,
+			 (char *)opt, (char *)val, NULL };
+	pid_t pid;
+	int fd, rc;
+
+	rc = proc_spawn(argv, &fd, &pid, err);
+	if (rc < 0)
+		return rc;
+	proc_read_all(fd, out, len);
+	return proc_wait(pid);
+}

@@ -37,6 +37,11 @@ int proc_wait_port(uint16_t port, int timeout_ms, struct ferry_error *err);
 int proc_spawn_receiver(const char *qmp_path, uint16_t port, pid_t *pid,
 			struct ferry_error *err);
 
+/* `ferry recover --state-dir @dir [@opt @val]`: its exit status (or
+ * -errno with @err set), its stdout in @out. */
+int proc_recover(const char *dir, const char *opt, const char *val, char *out,
+		 size_t len, struct ferry_error *err);
+
 /* `ferry list --state-dir @dir --json` for the journal's one migration
  * of @side ("source", "destination"): its "status" into @status. */
 int proc_list_status(const char *dir, const char *side, char *status,

@@ -136,16 +136,11 @@ static void kill_dst_in_precopy(const struct ferry_progress *pr, void *opaque)
  * status, its output in @out. */
 static int run_recover(const char *dir, const char *id, char *out, size_t len)
 {
-	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
-			 (char *)dir, id ? "--source-completed" : NULL,
-			 (char *)id, NULL };
 	struct ferry_error err = { 0 };
-	pid_t pid;
-	int fd;
+	int rc = proc_recover(dir, id ? "--source-completed" : NULL, id, out, len, &err);
 
-	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
-	proc_read_all(fd, out, len);
-	return proc_wait(pid);
+	ck_assert_msg(rc >= 0, "%s", err.msg);
+	return rc;
 }
 
 /*

@@ -129,15 +129,11 @@ static void wait_phase(struct cell *c, enum phase ph)
 /* `ferry recover --state-dir @dir`: its exit status, its output. */
 static int run_recover(const char *dir, char *out, size_t len)
 {
-	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
-			 (char *)dir, NULL };
 	struct ferry_error err = { 0 };
-	pid_t pid;
-	int fd;
+	int rc = proc_recover(dir, NULL, NULL, out, len, &err);
 
-	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
-	proc_read_all(fd, out, len);
-	return proc_wait(pid);
+	ck_assert_msg(rc >= 0, "%s", err.msg);
+	return rc;
 }
 
 /* The source's guest runs, once, on its disk as it was, and a new

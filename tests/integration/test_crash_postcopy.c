@@ -155,15 +155,11 @@ static void rx_start(struct cell *c, struct rx_thread *rx)
 /* `ferry recover --state-dir @dir`: its exit status, its output. */
 static int run_recover(const char *dir, char *out, size_t len)
 {
-	char *argv[] = { getenv("FERRY_BIN"), "recover", "--state-dir",
-			 (char *)dir, "--wait", "30", NULL };
 	struct ferry_error err = { 0 };
-	pid_t pid;
-	int fd;
+	int rc = proc_recover(dir, "--wait", "30", out, len, &err);
 
-	ck_assert_msg(proc_spawn(argv, &fd, &pid, &err) == 0, "%s", err.msg);
-	proc_read_all(fd, out, len);
-	return proc_wait(pid);
+	ck_assert_msg(rc >= 0, "%s", err.msg);
+	return rc;
 }
 
 static void kill_wait(pid_t pid)
