@@ -272,6 +272,18 @@ struct wire_guest;
 int qemu_guest_describe(struct qmp *q, struct wire_guest *g,
 			struct ferry_error *err);
 
+/*
+ * A CPU model both hosts run, for the pre-check's advice: the source
+ * guest's own model (@g->cpu) when @q (the destination) runs it as it is;
+ * else, of the models @q runs, the one with the most features whose
+ * every feature the source's guest has (so the source host runs it too),
+ * leaving out @here_type, @q's own CPU type. @out gets its name, or ""
+ * when none fits.
+ */
+int qemu_cpu_common_model(struct qmp *q, const struct wire_guest *g,
+			  const char *here_type, char *out, size_t len,
+			  struct ferry_error *err);
+
 /* Whether process @pid (a QEMU, from its QMP socket's peer) has exited:
  * gone, or a zombie its parent has not reaped yet. */
 bool qemu_process_gone(int pid);

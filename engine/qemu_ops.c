@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cpu_names.h"
 #include "mig.h"
 #include "transport/net.h"
 #include "transport/wire.h"
@@ -646,6 +647,111 @@ static int cpu_feature_words(struct qmp *q, const char *cpu_path,
 	json_decref(ret);
 	qsort(g->cpuid, g->ncpuid, sizeof(g->cpuid[0]), cpuid_cmp);
 	return rc;
+}
+
+/* Models looked at for a suggestion: bounded QMP work on a refusal. */
+#define CPU_MODELS_TRIED_MAX 64
+
+/* The bits @g's CPU has in word @key (0 when none). */
+static uint32_t guest_bits(const struct wire_guest *g, const char *key)
+{
+	for (uint32_t i = 0; i < g->ncpuid; i++)
+		if (!strcmp(g->cpuid[i].key, key))
+			return g->cpuid[i].bits;
+	return 0;
+}
+
+/*
+ * How many named CPUID features model @name has on @q, or -1 when one
+ * of them is missing from @g (the source's guest) or @q cannot expand it.
+ * The "static" expansion: every feature as a boolean (the "full" one
+ * carries integers above INT64_MAX, which a strict JSON reader refuses).
+ */
+static int model_fit(struct qmp *q, const char *name, const struct wire_guest *g)
+{
+	json_t *ret = NULL, *v;
+	const char *prop, *key;
+	unsigned bit;
+	int n = 0;
+
+	if (qmp_execute(q, "query-cpu-model-expansion",
+			json_pack("{s:s,s:{s:s}}", "type", "static", "model",
+				  "name", name),
+			&ret, MIG_QMP_TIMEOUT_MS, NULL) < 0)
+		return -1;
+	json_object_foreach(json_object_get(json_object_get(ret, "model"),
+					    "props"), prop, v) {
+		if (!json_is_true(v) || !cpu_feature_bit(prop, &key, &bit))
+			continue;
+		if (!(guest_bits(g, key) & (1u << bit))) {
+			n = -1;
+			break;
+		}
+		n++;
+	}
+	json_decref(ret);
+	return n;
+}
+
+/* A model name worth suggesting: not host/max/base (not portable), and
+ * the plain name rather than its "-vN" versions. */
+static bool model_nameable(const char *name)
+{
+	const char *v = strrchr(name, '-');
+
+	if (!strcmp(name, "host") || !strcmp(name, "max") || !strcmp(name, "base"))
+		return false;
+	return !(v && v[1] == 'v' && v[2] >= '0' && v[2] <= '9');
+}
+
+/* Whether QOM type @type ("qemu64-x86_64-cpu") is model @name's. */
+static bool model_type(const char *name, const char *type)
+{
+	size_t n = strlen(name);
+
+	return !strncmp(type, name, n) && type[n] == '-' &&
+	       !strcmp(type + n + 1 + strcspn(type + n + 1, "-"), "-cpu");
+}
+
+int qemu_cpu_common_model(struct qmp *q, const struct wire_guest *g,
+			  const char *here_type, char *out, size_t len,
+			  struct ferry_error *err)
+{
+	json_t *defs = NULL, *d;
+	int best = 0, tried = 0, rc;
+	size_t i;
+
+	out[0] = '\0';
+	rc = qmp_execute(q, "query-cpu-definitions", NULL, &defs,
+			 MIG_QMP_TIMEOUT_MS, err);
+	if (rc < 0)
+		return rc;
+	json_array_foreach(defs, i, d) {
+		const char *name = json_string_value(json_object_get(d, "name"));
+		int fit;
+
+		if (!name || !model_nameable(name) ||
+		    json_array_size(json_object_get(d, "unavailable-features")))
+			continue;
+		/* The source's own model, which this host runs: the guests
+		 * differ only in the +/- features each command line adds. */
+		if (model_type(name, g->cpu)) {
+			snprintf(out, len, "%s", name);
+			break;
+		}
+		/* This QEMU's own model carries its -cpu +/- features in its
+		 * expansion (they are the type's global properties): not
+		 * the model as another host would start it. */
+		if (model_type(name, here_type) || tried++ == CPU_MODELS_TRIED_MAX)
+			continue;
+		fit = model_fit(q, name, g);
+		if (fit > best) {
+			best = fit;
+			snprintf(out, len, "%s", name);
+		}
+	}
+	json_decref(defs);
+	return 0;
 }
 
 static int device_cmp(const void *a, const void *b)

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "blk.h"
+#include "cpu_names.h"
 #include "journal.h"
 #include "launch.h"
 #include "mig.h"
@@ -178,19 +179,21 @@ static uint32_t cpuid_bits(const struct wire_guest *g, const char *key)
 	return 0;
 }
 
-/* "; CPU features differ: ..." for each CPUID word that differs, into
- * @out; the length written. */
+/*
+ * "; CPU features differ: only on the source: avx2, ...; only here: ..."
+ * by QEMU's names (the words -cpu takes) into @out; the length written,
+ * 0 when the guests see the same features.
+ */
 static size_t cpuid_differences(const struct wire_guest *src,
 				const struct wire_guest *dst, char *out,
 				size_t len)
 {
 	const struct wire_guest *sides[2] = { src, dst };
-	size_t n = 0;
-	bool any = false;
+	char only_src[512] = "", only_dst[512] = "";
+	int n;
 
-	out[0] = '\0';
 	for (int s = 0; s < 2; s++) {
-		for (uint32_t i = 0; i < sides[s]->ncpuid && n < len; i++) {
+		for (uint32_t i = 0; i < sides[s]->ncpuid; i++) {
 			const char *key = sides[s]->cpuid[i].key;
 			uint32_t a = cpuid_bits(src, key), b = cpuid_bits(dst, key);
 
@@ -198,15 +201,38 @@ static size_t cpuid_differences(const struct wire_guest *src,
 			 * destination's when the source has none of it. */
 			if (a == b || (s == 1 && a))
 				continue;
-			n += (size_t)snprintf(out + n, len - n, "%sCPUID %s: bits "
-				"0x%x only on the source, 0x%x only here",
-				any ? ", " : "; CPU features differ (start both with "
-				"the same named -cpu model, not host): ", key,
-				a & ~b, b & ~a);
-			any = true;
+			cpu_feature_list(key, a & ~b, only_src, sizeof(only_src));
+			cpu_feature_list(key, b & ~a, only_dst, sizeof(only_dst));
 		}
 	}
-	return n < len ? n : len - 1;
+	if (!only_src[0] && !only_dst[0])
+		return 0;
+	n = snprintf(out, len, "; CPU features differ under the same model: "
+		     "only on the source: %s; only here: %s",
+		     only_src[0] ? only_src : "none",
+		     only_dst[0] ? only_dst : "none");
+	return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
+}
+
+/*
+ * "; start both QEMUs with -cpu MODEL, a model both hosts run" (the
+ * Nova operator's cpu_model advice, computed): the length written.
+ */
+static size_t cpu_advice(struct incoming *in, const struct wire_guest *src,
+			 const struct wire_guest *dst, char *out, size_t len)
+{
+	char model[WIRE_GUEST_WORD_MAX + 1];
+	int n;
+
+	if (qemu_cpu_common_model(in->q, src, dst->cpu, model, sizeof(model),
+				  NULL) < 0 ||
+	    !model[0])
+		n = snprintf(out, len, "; start both QEMUs with the same named "
+			     "-cpu model, not host or max");
+	else
+		n = snprintf(out, len, "; start both QEMUs with -cpu %s, a "
+			     "model both hosts run", model);
+	return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
 }
 
 /*
@@ -253,14 +279,19 @@ static int check_guest(struct incoming *in, struct ferry_error *err)
 		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; machine type "
 				      "'%s' on the source, '%s' here",
 				      src->machine, dst->machine);
-	if (n < sizeof(msg) && strcmp(src->cpu, dst->cpu))
-		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; CPU model "
-				      "'%s' on the source, '%s' here (start both "
-				      "with the same -cpu, a model both hosts "
-				      "run, such as qemu64)", src->cpu, dst->cpu);
-	/* Another model differs in features anyway: that line says it. */
-	if (n < sizeof(msg) && !strcmp(src->cpu, dst->cpu))
-		n += cpuid_differences(src, dst, msg + n, sizeof(msg) - n);
+	if (n < sizeof(msg)) {
+		size_t before = n;
+
+		/* Another model differs in features anyway: one line. */
+		if (strcmp(src->cpu, dst->cpu))
+			n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; CPU "
+					      "model '%s' on the source, '%s' here",
+					      src->cpu, dst->cpu);
+		else
+			n += cpuid_differences(src, dst, msg + n, sizeof(msg) - n);
+		if (n > before && n < sizeof(msg))
+			n += cpu_advice(in, src, dst, msg + n, sizeof(msg) - n);
+	}
 	if (n < sizeof(msg) && only_src[0])
 		n += (size_t)snprintf(msg + n, sizeof(msg) - n, "; devices only "
 				      "on the source: %s", only_src);

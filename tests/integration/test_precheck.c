@@ -29,11 +29,20 @@ static const struct {
 	  "machine type 'pc-i440fx-7.2-machine' on the source, "
 	  "'pc-q35-7.2-machine' here" },
 	{ NULL, "-cpu max",
-	  "CPU model 'qemu64-x86_64-cpu' on the source, 'max-x86_64-cpu' here" },
+	  "CPU model 'qemu64-x86_64-cpu' on the source, 'max-x86_64-cpu' here; "
+	  "start both QEMUs with -cpu qemu64, a model both hosts run" },
 	{ NULL, "-cpu qemu64,+popcnt",
-	  "CPU features differ (start both with the same named -cpu model, "
-	  "not host): CPUID 0x1.0.ECX: bits 0x0 only on the source, 0x800000 "
-	  "only here" },
+	  "CPU features differ under the same model: only on the source: "
+	  "none; only here: popcnt; start both QEMUs with -cpu qemu64, a model "
+	  "both hosts run" },
+	{ "-cpu qemu64,+popcnt,+sse4.2", "-cpu qemu64,+ssse3",
+	  "CPU features differ under the same model: only on the source: "
+	  "sse4.2, popcnt; only here: ssse3; start both QEMUs with -cpu qemu64" },
+	/* A source model that is no model elsewhere: the advice is found
+	 * among the models this QEMU runs, by the source guest's features. */
+	{ "-cpu max", NULL,
+	  "CPU model 'max-x86_64-cpu' on the source, 'qemu64-x86_64-cpu' here; "
+	  "start both QEMUs with -cpu " },
 };
 
 /* QEMU's migration status on @vm. */
