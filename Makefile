@@ -213,6 +213,15 @@ check-install: all $(GUEST) $(B)/tests/integration/test_examples
 	@FERRY_BIN=$(abspath $(B)/ferry) FERRY_GUEST=$(abspath $(GUEST)) \
 		sh scripts/check-install.sh $(B)
 
+# The Debian packages ferry, libferry0 and libferry-dev (debian/), built
+# by scripts/check-deb.sh from a clean clone of HEAD under /tmp, never in
+# this tree, then checked by lintian; it prints where the .deb files are
+# (DEB_OUT=DIR to choose; default a new /tmp/ferry-deb.XXXXXX). Not part
+# of check.
+.PHONY: deb
+deb:
+	@sh scripts/check-deb.sh $(DEB_OUT)
+
 clean:
 	rm -rf build build-san
 
