@@ -91,8 +91,29 @@ const char *blk_tmpdir(void);
  */
 int blk_clear_stale(struct qmp *q, struct ferry_error *err);
 
+/*
+ * Shared storage: a disk whose destination image is the source's own
+ * image (both hosts reach one file: NFS, a cluster file system, or one
+ * host) must not be copied onto itself while the source guest writes it.
+ * Nova's test, made per disk: the source puts a marker file beside each
+ * image, DIR/.ferry-shared.MIGID.DISKID, holding the image's file name;
+ * a destination that finds, beside its own image, the marker of this
+ * migration naming that very file reaches the source's image. The source
+ * removes its markers once the receiver has answered.
+ */
+#define BLK_SHARED_MARKER ".ferry-shared."
+
 /* Source side. */
 struct blk_src;
+
+/*
+ * Put the shared-storage marker beside each disk's image file (disks on
+ * a device or the network have none). A directory ferry cannot write
+ * gets no marker: that disk's check cannot be made (said in the log).
+ */
+void blk_src_mark_shared(struct blk_src *b, const char *mig_id);
+/* Remove the markers blk_src_mark_shared made (blk_src_free does too). */
+void blk_src_unmark_shared(struct blk_src *b);
 
 int blk_src_new(struct blk_src **out, struct qmp *q,
 		const struct ferry_block_opts *o, struct ferry_error *err);
@@ -132,11 +153,12 @@ struct blk_dst;
 
 /*
  * The pre-checks: each disk of the manifest exists on the destination
- * QEMU with the same size, no job or export uses it, and its file system
- * has room. Then the targets are opened (raw files; NBD exports for other
- * formats). Nothing is written yet.
+ * QEMU with the same size, is not the source's own image (shared storage:
+ * the marker of migration @mig_id), no job or export uses it, and its
+ * file system has room. Then the targets are opened (raw files; NBD
+ * exports for other formats). Nothing is written yet.
  */
-int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
+int blk_dst_prepare(struct blk_dst **out, struct qmp *q, const char *mig_id,
 		    const struct wire_disk *d, uint32_t n,
 		    struct ferry_error *err);
 /* Start the disk tunnel on @to (owned from here on) and the writer. */

@@ -148,6 +148,41 @@ static int check_in_use(struct qmp *q, const struct dst_disk *d,
 	return rc;
 }
 
+/*
+ * Whether the destination's image of @d is the source's own (the marker
+ * of migration @mig_id beside it names it): then it is refused, never
+ * written. A marker that is not there, or names another file, is an
+ * image of this host's own.
+ */
+static int check_shared(const struct dst_disk *d, const char *mig_id,
+			struct ferry_error *err)
+{
+	const char *f = d->info.filename, *base = strrchr(f, '/');
+	char path[sizeof(d->info.filename) + 128], name[256];
+	ssize_t n = -1;
+	int fd;
+
+	if (!base)
+		return 0;
+	snprintf(path, sizeof(path), "%.*s/" BLK_SHARED_MARKER "%s.%s",
+		 (int)(base - f), f, mig_id, d->info.w.id);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0) {
+		n = read(fd, name, sizeof(name) - 1);
+		close(fd);
+	}
+	if (n <= 0)
+		return 0;
+	name[n] = '\0';
+	if (strcmp(name, base + 1))
+		return 0;
+	return ferry_error_set(err, -EEXIST, "disk %s: the destination's image "
+		"%s is the source's own image (shared storage: this host sees the "
+		"marker the source put beside it); it is not copied onto itself: "
+		"leave it out with --disks naming only the local disks, or "
+		"migrate without --block if every disk is shared", d->info.w.id, f);
+}
+
 /* The file system must hold what the source image holds beyond what the
  * destination image already has. */
 static int check_space(const struct dst_disk *d, const struct wire_disk *w,
@@ -253,7 +288,7 @@ static struct blk_dst *dst_alloc(struct qmp *q)
 	return b;
 }
 
-int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
+int blk_dst_prepare(struct blk_dst **out, struct qmp *q, const char *mig_id,
 		    const struct wire_disk *w, uint32_t n,
 		    struct ferry_error *err)
 {
@@ -295,7 +330,9 @@ int blk_dst_prepare(struct blk_dst **out, struct qmp *q,
 				"the source, %llu on the destination", w[i].id,
 				(unsigned long long)w[i].size,
 				(unsigned long long)have[k].w.size);
-		rc = check_in_use(q, d, err);
+		rc = check_shared(d, mig_id, err);
+		if (rc == 0)
+			rc = check_in_use(q, d, err);
 		if (rc == 0)
 			rc = check_space(d, &w[i], err);
 		if (rc < 0)

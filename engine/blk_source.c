@@ -19,9 +19,11 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -41,6 +43,7 @@ struct src_disk {
 	uint8_t index;
 	struct blk_disk_info info;
 	char sock[128], job[96], target[96];
+	char marker[1024 + 128];	/* the shared-storage marker, "" if none */
 	int lfd, cfd;			/* listening socket, QEMU's connection */
 	pthread_t thread;
 	bool thread_started;
@@ -794,10 +797,53 @@ void blk_src_report(const struct blk_src *b, struct ferry_report *r)
 	r->disk_switchover_ms = b->switchover_ms;
 }
 
+void blk_src_mark_shared(struct blk_src *b, const char *mig_id)
+{
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+		const char *base = strrchr(d->info.filename, '/');
+		char path[sizeof(d->marker)];
+		struct stat st;
+		int fd, n;
+
+		if (!base || stat(d->info.filename, &st) < 0 || !S_ISREG(st.st_mode))
+			continue;	/* relative, a device, the network */
+		n = snprintf(path, sizeof(path), "%.*s/" BLK_SHARED_MARKER "%s.%s",
+			     (int)(base - d->info.filename), d->info.filename,
+			     mig_id, d->info.w.id);
+		memcpy(d->marker, path, sizeof(path));
+		fd = n < (int)sizeof(d->marker) ?
+		     open(d->marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+		if (fd < 0) {
+			ferry_log(FERRY_LOG_INFO, "disk %s: no shared-storage marker "
+				  "beside %s (%s): whether the destination "
+				  "reaches this image cannot be checked",
+				  d->info.w.id, d->info.filename, strerror(errno));
+			d->marker[0] = '\0';
+			continue;
+		}
+		if (write(fd, base + 1, strlen(base + 1)) != (ssize_t)strlen(base + 1)) {
+			unlink(d->marker);
+			d->marker[0] = '\0';
+		}
+		close(fd);
+	}
+}
+
+void blk_src_unmark_shared(struct blk_src *b)
+{
+	for (uint32_t i = 0; b && i < b->n; i++) {
+		if (b->d[i].marker[0])
+			unlink(b->d[i].marker);
+		b->d[i].marker[0] = '\0';
+	}
+}
+
 void blk_src_free(struct blk_src *b)
 {
 	if (!b)
 		return;
+	blk_src_unmark_shared(b);
 	/* Unblock every thread first: senders, barrier waiters, the acker. */
 	src_fail(b, "the migration ended");
 	if (b->tun)

@@ -544,15 +544,21 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 		struct wire_disk d[WIRE_DISKS_MAX];
 		uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
 
+		blk_src_mark_shared(m->run.blk, id);
 		rc = wire_disks_encode(d, blk_src_disks(m->run.blk, d), buf,
 				       sizeof(buf), err);
 		if (rc >= 0)
 			rc = net_ctrl_send(&m->run.ctrl, WIRE_CTRL_DISKS, buf,
 					   (uint32_t)rc, MIG_QMP_TIMEOUT_MS, err);
-		if (rc < 0)
+		if (rc < 0) {
+			blk_src_unmark_shared(m->run.blk);
 			return rc;
+		}
 	}
-	return await_ready(m, err);
+	rc = await_ready(m, err);
+	/* The receiver has looked for the markers (or failed): done. */
+	blk_src_unmark_shared(m->run.blk);
+	return rc;
 }
 
 /* Hand-off: the data connection, after its hello, is QEMU's. */

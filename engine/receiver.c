@@ -387,7 +387,7 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	if (in->hello.options & WIRE_OPT_BLOCK) {
 		/* The manifest was read and checked with the hello. */
 		FERRY_ASSERT(in->m->ctrl.disks);
-		rc = blk_dst_prepare(&in->blk, in->q, in->m->ctrl.disks,
+		rc = blk_dst_prepare(&in->blk, in->q, in->id, in->m->ctrl.disks,
 				     in->m->ctrl.ndisks, err);
 		if (rc < 0)
 			return ferry_error_prefix(err, "block migration pre-check: ");

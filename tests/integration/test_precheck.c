@@ -101,16 +101,104 @@ START_TEST(refused)
 }
 END_TEST
 
+/* Whether @dir holds a shared-storage marker (a file ferry left). */
+static bool marker_left(const char *dir)
+{
+	char cmd[256], out[8] = "";
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "ls -A %s | grep -c '^\\.ferry-shared\\.'", dir);
+	f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(fgets(out, sizeof(out), f));
+	pclose(f);
+	return atoi(out) != 0;
+}
+
+/*
+ * Shared storage: both QEMUs open one image (as on NFS). --block would
+ * copy the disk onto itself while the source guest writes it: refused,
+ * naming the disk, the image untouched, no marker left, both QEMUs as
+ * they were. The same guest then migrates without --block (its disk is
+ * already there), RAM verified.
+ */
+START_TEST(shared_disk)
+{
+	char img[128], copy[128], args[384], cmd[512];
+	struct vm_config sc = { .mem_mib = 64, .fill = "mix", .extra_args = args };
+	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
+				.prealloc = true, .extra_args = args };
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1" };
+	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
+					.codec = FERRY_CODEC_NONE,
+					.block = { .enabled = true } };
+	struct ferry_error err = { 0 };
+	struct ferry_migration *m;
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+	uint64_t diff;
+
+	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
+	snprintf(img, sizeof(img), "%s/disk.raw", p.dir);
+	snprintf(copy, sizeof(copy), "%s/disk.orig", p.dir);
+	snprintf(cmd, sizeof(cmd), "head -c 8M /dev/urandom > %s && cp %s %s",
+		 img, img, copy);
+	ck_assert_int_eq(system(cmd), 0);
+	snprintf(args, sizeof(args), "-drive file=%s,format=raw,if=none,"
+		 "id=drive0 -device virtio-blk-pci,drive=drive0,id=vdisk0", img);
+	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
+		      err.msg);
+	ro.qmp_path = vm_qmp_path(p.dst);
+	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
+		      rx.err.msg);
+	o.qmp_path = vm_qmp_path(p.src);
+	o.to_port = rx.port;
+
+	m = ferry_migration_new(&o, &err);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	ck_assert_msg(strstr(err.msg, "disk vdisk0: the destination's image ") &&
+		      strstr(err.msg, "is the source's own image (shared "
+			     "storage"), "%s", err.msg);
+	ck_assert(rep.source_running);
+	ck_assert(!marker_left(p.dir));
+	expect_status(p.src, "running");
+	expect_status(p.dst, "inmigrate");
+	ck_assert_int_eq(vm_files_equal(img, copy, &diff, &err), 1);
+
+	/* Its disk is already there: memory alone moves. */
+	o.block.enabled = false;
+	o.paused = true;
+	m = ferry_migration_new(&o, &err);
+	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
+	ferry_migration_free(m);
+	rx_thread_stop(&rx);
+	rx_thread_join(&rx);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
+	ck_assert_int_eq(vm_files_equal(img, copy, &diff, &err), 1);
+	pair_stop(&p);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("precheck");
 	TCase *tc = tcase_create("guest");
+	TCase *td = tcase_create("disk");
 	SRunner *sr;
 	int failed;
 
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, refused, 0, sizeof(cases) / sizeof(cases[0]));
 	suite_add_tcase(s, tc);
+	tcase_set_timeout(td, 120);
+	tcase_add_test(td, shared_disk);
+	suite_add_tcase(s, td);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
