@@ -305,6 +305,52 @@ static int check_guest(struct incoming *in, struct ferry_error *err)
 			       "differs from the source (%s)", msg + 2);
 }
 
+/* Bytes of memory process @pid holds resident (VmRSS), 0 when unknown. */
+static uint64_t resident_bytes(int pid)
+{
+	char path[64], line[128];
+	unsigned long long kib = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = pid > 0 ? fopen(path, "re") : NULL;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %llu kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (uint64_t)kib << 10;
+}
+
+/*
+ * The host's memory pre-check: the guest's RAM fits in what this host
+ * has (MemTotal times the overcommit ratio, less what is in use and what
+ * the migrations arriving will take, this one's included), where
+ * @resident is what its destination QEMU already holds (in use already:
+ * a registered QEMU, preallocated or not; 0 before a launch).
+ */
+static int check_memory(struct incoming *in, uint64_t resident,
+			struct ferry_error *err)
+{
+	struct wire_host host;
+	int64_t left = rx_host(in->m->svc, &host) +
+		       (int64_t)(resident < in->hello.ram_bytes ? resident :
+				 in->hello.ram_bytes);
+
+	if (left >= 0)
+		return 0;
+	return ferry_error_set(err, -ENOMEM, "pre-check: this host cannot take "
+		"a %llu MiB guest: %llu MiB short (MemTotal %llu MiB x ratio %g, "
+		"%llu MiB in use, %llu MiB of it by the destination QEMU, %u "
+		"migrations arriving)",
+		(unsigned long long)(in->hello.ram_bytes >> 20),
+		(unsigned long long)(-left >> 20),
+		(unsigned long long)(host.mem_total >> 20),
+		host.ratio_milli / 1000.0,
+		(unsigned long long)((host.mem_total - host.mem_available) >> 20),
+		(unsigned long long)(resident >> 20), host.migrations);
+}
+
 /*
  * --launch: the destination QEMU is started for this migration from the
  * source's command line (CONFIG, checked at the edge by the service).
@@ -334,24 +380,9 @@ static int rx_launch(struct incoming *in, struct ferry_error *err)
 	rc = wire_config_decode(&h, c->config, argv, &r.argc, err);
 	if (rc < 0)
 		return rc;
-	{
-		/* This migration's RAM is counted in already. */
-		struct wire_host host;
-		int64_t left = rx_host(in->m->svc, &host);
-
-		if (left < 0)
-			return ferry_error_set(err, -ENOMEM, "pre-check: this host "
-				"cannot take a %llu MiB guest: %llu MiB short "
-				"(MemTotal %llu MiB x ratio %g, %llu MiB in "
-				"use, %u migrations arriving)",
-				(unsigned long long)(in->hello.ram_bytes >> 20),
-				(unsigned long long)(-left >> 20),
-				(unsigned long long)(host.mem_total >> 20),
-				host.ratio_milli / 1000.0,
-				(unsigned long long)((host.mem_total -
-						      host.mem_available) >> 20),
-				host.migrations);
-	}
+	rc = check_memory(in, 0, err);
+	if (rc < 0)
+		return rc;
 	unlink(r.qmp_path);	/* a stale socket of an earlier QEMU */
 	rc = launch_run(&r, &in->launch, err);
 	if (rc < 0)
@@ -379,6 +410,9 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 	rc = check_destination(in, err);
 	if (rc == 0)
 		rc = check_guest(in, err);
+	/* A launched QEMU was checked before it started. */
+	if (rc == 0 && !in->launched)
+		rc = check_memory(in, resident_bytes(qmp_peer_pid(in->q)), err);
 	if (rc < 0)
 		return rc;
 	rc = mig_setup_qemu(in->q, &p, err);

@@ -20,29 +20,33 @@
 
 static const struct {
 	const char *src_args, *dst_args, *want;
+	double ram_ratio;	/* the service's overcommit ratio; 0: 1.0 */
 } cases[] = {
 	{ "-device virtio-rng-pci,id=rng0", NULL,
-	  "devices only on the source: virtio-rng-pci (rng0)" },
+	  "devices only on the source: virtio-rng-pci (rng0)", 0 },
 	{ NULL, "-device virtio-rng-pci",
-	  "devices only here: virtio-rng-pci" },
+	  "devices only here: virtio-rng-pci", 0 },
 	{ NULL, "-machine q35",
 	  "machine type 'pc-i440fx-7.2-machine' on the source, "
-	  "'pc-q35-7.2-machine' here" },
+	  "'pc-q35-7.2-machine' here", 0 },
 	{ NULL, "-cpu max",
 	  "CPU model 'qemu64-x86_64-cpu' on the source, 'max-x86_64-cpu' here; "
-	  "start both QEMUs with -cpu qemu64, a model both hosts run" },
+	  "start both QEMUs with -cpu qemu64, a model both hosts run", 0 },
 	{ NULL, "-cpu qemu64,+popcnt",
 	  "CPU features differ under the same model: only on the source: "
 	  "none; only here: popcnt; start both QEMUs with -cpu qemu64, a model "
-	  "both hosts run" },
+	  "both hosts run", 0 },
 	{ "-cpu qemu64,+popcnt,+sse4.2", "-cpu qemu64,+ssse3",
 	  "CPU features differ under the same model: only on the source: "
-	  "sse4.2, popcnt; only here: ssse3; start both QEMUs with -cpu qemu64" },
+	  "sse4.2, popcnt; only here: ssse3; start both QEMUs with -cpu qemu64", 0 },
 	/* A source model that is no model elsewhere: the advice is found
 	 * among the models this QEMU runs, by the source guest's features. */
 	{ "-cpu max", NULL,
 	  "CPU model 'max-x86_64-cpu' on the source, 'qemu64-x86_64-cpu' here; "
-	  "start both QEMUs with -cpu " },
+	  "start both QEMUs with -cpu ", 0 },
+	/* Memory: a registered destination QEMU (preallocated: what it
+	 * holds is in use already) on a host with next to no room. */
+	{ NULL, NULL, "pre-check: this host cannot take a 64 MiB guest", 0.001 },
 };
 
 /* QEMU's migration status on @vm. */
@@ -60,7 +64,8 @@ START_TEST(refused)
 				.extra_args = cases[_i].src_args };
 	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
 				.prealloc = true, .extra_args = cases[_i].dst_args };
-	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1" };
+	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
+					  .ram_allocation_ratio = cases[_i].ram_ratio };
 	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
 					.codec = FERRY_CODEC_NONE };
 	struct ferry_error err = { 0 };
