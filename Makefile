@@ -60,7 +60,7 @@ deps:
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
 $(LIB_INT): $(LIB_OBJS)
 	@rm -f $@
