@@ -13,6 +13,9 @@
  *                completed, then the switchover goes on
  *   ferry        ferry migrate --block, auto codec
  *   ferry-none   ferry migrate --block, no codec
+ *   ferry-cold   ferry migrate --block --cold, auto codec: the guest is
+ *                paused first and moves stopped (Nova's `nova migrate`),
+ *                no dirty tracking; its downtime is the whole run
  * Both orderings are the same (RAM after ready, mirrors completed at
  * pre-switchover); the difference is the path of the disk's bytes.
  *
@@ -266,8 +269,9 @@ static int run_libvirt(struct bench *b, struct vm *src, struct vm *dst,
 
 /* ---- ferry ---- */
 
-static int run_ferry(struct bench *b, enum ferry_codec codec, struct vm *src,
-		     struct vm *dst, struct run *res, struct ferry_error *err)
+static int run_ferry(struct bench *b, enum ferry_codec codec, bool cold,
+		     struct vm *src, struct vm *dst, struct run *res,
+		     struct ferry_error *err)
 {
 	struct ferry_receiver_opts ro = {
 		.listen_host = b->dst_host, .qmp_path = vm_qmp_path(dst),
@@ -277,7 +281,7 @@ static int run_ferry(struct bench *b, enum ferry_codec codec, struct vm *src,
 	struct rx_thread rx;
 	struct ferry_migrate_opts mo = {
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
-		.paused = true, .codec = codec,
+		.paused = true, .codec = codec, .cold = cold,
 		.block = { .enabled = true },
 	};
 	struct ferry_migration *mig;
@@ -351,7 +355,8 @@ static int one_run(struct bench *b, const char *mode, struct run *res,
 		rc = run_libvirt(b, src, dst, res, err);
 	else
 		rc = run_ferry(b, strcmp(mode, "ferry-none") ? FERRY_CODEC_AUTO :
-			       FERRY_CODEC_NONE, src, dst, res, err);
+			       FERRY_CODEC_NONE, !strcmp(mode, "ferry-cold"), src,
+			       dst, res, err);
 	if (b->link && rc == 0)
 		res->wire_bytes = link_bytes() - l0;
 	if (rc < 0)
@@ -376,6 +381,7 @@ int main(int argc, char **argv)
 	char *modes[BENCH_MAX_MODES], modes_buf[128];
 	uint64_t totals[BENCH_MAX_MODES][BENCH_MAX_REPEATS];
 	uint64_t wires[BENCH_MAX_MODES][BENCH_MAX_REPEATS];
+	uint64_t downs[BENCH_MAX_MODES][BENCH_MAX_REPEATS];
 	uint32_t nm = 0, got[BENCH_MAX_MODES] = { 0 };
 	FILE *jl = NULL;
 	int opt;
@@ -390,7 +396,7 @@ int main(int argc, char **argv)
 		case 'o': out_base = optarg; break;
 		default:
 			fprintf(stderr, "usage: bench_block [-s GIB] [-n REPEATS] "
-				"[-M libvirt,ferry,ferry-none] [-N loopback|link] "
+				"[-M libvirt,ferry,ferry-none,ferry-cold] [-N loopback|link] "
 				"[-R MBIT] [-o BASENAME]\n");
 			return 2;
 		}
@@ -399,8 +405,15 @@ int main(int argc, char **argv)
 		return 2;
 	snprintf(modes_buf, sizeof(modes_buf), "%s", modes_arg);
 	for (char *t = strtok(modes_buf, ","); t && nm < BENCH_MAX_MODES;
-	     t = strtok(NULL, ","))
+	     t = strtok(NULL, ",")) {
+		if (strcmp(t, "libvirt") && strcmp(t, "ferry") &&
+		    strcmp(t, "ferry-none") && strcmp(t, "ferry-cold")) {
+			fprintf(stderr, "bench_block: unknown mode '%s' (libvirt, "
+				"ferry, ferry-none, ferry-cold)\n", t);
+			return 2;
+		}
 		modes[nm++] = t;
+	}
 	ferry_set_log(NULL, NULL, 1);
 	g_bench = &b;
 	atexit(cleanup);
@@ -449,26 +462,29 @@ int main(int argc, char **argv)
 					(unsigned long long)res.downtime_ms);
 			if (rc == 0) {
 				totals[i][got[i]] = res.total_ms;
+				downs[i][got[i]] = res.downtime_ms;
 				wires[i][got[i]++] = res.wire_bytes;
 			}
 		}
 	}
 	if (jl)
 		fclose(jl);
-	printf("\n%u GiB disk, %s%s, %u rounds (medians)\n", b.disk_gib,
-	       b.link ? "link " : "loopback", b.link ? "" : "", b.repeats);
+	printf("\n%u GiB disk, %s, %u rounds (medians)\n", b.disk_gib,
+	       b.link ? "link" : "loopback", b.repeats);
+	stats_print_machine(stdout);
 	if (b.link)
 		printf("link: veth + tbf at %u Mbit/s\n", b.link_mbit);
-	printf("%-12s %4s %10s %12s %8s\n", "mode", "ok", "total ms",
-	       "wire MiB", "vs 1st");
+	printf("%-12s %4s %10s %12s %12s %8s\n", "mode", "ok", "total ms",
+	       "downtime ms", "wire MiB", "vs 1st");
 	{
 		uint64_t base = got[0] ? stats_median(totals[0], got[0]) : 0;
 
 		for (uint32_t i = 0; i < nm; i++) {
 			uint64_t t = stats_median(totals[i], got[i]);
 
-			printf("%-12s %4u %10llu %12llu %8.2f\n", modes[i], got[i],
-			       (unsigned long long)t,
+			printf("%-12s %4u %10llu %12llu %12llu %8.2f\n", modes[i],
+			       got[i], (unsigned long long)t,
+			       (unsigned long long)stats_median(downs[i], got[i]),
 			       (unsigned long long)(stats_median(wires[i], got[i]) >> 20),
 			       base ? (double)t / (double)base : 0.0);
 		}

@@ -139,21 +139,6 @@ out:
 	return rc;
 }
 
-static void print_machine(void)
-{
-	char line[256];
-	FILE *f = fopen("/proc/cpuinfo", "r");
-
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "model name", 10)) {
-			printf("# machine: %s", strchr(line, ':') + 2);
-			break;
-		}
-	if (f)
-		fclose(f);
-	printf("# cores: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
-}
-
 int main(int argc, char **argv)
 {
 	static uint64_t ms[M_COUNT][BS_REPEATS_MAX];
@@ -180,7 +165,7 @@ int main(int argc, char **argv)
 	ferry_set_log(NULL, NULL, 0);
 	if (tmpdir_make(dir, sizeof(dir), "ferry-bench-svc") < 0)
 		return 1;
-	print_machine();
+	stats_print_machine(stdout);
 	printf("# %u MiB guest, %u connections, %u runs per mode, alternating\n",
 	       mem, conns, repeats);
 	for (uint32_t r = 0; r < repeats; r++) {

@@ -1,6 +1,7 @@
 /* Benchmark helpers (see stats.h). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "stats.h"
@@ -38,4 +39,20 @@ int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
 	unlink(pa);
 	unlink(pb);
 	return eq;
+}
+
+void stats_print_machine(FILE *out)
+{
+	char line[256];
+	FILE *f = fopen("/proc/cpuinfo", "re");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+			fprintf(out, "# machine: %s", strchr(line, ':') + 2);
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	fprintf(out, "# cores: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
 }

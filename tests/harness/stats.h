@@ -6,6 +6,7 @@
 #define FERRY_TESTS_STATS_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "vm.h"
 
@@ -15,5 +16,9 @@ uint64_t stats_median(uint64_t *v, uint32_t n);
 /* pmemsave both guests into @dir and compare: 1 equal, 0 different,
  * -errno when a dump failed. The dumps are removed. */
 int stats_same_ram(const char *dir, struct vm *a, struct vm *b);
+
+/* "# machine: CPU MODEL" and "# cores: N" to @out: a benchmark's figures
+ * hold for the machine they were measured on, so they travel with it. */
+void stats_print_machine(FILE *out);
 
 #endif /* FERRY_TESTS_STATS_H */
