@@ -9,7 +9,8 @@
  *   ferry recover [--state-dir DIR]
  *
  * Exit status: 0 when the migration completed (or the receiver stopped
- * cleanly), 1 when it failed and the source guest runs, 2 for a usage
+ * cleanly), 1 when it failed and the source guest runs (or was never
+ * reached: nothing of it changed), 2 for a usage
  * error, 3 when it failed and the source guest is not confirmed running
  * (the destination may hold it: run ferry recover on both hosts).
  */
@@ -139,8 +140,9 @@ static void usage(FILE *f)
 		"                      ferry recover (default $FERRY_STATE_DIR or\n"
 		"                      /var/lib/ferry)\n"
 		"\n"
-		"exit status: 0 done; 1 failed, the source guest runs; 2 usage;\n"
-		"3 failed, the guest's state needs ferry recover (see the message)\n"
+		"exit status: 0 done; 1 failed, the source guest runs (or was never\n"
+		"reached); 2 usage; 3 failed, the guest's state needs ferry recover\n"
+		"(see the message)\n"
 		"\n"
 		"TLS (both commands; the source is the client):\n"
 		"  --tls-creds DIR     x509: ca-cert.pem, server-cert.pem, server-key.pem,\n"
@@ -269,6 +271,8 @@ static void print_summary(const struct ferry_report *r)
 		/* The error itself went to stderr, once. */
 		printf("migration %s; source guest: %s\n", r->status,
 		       r->source_running ? "running, checked" :
+		       r->source_untouched ? "untouched (ferry never reached "
+		       "its QEMU)" :
 		       "not confirmed running (ferry recover on both hosts)");
 		return;
 	}
@@ -543,8 +547,8 @@ static void usage_cmd(FILE *f, const char *cmd)
 	if (cmd_help[i].bit & C_RX)
 		fprintf(f, "  %-26s %s\n", "--config FILE",
 			"settings from a file (ferry-serve.conf(5))");
-	fprintf(f, "\nexit status: 0 done; 1 failed, the source guest runs; "
-		"2 usage; 3 the guest's state needs ferry recover.\nman ferry "
+	fprintf(f, "\nexit status: 0 done; 1 failed, the source guest runs "
+		"(or was never reached); 2 usage; 3 the guest's state needs ferry recover.\nman ferry "
 		"for the whole story.\n");
 }
 
@@ -992,7 +996,7 @@ static int cmd_migrate(const struct cli *c)
 		print_summary(&rep);
 	ferry_migration_free(g_mig);
 	g_mig = NULL;
-	return rc == 0 ? 0 : rep.source_running ? 1 : 3;
+	return rc == 0 ? 0 : rep.source_running || rep.source_untouched ? 1 : 3;
 }
 
 static int cmd_recover(const struct cli *c)

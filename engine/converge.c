@@ -17,7 +17,11 @@ void conv_event(struct converge *c, const char *name, void *extra,
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	ferry_log(FERRY_LOG_INFO, "%s: %s", name, msg);
+	/* The terminal events are the caller's to say (the report, and the
+	 * error once): in the log only at debug level. */
+	ferry_log(!strcmp(name, "completed") || !strcmp(name, "failed") ||
+		  !strcmp(name, "cancelled") ? FERRY_LOG_DEBUG : FERRY_LOG_INFO,
+		  "%s: %s", name, msg);
 	if (c->events && o) {
 		uint64_t now = ferry_unix_ms();
 		json_t *e;

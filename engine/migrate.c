@@ -1584,18 +1584,21 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 		snprintf(report->status, sizeof(report->status), "completed");
 	} else {
 		report->source_running = fail_safe(m, err);
+		report->source_untouched = !m->run.q;
 		set_phase(m, FERRY_PHASE_FAILED);
 		snprintf(report->status, sizeof(report->status), "%s",
 			 rc == -ECANCELED ? "cancelled" : "failed");
 		snprintf(report->error, sizeof(report->error), "%s", err->msg);
 	}
 	/* Every migration's events end with one of these. */
-	conv_event(&m->run.conv, report->status, json_pack("{s:b,s:s?}",
+	conv_event(&m->run.conv, report->status, json_pack("{s:b,s:b,s:s?}",
 		   "source_running", report->completed ? false :
-		   report->source_running, "error", rc == 0 ? NULL : err->msg),
+		   report->source_running, "source_untouched",
+		   report->source_untouched, "error", rc == 0 ? NULL : err->msg),
 		   "the migration %s", report->status);
 	journal_step(m->run.journal, rc == 0 ? JOURNAL_COMPLETED :
-		     report->source_running ? JOURNAL_FAILED : JOURNAL_UNRESOLVED,
+		     report->source_running || report->source_untouched ?
+		     JOURNAL_FAILED : JOURNAL_UNRESOLVED,
 		     rc == 0 ? json_pack("{s:o*}", "report", report_json(report)) :
 		     json_pack("{s:b,s:s,s:o*}", "source_running",
 			       report->source_running, "error", err->msg,

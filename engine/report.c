@@ -29,6 +29,9 @@ json_t *report_json(const struct ferry_report *r)
 		      "source_running", r->completed ? 0 : r->source_running);
 	if (!o)
 		return NULL;
+	if (!r->completed)
+		json_object_set_new(o, "source_untouched",
+				    json_boolean(r->source_untouched));
 	json_object_set_new(o, "codec", json_string(r->codec));
 	json_object_set_new(o, "transport", json_string(r->transport));
 	json_object_set_new(o, "probe_bytes_per_s",

@@ -288,6 +288,10 @@ struct ferry_report {
 	char source[280];
 	char destination[280];
 	uint64_t end_unix_ms;		/* when it ended, Unix time */
+	/* After a failure: ferry never reached the source QEMU, so nothing
+	 * of the guest was changed (and nothing was checked either). Zero
+	 * from a library older than this field. */
+	bool source_untouched;
 };
 
 struct ferry_migration;

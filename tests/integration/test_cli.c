@@ -75,6 +75,26 @@ START_TEST(messages)
 }
 END_TEST
 
+/*
+ * A source QEMU ferry never reaches: exit 1 (nothing of the guest
+ * changed; not 3, "needs recovery"), and the error said once on stderr.
+ */
+START_TEST(untouched_source)
+{
+	char out[4096];
+	const char *first;
+	int rc = run(out, sizeof(out), (char *[]){ "migrate", "--qmp",
+		     "/nonexistent/ferry-test.qmp", "--to", "127.0.0.1:1", NULL });
+
+	ck_assert_msg(rc == 1, "exit %d: %s", rc, out);
+	first = strstr(out, "cannot connect to QMP socket");
+	ck_assert_msg(first, "%s", out);
+	ck_assert_msg(!strstr(first + 1, "cannot connect to QMP socket"),
+		      "the error is said twice: %s", out);
+	ck_assert_msg(!strstr(out, "the migration failed"), "%s", out);
+}
+END_TEST
+
 /* Each command's own --help: its options, not the others'. On stdout,
  * so run() sees none of it on stderr. */
 START_TEST(help_per_command)
@@ -106,6 +126,10 @@ int main(void)
 
 	tcase_add_test(tc, messages);
 	tcase_add_test(tc, help_per_command);
+	tcase_add_test(tc, untouched_source);
+	/* untouched_source waits out the QMP client's 10 s for a socket
+	 * that QEMU may still be creating. */
+	tcase_set_timeout(tc, 30);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
