@@ -239,30 +239,71 @@ static void print_progress_json(const struct ferry_progress *p, void *opaque)
 	json_decref(o);
 }
 
+/*
+ * The terminal's progress line and the log share stderr: a log line first
+ * erases the progress line it would be glued to (the next sample draws it
+ * again below), and both write under one lock, from whichever thread.
+ */
+static pthread_mutex_t term_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool progress_drawn;	/* the cursor is at the end of a progress line */
+
+static void end_progress_line(void)
+{
+	pthread_mutex_lock(&term_lock);
+	if (progress_drawn)
+		fputc('\n', stderr);
+	progress_drawn = false;
+	pthread_mutex_unlock(&term_lock);
+}
+
+static void cli_log(int level, const char *msg, void *opaque)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+	struct timespec ts;
+	struct tm tm;
+
+	(void)opaque;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	pthread_mutex_lock(&term_lock);
+	if (progress_drawn)
+		fputs("\r\033[K", stderr);
+	progress_drawn = false;
+	fprintf(stderr, "%02d:%02d:%02d.%03ld ferry[%s]: %s\n", tm.tm_hour,
+		tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L,
+		names[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+	pthread_mutex_unlock(&term_lock);
+}
+
 static void print_progress(const struct ferry_progress *p, void *opaque)
 {
-	char eta[32] = "";
+	char line[160], eta[32] = "";
 
 	(void)opaque;
 	if (p->phase == FERRY_PHASE_DISKS) {
-		fprintf(stderr, "\r%-10s %5.1fs  disks %6llu of %6llu MiB mirrored%20s",
-			ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
-			(unsigned long long)(p->disk_done_bytes >> 20),
-			(unsigned long long)(p->disk_total_bytes >> 20), "");
-		fflush(stderr);
-		return;
+		snprintf(line, sizeof(line), "%-10s %5.1fs  disks %6llu of %6llu "
+			 "MiB mirrored", ferry_phase_name(p->phase),
+			 (double)p->elapsed_ms / 1000.0,
+			 (unsigned long long)(p->disk_done_bytes >> 20),
+			 (unsigned long long)(p->disk_total_bytes >> 20));
+	} else {
+		if (p->eta_ms)
+			snprintf(eta, sizeof(eta), "~%.0fs left",
+				 (double)p->eta_ms / 1000.0);
+		snprintf(line, sizeof(line), "%-10s %5.1fs  pass %-3llu  sent %6llu "
+			 "MiB  remaining %6llu MiB  %7.1f MiB/s  %s%s",
+			 ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
+			 (unsigned long long)p->pass,
+			 (unsigned long long)(p->wire_bytes >> 20),
+			 (unsigned long long)(p->ram_remaining_bytes >> 20),
+			 (double)p->throughput_bytes_per_s / (1 << 20),
+			 p->postcopy ? "post-copy  " : "", eta);
 	}
-	if (p->eta_ms)
-		snprintf(eta, sizeof(eta), "~%.0fs left  ", (double)p->eta_ms / 1000.0);
-	fprintf(stderr,
-		"\r%-10s %5.1fs  pass %-3llu  sent %6llu MiB  remaining %6llu MiB  %7.1f MiB/s  %s%s",
-		ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
-		(unsigned long long)p->pass,
-		(unsigned long long)(p->wire_bytes >> 20),
-		(unsigned long long)(p->ram_remaining_bytes >> 20),
-		(double)p->throughput_bytes_per_s / (1 << 20),
-		p->postcopy ? "post-copy " : "", eta);
+	pthread_mutex_lock(&term_lock);
+	fprintf(stderr, "\r\033[K%s", line);
 	fflush(stderr);
+	progress_drawn = true;
+	pthread_mutex_unlock(&term_lock);
 }
 
 static void print_summary(const struct ferry_report *r)
@@ -786,7 +827,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 					l = i;
 			if (l < 0)
 				goto bad_choice;
-			ferry_set_log(NULL, NULL, l);
+			ferry_set_log(cli_log, NULL, l);
 			break;
 		}
 		default:
@@ -986,8 +1027,7 @@ static int cmd_migrate(const struct cli *c)
 	}
 	install_signals();
 	rc = ferry_migration_run(g_mig, &rep, &err);
-	if (o.progress == print_progress)
-		fputc('\n', stderr);
+	end_progress_line();
 	if (rc < 0)
 		fprintf(stderr, "ferry migrate: %s\n", err.msg);
 	if (c->json)
@@ -1366,6 +1406,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[1];
+	ferry_set_log(cli_log, NULL, FERRY_LOG_INFO);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("ferry %s\n", FERRY_VERSION_STRING);
 		return 0;
