@@ -62,10 +62,12 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 	s->ram_total_bytes = c->ram_bytes;
 	s->ram_remaining_bytes = info->ram_remaining;
 	s->ram_transferred_bytes = info->ram_transferred;
-	/* QEMU's counter once a pass has ended (it reflects any throttle),
-	 * calc-dirty-rate before that. */
-	s->dirty_rate = dirty ? dirty : c->dirty_rate0;
-	s->dirty_rate_known = c->dirty_known || info->dirty_sync_count >= 2;
+	/* QEMU's counter once it has a whole second of passes (it reflects
+	 * any throttle); before that calc-dirty-rate, or else what the last
+	 * pass left dirty over its length. */
+	s->dirty_rate = dirty ? dirty : c->dirty_rate0 ? c->dirty_rate0 :
+			c->dirty_pass_rate;
+	s->dirty_rate_known = c->dirty_known || dirty || c->dirty_pass_known;
 	s->link_rate = link;
 	if (c->link_cap && (!s->link_rate || s->link_rate > c->link_cap))
 		s->link_rate = c->link_cap;
@@ -238,8 +240,22 @@ int conv_step(struct converge *c, struct qmp *q, const struct mig_info *info,
 	if (c->postcopy_active)
 		return 0;	/* nothing left to decide: post-copy finishes */
 	if (info->dirty_sync_count != c->pass_seen) {
+		uint64_t now = ferry_now_ms();
+
+		/*
+		 * A pass ended: what it left to send again was dirtied while
+		 * it ran (at least: some went out before this sample). QEMU's
+		 * dirty-pages-rate stays 0 until a second of passes, which a
+		 * short migration never has.
+		 */
+		if (c->pass_seen >= 1 && info->dirty_sync_count == c->pass_seen + 1 &&
+		    now > c->pass_t0_ms) {
+			c->dirty_pass_rate = info->ram_remaining * 1000 /
+					     (now - c->pass_t0_ms);
+			c->dirty_pass_known = true;
+		}
 		c->pass_seen = info->dirty_sync_count;
-		c->pass_t0_ms = ferry_now_ms();
+		c->pass_t0_ms = now;
 	}
 	if (c->measuring)
 		poll_dirty_rate(c, q, elapsed);

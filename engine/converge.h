@@ -34,6 +34,10 @@ struct converge {
 	uint64_t dirty_rate0;		/* calc-dirty-rate, once measured */
 	bool measuring, dirty_known;
 	uint64_t pass_seen, pass_t0_ms;	/* the current pass, since when */
+	/* What the last pass left dirty over its length: the dirty rate
+	 * before QEMU's own counter has its first whole second. */
+	uint64_t dirty_pass_rate;
+	bool dirty_pass_known;
 	uint64_t eta_ms;		/* the policy's estimate of the rest */
 	uint64_t link_cap;		/* --bandwidth, 0: none */
 	uint32_t downtime_now;
