@@ -29,8 +29,8 @@ else
 B       := build
 endif
 
-CLI_SRCS  := engine/cli.c engine/cli_config.c
-LIB_SRCS  := $(wildcard qmp/*.c transport/*.c) $(filter-out $(CLI_SRCS),$(wildcard engine/*.c))
+CLI_SRCS  := $(wildcard cli/*.c)
+LIB_SRCS  := $(wildcard qmp/*.c transport/*.c engine/*.c)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(B)/%.o)
 HARN_SRCS := $(filter-out tests/harness/demo.c,$(wildcard tests/harness/*.c))
 HARN_OBJS := $(HARN_SRCS:%.c=$(B)/%.o)

@@ -29,7 +29,7 @@
 #include <unistd.h>
 #include <jansson.h>
 
-#include "engine/cli_config.h"
+#include "cli_config.h"
 #include "engine/evacuate.h"
 #include "engine/launch.h"
 #include "engine/mig.h"
