@@ -43,7 +43,12 @@ const char *tls_ctx_mode(const struct tls_ctx *c);
 int tls_handshake(struct tls_ctx *c, int fd, const char *host, int timeout_ms,
 		  SSL **out, struct ferry_error *err);
 
-/* The reason for the last OpenSSL failure on this thread, or @fallback. */
+/*
+ * Why the last OpenSSL call on this thread failed, or @fallback when it
+ * left no error: OpenSSL's reason for the first error it queued (the
+ * cause, not the library name of a layer that passed it on), or, for an
+ * alert the peer sent, what the peer refused. Empties the thread's queue.
+ */
 const char *tls_last_error(const char *fallback);
 
 /*

@@ -222,8 +222,13 @@ static void *read_pem(const char *dir, const char *file, bool key)
 	return v;
 }
 
-int pki_bad_client(const char *good_dir, const char *out_dir, enum pki_bad bad,
-		   struct ferry_error *err)
+/*
+ * @out_dir with @good_dir's CA certificate and a bad PREFIX-cert.pem /
+ * PREFIX-key.pem for @cn (and @san): expired, or signed by a rogue CA.
+ */
+static int bad_leaf(const char *good_dir, const char *out_dir,
+		    const char *prefix, const char *cn, const char *san,
+		    enum pki_bad bad, struct ferry_error *err)
 {
 	X509 *ca = read_pem(good_dir, "ca-cert.pem", false);
 	EVP_PKEY *ca_key = read_pem(good_dir, "ca-key.pem", true);
@@ -245,7 +250,7 @@ int pki_bad_client(const char *good_dir, const char *out_dir, enum pki_bad bad,
 	if (rc)
 		goto out;
 	if (bad == PKI_CLIENT_EXPIRED) {
-		rc = leaf(out_dir, "client", "ferry-client", NULL, ca, ca_key,
+		rc = leaf(out_dir, prefix, cn, san, ca, ca_key,
 			  -10 * PKI_DAY_S, -PKI_DAY_S, err);
 	} else {
 		rogue_key = new_key();
@@ -255,8 +260,8 @@ int pki_bad_client(const char *good_dir, const char *out_dir, enum pki_bad bad,
 			rc = fail(err, "rogue CA");
 			goto out;
 		}
-		rc = leaf(out_dir, "client", "ferry-client", NULL, rogue,
-			  rogue_key, -PKI_DAY_S, valid, err);
+		rc = leaf(out_dir, prefix, cn, san, rogue, rogue_key,
+			  -PKI_DAY_S, valid, err);
 	}
 out:
 	X509_free(ca);
@@ -264,6 +269,20 @@ out:
 	EVP_PKEY_free(ca_key);
 	EVP_PKEY_free(rogue_key);
 	return rc;
+}
+
+int pki_bad_client(const char *good_dir, const char *out_dir, enum pki_bad bad,
+		   struct ferry_error *err)
+{
+	return bad_leaf(good_dir, out_dir, "client", "ferry-client", NULL, bad,
+			err);
+}
+
+int pki_bad_server(const char *good_dir, const char *out_dir, enum pki_bad bad,
+		   struct ferry_error *err)
+{
+	return bad_leaf(good_dir, out_dir, "server", "localhost",
+			"DNS:localhost,IP:127.0.0.1,IP:::1", bad, err);
 }
 
 int pki_write_psk(const char *path, const char *identity,

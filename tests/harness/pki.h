@@ -37,6 +37,14 @@ enum pki_bad {
 int pki_bad_client(const char *good_dir, const char *out_dir, enum pki_bad bad,
 		   struct ferry_error *err);
 
+/*
+ * The same for the receiving side: @good_dir's CA certificate and a bad
+ * server certificate (expired, or signed by an unrelated CA; @bad as for
+ * a client) naming the loopback addresses, so that only @bad is wrong.
+ */
+int pki_bad_server(const char *good_dir, const char *out_dir, enum pki_bad bad,
+		   struct ferry_error *err);
+
 /* Write a QEMU-style PSK file (one line "identity:64 hex digits"). */
 int pki_write_psk(const char *path, const char *identity,
 		  struct ferry_error *err);

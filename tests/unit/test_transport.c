@@ -1,14 +1,27 @@
 /*
  * Unit tests of the wire format, the codecs and the io_uring tunnel, with
  * real sockets (TCP on loopback, socketpairs standing in for QEMU), real
- * TLS (a pre-shared key written here) and no QEMU.
+ * TLS (a pre-shared key written here, certificates from the test PKI) and
+ * no QEMU. The TLS cases check what an operator is told when credentials
+ * are missing, unreadable or wrong, on both sides of a handshake.
  */
+/* The unit binaries link the library alone (see the Makefile), so the
+ * test PKI generator the integration tests use is compiled in here;
+ * before check.h, whose fail() macro would rewrite pki.c's fail(). */
+#include "tests/harness/pki.c"
+
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/util.h"
@@ -1023,11 +1036,406 @@ START_TEST(probe_rejects)
 }
 END_TEST
 
+/* ---- TLS: what an operator is told ---- */
+
+/*
+ * Made once by main(), before the tests fork: good/ (a CA, server and
+ * client), bad certificates beside it, PSK files, and the broken
+ * credentials each load test needs.
+ */
+static char tls_dir[64];
+
+static const char *tls_path(const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s", tls_dir, name);
+	return buf;
+}
+
+static void tls_pki_step(int rc, const struct ferry_error *err)
+{
+	if (rc) {
+		fprintf(stderr, "test PKI: %s\n", err->msg);
+		abort();
+	}
+}
+
+static void tls_pki_init(void)
+{
+	struct ferry_error err = { 0 };
+	char good[128], p[160], q[192];
+	FILE *f;
+
+	snprintf(tls_dir, sizeof(tls_dir), "/tmp/ferry-tls.XXXXXX");
+	if (!mkdtemp(tls_dir))
+		abort();
+	tls_path("good", good, sizeof(good));
+	tls_pki_step(pki_generate(good, NULL, &err), &err);
+	tls_pki_step(pki_bad_client(good, tls_path("expired-client", p, sizeof(p)),
+				    PKI_CLIENT_EXPIRED, &err), &err);
+	tls_pki_step(pki_bad_client(good, tls_path("rogue-client", p, sizeof(p)),
+				    PKI_CLIENT_ROGUE, &err), &err);
+	tls_pki_step(pki_bad_server(good, tls_path("expired-server", p, sizeof(p)),
+				    PKI_CLIENT_EXPIRED, &err), &err);
+	tls_pki_step(pki_bad_server(good, tls_path("rogue-server", p, sizeof(p)),
+				    PKI_CLIENT_ROGUE, &err), &err);
+	/* Two keys for one identity, and an identity the server lacks. */
+	tls_pki_step(pki_write_psk(tls_path("a.psk", p, sizeof(p)), "ferry",
+				   &err), &err);
+	tls_pki_step(pki_write_psk(tls_path("b.psk", p, sizeof(p)), "ferry",
+				   &err), &err);
+	tls_pki_step(pki_write_psk(tls_path("c.psk", p, sizeof(p)), "other",
+				   &err), &err);
+	/* No files at all; a CA file that is not PEM; a key that is a
+	 * directory; the client's key where the server's should be; a key
+	 * nobody but root may read. */
+	if (mkdir(tls_path("empty", p, sizeof(p)), 0700) != 0)
+		abort();
+	tls_pki_step(pki_generate(tls_path("junk-ca", p, sizeof(p)), NULL, &err),
+		     &err);
+	snprintf(q, sizeof(q), "%s/ca-cert.pem", p);
+	f = fopen(q, "w");
+	if (!f)
+		abort();
+	fputs("this is not a certificate\n", f);
+	fclose(f);
+	tls_pki_step(pki_generate(tls_path("key-dir", p, sizeof(p)), NULL, &err),
+		     &err);
+	snprintf(q, sizeof(q), "%s/server-key.pem", p);
+	if (unlink(q) != 0 || mkdir(q, 0700) != 0)
+		abort();
+	tls_pki_step(pki_generate(tls_path("key-other", p, sizeof(p)), NULL,
+				  &err), &err);
+	snprintf(q, sizeof(q), "%s/server-key.pem", p);
+	if (rename(strcat(p, "/client-key.pem"), q) != 0)
+		abort();
+	tls_pki_step(pki_generate(tls_path("key-locked", p, sizeof(p)), NULL,
+				  &err), &err);
+	/* Traversable, the certificates readable, by the unprivileged user
+	 * tls_key_unreadable() becomes when run as root; the key by none. */
+	chmod(tls_dir, 0711);
+	chmod(p, 0711);
+	snprintf(q, sizeof(q), "%s/ca-cert.pem", p);
+	chmod(q, 0644);
+	snprintf(q, sizeof(q), "%s/server-cert.pem", p);
+	chmod(q, 0644);
+	snprintf(q, sizeof(q), "%s/server-key.pem", p);
+	chmod(q, 0);
+}
+
+static int tls_rm(const char *path, const struct stat *st, int flag,
+		  struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void tls_pki_remove(void)
+{
+	nftw(tls_dir, tls_rm, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void assert_has(const char *msg, const char *phrase)
+{
+	ck_assert_msg(strstr(msg, phrase), "message '%s' lacks '%s'", msg,
+		      phrase);
+}
+
+/* A context that must fail to load: its code and message. */
+static int tls_load_fails(const struct ferry_tls_opts *o, bool server,
+			  struct ferry_error *err)
+{
+	struct tls_ctx *c = NULL;
+	int rc = tls_ctx_new(&c, o, server, err);
+
+	ck_assert_msg(rc < 0, "loaded credentials that should fail");
+	ck_assert_ptr_null(c);
+	return rc;
+}
+
+/* Missing, a directory, or not PEM: the file, and errno's or OpenSSL's
+ * reason (never the name of the library that passed it on). */
+START_TEST(tls_load_errors)
+{
+	struct ferry_tls_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	char dir[128], path[192];
+
+	o.creds_dir = tls_path("empty", dir, sizeof(dir));
+	ck_assert_int_eq(tls_load_fails(&o, true, &err), -ENOENT);
+	snprintf(path, sizeof(path), "%s/ca-cert.pem", dir);
+	assert_has(err.msg, path);
+	assert_has(err.msg, "CA certificate");
+	assert_has(err.msg, "file not found");
+
+	o.creds_dir = tls_path("junk-ca", dir, sizeof(dir));
+	ck_assert_int_eq(tls_load_fails(&o, false, &err), -EINVAL);
+	snprintf(path, sizeof(path), "%s/ca-cert.pem", dir);
+	assert_has(err.msg, path);
+	assert_has(err.msg, "no certificate or crl found");
+	ck_assert_msg(!strstr(err.msg, " lib"), "library, not reason: %s",
+		      err.msg);
+
+	o.creds_dir = tls_path("key-dir", dir, sizeof(dir));
+	ck_assert_int_eq(tls_load_fails(&o, true, &err), -EISDIR);
+	snprintf(path, sizeof(path), "%s/server-key.pem", dir);
+	assert_has(err.msg, path);
+	assert_has(err.msg, "private key");
+	assert_has(err.msg, "is a directory");
+
+	o.creds_dir = tls_path("key-other", dir, sizeof(dir));
+	ck_assert_int_eq(tls_load_fails(&o, true, &err), -EINVAL);
+	snprintf(path, sizeof(path), "%s/server-key.pem", dir);
+	assert_has(err.msg, path);
+	assert_has(err.msg, "does not match certificate");
+	assert_has(err.msg, "server-cert.pem");
+
+	o.creds_dir = NULL;
+	o.psk_file = tls_path("none.psk", path, sizeof(path));
+	ck_assert_int_eq(tls_load_fails(&o, true, &err), -ENOENT);
+	assert_has(err.msg, path);
+	assert_has(err.msg, "PSK file");
+	assert_has(err.msg, "file not found");
+}
+END_TEST
+
+/*
+ * A key file its user may not read. Root reads any file whatever its
+ * mode, so as root the load runs in a child that has become "nobody"
+ * (65534); a root that cannot change user (no CAP_SETUID) skips only
+ * this assertion, saying so.
+ */
+START_TEST(tls_key_unreadable)
+{
+	struct ferry_tls_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	char dir[128], key[192];
+	int p[2], status, rc;
+	pid_t pid;
+
+	o.creds_dir = tls_path("key-locked", dir, sizeof(dir));
+	snprintf(key, sizeof(key), "%s/server-key.pem", dir);
+	if (geteuid() != 0) {
+		ck_assert_int_eq(tls_load_fails(&o, true, &err), -EACCES);
+		goto check;
+	}
+	ck_assert_int_eq(pipe(p), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct tls_ctx *c = NULL;
+
+		close(p[0]);
+		if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) ||
+		    setresuid(65534, 65534, 65534))
+			_exit(77);
+		err.code = tls_ctx_new(&c, &o, true, &err);
+		tls_ctx_free(c);
+		_exit(write(p[1], &err, sizeof(err)) == sizeof(err) ? 0 : 1);
+	}
+	close(p[1]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 77) {
+		fprintf(stderr, "tls_key_unreadable: root cannot become nobody "
+			"here; the permission-denied message is not checked\n");
+		close(p[0]);
+		return;
+	}
+	ck_assert_int_eq(WEXITSTATUS(status), 0);
+	rc = (int)read(p[0], &err, sizeof(err));
+	close(p[0]);
+	ck_assert_int_eq(rc, (int)sizeof(err));
+	ck_assert_int_eq(err.code, -EACCES);
+check:
+	assert_has(err.msg, key);
+	assert_has(err.msg, "private key");
+	assert_has(err.msg, "permission denied");
+}
+END_TEST
+
+/* One side's credentials: a directory or a PSK file under tls_dir. */
+struct tls_creds {
+	const char *dir;
+	const char *psk;
+};
+
+/* What a side must be told: NULL phrases (ok) for a side that succeeds. */
+struct tls_expect {
+	const char *has[3];
+	const char *lacks;
+};
+
+static const struct {
+	const char *name;
+	struct tls_creds server, client;
+	const char *host;	/* what the client checks the server for */
+	struct tls_expect server_msg, client_msg;
+} tls_cases[] = {
+	{ "good certificates", { "good", NULL }, { "good", NULL }, "127.0.0.1",
+	  { .has = { NULL } }, { .has = { NULL } } },
+	{ "good PSK", { NULL, "a.psk" }, { NULL, "a.psk" }, NULL,
+	  { .has = { NULL } }, { .has = { NULL } } },
+	/* TLS 1.3: the client has sent its Finished before the server
+	 * checks its certificate; it learns the refusal on its first read
+	 * (tls_last_error() then, as net.c and tunnel.c report it). */
+	{ "expired client", { "good", NULL }, { "expired-client", NULL },
+	  "127.0.0.1",
+	  { .has = { "the client's certificate", "certificate has expired",
+		     "valid until" } },
+	  { .has = { "the peer refused our certificate",
+		     "certificate expired" } } },
+	{ "client of an unknown CA", { "good", NULL }, { "rogue-client", NULL },
+	  "127.0.0.1",
+	  { .has = { "the client's certificate",
+		     "unable to get local issuer certificate",
+		     "issued by CN=ferry rogue CA" } },
+	  { .has = { "the peer refused our certificate", "unknown CA" } } },
+	{ "expired server", { "expired-server", NULL }, { "good", NULL },
+	  "127.0.0.1",
+	  { .has = { "the client refused our certificate",
+		     "expired-server/server-cert.pem",
+		     "certificate expired" } },
+	  { .has = { "the server's certificate", "certificate has expired",
+		     "valid until" } } },
+	{ "server of an unknown CA", { "rogue-server", NULL }, { "good", NULL },
+	  "127.0.0.1",
+	  { .has = { "the client refused our certificate",
+		     "rogue-server/server-cert.pem", "unknown CA" } },
+	  { .has = { "the server's certificate",
+		     "unable to get local issuer certificate",
+		     "good/ca-cert.pem" } } },
+	{ "server of another name", { "good", NULL }, { "good", NULL },
+	  "ferry.invalid",
+	  { .has = { "the client refused our certificate",
+		     "bad certificate" } },
+	  { .has = { "the server's certificate", "hostname mismatch",
+		     "does not name ferry.invalid" } } },
+	/* PSKs: the receiver names PSK, not signature algorithms (what
+	 * OpenSSL says when a PSK server finds no key to use). */
+	{ "PSK, another key", { NULL, "a.psk" }, { NULL, "b.psk" }, NULL,
+	  { .has = { "PSK mismatch", "key for PSK identity 'ferry' differs",
+		     "a.psk" }, .lacks = "signature" },
+	  { .has = { "PSK mismatch", "key for PSK identity 'ferry' differs",
+		     "b.psk" }, .lacks = "signature" } },
+	{ "PSK, unknown identity", { NULL, "a.psk" }, { NULL, "c.psk" }, NULL,
+	  { .has = { "PSK mismatch", "PSK identity 'other' is not in",
+		     "a.psk" }, .lacks = "signature" },
+	  { .has = { "PSK mismatch", "does not know PSK identity 'other'",
+		     "c.psk" }, .lacks = "signature" } },
+	/* Each side in a different mode; a PSK client does not go on
+	 * with a server it could not authenticate. */
+	{ "PSK client, certificate server", { "good", NULL }, { NULL, "a.psk" },
+	  NULL,
+	  { .has = { "the client offered a pre-shared key", "identity 'ferry'",
+		     "uses certificates" } },
+	  { .has = { "did not take our pre-shared key",
+		     "showed a certificate" } } },
+	{ "certificate client, PSK server", { NULL, "a.psk" }, { "good", NULL },
+	  "127.0.0.1",
+	  { .has = { "the client offered no pre-shared key" },
+	    .lacks = "signature" },
+	  { .has = { "the server refused the handshake",
+		     "does it use a pre-shared key?" } } },
+};
+
+struct tls_side {
+	struct tls_ctx *ctx;
+	int fd;
+	const char *host;
+	bool read_after;	/* a client the server may refuse afterwards */
+	int rc;
+	struct ferry_error err;
+};
+
+static void *tls_side_run(void *p)
+{
+	struct tls_side *s = p;
+	SSL *ssl = NULL;
+
+	s->rc = tls_handshake(s->ctx, s->fd, s->host, 5000, &ssl, &s->err);
+	if (!s->rc && s->read_after) {
+		struct timeval tv = { .tv_sec = 5 };
+		struct tls_sigpipe g;
+		char b;
+
+		setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		tls_sigpipe_block(&g);
+		if (SSL_read(ssl, &b, 1) <= 0)
+			s->rc = ferry_error_set(&s->err, -EPROTO, "%s",
+					tls_last_error("no error queued"));
+		tls_sigpipe_restore(&g);
+	}
+	SSL_free(ssl);
+	return NULL;
+}
+
+static struct tls_ctx *tls_case_ctx(const struct tls_creds *cr, bool server)
+{
+	struct ferry_tls_opts o = { 0 };
+	struct ferry_error err = { 0 };
+	char dir[128], psk[128];
+	struct tls_ctx *c;
+
+	if (cr->dir)
+		o.creds_dir = tls_path(cr->dir, dir, sizeof(dir));
+	if (cr->psk)
+		o.psk_file = tls_path(cr->psk, psk, sizeof(psk));
+	ck_assert_msg(tls_ctx_new(&c, &o, server, &err) == 0, "%s", err.msg);
+	return c;
+}
+
+static void tls_check_side(const char *name, const char *side,
+			   const struct tls_side *s, const struct tls_expect *x)
+{
+	if (!x->has[0]) {
+		ck_assert_msg(s->rc == 0, "%s: the %s failed: %s", name, side,
+			      s->err.msg);
+		return;
+	}
+	ck_assert_msg(s->rc < 0, "%s: the %s succeeded", name, side);
+	for (int i = 0; i < 3 && x->has[i]; i++)
+		ck_assert_msg(strstr(s->err.msg, x->has[i]),
+			      "%s: the %s's message '%s' lacks '%s'", name, side,
+			      s->err.msg, x->has[i]);
+	if (x->lacks)
+		ck_assert_msg(!strstr(s->err.msg, x->lacks),
+			      "%s: the %s's message '%s' has '%s'", name, side,
+			      s->err.msg, x->lacks);
+}
+
+/* A real handshake over loopback, and what each side is told. */
+START_TEST(tls_handshake_errors)
+{
+	struct tls_side srv = { 0 }, cli = { 0 };
+	int fds[2];
+	pthread_t t;
+
+	srv.ctx = tls_case_ctx(&tls_cases[_i].server, true);
+	cli.ctx = tls_case_ctx(&tls_cases[_i].client, false);
+	cli.host = tls_cases[_i].host;
+	cli.read_after = tls_cases[_i].client_msg.has[0] != NULL;
+	tcp_pair(fds);
+	cli.fd = fds[0];
+	srv.fd = fds[1];
+	pthread_create(&t, NULL, tls_side_run, &srv);
+	tls_side_run(&cli);
+	pthread_join(t, NULL);
+	close(fds[0]);
+	close(fds[1]);
+	tls_check_side(tls_cases[_i].name, "receiver", &srv,
+		       &tls_cases[_i].server_msg);
+	tls_check_side(tls_cases[_i].name, "source", &cli,
+		       &tls_cases[_i].client_msg);
+	tls_ctx_free(srv.ctx);
+	tls_ctx_free(cli.ctx);
+}
+END_TEST
+
 static Suite *transport_suite(void)
 {
 	Suite *s = suite_create("transport");
 	TCase *wire = tcase_create("wire");
 	TCase *tun = tcase_create("tunnel");
+	TCase *tls = tcase_create("tls");
 
 	tcase_add_test(wire, hello_roundtrip);
 	tcase_add_loop_test(wire, hello_rejects, 0, FERRY_ARRAY_SIZE(hello_cases));
@@ -1055,8 +1463,14 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_cancel);
 	tcase_add_test(tun, probe_roundtrip);
 	tcase_add_test(tun, probe_rejects);
+	tcase_set_timeout(tls, 30);
+	tcase_add_test(tls, tls_load_errors);
+	tcase_add_test(tls, tls_key_unreadable);
+	tcase_add_loop_test(tls, tls_handshake_errors, 0,
+			    FERRY_ARRAY_SIZE(tls_cases));
 	suite_add_tcase(s, wire);
 	suite_add_tcase(s, tun);
+	suite_add_tcase(s, tls);
 	return s;
 }
 
@@ -1066,9 +1480,11 @@ int main(void)
 	int failed;
 
 	psk_init();
+	tls_pki_init();
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	unlink(psk_path);
+	tls_pki_remove();
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
