@@ -90,7 +90,7 @@ $(B)/libharness.a: $(HARN_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/tests/unit/%: $(B)/tests/unit/%.o $(LIB_INT)
+$(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libharness.a $(LIB_INT)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/libharness.a $(LIB_INT)

@@ -600,7 +600,6 @@ static int open_tunnel_conns(struct ferry_migration *m, enum wire_conn kind,
 		.codec = m->cfg.o.codec,
 		.codec_level = m->cfg.o.codec_level,
 		.bandwidth_bytes_per_s = m->run.wire_cap,
-		.link_hint_bytes_per_s = m->run.probe_rate,
 	};
 	net_conn_init(&o->ret, -1);
 	for (i = 0; i < m->plan.streams; i++) {

@@ -191,137 +191,114 @@ int ferry_codec_parse(const char *spec, enum ferry_codec *codec, int *level,
 	return 0;
 }
 
-void codec_auto_init(struct codec_auto *a, uint64_t cap_bytes_per_s)
+void codec_auto_init(struct codec_auto *a)
 {
 	memset(a, 0, sizeof(*a));
-	a->cap_ns_per_byte = cap_bytes_per_s ? 1e9 / (double)cap_bytes_per_s : 0;
+	a->cur = a->best = WIRE_CODEC_RAW;
 }
 
-void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s)
+/* The scores of this epoch, and of the codec it ran, from @now_ns. */
+static void score_epoch(struct codec_auto *a, uint64_t now_ns)
 {
-	if (!bytes_per_s)
-		return;
-	a->link_ns_per_byte = 1e9 / (double)bytes_per_s;
-	a->link_valid = true;
-	a->link_probed = true;
+	uint64_t wall = now_ns > a->scored_t0_ns ? now_ns - a->scored_t0_ns : 0;
+	double busy, sample;
+
+	a->epochs++;
+	if (a->bytes < CODEC_EPOCH_MIN_BYTES || wall <= a->idle_ns)
+		return;		/* too little moved to say anything */
+	busy = (double)(wall - a->idle_ns);
+	sample = (double)a->bytes * 1e9 / busy;
+	a->score[a->cur] = a->score[a->cur] > 0 ?
+		a->score[a->cur] + CODEC_EWMA_ALPHA * (sample - a->score[a->cur]) :
+		sample;
 }
 
-static double ewma(double old, double sample, bool valid)
-{
-	return valid ? old + CODEC_EWMA_ALPHA * (sample - old) : sample;
-}
-
-static double link_cost(const struct codec_auto *a)
-{
-	double l = a->link_valid ? a->link_ns_per_byte : 0;
-
-	return l > a->cap_ns_per_byte ? l : a->cap_ns_per_byte;
-}
-
-double codec_auto_cost(const struct codec_auto *a, enum wire_codec codec)
-{
-	const struct codec_est *e = &a->est[codec];
-
-	if (codec == WIRE_CODEC_RAW)
-		return link_cost(a);
-	if (!e->valid)
-		return -1;
-	/* Compression of the next frame overlaps the kernel sending the
-	 * last one (a write returns once the frame is in the socket buffer),
-	 * so the slower stage sets the pace. */
-	{
-		double wire = e->ratio * link_cost(a);
-
-		return e->cpu_ns_per_byte > wire ? e->cpu_ns_per_byte : wire;
-	}
-}
-
-enum wire_codec codec_auto_pick(struct codec_auto *a, enum wire_codec *probe)
+/* The codec kept between explorations: the best score, raw unless another
+ * beats it by the margin. */
+static enum wire_codec best_codec(const struct codec_auto *a)
 {
 	enum wire_codec best = WIRE_CODEC_RAW;
-	double best_cost = codec_auto_cost(a, WIRE_CODEC_RAW) * CODEC_AUTO_MARGIN;
-	uint64_t f = a->frames++;
+	double best_score = a->score[WIRE_CODEC_RAW] * CODEC_AUTO_MARGIN;
 
-	*probe = WIRE_CODEC_RAW;
-	/* Measure each codec once at the start, then now and then. */
 	for (int c = WIRE_CODEC_LZ4; c <= WIRE_CODEC_ZSTD; c++) {
-		double cost = codec_auto_cost(a, (enum wire_codec)c);
-
-		if (cost >= 0 && cost < best_cost) {
+		if (a->score[c] > best_score) {
 			best = (enum wire_codec)c;
-			best_cost = cost;
-		}
-	}
-	for (int c = WIRE_CODEC_LZ4; c <= WIRE_CODEC_ZSTD; c++) {
-		/* lz4 probes on frame 0, 16, 32...; zstd on 8, 40, 72... */
-		uint64_t period = c == WIRE_CODEC_LZ4 ? CODEC_PROBE_EVERY :
-							2 * CODEC_PROBE_EVERY;
-		uint64_t phase = c == WIRE_CODEC_LZ4 ? 0 : CODEC_PROBE_EVERY / 2;
-
-		/*
-		 * A codec whose CPU time alone costs more than sending raw
-		 * cannot win whatever its ratio: on a fast link, re-measure
-		 * it only rarely, so auto costs next to nothing there.
-		 */
-		if (a->est[c].valid && a->est[c].cpu_ns_per_byte >=
-		    codec_auto_cost(a, WIRE_CODEC_RAW) * CODEC_AUTO_MARGIN)
-			period *= CODEC_PROBE_HOPELESS_FACTOR;
-		if (c != (int)best && (!a->est[c].valid || f % period == phase)) {
-			*probe = (enum wire_codec)c;
-			break;
+			best_score = a->score[c];
 		}
 	}
 	return best;
 }
 
-void codec_auto_note_compress(struct codec_auto *a, enum wire_codec codec,
-			      size_t in, size_t out, uint64_t ns)
+/* The next epoch's codec: one never tried yet, else one due for another
+ * try (less often the further it scored below the best), else the best. */
+static enum wire_codec next_codec(struct codec_auto *a)
 {
-	struct codec_est *e = &a->est[codec];
-	double ratio, cpu;
+	double top;
 
-	/* A few bytes (QEMU's stream header, a last partial read) say nothing
-	 * about a compressor but fixed costs, and would poison its estimate. */
-	if (codec == WIRE_CODEC_RAW || in < CODEC_AUTO_MIN_SAMPLE_BYTES)
-		return;
-	ratio = out ? (double)out / (double)in : 1.0;
-	cpu = (double)ns / (double)in;
-	e->ratio = ewma(e->ratio, ratio, e->valid);
-	e->cpu_ns_per_byte = ewma(e->cpu_ns_per_byte, cpu, e->valid);
-	e->valid = true;
+	for (int c = WIRE_CODEC_RAW; c <= WIRE_CODEC_ZSTD; c++)
+		if (!(a->tried & (1u << c)))
+			return (enum wire_codec)c;
+	a->best = best_codec(a);
+	top = a->score[a->best];
+	for (int c = WIRE_CODEC_RAW; c <= WIRE_CODEC_ZSTD; c++) {
+		double behind = a->score[c] > 0 ? top / a->score[c] : 1.0;
+		double every = CODEC_EXPLORE_EVERY * behind * behind;
+
+		if (c == (int)a->best)
+			continue;
+		if (every > CODEC_EXPLORE_MAX_EVERY)
+			every = CODEC_EXPLORE_MAX_EVERY;
+		if ((double)(a->epochs - a->explored_at[c]) >= every)
+			return (enum wire_codec)c;
+	}
+	return a->best;
 }
 
-void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
-			  bool app_limited)
+static void start_epoch(struct codec_auto *a, enum wire_codec c, uint64_t now_ns)
 {
-	double ns;
+	bool warm = a->epoch_t0_ns && c != a->cur;
 
-	if (!bytes_per_s)
-		return;
-	ns = 1e9 / (double)bytes_per_s;
-	if (!a->link_valid) {
-		a->link_ns_per_byte = ns;
-		a->link_valid = true;
-		return;
+	if (c != a->cur)
+		a->switches++;
+	a->cur = c;
+	a->tried |= 1u << c;
+	a->explored_at[c] = a->epochs;
+	a->epoch_t0_ns = now_ns;
+	a->scored_t0_ns = now_ns + (warm ? CODEC_EPOCH_WARM_MS * 1000000ull : 0);
+	a->bytes = 0;
+	a->idle_ns = 0;
+}
+
+enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
+{
+	uint64_t len_ms = a->score[a->cur] > 0 ? CODEC_EPOCH_MS :
+						 CODEC_EPOCH_FIRST_MS;
+	uint64_t elapsed_ms;
+
+	if (!a->epoch_t0_ns) {
+		start_epoch(a, WIRE_CODEC_RAW, now_ns ? now_ns : 1);
+		return a->cur;
 	}
-	if (!app_limited) {
-		a->link_ns_per_byte = ewma(a->link_ns_per_byte, ns, true);
-		a->fast_streak = 0;
-		return;
+	elapsed_ms = (now_ns - a->epoch_t0_ns) / 1000000ull;
+	if ((elapsed_ms >= len_ms && a->bytes >= CODEC_EPOCH_MIN_BYTES) ||
+	    elapsed_ms >= CODEC_EPOCH_MAX_MS) {
+		score_epoch(a, now_ns);
+		start_epoch(a, next_codec(a), now_ns);
 	}
-	/*
-	 * An app-limited sample is a lower bound on the rate, and a noisy
-	 * one (ACK bursts): only a run of them, all well above the estimate,
-	 * says the link got faster than we thought; a much longer run once a
-	 * probe measured the link (codec_auto_hint_link).
-	 */
-	if (ns * CODEC_LINK_FAST_FACTOR < a->link_ns_per_byte) {
-		if (++a->fast_streak >= CODEC_LINK_FAST_STREAK *
-		    (a->link_probed ? CODEC_LINK_PROBED_STREAK_FACTOR : 1)) {
-			a->link_ns_per_byte = ns;
-			a->fast_streak = 0;
-		}
-	} else {
-		a->fast_streak = 0;
-	}
+	return a->cur;
+}
+
+void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
+			  uint64_t now_ns)
+{
+	if (now_ns >= a->scored_t0_ns)
+		a->bytes += raw_bytes;
+}
+
+void codec_auto_note_idle(struct codec_auto *a, uint64_t ns, uint64_t now_ns)
+{
+	/* Only what falls in the scored part of the epoch. */
+	if (now_ns > a->scored_t0_ns)
+		a->idle_ns += ns < now_ns - a->scored_t0_ns ? ns :
+			      now_ns - a->scored_t0_ns;
 }

@@ -1,19 +1,21 @@
 /*
  * Frame codecs (LZ4 blocks, zstd frames) and the auto policy that picks one
- * per frame from measurements.
+ * from what it measures end to end.
  *
- * The policy's model, per stream: sending one raw byte costs
- *     cost(codec) = max(cpu(codec), ratio(codec) * link)
- * in ns (compressing a frame overlaps the kernel sending the previous one),
- * where cpu is the compressor's measured wall time per input byte,
- * ratio its measured output/input on recent frames, and link the measured
- * time per wire byte (the slower of the link and the --bandwidth cap).
- * "raw" costs link. The cheapest wins, with a margin that keeps raw on a
- * fast link where compression gains little, so auto is never slower than
- * none. Estimates decay (EWMA), and codecs not in use are re-measured on
- * every CODEC_PROBE_EVERY-th frame (the probe's output is sent when smaller,
- * so a probe costs only its CPU time); a codec whose CPU time alone exceeds
- * the cost of sending raw is re-measured 16 times less often.
+ * auto runs in epochs, one codec each, and scores an epoch by the raw
+ * bytes of QEMU's stream it delivered per second of busy time: wall time
+ * less the time the sender waited for QEMU's stream (a sender waiting for
+ * its input says nothing about the codec). Blocking on the socket counts,
+ * so whatever is slowest end to end (the link, the --bandwidth cap, the
+ * receiver's decompression, its QEMU, a compressor sharing the cores with
+ * busy guests) is in the score, as it is in the migration's time. First
+ * each codec gets an epoch; then the best is kept, and each other codec is
+ * tried again for one epoch now and then: every CODEC_EXPLORE_EVERY epochs
+ * when it scored close to the best, up to CODEC_EXPLORE_MAX_EVERY when it
+ * scored far below (its epochs are the price of noticing a change). A codec
+ * must beat raw by CODEC_AUTO_MARGIN to be kept: raw takes no CPU from the
+ * guests. The first CODEC_EPOCH_WARM_MS of an epoch after a switch are not
+ * scored: the socket still drains what the last codec queued.
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -29,23 +31,23 @@
 #define CODEC_ZSTD_LEVEL_AUTO 3		/* zstd's level under --compress auto */
 #define CODEC_ZSTD_LEVEL_MIN (-7)
 #define CODEC_ZSTD_LEVEL_MAX 19
-/* Probe an unused codec once every this many frames. */
-#define CODEC_PROBE_EVERY 16
-/* ... and a codec that cannot win on this link this many times less often. */
-#define CODEC_PROBE_HOPELESS_FACTOR 16
-/* A codec must beat raw by this factor (cost < raw * margin) to be used. */
-#define CODEC_AUTO_MARGIN 0.85
-/* Frames smaller than this teach the auto policy nothing. */
-#define CODEC_AUTO_MIN_SAMPLE_BYTES (64u << 10)
-/* After a link probe, app-limited samples must be this many times longer
- * a run to raise the estimate (a shaper's bursts look like a fast link). */
-#define CODEC_LINK_PROBED_STREAK_FACTOR 8
-/* App-limited link samples this much faster, this many in a row, replace
- * the estimate (one alone is noise). */
-#define CODEC_LINK_FAST_FACTOR 2.0
-#define CODEC_LINK_FAST_STREAK 8
-/* EWMA weight of a new sample. */
-#define CODEC_EWMA_ALPHA 0.25
+/* Epochs: the first of each codec, the later ones, and the unscored
+ * start of an epoch after a switch. */
+#define CODEC_EPOCH_FIRST_MS 200
+#define CODEC_EPOCH_MS 500
+#define CODEC_EPOCH_WARM_MS 50
+/* An epoch is scored once it moved this much (else it runs on, up to
+ * CODEC_EPOCH_MAX_MS, and then ends unscored: too little to say). */
+#define CODEC_EPOCH_MIN_BYTES (2u << 20)
+#define CODEC_EPOCH_MAX_MS 5000
+/* Another codec is tried every this many epochs, times (best / its score)
+ * squared, at most CODEC_EXPLORE_MAX_EVERY. */
+#define CODEC_EXPLORE_EVERY 8
+#define CODEC_EXPLORE_MAX_EVERY 64
+/* A codec is kept over raw only when it scores this much better. */
+#define CODEC_AUTO_MARGIN 1.05
+/* EWMA weight of a new epoch's score. */
+#define CODEC_EWMA_ALPHA 0.5
 
 struct codec_ctx;
 
@@ -77,50 +79,32 @@ int codec_decompress(struct codec_ctx *c, enum wire_codec codec,
 const char *codec_wire_name(enum wire_codec codec);
 
 /* The auto policy's state; one per sending stream, no locking. */
-struct codec_est {
-	double cpu_ns_per_byte;	/* compressor CPU time per input byte */
-	double ratio;		/* output / input */
-	bool valid;
-};
-
 struct codec_auto {
-	struct codec_est est[WIRE_CODEC_MAX + 1];
-	double link_ns_per_byte;	/* measured */
-	double cap_ns_per_byte;		/* from --bandwidth, 0 when uncapped */
-	uint64_t frames;
-	uint32_t fast_streak;	/* app-limited samples well above the estimate */
-	bool link_valid;
-	bool link_probed;	/* the estimate started from the link probe */
+	/* raw bytes per busy second, per codec; 0 until scored */
+	double score[WIRE_CODEC_MAX + 1];
+	enum wire_codec cur;		/* this epoch's codec */
+	enum wire_codec best;		/* the one kept between explorations */
+	uint64_t epoch_t0_ns;		/* this epoch's start (0: none yet) */
+	uint64_t scored_t0_ns;		/* its scored part's start */
+	uint64_t bytes, idle_ns;	/* in the scored part */
+	uint64_t epochs;		/* epochs ended */
+	uint64_t explored_at[WIRE_CODEC_MAX + 1];	/* epoch of last try */
+	uint32_t tried;			/* codecs that had an epoch, bit each */
+	uint32_t switches;		/* codec changes, for the report */
 };
 
-void codec_auto_init(struct codec_auto *a, uint64_t cap_bytes_per_s);
+void codec_auto_init(struct codec_auto *a);
 
-/*
- * The codec to use for the next frame, and (when *probe != RAW) a codec to
- * try on it for measurement.
- */
-enum wire_codec codec_auto_pick(struct codec_auto *a, enum wire_codec *probe);
+/* The codec for the next frame, at @now_ns (monotonic): this epoch's;
+ * an epoch that is over is scored and the next one chosen. */
+enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns);
 
-void codec_auto_note_compress(struct codec_auto *a, enum wire_codec codec,
-			      size_t in, size_t out, uint64_t ns);
-/*
- * A link measurement in bytes/s. @app_limited: the sender did not keep the
- * link busy, so the real rate is at least this (TCP_INFO's flag).
- */
-void codec_auto_note_link(struct codec_auto *a, uint64_t bytes_per_s,
-			  bool app_limited);
+/* @raw_bytes of QEMU's stream were sent (whatever went on the wire),
+ * done at @now_ns. */
+void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
+			  uint64_t now_ns);
 
-/*
- * Start from a measured link rate (the link probe's), so that the first
- * TCP_INFO samples, often app-limited bursts, do not set the estimate.
- * From then on app-limited samples raise it only after a long run: a
- * sender held back by its compressor sees bursts through a shaper (tbf lets
- * a burst pass at line rate) that look like a faster link; samples of a
- * busy sender still move the estimate either way.
- */
-void codec_auto_hint_link(struct codec_auto *a, uint64_t bytes_per_s);
-
-/* Cost per raw byte of @codec under the current estimates (ns). */
-double codec_auto_cost(const struct codec_auto *a, enum wire_codec codec);
+/* The sender waited @ns, until @now_ns, for QEMU's stream (not busy). */
+void codec_auto_note_idle(struct codec_auto *a, uint64_t ns, uint64_t now_ns);
 
 #endif /* FERRY_CODEC_H */

@@ -99,7 +99,7 @@ struct tun_conn {
 	/* sending: frames queued for this connection, in seq order */
 	struct tun_buf *q_head, *q_tail;
 	bool q_end;
-	struct tun_buf *out[2];	/* compressed output */
+	struct tun_buf *out[1];	/* compressed output */
 	struct codec_auto autop;
 	int last_pick;		/* auto's previous choice, for the debug log */
 	/* receiving */
@@ -161,7 +161,6 @@ struct tun {
 
 	pthread_mutex_t bw_mu;
 	double bw_rate, bw_burst, bw_tokens;	/* bytes/s, bytes */
-	uint64_t link_hint;	/* bytes/s, from the options */
 	uint64_t bw_last_ns;
 };
 
@@ -683,45 +682,31 @@ static int bw_take(struct tun *t, uint64_t bytes)
 
 /* ---- sending ---- */
 
-static void note_link(struct tun_conn *c)
-{
-	struct tcp_info ti;
-	socklen_t len = sizeof(ti);
-
-	memset(&ti, 0, sizeof(ti));
-	if (getsockopt(c->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
-	    len >= offsetof(struct tcp_info, tcpi_delivery_rate) +
-		   sizeof(ti.tcpi_delivery_rate))
-		codec_auto_note_link(&c->autop, ti.tcpi_delivery_rate,
-				     ti.tcpi_delivery_rate_app_limited);
-}
-
-static uint64_t thread_cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/*
- * Compress @b with @codec into out[slot]; 0 when it did not shrink. The
- * auto policy learns the compressor's CPU time, not its wall time: with
- * both QEMUs busy on the same cores, a thread preempted in the middle of
- * one frame would make a fast compressor look hopeless for a long while.
- */
+/* Compress @b with @codec into out[0]; 0 when it did not shrink. */
 static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
-			enum wire_codec codec, int slot)
+			enum wire_codec codec)
 {
-	bool measure = c->d->codec == FERRY_CODEC_AUTO;
-	uint64_t t0 = measure ? thread_cpu_ns() : 0;
-	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
-				  payload(c->out[slot]), c->out[slot]->cap);
+	return codec_compress(c->codec, codec, payload(b), b->len,
+			      payload(c->out[0]), c->out[0]->cap);
+}
 
-	if (measure)
-		codec_auto_note_compress(&c->autop, codec, b->len, n,
-					 thread_cpu_ns() - t0);
-	return n;
+/* auto's choice for the next frame of @c, said in the log when it
+ * changes, with the scores it chose by. */
+static enum wire_codec auto_pick(struct tun_conn *c)
+{
+	const struct codec_auto *a = &c->autop;
+	enum wire_codec want = codec_auto_pick(&c->autop, now_ns());
+
+	if ((int)want != c->last_pick) {
+		ferry_log(FERRY_LOG_DEBUG, "auto: %s from epoch %llu (MB/s busy: "
+			  "raw %.0f, lz4 %.0f, zstd %.0f)", codec_wire_name(want),
+			  (unsigned long long)a->epochs,
+			  a->score[WIRE_CODEC_RAW] / 1e6,
+			  a->score[WIRE_CODEC_LZ4] / 1e6,
+			  a->score[WIRE_CODEC_ZSTD] / 1e6);
+		c->last_pick = (int)want;
+	}
+	return want;
 }
 
 static enum wire_codec fixed_codec(enum ferry_codec c)
@@ -736,47 +721,21 @@ static enum wire_codec fixed_codec(enum ferry_codec c)
 static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 {
 	struct wire_frame_hdr h = { .type = type, .seq = b->seq };
-	enum wire_codec codec = WIRE_CODEC_RAW, probe = WIRE_CODEC_RAW;
+	enum wire_codec codec = WIRE_CODEC_RAW;
+	bool is_auto = c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END;
 	uint8_t *p = payload(b);
 	uint32_t len = b->len;
 	int rc;
 
 	if (type != WIRE_FRAME_END && c->d->codec != FERRY_CODEC_NONE) {
-		enum wire_codec want = c->d->codec == FERRY_CODEC_AUTO ?
-			codec_auto_pick(&c->autop, &probe) :
-			fixed_codec(c->d->codec);
-		size_t best = 0, n;
+		enum wire_codec want = is_auto ? auto_pick(c) :
+					fixed_codec(c->d->codec);
+		size_t n = want != WIRE_CODEC_RAW ? try_codec(c, b, want) : 0;
 
-		if (c->d->codec == FERRY_CODEC_AUTO && (int)want != c->last_pick) {
-			const struct codec_auto *a = &c->autop;
-
-			ferry_log(FERRY_LOG_DEBUG, "auto: %s at frame %llu: link %.2f "
-				  "ns/B; lz4 %.2f ns/B x%.2f; zstd %.2f ns/B x%.2f",
-				  codec_wire_name(want),
-				  (unsigned long long)a->frames,
-				  codec_auto_cost(a, WIRE_CODEC_RAW),
-				  a->est[WIRE_CODEC_LZ4].cpu_ns_per_byte,
-				  a->est[WIRE_CODEC_LZ4].ratio,
-				  a->est[WIRE_CODEC_ZSTD].cpu_ns_per_byte,
-				  a->est[WIRE_CODEC_ZSTD].ratio);
-			c->last_pick = (int)want;
-		}
-
-		if (want != WIRE_CODEC_RAW) {
-			best = try_codec(c, b, want, 0);
-			if (best)
-				codec = want;
-		}
-		if (probe != WIRE_CODEC_RAW) {
-			n = try_codec(c, b, probe, 1);
-			if (n && (!best || n < best)) {
-				best = n;
-				codec = probe;
-			}
-		}
-		if (codec != WIRE_CODEC_RAW) {
-			p = payload(c->out[codec == want ? 0 : 1]);
-			len = (uint32_t)best;
+		if (n) {
+			codec = want;
+			p = payload(c->out[0]);
+			len = (uint32_t)n;
 		}
 	}
 	h.len = len;
@@ -796,8 +755,8 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	add(&c->t->st.frames_out, 1);
 	if (type != WIRE_FRAME_END)
 		add(&c->t->st.frames_codec[codec], 1);
-	if (c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END)
-		note_link(c);
+	if (is_auto)
+		codec_auto_note_sent(&c->autop, b->len, now_ns());
 	return 0;
 }
 
@@ -833,9 +792,17 @@ static void *send_worker(void *arg)
 	for (;;) {
 		struct tun_buf *b;
 
+		uint64_t w0 = now_ns();
+
 		pthread_mutex_lock(&t->mu);
 		while (!c->q_head && !c->q_end && !t->stopping)
 			pthread_cond_wait(&t->cv, &t->mu);
+		/* Waiting for QEMU's stream is not the codec's time. */
+		if (d->codec == FERRY_CODEC_AUTO) {
+			uint64_t w1 = now_ns();
+
+			codec_auto_note_idle(&c->autop, w1 - w0, w1);
+		}
 		if (t->stopping) {
 			pthread_mutex_unlock(&t->mu);
 			break;
@@ -902,7 +869,16 @@ static void *reader_main(void *arg)
 		if (!b)
 			break;
 
-		n = local_read(&io, payload(b), d->frame_max);
+		{
+			uint64_t r0 = now_ns(), r1;
+
+			n = local_read(&io, payload(b), d->frame_max);
+			/* Waiting for QEMU's stream is not the codec's time. */
+			if (d->inline_io && d->codec == FERRY_CODEC_AUTO) {
+				r1 = now_ns();
+				codec_auto_note_idle(&d->conns[0].autop, r1 - r0, r1);
+			}
+		}
 		if (n <= 0) {
 			pthread_mutex_lock(&t->mu);
 			b->next = d->free;
@@ -1224,11 +1200,9 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 		if (d->sending && d->codec != FERRY_CODEC_NONE) {
 			uint32_t cap = (uint32_t)codec_bound(d->frame_max);
 
-			if (!(c->out[0] = carve(t, cap)) || !(c->out[1] = carve(t, cap)))
+			if (!(c->out[0] = carve(t, cap)))
 				return ferry_error_set(err, -ENOMEM, "out of memory");
-			codec_auto_init(&c->autop, t->bw_rate > 0 ?
-					(uint64_t)(t->bw_rate / d->nconns) : 0);
-			codec_auto_hint_link(&c->autop, t->link_hint / d->nconns);
+			codec_auto_init(&c->autop);
 		}
 		if (!d->sending) {
 			uint32_t nb = d->inline_io ? 1 : TUN_BUFS_PER_CONN;
@@ -1370,7 +1344,6 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	for (uint32_t i = 0; i < o->nstreams; i++)
 		t->all_conns[i].c = o->streams[i];
 	t->all_conns[o->nstreams].c = o->ret;
-	t->link_hint = o->link_hint_bytes_per_s;
 	if (src && o->bandwidth_bytes_per_s) {
 		t->bw_rate = (double)o->bandwidth_bytes_per_s;
 		t->bw_burst = t->bw_rate * TUN_BW_BURST_MS / 1000.0;

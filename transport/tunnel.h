@@ -82,7 +82,6 @@ struct tun_opts {
 	enum ferry_codec codec;		/* the sender of the forward direction */
 	int codec_level;
 	uint64_t bandwidth_bytes_per_s;	/* forward wire cap; 0: none */
-	uint64_t link_hint_bytes_per_s;	/* forward link as probed; 0: none */
 	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS */
 };
 

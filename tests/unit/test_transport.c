@@ -5,11 +5,6 @@
  * no QEMU. The TLS cases check what an operator is told when credentials
  * are missing, unreadable or wrong, on both sides of a handshake.
  */
-/* The unit binaries link the library alone (see the Makefile), so the
- * test PKI generator the integration tests use is compiled in here;
- * before check.h, whose fail() macro would rewrite pki.c's fail(). */
-#include "tests/harness/pki.c"
-
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +20,7 @@
 #include <unistd.h>
 
 #include "engine/util.h"
+#include "tests/harness/pki.h"
 #include "transport/net.h"
 #include "transport/probe.h"
 #include "transport/codec.h"
@@ -337,74 +333,6 @@ START_TEST(codec_checks)
 END_TEST
 
 /* The auto policy on synthetic measurements. */
-START_TEST(codec_auto_policy)
-{
-	struct codec_auto a;
-	enum wire_codec probe;
-
-	/* Fast link (3 GB/s), lz4 at 1.5 GB/s and ratio 0.5: stay raw. */
-	codec_auto_init(&a, 0);
-	codec_auto_note_link(&a, 3000000000ull, false);
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
-	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 350000, 3000000);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
-	/* 1 Gbit/s: lz4 (max(0.67, 0.5 * 8) = 4 ns/B) beats raw (8) and a
-	 * zstd too slow to keep up (max(6, 0.45 * 8) = 6). */
-	codec_auto_init(&a, 0);
-	codec_auto_note_link(&a, 125000000ull, false);
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
-	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 450000, 6000000);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
-	/* ... and a zstd that keeps up wins on its better ratio. */
-	for (int i = 0; i < 8; i++)	/* the estimate moves by EWMA */
-		codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 350000,
-					 1500000);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_ZSTD);
-	/* 100 Mbit/s and zstd much tighter: zstd. */
-	codec_auto_init(&a, 12500000ull);
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
-	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 250000, 3000000);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_ZSTD);
-	/* Incompressible data on a slow link: raw. */
-	codec_auto_init(&a, 12500000ull);
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 0, 666666);
-	codec_auto_note_compress(&a, WIRE_CODEC_ZSTD, 1000000, 0, 900000);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_RAW);
-	/* An app-limited sample never lowers the rate, and one fast burst
-	 * does not raise it: only a run of them does. */
-	codec_auto_init(&a, 0);
-	codec_auto_note_link(&a, 125000000ull, false);
-	codec_auto_note_link(&a, 1000000ull, true);
-	ck_assert(a.link_ns_per_byte < 9.0);
-	codec_auto_note_link(&a, 3000000000ull, true);
-	ck_assert(a.link_ns_per_byte > 7.0);
-	for (int i = 0; i < CODEC_LINK_FAST_STREAK; i++)
-		codec_auto_note_link(&a, 3000000000ull, true);
-	ck_assert(a.link_ns_per_byte < 1.0);
-	/* The probe's rate comes first: a first TCP_INFO sample that is an
-	 * app-limited burst does not replace it, and lz4 stays the pick. */
-	codec_auto_init(&a, 0);
-	codec_auto_hint_link(&a, 125000000ull);
-	codec_auto_note_link(&a, 3000000000ull, true);
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 1000000, 500000, 666666);
-	ck_assert(a.link_ns_per_byte > 7.0);
-	ck_assert_int_eq(codec_auto_pick(&a, &probe), WIRE_CODEC_LZ4);
-	/* ... nor does a run of them as long as before (a shaper's bursts),
-	 * while a busy sender's samples still move it. */
-	for (int i = 0; i < 4 * CODEC_LINK_FAST_STREAK; i++)
-		codec_auto_note_link(&a, 3000000000ull, true);
-	ck_assert(a.link_ns_per_byte > 7.0);
-	/* Tiny frames teach nothing: a 100-byte frame that did not shrink
-	 * leaves lz4's estimate as it was. */
-	codec_auto_note_compress(&a, WIRE_CODEC_LZ4, 100, 0, 15000);
-	ck_assert(a.est[WIRE_CODEC_LZ4].ratio < 0.6);
-	ck_assert(a.est[WIRE_CODEC_LZ4].cpu_ns_per_byte < 1.0);
-	for (int i = 0; i < 32; i++)
-		codec_auto_note_link(&a, 3000000000ull, false);
-	ck_assert(a.link_ns_per_byte < 1.0);
-}
-END_TEST
-
 START_TEST(ctrl_checks)
 {
 	struct wire_ctrl_hdr h = { .type = WIRE_CTRL_ERROR, .len = 5000 }, d;
@@ -1449,7 +1377,6 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, disk_record_checks);
 	tcase_add_test(wire, disk_record_manifest);
 	tcase_add_test(wire, codec_checks);
-	tcase_add_test(wire, codec_auto_policy);
 	tcase_set_timeout(tun, 60);
 	tcase_add_loop_test(tun, tunnel_end_to_end, 0, FERRY_ARRAY_SIZE(e2e_cases));
 	tcase_add_test(tun, tunnel_garbage);

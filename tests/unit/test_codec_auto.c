@@ -1,0 +1,136 @@
+/*
+ * The auto codec policy, driven by a simulated sender: each codec
+ * delivers QEMU's stream at a rate the test sets, and auto must end up on
+ * the fastest (raw unless another beats it by the margin), notice when
+ * that changes, not count time spent waiting for QEMU, and not spend many
+ * epochs on a codec that scored far below.
+ */
+#include <check.h>
+#include <stdlib.h>
+
+#include "transport/codec.h"
+
+#define MS 1000000ull
+#define FRAME (256u << 10)
+
+struct sim {
+	struct codec_auto a;
+	uint64_t now;
+	double rate[WIRE_CODEC_MAX + 1];	/* bytes per busy second */
+	uint64_t idle_per_frame_ns;		/* QEMU's slowness */
+	uint64_t frames[WIRE_CODEC_MAX + 1];
+};
+
+/* Send frames for @ms of simulated time. */
+static void run(struct sim *s, uint64_t ms)
+{
+	uint64_t end = s->now + ms * MS;
+
+	while (s->now < end) {
+		enum wire_codec c = codec_auto_pick(&s->a, s->now);
+
+		if (s->idle_per_frame_ns) {
+			s->now += s->idle_per_frame_ns;
+			codec_auto_note_idle(&s->a, s->idle_per_frame_ns, s->now);
+		}
+		s->now += (uint64_t)(FRAME * 1e9 / s->rate[c]);
+		codec_auto_note_sent(&s->a, FRAME, s->now);
+		s->frames[c]++;
+	}
+}
+
+static void sim_init(struct sim *s, double raw, double lz4, double zstd)
+{
+	*s = (struct sim){ .now = 1000 * MS,
+			   .rate = { [WIRE_CODEC_RAW] = raw,
+				     [WIRE_CODEC_LZ4] = lz4,
+				     [WIRE_CODEC_ZSTD] = zstd } };
+	codec_auto_init(&s->a);
+}
+
+START_TEST(keeps_the_fastest)
+{
+	struct sim s;
+
+	/* A slow link and compressible data: lz4 wins. */
+	sim_init(&s, 120e6, 200e6, 150e6);
+	run(&s, 20000);
+	ck_assert_int_eq(codec_auto_pick(&s.a, s.now), WIRE_CODEC_LZ4);
+	ck_assert_uint_gt(s.frames[WIRE_CODEC_LZ4], 9 * (s.frames[WIRE_CODEC_RAW] +
+							 s.frames[WIRE_CODEC_ZSTD]));
+	/* A fast link, or compressors starved of CPU: raw. */
+	sim_init(&s, 1200e6, 600e6, 300e6);
+	run(&s, 20000);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_RAW);
+	/* Close to raw is not enough: raw takes no CPU from the guests. */
+	sim_init(&s, 100e6, 103e6, 50e6);
+	run(&s, 20000);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_RAW);
+}
+END_TEST
+
+/* The cost of noticing: codecs far behind get few epochs. Time lost to
+ * exploring, against always raw, stays under 3%. */
+START_TEST(exploring_is_cheap)
+{
+	struct sim s;
+	double bytes = 0, ideal;
+
+	sim_init(&s, 1200e6, 400e6, 150e6);
+	run(&s, 60000);
+	for (int c = 0; c <= WIRE_CODEC_MAX; c++)
+		bytes += (double)s.frames[c] * FRAME;
+	ideal = 1200e6 * 60.0;
+	ck_assert_msg(bytes > 0.97 * ideal, "delivered %.0f MB of %.0f",
+		      bytes / 1e6, ideal / 1e6);
+}
+END_TEST
+
+/* Conditions change (a CPU hog arrives): auto follows within seconds. */
+START_TEST(follows_a_change)
+{
+	struct sim s;
+
+	sim_init(&s, 120e6, 220e6, 160e6);
+	run(&s, 10000);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_LZ4);
+	s.rate[WIRE_CODEC_LZ4] = 60e6;
+	s.rate[WIRE_CODEC_ZSTD] = 40e6;
+	run(&s, 15000);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_RAW);
+}
+END_TEST
+
+/* Waiting for QEMU is nobody's score: a sender idle most of the time
+ * still ranks the codecs by their busy time. */
+START_TEST(idle_is_not_scored)
+{
+	struct sim s;
+
+	sim_init(&s, 120e6, 200e6, 150e6);
+	s.idle_per_frame_ns = 20 * MS;
+	run(&s, 120000);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_LZ4);
+	ck_assert_msg(s.a.score[WIRE_CODEC_RAW] > 100e6 &&
+		  s.a.score[WIRE_CODEC_RAW] < 140e6, "raw %.0f", s.a.score[WIRE_CODEC_RAW]);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *su = suite_create("codec_auto");
+	TCase *tc = tcase_create("codec_auto");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_test(tc, keeps_the_fastest);
+	tcase_add_test(tc, exploring_is_cheap);
+	tcase_add_test(tc, follows_a_change);
+	tcase_add_test(tc, idle_is_not_scored);
+	suite_add_tcase(su, tc);
+	sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
