@@ -31,7 +31,6 @@
 
 #include "cli_config.h"
 #include "engine/evacuate.h"
-#include "engine/launch.h"
 #include "engine/mig.h"
 #include "engine/recover.h"
 #include "engine/util.h"
@@ -1417,7 +1416,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (strcmp(cmd, "launch-qemu") == 0)
-		return launch_qemu_main(argc - 1, argv + 1);
+		return ferry_launch_qemu_main(argc - 1, argv + 1);
 	/* Every long option, one a line: what the man page is checked
 	 * against (make check-man). */
 	if (strcmp(cmd, "--list-options") == 0) {

@@ -22,7 +22,8 @@
  *           reason on stderr, and nothing left running
  * CMD runs with a bound (LAUNCH_TIMEOUT_MS) and is killed past it.
  *
- * launch_qemu_main() is the launcher ferry ships (ferry launch-qemu).
+ * ferry_launch_qemu_main() (ferry.h, launcher.c) is the launcher ferry
+ * ships (ferry launch-qemu).
  */
 #ifndef FERRY_LAUNCH_H
 #define FERRY_LAUNCH_H
@@ -68,8 +69,5 @@ int launch_run(const struct launch_req *r, struct launch_result *out,
 /* Kill the launched QEMU (bounded wait for its end) and remove what the
  * launch created and @qmp_path. */
 void launch_undo(const struct launch_result *res, const char *qmp_path);
-
-/* The shipped launcher: ferry launch-qemu NAME QMP_PATH. Exit status. */
-int launch_qemu_main(int argc, char **argv);
 
 #endif /* FERRY_LAUNCH_H */

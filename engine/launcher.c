@@ -512,7 +512,7 @@ static int read_allow(struct launcher *l)
 	return 0;
 }
 
-int launch_qemu_main(int argc, char **argv)
+int ferry_launch_qemu_main(int argc, char **argv)
 {
 	static struct launcher l;
 	char log[PATH_MAX], pidfile[PATH_MAX];

@@ -37,8 +37,6 @@ static inline uint64_t ferry_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG };
-
 /* Keep @err's message, now with the code @code (a failure turned into
  * "recover": -EAGAIN); returns @code. */
 static inline int ferry_error_recode(struct ferry_error *err, int code)
@@ -46,9 +44,6 @@ static inline int ferry_error_recode(struct ferry_error *err, int code)
 	err->code = code;
 	return code;
 }
-
-void ferry_log(int level, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
 
 /*
  * Programmer errors only (a broken invariant inside ferry), never operating

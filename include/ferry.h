@@ -451,11 +451,44 @@ void ferry_receiver_stop(struct ferry_receiver *r);
 void ferry_receiver_free(struct ferry_receiver *r);
 
 /*
+ * The launcher ferry ships (ferry launch-qemu), as a program's main: a
+ * launch_cmd for ferry_receiver_opts that starts the destination QEMU
+ * from the source's command line, which it does not trust
+ * (docs/receiving-service.md has the contract and what it allows).
+ * @argv: the command's name, then NAME and QMP_PATH as the service passes
+ * them; it reads the source's command line on stdin and the FERRY_LAUNCH_*
+ * environment, and writes "pid N" and "created PATH" lines on stdout and
+ * the reason of a refusal on stderr. Returns the process's exit status: 0
+ * once QEMU listens on QMP_PATH, 1 refused or failed (nothing left
+ * running), 2 a usage error. Once per process, from its main thread: it
+ * forks QEMU and keeps its state in static storage.
+ */
+int ferry_launch_qemu_main(int argc, char **argv);
+
+/* The levels of the library's log. */
+enum ferry_log_level {
+	FERRY_LOG_ERROR = 0,
+	FERRY_LOG_WARN = 1,
+	FERRY_LOG_INFO = 2,
+	FERRY_LOG_DEBUG = 3,
+};
+
+/*
  * Where log lines go (default: stderr, with a timestamp). A NULL function
- * restores the default. Levels: 0 error, 1 warning, 2 info, 3 debug.
+ * restores the default. Lines above @max_level (an enum ferry_log_level)
+ * are dropped. @fn is called under the log's lock, from the thread that
+ * logs: it must not call ferry_log().
  */
 typedef void (*ferry_log_fn)(int level, const char *msg, void *opaque);
 void ferry_set_log(ferry_log_fn fn, void *opaque, int max_level);
+
+/*
+ * One line through the library's log, at @level (an enum
+ * ferry_log_level): a program's messages beside ferry's, filtered and
+ * sent alike. Thread-safe; a line is cut at 1023 bytes.
+ */
+void ferry_log(int level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 #ifdef __cplusplus
 }
