@@ -31,8 +31,6 @@
 
 #include "cli_config.h"
 #include "engine/evacuate.h"
-#include "engine/mig.h"
-#include "engine/recover.h"
 #include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
@@ -150,7 +148,7 @@ static void usage(FILE *f)
 		"  --tls-psk-identity ID  which key of FILE to use (migrate)\n"
 		"  --insecure          allow plaintext on a non-loopback address\n",
 		FERRY_DEFAULT_DOWNTIME_MS, FERRY_DEFAULT_MAX_MIGRATIONS,
-		MIG_RECOVERY_TIMEOUT_MS / 1000);
+		FERRY_DEFAULT_RECOVERY_WAIT_MS / 1000);
 }
 
 /* Parse "HOST:PORT" or "[V6]:PORT"; @host gets a copy of the host part. */
@@ -1038,17 +1036,47 @@ static int cmd_migrate(const struct cli *c)
 	return rc == 0 ? 0 : rep.source_running || rep.source_untouched ? 1 : 3;
 }
 
+/* What ferry recover found, over its migrations. */
+struct recover_tally {
+	uint32_t migrations;
+	bool needs_person;
+};
+
+/* One migration recovered (or not): a line on stdout, or the error on
+ * stderr. */
+static void print_recovery(const struct ferry_recovery *r, void *opaque)
+{
+	struct recover_tally *t = opaque;
+
+	t->migrations++;
+	if (r->error) {
+		fprintf(stderr, "ferry recover: %s\n", r->outcome);
+		return;
+	}
+	t->needs_person |= r->needs_person;
+	printf("migration %s (%s): %s\n", r->id, r->side, r->outcome);
+	fflush(stdout);
+}
+
+/* Exit status: 0 each migration has one running guest; 3 one needs a
+ * person (the line says what to do); 1 one could not be looked at. */
 static int cmd_recover(const struct cli *c)
 {
+	struct recover_tally t = { 0 };
+	struct ferry_recover_opts o = {
+		.state_dir = state_dir(c), .source_completed = c->source_completed,
+		.wait_ms = c->wait_s * 1000, .each = print_recovery, .opaque = &t,
+	};
 	struct ferry_error err = { 0 };
-	bool needs_person;
-	int rc;
+	int rc = ferry_recover(&o, &err);
 
-	rc = recover_all(state_dir(c), c->source_completed, c->wait_s * 1000,
-			 &needs_person, &err);
+	if (rc < 0 && !t.migrations)	/* the journal itself */
+		fprintf(stderr, "ferry recover: %s\n", err.msg);
+	else if (!t.migrations)
+		printf("no unfinished migrations recorded in %s\n", o.state_dir);
 	if (rc < 0)
 		return 1;
-	return needs_person ? 3 : 0;
+	return t.needs_person ? 3 : 0;
 }
 
 /* --since: a duration back from now (30m, 12h, 7d) or a UTC date;

@@ -24,7 +24,7 @@
 /* After the source completes: bound on the destination finishing. */
 #define MIG_FINISH_TIMEOUT_MS 60000
 /* Post-copy recovery: how long ferry keeps reconnecting, and its backoff. */
-#define MIG_RECOVERY_TIMEOUT_MS 60000
+#define MIG_RECOVERY_TIMEOUT_MS FERRY_DEFAULT_RECOVERY_WAIT_MS
 #define MIG_RECOVERY_BACKOFF_MIN_MS 250
 #define MIG_RECOVERY_BACKOFF_MAX_MS 4000
 /* After the source QEMU's migration failed: how long the receiver has to

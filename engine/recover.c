@@ -292,14 +292,29 @@ static int recover_destination(struct recovery *r, struct qmp *q,
 	return 0;
 }
 
-/* One journal file; *@needs_person set when it needs one. */
-static int recover_file(const char *state_dir, const char *name,
-			const char *source_completed, uint32_t wait_ms,
-			bool *needs_person, struct ferry_error *err)
+/* What became of one migration, to the caller's o->each. */
+static void tell(const struct ferry_recover_opts *o, const struct recovery *r,
+		 const char *outcome, int error)
 {
+	struct ferry_recovery rec = {
+		.size = sizeof(rec), .id = r->id, .side = r->id ? r->side : NULL,
+		.outcome = outcome, .error = error,
+		.needs_person = !error && r->needs_person,
+	};
+
+	if (o->each)
+		o->each(&rec, o->opaque);
+}
+
+/* One journal file; o->each hears what became of it, unless it ended
+ * long ago. */
+static int recover_file(const struct ferry_recover_opts *o, const char *name,
+			struct ferry_error *err)
+{
+	const char *state_dir = o->state_dir;
 	char path[PATH_MAX];
-	struct recovery r = { .source_completed = source_completed,
-			      .wait_ms = wait_ms };
+	struct recovery r = { .source_completed = o->source_completed,
+			      .wait_ms = o->wait_ms };
 	struct mig_info info = { 0 };
 	struct qmp *q;
 	json_t *first;
@@ -308,7 +323,7 @@ static int recover_file(const char *state_dir, const char *name,
 	snprintf(path, sizeof(path), "%s/%s/%s", state_dir, JOURNAL_DIR, name);
 	rc = journal_read(path, &r.lines, err);
 	if (rc < 0)
-		return rc;
+		goto out_lines;
 	first = json_array_get(r.lines, 0);
 	r.last = json_string_value(json_object_get(
 			json_array_get(r.lines, json_array_size(r.lines) - 1),
@@ -330,8 +345,7 @@ static int recover_file(const char *state_dir, const char *name,
 	/* Its owner holds the journal while it lives: leave it be. */
 	rc = journal_open(&r.j, state_dir, r.id, r.side, err);
 	if (rc == -EBUSY) {
-		printf("migration %s (%s): in progress (a live ferry holds its "
-		       "journal)\n", r.id, r.side);
+		tell(o, &r, "in progress (a live ferry holds its journal)", 0);
 		rc = 0;
 	}
 	if (!r.j)
@@ -365,11 +379,9 @@ static int recover_file(const char *state_dir, const char *name,
 			rc = resume_postcopy(&r, state_dir, err);
 	}
 	if (rc == 0) {
-		printf("migration %s (%s): %s\n", r.id, r.side, r.outcome);
-		fflush(stdout);
+		tell(o, &r, r.outcome, 0);
 		ferry_log(FERRY_LOG_INFO, "recover: migration %s (%s): %s", r.id,
 			  r.side, r.outcome);
-		*needs_person |= r.needs_person;
 		/* Done with it, unless a person must decide (or the resumed
 		 * run wrote its own verdict). */
 		if (!r.needs_person && r.j)
@@ -379,26 +391,37 @@ static int recover_file(const char *state_dir, const char *name,
 	}
 	journal_close(r.j);
 out_lines:
+	if (rc < 0)
+		tell(o, &r, err->msg, rc);
 	json_decref(r.lines);
 	return rc;
 }
 
-int recover_all(const char *state_dir, const char *source_completed,
-		uint32_t wait_ms, bool *needs_person, struct ferry_error *err)
+_Static_assert(sizeof(struct ferry_recover_opts) >= ABI0_RECOVER_OPTS_SIZE,
+	       "a public struct shrank");
+
+int ferry_recover_sized(const struct ferry_recover_opts *in, size_t size,
+			struct ferry_error *err)
 {
+	struct ferry_recover_opts o;
 	char dir[PATH_MAX];
 	struct dirent *e;
-	int rc = 0, n = 0;
+	int rc = 0;
 	DIR *d;
 
-	*needs_person = false;
-	snprintf(dir, sizeof(dir), "%s/%s", state_dir, JOURNAL_DIR);
+	if (abi_copy_in(&o, sizeof(o), in, size) < 0)
+		return ferry_error_set(err, -EINVAL, "this libferry (%s) does not "
+				       "know an option the program set (built "
+				       "against a later ferry.h)",
+				       FERRY_VERSION_STRING);
+	if (!o.state_dir)
+		return ferry_error_set(err, -EINVAL, "recover needs the state "
+				       "directory");
+	snprintf(dir, sizeof(dir), "%s/%s", o.state_dir, JOURNAL_DIR);
 	d = opendir(dir);
 	if (!d) {
-		if (errno == ENOENT) {
-			printf("no migrations recorded in %s\n", state_dir);
-			return 0;
-		}
+		if (errno == ENOENT)
+			return 0;	/* nothing was ever recorded */
 		return ferry_error_set(err, -errno, "cannot read %s: %s", dir,
 				       strerror(errno));
 	}
@@ -408,18 +431,11 @@ int recover_all(const char *state_dir, const char *source_completed,
 
 		if (len < 7 || strcmp(e->d_name + len - 6, ".jsonl"))
 			continue;
-		n++;
-		if (recover_file(state_dir, e->d_name, source_completed,
-				 wait_ms, needs_person, &one) < 0) {
-			fprintf(stderr, "ferry recover: %s\n", one.msg);
-			if (!rc) {
-				rc = one.code ? one.code : -EIO;
-				*err = one;
-			}
+		if (recover_file(&o, e->d_name, &one) < 0 && !rc) {
+			rc = one.code ? one.code : -EIO;
+			*err = one;
 		}
 	}
 	closedir(d);
-	if (!n)
-		printf("no migrations recorded in %s\n", state_dir);
 	return rc;
 }

@@ -1,11 +1,7 @@
 /*
- * ferry recover (see recover.c): every unfinished migration recorded in
- * @state_dir's journal, brought to one running copy of its guest where
- * this side can decide that alone. A line per migration on stdout says
- * what was found and done. *@needs_person is set when one cannot be
- * decided (post-copy split between the hosts, or a destination that
- * holds a whole copy while nobody has said the source stopped for good).
- * 0, or the first error.
+ * ferry recover (recover.c; ferry_recover() in ferry.h): every unfinished
+ * migration recorded in a state directory's journal, brought to one
+ * running copy of its guest where this side can decide that alone.
  */
 #ifndef FERRY_RECOVER_H
 #define FERRY_RECOVER_H
@@ -14,11 +10,8 @@
 
 #include "ferry.h"
 
-/* @source_completed: the id of a migration whose source host's recover
- * said the source QEMU completed (NULL: none). @wait_ms: how long a
- * resumed post-copy waits for its receiver (0: MIG_RECOVERY_TIMEOUT_MS). */
-int recover_all(const char *state_dir, const char *source_completed,
-		uint32_t wait_ms, bool *needs_person, struct ferry_error *err);
+/* The first size of struct ferry_recover_opts (libferry 0.1.0). */
+#define ABI0_RECOVER_OPTS_SIZE 40
 
 struct journal;
 

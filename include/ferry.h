@@ -451,6 +451,61 @@ void ferry_receiver_stop(struct ferry_receiver *r);
 void ferry_receiver_free(struct ferry_receiver *r);
 
 /*
+ * After a crash (of ferry, of a host): ferry recover. Each unfinished
+ * migration in the journal of @state_dir (docs/journal.md) is brought to
+ * exactly one running copy of its guest, where this side can decide that
+ * alone, and marked recovered; one it cannot decide (post-copy split
+ * between the hosts, or a destination holding a whole copy while nobody
+ * has said the source stopped for good) is left for a person.
+ */
+#define FERRY_DEFAULT_RECOVERY_WAIT_MS 60000
+
+/*
+ * One unfinished migration, as ferry_recover() found and left it: what
+ * its callback gets, valid during the call only. The library's struct,
+ * which grows at its end: @size is how much of it this library has, and a
+ * field past it (from a later header) is not there.
+ */
+struct ferry_recovery {
+	size_t size;
+	const char *id;		/* the migration's; NULL when its journal
+				   could not be read */
+	const char *side;	/* "source" or "destination"; NULL as id */
+	const char *outcome;	/* one sentence: what was found and done
+				   ("in progress" when a live ferry holds
+				   it), or with error, what failed */
+	int error;		/* 0, or the -errno of its failure */
+	bool needs_person;	/* undecided: outcome says what to do */
+};
+
+typedef void (*ferry_recovery_fn)(const struct ferry_recovery *r, void *opaque);
+
+struct ferry_recover_opts {
+	const char *state_dir;		/* the journal's directory */
+	/* The id of a migration whose source host's recover said the source
+	 * QEMU completed: its destination's guest may run (NULL: none). */
+	const char *source_completed;
+	uint32_t wait_ms;		/* how long a resumed post-copy waits
+					   for its receiver; 0:
+					   FERRY_DEFAULT_RECOVERY_WAIT_MS */
+	ferry_recovery_fn each;		/* once per unfinished migration, on
+					   the calling thread; may be NULL */
+	void *opaque;
+};
+
+/*
+ * Recover every unfinished migration of o->state_dir, one after the
+ * other, on the calling thread: it blocks while a resumed post-copy runs
+ * to its end. 0 when each was dealt with (o->each says how, and which
+ * need a person), or the -errno of the first that failed, with @err set;
+ * the others are still tried, and each failure goes to o->each too.
+ * ABI: a macro over the sized entry point, as ferry_migration_new().
+ */
+int ferry_recover_sized(const struct ferry_recover_opts *o, size_t size,
+			struct ferry_error *err);
+#define ferry_recover(o, err) ferry_recover_sized((o), sizeof(*(o)), (err))
+
+/*
  * The launcher ferry ships (ferry launch-qemu), as a program's main: a
  * launch_cmd for ferry_receiver_opts that starts the destination QEMU
  * from the source's command line, which it does not trust
