@@ -1,5 +1,6 @@
 /*
- * The ferry command: a thin layer over libferry (include/ferry.h).
+ * The ferry command: a thin layer over libferry, through its public API
+ * only (include/ferry.h, ferry_policy.h), as any embedder would use it.
  *
  *   ferry migrate --qmp SRC_QMP --to HOST:PORT [options]
  *   ferry receive --listen HOST:PORT --qmp DST_QMP [--once] [--json]
@@ -30,10 +31,19 @@
 #include <jansson.h>
 
 #include "cli_config.h"
-#include "engine/evacuate.h"
-#include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Unix time, ms: what the JSON progress lines' timestamps say. */
+static uint64_t unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 static struct ferry_migration *g_mig;
 static struct ferry_receiver *g_rx;
@@ -214,7 +224,7 @@ static void print_progress_json(const struct ferry_progress *p, void *opaque)
 	json_t *o = json_pack("{s:i,s:s,s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
 			      "s:b,s:I,s:I,s:I}",
 		"schema", FERRY_JSON_SCHEMA, "migration_id", p->migration_id,
-		"timestamp", (json_int_t)ferry_unix_ms(),
+		"timestamp", (json_int_t)unix_ms(),
 		"phase", ferry_phase_name(p->phase),
 		"elapsed_ms", (json_int_t)p->elapsed_ms,
 		"pass", (json_int_t)p->pass,
@@ -565,15 +575,15 @@ static void usage_cmd(FILE *f, const char *cmd)
 {
 	size_t i;
 
-	for (i = 0; i < FERRY_ARRAY_SIZE(cmd_help); i++)
+	for (i = 0; i < ARRAY_SIZE(cmd_help); i++)
 		if (!strcmp(cmd_help[i].cmd, cmd))
 			break;
-	if (i == FERRY_ARRAY_SIZE(cmd_help)) {
+	if (i == ARRAY_SIZE(cmd_help)) {
 		usage(f);
 		return;
 	}
 	fprintf(f, "usage: %s\n\noptions:\n", cmd_help[i].synopsis);
-	for (size_t j = 0; j < FERRY_ARRAY_SIZE(opt_help); j++) {
+	for (size_t j = 0; j < ARRAY_SIZE(opt_help); j++) {
 		char left[48];
 
 		if (!(opt_cmds[opt_help[j].opt] & cmd_help[i].bit))
@@ -669,7 +679,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 			break;
 		case OPT_PARALLEL:
 			if (parse_u32(optarg, &c->parallel) < 0 || !c->parallel ||
-			    c->parallel > 16)
+			    c->parallel > FERRY_EVACUATE_PARALLEL_MAX)
 				goto bad_number;
 			break;
 		case OPT_RAM_RATIO: {
@@ -862,7 +872,7 @@ static int check_cmd_options(const struct cli *c, const char *cmd)
 	unsigned bit = 0;
 	int bad = 0;
 
-	for (size_t i = 0; i < FERRY_ARRAY_SIZE(cmds); i++)
+	for (size_t i = 0; i < ARRAY_SIZE(cmds); i++)
 		if (!strcmp(cmds[i].name, cmd))
 			bit = cmds[i].bit;
 	if (!bit)
@@ -907,47 +917,24 @@ static void migrate_opts(const struct cli *c, struct ferry_migrate_opts *o)
 	o->cold = c->cold;
 }
 
-/* --to HOST:PORT[,HOST:PORT...] into @d; the count, or -1. */
-static int parse_dests(const char *to, struct evac_dest *d)
-{
-	char list[1024], *tok, *save = NULL;
-	int n = 0;
-
-	if (strlen(to) >= sizeof(list))
-		return -1;
-	snprintf(list, sizeof(list), "%s", to);
-	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (n == EVAC_DESTS_MAX ||
-		    parse_hostport(tok, d[n].host, sizeof(d[n].host), &d[n].port) < 0) {
-			if (n == EVAC_DESTS_MAX)
-				fprintf(stderr, "ferry: --to: at most %d destinations\n",
-					EVAC_DESTS_MAX);
-			else
-				hostport_error("migrate", "to", tok);
-			return -1;
-		}
-		n++;
-	}
-	return n;
-}
-
 /*
  * SIGINT and SIGTERM while evacuate's migrations run: a thread of its own
  * takes them (blocked everywhere else, the workers included) and cancels
  * every migration, as one migrate's own handler would: the guests that
- * did not move run where they were.
+ * did not move run where they were. ferry_evacuate_cancel() takes a
+ * lock, so it is called here and not from a handler.
  */
 static void *cancel_on_signal(void *arg)
 {
 	sigset_t *set = arg;
 	int sig;
 
-	if (sigwait(set, &sig) == 0)
-		evac_cancel_all();
+	while (sigwait(set, &sig) == 0)
+		ferry_evacuate_cancel();
 	return NULL;
 }
 
-static void evac_signals(void)
+static void evacuate_signals(void)
 {
 	static sigset_t set;
 	pthread_t t;
@@ -960,30 +947,42 @@ static void evac_signals(void)
 		pthread_detach(t);
 }
 
+/* The exit status of an evacuated guest's @status. */
+static int evacuate_exit(const char *status)
+{
+	return !strcmp(status, "completed") ? 0 :
+	       !strcmp(status, "not-running") ? 3 : 1;
+}
+
 /* ferry migrate --to A,B: the destination is chosen as evacuate does. */
 static int migrate_choosing(const struct cli *c)
 {
-	struct evac_dest dests[EVAC_DESTS_MAX];
-	struct evac_opts o = { .dests = dests };
-	struct evac_result r = { 0 };
-	int n = parse_dests(c->to, dests);
+	struct ferry_migrate_opts mo = { 0 };
+	struct ferry_evacuate_opts o = { .to = c->to, .qmp_path = c->qmp,
+					 .migrate = &mo };
+	struct ferry_error err = { 0 };
+	struct ferry_evacuate_result *r;
+	uint32_t n;
+	int rc;
 
-	if (n < 0)
-		return 2;
-	o.ndests = (uint32_t)n;
-	migrate_opts(c, &o.base);
-	evac_signals();
-	evac_place(&o, c->qmp, &r);
-	if (r.error[0])
-		fprintf(stderr, "ferry migrate: %s\n", r.error);
+	migrate_opts(c, &mo);
+	evacuate_signals();
+	rc = ferry_evacuate(&o, &r, &n, &err);
+	if (rc < 0) {
+		fprintf(stderr, "ferry migrate: %s\n", err.msg);
+		return rc == -EINVAL ? 2 : 1;
+	}
+	if (r->error[0])
+		fprintf(stderr, "ferry migrate: %s\n", r->error);
 	if (c->json)
-		ferry_report_write_json(&r.report, STDOUT_FILENO);
-	else if (r.report.migration_id[0])
-		print_summary(&r.report);
-	if (r.dest[0] && !c->json)
-		printf("destination: %s\n", r.dest);
-	return !strcmp(r.status, "completed") ? 0 :
-	       !strcmp(r.status, "not-running") ? 3 : 1;
+		ferry_report_write_json(&r->report, STDOUT_FILENO);
+	else if (r->report.migration_id[0])
+		print_summary(&r->report);
+	if (r->destination[0] && !c->json)
+		printf("destination: %s\n", r->destination);
+	rc = evacuate_exit(r->status);
+	free(r);
+	return rc;
 }
 
 static int cmd_migrate(const struct cli *c)
@@ -1142,7 +1141,7 @@ static int cmd_list(const struct cli *c)
 	size_t i;
 	bool known = !c->status;
 
-	for (i = 0; c->status && i < FERRY_ARRAY_SIZE(statuses); i++)
+	for (i = 0; c->status && i < ARRAY_SIZE(statuses); i++)
 		known |= !strcmp(c->status, statuses[i]);
 	if (!known || (c->since && since < 0)) {
 		fprintf(stderr, "ferry list: %s '%s' is not valid (see --help)\n",
@@ -1240,14 +1239,15 @@ static int cmd_steer(const struct cli *c, const char *cmd)
  */
 static int cmd_evacuate(const struct cli *c)
 {
-	struct evac_dest dests[EVAC_DESTS_MAX];
-	struct evac_opts o = { .qmp_dir = c->qmp_dir, .only = c->vms,
-			       .dests = dests, .parallel = c->parallel };
+	struct ferry_migrate_opts mo = { 0 };
+	struct ferry_evacuate_opts o = { .to = c->to, .qmp_dir = c->qmp_dir,
+					 .only = c->vms, .parallel = c->parallel,
+					 .migrate = &mo };
 	struct ferry_error err = { 0 };
-	struct evac_result *res;
+	struct ferry_evacuate_result *res;
 	uint32_t n, moved = 0;
 	json_t *arr = c->json ? json_array() : NULL;
-	int status = 0;
+	int status = 0, rc;
 
 	if (!c->qmp_dir || !c->to) {
 		fprintf(stderr, "usage: ferry evacuate --qmp-dir DIR --to "
@@ -1255,37 +1255,35 @@ static int cmd_evacuate(const struct cli *c)
 			"[migrate options]\n");
 		return 2;
 	}
-	n = (uint32_t)parse_dests(c->to, dests);
-	if ((int)n < 0)
-		return 2;
-	o.ndests = n;
-	migrate_opts(c, &o.base);
-	evac_signals();
-	if (evac_run(&o, &res, &n, &err) < 0) {
+	migrate_opts(c, &mo);
+	evacuate_signals();
+	rc = ferry_evacuate(&o, &res, &n, &err);
+	if (rc < 0) {
 		fprintf(stderr, "ferry evacuate: %s\n", err.msg);
-		return 1;
+		json_decref(arr);
+		return rc == -EINVAL ? 2 : 1;
 	}
 	if (!c->json)
 		printf("%-20s  %-24s  %-11s  %8s  %8s  %s\n", "VM", "DESTINATION",
 		       "STATUS", "TOTAL_S", "DOWN_MS", "ERROR");
 	for (uint32_t i = 0; i < n; i++) {
-		const struct evac_result *r = &res[i];
-		bool done = !strcmp(r->status, "completed");
+		const struct ferry_evacuate_result *r = &res[i];
+		int exit = evacuate_exit(r->status);
 
-		moved += done;
-		if (!done && status != 3)
-			status = strcmp(r->status, "not-running") ? 1 : 3;
+		moved += exit == 0;
+		if (exit && status != 3)
+			status = exit;
 		if (arr)
 			json_array_append_new(arr, json_pack(
 				"{s:s,s:s,s:s,s:s,s:I,s:I,s:s?}", "vm", r->vm,
-				"destination", r->dest, "status", r->status,
+				"destination", r->destination, "status", r->status,
 				"migration_id", r->report.migration_id,
 				"total_ms", (json_int_t)r->report.total_ms,
 				"downtime_ms", (json_int_t)r->report.downtime_ms,
 				"error", r->error[0] ? r->error : NULL));
 		else
 			printf("%-20s  %-24s  %-11s  %8.1f  %8llu  %s\n", r->vm,
-			       r->dest[0] ? r->dest : "-", r->status,
+			       r->destination[0] ? r->destination : "-", r->status,
 			       (double)r->report.total_ms / 1000,
 			       (unsigned long long)r->report.downtime_ms, r->error);
 	}

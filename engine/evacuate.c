@@ -1,8 +1,10 @@
-/* ferry evacuate: every VM of this host to other hosts (evacuate.h). */
+/* ferry evacuate: every VM of this host to other hosts (evacuate.h,
+ * ferry_evacuate() in ferry.h). */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,48 +15,102 @@
 #include "transport/wire.h"
 #include "util.h"
 
-/* The migrations running now, for evac_cancel_all() (the CLI's signal
- * thread); once stopping, none starts. */
-static pthread_mutex_t active_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct ferry_migration *active[EVAC_PARALLEL_MAX + 1];
-static bool stopping;
+/* A destination's host name, as the CLI's HOST:PORT takes it. */
+#define EVAC_HOST_MAX 256
 
-void evac_cancel_all(void)
-{
-	pthread_mutex_lock(&active_mu);
-	stopping = true;
-	for (size_t i = 0; i < FERRY_ARRAY_SIZE(active); i++)
-		if (active[i])
-			ferry_migration_cancel(active[i]);
-	pthread_mutex_unlock(&active_mu);
-}
+_Static_assert(sizeof(struct ferry_evacuate_opts) >= ABI0_EVACUATE_OPTS_SIZE &&
+	       sizeof(struct ferry_evacuate_result) >= ABI0_EVACUATE_RESULT_SIZE,
+	       "a public struct shrank");
+/* A result is written in the caller's size: what precedes the report
+ * never moves, and the report, which grows, is last. */
+_Static_assert(offsetof(struct ferry_evacuate_result, report) == 880 &&
+	       offsetof(struct ferry_evacuate_result, report) +
+	       sizeof(struct ferry_report) == sizeof(struct ferry_evacuate_result),
+	       "the report is a result's last field, at a fixed offset");
 
-/* Register @m as running (@on), or not; false when stopping. */
-static bool set_active(struct ferry_migration *m, bool on)
-{
-	bool ok = true;
+/* One of o->to: a receiver's HOST:PORT. */
+struct evac_dest {
+	char host[EVAC_HOST_MAX];
+	uint16_t port;
+};
 
-	pthread_mutex_lock(&active_mu);
-	for (size_t i = 0; i < FERRY_ARRAY_SIZE(active); i++) {
-		if (on && !active[i] && !stopping) {
-			active[i] = m;
-			break;
-		}
-		if (!on && active[i] == m)
-			active[i] = NULL;
-	}
-	ok = !stopping;
-	pthread_mutex_unlock(&active_mu);
-	return ok;
-}
-
+/*
+ * One ferry_evacuate(): its options, copied and checked once (evac_init),
+ * its guests' results, and, for ferry_evacuate_cancel(), the migrations
+ * it runs now.
+ */
 struct evac {
-	const struct evac_opts *o;
-	struct evac_result *res;
+	struct ferry_migrate_opts base;
+	const char *qmp_dir, *only, *qmp_path;
+	struct evac_dest dests[FERRY_EVACUATE_DESTS_MAX];
+	uint32_t ndests;
+	uint32_t parallel;
+	struct ferry_evacuate_result *res;	/* this library's size */
 	uint32_t n;
 	pthread_mutex_t mu;
 	uint32_t next;		/* the next VM to take, under mu */
+	/* Under runs_mu. A worker runs one migration at a time, so there
+	 * is a slot for each. */
+	struct ferry_migration *active[FERRY_EVACUATE_PARALLEL_MAX];
+	bool stopping;
+	struct evac *next_run;
 };
+
+/* The evacuations running now, for ferry_evacuate_cancel(). */
+static pthread_mutex_t runs_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct evac *runs;
+
+void ferry_evacuate_cancel(void)
+{
+	pthread_mutex_lock(&runs_mu);
+	for (struct evac *e = runs; e; e = e->next_run) {
+		e->stopping = true;
+		for (size_t i = 0; i < FERRY_ARRAY_SIZE(e->active); i++)
+			if (e->active[i])
+				ferry_migration_cancel(e->active[i]);
+	}
+	pthread_mutex_unlock(&runs_mu);
+}
+
+/* @e running (@on) or done: in runs, for ferry_evacuate_cancel(). */
+static void set_running(struct evac *e, bool on)
+{
+	struct evac **p;
+
+	pthread_mutex_lock(&runs_mu);
+	if (on) {
+		e->next_run = runs;
+		runs = e;
+	} else {
+		for (p = &runs; *p && *p != e; p = &(*p)->next_run)
+			;
+		if (*p)
+			*p = e->next_run;
+	}
+	pthread_mutex_unlock(&runs_mu);
+}
+
+/* Register @m as running (@on), or not; false when @e is stopping. */
+static bool set_active(struct evac *e, struct ferry_migration *m, bool on)
+{
+	bool ok, registered = !on;
+
+	pthread_mutex_lock(&runs_mu);
+	for (size_t i = 0; i < FERRY_ARRAY_SIZE(e->active); i++) {
+		if (on && !e->active[i] && !e->stopping) {
+			e->active[i] = m;
+			registered = true;
+			break;
+		}
+		if (!on && e->active[i] == m)
+			e->active[i] = NULL;
+	}
+	ok = !e->stopping;
+	/* A slot per worker (evac_init bounds parallel). */
+	FERRY_ASSERT(registered || !ok);
+	pthread_mutex_unlock(&runs_mu);
+	return ok;
+}
 
 /* A destination's answer, for the ranking. */
 struct candidate {
@@ -88,25 +144,25 @@ static bool wanted(const char *only, const char *name)
 
 static int by_name(const void *a, const void *b)
 {
-	return strcmp(((const struct evac_result *)a)->vm,
-		      ((const struct evac_result *)b)->vm);
+	return strcmp(((const struct ferry_evacuate_result *)a)->vm,
+		      ((const struct ferry_evacuate_result *)b)->vm);
 }
 
 /* The VMs of the registry directory: NAME.qmp, NAME a valid VM name. */
 static int find_vms(struct evac *e, struct ferry_error *err)
 {
 	struct dirent *d;
-	DIR *dir = opendir(e->o->qmp_dir);
+	DIR *dir = opendir(e->qmp_dir);
 
 	if (!dir)
 		return ferry_error_set(err, -errno, "cannot read %s: %s",
-				       e->o->qmp_dir, strerror(errno));
-	e->res = calloc(EVAC_VMS_MAX, sizeof(*e->res));
+				       e->qmp_dir, strerror(errno));
+	e->res = calloc(FERRY_EVACUATE_VMS_MAX, sizeof(*e->res));
 	if (!e->res) {
 		closedir(dir);
 		return ferry_error_set(err, -ENOMEM, "out of memory");
 	}
-	while ((d = readdir(dir)) && e->n < EVAC_VMS_MAX) {
+	while ((d = readdir(dir)) && e->n < FERRY_EVACUATE_VMS_MAX) {
 		size_t len = strlen(d->d_name);
 		char name[WIRE_VM_NAME_MAX + 1];
 
@@ -114,23 +170,23 @@ static int find_vms(struct evac *e, struct ferry_error *err)
 		    strcmp(d->d_name + len - 4, ".qmp"))
 			continue;
 		snprintf(name, sizeof(name), "%.*s", (int)(len - 4), d->d_name);
-		if (!wire_vm_name_valid(name) || !wanted(e->o->only, name))
+		if (!wire_vm_name_valid(name) || !wanted(e->only, name))
 			continue;
 		snprintf(e->res[e->n++].vm, sizeof(e->res[0].vm), "%s", name);
 	}
-	if (d && e->n == EVAC_VMS_MAX) {
+	if (d && e->n == FERRY_EVACUATE_VMS_MAX) {
 		closedir(dir);
 		return ferry_error_set(err, -E2BIG, "more than %d VMs in %s: "
 				       "evacuate them a part at a time (--vms)",
-				       EVAC_VMS_MAX, e->o->qmp_dir);
+				       FERRY_EVACUATE_VMS_MAX, e->qmp_dir);
 	}
 	closedir(dir);
 	if (!e->n)
 		return ferry_error_set(err, -ENOENT, "no VM to evacuate in %s%s%s",
-				       e->o->qmp_dir, e->o->only ? " named " : "",
-				       e->o->only ? e->o->only : "");
+				       e->qmp_dir, e->only ? " named " : "",
+				       e->only ? e->only : "");
 	/* Every VM asked for by name is there. */
-	for (const char *p = e->o->only; p && *p;) {
+	for (const char *p = e->only; p && *p;) {
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);
 		bool found = false;
@@ -140,7 +196,7 @@ static int find_vms(struct evac *e, struct ferry_error *err)
 				!strncmp(e->res[i].vm, p, len);
 		if (!found)
 			return ferry_error_set(err, -ENOENT, "no VM '%.*s' in %s",
-					       (int)len, p, e->o->qmp_dir);
+					       (int)len, p, e->qmp_dir);
 		p = comma ? comma + 1 : p + len;
 	}
 	qsort(e->res, e->n, sizeof(*e->res), by_name);
@@ -149,40 +205,34 @@ static int find_vms(struct evac *e, struct ferry_error *err)
 
 /* The migration options for @r to destination @d (@events: room for
  * this VM's own events file, when there is one). */
-static void vm_opts(const struct evac_opts *eo, const struct evac_result *r,
+static void vm_opts(const struct evac *e, const struct ferry_evacuate_result *r,
 		    const char *qmp, uint32_t d, struct ferry_migrate_opts *o,
 		    char events[PATH_MAX])
 {
-	*o = eo->base;
+	*o = e->base;
 	/* Each VM writes its own: parallel ones would mix in one. */
 	if (o->converge.events_path && r->vm[0]) {
 		snprintf(events, PATH_MAX, "%s.%s", o->converge.events_path, r->vm);
 		o->converge.events_path = events;
 	}
 	o->qmp_path = qmp;
-	o->vm_name = r->vm[0] ? r->vm : eo->base.vm_name;
-	o->to_host = eo->dests[d].host;
-	o->to_port = eo->dests[d].port;
+	o->vm_name = r->vm[0] ? r->vm : e->base.vm_name;
+	o->to_host = e->dests[d].host;
+	o->to_port = e->dests[d].port;
 	o->progress = NULL;
 }
 
 /*
- * One VM: the destinations that can take its RAM, most usable memory
- * first; the first that takes it (pre-checks passed) gets it. A refusal
- * before anything moved tries the next; any other failure ends there.
+ * One guest (its QMP socket @qmp; r->vm its name, or "" for the one of
+ * qmp_path) to the best of the destinations: those that can take its
+ * RAM, most usable memory first; the first that takes it (pre-checks
+ * passed) gets it. A refusal before anything moved tries the next; any
+ * other failure ends there. The outcome in @r.
  */
-static void evacuate_one(struct evac *e, struct evac_result *r)
+static void place(struct evac *e, const char *qmp,
+		  struct ferry_evacuate_result *r)
 {
-	char qmp[PATH_MAX];
-
-	snprintf(qmp, sizeof(qmp), "%s/%s.qmp", e->o->qmp_dir, r->vm);
-	evac_place(e->o, qmp, r);
-}
-
-void evac_place(const struct evac_opts *eo, const char *qmp,
-		struct evac_result *r)
-{
-	struct candidate cand[EVAC_DESTS_MAX];
+	struct candidate cand[FERRY_EVACUATE_DESTS_MAX];
 	char why[FERRY_ERROR_MSG_MAX] = "", events[PATH_MAX];
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o;
@@ -200,11 +250,11 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 		return;
 	}
 	qmp_close(q);
-	for (uint32_t d = 0; d < eo->ndests; d++) {
+	for (uint32_t d = 0; d < e->ndests; d++) {
 		struct ferry_migration *m;
 		size_t n = strlen(why);
 
-		vm_opts(eo, r, qmp, d, &o, events);
+		vm_opts(e, r, qmp, d, &o, events);
 		m = ferry_migration_new(&o, &err);
 		if (m && mig_host_info(m, ram, &cand[ncand].host, &err) == 0 &&
 		    cand[ncand].host.usable >= ram) {
@@ -219,18 +269,19 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 	}
 	qsort(cand, ncand, sizeof(cand[0]), by_usable);
 	for (uint32_t i = 0; i < ncand; i++) {
-		const struct evac_dest *d = &eo->dests[cand[i].dest];
+		const struct evac_dest *d = &e->dests[cand[i].dest];
 		struct ferry_migration *m;
 		size_t n = strlen(why);
 		int rc;
 
-		vm_opts(eo, r, qmp, cand[i].dest, &o, events);
-		snprintf(r->dest, sizeof(r->dest), "%s:%u", d->host, d->port);
+		vm_opts(e, r, qmp, cand[i].dest, &o, events);
+		snprintf(r->destination, sizeof(r->destination), "%s:%u", d->host,
+			 d->port);
 		ferry_log(FERRY_LOG_INFO, "%s to %s (%llu MiB usable there)",
-			  o.vm_name ? o.vm_name : "the guest", r->dest,
+			  o.vm_name ? o.vm_name : "the guest", r->destination,
 			  (unsigned long long)(cand[i].host.usable >> 20));
 		m = ferry_migration_new(&o, &err);
-		if (m && !set_active(m, true)) {
+		if (m && !set_active(e, m, true)) {
 			ferry_migration_free(m);
 			snprintf(r->error, sizeof(r->error), "the evacuation was "
 				 "stopped before it moved");
@@ -238,7 +289,7 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 		}
 		rc = m ? ferry_migration_run(m, &r->report, &err) : err.code;
 		if (m)
-			set_active(m, false);
+			set_active(e, m, false);
 		ferry_migration_free(m);
 		if (rc == 0) {
 			snprintf(r->status, sizeof(r->status), "completed");
@@ -246,7 +297,7 @@ void evac_place(const struct evac_opts *eo, const char *qmp,
 			return;
 		}
 		snprintf(why + n, sizeof(why) - n, "%s%s: %s", n ? "; " : "",
-			 r->dest, err.msg);
+			 r->destination, err.msg);
 		/* Refused before anything moved: the next may take it. */
 		if (!(m && rc == -EREMOTEIO && r->report.source_running &&
 		      !r->report.wire_bytes))
@@ -265,6 +316,7 @@ static void *worker(void *arg)
 
 	rx_thread_init();
 	for (;;) {
+		char qmp[PATH_MAX];
 		uint32_t i;
 
 		pthread_mutex_lock(&e->mu);
@@ -272,42 +324,182 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&e->mu);
 		if (i == e->n)
 			return NULL;
-		evacuate_one(e, &e->res[i]);
+		if (e->qmp_path)
+			snprintf(qmp, sizeof(qmp), "%s", e->qmp_path);
+		else
+			snprintf(qmp, sizeof(qmp), "%s/%s.qmp", e->qmp_dir,
+				 e->res[i].vm);
+		place(e, qmp, &e->res[i]);
 	}
 }
 
-int evac_run(const struct evac_opts *o, struct evac_result **out, uint32_t *n,
-	     struct ferry_error *err)
+/* One HOST:PORT (or [IPv6]:PORT) of o->to, @len bytes at @s, into @d. */
+static int parse_dest(const char *s, size_t len, struct evac_dest *d,
+		      struct ferry_error *err)
 {
-	uint32_t parallel = o->parallel ? o->parallel : EVAC_PARALLEL_DEFAULT;
-	struct evac e = { .o = o };
-	pthread_t t[EVAC_PARALLEL_MAX];
+	char item[EVAC_HOST_MAX + 8], *colon, *host = item, *end;
+	unsigned long port;
+	size_t hl;
+
+	if (len >= sizeof(item))
+		return ferry_error_set(err, -EINVAL, "destination '%.32s...' is "
+				       "too long", s);
+	memcpy(item, s, len);
+	item[len] = '\0';
+	colon = strrchr(item, ':');
+	if (!colon)
+		return ferry_error_set(err, -EINVAL, "destination '%s' lacks the "
+				       "port (HOST:PORT, or [IPv6]:PORT)", item);
+	hl = (size_t)(colon - item);
+	if (item[0] == '[' && hl >= 2 && colon[-1] == ']') {
+		host++;
+		hl -= 2;
+	} else if (memchr(item, ':', hl)) {
+		return ferry_error_set(err, -EINVAL, "destination '%s': write an "
+				       "IPv6 address in brackets, [ADDRESS]:PORT",
+				       item);
+	}
+	if (!hl)
+		return ferry_error_set(err, -EINVAL, "destination '%s' lacks the "
+				       "host", item);
+	errno = 0;
+	port = strtoul(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || !port || port > 65535)
+		return ferry_error_set(err, -EINVAL, "destination '%s': the port "
+				       "must be a number from 1 to 65535", item);
+	memcpy(d->host, host, hl);
+	d->host[hl] = '\0';
+	d->port = (uint16_t)port;
+	return 0;
+}
+
+/* o->to, HOST:PORT[,HOST:PORT...], into e->dests. */
+static int parse_to(struct evac *e, const char *to, struct ferry_error *err)
+{
+	for (const char *p = to; p && *p;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		int rc;
+
+		if (e->ndests == FERRY_EVACUATE_DESTS_MAX)
+			return ferry_error_set(err, -EINVAL, "at most %d "
+					       "destinations", FERRY_EVACUATE_DESTS_MAX);
+		rc = parse_dest(p, len, &e->dests[e->ndests], err);
+		if (rc < 0)
+			return rc;
+		e->ndests++;
+		p = comma ? comma + 1 : p + len;
+	}
+	if (!e->ndests)
+		return ferry_error_set(err, -EINVAL, "evacuate needs 1 to %d "
+				       "destinations, HOST:PORT[,HOST:PORT...]",
+				       FERRY_EVACUATE_DESTS_MAX);
+	return 0;
+}
+
+/* The caller's options, of @size and @migrate_size, into @e: checked
+ * here, once. */
+static int evac_init(struct evac *e, const struct ferry_evacuate_opts *in,
+		     size_t size, size_t migrate_size, struct ferry_error *err)
+{
+	struct ferry_evacuate_opts o;
+
+	if (abi_copy_in(&o, sizeof(o), in, size) < 0 ||
+	    (o.migrate && abi_copy_in(&e->base, sizeof(e->base), o.migrate,
+				      migrate_size) < 0))
+		return ferry_error_set(err, -EINVAL, "this libferry (%s) does not "
+				       "know an option the program set (built "
+				       "against a later ferry.h)",
+				       FERRY_VERSION_STRING);
+	if (!o.qmp_dir == !o.qmp_path)
+		return ferry_error_set(err, -EINVAL, "evacuate needs the guests' "
+				       "directory or one guest's QMP socket, not "
+				       "%s", o.qmp_dir ? "both" : "neither");
+	if (o.only && !o.qmp_dir)
+		return ferry_error_set(err, -EINVAL, "naming the guests to "
+				       "evacuate needs their directory");
+	e->parallel = o.parallel ? o.parallel : FERRY_EVACUATE_PARALLEL_DEFAULT;
+	if (e->parallel > FERRY_EVACUATE_PARALLEL_MAX)
+		return ferry_error_set(err, -EINVAL, "at most %d migrations at "
+				       "once", FERRY_EVACUATE_PARALLEL_MAX);
+	e->qmp_dir = o.qmp_dir;
+	e->only = o.only;
+	e->qmp_path = o.qmp_path;
+	return parse_to(e, o.to, err);
+}
+
+/* The guests: qmp_dir's, or qmp_path's one. */
+static int find_guests(struct evac *e, struct ferry_error *err)
+{
+	if (e->qmp_dir)
+		return find_vms(e, err);
+	e->res = calloc(1, sizeof(*e->res));
+	if (!e->res)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	e->n = 1;
+	return 0;
+}
+
+/* The results, in the caller's @size (a result's report grows). */
+static int copy_out(const struct evac *e, struct ferry_evacuate_result **out,
+		    size_t size, struct ferry_error *err)
+{
+	const size_t head = offsetof(struct ferry_evacuate_result, report);
+	char *all = calloc(e->n, size);
+
+	if (!all)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < e->n; i++) {
+		struct ferry_evacuate_result *r =
+			(struct ferry_evacuate_result *)(all + i * size);
+
+		memcpy(r, &e->res[i], head);
+		report_copy_out(&r->report, size - head, &e->res[i].report);
+	}
+	*out = (struct ferry_evacuate_result *)all;
+	return 0;
+}
+
+int ferry_evacuate_sized(const struct ferry_evacuate_opts *o, size_t size,
+			 size_t migrate_size,
+			 struct ferry_evacuate_result **results,
+			 size_t result_size, uint32_t *n,
+			 struct ferry_error *err)
+{
+	pthread_t t[FERRY_EVACUATE_PARALLEL_MAX];
 	uint32_t started = 0;
+	struct evac *e;
 	int rc;
 
-	*out = NULL;
+	*results = NULL;
 	*n = 0;
-	if (!o->ndests || o->ndests > EVAC_DESTS_MAX)
-		return ferry_error_set(err, -EINVAL, "evacuate needs 1 to %d "
-				       "destinations", EVAC_DESTS_MAX);
-	if (parallel > EVAC_PARALLEL_MAX)
-		return ferry_error_set(err, -EINVAL, "at most %d migrations at "
-				       "once", EVAC_PARALLEL_MAX);
-	rc = find_vms(&e, err);
-	if (rc < 0) {
-		free(e.res);
-		return rc;
-	}
-	pthread_mutex_init(&e.mu, NULL);
-	for (; started < parallel && started < e.n; started++)
-		if (pthread_create(&t[started], NULL, worker, &e) != 0)
+	if (result_size < ABI0_EVACUATE_RESULT_SIZE)
+		return ferry_error_set(err, -EINVAL, "a result of %zu bytes is "
+				       "shorter than any ferry.h's", result_size);
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return ferry_error_set(err, -ENOMEM, "out of memory");
+	rc = evac_init(e, o, size, migrate_size, err);
+	if (rc == 0)
+		rc = find_guests(e, err);
+	if (rc < 0)
+		goto out_free;
+	pthread_mutex_init(&e->mu, NULL);
+	set_running(e, true);
+	for (; started < e->parallel && started < e->n; started++)
+		if (pthread_create(&t[started], NULL, worker, e) != 0)
 			break;
 	if (!started)
-		worker(&e);
+		worker(e);
 	for (uint32_t i = 0; i < started; i++)
 		pthread_join(t[i], NULL);
-	pthread_mutex_destroy(&e.mu);
-	*out = e.res;
-	*n = e.n;
-	return 0;
+	set_running(e, false);
+	pthread_mutex_destroy(&e->mu);
+	rc = copy_out(e, results, result_size, err);
+	if (rc == 0)
+		*n = e->n;
+out_free:
+	free(e->res);
+	free(e);
+	return rc;
 }

@@ -506,6 +506,86 @@ int ferry_recover_sized(const struct ferry_recover_opts *o, size_t size,
 #define ferry_recover(o, err) ferry_recover_sized((o), sizeof(*(o)), (err))
 
 /*
+ * ferry evacuate (docs/evacuate.md): the guests of this host to other
+ * hosts, a few at a time. Each goes, by a migration of its own, to the
+ * destination with the most usable memory (the receiver's answer:
+ * MemTotal x its ram_allocation_ratio, less what is in use and arriving)
+ * that has room for it; one that refuses before anything moved passes it
+ * to the next. A guest that no destination takes stays where it was,
+ * running, and does not stop the others.
+ */
+#define FERRY_EVACUATE_DESTS_MAX 16
+#define FERRY_EVACUATE_VMS_MAX 256
+#define FERRY_EVACUATE_PARALLEL_DEFAULT 2	/* KubeVirt's per-node default */
+#define FERRY_EVACUATE_PARALLEL_MAX 16
+
+/* Which guests, where to, and how. Exactly one of qmp_dir and qmp_path. */
+struct ferry_evacuate_opts {
+	/* The receivers: HOST:PORT[,HOST:PORT...] ([IPv6]:PORT), 1 to
+	 * FERRY_EVACUATE_DESTS_MAX of them. */
+	const char *to;
+	/* Every guest of this directory, DIR/NAME.qmp (a receiving
+	 * service's qmp_dir), or only those named in @only (comma-separated;
+	 * NULL: all). */
+	const char *qmp_dir;
+	const char *only;
+	/* Or one guest, by its QMP socket (its name, if it has one, is
+	 * migrate->vm_name): ferry migrate --to A,B. */
+	const char *qmp_path;
+	uint32_t parallel;	/* migrations at once; 0:
+				   FERRY_EVACUATE_PARALLEL_DEFAULT */
+	/* Every guest's migration, copied as ferry_migration_new() copies
+	 * it, except qmp_path, to_host, to_port, vm_name and progress, set
+	 * per guest; a qmp_dir guest's events go to events_path.NAME. NULL:
+	 * the defaults (and no journal). */
+	const struct ferry_migrate_opts *migrate;
+};
+
+/*
+ * One guest's outcome. Its fields are fixed; the report at its end grows
+ * as struct ferry_report does, and the library writes the results in the
+ * caller's size (as ferry_migration_run() writes a report).
+ */
+struct ferry_evacuate_result {
+	char vm[65];			/* its name; "" for qmp_path's guest */
+	char destination[280];		/* HOST:PORT it went to, or last
+					   tried; "" when none was */
+	/* "completed"; "failed": it runs where it was; "not-running": it
+	 * is not confirmed running (ferry recover on both hosts). */
+	char status[16];
+	char error[FERRY_ERROR_MSG_MAX];	/* why not; "" when completed */
+	struct ferry_report report;	/* of its (last) migration */
+};
+
+/*
+ * Evacuate: blocks until every guest is done, o->parallel at a time, each
+ * on a thread of its own. *@results gets one result per guest, in name
+ * order (free() it), *@n their count. 0 when the evacuation ran (each
+ * result says how its guest fared), or -errno with @err set when it could
+ * not start (an option, no guest found, no memory); then *@results is
+ * NULL. ABI: a macro over the sized entry point, which also gets the
+ * sizes of the caller's migrate options and of its results.
+ */
+int ferry_evacuate_sized(const struct ferry_evacuate_opts *o, size_t size,
+			 size_t migrate_size,
+			 struct ferry_evacuate_result **results,
+			 size_t result_size, uint32_t *n,
+			 struct ferry_error *err);
+#define ferry_evacuate(o, results, n, err) \
+	ferry_evacuate_sized((o), sizeof(*(o)), sizeof(*(o)->migrate), \
+			     (results), sizeof(**(results)), (n), (err))
+
+/*
+ * Cancel every ferry_evacuate() running in this process: their running
+ * migrations are cancelled (a guest not yet moved runs where it was) and
+ * they start no more; each returns as usual. One started later is not
+ * affected. Thread-safe, but not async-signal-safe (it takes a lock): for
+ * a signal, call it on a thread that waits for it (sigwait()), as ferry
+ * does.
+ */
+void ferry_evacuate_cancel(void);
+
+/*
  * The launcher ferry ships (ferry launch-qemu), as a program's main: a
  * launch_cmd for ferry_receiver_opts that starts the destination QEMU
  * from the source's command line, which it does not trust
