@@ -30,6 +30,7 @@ B       := build
 endif
 
 CLI_SRCS  := $(wildcard cli/*.c)
+CLI_OBJS  := $(CLI_SRCS:%.c=$(B)/%.o)
 LIB_SRCS  := $(wildcard qmp/*.c transport/*.c engine/*.c)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(B)/%.o)
 HARN_SRCS := $(filter-out tests/harness/demo.c,$(wildcard tests/harness/*.c))
@@ -52,7 +53,7 @@ SOVERSION := 0
 VERSION   := $(shell sed -n 's/^\#define FERRY_VERSION_STRING "\(.*\)"/\1/p' include/ferry.h)
 LIB_INT   := $(B)/libferry-internal.a
 
-.PHONY: all deps check check-long check-install check-abi check-man abi-baseline unit integration demo bench headers clean install
+.PHONY: all deps check check-long check-install check-abi check-man check-cli-api abi-baseline unit integration demo bench headers clean install
 all: $(B)/libferry.a $(B)/libferry.so $(B)/ferry
 
 deps:
@@ -83,7 +84,12 @@ $(B)/libferry.so.$(SOVERSION): $(LIB_OBJS) libferry.map
 $(B)/libferry.so: $(B)/libferry.so.$(SOVERSION)
 	ln -sf libferry.so.$(SOVERSION) $@
 
-$(B)/ferry: $(CLI_SRCS:%.c=$(B)/%.o) $(LIB_INT)
+# The command-line tool is built as an embedder's program is: include/
+# its only header path (no -I.), libferry.a (whose only globals are
+# ferry_*) its library, so that anything but the public API fails to
+# build (check-cli-api checks the include lines).
+$(CLI_OBJS): CFLAGS := $(filter-out -I.,$(CFLAGS))
+$(B)/ferry: $(CLI_OBJS) $(B)/libferry.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/libharness.a: $(HARN_OBJS)
@@ -123,6 +129,7 @@ check: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory check-abi
 	@$(MAKE) --no-print-directory check-man
+	@$(MAKE) --no-print-directory check-cli-api
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory check-install
 
@@ -205,6 +212,11 @@ abi-baseline: $(B)/libferry.so.$(SOVERSION)
 # tables (part of check).
 check-man: $(B)/ferry
 	@sh scripts/check-man.sh $(B)/ferry
+
+# The command-line tool includes only the public headers and its own
+# (part of check).
+check-cli-api:
+	@sh scripts/check-cli-api.sh
 
 # The embedder's view (part of check): install into a scratch DESTDIR,
 # build the examples against it with pkg-config alone, and migrate a real
