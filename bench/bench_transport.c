@@ -31,6 +31,7 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "tests/harness/pki.h"
+#include "tests/harness/stats.h"
 #include "transport/net.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
@@ -280,6 +281,7 @@ struct result {
 	double mb_s;
 	double cpu_s;
 	uint64_t wire;
+	double stage_s[TUN_STAGES];	/* both tunnels' CPU by stage */
 	bool ok;
 };
 
@@ -377,6 +379,11 @@ static int run_tunnel(const struct mode *m, struct result *res)
 	res->cpu_s = (double)(cpu_us() - c0) / 1e6;
 	tun_stats(src, &st);
 	res->wire = st.wire_out_bytes;
+	for (int i = 0; i < TUN_STAGES; i++)
+		res->stage_s[i] = (double)st.stage_cpu_ns[i] / 1e9;
+	tun_stats(dst, &st);
+	for (int i = 0; i < TUN_STAGES; i++)
+		res->stage_s[i] += (double)st.stage_cpu_ns[i] / 1e9;
 	res->ok = rc == 0 && msink.got == run_bytes &&
 		  (!verify || msink.hash == expected_hash());
 	if (rc)
@@ -485,6 +492,7 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "transport benchmark: %u MiB per run, %s content, "
 		"%u repeats, results in %s\n", mib, profile, repeats, out_path);
+	stats_print_machine(stdout);
 	/* One warm-up of each mode, thrown away. */
 	for (uint32_t r = 0; r <= repeats; r++) {
 		for (uint32_t k = 0; k < nmodes; k++) {
@@ -526,6 +534,28 @@ int main(int argc, char **argv)
 		printf("| %s | %.0f | %s%.2f | %.2f | %.3f |\n", modes[k]->name, mv,
 		       base ? "" : "n/a ", base ? mv / base : 0,
 		       median(c, repeats) * 1024.0 / (double)mib, median(w, repeats));
+	}
+	/* Where the tunnel's CPU goes: the stages of both sides, CPU seconds
+	 * per GiB of data, medians. */
+	printf("\n| mode |");
+	for (int i = 0; i < TUN_STAGES; i++)
+		printf(" %s |", tun_stage_name((enum tun_stage)i));
+	printf("\n| --- |");
+	for (int i = 0; i < TUN_STAGES; i++)
+		printf(" ---: |");
+	printf("\n");
+	for (uint32_t k = 0; k < nmodes; k++) {
+		if (modes[k]->plain)
+			continue;
+		printf("| %s |", modes[k]->name);
+		for (int i = 0; i < TUN_STAGES; i++) {
+			double v[BT_MAX_REPEATS];
+
+			for (uint32_t r = 0; r < repeats; r++)
+				v[r] = res[k][r].stage_s[i];
+			printf(" %.2f |", median(v, repeats) * 1024.0 / (double)mib);
+		}
+		printf("\n");
 	}
 	tls_ctx_free(tls_client);
 	tls_ctx_free(tls_server);

@@ -1542,6 +1542,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 		r->frames_raw = st.frames_codec[WIRE_CODEC_RAW];
 		r->frames_lz4 = st.frames_codec[WIRE_CODEC_LZ4];
 		r->frames_zstd = st.frames_codec[WIRE_CODEC_ZSTD];
+		report_tunnel_cpu(r, &st);
 	}
 }
 

@@ -1290,6 +1290,7 @@ static void fill_rx_report(struct incoming *in, struct ferry_report *rep,
 	if (in->tun)
 		tun_stats(in->tun, &st);
 	rep->end_unix_ms = ferry_unix_ms();
+	report_tunnel_cpu(rep, &st);
 	snprintf(rep->source, sizeof(rep->source), "%s", in->peer);
 	snprintf(rep->destination, sizeof(rep->destination), "%s",
 		 in->m->target.qmp_path);

@@ -6,6 +6,7 @@
 
 #include "ferry.h"
 #include "report.h"
+#include "transport/tunnel.h"
 #include "util.h"
 
 json_t *report_json(const struct ferry_report *r)
@@ -40,6 +41,15 @@ json_t *report_json(const struct ferry_report *r)
 	json_object_set_new(o, "frames_lz4", json_integer((json_int_t)r->frames_lz4));
 	json_object_set_new(o, "frames_zstd", json_integer((json_int_t)r->frames_zstd));
 	json_object_set_new(o, "streams", json_integer(r->streams));
+	{
+		json_t *cpu = json_object();
+
+		for (int i = 0; cpu && i < FERRY_TUNNEL_STAGES; i++)
+			json_object_set_new(cpu, ferry_tunnel_stage_name(i),
+					    json_integer((json_int_t)
+						(r->tunnel_cpu_us[i] / 1000)));
+		json_object_set_new(o, "tunnel_cpu_ms", cpu);
+	}
 	json_object_set_new(o, "tls", json_string(r->tls));
 	json_object_set_new(o, "policy", json_string(r->policy));
 	json_object_set_new(o, "postcopy", json_boolean(r->postcopy));
@@ -115,4 +125,20 @@ int ferry_report_write_json_sized(const struct ferry_report *in, size_t size,
 const char *ferry_version(void)
 {
 	return FERRY_VERSION_STRING;
+}
+
+_Static_assert(FERRY_TUNNEL_STAGES == TUN_STAGES &&
+	       FERRY_TUNNEL_STAGES == sizeof(((struct ferry_report *)0)->tunnel_cpu_us) /
+				      sizeof(uint64_t),
+	       "the report's tunnel stages are the tunnel's");
+
+const char *ferry_tunnel_stage_name(int i)
+{
+	return i >= 0 && i < TUN_STAGES ? tun_stage_name((enum tun_stage)i) : NULL;
+}
+
+void report_tunnel_cpu(struct ferry_report *r, const struct tun_stats *st)
+{
+	for (int i = 0; i < TUN_STAGES; i++)
+		r->tunnel_cpu_us[i] = st->stage_cpu_ns[i] / 1000;
 }

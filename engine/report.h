@@ -10,4 +10,8 @@
  * memory. */
 json_t *report_json(const struct ferry_report *r);
 
+struct tun_stats;
+/* The tunnel's CPU time by stage into @r (tunnel_cpu_us). */
+void report_tunnel_cpu(struct ferry_report *r, const struct tun_stats *st);
+
 #endif /* FERRY_REPORT_H */

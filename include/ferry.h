@@ -292,7 +292,19 @@ struct ferry_report {
 	 * of the guest was changed (and nothing was checked either). Zero
 	 * from a library older than this field. */
 	bool source_untouched;
+	/* Where this side's tunnel spent CPU time, microseconds, by stage:
+	 * FERRY_TUNNEL_STAGES entries, named by ferry_tunnel_stage_name()
+	 * (read, compress, encrypt, send, receive, decrypt, decompress,
+	 * write). All 0 when QEMU's stream did not go through the tunnel
+	 * (hand-off, --direct). */
+	uint64_t tunnel_cpu_us[8];
 };
+
+#define FERRY_TUNNEL_STAGES 8
+
+/* "read", "compress", ... for stage @i of tunnel_cpu_us; NULL past the
+ * last. */
+const char *ferry_tunnel_stage_name(int i);
 
 struct ferry_migration;
 

@@ -95,6 +95,7 @@ struct tun_conn {
 	/* TLS staging (ciphertext) */
 	uint8_t *stage;
 	size_t stage_len, stage_off;
+	uint64_t tls_io_ns;	/* CPU time in socket I/O inside SSL calls */
 	int io_err;
 	/* sending: frames queued for this connection, in seq order */
 	struct tun_buf *q_head, *q_tail;
@@ -167,6 +168,34 @@ struct tun {
 static void add(uint64_t *p, uint64_t v)
 {
 	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+/* This thread's CPU time: what a stage costs, whatever else runs. */
+static uint64_t cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Charge the CPU time since @t0 (cpu_ns()) to @s; returns the time now. */
+static uint64_t charge(struct tun *t, enum tun_stage s, uint64_t t0)
+{
+	uint64_t now = cpu_ns();
+
+	add(&t->st.stage_cpu_ns[s], now - t0);
+	return now;
+}
+
+const char *tun_stage_name(enum tun_stage s)
+{
+	static const char *const names[TUN_STAGES] = {
+		"read", "compress", "encrypt", "send", "receive", "decrypt",
+		"decompress", "write",
+	};
+
+	return s < TUN_STAGES ? names[s] : "?";
 }
 
 static uint64_t now_ns(void)
@@ -385,9 +414,13 @@ static int stage_flush(struct tun_conn *c)
 {
 	int rc;
 
+	uint64_t t0;
+
 	if (!c->stage_len)
 		return 0;
+	t0 = cpu_ns();
 	rc = io_full(c->io, true, c->c.fd, c->stage, c->stage_len);
+	c->tls_io_ns += cpu_ns() - t0;
 	if (rc) {
 		c->io_err = rc;
 		return rc;
@@ -406,8 +439,10 @@ static int bio_write(BIO *b, const char *data, int len)
 	if (c->stage_len + (size_t)len > TUN_STAGE_BYTES && stage_flush(c))
 		return -1;
 	if ((size_t)len > TUN_STAGE_BYTES) {
+		uint64_t t0 = cpu_ns();
 		int rc = io_full(c->io, true, c->c.fd, (void *)data, (size_t)len);
 
+		c->tls_io_ns += cpu_ns() - t0;
 		if (rc) {
 			c->io_err = rc;
 			return -1;
@@ -429,8 +464,10 @@ static int bio_read(BIO *b, char *out, int len)
 		return 0;
 	/* With read-ahead OpenSSL asks for its whole buffer: read into it. */
 	if (c->stage_off == c->stage_len && (size_t)len >= TUN_TLS_DIRECT_READ) {
+		uint64_t t0 = cpu_ns();
 		ssize_t got = io_once(c->io, false, c->c.fd, out, (size_t)len);
 
+		c->tls_io_ns += cpu_ns() - t0;
 		if (got <= 0) {
 			c->io_err = got == 0 ? -ECONNRESET : (int)got;
 			return got == 0 ? 0 : -1;
@@ -439,9 +476,11 @@ static int bio_read(BIO *b, char *out, int len)
 		return (int)got;
 	}
 	if (c->stage_off == c->stage_len) {
+		uint64_t t0 = cpu_ns();
 		ssize_t got = io_once(c->io, false, c->c.fd, c->stage,
 				      TUN_STAGE_BYTES);
 
+		c->tls_io_ns += cpu_ns() - t0;
 		if (got <= 0) {
 			c->io_err = got == 0 ? -ECONNRESET : (int)got;
 			return got == 0 ? 0 : -1;
@@ -496,19 +535,35 @@ static const char *ssl_why(struct tun_conn *c, char *buf, size_t len)
 
 /* ---- connection I/O: plaintext through the ring, or TLS ---- */
 
+/* Charge an SSL call's CPU time since @t0: its socket I/O to @io_stage,
+ * the rest (the cipher) to @tls_stage. */
+static void charge_tls(struct tun_conn *c, uint64_t t0, uint64_t io0,
+		       enum tun_stage tls_stage, enum tun_stage io_stage)
+{
+	uint64_t all = cpu_ns() - t0, io = c->tls_io_ns - io0;
+
+	add(&c->t->st.stage_cpu_ns[io_stage], io);
+	add(&c->t->st.stage_cpu_ns[tls_stage], all > io ? all - io : 0);
+}
+
 static int conn_write(struct tun_conn *c, const void *buf, size_t len)
 {
+	uint64_t t0 = cpu_ns(), io0 = c->tls_io_ns;
 	char why[256];
+	int ok;
 
 	if (!c->c.ssl) {
 		int rc = io_full(c->io, true, c->c.fd, (void *)buf, len);
 
+		charge(c->t, TUN_STAGE_SEND, t0);
 		if (rc == 0)
 			add(&c->t->st.wire_out_bytes, len);
 		return rc;
 	}
 	c->io_err = 0;
-	if (SSL_write(c->c.ssl, buf, (int)len) != (int)len || stage_flush(c)) {
+	ok = SSL_write(c->c.ssl, buf, (int)len) == (int)len && !stage_flush(c);
+	charge_tls(c, t0, io0, TUN_STAGE_ENCRYPT, TUN_STAGE_SEND);
+	if (!ok) {
 		int rc = c->io_err ? c->io_err : -EPROTO;
 
 		if (rc != -ECANCELED && rc != -ETIMEDOUT)
@@ -521,6 +576,7 @@ static int conn_write(struct tun_conn *c, const void *buf, size_t len)
 
 static int conn_read(struct tun_conn *c, void *buf, size_t len)
 {
+	uint64_t t0 = cpu_ns(), io0 = c->tls_io_ns;
 	uint8_t *p = buf;
 	char why[256];
 
@@ -528,12 +584,15 @@ static int conn_read(struct tun_conn *c, void *buf, size_t len)
 		while (len) {
 			ssize_t n = io_once(c->io, false, c->c.fd, p, len);
 
-			if (n <= 0)
+			if (n <= 0) {
+				charge(c->t, TUN_STAGE_RECEIVE, t0);
 				return n == 0 ? -ECONNRESET : (int)n;
+			}
 			add(&c->t->st.wire_in_bytes, (uint64_t)n);
 			p += n;
 			len -= (size_t)n;
 		}
+		charge(c->t, TUN_STAGE_RECEIVE, t0);
 		return 0;
 	}
 	while (len) {
@@ -544,6 +603,7 @@ static int conn_read(struct tun_conn *c, void *buf, size_t len)
 		if (n <= 0) {
 			int rc = c->io_err ? c->io_err : -EPROTO;
 
+			charge_tls(c, t0, io0, TUN_STAGE_DECRYPT, TUN_STAGE_RECEIVE);
 			if (rc != -ECANCELED && rc != -ETIMEDOUT &&
 			    rc != -ECONNRESET)
 				tun_fail(c->t, rc, "%s stream %u: receiving: %s",
@@ -554,6 +614,7 @@ static int conn_read(struct tun_conn *c, void *buf, size_t len)
 		p += n;
 		len -= (size_t)n;
 	}
+	charge_tls(c, t0, io0, TUN_STAGE_DECRYPT, TUN_STAGE_RECEIVE);
 	return 0;
 }
 
@@ -581,6 +642,7 @@ static void conn_failed(struct tun_conn *c, int rc, const char *doing)
 static ssize_t local_read(struct tun_io *io, void *buf, size_t len)
 {
 	struct tun *t = io->t;
+	uint64_t t0 = cpu_ns();
 	ssize_t n;
 
 	if (t->has_local) {
@@ -592,12 +654,14 @@ static ssize_t local_read(struct tun_io *io, void *buf, size_t len)
 	}
 	if (n > 0)
 		add(&t->st.local_in_bytes, (uint64_t)n);
+	charge(t, TUN_STAGE_READ, t0);
 	return n;
 }
 
 static int local_write(struct tun_io *io, const void *buf, size_t len)
 {
 	struct tun *t = io->t;
+	uint64_t t0 = cpu_ns();
 	int rc;
 
 	if (t->has_local) {
@@ -609,6 +673,7 @@ static int local_write(struct tun_io *io, const void *buf, size_t len)
 	}
 	if (rc == 0)
 		add(&t->st.local_out_bytes, len);
+	charge(t, TUN_STAGE_WRITE, t0);
 	return rc;
 }
 
@@ -686,8 +751,12 @@ static int bw_take(struct tun *t, uint64_t bytes)
 static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
 			enum wire_codec codec)
 {
-	return codec_compress(c->codec, codec, payload(b), b->len,
-			      payload(c->out[0]), c->out[0]->cap);
+	uint64_t t0 = cpu_ns();
+	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
+				  payload(c->out[0]), c->out[0]->cap);
+
+	charge(c->t, TUN_STAGE_COMPRESS, t0);
+	return n;
 }
 
 /* auto's choice for the next frame of @c, said in the log when it
@@ -1032,13 +1101,18 @@ static void *recv_worker(void *arg)
 			rc = conn_read(c, payload(b), h.len);
 		} else {
 			rc = conn_read(c, payload(c->scratch), h.len);
-			if (rc == 0 &&
-			    codec_decompress(c->codec, wire_frame_codec(&h),
-					     payload(c->scratch), h.len, payload(b),
-					     h.raw_len, h.seq, &e)) {
-				tun_fail(t, e.code, "%s stream %u: %s", d->name,
-					 c->index, e.msg);
-				rc = e.code;
+			if (rc == 0) {
+				uint64_t t0 = cpu_ns();
+
+				if (codec_decompress(c->codec, wire_frame_codec(&h),
+						     payload(c->scratch), h.len,
+						     payload(b), h.raw_len, h.seq,
+						     &e)) {
+					tun_fail(t, e.code, "%s stream %u: %s",
+						 d->name, c->index, e.msg);
+					rc = e.code;
+				}
+				charge(t, TUN_STAGE_DECOMPRESS, t0);
 			}
 		}
 		if (rc) {

@@ -85,6 +85,27 @@ struct tun_opts {
 	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS */
 };
 
+/*
+ * Where the tunnel's CPU goes, per byte: the thread CPU time of each stage
+ * (a sending side reads, compresses, encrypts, sends; a receiving side
+ * receives, decrypts, decompresses, writes), so a slow tunnel says which
+ * stage to cut. Encryption is SSL_write's time less its socket I/O, and
+ * decryption SSL_read's less its socket I/O.
+ */
+enum tun_stage {
+	TUN_STAGE_READ,		/* from the local QEMU */
+	TUN_STAGE_COMPRESS,
+	TUN_STAGE_ENCRYPT,
+	TUN_STAGE_SEND,		/* to the network */
+	TUN_STAGE_RECEIVE,	/* from the network */
+	TUN_STAGE_DECRYPT,
+	TUN_STAGE_DECOMPRESS,
+	TUN_STAGE_WRITE,	/* to the local QEMU */
+	TUN_STAGES
+};
+
+const char *tun_stage_name(enum tun_stage s);
+
 struct tun_stats {
 	uint64_t local_in_bytes;	/* read from the local QEMU */
 	uint64_t local_out_bytes;	/* written to the local QEMU */
@@ -93,6 +114,7 @@ struct tun_stats {
 	uint64_t frames_out;
 	uint64_t frames_in;
 	uint64_t frames_codec[WIRE_CODEC_MAX + 1];	/* sent, per codec */
+	uint64_t stage_cpu_ns[TUN_STAGES];		/* thread CPU time */
 };
 
 struct tun;
