@@ -25,12 +25,12 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "qmp/qmp.h"
+#include "tests/harness/blkpair.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-
-#include "tests/integration/blkpair.h"
 
 /* QEMU writes to its own disk (drive0), as the guest would. */
 static void qemu_io(struct vm *vm, const char *cmd)
@@ -43,7 +43,7 @@ static void qemu_io(struct vm *vm, const char *cmd)
 	snprintf(line, sizeof(line), "qemu-io drive0 \"%s\"", cmd);
 	ck_assert_msg(qmp_execute(vm_qmp(vm), "human-monitor-command",
 				  json_pack("{s:s}", "command-line", line), &ret,
-				  QMP_MS, &err) == 0, "%s", err.msg);
+				  VM_QMP_TIMEOUT_MS, &err) == 0, "%s", err.msg);
 	out = json_string_value(ret);
 	/* qemu-io prints on QEMU's stdout; the monitor returns errors. */
 	ck_assert_msg(out && !*out, "qemu-io %s: %s", cmd, out ? out : "?");
@@ -64,8 +64,8 @@ static bool source_before_switchover(struct vm *vm)
 	const char *st;
 	bool before;
 
-	ck_assert_msg(qmp_execute(vm_qmp(vm), "query-migrate", NULL, &ret, QMP_MS,
-				  &err) == 0, "%s", err.msg);
+	ck_assert_msg(qmp_execute(vm_qmp(vm), "query-migrate", NULL, &ret,
+				  VM_QMP_TIMEOUT_MS, &err) == 0, "%s", err.msg);
 	st = json_string_value(json_object_get(ret, "status"));
 	before = st && (!strcmp(st, "setup") || !strcmp(st, "active") ||
 			!strcmp(st, "pre-switchover"));
@@ -110,7 +110,8 @@ static void write_during(const struct ferry_progress *p, void *opaque)
 /* Raw to raw, background mirror, with writes in both phases. */
 START_TEST(block_raw_with_writes)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
@@ -121,9 +122,10 @@ START_TEST(block_raw_with_writes)
 		.max_bandwidth_bytes_per_s = 32 * MiB,	/* a few seconds */
 	};
 
-	bpair_start(&p, 96 * MiB, 64, "raw", false, 96 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 96 * MiB,
+						      .data_mib = 64 });
 	w.vm = p.src;
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert_uint_eq(rep.disks, 1);
 	ck_assert_uint_eq(rep.disk_size_bytes, 96 * MiB);
@@ -133,16 +135,17 @@ START_TEST(block_raw_with_writes)
 	ck_assert_uint_gt(w.disk_writes + w.ram_writes, 0);
 	expect_status(p.src, "postmigrate");
 	expect_status(p.dst, "paused");
-	expect_same_file(p.src_img, p.dst_img);
+	expect_same_file(d.src_img, d.dst_img);
 	expect_same_ram(&p);
-	bpair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
 /* Raw to qcow2 (through the destination QEMU's NBD export), write-blocking. */
 START_TEST(block_qcow2_write_blocking)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
@@ -153,34 +156,38 @@ START_TEST(block_qcow2_write_blocking)
 	};
 	char cmd[512];
 
-	bpair_start(&p, 64 * MiB, 40, "qcow2", false, 64 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 64 * MiB,
+						      .data_mib = 40,
+						      .dst_fmt = "qcow2" });
 	w.vm = p.src;
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert_uint_eq(rep.disks, 1);
 	ck_assert_uint_gt(w.disk_writes + w.ram_writes, 0);
 	expect_status(p.dst, "paused");
 	/* -U: both QEMUs still have the images open. */
 	snprintf(cmd, sizeof(cmd), "qemu-img compare -q -U -f raw -F qcow2 %s %s",
-		 p.src_img, p.dst_img);
-	run_cmd(cmd);
+		 d.src_img, d.dst_img);
+	expect_command_ok(cmd);
 	expect_same_ram(&p);
-	bpair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
 /* A mostly empty 4 GiB disk: the zeroes travel as headers. */
 START_TEST(block_sparse_4g)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
 					.no_handoff = true };
 
-	bpair_start(&p, 4096 * MiB, 8, "raw", false, 4096 * MiB);
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 4096 * MiB,
+						      .data_mib = 8 });
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	fprintf(stderr, "block_sparse_4g: 4096 MiB disk, %llu KiB data, %llu MiB "
 		"zeroes, %llu KiB on the wire (%.3f%% of the disk)\n",
@@ -191,52 +198,58 @@ START_TEST(block_sparse_4g)
 	/* 6 MiB of data in 8 MiB; everything else is zero. */
 	ck_assert_uint_lt(rep.disk_wire_bytes, 16 * MiB);
 	ck_assert_uint_ge(rep.disk_zero_bytes, 4000 * MiB);
-	expect_same_file(p.src_img, p.dst_img);
-	bpair_stop(&p);
+	expect_same_file(d.src_img, d.dst_img);
+	pair_stop(&p);
 }
 END_TEST
 
 /* A read-only CD-ROM image is copied once, next to a writable disk. */
 START_TEST(block_cdrom)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o = { 0 };
 
-	bpair_start(&p, 32 * MiB, 16, "raw", true, 32 * MiB);
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 32 * MiB,
+						      .data_mib = 16,
+						      .cdrom = true });
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert_uint_eq(rep.disks, 2);
-	expect_same_file(p.iso, p.dst_iso);
-	expect_same_file(p.src_img, p.dst_img);
-	bpair_stop(&p);
+	expect_same_file(d.iso, d.dst_iso);
+	expect_same_file(d.src_img, d.dst_img);
+	pair_stop(&p);
 }
 END_TEST
 
 /* The destination disk is smaller: refused before any byte moves. */
 START_TEST(block_precheck_size)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o = { 0 };
 	char copy[160];
 
-	bpair_start(&p, 32 * MiB, 8, "raw", false, 16 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 32 * MiB,
+						      .data_mib = 8,
+						      .dst_size = 16 * MiB });
 	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
-	make_raw(copy, 32 * MiB, 8, 1);
-	ck_assert_int_ne(migrate(&p, &o, &rep, &err, &rx), 0);
+	blkpair_make_raw(copy, 32 * MiB, 8, 1);
+	ck_assert_int_ne(blkpair_migrate(&p, &o, &rep, &err, &rx), 0);
 	ck_assert_msg(strstr(err.msg, "vdisk0") && strstr(err.msg, "destination"),
 		      "message: %s", err.msg);
 	ck_assert(rep.source_running);
 	ck_assert_uint_eq(rep.disk_data_bytes, 0);
 	expect_source_alive(&p);
 	expect_source_clean(p.src);
-	expect_same_file(copy, p.src_img);
-	bpair_stop(&p);
+	expect_same_file(copy, d.src_img);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -271,12 +284,14 @@ START_TEST(block_receiver_dies)
 		.max_bandwidth_bytes_per_s = 16 * MiB,	/* several seconds */
 		.block = { .enabled = true },
 	};
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	char copy[160];
 
-	bpair_start(&p, 128 * MiB, 128, "raw", false, 128 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 128 * MiB,
+						      .data_mib = 128 });
 	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
-	make_raw(copy, 128 * MiB, 128, 1);
+	blkpair_make_raw(copy, 128 * MiB, 128, 1);
 	/* The killed receiver cannot clean up: its socket directory goes
 	 * into the test's own directory. */
 	setenv("TMPDIR", p.dir, 1);
@@ -294,8 +309,8 @@ START_TEST(block_receiver_dies)
 	ck_assert(rep.source_running);
 	expect_source_alive(&p);
 	expect_source_clean(p.src);
-	expect_same_file(copy, p.src_img);
-	bpair_stop(&p);
+	expect_same_file(copy, d.src_img);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -312,7 +327,8 @@ START_TEST(block_migrate_killed_then_retry)
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 	struct rx_thread rx;
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	uint16_t port = proc_free_port();
 	char to[32], copy[160];
 	char *argv[] = { getenv("FERRY_BIN"), "migrate", "--qmp", NULL, "--to",
@@ -320,9 +336,10 @@ START_TEST(block_migrate_killed_then_retry)
 	struct ferry_migrate_opts o = { 0 };
 	pid_t rxp, mig;
 
-	bpair_start(&p, 96 * MiB, 64, "raw", false, 96 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 96 * MiB,
+						      .data_mib = 64 });
 	snprintf(copy, sizeof(copy), "%s/before.raw", p.dir);
-	make_raw(copy, 96 * MiB, 64, 1);
+	blkpair_make_raw(copy, 96 * MiB, 64, 1);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
 	/* The killed ferry's socket directory goes into the test's own. */
@@ -330,24 +347,24 @@ START_TEST(block_migrate_killed_then_retry)
 	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
 		      "%s", err.msg);
 	ck_assert_msg(proc_spawn(argv, NULL, &mig, &err) == 0, "%s", err.msg);
-	for (int i = 0; i < 1500 && !mirror_running(p.src); i++)
+	for (int i = 0; i < 1500 && !blkpair_mirror_running(p.src); i++)
 		usleep(20 * 1000);
-	ck_assert_msg(mirror_running(p.src), "the mirror never started");
+	ck_assert_msg(blkpair_mirror_running(p.src), "the mirror never started");
 	usleep(500 * 1000);
 	kill(mig, SIGKILL);
 	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
 	kill(rxp, SIGTERM);
 	proc_wait(rxp);
 	expect_source_alive(&p);
-	expect_same_file(copy, p.src_img);
+	expect_same_file(copy, d.src_img);
 
 	/* The retry: ferry clears the leftovers by itself. */
-	ck_assert_int_eq(migrate(&p, &o, &rep, &err, &rx), 0);
+	ck_assert_int_eq(blkpair_migrate(&p, &o, &rep, &err, &rx), 0);
 	unsetenv("TMPDIR");
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	expect_same_file(p.src_img, p.dst_img);
+	expect_same_file(d.src_img, d.dst_img);
 	expect_same_ram(&p);
-	bpair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -357,19 +374,21 @@ END_TEST
  */
 START_TEST(block_direct)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
 	struct ferry_migrate_opts o = { .direct = true, .streams = 2 };
 
-	bpair_start(&p, 96 * MiB, 32, "raw", false, 96 * MiB);
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 96 * MiB,
+						      .data_mib = 32 });
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert_str_eq(rep.transport, "direct");
-	expect_same_file(p.src_img, p.dst_img);
+	expect_same_file(d.src_img, d.dst_img);
 	expect_same_ram(&p);
-	bpair_stop(&p);
+	pair_stop(&p);
 }
 END_TEST
 
@@ -381,7 +400,8 @@ END_TEST
  */
 START_TEST(block_cold)
 {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	struct rx_thread rx;
 	struct ferry_report rep;
 	struct ferry_error err = { 0 };
@@ -391,11 +411,12 @@ START_TEST(block_cold)
 	uint64_t beats;
 
 	ck_assert_int_eq(tmpdir_make(state, sizeof(state), "ferry-state"), 0);
-	bpair_start(&p, 64 * MiB, 32, "raw", false, 64 * MiB);
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 64 * MiB,
+						      .data_mib = 32 });
 	qemu_io(p.src, "write -P 0x5a 1048576 65536");
 	o.state_dir = state;
 	beats = vm_heartbeats(p.src);
-	ck_assert_msg(migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	/* Stopped throughout: at most the beats of the moments before it
 	 * paused (10 ms each; the migration takes seconds). */
@@ -405,7 +426,7 @@ START_TEST(block_cold)
 		      (unsigned long long)rep.total_ms);
 	expect_status(p.src, "postmigrate");
 	expect_status(p.dst, "paused");
-	expect_same_file(p.src_img, p.dst_img);
+	expect_same_file(d.src_img, d.dst_img);
 	expect_same_ram(&p);
 	ck_assert_int_eq(ferry_list_json(state, &json, &err), 0);
 	all = json_loads(json, 0, NULL);
@@ -413,7 +434,7 @@ START_TEST(block_cold)
 	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(all, 0),
 							   "type")), "cold+disks");
 	json_decref(all);
-	bpair_stop(&p);
+	pair_stop(&p);
 	tmpdir_remove(state);
 }
 END_TEST

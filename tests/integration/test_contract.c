@@ -12,10 +12,10 @@
 #include <unistd.h>
 
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 static void validate(const char *schema, const char *file, const char *how)
 {
@@ -53,7 +53,8 @@ START_TEST(cli_output_follows_the_schemas)
 	snprintf(f_rx, sizeof(f_rx), "%s/receiver.json", dir);
 	snprintf(f_ev, sizeof(f_ev), "%s/events.jsonl", dir);
 	snprintf(f_pr, sizeof(f_pr), "%s/progress.jsonl", dir);
-	pair_start_mem(&p, 64, "mix", 8, 16);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = 64, .fill = "mix",
+					    .ws_mib = 8, .rate_mib_s = 16 });
 	snprintf(cmd, sizeof(cmd), "exec %s receive --listen 127.0.0.1:%u "
 		 "--qmp %s --once --json > %s", getenv("FERRY_BIN"), port,
 		 vm_qmp_path(p.dst), f_rx);

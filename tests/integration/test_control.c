@@ -18,17 +18,16 @@
 #include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
-#define TEST_MEM_MIB 128
 /* A guest that rewrites its working set faster than the cap drains it:
  * it never converges within the downtime limit on its own. */
-#define WS_MIB 32
-#define RATE_MIB_S 64
+static const struct pair_opts guest = { .mem_mib = 128, .fill = "random",
+					.ws_mib = 32, .rate_mib_s = 64 };
 #define CAP_MIB_S "16"
 #define ACTIVE_TIMEOUT_MS 30000
 
@@ -43,7 +42,6 @@ struct run {
  * with @extra options; returns once the destination loads. */
 static void start(struct run *r, const char *const *extra)
 {
-	struct ferry_receiver_opts o = { .listen_host = "127.0.0.1", .once = true };
 	struct ferry_error err = { 0 };
 	struct mig_info info;
 	char to[32];
@@ -54,10 +52,8 @@ static void start(struct run *r, const char *const *extra)
 	int n = 16;
 
 	ck_assert_int_eq(tmpdir_make(r->state, sizeof(r->state), "ferry-state"), 0);
-	pair_start_mem(&r->p, TEST_MEM_MIB, "random", WS_MIB, RATE_MIB_S);
-	o.qmp_path = vm_qmp_path(r->p.dst);
-	ck_assert_msg(rx_thread_start(&r->rx, &o, NULL, &r->rx.err) == 0, "%s",
-		      r->rx.err.msg);
+	pair_start(&r->p, &guest);
+	pair_rx_start(&r->p, &r->rx, &(struct ferry_receiver_opts){ .once = true });
 	snprintf(to, sizeof(to), "127.0.0.1:%u", r->rx.port);
 	argv[3] = (char *)vm_qmp_path(r->p.src);
 	argv[15] = r->state;
@@ -119,9 +115,8 @@ static int steer(struct run *r, const char *cmd, const char *id,
  * new migration of it then completes. */
 START_TEST(abort_precopy)
 {
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
+	struct ferry_migrate_opts o = { .paused = true };
 	struct ferry_error err = { 0 };
-	struct ferry_migration *m;
 	struct ferry_report rep;
 	char id[9], out[1024];
 	struct run r;
@@ -132,34 +127,17 @@ START_TEST(abort_precopy)
 	ck_assert_msg(strstr(out, "aborting"), "%s", out);
 	ck_assert_int_eq(proc_wait(r.mig), 1);
 	rx_thread_join(&r.rx);
-	expect_status(r.p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(r.p.src, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_source_alive(&r.p);
 	expect_listed(r.state, "source", "cancelled");
 	/* The control socket went with the migration. */
 	ck_assert_int_ne(steer(&r, "abort", id, NULL, out, sizeof(out)), 0);
 
 	/* A new migration of the guest, to a new destination. */
-	vm_stop(r.p.dst);
-	{
-		struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
-					.incoming = true, .prealloc = true };
-		struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
-						  .once = true };
-
-		ck_assert_msg(vm_start(&r.p.dst, &dc, &err) == 0, "%s", err.msg);
-		ro.qmp_path = vm_qmp_path(r.p.dst);
-		ck_assert_msg(rx_thread_start(&r.rx, &ro, NULL, &r.rx.err) == 0,
-			      "%s", r.rx.err.msg);
-	}
-	o.qmp_path = vm_qmp_path(r.p.src);
-	o.to_port = r.rx.port;
+	pair_new_dst(&r.p);
 	o.converge.postcopy = FERRY_POSTCOPY_AFTER_PASS;
 	o.converge.postcopy_after_pass = 1;
-	m = ferry_migration_new(&o, &err);
-	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
-	ferry_migration_free(m);
-	rx_thread_join(&r.rx);
+	ck_assert_msg(pair_migrate(&r.p, &o, NULL, &r.rx, &rep, &err) == 0, "%s",
+		      err.msg);
 	expect_status(r.p.dst, "paused");
 	expect_same_ram(&r.p);
 	stop(&r);

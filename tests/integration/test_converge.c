@@ -35,63 +35,36 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/proxy.h"
 #include "tests/harness/rx.h"
-#include "tests/harness/tmpdir.h"
-#include "engine/mig.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 #include "transport/net.h"
 
-#define TEST_MEM_MIB 128
-#define READY_TIMEOUT_MS 60000
 /* The guest dirties 48 MiB/s over 48 MiB; the wire carries 24 MiB/s. */
-#define WS_MIB 48
-#define RATE_MIB_S 48
+static const struct pair_opts guest = { .mem_mib = 128, .fill = "random",
+					.ws_mib = 48, .rate_mib_s = 48 };
 #define CAP_BYTES_S (24ull << 20)
 
-static void pair_start(struct pair *p)
-{
-	pair_start_mem(p, TEST_MEM_MIB, "random", WS_MIB, RATE_MIB_S);
-}
-
-/* Migrate with @o; returns the run's result, report in @rep. */
+/* Migrate with @o at the cap (uncompressed through the tunnel), events
+ * in @p's dir; returns the run's result, report in @rep. */
 static int migrate(struct pair *p, struct ferry_migrate_opts *o,
 		   struct ferry_report *rep, struct ferry_error *err)
 {
-	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
-					  .qmp_path = vm_qmp_path(p->dst),
-					  .once = true };
-	struct rx_thread rx = { 0 };
-	struct ferry_migration *m;
+	struct rx_thread rx;
 	char events[128];
-	int rc;
 
-	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
-		      rx.err.msg);
 	snprintf(events, sizeof(events), "%s/events.jsonl", p->dir);
-	o->to_host = "127.0.0.1";
-	o->to_port = rx.port;
-	o->qmp_path = vm_qmp_path(p->src);
 	o->converge.events_path = events;
-	if (!o->direct) {
-		o->max_bandwidth_bytes_per_s = CAP_BYTES_S;
+	o->max_bandwidth_bytes_per_s = CAP_BYTES_S;
+	if (!o->direct)
 		o->codec = FERRY_CODEC_NONE;
-	} else {
-		o->max_bandwidth_bytes_per_s = CAP_BYTES_S;
-	}
-	m = ferry_migration_new(o, err);
-	ck_assert_msg(m, "%s", err->msg);
-	rc = ferry_migration_run(m, rep, err);
-	ferry_migration_free(m);
-	if (rc)
-		rx_thread_stop(&rx);
-	rx_thread_join(&rx);
-	return rc;
+	return pair_migrate(p, o, NULL, &rx, rep, err);
 }
 
 /* How many lines of @p's events file name @event. */
@@ -127,15 +100,13 @@ START_TEST(no_help_times_out_and_aborts)
 		.converge.timeout_action = FERRY_TIMEOUT_ABORT };
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
-	struct ferry_error e2 = { 0 };
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ck_assert_int_eq(migrate(&p, &o, &rep, &err), -ETIMEDOUT);
 	ck_assert_msg(strstr(err.msg, "did not complete within 8 s"), "%s", err.msg);
 	ck_assert(rep.source_running);
 	ck_assert(!rep.postcopy);
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &e2) == 0, "%s", e2.msg);
+	expect_source_alive(&p);
 	ck_assert_int_eq(count_events(&p, "timeout"), 1);
 	pair_stop(&p);
 }
@@ -151,7 +122,7 @@ START_TEST(auto_converge_completes)
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
 	ck_assert_uint_ge(rep.throttle_pct_max, 60);
 	ck_assert(!rep.postcopy);
@@ -172,7 +143,7 @@ START_TEST(postcopy_auto_tunnel_paused)
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
 	ck_assert(rep.postcopy);
 	ck_assert_str_eq(rep.policy, "predict");
@@ -198,7 +169,7 @@ START_TEST(postcopy_tunnel_running_destination)
 	struct ferry_report rep;
 	uint64_t before;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	before = vm_heartbeats(p.dst);
 	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
 	ck_assert(rep.postcopy);
@@ -220,7 +191,7 @@ START_TEST(postcopy_direct_paused)
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ck_assert_msg(migrate(&p, &o, &rep, &err) == 0, "%s", err.msg);
 	ck_assert(rep.postcopy);
 	expect_status(p.dst, "paused");
@@ -262,8 +233,7 @@ START_TEST(postcopy_recovers_after_cut)
 {
 	struct pair p;
 	struct cutter cut = { 0 };
-	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
-					  .qmp_path = NULL, .once = true };
+	struct ferry_receiver_opts ro = { .once = true };
 	struct ferry_migrate_opts o = { .timeout_s = 120,
 		.codec = FERRY_CODEC_NONE, .max_bandwidth_bytes_per_s = CAP_BYTES_S / 2,
 		.no_handoff = _i == 0,	/* the tunnel, then hand-off (twice) */
@@ -276,10 +246,8 @@ START_TEST(postcopy_recovers_after_cut)
 	struct ferry_migration *m;
 	char events[128];
 
-	pair_start(&p);
-	ro.qmp_path = vm_qmp_path(p.dst);
-	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
-		      rx.err.msg);
+	pair_start(&p, &guest);
+	pair_rx_start(&p, &rx, &ro);
 	ck_assert_int_eq(proxy_start(&cut.px, rx.port), 0);
 	cut.dst = p.dst;
 	/* The third time only ferry's control connection breaks, while
@@ -377,7 +345,7 @@ START_TEST(postcopy_direct_recovers)
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ps.src = p.src;
 	ps.dst = p.dst;
 	ck_assert_int_eq(vm_qmp_connect(p.src, &err), 0);
@@ -414,7 +382,7 @@ START_TEST(signals_in_postcopy_refused)
 	pid_t rx, mig;
 	int fd;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rx, &err) == 0,
 		      "ferry receive: %s", err.msg);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);

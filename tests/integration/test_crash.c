@@ -25,17 +25,24 @@
 #include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/proxy.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 #define TEST_MEM_MIB 128
 /* QEMU paces the stream: 128 MiB take about 8 s, time to kill ferry. */
 #define CAP_MIB_S "16"
 #define ACTIVE_TIMEOUT_MS 30000
+
+/* The guests: incompressible, idle or dirtying a little. */
+static const struct pair_opts idle = { .mem_mib = TEST_MEM_MIB,
+				       .fill = "random" };
+static const struct pair_opts dirtying = { .mem_mib = TEST_MEM_MIB,
+					   .fill = "random", .ws_mib = 4,
+					   .rate_mib_s = 8 };
 
 /* Until the destination QEMU is loading a stream. */
 static void wait_dest_active(struct pair *p)
@@ -86,15 +93,12 @@ static void migrate_and_kill(struct pair *p, uint16_t port,
 	ck_assert_int_eq(proc_wait(mig), 128 + SIGKILL);
 }
 
+/* A --once receiver of @p's destination, journal in @state_dir (or none). */
 static void rx_start_once(struct rx_thread *rx, struct pair *p,
 			  const char *state_dir)
 {
-	struct ferry_receiver_opts o = { .listen_host = "127.0.0.1",
-					 .qmp_path = vm_qmp_path(p->dst),
-					 .once = true, .state_dir = state_dir };
-
-	ck_assert_msg(rx_thread_start(rx, &o, NULL, &rx->err) == 0, "%s",
-		      rx->err.msg);
+	pair_rx_start(p, rx, &(struct ferry_receiver_opts){ .once = true,
+							    .state_dir = state_dir });
 }
 
 /*
@@ -110,7 +114,7 @@ START_TEST(migrate_killed_handoff)
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	pair_start(&p, &idle);
 	rx_start_once(&rx, &p, NULL);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
@@ -154,7 +158,6 @@ static void recover_with_proof(struct pair *p, const char *src_state,
 			       const char *dst_state)
 {
 	static const char cmd[] = "ferry recover --source-completed ";
-	struct ferry_error err = { 0 };
 	char out[4096], id[40];
 	const char *at;
 
@@ -173,9 +176,7 @@ static void recover_with_proof(struct pair *p, const char *src_state,
 	ck_assert_int_eq(run_recover(dst_state, id, out, sizeof(out)), 0);
 	ck_assert_msg(strstr(out, "(destination): the destination QEMU completed: "
 			     "it holds the whole guest, which runs"), "%s", out);
-	expect_status(p->dst, "running");
-	ck_assert_msg(vm_wait_heartbeats(p->dst, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_guest_runs(p->dst, "destination");
 	expect_status(p->src, "postmigrate");
 	ck_assert_int_eq(run_recover(dst_state, NULL, out, sizeof(out)), 0);
 	ck_assert_msg(!strstr(out, "migration "), "%s", out);
@@ -196,7 +197,7 @@ START_TEST(migrate_killed_handoff_recover)
 	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
 				     "ferry-dst-state"), 0);
 	extra[3] = src_state;
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 4, 8);
+	pair_start(&p, &dirtying);
 	rx_start_once(&rx, &p, dst_state);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
@@ -213,24 +214,14 @@ END_TEST
  * destination: completed, RAM the same. */
 static void retry_to_new_destination(struct pair *p)
 {
-	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "random",
-				.incoming = true, .prealloc = true };
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1", .paused = true };
+	struct ferry_migrate_opts o = { .paused = true };
 	struct ferry_error err = { 0 };
-	struct ferry_migration *m;
 	struct ferry_report rep;
 	struct rx_thread rx;
 
-	vm_stop(p->dst);
-	ck_assert_msg(vm_start(&p->dst, &dc, &err) == 0, "%s", err.msg);
-	rx_start_once(&rx, p, NULL);
-	o.qmp_path = vm_qmp_path(p->src);
-	o.to_port = rx.port;
-	m = ferry_migration_new(&o, &err);
-	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "retry: %s",
+	pair_new_dst(p);
+	ck_assert_msg(pair_migrate(p, &o, NULL, &rx, &rep, &err) == 0, "retry: %s",
 		      err.msg);
-	ferry_migration_free(m);
-	rx_thread_join(&rx);
 	expect_status(p->dst, "paused");
 	expect_same_ram(p);
 }
@@ -244,18 +235,15 @@ START_TEST(migrate_killed_tunnel_source_runs)
 {
 	static const char *const extra[] = { "--compress", "none",
 					     "--no-handoff", NULL };
-	struct ferry_error err = { 0 };
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	pair_start(&p, &idle);
 	rx_start_once(&rx, &p, NULL);
 	migrate_and_kill(&p, rx.port, extra);
 	rx_thread_join(&rx);
 	ck_assert_int_lt(rx.rc, 0);
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0,
-		      "the source guest does not beat: %s", err.msg);
+	expect_source_alive(&p);
 
 	retry_to_new_destination(&p);
 	pair_stop(&p);
@@ -274,41 +262,25 @@ START_TEST(destination_rejects_state)
 {
 	/* The same devices (the pre-check passes), but video memory of
 	 * another size: QEMU finds out only while it loads. */
-	struct vm_config sc = { .mem_mib = 64, .fill = "mix",
-				.extra_args = "-device VGA,id=vga0,vgamem_mb=16" };
-	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
-				.prealloc = true,
-				.extra_args = "-device VGA,id=vga0,vgamem_mb=8" };
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
-					.codec = FERRY_CODEC_NONE,
+	static const struct pair_opts vga = { .mem_mib = 64, .fill = "mix",
+		.src_args = "-device VGA,id=vga0,vgamem_mb=16",
+		.dst_args = "-device VGA,id=vga0,vgamem_mb=8" };
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
 					.no_handoff = _i == 0 };
 	struct ferry_error err = { 0 };
-	struct ferry_migration *m;
 	struct ferry_report rep;
 	struct rx_thread rx;
 	struct pair p;
 
-	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
-	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
-		      err.msg);
-	rx_start_once(&rx, &p, NULL);
-	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = rx.port;
-	m = ferry_migration_new(&o, &err);
-	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
-	ferry_migration_free(m);
-	rx_thread_join(&rx);
+	pair_start(&p, &vga);
+	ck_assert_int_lt(pair_migrate(&p, &o, NULL, &rx, &rep, &err), 0);
 	ck_assert_msg(strstr(err.msg, "the destination failed: the destination "
 			     "QEMU exited while it loaded the migration stream"),
 		      "%s", err.msg);
 	ck_assert(rep.source_running);
 	ck_assert_str_eq(rep.status, "failed");
 	ck_assert_uint_gt(rep.total_ms, 0);
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_source_alive(&p);
 	pair_stop(&p);
 }
 END_TEST
@@ -331,16 +303,14 @@ START_TEST(receiver_killed)
 	struct pair p;
 	pid_t rxp, mig;
 
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	pair_start(&p, &idle);
 	ck_assert_msg(proc_spawn_receiver(vm_qmp_path(p.dst), port, &rxp, &err) == 0,
 		      "%s", err.msg);
 	mig = spawn_migrate(&p, port, extra[_i]);
 	kill(rxp, SIGKILL);
 	proc_wait(rxp);
 	ck_assert_int_eq(proc_wait(mig), 1);
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_source_alive(&p);
 	retry_to_new_destination(&p);
 	pair_stop(&p);
 }
@@ -364,7 +334,7 @@ START_TEST(source_qemu_killed)
 	struct pair p;
 	pid_t mig;
 
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	pair_start(&p, &idle);
 	rx_start_once(&rx, &p, NULL);
 	mig = spawn_migrate(&p, rx.port, extra[_i]);
 	vm_kill(p.src);
@@ -409,7 +379,7 @@ START_TEST(both_killed_handoff_then_recover)
 				     "ferry-src-state"), 0);
 	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
 				     "ferry-dst-state"), 0);
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 4, 8);
+	pair_start(&p, &dirtying);
 	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
 	{
 		char *argv[] = { getenv("FERRY_BIN"), "receive", "--listen", listen,
@@ -467,7 +437,7 @@ START_TEST(destination_qemu_killed)
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start_mem(&p, TEST_MEM_MIB, "random", 0, 0);
+	pair_start(&p, &idle);
 	rx_start_once(&rx, &p, NULL);
 	o.qmp_path = vm_qmp_path(p.src);
 	o.to_port = rx.port;
@@ -478,9 +448,7 @@ START_TEST(destination_qemu_killed)
 	rx_thread_join(&rx);
 	ck_assert(!vm_alive(p.dst));
 	ck_assert_msg(rep.source_running, "%s", err.msg);
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_source_alive(&p);
 	retry_to_new_destination(&p);
 	pair_stop(&p);
 }
@@ -520,7 +488,8 @@ START_TEST(cut_in_completion_window)
 				     "ferry-src-state"), 0);
 	ck_assert_int_eq(tmpdir_make(dst_state, sizeof(dst_state),
 				     "ferry-dst-state"), 0);
-	pair_start_mem(&p, TEST_MEM_MIB, "mix", 0, 0);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "mix" });
 	rx_start_once(&rx, &p, dst_state);
 	ck_assert_int_eq(proxy_start(&px, rx.port), 0);
 	o.qmp_path = vm_qmp_path(p.src);

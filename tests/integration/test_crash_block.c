@@ -26,11 +26,12 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/blkpair.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/blkpair.h"
 
 #define DISK_BYTES (64 * MiB)
 #define DISK_DATA_MIB 48
@@ -47,7 +48,8 @@ static const char *const victim_names[] = {
 };
 
 struct cell {
-	struct bpair p;
+	struct pair p;
+	struct blkpair d;
 	char before[160], src_state[64], dst_state[64];
 	uint16_t port;
 	pid_t mig, rxp;
@@ -56,9 +58,10 @@ struct cell {
 static void cell_start(struct cell *c)
 {
 	memset(c, 0, sizeof(*c));
-	bpair_start(&c->p, DISK_BYTES, DISK_DATA_MIB, "raw", false, DISK_BYTES);
+	blkpair_start(&c->p, &c->d, &(struct blkpair_opts){ .size = DISK_BYTES,
+							    .data_mib = DISK_DATA_MIB });
 	snprintf(c->before, sizeof(c->before), "%s/before.raw", c->p.dir);
-	make_raw(c->before, DISK_BYTES, DISK_DATA_MIB, 1);
+	blkpair_make_raw(c->before, DISK_BYTES, DISK_DATA_MIB, 1);
 	snprintf(c->src_state, sizeof(c->src_state), "%s/src-state", c->p.dir);
 	snprintf(c->dst_state, sizeof(c->dst_state), "%s/dst-state", c->p.dir);
 	c->port = proc_free_port();
@@ -98,8 +101,8 @@ static void src_mig_status(struct cell *c, char *out, size_t len)
 	json_t *ret = NULL;
 
 	out[0] = '\0';
-	if (qmp_execute(vm_qmp(c->p.src), "query-migrate", NULL, &ret, QMP_MS,
-			NULL) == 0)
+	if (qmp_execute(vm_qmp(c->p.src), "query-migrate", NULL, &ret,
+			VM_QMP_TIMEOUT_MS, NULL) == 0)
 		snprintf(out, len, "%s", json_string_value(json_object_get(ret,
 			 "status")) ?: "none");
 	json_decref(ret);
@@ -113,7 +116,7 @@ static void wait_phase(struct cell *c, enum phase ph)
 	char st[32] = "";
 
 	for (int i = 0; i < WAIT_MS / 10; i++) {
-		if (ph == P_MIRROR && mirror_running(c->p.src))
+		if (ph == P_MIRROR && blkpair_mirror_running(c->p.src))
 			return;
 		if (ph == P_SWITCHOVER && proc_journal_has(c->src_state, "source",
 							    "\"state\":\"switchover\"")) {
@@ -147,14 +150,14 @@ static void expect_source_whole_then_retry(struct cell *c)
 
 	expect_source_alive(&c->p);
 	expect_source_clean(c->p.src);
-	expect_same_file(c->before, c->p.src_img);
-	bpair_new_dst(&c->p);
+	expect_same_file(c->before, c->d.src_img);
+	blkpair_new_dst(&c->p, &c->d);
 	setenv("TMPDIR", c->p.dir, 1);
-	ck_assert_msg(migrate(&c->p, &o, &rep, &err, &rx) == 0, "retry: %s",
+	ck_assert_msg(blkpair_migrate(&c->p, &o, &rep, &err, &rx) == 0, "retry: %s",
 		      err.msg);
 	unsetenv("TMPDIR");
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
-	expect_same_file(c->p.src_img, c->p.dst_img);
+	expect_same_file(c->d.src_img, c->d.dst_img);
 	expect_same_ram(&c->p);
 }
 
@@ -233,7 +236,7 @@ static void run_cell(enum victim v, enum phase ph)
 		ck_assert_msg(strstr(out, "is gone"), "%s", out);
 		break;
 	}
-	bpair_stop(&c.p);
+	pair_stop(&c.p);
 }
 
 START_TEST(mirror)

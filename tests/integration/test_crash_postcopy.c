@@ -24,17 +24,16 @@
 #include "engine/mig.h"
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
-#define TEST_MEM_MIB 128
 /* A working set that is still dirty after the first pass: post-copy has
- * WS_MIB to fetch at the cap, a few seconds to kill in. */
-#define WS_MIB 48
-#define RATE_MIB_S 64
+ * ws_mib to fetch at the cap, a few seconds to kill in. */
+static const struct pair_opts guest = { .mem_mib = 128, .fill = "random",
+					.ws_mib = 48, .rate_mib_s = 64 };
 #define CAP_MIB_S "16"
 #define POSTCOPY_TIMEOUT_MS 60000
 #define SETTLE_TIMEOUT_MS 30000
@@ -52,7 +51,7 @@ static void cell_start(struct cell *c)
 	ck_assert_int_eq(tmpdir_make(c->dst_state, sizeof(c->dst_state),
 				     "ferry-dst-state"), 0);
 	c->port = proc_free_port();
-	pair_start_mem(&c->p, TEST_MEM_MIB, "random", WS_MIB, RATE_MIB_S);
+	pair_start(&c->p, &guest);
 }
 
 static void cell_stop(struct cell *c)
@@ -143,12 +142,9 @@ static pid_t spawn_receiver(struct cell *c)
 /* The same in this process. */
 static void rx_start(struct cell *c, struct rx_thread *rx)
 {
-	struct ferry_receiver_opts o = { .listen_host = "127.0.0.1",
-					 .qmp_path = vm_qmp_path(c->p.dst),
-					 .once = true, .state_dir = c->dst_state };
+	struct ferry_receiver_opts o = { .once = true, .state_dir = c->dst_state };
 
-	ck_assert_msg(rx_thread_start(rx, &o, NULL, &rx->err) == 0, "%s",
-		      rx->err.msg);
+	pair_rx_start(&c->p, rx, &o);
 	c->port = rx->port;
 }
 

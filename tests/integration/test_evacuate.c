@@ -15,11 +15,11 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 #define NVMS 3
 #define NSVC 2
@@ -119,24 +119,19 @@ START_TEST(evacuate_three)
 			ck_assert_msg(error && strstr(error, "devices only on the "
 					     "source: virtio-rng-pci (rng0)"),
 				      "%s", error ? error : "(none)");
-			expect_status(src.vm[i], "running");
-			ck_assert_msg(vm_wait_heartbeats(src.vm[i], 5, 10000,
-							 &err) == 0, "%s", err.msg);
+			expect_guest_runs(src.vm[i], names[i]);
 			continue;
 		}
 		ck_assert_msg(!strcmp(status, "completed"), "%s: %s", names[i],
 			      error ? error : "");
 		{
 			/* Verify it on the destination it went to. */
-			struct pair p = { .src = src.vm[i] };
 			int s = strstr(dest, ":") && (uint16_t)atoi(strchr(dest, ':') + 1) ==
 				rx[1].port;
 
-			p.dst = dst[s].vm[i];
-			snprintf(p.dir, sizeof(p.dir), "%s", scratch);
-			expect_status(p.src, "postmigrate");
-			expect_status(p.dst, "paused");
-			expect_same_ram(&p);
+			expect_status(src.vm[i], "postmigrate");
+			expect_status(dst[s].vm[i], "paused");
+			expect_same_vm_ram(src.vm[i], dst[s].vm[i], scratch);
 		}
 	}
 	json_decref(sum);
@@ -181,9 +176,6 @@ END_TEST
  */
 START_TEST(migrate_chooses)
 {
-	struct vm_config sc = { .mem_mib = MEM_MIB, .fill = "mix" };
-	struct vm_config dc = { .mem_mib = MEM_MIB, .fill = "mix",
-				.incoming = true, .prealloc = true };
 	struct ferry_error err = { 0 };
 	struct rx_thread rx[NSVC];
 	char dirs[NSVC][64], to[64], state[64], out[8192], port[16];
@@ -192,11 +184,7 @@ START_TEST(migrate_chooses)
 	pid_t pid;
 
 	ck_assert_int_eq(tmpdir_make(state, sizeof(state), "ferry-state"), 0);
-	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
-	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
-		      err.msg);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = MEM_MIB, .fill = "mix" });
 	for (int s = 0; s < NSVC; s++) {
 		struct ferry_receiver_opts o = { .listen_host = "127.0.0.1" };
 

@@ -11,9 +11,9 @@
 #include <string.h>
 
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 START_TEST(examples_migrate)
 {
@@ -26,7 +26,8 @@ START_TEST(examples_migrate)
 	int fd, rfd;
 
 	ck_assert_msg(mig && rcv, "EXAMPLE_MIGRATE and EXAMPLE_RECEIVE are needed");
-	pair_start_mem(&p, 64, "mix", 4, 8);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = 64, .fill = "mix",
+					    .ws_mib = 4, .rate_mib_s = 8 });
 	snprintf(port, sizeof(port), "%u", p16);
 	{
 		char *argv[] = { (char *)rcv, (char *)vm_qmp_path(p.dst),

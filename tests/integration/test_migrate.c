@@ -25,45 +25,17 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
-#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 #include "transport/net.h"
 
 /* The guest size for these tests: big enough for several passes. */
 #define TEST_MEM_MIB 128
-#define READY_TIMEOUT_MS 60000
-#define CHILD_TIMEOUT_MS 120000
 
-static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
-		       uint32_t rate_mib_s)
-{
-	pair_start_mem(p, TEST_MEM_MIB, fill, ws_mib, rate_mib_s);
-}
-
-/* The source guest keeps running: status and fresh heartbeats. */
-static void expect_source_alive(struct pair *p)
-{
-	struct ferry_error err = { 0 };
-
-	expect_status(p->src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p->src, 5, 10000, &err) == 0,
-		      "source guest stopped beating: %s", err.msg);
-}
-
-static void rx_start(struct rx_thread *r, struct vm *dst, bool once)
-{
-	struct ferry_receiver_opts o = {
-		.listen_host = "127.0.0.1",
-		.qmp_path = vm_qmp_path(dst),
-		.once = once,
-	};
-
-	ck_assert_msg(rx_thread_start(r, &o, NULL, &r->err) == 0, "receiver: %s",
-		      r->err.msg);
-}
+/* The receivers of these tests serve one migration. */
+static const struct ferry_receiver_opts once = { .once = true };
 
 static void count_progress(const struct ferry_progress *p, void *opaque)
 {
@@ -78,10 +50,8 @@ START_TEST(api_migrate_paused)
 	struct rx_thread rx;
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
-	struct ferry_migration *m;
 	int progress_calls = 0;
 	struct ferry_migrate_opts o = {
-		.to_host = "127.0.0.1",
 		.paused = true,
 		.progress = count_progress,
 		.progress_opaque = &progress_calls,
@@ -90,15 +60,10 @@ START_TEST(api_migrate_paused)
 		.progress_interval_ms = 50,
 	};
 
-	pair_start(&p, "mix", 0, 0);
-	rx_start(&rx, p.dst, true);
-	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = rx.port;
-	m = ferry_migration_new(&o, &err);
-	ck_assert_ptr_nonnull(m);
-	ck_assert_msg(ferry_migration_run(m, &rep, &err) == 0, "%s", err.msg);
-	ferry_migration_free(m);
-	rx_thread_join(&rx);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "mix" });
+	ck_assert_msg(pair_migrate(&p, &o, NULL, &rx, &rep, &err) == 0, "%s",
+		      err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 
 	ck_assert(rep.completed);
@@ -183,7 +148,9 @@ static void cli_migrate_dirtying(const char *extra)
 	pid_t rx;
 	int rc;
 
-	pair_start(&p, "random", 32, 64);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "random", .ws_mib = 32,
+					    .rate_mib_s = 64 });
 	rx = spawn_receiver(p.dst, port);
 	rc = cli_migrate(p.src, port, extra, &rep);
 	ck_assert_msg(rc == 0, "ferry migrate failed (%d): %s", rc, jstr(rep, "error"));
@@ -218,20 +185,19 @@ END_TEST
 /* Without --paused the destination runs the guest: its heartbeat goes on. */
 START_TEST(cli_migrate_resumes_destination)
 {
-	struct ferry_error err = { 0 };
 	struct pair p;
 	uint16_t port = proc_free_port();
 	json_t *rep;
 	pid_t rx;
 
-	pair_start(&p, "text", 16, 16);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "text", .ws_mib = 16,
+					    .rate_mib_s = 16 });
 	rx = spawn_receiver(p.dst, port);
 	ck_assert_int_eq(cli_migrate(p.src, port, NULL, &rep), 0);
 	ck_assert_int_eq(proc_wait(rx), 0);
 	json_decref(rep);
-	expect_status(p.dst, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.dst, 5, 10000, &err) == 0,
-		      "destination guest does not run: %s", err.msg);
+	expect_guest_runs(p.dst, "destination");
 	pair_stop(&p);
 }
 END_TEST
@@ -248,7 +214,8 @@ START_TEST(dropped_connection_keeps_source)
 	struct ferry_error err = { 0 };
 	int rc;
 
-	pair_start(&p, "random", 0, 0);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "random" });
 	rx = spawn_receiver(p.dst, port);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
@@ -277,7 +244,8 @@ START_TEST(sigint_cancels_precopy)
 	pid_t rx, mig;
 	int fd, rc;
 
-	pair_start(&p, "random", 0, 0);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "random" });
 	rx = spawn_receiver(p.dst, port);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
 	argv[3] = (char *)vm_qmp_path(p.src);
@@ -309,7 +277,8 @@ START_TEST(unreachable_receiver)
 	struct ferry_migrate_opts o = { .to_host = "127.0.0.1" };
 	struct ferry_migration *m;
 
-	pair_start(&p, "zero", 0, 0);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "zero" });
 	o.qmp_path = vm_qmp_path(p.src);
 	o.to_port = proc_free_port();
 	m = ferry_migration_new(&o, &err);
@@ -344,8 +313,9 @@ START_TEST(destination_dies)
 	struct ferry_migration *m;
 	pthread_t killer;
 
-	pair_start(&p, "random", 0, 0);
-	rx_start(&rx, p.dst, true);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "random" });
+	pair_rx_start(&p, &rx, &once);
 	o.qmp_path = vm_qmp_path(p.src);
 	o.to_port = rx.port;
 	m = ferry_migration_new(&o, &err);
@@ -399,8 +369,9 @@ START_TEST(receiver_rejects_garbage)
 	int fd;
 
 	ferry_set_log(capture_log, &cap, 3);
-	pair_start(&p, "zero", 0, 0);
-	rx_start(&rx, p.dst, true);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "zero" });
+	pair_rx_start(&p, &rx, &once);
 	fd = net_connect("127.0.0.1", rx.port, 2000, &err);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));

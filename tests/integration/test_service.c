@@ -31,34 +31,34 @@
 #include "engine/util.h"
 #include "ferry.h"
 #include "qmp/qmp.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/pki.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 #include "transport/net.h"
 #include "transport/tls.h"
 #include "transport/wire.h"
 
 #define TEST_MEM_MIB 64
-#define READY_TIMEOUT_MS PAIR_READY_TIMEOUT_MS
 /* The service's per-connection deadline in these tests. */
 #define HELLO_MS 4000
+
+/* Most tests' guests: idle, of mixed content. */
+static const struct pair_opts mixed = { .mem_mib = TEST_MEM_MIB, .fill = "mix" };
 
 /* What every test's guest is made of (they are all alike): the GUEST a
  * raw peer sends, as a real source would. */
 static struct wire_guest g_guest;
 
-static void pair_start(struct pair *p, const char *fill, uint32_t ws_mib,
-		       uint32_t rate_mib_s)
+/* Note what @p's source guest is made of in g_guest, for raw peers. */
+static void note_guest(struct pair *p)
 {
 	struct ferry_error err = { 0 };
 
-	pair_start_mem(p, TEST_MEM_MIB, fill, ws_mib, rate_mib_s);
-	if (!g_guest.machine[0])
-		ck_assert_msg(qemu_guest_describe(vm_qmp(p->src), &g_guest,
-						  &err) == 0, "%s", err.msg);
+	ck_assert_msg(qemu_guest_describe(vm_qmp(p->src), &g_guest, &err) == 0,
+		      "%s", err.msg);
 }
 
 /* A raw source's GUEST message, after its hello (and VM, CONFIG). */
@@ -68,7 +68,7 @@ static void raw_guest(struct net_conn *c)
 	uint8_t buf[WIRE_CTRL_PAYLOAD_MAX];
 	int n;
 
-	ck_assert(g_guest.machine[0]);
+	ck_assert_msg(g_guest.machine[0], "no note_guest() before a raw peer");
 	n = wire_guest_encode(&g_guest, buf, sizeof(buf), &err);
 	ck_assert_msg(n >= 0, "%s", err.msg);
 	/* A service that already hung up says why on the next read. */
@@ -255,7 +255,8 @@ START_TEST(matching_hello_then_close)
 	struct raw c, d, ret;
 	char text[256];
 
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
+	note_guest(&p);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 
@@ -307,7 +308,8 @@ START_TEST(bad_stream_after_handshake)
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
+	note_guest(&p);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	for (int round = 0; round < 2; round++) {
@@ -414,7 +416,8 @@ START_TEST(direct_on_tls_refused)
 	snprintf(dir, sizeof(dir), "%s/pki", pki_dir);
 	ck_assert_msg(pki_generate(dir, NULL, &err) == 0, "%s", err.msg);
 	tls.creds_dir = dir;
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
+	note_guest(&p);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	ro.tls = tls;
 	service_start(&rx, &ro);
@@ -466,7 +469,7 @@ START_TEST(tls_eviction_keeps_host_alive)
 	ck_assert_msg(pki_generate(dir, NULL, &err) == 0, "%s", err.msg);
 	snprintf(ca, sizeof(ca), "%s/ca-cert.pem", dir);
 	tls.creds_dir = dir;
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	ro.tls = tls;
 	service_start(&rx, &ro);
@@ -584,7 +587,7 @@ START_TEST(silent_slow_and_idle_connections)
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	silent.port = slow.port = flood.port = rx.port;
@@ -596,7 +599,7 @@ START_TEST(silent_slow_and_idle_connections)
 	pair_stop(&p);
 
 	/* 200 idle connections, more than the handshake slots. */
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
 	service_stop(&rx);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
@@ -625,7 +628,8 @@ START_TEST(once_survives_bad_hello)
 	char text[512];
 	struct raw c;
 
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
+	note_guest(&p);
 	ro.qmp_path = vm_qmp_path(p.dst);
 	service_start(&rx, &ro);
 	random_id(id);
@@ -709,6 +713,8 @@ static void register_vm(const char *dir, const char *name, struct vm *dst)
  */
 START_TEST(two_vms_and_busy)
 {
+	static const struct pair_opts dirtying = { .mem_mib = TEST_MEM_MIB,
+		.fill = "random", .ws_mib = 4, .rate_mib_s = 32 };
 	struct ferry_receiver_opts ro = { .max_migrations = 2 };
 	struct mig_thread a = { .vm = "vm-a" }, b = { .vm = "vm-b" };
 	struct ferry_migrate_opts o = { 0 };
@@ -722,9 +728,9 @@ START_TEST(two_vms_and_busy)
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
 	/* Incompressible, dirtying guests on a capped wire: the
 	 * migrations overlap for seconds. */
-	pair_start(&pa, "random", 4, 32);
-	pair_start(&pb, "random", 4, 32);
-	pair_start(&pc, "mix", 0, 0);
+	pair_start(&pa, &dirtying);
+	pair_start(&pb, &dirtying);
+	pair_start(&pc, &mixed);
 	register_vm(dir, "vm-a", pa.dst);
 	register_vm(dir, "vm-b", pb.dst);
 	register_vm(dir, "vm-c", pc.dst);
@@ -792,7 +798,7 @@ START_TEST(cli_serve_and_migrate_vm)
 
 	ck_assert_ptr_nonnull(bin);
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
 	register_vm(dir, "cli-vm", p.dst);
 	snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
 	snprintf(to, sizeof(to), "127.0.0.1:%u", port);
@@ -835,8 +841,10 @@ START_TEST(second_migration_to_busy_vm)
 	struct pair pa, pb;
 	int rc;
 
-	pair_start(&pa, "random", 2, 32);
-	pair_start(&pb, "mix", 0, 0);
+	pair_start(&pa, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					     .fill = "random", .ws_mib = 2,
+					     .rate_mib_s = 32 });
+	pair_start(&pb, &mixed);
 	ro.qmp_path = vm_qmp_path(pa.dst);
 	service_start(&rx, &ro);
 	a.o.max_bandwidth_bytes_per_s = 24u << 20;
@@ -872,8 +880,6 @@ START_TEST(burnt_qemu_until_registered_anew)
 	struct ferry_receiver_opts ro = { 0 };
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
-	struct vm_config dc = { .mem_mib = TEST_MEM_MIB, .fill = "mix",
-				.incoming = true, .prealloc = true };
 	struct rx_thread rx;
 	struct pair p;
 	uint8_t id[WIRE_MIG_ID_BYTES];
@@ -882,7 +888,8 @@ START_TEST(burnt_qemu_until_registered_anew)
 	int rc;
 
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-qmpdir"), 0);
-	pair_start(&p, "mix", 0, 0);
+	pair_start(&p, &mixed);
+	note_guest(&p);
 	register_vm(dir, "guest1", p.dst);
 	ro.qmp_dir = dir;
 	service_start(&rx, &ro);
@@ -919,8 +926,7 @@ START_TEST(burnt_qemu_until_registered_anew)
 	expect_status(p.src, "running");
 
 	/* A new destination QEMU, registered anew under the same name. */
-	vm_stop(p.dst);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
+	pair_new_dst(&p);
 	register_vm(dir, "guest1", p.dst);
 	/* A symlink re-made to a new socket is a new registration. */
 	migrate_verified(&p, rx.port, "guest1");
@@ -1022,15 +1028,13 @@ static void cancel_in_precopy(const struct ferry_progress *pr, void *opaque)
 START_TEST(launch_destination)
 {
 	const char *bin = getenv("FERRY_BIN"), *guest = getenv("FERRY_GUEST");
-	struct vm_config sc = { .mem_mib = TEST_MEM_MIB, .fill = "mix" };
 	struct ferry_receiver_opts ro = { 0 };
 	struct ferry_error err = { 0 };
 	struct ferry_report rep;
 	struct rx_thread rx;
-	struct pair p = { 0 };
+	struct pair p;
 	char cmd[600], allow[512], qmp_path[256], a[128], b[128], st[32];
 	struct qmp *q;
-	uint64_t diff = 0;
 	int rc;
 
 	ck_assert_msg(bin && guest && guest[0] == '/',
@@ -1038,10 +1042,10 @@ START_TEST(launch_destination)
 	snprintf(cmd, sizeof(cmd), "%s launch-qemu", bin);
 	snprintf(allow, sizeof(allow), "%s", guest);
 	*strrchr(allow, '/') = '\0';
-	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-svc"), 0);
-	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "source: %s", err.msg);
-	ck_assert_msg(vm_wait_ready(p.src, READY_TIMEOUT_MS, &err) == 0, "%s",
-		      err.msg);
+	/* The destination is the one the service launches. */
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "mix", .no_dst = true,
+					    .dir_prefix = "ferry-svc" });
 
 	/* The guest's kernel is outside what this service allows. */
 	ro.launch_cmd = cmd;
@@ -1126,9 +1130,8 @@ START_TEST(launch_destination)
 					    "filename", b),
 				  NULL, 60000, &err) == 0, "%s", err.msg);
 	qmp_close(q);
-	ck_assert_int_eq(vm_files_equal(a, b, &diff, &err), 1);
-	vm_stop(p.src);
-	tmpdir_remove(p.dir);
+	expect_same_file(a, b);
+	pair_stop(&p);
 }
 END_TEST
 

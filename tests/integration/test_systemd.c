@@ -16,10 +16,10 @@
 #include <unistd.h>
 
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 #define READY_WAIT_MS 10000
 
@@ -48,7 +48,7 @@ START_TEST(notify_and_serve)
 	ssize_t n;
 	int fd;
 
-	pair_start_mem(&p, 64, "mix", 0, 0);
+	pair_start(&p, &(struct pair_opts){ .mem_mib = 64, .fill = "mix" });
 	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-unit"), 0);
 	snprintf(link, sizeof(link), "%s/web1.qmp", dir);
 	ck_assert_int_eq(symlink(vm_qmp_path(p.dst), link), 0);

@@ -22,20 +22,16 @@
 
 #include "engine/util.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/pki.h"
 #include "tests/harness/rx.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 #include "transport/net.h"
 
-#define TEST_MEM_MIB 128
-#define READY_TIMEOUT_MS 60000
-
-static void pair_start(struct pair *p)
-{
-	pair_start_mem(p, TEST_MEM_MIB, "mix", 16, 32);
-}
+/* Every test's guest: text to compress, dirtying during the migration. */
+static const struct pair_opts guest = { .mem_mib = 128, .fill = "mix",
+					.ws_mib = 16, .rate_mib_s = 32 };
 
 /* ---- log capture: the receiver's refusals are log lines ---- */
 
@@ -94,20 +90,14 @@ static bool log_has(const char *a, const char *b)
 
 /* ---- receiver thread ---- */
 
-static void rx_start(struct rx_thread *r, struct vm *dst, bool once,
-		     const struct ferry_tls_opts *tls)
+/* The receiver's options: @tls (or plaintext), a short hello deadline. */
+static struct ferry_receiver_opts rx_opts(const struct ferry_tls_opts *tls)
 {
-	struct ferry_receiver_opts o = {
-		.listen_host = "127.0.0.1",
-		.qmp_path = vm_qmp_path(dst),
-		.once = once,
-		.hello_timeout_ms = 5000,
-	};
+	struct ferry_receiver_opts o = { .hello_timeout_ms = 5000 };
 
 	if (tls)
 		o.tls = *tls;
-	ck_assert_msg(rx_thread_start(r, &o, NULL, &r->err) == 0, "receiver: %s",
-		      r->err.msg);
+	return o;
 }
 
 static void rx_finish(struct rx_thread *r)
@@ -138,25 +128,17 @@ static void teardown_pki(void)
 	tmpdir_remove(pki_dir);
 }
 
-/* Migrate @p with @o (to_host/qmp/port filled here), RAM verified. */
+/* Migrate @p with @o (to_host/qmp/port filled in), RAM verified. */
 static void migrate_verified(struct pair *p, struct ferry_migrate_opts *o,
 			     const struct ferry_tls_opts *rx_tls,
 			     struct ferry_report *rep)
 {
-	struct rx_thread rx;
+	struct ferry_receiver_opts ro = rx_opts(rx_tls);
 	struct ferry_error err = { 0 };
-	struct ferry_migration *m;
+	struct rx_thread rx;
 
-	rx_start(&rx, p->dst, true, rx_tls);
-	o->to_host = "127.0.0.1";
-	o->qmp_path = vm_qmp_path(p->src);
-	o->to_port = rx.port;
 	o->paused = true;
-	m = ferry_migration_new(o, &err);
-	ck_assert_msg(m, "%s", err.msg);
-	ck_assert_msg(ferry_migration_run(m, rep, &err) == 0, "%s", err.msg);
-	ferry_migration_free(m);
-	rx_thread_join(&rx);
+	ck_assert_msg(pair_migrate(p, o, &ro, &rx, rep, &err) == 0, "%s", err.msg);
 	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
 	ck_assert(rep->completed);
 	ck_assert_uint_ge(rep->passes, 1);
@@ -177,7 +159,7 @@ static void migrate_codec(enum ferry_codec codec, int level, uint32_t streams,
 					.streams = streams,
 					.no_handoff = no_handoff };
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	migrate_verified(&p, &o, NULL, rep);
 	pair_stop(&p);
 	ck_assert_uint_eq(rep->streams, streams ? streams : 1);
@@ -281,7 +263,7 @@ static void bandwidth_capped(bool no_handoff, const char *transport)
 					.no_handoff = no_handoff };
 	uint64_t rate;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	migrate_verified(&p, &o, NULL, &rep);
 	pair_stop(&p);
 	ck_assert_str_eq(rep.transport, transport);
@@ -313,7 +295,7 @@ START_TEST(tls_x509_two_streams)
 	struct ferry_tls_opts tls = { .creds_dir = dir };
 	struct ferry_migrate_opts o = { .streams = 2, .tls = tls };
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	migrate_verified(&p, &o, &tls, &rep);
 	pair_stop(&p);
 	ck_assert_str_eq(rep.tls, "x509");
@@ -332,7 +314,7 @@ START_TEST(tls_psk)
 	snprintf(psk, sizeof(psk), "%s/keys.psk", pki_dir);
 	ck_assert_msg(pki_write_psk(psk, "ferry-test", &err) == 0, "%s", err.msg);
 	o.tls = tls;
-	pair_start(&p);
+	pair_start(&p, &guest);
 	migrate_verified(&p, &o, &tls, &rep);
 	pair_stop(&p);
 	ck_assert_str_eq(rep.tls, "psk");
@@ -402,6 +384,7 @@ START_TEST(tls_refusals)
 	char good[128], rogue[160], expired[160], ca[192];
 	struct ferry_tls_opts tls = { 0 };
 	struct ferry_tls_opts bad = { 0 };
+	struct ferry_receiver_opts ro;
 	struct ferry_migrate_opts o = { 0 };
 	struct ferry_error err = { 0 };
 	struct ferry_migration *m;
@@ -417,10 +400,11 @@ START_TEST(tls_refusals)
 	tls.creds_dir = good;
 	o.tls = tls;
 
-	pair_start(&p);
+	pair_start(&p, &guest);
 	log_reset();
 	ferry_set_log(capture_log, NULL, 3);
-	rx_start(&rx, p.dst, false, &tls);
+	ro = rx_opts(&tls);
+	pair_rx_start(&p, &rx, &ro);
 
 	expect_refused(&p, &rx, NULL, "rejected connection",
 		       "plaintext ferry on a TLS port");
