@@ -200,14 +200,14 @@ void codec_auto_init(struct codec_auto *a)
 /* The scores of this epoch, and of the codec it ran, from @now_ns. */
 static void score_epoch(struct codec_auto *a, uint64_t now_ns)
 {
-	uint64_t wall = now_ns > a->scored_t0_ns ? now_ns - a->scored_t0_ns : 0;
-	double busy, sample;
+	uint64_t wall = a->window_t0_ns ? a->last_ns - a->window_t0_ns : 0;
+	double sample;
 
+	(void)now_ns;
 	a->epochs++;
-	if (a->bytes < CODEC_EPOCH_MIN_BYTES || wall <= a->idle_ns)
+	if (a->bytes < CODEC_EPOCH_MIN_BYTES || !wall)
 		return;		/* too little moved to say anything */
-	busy = (double)(wall - a->idle_ns);
-	sample = (double)a->bytes * 1e9 / busy;
+	sample = (double)a->bytes * 1e9 / (double)wall;
 	a->score[a->cur] = a->score[a->cur] > 0 ?
 		a->score[a->cur] + CODEC_EWMA_ALPHA * (sample - a->score[a->cur]) :
 		sample;
@@ -235,9 +235,13 @@ static enum wire_codec next_codec(struct codec_auto *a)
 {
 	double top;
 
-	for (int c = WIRE_CODEC_RAW; c <= WIRE_CODEC_ZSTD; c++)
-		if (!(a->tried & (1u << c)))
-			return (enum wire_codec)c;
+	static const enum wire_codec first[] = {
+		WIRE_CODEC_LZ4, WIRE_CODEC_ZSTD, WIRE_CODEC_RAW,
+	};
+
+	for (size_t i = 0; i < sizeof(first) / sizeof(first[0]); i++)
+		if (!(a->tried & (1u << first[i])))
+			return first[i];
 	a->best = best_codec(a);
 	top = a->score[a->best];
 	for (int c = WIRE_CODEC_RAW; c <= WIRE_CODEC_ZSTD; c++) {
@@ -265,8 +269,8 @@ static void start_epoch(struct codec_auto *a, enum wire_codec c, uint64_t now_ns
 	a->explored_at[c] = a->epochs;
 	a->epoch_t0_ns = now_ns;
 	a->scored_t0_ns = now_ns + (warm ? CODEC_EPOCH_WARM_MS * 1000000ull : 0);
+	a->window_t0_ns = a->last_ns = 0;
 	a->bytes = 0;
-	a->idle_ns = 0;
 }
 
 enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
@@ -276,7 +280,7 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 	uint64_t elapsed_ms;
 
 	if (!a->epoch_t0_ns) {
-		start_epoch(a, WIRE_CODEC_RAW, now_ns ? now_ns : 1);
+		start_epoch(a, next_codec(a), now_ns ? now_ns : 1);
 		return a->cur;
 	}
 	elapsed_ms = (now_ns - a->epoch_t0_ns) / 1000000ull;
@@ -288,17 +292,17 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 	return a->cur;
 }
 
+/* The scored window runs from the end of the first frame sent after the
+ * warm-up to the end of the last: whole frames, whatever their pace. */
 void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
 			  uint64_t now_ns)
 {
-	if (now_ns >= a->scored_t0_ns)
-		a->bytes += raw_bytes;
-}
-
-void codec_auto_note_idle(struct codec_auto *a, uint64_t ns, uint64_t now_ns)
-{
-	/* Only what falls in the scored part of the epoch. */
-	if (now_ns > a->scored_t0_ns)
-		a->idle_ns += ns < now_ns - a->scored_t0_ns ? ns :
-			      now_ns - a->scored_t0_ns;
+	if (now_ns < a->scored_t0_ns)
+		return;
+	if (!a->window_t0_ns) {
+		a->window_t0_ns = now_ns;
+		return;
+	}
+	a->bytes += raw_bytes;
+	a->last_ns = now_ns;
 }

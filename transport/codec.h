@@ -3,13 +3,14 @@
  * from what it measures end to end.
  *
  * auto runs in epochs, one codec each, and scores an epoch by the raw
- * bytes of QEMU's stream it delivered per second of busy time: wall time
- * less the time the sender waited for QEMU's stream (a sender waiting for
- * its input says nothing about the codec). Blocking on the socket counts,
- * so whatever is slowest end to end (the link, the --bandwidth cap, the
- * receiver's decompression, its QEMU, a compressor sharing the cores with
- * busy guests) is in the score, as it is in the migration's time. First
- * each codec gets an epoch; then the best is kept, and each other codec is
+ * bytes of QEMU's stream it delivered per second: whatever is slowest end
+ * to end (the link, the --bandwidth cap, the receiver's decompression,
+ * its QEMU, a compressor taking CPU from the guests and from QEMU's own
+ * migration thread on shared cores) is in the score, as it is in the
+ * migration's time, and when QEMU itself is what is slow every codec
+ * scores alike and raw, which takes no CPU, is kept. First each codec gets
+ * an epoch (lz4, zstd, raw: on a link slow enough for the tunnel to be
+ * used, raw is the likeliest to lose); then the best is kept, and each other codec is
  * tried again for one epoch now and then: every CODEC_EXPLORE_EVERY epochs
  * when it scored close to the best, up to CODEC_EXPLORE_MAX_EVERY when it
  * scored far below (its epochs are the price of noticing a change). A codec
@@ -85,8 +86,9 @@ struct codec_auto {
 	enum wire_codec cur;		/* this epoch's codec */
 	enum wire_codec best;		/* the one kept between explorations */
 	uint64_t epoch_t0_ns;		/* this epoch's start (0: none yet) */
-	uint64_t scored_t0_ns;		/* its scored part's start */
-	uint64_t bytes, idle_ns;	/* in the scored part */
+	uint64_t scored_t0_ns;		/* its warm-up's end */
+	uint64_t window_t0_ns, last_ns;	/* the first and last frame scored */
+	uint64_t bytes;			/* in the scored window */
 	uint64_t epochs;		/* epochs ended */
 	uint64_t explored_at[WIRE_CODEC_MAX + 1];	/* epoch of last try */
 	uint32_t tried;			/* codecs that had an epoch, bit each */
@@ -103,8 +105,5 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns);
  * done at @now_ns. */
 void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
 			  uint64_t now_ns);
-
-/* The sender waited @ns, until @now_ns, for QEMU's stream (not busy). */
-void codec_auto_note_idle(struct codec_auto *a, uint64_t ns, uint64_t now_ns);
 
 #endif /* FERRY_CODEC_H */

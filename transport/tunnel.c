@@ -861,17 +861,9 @@ static void *send_worker(void *arg)
 	for (;;) {
 		struct tun_buf *b;
 
-		uint64_t w0 = now_ns();
-
 		pthread_mutex_lock(&t->mu);
 		while (!c->q_head && !c->q_end && !t->stopping)
 			pthread_cond_wait(&t->cv, &t->mu);
-		/* Waiting for QEMU's stream is not the codec's time. */
-		if (d->codec == FERRY_CODEC_AUTO) {
-			uint64_t w1 = now_ns();
-
-			codec_auto_note_idle(&c->autop, w1 - w0, w1);
-		}
 		if (t->stopping) {
 			pthread_mutex_unlock(&t->mu);
 			break;
@@ -938,16 +930,7 @@ static void *reader_main(void *arg)
 		if (!b)
 			break;
 
-		{
-			uint64_t r0 = now_ns(), r1;
-
-			n = local_read(&io, payload(b), d->frame_max);
-			/* Waiting for QEMU's stream is not the codec's time. */
-			if (d->inline_io && d->codec == FERRY_CODEC_AUTO) {
-				r1 = now_ns();
-				codec_auto_note_idle(&d->conns[0].autop, r1 - r0, r1);
-			}
-		}
+		n = local_read(&io, payload(b), d->frame_max);
 		if (n <= 0) {
 			pthread_mutex_lock(&t->mu);
 			b->next = d->free;

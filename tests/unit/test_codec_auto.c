@@ -2,8 +2,8 @@
  * The auto codec policy, driven by a simulated sender: each codec
  * delivers QEMU's stream at a rate the test sets, and auto must end up on
  * the fastest (raw unless another beats it by the margin), notice when
- * that changes, not count time spent waiting for QEMU, and not spend many
- * epochs on a codec that scored far below.
+ * that changes, keep raw when QEMU itself is what is slow, and not spend
+ * many epochs on a codec that scored far below.
  */
 #include <check.h>
 #include <stdlib.h>
@@ -17,7 +17,7 @@ struct sim {
 	struct codec_auto a;
 	uint64_t now;
 	double rate[WIRE_CODEC_MAX + 1];	/* bytes per busy second */
-	uint64_t idle_per_frame_ns;		/* QEMU's slowness */
+	uint64_t qemu_ns_per_frame;		/* QEMU producing a frame */
 	uint64_t frames[WIRE_CODEC_MAX + 1];
 };
 
@@ -29,10 +29,7 @@ static void run(struct sim *s, uint64_t ms)
 	while (s->now < end) {
 		enum wire_codec c = codec_auto_pick(&s->a, s->now);
 
-		if (s->idle_per_frame_ns) {
-			s->now += s->idle_per_frame_ns;
-			codec_auto_note_idle(&s->a, s->idle_per_frame_ns, s->now);
-		}
+		s->now += s->qemu_ns_per_frame;
 		s->now += (uint64_t)(FRAME * 1e9 / s->rate[c]);
 		codec_auto_note_sent(&s->a, FRAME, s->now);
 		s->frames[c]++;
@@ -101,18 +98,18 @@ START_TEST(follows_a_change)
 }
 END_TEST
 
-/* Waiting for QEMU is nobody's score: a sender idle most of the time
- * still ranks the codecs by their busy time. */
-START_TEST(idle_is_not_scored)
+/* QEMU is what is slow (it produces a frame every 20 ms): every codec
+ * delivers alike, and raw, which takes no CPU, is kept. */
+START_TEST(qemu_bound_stays_raw)
 {
 	struct sim s;
 
 	sim_init(&s, 120e6, 200e6, 150e6);
-	s.idle_per_frame_ns = 20 * MS;
+	s.qemu_ns_per_frame = 20 * MS;
 	run(&s, 120000);
-	ck_assert_int_eq(s.a.best, WIRE_CODEC_LZ4);
-	ck_assert_msg(s.a.score[WIRE_CODEC_RAW] > 100e6 &&
-		  s.a.score[WIRE_CODEC_RAW] < 140e6, "raw %.0f", s.a.score[WIRE_CODEC_RAW]);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_RAW);
+	ck_assert_uint_gt(s.frames[WIRE_CODEC_RAW], s.frames[WIRE_CODEC_LZ4] +
+						    s.frames[WIRE_CODEC_ZSTD]);
 }
 END_TEST
 
@@ -126,7 +123,7 @@ int main(void)
 	tcase_add_test(tc, keeps_the_fastest);
 	tcase_add_test(tc, exploring_is_cheap);
 	tcase_add_test(tc, follows_a_change);
-	tcase_add_test(tc, idle_is_not_scored);
+	tcase_add_test(tc, qemu_bound_stays_raw);
 	suite_add_tcase(su, tc);
 	sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
