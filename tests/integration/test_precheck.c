@@ -13,10 +13,9 @@
 
 #include "engine/mig.h"
 #include "ferry.h"
+#include "tests/harness/pair.h"
 #include "tests/harness/rx.h"
-#include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"
-#include "tests/integration/pair.h"
 
 static const struct {
 	const char *src_args, *dst_args, *want;
@@ -58,47 +57,53 @@ static void expect_migration(struct vm *vm, const char *want)
 	ck_assert_str_eq(info.status, want);
 }
 
-START_TEST(refused)
+/* A pair made as case @i says, and a receiver of its destination. */
+static void start_case(struct pair *p, struct rx_thread *rx,
+		       const struct pair_opts *po, double ram_ratio)
 {
-	struct vm_config sc = { .mem_mib = 64, .fill = "mix",
-				.extra_args = cases[_i].src_args };
-	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
-				.prealloc = true, .extra_args = cases[_i].dst_args };
-	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1",
-					  .ram_allocation_ratio = cases[_i].ram_ratio };
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
-					.codec = FERRY_CODEC_NONE };
+	struct ferry_receiver_opts ro = { .ram_allocation_ratio = ram_ratio };
+
+	pair_start(p, po);
+	pair_rx_start(p, rx, &ro);
+}
+
+/* One migration attempt that the receiver refuses; its message. */
+static void expect_refused(struct pair *p, struct rx_thread *rx,
+			   struct ferry_migrate_opts *o, const char *want)
+{
 	struct ferry_error err = { 0 };
 	struct ferry_migration *m;
 	struct ferry_report rep;
+
+	o->to_host = "127.0.0.1";
+	o->to_port = rx->port;
+	o->qmp_path = vm_qmp_path(p->src);
+	m = ferry_migration_new(o, &err);
+	ck_assert_msg(m, "%s", err.msg);
+	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
+	ferry_migration_free(m);
+	ck_assert_msg(strstr(err.msg, want), "'%s' not in: %s", want, err.msg);
+	ck_assert(rep.source_running);
+	ck_assert_uint_eq(rep.wire_bytes, 0);
+}
+
+START_TEST(refused)
+{
+	struct pair_opts po = { .mem_mib = 64, .fill = "mix",
+				.src_args = cases[_i].src_args,
+				.dst_args = cases[_i].dst_args };
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE };
 	struct rx_thread rx;
 	struct pair p;
 
-	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
-	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
-		      err.msg);
-	ro.qmp_path = vm_qmp_path(p.dst);
-	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
-		      rx.err.msg);
-	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = rx.port;
+	start_case(&p, &rx, &po, cases[_i].ram_ratio);
 	/* Twice: a refused destination is not burnt, and says it again. */
-	for (int attempt = 0; attempt < 2; attempt++) {
-		m = ferry_migration_new(&o, &err);
-		ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
-		ferry_migration_free(m);
-		ck_assert_msg(strstr(err.msg, cases[_i].want), "%s", err.msg);
-		ck_assert(rep.source_running);
-		ck_assert_uint_eq(rep.wire_bytes, 0);
-	}
+	for (int attempt = 0; attempt < 2; attempt++)
+		expect_refused(&p, &rx, &o, cases[_i].want);
 	rx_thread_stop(&rx);
 	rx_thread_join(&rx);
 	/* Nothing changed on either side. */
-	expect_status(p.src, "running");
-	ck_assert_msg(vm_wait_heartbeats(p.src, 5, 10000, &err) == 0, "%s",
-		      err.msg);
+	expect_source_alive(&p);
 	expect_migration(p.src, "none");
 	expect_status(p.dst, "inmigrate");
 	expect_migration(p.dst, "none");
@@ -130,21 +135,17 @@ static bool marker_left(const char *dir)
 START_TEST(shared_disk)
 {
 	char img[128], copy[128], args[384], cmd[512];
-	struct vm_config sc = { .mem_mib = 64, .fill = "mix", .extra_args = args };
-	struct vm_config dc = { .mem_mib = 64, .fill = "mix", .incoming = true,
-				.prealloc = true, .extra_args = args };
-	struct ferry_receiver_opts ro = { .listen_host = "127.0.0.1" };
-	struct ferry_migrate_opts o = { .to_host = "127.0.0.1",
-					.codec = FERRY_CODEC_NONE,
+	struct pair_opts po = { .mem_mib = 64, .fill = "mix", .src_args = args,
+				.dst_args = args };
+	struct ferry_migrate_opts o = { .codec = FERRY_CODEC_NONE,
 					.block = { .enabled = true } };
 	struct ferry_error err = { 0 };
 	struct ferry_migration *m;
 	struct ferry_report rep;
 	struct rx_thread rx;
 	struct pair p;
-	uint64_t diff;
 
-	ck_assert_int_eq(tmpdir_make(p.dir, sizeof(p.dir), "ferry-test"), 0);
+	pair_make_dir(&p, NULL);
 	snprintf(img, sizeof(img), "%s/disk.raw", p.dir);
 	snprintf(copy, sizeof(copy), "%s/disk.orig", p.dir);
 	snprintf(cmd, sizeof(cmd), "head -c 8M /dev/urandom > %s && cp %s %s",
@@ -152,27 +153,15 @@ START_TEST(shared_disk)
 	ck_assert_int_eq(system(cmd), 0);
 	snprintf(args, sizeof(args), "-drive file=%s,format=raw,if=none,"
 		 "id=drive0 -device virtio-blk-pci,drive=drive0,id=vdisk0", img);
-	ck_assert_msg(vm_start(&p.src, &sc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_start(&p.dst, &dc, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_wait_ready(p.src, PAIR_READY_TIMEOUT_MS, &err) == 0, "%s",
-		      err.msg);
-	ro.qmp_path = vm_qmp_path(p.dst);
-	ck_assert_msg(rx_thread_start(&rx, &ro, NULL, &rx.err) == 0, "%s",
-		      rx.err.msg);
-	o.qmp_path = vm_qmp_path(p.src);
-	o.to_port = rx.port;
+	pair_start_vms(&p, &po);
+	pair_rx_start(&p, &rx, NULL);
 
-	m = ferry_migration_new(&o, &err);
-	ck_assert_int_lt(ferry_migration_run(m, &rep, &err), 0);
-	ferry_migration_free(m);
-	ck_assert_msg(strstr(err.msg, "disk vdisk0: the destination's image ") &&
-		      strstr(err.msg, "is the source's own image (shared "
-			     "storage"), "%s", err.msg);
-	ck_assert(rep.source_running);
+	expect_refused(&p, &rx, &o, "disk vdisk0: the destination's image ");
+	expect_refused(&p, &rx, &o, "is the source's own image (shared storage");
 	ck_assert(!marker_left(p.dir));
 	expect_status(p.src, "running");
 	expect_status(p.dst, "inmigrate");
-	ck_assert_int_eq(vm_files_equal(img, copy, &diff, &err), 1);
+	expect_same_file(img, copy);
 
 	/* Its disk is already there: memory alone moves. */
 	o.block.enabled = false;
@@ -185,7 +174,7 @@ START_TEST(shared_disk)
 	expect_status(p.src, "postmigrate");
 	expect_status(p.dst, "paused");
 	expect_same_ram(&p);
-	ck_assert_int_eq(vm_files_equal(img, copy, &diff, &err), 1);
+	expect_same_file(img, copy);
 	pair_stop(&p);
 }
 END_TEST
