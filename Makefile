@@ -31,7 +31,7 @@ endif
 
 CLI_SRCS  := $(wildcard cli/*.c)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(B)/%.o)
-LIB_SRCS  := $(wildcard qmp/*.c transport/*.c engine/*.c)
+LIB_SRCS  := $(wildcard common/*.c qmp/*.c transport/*.c engine/*.c)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(B)/%.o)
 HARN_SRCS := $(filter-out tests/harness/demo.c,$(wildcard tests/harness/*.c))
 HARN_OBJS := $(HARN_SRCS:%.c=$(B)/%.o)
@@ -53,7 +53,7 @@ SOVERSION := 0
 VERSION   := $(shell sed -n 's/^\#define FERRY_VERSION_STRING "\(.*\)"/\1/p' include/ferry.h)
 LIB_INT   := $(B)/libferry-internal.a
 
-.PHONY: all deps check check-long check-install check-abi check-man check-cli-api abi-baseline unit integration demo bench headers clean install
+.PHONY: all deps check check-long check-install check-abi check-man check-cli-api check-layers abi-baseline unit integration demo bench headers clean install
 all: $(B)/libferry.a $(B)/libferry.so $(B)/ferry
 
 deps:
@@ -130,6 +130,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-abi
 	@$(MAKE) --no-print-directory check-man
 	@$(MAKE) --no-print-directory check-cli-api
+	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory check-install
 
@@ -217,6 +218,11 @@ check-man: $(B)/ferry
 # (part of check).
 check-cli-api:
 	@sh scripts/check-cli-api.sh
+
+# common/ < qmp/, transport/ < engine/: no folder includes from one above
+# it (part of check).
+check-layers:
+	@sh scripts/check-layers.sh
 
 # The embedder's view (part of check): install into a scratch DESTDIR,
 # build the examples against it with pkg-config alone, and migrate a real

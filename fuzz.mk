@@ -26,7 +26,7 @@ FUZZ_CFLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Werror -Wshadow \
                 -MMD -MP $(FUZZ_SAN)
 FUZZ_LIB_SRCS := transport/wire.c transport/codec.c transport/net.c \
                  transport/tls.c transport/nbd.c transport/nbd_client.c \
-                 qmp/qmp.c engine/error.c
+                 qmp/qmp.c common/error.c
 FUZZ_COMMON  := tests/fuzz/common.c tests/fuzz/peer.c
 FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES   := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=%)
@@ -65,7 +65,7 @@ fuzz-run: fuzz
 # The seed generator is an ordinary program: the project's compiler and
 # flags, ferry's own encoders.
 FUZZ_GEN_SRCS := tests/fuzz/gen_corpus.c transport/wire.c transport/codec.c \
-                 engine/error.c
+                 common/error.c
 
 $(FUZZ_B)/gen_corpus: $(FUZZ_GEN_SRCS)
 	@mkdir -p $(dir $@)

@@ -55,7 +55,7 @@
 #include <unistd.h>
 
 #include "engine/mig.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "tests/harness/link.h"
 #include "tests/harness/pki.h"

@@ -36,7 +36,7 @@
 #include "mig.h"
 #include "transport/nbd_client.h"
 #include "transport/net.h"
-#include "util.h"
+#include "common/util.h"
 
 #define BLK_NBD_CONNECT_TIMEOUT_MS 10000
 #define BLK_NBD_REPLY_TIMEOUT_MS 60000

@@ -31,7 +31,7 @@
 #include "mig.h"
 #include "transport/nbd.h"
 #include "transport/net.h"
-#include "util.h"
+#include "common/util.h"
 
 /* The NBD client (QEMU) connects during blockdev-add, right away. */
 #define BLK_ACCEPT_TIMEOUT_MS 30000

@@ -15,7 +15,7 @@
 
 #include "blk.h"
 #include "mig.h"
-#include "util.h"
+#include "common/util.h"
 
 /* How long a cancelled mirror job may take to conclude. */
 #define BLK_STALE_CANCEL_MS 10000

@@ -14,7 +14,7 @@
 #include "control.h"
 #include "journal.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 /* How long a client waits for the migration's answer: one turn of its
  * loop, and a QMP command. */

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "converge.h"
-#include "util.h"
+#include "common/util.h"
 
 void conv_event(struct converge *c, const char *name, void *extra,
 		const char *fmt, ...)

@@ -9,11 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "abi.h"
 #include "evacuate.h"
 #include "mig.h"
 #include "rx.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 /* A destination's host name, as the CLI's HOST:PORT takes it. */
 #define EVAC_HOST_MAX 256

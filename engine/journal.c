@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "journal.h"
-#include "util.h"
+#include "common/util.h"
 
 /* A shared probe of ferry list is waited out: 20 x 10 ms. */
 #define JOURNAL_LOCK_TRIES 20

@@ -15,7 +15,7 @@
 
 #include "launch.h"
 #include "transport/tls.h"
-#include "util.h"
+#include "common/util.h"
 
 static void close_pair(int p[2])
 {

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "launch.h"
-#include "util.h"
+#include "common/util.h"
 
 #define LAUNCHER_ARGS_MAX (WIRE_CONFIG_ARGS_MAX + 16)
 #define LAUNCHER_ALLOW_MAX 16

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "journal.h"
-#include "util.h"
+#include "common/util.h"
 
 /* Whether a live ferry holds the journal at @path (its owner's flock). */
 static bool journal_held(const char *path)

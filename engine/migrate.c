@@ -24,6 +24,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "abi.h"
 #include "blk.h"
 #include "journal.h"
 #include "mig.h"
@@ -37,7 +38,7 @@
 #include "transport/tls.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 #define MIG_CONFIG_STRS 10
 /* How often a resumed post-copy looks at a source QEMU streaming alone. */

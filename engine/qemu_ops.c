@@ -13,7 +13,7 @@
 #include "mig.h"
 #include "transport/net.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 static uint64_t get_u64(json_t *obj, const char *key)
 {

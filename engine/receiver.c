@@ -47,7 +47,7 @@
 #include "transport/tls.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 /* How often the streaming loop looks at the destination QEMU. */
 #define RX_POLL_MS 250

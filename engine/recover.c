@@ -31,12 +31,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "abi.h"
 #include "blk.h"
 #include "journal.h"
 #include "mig.h"
 #include "recover.h"
 #include "transport/wire.h"
-#include "util.h"
+#include "common/util.h"
 
 /* How long a cancelled migration may take to leave the active states. */
 #define RECOVER_CANCEL_MS 10000

@@ -4,10 +4,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "abi.h"
 #include "ferry.h"
 #include "report.h"
 #include "transport/tunnel.h"
-#include "util.h"
+#include "common/util.h"
 
 json_t *report_json(const struct ferry_report *r)
 {

@@ -24,11 +24,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "abi.h"
 #include "journal.h"
 #include "mig.h"
 #include "rx.h"
 #include "transport/tls.h"
-#include "util.h"
+#include "common/util.h"
 
 /* How long a refusal may take to reach a peer that does not read. */
 #define RX_REFUSE_SEND_MS 1000

@@ -14,7 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "qmp.h"
 
 /* First read buffer; it grows by doubling up to QMP_LINE_MAX_BYTES. */

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "be.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "nbd.h"
 #include "net.h"
 

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "be.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "nbd_client.h"
 #include "net.h"
 

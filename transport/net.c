@@ -14,7 +14,7 @@
 #include <openssl/err.h>
 
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "net.h"
 
 static int resolve(const char *host, uint16_t port, bool passive,

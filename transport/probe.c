@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "probe.h"
 #include "wire.h"
 

@@ -44,7 +44,7 @@
 #include <openssl/ssl.h>
 
 #include "codec.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "tls.h"
 #include "tunnel.h"
 

@@ -12,7 +12,7 @@
  */
 #include <string.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "fuzz.h"
 #include "transport/wire.h"
 

@@ -6,7 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "fuzz.h"
 #include "peer.h"
 

@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "proc.h"
 #include "tmpdir.h"
 #include "transport/net.h"

@@ -22,7 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "qmp/qmp.h"
 #include "tests/harness/blkpair.h"

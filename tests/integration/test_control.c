@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "engine/mig.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "tests/harness/pair.h"
 #include "tests/harness/proc.h"

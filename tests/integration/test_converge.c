@@ -36,7 +36,7 @@
 #include <unistd.h>
 
 #include "engine/mig.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
 #include "tests/harness/pair.h"

@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "tests/harness/blkpair.h"
 #include "tests/harness/pair.h"

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "tests/harness/pair.h"
 #include "tests/harness/proc.h"

@@ -18,7 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "qmp/qmp.h"
 #include "tests/harness/tmpdir.h"
 #include "tests/harness/vm.h"

@@ -15,7 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/tmpdir.h"
 #include "transport/nbd.h"

@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "engine/mig.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "qmp/qmp.h"
 #include "tests/harness/pair.h"

@@ -20,7 +20,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "tests/harness/pair.h"
 #include "tests/harness/pki.h"

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/util.h"
+#include "common/util.h"
+#include "engine/abi.h"
 #include "ferry.h"
 
 START_TEST(options_of_other_sizes)

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "transport/be.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "transport/nbd.h"
 
 #define EXPORT_BYTES (4u << 20)

@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "transport/be.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "transport/nbd_client.h"
 
 #define MiB (1u << 20)

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "engine/policy.h"
-#include "engine/util.h"
+#include "common/util.h"
 #include "ferry.h"
 #include "ferry_policy.h"
 

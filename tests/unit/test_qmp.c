@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "qmp/qmp.h"
 
 #define GREETING "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n"

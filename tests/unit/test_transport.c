@@ -19,7 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/util.h"
+#include "common/util.h"
 #include "tests/harness/pki.h"
 #include "transport/net.h"
 #include "transport/probe.h"

@@ -1,9 +1,11 @@
 /*
- * Small internal helpers shared by every module of libferry: a monotonic
- * clock, logging, and assertions that stay on in release builds.
+ * What every layer of libferry needs (qmp/, transport/ and engine/ all
+ * build on it, and it on nothing of theirs): a monotonic clock, the error
+ * helpers and logging of ferry.h, and assertions that stay on in release
+ * builds.
  */
-#ifndef FERRY_UTIL_H
-#define FERRY_UTIL_H
+#ifndef FERRY_COMMON_UTIL_H
+#define FERRY_COMMON_UTIL_H
 
 #include <stdint.h>
 #include <stdio.h>
@@ -60,21 +62,4 @@ static inline int ferry_error_recode(struct ferry_error *err, int code)
 
 #define FERRY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-/*
- * The ABI's sized structs (ferry.h): the first @size bytes of a caller's
- * struct into @full (@full_size, this library's): what the caller's lacks
- * is 0; bytes beyond what this library knows must be 0 too (-EINVAL).
- */
-int abi_copy_in(void *full, size_t full_size, const void *in, size_t size);
-/* This library's report into a caller's of @size: what fits, and zeros
- * past it (a caller's struct from a later header). */
-void report_copy_out(struct ferry_report *out, size_t size,
-		     const struct ferry_report *full);
-
-/* libferry.so.0's first struct sizes: what a program passes that calls
- * the plain entry points (built before the _sized ones). */
-#define ABI0_MIGRATE_OPTS_SIZE 224
-#define ABI0_RECEIVER_OPTS_SIZE 120
-#define ABI0_REPORT_SIZE 848
-
-#endif /* FERRY_UTIL_H */
+#endif /* FERRY_COMMON_UTIL_H */
