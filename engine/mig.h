@@ -23,6 +23,9 @@
 #define MIG_BANDWIDTH_UNLIMITED (1ull << 40)
 /* After the source completes: bound on the destination finishing. */
 #define MIG_FINISH_TIMEOUT_MS 60000
+/* A QEMU whose QMP socket died: how long its process may take to show
+ * as exited in /proc (it closes its files first). */
+#define MIG_QEMU_EXIT_WAIT_MS 1000
 /* Post-copy recovery: how long ferry keeps reconnecting, and its backoff. */
 #define MIG_RECOVERY_TIMEOUT_MS FERRY_DEFAULT_RECOVERY_WAIT_MS
 #define MIG_RECOVERY_BACKOFF_MIN_MS 250

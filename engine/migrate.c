@@ -1390,8 +1390,21 @@ static bool source_qemu_gone(struct ferry_migration *m)
 
 	if (m->run.q && mig_query(m->run.q, &m->run.last, NULL) == 0)
 		return false;
-	if (m->run.qemu_pid > 0)
-		return qemu_process_gone(m->run.qemu_pid);
+	if (m->run.qemu_pid > 0) {
+		/*
+		 * A killed process closes its sockets before it becomes a
+		 * zombie: QMP can be dead a moment before /proc says so.
+		 * Bounded: a QEMU that only stopped answering stays.
+		 */
+		uint64_t until = ferry_now_ms() + MIG_QEMU_EXIT_WAIT_MS;
+
+		while (!qemu_process_gone(m->run.qemu_pid)) {
+			if (ferry_now_ms() >= until)
+				return false;
+			usleep(10 * 1000);
+		}
+		return true;
+	}
 	q = qmp_connect(m->cfg.o.qmp_path, MIG_PEER_VERDICT_MS, &e);
 	qmp_close(q);
 	return !q && (e.code == -ENOENT || e.code == -ECONNREFUSED);
