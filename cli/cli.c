@@ -88,7 +88,7 @@ static void usage(FILE *f)
 		"  --vm NAME           the VM's name, which a receiving service finds\n"
 		"                      its destination QEMU by (DIR/NAME.qmp)\n"
 		"  --paused            leave the destination guest paused\n"
-		"  --cold              cold migration: pause the guest first, move it\n"
+		"  --cold, --offline   cold migration: pause the guest first, move it\n"
 		"                      stopped (with --block, its disks too)\n"
 		"  --direct            QEMU streams straight to the destination QEMU\n"
 		"                      (ferry only orchestrates; the baseline)\n"
@@ -456,6 +456,7 @@ static const struct option long_opts[] = {
 	{ "parallel", required_argument, NULL, OPT_PARALLEL },
 	{ "vms", required_argument, NULL, OPT_VMS },
 	{ "cold", no_argument, NULL, OPT_COLD },
+	{ "offline", no_argument, NULL, OPT_COLD },	/* Nova's word */
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 	{ "progress", required_argument, NULL, OPT_PROGRESS },
 	{ 0 },

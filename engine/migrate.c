@@ -311,6 +311,16 @@ static int await_ready(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * Whether the destination runs the guest once it has it: unless
+ * --paused, and only if the guest was running here (a stopped guest
+ * stays stopped, as Nova's cold migration of a stopped instance does).
+ */
+static bool resume_destination(const struct ferry_migration *m)
+{
+	return !m->cfg.o.paused && m->run.was_running;
+}
+
 /* Connect, TLS, hello: one of the migration's connections. */
 static int open_conn(struct ferry_migration *m, struct net_conn *c,
 		     enum wire_conn kind, uint16_t index, struct ferry_error *err)
@@ -318,7 +328,7 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 	struct wire_hello h = {
 		.version = WIRE_VERSION,
 		.conn = kind,
-		.options = (m->cfg.o.paused ? WIRE_OPT_PAUSED : 0) |
+		.options = (resume_destination(m) ? 0 : WIRE_OPT_PAUSED) |
 			   (m->cfg.o.direct ? WIRE_OPT_DIRECT : 0) |
 			   (m->run.conv.postcopy_cap ? WIRE_OPT_POSTCOPY : 0) |
 			   (m->run.resuming ? WIRE_OPT_RESUME : 0) |
@@ -931,7 +941,7 @@ static int start_postcopy(struct ferry_migration *m, struct ferry_error *err)
 		   (unsigned long long)(m->run.last.ram_remaining >> 20));
 	/* The receiver resumes the destination now, unless --paused. */
 	return net_ctrl_send(&m->run.ctrl, WIRE_CTRL_POSTCOPY, resume,
-			     wire_flag_encode(!m->cfg.o.paused, resume),
+			     wire_flag_encode(resume_destination(m), resume),
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
@@ -1329,11 +1339,11 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 	}
 	/* The source QEMU completed: the destination holds the guest now. */
 	rc = journal_step(m->run.journal, JOURNAL_SWITCHOVER,
-			  json_pack("{s:b}", "resume", !m->cfg.o.paused), err);
+			  json_pack("{s:b}", "resume", resume_destination(m)), err);
 	if (rc < 0)
 		return rc;
 	rc = net_ctrl_send(&m->run.ctrl, WIRE_CTRL_FINISH, resume,
-			   wire_flag_encode(!m->cfg.o.paused, resume),
+			   wire_flag_encode(resume_destination(m), resume),
 			   MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
@@ -1726,6 +1736,9 @@ int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,
 	m->run.journal = rs->journal;
 	if (rs->wait_ms)
 		m->run.recovery_wait_ms = rs->wait_ms;
+	/* The source QEMU is in post-copy now: how the guest was when the
+	 * migration began comes from the journal. */
+	m->run.was_running = rs->was_running;
 	m->run.handoff = !strcmp(rs->transport, "handoff");
 	if (wire_mig_id_parse(rs->id, m->run.mig_id) < 0) {
 		rc = ferry_error_set(err, -EINVAL, "'%s' is not a migration id",

@@ -155,6 +155,7 @@ static int resume_postcopy(struct recovery *r, const char *state_dir,
 		.transport = step_str(r, JOURNAL_STREAMING, "transport") ?: "tunnel",
 		.journal = r->j,
 		.wait_ms = r->wait_ms,
+		.was_running = r->was_running,
 	};
 	struct ferry_migrate_opts o;
 	struct ferry_migration *m;

@@ -27,6 +27,7 @@ struct mig_resume {
 	const char *transport;		/* "tunnel", "handoff", "direct" */
 	struct journal *journal;	/* the migration's, taken (closed) */
 	uint32_t wait_ms;		/* for the receiver; 0: the default */
+	bool was_running;		/* the guest ran when it began */
 };
 
 int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,

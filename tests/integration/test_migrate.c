@@ -25,6 +25,7 @@
 
 #include "common/util.h"
 #include "ferry.h"
+#include "qmp/qmp.h"
 #include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
 #include "tests/harness/rx.h"
@@ -198,6 +199,35 @@ START_TEST(cli_migrate_resumes_destination)
 	ck_assert_int_eq(proc_wait(rx), 0);
 	json_decref(rep);
 	expect_guest_runs(p.dst, "destination");
+	pair_stop(&p);
+}
+END_TEST
+
+/*
+ * A guest that was stopped stays stopped where it arrives (Nova's cold
+ * migration of a stopped instance), cold or live, without --paused: the
+ * destination QEMU is left paused, RAM the same.
+ */
+START_TEST(stopped_guest_stays_stopped)
+{
+	struct ferry_migrate_opts o = { .cold = _i == 0 };
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+
+	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+					    .fill = "mix" });
+	ck_assert_msg(vm_qmp_connect(p.src, &err) == 0, "%s", err.msg);
+	ck_assert_msg(qmp_execute(vm_qmp(p.src), "stop", NULL, NULL, 5000,
+				  &err) == 0, "%s", err.msg);
+	expect_status(p.src, "paused");
+	ck_assert_msg(pair_migrate(&p, &o, NULL, &rx, &rep, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	expect_status(p.src, "postmigrate");
+	expect_status(p.dst, "paused");
+	expect_same_ram(&p);
 	pair_stop(&p);
 }
 END_TEST
@@ -408,6 +438,7 @@ static Suite *migrate_suite(void)
 	tcase_add_test(ok, cli_migrate_dirtying_tunnel);
 	tcase_add_test(ok, cli_migrate_dirtying_direct);
 	tcase_add_test(ok, cli_migrate_resumes_destination);
+	tcase_add_loop_test(ok, stopped_guest_stays_stopped, 0, 2);
 	tcase_add_test(bad, dropped_connection_keeps_source);
 	tcase_add_test(bad, sigint_cancels_precopy);
 	tcase_add_test(bad, unreachable_receiver);
