@@ -1025,6 +1025,10 @@ static int cmd_migrate(const struct cli *c)
 	install_signals();
 	rc = ferry_migration_run(g_mig, &rep, &err);
 	end_progress_line();
+	if (rc == 0 && rep.downtime_exceeded)
+		ferry_log(FERRY_LOG_WARN, "QEMU's downtime, %llu ms, went over the "
+			  "limit of %u ms", (unsigned long long)rep.downtime_ms,
+			  rep.downtime_limit_ms);
 	if (rc < 0)
 		fprintf(stderr, "ferry migrate: %s\n", err.msg);
 	if (c->json)

@@ -1536,6 +1536,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	r->total_ms = ferry_now_ms() - m->run.t0_ms;
 	r->qemu_total_ms = m->run.last.total_time_ms;
 	r->downtime_ms = m->run.last.downtime_ms;
+	r->downtime_limit_ms = m->run.conv.limits.downtime_max_ms;
 	r->setup_ms = m->run.last.setup_time_ms;
 	r->ram_size_bytes = m->run.ram_bytes;
 	r->ram_bytes = stream_bytes(m);
@@ -1606,6 +1607,18 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 		set_phase(m, FERRY_PHASE_DONE);
 		report->completed = true;
 		snprintf(report->status, sizeof(report->status), "completed");
+		report->downtime_exceeded = report->downtime_ms >
+					    report->downtime_limit_ms;
+		if (report->downtime_exceeded)
+			conv_event(&m->run.conv, "downtime_exceeded",
+				   json_pack("{s:I,s:i}", "downtime_ms",
+					     (json_int_t)report->downtime_ms,
+					     "limit_ms",
+					     (int)report->downtime_limit_ms),
+				   "QEMU's downtime, %llu ms, went over the "
+				   "limit of %u ms",
+				   (unsigned long long)report->downtime_ms,
+				   report->downtime_limit_ms);
 	} else {
 		report->source_running = fail_safe(m, err);
 		report->source_untouched = !m->run.q;

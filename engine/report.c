@@ -34,6 +34,12 @@ json_t *report_json(const struct ferry_report *r)
 	if (!r->completed)
 		json_object_set_new(o, "source_untouched",
 				    json_boolean(r->source_untouched));
+	if (r->downtime_limit_ms) {
+		json_object_set_new(o, "downtime_limit_ms",
+				    json_integer(r->downtime_limit_ms));
+		json_object_set_new(o, "downtime_exceeded",
+				    json_boolean(r->downtime_exceeded));
+	}
 	json_object_set_new(o, "codec", json_string(r->codec));
 	json_object_set_new(o, "transport", json_string(r->transport));
 	json_object_set_new(o, "probe_bytes_per_s",

@@ -298,6 +298,11 @@ struct ferry_report {
 	 * write). All 0 when QEMU's stream did not go through the tunnel
 	 * (hand-off, --direct). */
 	uint64_t tunnel_cpu_us[8];
+	/* The downtime limit in force at the end (--downtime-ms, or as
+	 * ferry set-downtime left it), and whether QEMU's measured downtime
+	 * went over it (completed migrations; source side). */
+	uint32_t downtime_limit_ms;
+	bool downtime_exceeded;
 };
 
 #define FERRY_TUNNEL_STAGES 8
