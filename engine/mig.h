@@ -126,7 +126,8 @@ int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err);
 void mig_drop_fd(struct qmp *q);
 
 /* Create the tunnel socketpair and hand one end to QEMU as MIG_FDNAME. */
-int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err);
+int mig_hand_socket(struct qmp *q, uint32_t buf_bytes, int *ferry_end,
+		    struct ferry_error *err);
 
 /* query-status "status", e.g. "running", "inmigrate", "postmigrate". */
 int mig_vm_status(struct qmp *q, char *buf, size_t len, struct ferry_error *err);

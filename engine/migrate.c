@@ -572,6 +572,22 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
 	return rc;
 }
 
+/*
+ * How much may sit unsent between QEMU and the wire, per buffer: what the
+ * link (the --bandwidth cap, or the probe's rate) drains in a share of
+ * the downtime limit. Unknown link: the largest, for throughput.
+ */
+static uint32_t in_flight_bytes(const struct ferry_migration *m)
+{
+	uint64_t link = m->run.probe_rate;
+	uint64_t cap = m->run.wire_cap ? m->run.wire_cap :
+		       m->run.qemu_cap != MIG_BANDWIDTH_UNLIMITED ? m->run.qemu_cap : 0;
+
+	if (cap && (!link || link > cap))
+		link = cap;
+	return net_in_flight_bytes(link, m->run.conv.limits.downtime_max_ms);
+}
+
 /* Hand-off: the data connection, after its hello, is QEMU's. */
 static int open_handoff(struct ferry_migration *m, struct ferry_error *err)
 {
@@ -581,6 +597,8 @@ static int open_handoff(struct ferry_migration *m, struct ferry_error *err)
 	rc = open_conn(m, &dc, WIRE_CONN_DATA, 0, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "data connection: ");
+	if (in_flight_bytes(m) < NET_IN_FLIGHT_MAX_BYTES)
+		net_bound_unsent(dc.fd, in_flight_bytes(m));
 	rc = mig_give_fd(m->run.q, dc.fd, err);
 	net_conn_close(&dc);	/* QEMU holds its own copy */
 	if (rc < 0)
@@ -645,7 +663,10 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 			       err);
 	if (rc < 0)
 		return rc;
-	rc = mig_hand_socket(m->run.q, &o.local_fd, err);
+	for (uint32_t i = 0; i < o.nstreams; i++)
+		if (in_flight_bytes(m) < NET_IN_FLIGHT_MAX_BYTES)
+			net_bound_unsent(streams[i].fd, in_flight_bytes(m));
+	rc = mig_hand_socket(m->run.q, in_flight_bytes(m), &o.local_fd, err);
 	if (rc < 0) {
 		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
 		for (uint32_t i = 0; i < o.nstreams; i++)

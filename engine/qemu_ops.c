@@ -216,12 +216,13 @@ int mig_give_fd(struct qmp *q, int fd, struct ferry_error *err)
 	return qmp_getfd(q, fd, MIG_FDNAME, MIG_QMP_TIMEOUT_MS, err);
 }
 
-int mig_hand_socket(struct qmp *q, int *ferry_end, struct ferry_error *err)
+int mig_hand_socket(struct qmp *q, uint32_t buf_bytes, int *ferry_end,
+		    struct ferry_error *err)
 {
 	int sv[2];
 	int rc;
 
-	rc = net_local_pair(sv, err);
+	rc = net_local_pair_sized(sv, buf_bytes, err);
 	if (rc < 0)
 		return rc;
 	rc = mig_give_fd(q, sv[0], err);

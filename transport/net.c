@@ -178,9 +178,30 @@ int net_connect(const char *host, uint16_t port, int timeout_ms,
 	return fd;
 }
 
+uint32_t net_in_flight_bytes(uint64_t rate_bytes_per_s, uint32_t downtime_ms)
+{
+	uint64_t b = rate_bytes_per_s * downtime_ms / 1000 / NET_IN_FLIGHT_SHARE;
+
+	if (!rate_bytes_per_s || b > NET_IN_FLIGHT_MAX_BYTES)
+		return NET_IN_FLIGHT_MAX_BYTES;
+	return b < NET_IN_FLIGHT_MIN_BYTES ? NET_IN_FLIGHT_MIN_BYTES : (uint32_t)b;
+}
+
+void net_bound_unsent(int fd, uint32_t bytes)
+{
+	int v = (int)bytes;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v));
+}
+
 int net_local_pair(int sv[2], struct ferry_error *err)
 {
-	int sz = NET_LOCAL_BUF_BYTES;
+	return net_local_pair_sized(sv, NET_LOCAL_BUF_BYTES, err);
+}
+
+int net_local_pair_sized(int sv[2], uint32_t bytes, struct ferry_error *err)
+{
+	int sz = (int)bytes;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return ferry_error_set(err, -errno, "socketpair: %s", strerror(errno));

@@ -32,8 +32,29 @@
 #define NET_KEEPALIVE_COUNT 3
 #define NET_TCP_USER_TIMEOUT_MS 20000
 
+/*
+ * Bytes in flight that QEMU's downtime estimate does not see (queued in a
+ * socketpair to ferry, or unsent in a TCP socket) drain only after the
+ * guest has stopped. Each such buffer is held to what the link drains in
+ * a small share of the downtime limit, between these bounds.
+ */
+#define NET_IN_FLIGHT_MIN_BYTES (64u << 10)
+#define NET_IN_FLIGHT_MAX_BYTES NET_LOCAL_BUF_BYTES
+/* The share of the downtime limit each buffer may hold: 1/8. */
+#define NET_IN_FLIGHT_SHARE 8
+
+/* What a link of @rate_bytes_per_s drains in @downtime_ms /
+ * NET_IN_FLIGHT_SHARE, within the bounds; the maximum when the rate is
+ * unknown (0). */
+uint32_t net_in_flight_bytes(uint64_t rate_bytes_per_s, uint32_t downtime_ms);
+
 /* A local stream socketpair with NET_LOCAL_BUF_BYTES buffers. */
 int net_local_pair(int sv[2], struct ferry_error *err);
+/* The same with @bytes buffers (as root, past the sysctl limits). */
+int net_local_pair_sized(int sv[2], uint32_t bytes, struct ferry_error *err);
+/* At most @bytes unsent in TCP socket @fd (TCP_NOTSENT_LOWAT): a writer
+ * blocks beyond it, so its measured rate is the link's. */
+void net_bound_unsent(int fd, uint32_t bytes);
 /* Keepalives and a user timeout on a TCP socket (a no-op elsewhere). */
 void net_keepalive(int fd);
 /*
