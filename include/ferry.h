@@ -248,7 +248,7 @@ struct ferry_report {
 	char migration_id[37];		/* UUID text */
 	uint64_t total_ms;		/* ferry's wall time, connect to finish */
 	uint64_t qemu_total_ms;		/* QEMU's own total-time */
-	uint64_t downtime_ms;		/* QEMU's measured downtime */
+	uint64_t downtime_ms;		/* QEMU's measured downtime (cold: the whole run) */
 	uint64_t setup_ms;		/* QEMU's setup-time */
 	uint64_t ram_size_bytes;	/* guest RAM */
 	uint64_t ram_bytes;		/* bytes of QEMU's migration stream */

@@ -428,6 +428,9 @@ START_TEST(block_cold)
 	expect_status(p.dst, "paused");
 	expect_same_file(d.src_img, d.dst_img);
 	expect_same_ram(&p);
+	/* Its downtime is the whole run, and no limit was broken. */
+	ck_assert_uint_eq(rep.downtime_ms, rep.total_ms);
+	ck_assert(!rep.downtime_exceeded);
 	ck_assert_int_eq(ferry_list_json(state, &json, &err), 0);
 	all = json_loads(json, 0, NULL);
 	free(json);
