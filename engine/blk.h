@@ -103,6 +103,11 @@ int blk_clear_stale(struct qmp *q, struct ferry_error *err);
  */
 #define BLK_SHARED_MARKER ".ferry-shared."
 
+/* The marker's path for disk @i of migration @mig_id into @out: 0, or
+ * -EINVAL when the image is no absolute file path, -ENAMETOOLONG. */
+int blk_shared_marker(char *out, size_t len, const struct blk_disk_info *i,
+		      const char *mig_id);
+
 /* Source side. */
 struct blk_src;
 

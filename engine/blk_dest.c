@@ -162,10 +162,8 @@ static int check_shared(const struct dst_disk *d, const char *mig_id,
 	ssize_t n = -1;
 	int fd;
 
-	if (!base)
-		return 0;
-	snprintf(path, sizeof(path), "%.*s/" BLK_SHARED_MARKER "%s.%s",
-		 (int)(base - f), f, mig_id, d->info.w.id);
+	if (blk_shared_marker(path, sizeof(path), &d->info, mig_id) < 0)
+		return 0;	/* no file image: nothing a source can share */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd >= 0) {
 		n = read(fd, name, sizeof(name) - 1);

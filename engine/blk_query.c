@@ -1,5 +1,6 @@
 /* Which disks a QEMU has, from query-block (both sides of --block). */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "blk.h"
@@ -138,4 +139,17 @@ int blk_query_disks(struct qmp *q, const char *only, struct blk_disk_info *d,
 out:
 	json_decref(ret);
 	return rc;
+}
+
+int blk_shared_marker(char *out, size_t len, const struct blk_disk_info *i,
+		      const char *mig_id)
+{
+	const char *base = strrchr(i->filename, '/');
+	int n;
+
+	if (!base)
+		return -EINVAL;
+	n = snprintf(out, len, "%.*s/" BLK_SHARED_MARKER "%s.%s",
+		     (int)(base - i->filename), i->filename, mig_id, i->w.id);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }

@@ -834,24 +834,23 @@ void blk_src_mark_shared(struct blk_src *b, const char *mig_id)
 		const char *base = strrchr(d->info.filename, '/');
 		char path[sizeof(d->marker)];
 		struct stat st;
-		int fd, n;
+		int fd, rc;
 
-		if (!base || stat(d->info.filename, &st) < 0 || !S_ISREG(st.st_mode))
-			continue;	/* relative, a device, the network */
-		n = snprintf(path, sizeof(path), "%.*s/" BLK_SHARED_MARKER "%s.%s",
-			     (int)(base - d->info.filename), d->info.filename,
-			     mig_id, d->info.w.id);
-		memcpy(d->marker, path, sizeof(path));
-		fd = n < (int)sizeof(d->marker) ?
-		     open(d->marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+		d->marker[0] = '\0';
+		if (stat(d->info.filename, &st) < 0 || !S_ISREG(st.st_mode))
+			continue;	/* a device, the network */
+		rc = blk_shared_marker(path, sizeof(path), &d->info, mig_id);
+		fd = rc < 0 ? -1 : open(path, O_WRONLY | O_CREAT | O_EXCL |
+					O_CLOEXEC, 0644);
 		if (fd < 0) {
 			ferry_log(FERRY_LOG_INFO, "disk %s: no shared-storage marker "
 				  "beside %s (%s): whether the destination "
 				  "reaches this image cannot be checked",
-				  d->info.w.id, d->info.filename, strerror(errno));
-			d->marker[0] = '\0';
+				  d->info.w.id, d->info.filename,
+				  strerror(rc < 0 ? -rc : errno));
 			continue;
 		}
+		memcpy(d->marker, path, sizeof(path));
 		if (write(fd, base + 1, strlen(base + 1)) != (ssize_t)strlen(base + 1)) {
 			unlink(d->marker);
 			d->marker[0] = '\0';

@@ -597,8 +597,7 @@ static int open_handoff(struct ferry_migration *m, struct ferry_error *err)
 	rc = open_conn(m, &dc, WIRE_CONN_DATA, 0, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "data connection: ");
-	if (in_flight_bytes(m) < NET_IN_FLIGHT_MAX_BYTES)
-		net_bound_unsent(dc.fd, in_flight_bytes(m));
+	net_bound_unsent(dc.fd, in_flight_bytes(m));
 	rc = mig_give_fd(m->run.q, dc.fd, err);
 	net_conn_close(&dc);	/* QEMU holds its own copy */
 	if (rc < 0)
@@ -654,6 +653,7 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 {
 	struct net_conn streams[WIRE_STREAMS_MAX];
 	struct tun_opts o;
+	uint32_t in_flight;
 	int rc;
 
 	/* --direct is QEMU's own stream on a connection ferry opened. */
@@ -663,10 +663,10 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 			       err);
 	if (rc < 0)
 		return rc;
+	in_flight = in_flight_bytes(m);
 	for (uint32_t i = 0; i < o.nstreams; i++)
-		if (in_flight_bytes(m) < NET_IN_FLIGHT_MAX_BYTES)
-			net_bound_unsent(streams[i].fd, in_flight_bytes(m));
-	rc = mig_hand_socket(m->run.q, in_flight_bytes(m), &o.local_fd, err);
+		net_bound_unsent(streams[i].fd, in_flight);
+	rc = mig_hand_socket(m->run.q, in_flight, &o.local_fd, err);
 	if (rc < 0) {
 		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
 		for (uint32_t i = 0; i < o.nstreams; i++)

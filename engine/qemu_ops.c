@@ -653,15 +653,6 @@ static int cpu_feature_words(struct qmp *q, const char *cpu_path,
 /* Models looked at for a suggestion: bounded QMP work on a refusal. */
 #define CPU_MODELS_TRIED_MAX 64
 
-/* The bits @g's CPU has in word @key (0 when none). */
-static uint32_t guest_bits(const struct wire_guest *g, const char *key)
-{
-	for (uint32_t i = 0; i < g->ncpuid; i++)
-		if (!strcmp(g->cpuid[i].key, key))
-			return g->cpuid[i].bits;
-	return 0;
-}
-
 /*
  * How many named CPUID features model @name has on @q, or -1 when one
  * of them is missing from @g (the source's guest) or @q cannot expand it.
@@ -684,7 +675,7 @@ static int model_fit(struct qmp *q, const char *name, const struct wire_guest *g
 					    "props"), prop, v) {
 		if (!json_is_true(v) || !cpu_feature_bit(prop, &key, &bit))
 			continue;
-		if (!(guest_bits(g, key) & (1u << bit))) {
+		if (!(wire_guest_cpuid_bits(g, key) & (1u << bit))) {
 			n = -1;
 			break;
 		}

@@ -170,15 +170,6 @@ static void add_device(char *out, size_t len, const struct wire_guest_device *d)
 		 d->id[0] ? " (" : "", d->id, d->id[0] ? ")" : "");
 }
 
-/* The bits of CPUID word @key in @g (0 when it has none set). */
-static uint32_t cpuid_bits(const struct wire_guest *g, const char *key)
-{
-	for (uint32_t i = 0; i < g->ncpuid; i++)
-		if (!strcmp(g->cpuid[i].key, key))
-			return g->cpuid[i].bits;
-	return 0;
-}
-
 /*
  * "; CPU features differ: only on the source: avx2, ...; only here: ..."
  * by QEMU's names (the words -cpu takes) into @out; the length written,
@@ -195,7 +186,8 @@ static size_t cpuid_differences(const struct wire_guest *src,
 	for (int s = 0; s < 2; s++) {
 		for (uint32_t i = 0; i < sides[s]->ncpuid; i++) {
 			const char *key = sides[s]->cpuid[i].key;
-			uint32_t a = cpuid_bits(src, key), b = cpuid_bits(dst, key);
+			uint32_t a = wire_guest_cpuid_bits(src, key);
+			uint32_t b = wire_guest_cpuid_bits(dst, key);
 
 			/* Each word once: from the source's list, or the
 			 * destination's when the source has none of it. */

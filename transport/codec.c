@@ -197,13 +197,12 @@ void codec_auto_init(struct codec_auto *a)
 	a->cur = a->best = WIRE_CODEC_RAW;
 }
 
-/* The scores of this epoch, and of the codec it ran, from @now_ns. */
-static void score_epoch(struct codec_auto *a, uint64_t now_ns)
+/* Score the epoch that ends: its codec's EWMA takes the epoch's rate. */
+static void score_epoch(struct codec_auto *a)
 {
 	uint64_t wall = a->window_t0_ns ? a->last_ns - a->window_t0_ns : 0;
 	double sample;
 
-	(void)now_ns;
 	a->epochs++;
 	if (a->bytes < CODEC_EPOCH_MIN_BYTES || !wall)
 		return;		/* too little moved to say anything */
@@ -262,8 +261,6 @@ static void start_epoch(struct codec_auto *a, enum wire_codec c, uint64_t now_ns
 {
 	bool warm = a->epoch_t0_ns && c != a->cur;
 
-	if (c != a->cur)
-		a->switches++;
 	a->cur = c;
 	a->tried |= 1u << c;
 	a->explored_at[c] = a->epochs;
@@ -286,7 +283,7 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 	elapsed_ms = (now_ns - a->epoch_t0_ns) / 1000000ull;
 	if ((elapsed_ms >= len_ms && a->bytes >= CODEC_EPOCH_MIN_BYTES) ||
 	    elapsed_ms >= CODEC_EPOCH_MAX_MS) {
-		score_epoch(a, now_ns);
+		score_epoch(a);
 		start_epoch(a, next_codec(a), now_ns);
 	}
 	return a->cur;

@@ -92,7 +92,6 @@ struct codec_auto {
 	uint64_t epochs;		/* epochs ended */
 	uint64_t explored_at[WIRE_CODEC_MAX + 1];	/* epoch of last try */
 	uint32_t tried;			/* codecs that had an epoch, bit each */
-	uint32_t switches;		/* codec changes, for the report */
 };
 
 void codec_auto_init(struct codec_auto *a);

@@ -191,6 +191,8 @@ void net_bound_unsent(int fd, uint32_t bytes)
 {
 	int v = (int)bytes;
 
+	if (bytes >= NET_IN_FLIGHT_MAX_BYTES)
+		return;		/* an unknown link: the kernel's autotuning */
 	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v));
 }
 

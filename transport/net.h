@@ -53,7 +53,8 @@ int net_local_pair(int sv[2], struct ferry_error *err);
 /* The same with @bytes buffers (as root, past the sysctl limits). */
 int net_local_pair_sized(int sv[2], uint32_t bytes, struct ferry_error *err);
 /* At most @bytes unsent in TCP socket @fd (TCP_NOTSENT_LOWAT): a writer
- * blocks beyond it, so its measured rate is the link's. */
+ * blocks beyond it, so its measured rate is the link's. The maximum
+ * (an unknown link) leaves the kernel's autotuning alone. */
 void net_bound_unsent(int fd, uint32_t bytes);
 /* Keepalives and a user timeout on a TCP socket (a no-op elsewhere). */
 void net_keepalive(int fd);

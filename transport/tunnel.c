@@ -100,7 +100,7 @@ struct tun_conn {
 	/* sending: frames queued for this connection, in seq order */
 	struct tun_buf *q_head, *q_tail;
 	bool q_end;
-	struct tun_buf *out[1];	/* compressed output */
+	struct tun_buf *out;	/* compressed output */
 	struct codec_auto autop;
 	int last_pick;		/* auto's previous choice, for the debug log */
 	/* receiving */
@@ -179,13 +179,10 @@ static uint64_t cpu_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Charge the CPU time since @t0 (cpu_ns()) to @s; returns the time now. */
-static uint64_t charge(struct tun *t, enum tun_stage s, uint64_t t0)
+/* Charge the CPU time since @t0 (cpu_ns()) to stage @s. */
+static void charge(struct tun *t, enum tun_stage s, uint64_t t0)
 {
-	uint64_t now = cpu_ns();
-
-	add(&t->st.stage_cpu_ns[s], now - t0);
-	return now;
+	add(&t->st.stage_cpu_ns[s], cpu_ns() - t0);
 }
 
 const char *tun_stage_name(enum tun_stage s)
@@ -747,13 +744,13 @@ static int bw_take(struct tun *t, uint64_t bytes)
 
 /* ---- sending ---- */
 
-/* Compress @b with @codec into out[0]; 0 when it did not shrink. */
+/* Compress @b with @codec into c->out; 0 when it did not shrink. */
 static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
 			enum wire_codec codec)
 {
 	uint64_t t0 = cpu_ns();
 	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
-				  payload(c->out[0]), c->out[0]->cap);
+				  payload(c->out), c->out->cap);
 
 	charge(c->t, TUN_STAGE_COMPRESS, t0);
 	return n;
@@ -803,7 +800,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 
 		if (n) {
 			codec = want;
-			p = payload(c->out[0]);
+			p = payload(c->out);
 			len = (uint32_t)n;
 		}
 	}
@@ -1257,7 +1254,7 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 		if (d->sending && d->codec != FERRY_CODEC_NONE) {
 			uint32_t cap = (uint32_t)codec_bound(d->frame_max);
 
-			if (!(c->out[0] = carve(t, cap)))
+			if (!(c->out = carve(t, cap)))
 				return ferry_error_set(err, -ENOMEM, "out of memory");
 			codec_auto_init(&c->autop);
 		}

@@ -241,6 +241,14 @@ int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 	return 0;
 }
 
+uint32_t wire_guest_cpuid_bits(const struct wire_guest *g, const char *key)
+{
+	for (uint32_t i = 0; i < g->ncpuid; i++)
+		if (!strcmp(g->cpuid[i].key, key))
+			return g->cpuid[i].bits;
+	return 0;
+}
+
 bool wire_guest_word_valid(const char *word)
 {
 	size_t n = strnlen(word, WIRE_GUEST_WORD_MAX + 1);

@@ -221,6 +221,8 @@ struct wire_guest {
 };
 
 bool wire_guest_word_valid(const char *word);
+/* The bits of CPUID word @key that @g's CPU has (0 when none). */
+uint32_t wire_guest_cpuid_bits(const struct wire_guest *g, const char *key);
 /* Returns the payload length, or -E2BIG / -EINVAL. */
 int wire_guest_encode(const struct wire_guest *g, uint8_t *out, uint32_t cap,
 		      struct ferry_error *err);

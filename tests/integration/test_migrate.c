@@ -74,6 +74,10 @@ START_TEST(api_migrate_paused)
 	ck_assert_str_eq(rep.transport, "tunnel");
 	ck_assert_uint_gt(rep.wire_bytes, rep.ram_bytes);	/* framing, codec none */
 	ck_assert_uint_ge(rep.passes, 1);
+	/* The default limit, and exceeded only when QEMU's figure is over. */
+	ck_assert_uint_eq(rep.downtime_limit_ms, FERRY_DEFAULT_DOWNTIME_MS);
+	ck_assert(rep.downtime_exceeded ==
+		  (rep.downtime_ms > rep.downtime_limit_ms));
 	ck_assert_int_gt(progress_calls, 0);
 	ck_assert_uint_eq(rx.rep.ram_bytes, rep.ram_bytes);
 	expect_status(p.src, "postmigrate");

@@ -14,21 +14,18 @@
 
 #include "engine/journal.h"
 #include "ferry.h"
+#include "tests/harness/tmpdir.h"
 
 static char dir[64];
 
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "/tmp/ferry-recover.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	ck_assert_int_eq(tmpdir_make(dir, sizeof(dir), "ferry-recover"), 0);
 }
 
 static void teardown(void)
 {
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	ck_assert_int_eq(system(cmd), 0);
+	tmpdir_remove(dir);
 }
 
 /* What the callback heard: the last call's, copied. */

@@ -333,6 +333,18 @@ START_TEST(codec_checks)
 END_TEST
 
 /* The auto policy on synthetic measurements. */
+/* Bytes in flight from the link rate and the downtime limit: 1/8 of the
+ * limit's worth, within the bounds; the most for an unknown link. */
+START_TEST(in_flight_from_the_link)
+{
+	ck_assert_uint_eq(net_in_flight_bytes(0, 300), NET_IN_FLIGHT_MAX_BYTES);
+	ck_assert_uint_eq(net_in_flight_bytes(8u << 20, 500), 512u << 10);
+	ck_assert_uint_eq(net_in_flight_bytes(1u << 20, 100), NET_IN_FLIGHT_MIN_BYTES);
+	ck_assert_uint_eq(net_in_flight_bytes(10ull << 30, 300),
+			  NET_IN_FLIGHT_MAX_BYTES);
+}
+END_TEST
+
 START_TEST(ctrl_checks)
 {
 	struct wire_ctrl_hdr h = { .type = WIRE_CTRL_ERROR, .len = 5000 }, d;
@@ -1370,6 +1382,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, hello_rejects_empty_id);
 	tcase_add_test(wire, frame_checks);
 	tcase_add_test(wire, ctrl_checks);
+	tcase_add_test(wire, in_flight_from_the_link);
 	tcase_add_test(wire, ctrl_lengths);
 	tcase_add_test(wire, ctrl_payloads);
 	tcase_add_test(wire, ctrl_config);
