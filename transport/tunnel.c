@@ -17,19 +17,15 @@
  * connection holds at most TUN_BUFS_PER_CONN frames the writer has not
  * taken.
  *
- * TLS: after the handshake, each SSL object gets a BIO of ours that reads
- * and writes through the thread's ring via a staging buffer in the arena,
- * so the ciphertext also moves in large fixed-buffer operations. An SSL
- * object is only ever used by one thread.
+ * This file is the frame pump and its set-up; the rings, the connections
+ * to the peer (TLS included) and the local end are tun_io.c's.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <liburing.h>
-#include <linux/tcp.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,150 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
 #include "codec.h"
 #include "common/util.h"
-#include "tls.h"
-#include "tunnel.h"
-
-/* Room before each payload for the frame header (and alignment). */
-#define TUN_HDR_ROOM 64
-#define TUN_RING_DEPTH 8
-/* TLS ciphertext staging per connection: one frame and its records. */
-#define TUN_STAGE_BYTES (TUN_FRAME_BYTES + (64u << 10))
-/* A TLS read this large goes straight into OpenSSL's buffer. */
-#define TUN_TLS_DIRECT_READ (64u << 10)
-#define TUN_MAX_THREADS (2 * WIRE_STREAMS_MAX + 4)
-/* Bound on waiting for a cancelled operation to complete. */
-#define TUN_CANCEL_WAIT_MS 2000
-
-struct tun;
-struct tun_dir;
-
-struct tun_buf {
-	uint8_t *mem;		/* TUN_HDR_ROOM of room, then the payload */
-	uint32_t cap;
-	uint32_t len;
-	uint64_t seq;
-	struct tun_buf *next;
-	struct tun_conn *owner;	/* receiver: the pool it goes back to */
-	struct tun_buf *all_next;	/* every buffer, for tun_free() */
-};
-
-static inline uint8_t *payload(const struct tun_buf *b)
-{
-	return b->mem + TUN_HDR_ROOM;
-}
-
-/* One thread's ring. */
-struct tun_io {
-	struct io_uring ring;
-	struct tun *t;
-	uint64_t tag;
-	bool ready;
-	bool fixed;		/* the arena is registered */
-};
-
-struct tun_conn {
-	struct tun *t;
-	struct tun_dir *d;
-	struct net_conn c;
-	uint32_t index;
-	struct tun_io *io;	/* the ring of the thread driving it */
-	/* TLS staging (ciphertext) */
-	uint8_t *stage;
-	size_t stage_len, stage_off;
-	uint64_t tls_io_ns;	/* CPU time in socket I/O inside SSL calls */
-	int io_err;
-	/* sending: frames queued for this connection, in seq order */
-	struct tun_buf *q_head, *q_tail;
-	bool q_end;
-	struct tun_buf *out;	/* compressed output */
-	struct codec_auto autop;
-	int last_pick;		/* auto's previous choice, for the debug log */
-	/* receiving */
-	struct tun_buf *free;
-	struct tun_buf *scratch;	/* compressed payload as received */
-	uint64_t next_seq;
-	struct codec_ctx *codec;
-};
-
-struct tun_dir {
-	struct tun *t;
-	const char *name;	/* "data" or "return" */
-	bool sending;		/* this process sends in this direction */
-	uint16_t frame_type;
-	struct tun_conn *conns;
-	uint32_t nconns;
-	uint32_t frame_max;
-	enum ferry_codec codec;
-	int codec_level;
-	bool inline_io;		/* one connection: no hand-off */
-	/* sender */
-	struct tun_buf *free;
-	uint64_t next_seq;
-	uint32_t conns_done;
-	/* receiver */
-	struct tun_buf **slots;
-	uint32_t nslots;
-	uint64_t write_seq;
-	uint64_t end_seq;
-	bool end_known;
-	uint32_t conns_ended;
-	bool done;
-};
-
-struct tun {
-	int local_fd;
-	struct tun_local local;
-	bool has_local;
-	struct tun_conn *all_conns;	/* nstreams + 1: forward, then return */
-	uint32_t nall;
-	struct tun_dir fwd, ret;
-	uint32_t idle_ms;
-
-	uint8_t *arena;
-	size_t arena_bytes, arena_used;
-	struct tun_buf *all_bufs;
-
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool failed, finished, stopping;
-	bool failed_local;	/* the first failure was the local QEMU side */
-	struct ferry_error error;
-	int done_fd;
-	pthread_t threads[TUN_MAX_THREADS];
-	uint32_t nthreads;
-
-	uint64_t last_progress_ms;	/* atomic */
-	struct tun_stats st;		/* atomic fields */
-
-	pthread_mutex_t bw_mu;
-	double bw_rate, bw_burst, bw_tokens;	/* bytes/s, bytes */
-	uint64_t bw_last_ns;
-};
-
-static void add(uint64_t *p, uint64_t v)
-{
-	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-}
-
-/* This thread's CPU time: what a stage costs, whatever else runs. */
-static uint64_t cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Charge the CPU time since @t0 (cpu_ns()) to stage @s. */
-static void charge(struct tun *t, enum tun_stage s, uint64_t t0)
-{
-	add(&t->st.stage_cpu_ns[s], cpu_ns() - t0);
-}
+#include "tun_priv.h"
 
 const char *tun_stage_name(enum tun_stage s)
 {
@@ -201,11 +56,6 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void progress(struct tun *t)
-{
-	__atomic_store_n(&t->last_progress_ms, ferry_now_ms(), __ATOMIC_RELAXED);
 }
 
 static void signal_done(struct tun *t)
@@ -226,8 +76,8 @@ static void shutdown_all(struct tun *t)
 		shutdown(t->local_fd, SHUT_RDWR);
 }
 
-/* The first failure wins; everything stops. */
-static int tun_fail(struct tun *t, int code, const char *fmt, ...)
+/* See tun_priv.h. */
+int tun_fail(struct tun *t, int code, const char *fmt, ...)
 {
 	va_list ap;
 	bool first;
@@ -252,11 +102,6 @@ static int tun_fail(struct tun *t, int code, const char *fmt, ...)
 	return code;
 }
 
-static bool stopping(struct tun *t)
-{
-	return __atomic_load_n(&t->stopping, __ATOMIC_RELAXED);
-}
-
 /* With t->mu held: a direction finished; the tunnel when both did. */
 static void dir_done_locked(struct tun_dir *d)
 {
@@ -268,438 +113,6 @@ static void dir_done_locked(struct tun_dir *d)
 		signal_done(t);
 	}
 	pthread_cond_broadcast(&t->cv);
-}
-
-/* ---- rings ---- */
-
-static int io_init(struct tun_io *io, struct tun *t)
-{
-	struct iovec iov = { .iov_base = t->arena, .iov_len = t->arena_bytes };
-	int rc;
-
-	memset(io, 0, sizeof(*io));
-	io->t = t;
-	rc = io_uring_queue_init(TUN_RING_DEPTH, &io->ring, 0);
-	if (rc < 0)
-		return rc;
-	io->ready = true;
-	/* Fixed buffers need locked memory; without them plain ops work. */
-	io->fixed = io_uring_register_buffers(&io->ring, &iov, 1) == 0;
-	return 0;
-}
-
-static void io_fini(struct tun_io *io)
-{
-	if (io->ready)
-		io_uring_queue_exit(&io->ring);
-	io->ready = false;
-}
-
-/* Wait for the completion tagged @tag after a cancel, bounded. */
-static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
-{
-	uint64_t deadline = ferry_now_ms() + TUN_CANCEL_WAIT_MS;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-
-	if (sqe) {
-		io_uring_prep_cancel64(sqe, tag, 0);
-		sqe->user_data = 0;
-		io_uring_submit(&io->ring);
-	}
-	while (ferry_now_ms() < deadline) {
-		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
-		struct io_uring_cqe *cqe;
-		uint64_t ud;
-
-		if (io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts) < 0)
-			continue;
-		ud = cqe->user_data;
-		io_uring_cqe_seen(&io->ring, cqe);
-		if (ud == tag)
-			return;
-	}
-}
-
-/*
- * One read or write of up to @len bytes; returns the byte count (0 at end
- * of stream), -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing
- * moved anywhere in the tunnel for the idle timeout, or -errno.
- */
-static ssize_t io_once(struct tun_io *io, bool wr, int fd, void *buf,
-		       size_t len)
-{
-	struct tun *t = io->t;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-	uint8_t *p = buf;
-	bool fixed = io->fixed && p >= t->arena &&
-		     p + len <= t->arena + t->arena_bytes;
-	uint64_t tag = ++io->tag;
-	int rc;
-
-	if (!sqe)
-		return -EBUSY;
-	if (wr && fixed)
-		io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-	else if (wr)
-		io_uring_prep_write(sqe, fd, buf, (unsigned)len, 0);
-	else if (fixed)
-		io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-	else
-		io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
-	sqe->user_data = tag;
-	rc = io_uring_submit(&io->ring);
-	if (rc < 0)
-		return rc;
-	for (;;) {
-		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
-		struct io_uring_cqe *cqe;
-		uint64_t idle;
-
-		rc = io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts);
-		if (rc == 0) {
-			uint64_t ud = cqe->user_data;
-			int res = cqe->res;
-
-			io_uring_cqe_seen(&io->ring, cqe);
-			if (ud != tag)
-				continue;	/* a stale cancel */
-			if (res > 0)
-				progress(t);
-			if (res == -EINTR || res == -EAGAIN)
-				return io_once(io, wr, fd, buf, len);
-			return res;
-		}
-		if (rc != -ETIME && rc != -EINTR)
-			return rc;
-		if (stopping(t)) {
-			io_reap_cancelled(io, tag);
-			return -ECANCELED;
-		}
-		idle = ferry_now_ms() -
-		       __atomic_load_n(&t->last_progress_ms, __ATOMIC_RELAXED);
-		if (idle > t->idle_ms) {
-			io_reap_cancelled(io, tag);
-			return -ETIMEDOUT;
-		}
-	}
-}
-
-/* All of @len, or an error (-ECONNRESET when the peer closed). */
-static int io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = io_once(io, wr, fd, p, len);
-
-		if (n < 0)
-			return (int)n;
-		if (n == 0)
-			return -ECONNRESET;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* ---- TLS over the ring ---- */
-
-static BIO_METHOD *bio_meth;
-static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
-
-static int stage_flush(struct tun_conn *c)
-{
-	int rc;
-
-	uint64_t t0;
-
-	if (!c->stage_len)
-		return 0;
-	t0 = cpu_ns();
-	rc = io_full(c->io, true, c->c.fd, c->stage, c->stage_len);
-	c->tls_io_ns += cpu_ns() - t0;
-	if (rc) {
-		c->io_err = rc;
-		return rc;
-	}
-	add(&c->t->st.wire_out_bytes, c->stage_len);
-	c->stage_len = 0;
-	return 0;
-}
-
-static int bio_write(BIO *b, const char *data, int len)
-{
-	struct tun_conn *c = BIO_get_data(b);
-
-	if (len <= 0)
-		return 0;
-	if (c->stage_len + (size_t)len > TUN_STAGE_BYTES && stage_flush(c))
-		return -1;
-	if ((size_t)len > TUN_STAGE_BYTES) {
-		uint64_t t0 = cpu_ns();
-		int rc = io_full(c->io, true, c->c.fd, (void *)data, (size_t)len);
-
-		c->tls_io_ns += cpu_ns() - t0;
-		if (rc) {
-			c->io_err = rc;
-			return -1;
-		}
-		add(&c->t->st.wire_out_bytes, (uint64_t)len);
-		return len;
-	}
-	memcpy(c->stage + c->stage_len, data, (size_t)len);
-	c->stage_len += (size_t)len;
-	return len;
-}
-
-static int bio_read(BIO *b, char *out, int len)
-{
-	struct tun_conn *c = BIO_get_data(b);
-	size_t n;
-
-	if (len <= 0)
-		return 0;
-	/* With read-ahead OpenSSL asks for its whole buffer: read into it. */
-	if (c->stage_off == c->stage_len && (size_t)len >= TUN_TLS_DIRECT_READ) {
-		uint64_t t0 = cpu_ns();
-		ssize_t got = io_once(c->io, false, c->c.fd, out, (size_t)len);
-
-		c->tls_io_ns += cpu_ns() - t0;
-		if (got <= 0) {
-			c->io_err = got == 0 ? -ECONNRESET : (int)got;
-			return got == 0 ? 0 : -1;
-		}
-		add(&c->t->st.wire_in_bytes, (uint64_t)got);
-		return (int)got;
-	}
-	if (c->stage_off == c->stage_len) {
-		uint64_t t0 = cpu_ns();
-		ssize_t got = io_once(c->io, false, c->c.fd, c->stage,
-				      TUN_STAGE_BYTES);
-
-		c->tls_io_ns += cpu_ns() - t0;
-		if (got <= 0) {
-			c->io_err = got == 0 ? -ECONNRESET : (int)got;
-			return got == 0 ? 0 : -1;
-		}
-		add(&c->t->st.wire_in_bytes, (uint64_t)got);
-		c->stage_off = 0;
-		c->stage_len = (size_t)got;
-	}
-	n = c->stage_len - c->stage_off;
-	if (n > (size_t)len)
-		n = (size_t)len;
-	memcpy(out, c->stage + c->stage_off, n);
-	c->stage_off += n;
-	if (c->stage_off == c->stage_len)
-		c->stage_off = c->stage_len = 0;
-	return (int)n;
-}
-
-static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-	struct tun_conn *c = BIO_get_data(b);
-
-	(void)num;
-	(void)ptr;
-	if (cmd == BIO_CTRL_FLUSH)
-		return c && stage_flush(c) == 0 ? 1 : 0;
-	return 0;
-}
-
-static void bio_meth_init(void)
-{
-	bio_meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
-				"ferry-uring");
-	if (bio_meth) {
-		BIO_meth_set_write(bio_meth, bio_write);
-		BIO_meth_set_read(bio_meth, bio_read);
-		BIO_meth_set_ctrl(bio_meth, bio_ctrl);
-	}
-}
-
-/* Why a TLS read or write failed. */
-static const char *ssl_why(struct tun_conn *c, char *buf, size_t len)
-{
-	if (c->io_err == -ECONNRESET)
-		return "the peer closed the connection";
-	if (c->io_err)
-		snprintf(buf, len, "%s", strerror(-c->io_err));
-	else
-		snprintf(buf, len, "TLS error: %s", tls_last_error("bad record"));
-	return buf;
-}
-
-/* ---- connection I/O: plaintext through the ring, or TLS ---- */
-
-/* Charge an SSL call's CPU time since @t0: its socket I/O to @io_stage,
- * the rest (the cipher) to @tls_stage. */
-static void charge_tls(struct tun_conn *c, uint64_t t0, uint64_t io0,
-		       enum tun_stage tls_stage, enum tun_stage io_stage)
-{
-	uint64_t all = cpu_ns() - t0, io = c->tls_io_ns - io0;
-
-	add(&c->t->st.stage_cpu_ns[io_stage], io);
-	add(&c->t->st.stage_cpu_ns[tls_stage], all > io ? all - io : 0);
-}
-
-static int conn_write(struct tun_conn *c, const void *buf, size_t len)
-{
-	uint64_t t0 = cpu_ns(), io0 = c->tls_io_ns;
-	char why[256];
-	int ok;
-
-	if (!c->c.ssl) {
-		int rc = io_full(c->io, true, c->c.fd, (void *)buf, len);
-
-		charge(c->t, TUN_STAGE_SEND, t0);
-		if (rc == 0)
-			add(&c->t->st.wire_out_bytes, len);
-		return rc;
-	}
-	c->io_err = 0;
-	ok = SSL_write(c->c.ssl, buf, (int)len) == (int)len && !stage_flush(c);
-	charge_tls(c, t0, io0, TUN_STAGE_ENCRYPT, TUN_STAGE_SEND);
-	if (!ok) {
-		int rc = c->io_err ? c->io_err : -EPROTO;
-
-		if (rc != -ECANCELED && rc != -ETIMEDOUT)
-			tun_fail(c->t, rc, "%s stream %u: sending: %s", c->d->name,
-				 c->index, ssl_why(c, why, sizeof(why)));
-		return rc;
-	}
-	return 0;
-}
-
-static int conn_read(struct tun_conn *c, void *buf, size_t len)
-{
-	uint64_t t0 = cpu_ns(), io0 = c->tls_io_ns;
-	uint8_t *p = buf;
-	char why[256];
-
-	if (!c->c.ssl) {
-		while (len) {
-			ssize_t n = io_once(c->io, false, c->c.fd, p, len);
-
-			if (n <= 0) {
-				charge(c->t, TUN_STAGE_RECEIVE, t0);
-				return n == 0 ? -ECONNRESET : (int)n;
-			}
-			add(&c->t->st.wire_in_bytes, (uint64_t)n);
-			p += n;
-			len -= (size_t)n;
-		}
-		charge(c->t, TUN_STAGE_RECEIVE, t0);
-		return 0;
-	}
-	while (len) {
-		int n;
-
-		c->io_err = 0;
-		n = SSL_read(c->c.ssl, p, (int)(len > INT32_MAX ? INT32_MAX : len));
-		if (n <= 0) {
-			int rc = c->io_err ? c->io_err : -EPROTO;
-
-			charge_tls(c, t0, io0, TUN_STAGE_DECRYPT, TUN_STAGE_RECEIVE);
-			if (rc != -ECANCELED && rc != -ETIMEDOUT &&
-			    rc != -ECONNRESET)
-				tun_fail(c->t, rc, "%s stream %u: receiving: %s",
-					 c->d->name, c->index,
-					 ssl_why(c, why, sizeof(why)));
-			return rc;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	charge_tls(c, t0, io0, TUN_STAGE_DECRYPT, TUN_STAGE_RECEIVE);
-	return 0;
-}
-
-/* Report an I/O error on a connection (a no-op if already stopping). */
-static void conn_failed(struct tun_conn *c, int rc, const char *doing)
-{
-	struct tun *t = c->t;
-
-	if (rc == -ECANCELED)
-		return;
-	if (rc == -ETIMEDOUT)
-		tun_fail(t, rc, "%s stream %u: no data moved for %u ms while %s: "
-			 "the peer stalled", c->d->name, c->index, t->idle_ms,
-			 doing);
-	else if (rc == -ECONNRESET)
-		tun_fail(t, rc, "%s stream %u: the peer closed the connection "
-			 "while %s", c->d->name, c->index, doing);
-	else
-		tun_fail(t, rc, "%s stream %u: %s: %s", c->d->name, c->index,
-			 doing, strerror(-rc));
-}
-
-/* ---- the local end ---- */
-
-static ssize_t local_read(struct tun_io *io, void *buf, size_t len)
-{
-	struct tun *t = io->t;
-	uint64_t t0 = cpu_ns();
-	ssize_t n;
-
-	if (t->has_local) {
-		n = t->local.read(t->local.opaque, buf, len);
-		if (n > 0)
-			progress(t);
-	} else {
-		n = io_once(io, false, t->local_fd, buf, len);
-	}
-	if (n > 0)
-		add(&t->st.local_in_bytes, (uint64_t)n);
-	charge(t, TUN_STAGE_READ, t0);
-	return n;
-}
-
-static int local_write(struct tun_io *io, const void *buf, size_t len)
-{
-	struct tun *t = io->t;
-	uint64_t t0 = cpu_ns();
-	int rc;
-
-	if (t->has_local) {
-		rc = t->local.write(t->local.opaque, buf, len);
-		if (rc == 0)
-			progress(t);
-	} else {
-		rc = io_full(io, true, t->local_fd, (void *)buf, len);
-	}
-	if (rc == 0)
-		add(&t->st.local_out_bytes, len);
-	charge(t, TUN_STAGE_WRITE, t0);
-	return rc;
-}
-
-static void local_write_end(struct tun *t)
-{
-	if (t->has_local) {
-		if (t->local.write_end)
-			t->local.write_end(t->local.opaque);
-	} else {
-		shutdown(t->local_fd, SHUT_WR);
-	}
-}
-
-static void local_failed(struct tun *t, int rc, const char *doing)
-{
-	if (rc == -ECANCELED)
-		return;
-	/* The local side fails first: say so (tun_failed_locally). */
-	pthread_mutex_lock(&t->mu);
-	if (!t->failed && !t->finished)
-		t->failed_local = true;
-	pthread_mutex_unlock(&t->mu);
-	if (rc == -ETIMEDOUT)
-		tun_fail(t, rc, "no data moved for %u ms while %s the local "
-			 "QEMU: the peer stalled", t->idle_ms, doing);
-	else
-		tun_fail(t, rc, "%s the local QEMU: %s", doing,
-			 rc == -ECONNRESET ? "it closed the connection" :
-			 strerror(-rc));
 }
 
 /* ---- bandwidth cap ---- */
@@ -728,7 +141,7 @@ static int bw_take(struct tun *t, uint64_t bytes)
 			uint64_t step = until - now;
 			struct timespec ts;
 
-			if (stopping(t))
+			if (tun_stopping(t))
 				return -ECANCELED;
 			if (step > TUN_TICK_MS * 1000000ull)
 				step = TUN_TICK_MS * 1000000ull;
@@ -737,7 +150,7 @@ static int bw_take(struct tun *t, uint64_t bytes)
 			nanosleep(&ts, NULL);
 			now = now_ns();
 		}
-		progress(t);	/* waiting on our own cap is not a stall */
+		tun_progress(t);	/* waiting on our own cap is not a stall */
 	}
 	return 0;
 }
@@ -748,11 +161,11 @@ static int bw_take(struct tun *t, uint64_t bytes)
 static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
 			enum wire_codec codec)
 {
-	uint64_t t0 = cpu_ns();
-	size_t n = codec_compress(c->codec, codec, payload(b), b->len,
-				  payload(c->out), c->out->cap);
+	uint64_t t0 = tun_cpu_ns();
+	size_t n = codec_compress(c->codec, codec, tun_payload(b), b->len,
+				  tun_payload(c->out), c->out->cap);
 
-	charge(c->t, TUN_STAGE_COMPRESS, t0);
+	tun_charge(c->t, TUN_STAGE_COMPRESS, t0);
 	return n;
 }
 
@@ -789,7 +202,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	struct wire_frame_hdr h = { .type = type, .seq = b->seq };
 	enum wire_codec codec = WIRE_CODEC_RAW;
 	bool is_auto = c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END;
-	uint8_t *p = payload(b);
+	uint8_t *p = tun_payload(b);
 	uint32_t len = b->len;
 	int rc;
 
@@ -800,7 +213,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 
 		if (n) {
 			codec = want;
-			p = payload(c->out);
+			p = tun_payload(c->out);
 			len = (uint32_t)n;
 		}
 	}
@@ -813,14 +226,14 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 		if (rc)
 			return rc;
 	}
-	rc = conn_write(c, p - WIRE_FRAME_HDR_BYTES, len + WIRE_FRAME_HDR_BYTES);
+	rc = tun_conn_write(c, p - WIRE_FRAME_HDR_BYTES, len + WIRE_FRAME_HDR_BYTES);
 	if (rc) {
-		conn_failed(c, rc, "sending");
+		tun_conn_failed(c, rc, "sending");
 		return rc;
 	}
-	add(&c->t->st.frames_out, 1);
+	tun_add(&c->t->st.frames_out, 1);
 	if (type != WIRE_FRAME_END)
-		add(&c->t->st.frames_codec[codec], 1);
+		tun_add(&c->t->st.frames_codec[codec], 1);
 	if (is_auto)
 		codec_auto_note_sent(&c->autop, b->len, now_ns());
 	return 0;
@@ -833,11 +246,11 @@ static int send_end(struct tun_conn *c, uint64_t end_seq)
 	int rc;
 
 	wire_frame_encode(&h, raw);
-	rc = conn_write(c, raw, sizeof(raw));
+	rc = tun_conn_write(c, raw, sizeof(raw));
 	if (rc)
-		conn_failed(c, rc, "sending END");
+		tun_conn_failed(c, rc, "sending END");
 	else
-		add(&c->t->st.frames_out, 1);
+		tun_add(&c->t->st.frames_out, 1);
 	return rc;
 }
 
@@ -849,7 +262,7 @@ static void *send_worker(void *arg)
 	struct tun_io io;
 	int rc;
 
-	rc = io_init(&io, t);
+	rc = tun_io_init(&io, t);
 	if (rc) {
 		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
 		return NULL;
@@ -894,7 +307,7 @@ static void *send_worker(void *arg)
 			break;
 	}
 	c->io = NULL;
-	io_fini(&io);
+	tun_io_fini(&io);
 	return NULL;
 }
 
@@ -905,7 +318,7 @@ static void *reader_main(void *arg)
 	struct tun_io io;
 	int rc;
 
-	rc = io_init(&io, t);
+	rc = tun_io_init(&io, t);
 	if (rc) {
 		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
 		return NULL;
@@ -927,14 +340,14 @@ static void *reader_main(void *arg)
 		if (!b)
 			break;
 
-		n = local_read(&io, payload(b), d->frame_max);
+		n = tun_local_read(&io, tun_payload(b), d->frame_max);
 		if (n <= 0) {
 			pthread_mutex_lock(&t->mu);
 			b->next = d->free;
 			d->free = b;
 			pthread_mutex_unlock(&t->mu);
 			if (n < 0) {
-				local_failed(t, (int)n, "reading from");
+				tun_local_failed(t, (int)n, "reading from");
 				break;
 			}
 			/* The local QEMU closed its side: END on every stream. */
@@ -979,7 +392,7 @@ static void *reader_main(void *arg)
 	}
 	if (d->inline_io)
 		d->conns[0].io = NULL;
-	io_fini(&io);
+	tun_io_fini(&io);
 	return NULL;
 }
 
@@ -1019,7 +432,7 @@ static void *recv_worker(void *arg)
 	struct tun_io io;
 	int rc;
 
-	rc = io_init(&io, t);
+	rc = tun_io_init(&io, t);
 	if (rc) {
 		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
 		return NULL;
@@ -1031,9 +444,9 @@ static void *recv_worker(void *arg)
 		struct ferry_error e = { 0 };
 		struct tun_buf *b;
 
-		rc = conn_read(c, raw, sizeof(raw));
+		rc = tun_conn_read(c, raw, sizeof(raw));
 		if (rc) {
-			conn_failed(c, rc, "waiting for a frame");
+			tun_conn_failed(c, rc, "waiting for a frame");
 			break;
 		}
 		if (wire_frame_decode(raw, d->frame_max, &h, &e)) {
@@ -1045,7 +458,7 @@ static void *recv_worker(void *arg)
 			if (recv_end(c, h.seq))
 				break;
 			if (d->inline_io) {
-				local_write_end(t);
+				tun_local_write_end(t);
 				pthread_mutex_lock(&t->mu);
 				dir_done_locked(d);
 				pthread_mutex_unlock(&t->mu);
@@ -1078,39 +491,39 @@ static void *recv_worker(void *arg)
 			break;
 
 		if (wire_frame_codec(&h) == WIRE_CODEC_RAW) {
-			rc = conn_read(c, payload(b), h.len);
+			rc = tun_conn_read(c, tun_payload(b), h.len);
 		} else {
-			rc = conn_read(c, payload(c->scratch), h.len);
+			rc = tun_conn_read(c, tun_payload(c->scratch), h.len);
 			if (rc == 0) {
-				uint64_t t0 = cpu_ns();
+				uint64_t t0 = tun_cpu_ns();
 
 				if (codec_decompress(c->codec, wire_frame_codec(&h),
-						     payload(c->scratch), h.len,
-						     payload(b), h.raw_len, h.seq,
+						     tun_payload(c->scratch), h.len,
+						     tun_payload(b), h.raw_len, h.seq,
 						     &e)) {
 					tun_fail(t, e.code, "%s stream %u: %s",
 						 d->name, c->index, e.msg);
 					rc = e.code;
 				}
-				charge(t, TUN_STAGE_DECOMPRESS, t0);
+				tun_charge(t, TUN_STAGE_DECOMPRESS, t0);
 			}
 		}
 		if (rc) {
-			conn_failed(c, rc, "receiving a frame");
+			tun_conn_failed(c, rc, "receiving a frame");
 			break;
 		}
-		add(&t->st.frames_in, 1);
+		tun_add(&t->st.frames_in, 1);
 		b->len = h.raw_len;
 		b->seq = h.seq;
 		b->next = NULL;
 		if (d->inline_io) {
-			rc = local_write(&io, payload(b), b->len);
+			rc = tun_local_write(&io, tun_payload(b), b->len);
 			pthread_mutex_lock(&t->mu);
 			b->next = c->free;
 			c->free = b;
 			pthread_mutex_unlock(&t->mu);
 			if (rc) {
-				local_failed(t, rc, "writing to");
+				tun_local_failed(t, rc, "writing to");
 				break;
 			}
 			continue;
@@ -1121,7 +534,7 @@ static void *recv_worker(void *arg)
 		pthread_mutex_unlock(&t->mu);
 	}
 	c->io = NULL;
-	io_fini(&io);
+	tun_io_fini(&io);
 	return NULL;
 }
 
@@ -1132,7 +545,7 @@ static void *writer_main(void *arg)
 	struct tun_io io;
 	int rc;
 
-	rc = io_init(&io, t);
+	rc = tun_io_init(&io, t);
 	if (rc) {
 		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
 		return NULL;
@@ -1156,15 +569,15 @@ static void *writer_main(void *arg)
 			d->slots[d->write_seq % d->nslots] = NULL;
 		pthread_mutex_unlock(&t->mu);
 		if (!b) {
-			if (!stopping(t)) {
-				local_write_end(t);
+			if (!tun_stopping(t)) {
+				tun_local_write_end(t);
 				pthread_mutex_lock(&t->mu);
 				dir_done_locked(d);
 				pthread_mutex_unlock(&t->mu);
 			}
 			break;
 		}
-		rc = local_write(&io, payload(b), b->len);
+		rc = tun_local_write(&io, tun_payload(b), b->len);
 		owner = b->owner;
 		pthread_mutex_lock(&t->mu);
 		b->next = owner->free;
@@ -1173,19 +586,31 @@ static void *writer_main(void *arg)
 		pthread_cond_broadcast(&t->cv);
 		pthread_mutex_unlock(&t->mu);
 		if (rc) {
-			local_failed(t, rc, "writing to");
+			tun_local_failed(t, rc, "writing to");
 			break;
 		}
 	}
-	io_fini(&io);
+	tun_io_fini(&io);
 	return NULL;
 }
 
 /* ---- set-up ---- */
 
+/*
+ * Everything carved from the arena (buffers, TLS staging) is a multiple
+ * of TUN_BUF_ALIGN, so every buffer starts on a page of the page-aligned
+ * arena and its payload, TUN_HDR_ROOM further, on TUN_PAYLOAD_ALIGN.
+ */
+#define TUN_BUF_ALIGN 4096
+_Static_assert(TUN_BUF_ALIGN % TUN_PAYLOAD_ALIGN == 0,
+	       "a buffer's start keeps its payload aligned");
+_Static_assert(TUN_STAGE_BYTES % TUN_BUF_ALIGN == 0,
+	       "TLS staging keeps the buffers after it aligned");
+
 static size_t buf_bytes(uint32_t cap)
 {
-	return ((size_t)TUN_HDR_ROOM + cap + 4095) & ~(size_t)4095;
+	return ((size_t)TUN_HDR_ROOM + cap + TUN_BUF_ALIGN - 1) &
+	       ~(size_t)(TUN_BUF_ALIGN - 1);
 }
 
 static struct tun_buf *carve(struct tun *t, uint32_t cap)
@@ -1234,20 +659,13 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 		c->index = i;
 		c->next_seq = i;
 		if (c->c.ssl) {
-			BIO *bio;
+			int rc;
 
 			c->stage = t->arena + t->arena_used;
 			t->arena_used += TUN_STAGE_BYTES;
-			bio = BIO_new(bio_meth);
-			if (!bio)
-				return ferry_error_set(err, -ENOMEM, "TLS: no BIO");
-			BIO_set_data(bio, c);
-			BIO_set_init(bio, 1);
-			SSL_set_bio(c->c.ssl, bio, bio);
-			/* Read many records per operation, straight into
-			 * OpenSSL's buffer. */
-			SSL_set_default_read_buffer_len(c->c.ssl, TUN_STAGE_BYTES);
-			SSL_set_read_ahead(c->c.ssl, 1);
+			rc = tun_conn_tls_attach(c, err);
+			if (rc)
+				return rc;
 		}
 		/* The ring does the waiting; sockets block. */
 		fcntl(c->c.fd, F_SETFL, fcntl(c->c.fd, F_GETFL) & ~O_NONBLOCK);
@@ -1371,9 +789,8 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		close_opts(o);
 		return ferry_error_set(err, -EINVAL, "tunnel: bad options");
 	}
-	pthread_once(&bio_once, bio_meth_init);
 	t = calloc(1, sizeof(*t));
-	if (!t || !bio_meth) {
+	if (!t || tun_tls_init()) {
 		free(t);
 		close_opts(o);
 		return ferry_error_set(err, -ENOMEM, "out of memory");
@@ -1450,7 +867,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		rc = dir_setup(t, &t->ret, err);
 	if (rc)
 		goto fail;
-	progress(t);
+	tun_progress(t);
 	rc = dir_start(t, &t->fwd, err);
 	if (!rc)
 		rc = dir_start(t, &t->ret, err);
@@ -1487,6 +904,22 @@ bool tun_finished(const struct tun *t)
 	pthread_mutex_unlock((pthread_mutex_t *)&t->mu);
 	return f;
 }
+
+/*
+ * The counters are read word by word, each with an atomic load, so struct
+ * tun_stats must be its uint64_t counters and nothing else: the scalars
+ * (local_in_bytes to frames_in), then the two arrays, without padding. A
+ * counter added to it is added to this count too.
+ */
+#define TUN_STATS_SCALARS 6
+_Static_assert(offsetof(struct tun_stats, frames_codec) ==
+	       TUN_STATS_SCALARS * sizeof(uint64_t),
+	       "struct tun_stats begins with its scalar uint64_t counters");
+_Static_assert(sizeof(struct tun_stats) % sizeof(uint64_t) == 0 &&
+	       sizeof(struct tun_stats) == (TUN_STATS_SCALARS +
+					    WIRE_CODEC_MAX + 1 + TUN_STAGES) *
+					   sizeof(uint64_t),
+	       "struct tun_stats is an array of uint64_t counters");
 
 void tun_stats(const struct tun *t, struct tun_stats *s)
 {

@@ -106,6 +106,7 @@ enum tun_stage {
 
 const char *tun_stage_name(enum tun_stage s);
 
+/* Every field a uint64_t counter: tun_stats() copies them as an array. */
 struct tun_stats {
 	uint64_t local_in_bytes;	/* read from the local QEMU */
 	uint64_t local_out_bytes;	/* written to the local QEMU */
