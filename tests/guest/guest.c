@@ -17,7 +17,8 @@
  *   BOOT ferry-guest            first thing, before anything can fail
  *   INFO ...                    what was found and chosen (free form)
  *   READY fill_ms=<n> mem_mib=<n>   RAM is filled, dirtying starts
- *   HB <seq>                    every hb ms, seq from 1
+ *   HB <seq> <pages>            every hb ms, seq from 1; pages: working-set
+ *                               pages dirtied so far (the guest's work)
  *   ERR <what>                  a fatal error; the guest halts
  *
  * How the data is made (the cost of TCG decides: every guest instruction is
@@ -36,6 +37,12 @@
  *           per-page compressor would not.
  *   mix     per page, from a hash of its number: 25% zero, 40% text, 35%
  *           random, a rough picture of a real guest's memory.
+ *
+ * The memory invariant: the word a pass writes into a page is a function of
+ * the page and the pass (dirty_value()), and the next pass reads it back
+ * before writing its own. A page that arrived stale or damaged after a
+ * migration (post-copy included, where nobody can compare RAM) makes the
+ * guest print "ERR memory invariant ..." and halt.
  *
  * Time: the TSC, calibrated against PIT channel 2 at boot, so that rates
  * and periods are in real time. PIT channel 0 interrupts at TICK_HZ only to
@@ -619,11 +626,10 @@ static void make_pools(uint32_t *rng)
 /* The working set: its first ws_pages pages, walked in order, wrapping. */
 struct dirtier {
 	uint32_t ws_pages, idx, region, addr, pass;
-	uint32_t rng;
 	uint64_t pages;		/* dirtied so far */
 };
 
-static void dirtier_init(struct dirtier *d, uint32_t *rng)
+static void dirtier_init(struct dirtier *d)
 {
 	uint32_t filled = 0;
 
@@ -638,29 +644,52 @@ static void dirtier_init(struct dirtier *d, uint32_t *rng)
 	d->region = 0;
 	d->addr = regions[0].base;
 	d->pass = 0;
-	d->rng = rng_next(rng) | 1;
 	d->pages = 0;
 }
 
-/* Write one word of the next page, keeping the page's character. */
+/* The word pass @pass writes into the page at @addr, of the page's
+ * character: a function of both, so a later pass can check it. */
+static uint32_t dirty_value(uint32_t addr, uint32_t pass)
+{
+	uint32_t r = pattern_hash(addr ^ pattern_hash(pass ^ 0x9e3779b9u)) | 1;
+
+	switch (page_class(addr)) {
+	case PAGE_TEXT:
+		return pattern_text_word(&r);
+	case PAGE_RANDOM:
+		return rng_next(&r);
+	default:
+		return 0;
+	}
+}
+
+static uint32_t page_word(uint32_t pass)
+{
+	return pass * 4 % PAGE_SIZE;
+}
+
+/* Check the previous pass's word of the next page, then write this pass's
+ * word: the page keeps its character. */
 static void dirty_one(struct dirtier *d)
 {
 	volatile uint32_t *w;
-	uint32_t v = 0;
 
-	switch (page_class(d->addr)) {
-	case PAGE_ZERO:
-		v = 0;
-		break;
-	case PAGE_TEXT:
-		v = pattern_text_word(&d->rng);
-		break;
-	case PAGE_RANDOM:
-		v = rng_next(&d->rng);
-		break;
+	if (d->pass > 0) {
+		uint32_t want = dirty_value(d->addr, d->pass - 1);
+
+		w = (volatile uint32_t *)(d->addr + page_word(d->pass - 1));
+		if (*w != want) {
+			puts_serial("ERR memory invariant: page ");
+			put_u32(d->addr);
+			put_kv(" pass ", d->pass - 1);
+			put_kv(" holds ", *w);
+			put_kv(" not ", want);
+			putc_serial('\n');
+			halt_forever();
+		}
 	}
-	w = (volatile uint32_t *)(d->addr + (d->pass * 4 % PAGE_SIZE));
-	*w = v;
+	w = (volatile uint32_t *)(d->addr + page_word(d->pass));
+	*w = dirty_value(d->addr, d->pass);
 	d->pages++;
 	if (++d->idx == d->ws_pages) {
 		d->idx = 0;
@@ -674,10 +703,12 @@ static void dirty_one(struct dirtier *d)
 		d->addr = regions[++d->region].base;
 }
 
-static void heartbeat(uint32_t seq)
+static void heartbeat(uint32_t seq, uint64_t pages)
 {
 	puts_serial("HB ");
 	put_u32(seq);
+	putc_serial(' ');
+	put_u32((uint32_t)pages);
 	putc_serial('\n');
 }
 
@@ -706,7 +737,7 @@ static __attribute__((noreturn)) void run(struct dirtier *d)
 		flush_tlb();
 		now = rdtsc();
 		if (now >= next_hb) {
-			heartbeat(++seq);
+			heartbeat(++seq, d->pages);
 			next_hb += hb_ticks;
 			if (next_hb <= now)	/* fell behind: keep the period */
 				next_hb = now + hb_ticks;
@@ -754,7 +785,7 @@ void guest_main(uint32_t mbi_addr)
 	make_pools(&rng);
 	fill_ram(&rng);
 	fill_ms = (uint32_t)udiv64(rdtsc() - t0, tsc_per_ms);
-	dirtier_init(&d, &rng);
+	dirtier_init(&d);
 
 	put_kv("INFO regions=", n_regions);
 	put_kv(" fill_base=", regions[0].base);

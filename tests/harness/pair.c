@@ -6,6 +6,7 @@
 
 #include "tests/harness/pair.h"
 #include "tests/harness/proc.h"
+#include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
 
 void pair_start(struct pair *p, const struct pair_opts *o)
@@ -180,4 +181,15 @@ void expect_listed(const char *dir, const char *side, const char *status)
 		      err.msg);
 	ck_assert_msg(!strcmp(st, status), "ferry list: %s migration is '%s', "
 		      "expected '%s'", side, st, status);
+}
+
+void expect_guest_intact(struct pair *p)
+{
+	int eq;
+
+	expect_guest_runs(p->dst, "destination");
+	eq = stats_same_static_ram(p->dir, p->src, p->dst);
+	ck_assert_msg(eq >= 0, "dumping guest RAM: %s", strerror(-eq));
+	ck_assert_msg(eq == 1, "the destination's RAM above the working set "
+		      "differs from the source's");
 }

@@ -102,6 +102,13 @@ void expect_same_vm_ram(struct vm *a, struct vm *b, const char *dir);
 
 /* The same for p->src and p->dst, dumps in p->dir. */
 void expect_same_ram(struct pair *p);
+/*
+ * For a destination that runs on after the migration: its guest beats
+ * (so its memory invariant held: a stale working-set page makes it print
+ * ERR and halt), and the RAM it never writes after READY equals the
+ * source's, byte for byte.
+ */
+void expect_guest_intact(struct pair *p);
 
 /* Files @a and @b are equal byte for byte. */
 void expect_same_file(const char *a, const char *b);

@@ -34,6 +34,30 @@ static void copy_line(char *dst, const char *src)
 	snprintf(dst, VM_LINE_MAX, "%s", src);
 }
 
+/* The number after "@key=" in @line, or 0. */
+static uint32_t line_value(const char *line, const char *key)
+{
+	const char *f = strstr(line, key);
+
+	return f ? (uint32_t)strtoul(f + strlen(key), NULL, 10) : 0;
+}
+
+/* "HB <seq> <pages>": the guest's work counter; 32 bits in the guest,
+ * widened here across wraps. */
+static uint64_t beat_work(const struct vm_serial *s, const char *line)
+{
+	char *end;
+	uint32_t pages;
+	uint64_t prev;
+
+	strtoul(line + 3, &end, 10);
+	pages = (uint32_t)strtoul(end, NULL, 10);
+	if (s->hb_count == 0)
+		return pages;
+	prev = s->hb_ring[(s->hb_count - 1) % VM_HB_RING].work;
+	return prev + (uint32_t)(pages - (uint32_t)prev);
+}
+
 /* One complete line, NUL-terminated, stamped @now_us. Reader thread. */
 static void serial_line(struct vm_serial *s, const char *line, uint64_t now_us)
 {
@@ -43,15 +67,19 @@ static void serial_line(struct vm_serial *s, const char *line, uint64_t now_us)
 		fprintf(stderr, "[guest %d] %s\n", (int)s->pid, line);
 	pthread_mutex_lock(&s->lock);
 	if (hb) {
-		s->hb_ring[s->hb_count % VM_HB_RING] = now_us;
+		struct vm_beat *b = &s->hb_ring[s->hb_count % VM_HB_RING];
+
+		b->work = beat_work(s, line);
+		b->t_us = now_us;
 		s->hb_count++;
 		s->last_hb_us = now_us;
 	} else {
 		if (starts_with(line, "READY")) {
-			const char *f = strstr(line, "fill_ms=");
-
-			s->fill_ms = f ? (uint32_t)strtoul(f + 8, NULL, 10) : 0;
+			s->fill_ms = line_value(line, "fill_ms=");
 			s->ready = true;
+		} else if (starts_with(line, "INFO regions=")) {
+			s->fill_base = line_value(line, "fill_base=");
+			s->ws_pages = line_value(line, "ws_pages=");
 		} else if (starts_with(line, "ERR") && !s->has_err) {
 			copy_line(s->err_line, line);
 			s->has_err = true;
@@ -294,6 +322,36 @@ int vm_wait_heartbeats(struct vm *vm, uint64_t n_more, int timeout_ms,
 	return rc;
 }
 
+static void lock_two(struct vm_serial **a, struct vm_serial **b)
+{
+	if (*a == *b)
+		*b = NULL;
+	if (!*a) {
+		*a = *b;
+		*b = NULL;
+	}
+	if (!*a)
+		return;
+	/* Two locks: always in address order, so two callers cannot deadlock. */
+	if (*b && *b < *a) {
+		struct vm_serial *t = *a;
+
+		*a = *b;
+		*b = t;
+	}
+	pthread_mutex_lock(&(*a)->lock);
+	if (*b)
+		pthread_mutex_lock(&(*b)->lock);
+}
+
+static void unlock_two(struct vm_serial *a, struct vm_serial *b)
+{
+	if (b)
+		pthread_mutex_unlock(&b->lock);
+	if (a)
+		pthread_mutex_unlock(&a->lock);
+}
+
 /* Cursor over one VM's retained heartbeats at or after a time. */
 struct hb_cursor {
 	const struct vm_serial *s;
@@ -306,7 +364,7 @@ static void hb_cursor_init(struct hb_cursor *c, const struct vm_serial *s,
 	c->s = s;
 	c->end = s ? s->hb_count : 0;
 	c->i = c->end > VM_HB_RING ? c->end - VM_HB_RING : 0;
-	while (c->i < c->end && s->hb_ring[c->i % VM_HB_RING] < since_us)
+	while (c->i < c->end && s->hb_ring[c->i % VM_HB_RING].t_us < since_us)
 		c->i++;
 }
 
@@ -314,7 +372,7 @@ static bool hb_cursor_peek(const struct hb_cursor *c, uint64_t *t)
 {
 	if (c->i >= c->end)
 		return false;
-	*t = c->s->hb_ring[c->i % VM_HB_RING];
+	*t = c->s->hb_ring[c->i % VM_HB_RING].t_us;
 	return true;
 }
 
@@ -353,28 +411,11 @@ uint64_t vm_max_heartbeat_gap_us(struct vm *src, struct vm *dst, uint64_t since_
 	struct vm_serial *b = dst ? &dst->serial : NULL;
 	uint64_t gap;
 
-	if (a == b)
-		b = NULL;
-	if (!a) {
-		a = b;
-		b = NULL;
-	}
+	lock_two(&a, &b);
 	if (!a)
 		return UINT64_MAX;
-	/* Two locks: always in address order, so two callers cannot deadlock. */
-	if (b && b < a) {
-		struct vm_serial *t = a;
-
-		a = b;
-		b = t;
-	}
-	pthread_mutex_lock(&a->lock);
-	if (b)
-		pthread_mutex_lock(&b->lock);
 	gap = max_gap_locked(a, b, since_us);
-	if (b)
-		pthread_mutex_unlock(&b->lock);
-	pthread_mutex_unlock(&a->lock);
+	unlock_two(a, b);
 	return gap;
 }
 
@@ -383,4 +424,42 @@ uint64_t vm_max_heartbeat_gap_ms(struct vm *src, struct vm *dst, uint64_t since_
 	uint64_t us = vm_max_heartbeat_gap_us(src, dst, since_us);
 
 	return us == UINT64_MAX ? UINT64_MAX : (us + 999) / 1000;
+}
+
+size_t vm_beats(struct vm *src, struct vm *dst, uint64_t since_us,
+		struct vm_beat *out, size_t max)
+{
+	struct vm_serial *a = src ? &src->serial : NULL;
+	struct vm_serial *b = dst ? &dst->serial : NULL;
+	struct hb_cursor ca, cb;
+	size_t n = 0;
+
+	lock_two(&a, &b);
+	if (!a)
+		return 0;
+	hb_cursor_init(&ca, a, since_us);
+	hb_cursor_init(&cb, b, since_us);
+	while (n < max) {
+		uint64_t ta, tb;
+		bool ha = hb_cursor_peek(&ca, &ta), hb = hb_cursor_peek(&cb, &tb);
+		struct hb_cursor *c;
+
+		if (!ha && !hb)
+			break;
+		c = ha && (!hb || ta <= tb) ? &ca : &cb;
+		out[n++] = c->s->hb_ring[c->i++ % VM_HB_RING];
+	}
+	unlock_two(a, b);
+	return n;
+}
+
+uint64_t vm_static_ram_from(struct vm *vm)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&vm->serial.lock);
+	v = vm->serial.fill_base ? vm->serial.fill_base +
+	    (uint64_t)vm->serial.ws_pages * VM_GUEST_PAGE : 0;
+	pthread_mutex_unlock(&vm->serial.lock);
+	return v;
 }

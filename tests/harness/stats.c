@@ -1,4 +1,5 @@
 /* Benchmark helpers (see stats.h). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,9 @@ uint64_t stats_median(uint64_t *v, uint32_t n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
+/* Dump both guests' RAM and compare it from byte @from on. */
+static int same_ram_from(const char *dir, struct vm *a, struct vm *b,
+			 uint64_t from)
 {
 	struct ferry_error err = { 0 };
 	char pa[256], pb[256];
@@ -35,10 +38,22 @@ int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
 		unlink(pb);
 		return err.code ? err.code : -1;
 	}
-	eq = vm_files_equal(pa, pb, &diff, &err);
+	eq = vm_files_equal_from(pa, pb, from, &diff, &err);
 	unlink(pa);
 	unlink(pb);
 	return eq;
+}
+
+int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
+{
+	return same_ram_from(dir, a, b, 0);
+}
+
+int stats_same_static_ram(const char *dir, struct vm *a, struct vm *b)
+{
+	uint64_t from = vm_static_ram_from(a);
+
+	return from ? same_ram_from(dir, a, b, from) : -ENODATA;
 }
 
 void stats_print_machine(FILE *out)

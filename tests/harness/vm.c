@@ -560,8 +560,14 @@ static int open_ro(const char *path, struct ferry_error *err)
 int vm_files_equal(const char *a, const char *b, uint64_t *first_diff,
 		   struct ferry_error *err)
 {
+	return vm_files_equal_from(a, b, 0, first_diff, err);
+}
+
+int vm_files_equal_from(const char *a, const char *b, uint64_t from,
+			uint64_t *first_diff, struct ferry_error *err)
+{
 	char *ba = NULL, *bb = NULL;
-	uint64_t off = 0;
+	uint64_t off = from;
 	int fa, fb, rc;
 
 	fa = open_ro(a, err);
@@ -571,6 +577,12 @@ int vm_files_equal(const char *a, const char *b, uint64_t *first_diff,
 	if (fb < 0) {
 		rc = fb;
 		goto err_close_a;
+	}
+	if (lseek(fa, (off_t)from, SEEK_SET) < 0 ||
+	    lseek(fb, (off_t)from, SEEK_SET) < 0) {
+		rc = ferry_error_set(err, -errno, "seeking to %llu: %s",
+				     (unsigned long long)from, strerror(errno));
+		goto out;
 	}
 	ba = malloc(VM_CMP_CHUNK_BYTES);
 	bb = malloc(VM_CMP_CHUNK_BYTES);

@@ -46,10 +46,12 @@
 #define VM_MEM_MIB_MAX 3072u
 /* Live VMs per process (also the janitor's table size). */
 #define VM_LIVE_MAX 16
-/* Heartbeat timestamps kept per VM: 11 minutes at the default 10 ms. */
+/* Heartbeats kept per VM: 11 minutes at the default 10 ms. */
 #define VM_HB_RING 65536u
 /* Longest serial line kept; the rest of a longer line is dropped. */
 #define VM_LINE_MAX 256u
+/* The guest's page size (its working set is counted in pages). */
+#define VM_GUEST_PAGE 4096u
 /* How long vm_start() waits for QEMU to open its QMP sockets. */
 #define VM_START_TIMEOUT_MS 15000
 /* Waits of QMP commands the harness sends. */
@@ -148,6 +150,9 @@ uint64_t vm_last_heartbeat_us(struct vm *vm);
  */
 int vm_files_equal(const char *a, const char *b, uint64_t *first_diff,
 		   struct ferry_error *err);
+/* The same from byte @from of each on. */
+int vm_files_equal_from(const char *a, const char *b, uint64_t from,
+			uint64_t *first_diff, struct ferry_error *err);
 
 /*
  * Guest-visible pause across a migration: the largest gap between
@@ -163,5 +168,27 @@ uint64_t vm_max_heartbeat_gap_us(struct vm *src, struct vm *dst, uint64_t since_
 
 /* CLOCK_MONOTONIC now, us: the clock of the heartbeat timestamps. */
 uint64_t vm_now_us(void);
+
+/* One heartbeat: when it arrived (CLOCK_MONOTONIC, us) and the guest's
+ * work counter in it (working-set pages dirtied since READY). */
+struct vm_beat {
+	uint64_t t_us;
+	uint64_t work;
+};
+
+/*
+ * The heartbeats of one guest across a migration, @src's and @dst's merged
+ * in time order, from @since_us on, into @out (at most @max, the earliest
+ * kept). Either VM may be NULL. Returns how many were written.
+ */
+size_t vm_beats(struct vm *src, struct vm *dst, uint64_t since_us,
+		struct vm_beat *out, size_t max);
+
+/*
+ * Where the guest's RAM stops changing after READY: the byte offset past
+ * its working set (the fill above it is never written again). 0 before the
+ * guest said where its fill starts.
+ */
+uint64_t vm_static_ram_from(struct vm *vm);
 
 #endif /* FERRY_TESTS_VM_H */

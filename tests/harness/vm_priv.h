@@ -43,9 +43,11 @@ struct vm_serial {
 	bool eof;
 	bool has_err;
 	uint32_t fill_ms;
+	uint32_t fill_base;	/* from the INFO line: where the fill starts */
+	uint32_t ws_pages;	/* and how many pages the working set has */
 	uint64_t hb_count;
 	uint64_t last_hb_us;
-	uint64_t *hb_ring;	/* hb_ring[i % VM_HB_RING] = time of HB i */
+	struct vm_beat *hb_ring;	/* hb_ring[i % VM_HB_RING]: HB i */
 	char err_line[VM_LINE_MAX];
 	char last_line[VM_LINE_MAX];
 };
