@@ -31,6 +31,7 @@
 #include "recover.h"
 #include "report.h"
 #include "transport/net.h"
+#include "transport/pace.h"
 #include "transport/probe.h"
 #include "control.h"
 #include "converge.h"
@@ -60,6 +61,7 @@ struct mig_config {
 struct mig_plan {
 	uint32_t streams;
 	uint32_t progress_ms;
+	uint64_t cap;		/* --bandwidth: memory and disks together (0: none) */
 	uint64_t wire_cap;	/* ferry paces its transport (0: no cap) */
 	uint64_t qemu_cap;	/* QEMU's max-bandwidth (--direct: the cap) */
 	char *tls_host;		/* the name the receiver's certificate bears */
@@ -100,6 +102,7 @@ struct ferry_migration {
 	struct mig_config cfg;
 	struct mig_plan plan;
 	struct tls_ctx *tls;
+	struct pacer *pacer;	/* the cap's one bucket; NULL without a cap */
 	int cancel_efd;
 	struct mig_run run;
 };
@@ -159,7 +162,8 @@ static int config_copy(struct mig_config *c, const struct ferry_migrate_opts *o)
 /*
  * The plan, from the options: ferry paces its own transport with the
  * cap, and QEMU runs unpaced into it; with --direct QEMU's stream is the
- * wire, and QEMU paces it.
+ * wire, and QEMU paces it. Every tunnel of the migration takes from one
+ * pacer, so the cap holds for memory and disks together.
  */
 static int plan_make(struct mig_plan *p, const struct ferry_migrate_opts *o)
 {
@@ -168,6 +172,7 @@ static int plan_make(struct mig_plan *p, const struct ferry_migrate_opts *o)
 	p->streams = o->streams ? o->streams : 1;
 	p->progress_ms = o->progress_interval_ms ? o->progress_interval_ms :
 			 FERRY_DEFAULT_PROGRESS_MS;
+	p->cap = cap;
 	p->wire_cap = o->direct ? 0 : cap;
 	p->qemu_cap = o->direct && cap ? cap : MIG_BANDWIDTH_UNLIMITED;
 	p->tls_host = strdup(o->tls.hostname ? o->tls.hostname : o->to_host);
@@ -234,6 +239,8 @@ struct ferry_migration *ferry_migration_new_sized(
 		goto err_out;
 	if (plan_make(&m->plan, o) < 0)
 		goto err_free;
+	if (m->plan.cap && pacer_new(&m->pacer, m->plan.cap, NULL) < 0)
+		goto err_free;
 	m->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (m->cancel_efd < 0)
 		goto err_free;
@@ -266,6 +273,7 @@ void ferry_migration_free(struct ferry_migration *m)
 	if (m->cancel_efd >= 0)
 		close(m->cancel_efd);
 	tls_ctx_free(m->tls);
+	pacer_unref(m->pacer);
 	free(m->plan.tls_host);
 	config_free(&m->cfg);
 	free(m);
@@ -627,7 +635,8 @@ static int open_tunnel_conns(struct ferry_migration *m, enum wire_conn kind,
 		.frame_max = TUN_FRAME_BYTES,
 		.codec = m->cfg.o.codec,
 		.codec_level = m->cfg.o.codec_level,
-		.bandwidth_bytes_per_s = m->run.wire_cap,
+		/* The memory's and the disks' tunnels share it. */
+		.pacer = m->run.wire_cap ? m->pacer : NULL,
 	};
 	net_conn_init(&o->ret, -1);
 	for (i = 0; i < m->plan.streams; i++) {

@@ -135,10 +135,7 @@ struct tun {
 
 	uint64_t last_progress_ms;	/* atomic */
 	struct tun_stats st;		/* atomic fields */
-
-	pthread_mutex_t bw_mu;
-	double bw_rate, bw_burst, bw_tokens;	/* bytes/s, bytes */
-	uint64_t bw_last_ns;
+	struct pacer *pacer;		/* a reference, or NULL: not paced */
 };
 
 static inline uint8_t *tun_payload(const struct tun_buf *b)

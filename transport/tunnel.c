@@ -38,6 +38,7 @@
 
 #include "codec.h"
 #include "common/util.h"
+#include "pace.h"
 #include "tun_priv.h"
 
 const char *tun_stage_name(enum tun_stage s)
@@ -48,14 +49,6 @@ const char *tun_stage_name(enum tun_stage s)
 	};
 
 	return s < TUN_STAGES ? names[s] : "?";
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static void signal_done(struct tun *t)
@@ -115,44 +108,34 @@ static void dir_done_locked(struct tun_dir *d)
 	pthread_cond_broadcast(&t->cv);
 }
 
-/* ---- bandwidth cap ---- */
+/* ---- pacing (pace.c) ---- */
 
-/* Take @bytes from the bucket, sleeping while it is in debt. */
-static int bw_take(struct tun *t, uint64_t bytes)
+/* The pacer's tick is what lets a waiting sender notice a cancel in time. */
+_Static_assert(PACE_TICK_MS <= TUN_TICK_MS,
+	       "a sender waiting on its pacer looks at the stop flag every tick");
+_Static_assert(PACE_BURST_MIN_BYTES >= TUN_FRAME_BYTES,
+	       "a whole frame may go after a quiet moment");
+
+static bool pace_stop(void *arg)
 {
-	double debt;
-	uint64_t now;
+	return tun_stopping(arg);
+}
 
-	if (t->bw_rate <= 0)
+/*
+ * Take a frame's @bytes from the tunnel's pacer (the migration's, shared
+ * with its other tunnels), waiting while it is in debt. Waiting on our
+ * own cap is not a stall: the idle clock starts again after it.
+ */
+static int pace_frame(struct tun *t, uint64_t bytes)
+{
+	int rc;
+
+	if (!t->pacer)
 		return 0;
-	pthread_mutex_lock(&t->bw_mu);
-	now = now_ns();
-	t->bw_tokens += (double)(now - t->bw_last_ns) * t->bw_rate / 1e9;
-	if (t->bw_tokens > t->bw_burst)
-		t->bw_tokens = t->bw_burst;
-	t->bw_last_ns = now;
-	t->bw_tokens -= (double)bytes;
-	debt = t->bw_tokens < 0 ? -t->bw_tokens : 0;
-	pthread_mutex_unlock(&t->bw_mu);
-	if (debt > 0) {
-		uint64_t until = now + (uint64_t)(debt * 1e9 / t->bw_rate);
-
-		while (now < until) {
-			uint64_t step = until - now;
-			struct timespec ts;
-
-			if (tun_stopping(t))
-				return -ECANCELED;
-			if (step > TUN_TICK_MS * 1000000ull)
-				step = TUN_TICK_MS * 1000000ull;
-			ts.tv_sec = (time_t)(step / 1000000000ull);
-			ts.tv_nsec = (long)(step % 1000000000ull);
-			nanosleep(&ts, NULL);
-			now = now_ns();
-		}
-		tun_progress(t);	/* waiting on our own cap is not a stall */
-	}
-	return 0;
+	rc = pacer_take(t->pacer, bytes, pace_stop, t);
+	if (rc == 0)
+		tun_progress(t);
+	return rc;
 }
 
 /* ---- sending ---- */
@@ -174,7 +157,7 @@ static size_t try_codec(struct tun_conn *c, struct tun_buf *b,
 static enum wire_codec auto_pick(struct tun_conn *c)
 {
 	const struct codec_auto *a = &c->autop;
-	enum wire_codec want = codec_auto_pick(&c->autop, now_ns());
+	enum wire_codec want = codec_auto_pick(&c->autop, ferry_now_ns());
 
 	if ((int)want != c->last_pick) {
 		ferry_log(FERRY_LOG_DEBUG, "auto: %s from epoch %llu (MB/s busy: "
@@ -222,7 +205,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	h.flags = (uint16_t)codec;
 	wire_frame_encode(&h, p - WIRE_FRAME_HDR_BYTES);
 	if (type != WIRE_FRAME_END) {
-		rc = bw_take(c->t, len + WIRE_FRAME_HDR_BYTES);
+		rc = pace_frame(c->t, len + WIRE_FRAME_HDR_BYTES);
 		if (rc)
 			return rc;
 	}
@@ -235,7 +218,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	if (type != WIRE_FRAME_END)
 		tun_add(&c->t->st.frames_codec[codec], 1);
 	if (is_auto)
-		codec_auto_note_sent(&c->autop, b->len, now_ns());
+		codec_auto_note_sent(&c->autop, b->len, ferry_now_ns());
 	return 0;
 }
 
@@ -797,7 +780,6 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	}
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_cond_init(&t->cv, NULL);
-	pthread_mutex_init(&t->bw_mu, NULL);
 	t->local_fd = o->local_fd;
 	if (o->local) {
 		t->local = *o->local;
@@ -815,14 +797,8 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	for (uint32_t i = 0; i < o->nstreams; i++)
 		t->all_conns[i].c = o->streams[i];
 	t->all_conns[o->nstreams].c = o->ret;
-	if (src && o->bandwidth_bytes_per_s) {
-		t->bw_rate = (double)o->bandwidth_bytes_per_s;
-		t->bw_burst = t->bw_rate * TUN_BW_BURST_MS / 1000.0;
-		if (t->bw_burst < TUN_FRAME_BYTES)
-			t->bw_burst = TUN_FRAME_BYTES;
-		t->bw_tokens = 0;
-		t->bw_last_ns = now_ns();
-	}
+	/* Only the forward direction is paced: the source sends it. */
+	t->pacer = src ? pacer_ref(o->pacer) : NULL;
 
 	t->fwd = (struct tun_dir){
 		.t = t, .name = "data", .sending = src,
@@ -993,7 +969,7 @@ void tun_free(struct tun *t)
 		munmap(t->arena, t->arena_bytes);
 	if (t->done_fd >= 0)
 		close(t->done_fd);
-	pthread_mutex_destroy(&t->bw_mu);
+	pacer_unref(t->pacer);
 	pthread_cond_destroy(&t->cv);
 	pthread_mutex_destroy(&t->mu);
 	free(t);

@@ -9,7 +9,8 @@
  *   sender    a reader takes bytes from the local QEMU into pool buffers
  *             and numbers them (seq); frame seq goes to connection
  *             seq % N, whose worker thread compresses it (or not), paces it
- *             (--bandwidth), encrypts it (TLS) and writes it;
+ *             (--bandwidth: the migration's pacer, pace.h), encrypts it
+ *             (TLS) and writes it;
  *   receiver  one worker per connection reads and checks frames (length
  *             against frame_max before anything else, sequence, codec),
  *             decodes them, and a writer hands them to the local QEMU in
@@ -36,6 +37,7 @@
 
 #include "ferry.h"
 #include "net.h"
+#include "pace.h"
 #include "wire.h"
 
 /* Payload of the frames a sender builds; QEMU writes in bursts this big. */
@@ -46,8 +48,6 @@
 #define TUN_IDLE_TIMEOUT_MS 30000
 /* How often a waiting thread looks at the stop flag and the idle clock. */
 #define TUN_TICK_MS 250
-/* The bandwidth cap allows bursts of this much time's worth of bytes. */
-#define TUN_BW_BURST_MS 20
 
 enum tun_role {
 	TUN_SOURCE = 1,	/* local QEMU is the migration source */
@@ -81,7 +81,10 @@ struct tun_opts {
 	uint32_t frame_max;
 	enum ferry_codec codec;		/* the sender of the forward direction */
 	int codec_level;
-	uint64_t bandwidth_bytes_per_s;	/* forward wire cap; 0: none */
+	/* Paces the forward direction's frames on the wire (--bandwidth),
+	 * shared with the migration's other tunnels; the tunnel takes its
+	 * own reference. NULL: not paced. */
+	struct pacer *pacer;
 	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS */
 };
 
