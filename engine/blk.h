@@ -138,6 +138,13 @@ int blk_src_start(struct blk_src *b, struct tun_opts *to,
  */
 int blk_src_poll(struct blk_src *b, uint64_t *done, uint64_t *total,
 		 struct ferry_error *err);
+/*
+ * What the guest's writes cost the mirrors, bytes/s, since they began
+ * copying: the growth of the jobs' lengths (QEMU's len, copied plus still
+ * dirty, grows when the guest writes what was copied already, and by
+ * every write in write-blocking mode). 0 before any job copied.
+ */
+uint64_t blk_src_write_rate(const struct blk_src *b);
 /* During the memory migration: keep the disk tunnel alive, and notice a
  * mirror that failed (-errno). */
 int blk_src_tick(struct blk_src *b, struct ferry_error *err);

@@ -53,6 +53,7 @@ struct src_disk {
 	int rc;
 	bool node_added, job_started, cancel_sent, ready, done;
 	uint64_t offset, len;		/* the job's progress */
+	uint64_t len_copying;		/* len when it began copying, or 0 */
 };
 
 struct blk_src {
@@ -75,6 +76,7 @@ struct blk_src {
 	pthread_t acker;
 	bool acker_started;
 	uint64_t t0_ms, mirror_ms, switchover_ms;
+	uint64_t copying_ms;		/* when the first mirror began copying */
 	uint64_t last_keepalive_ms, keepalive_bytes;
 };
 
@@ -542,6 +544,33 @@ static int conclude(struct src_disk *d, const struct qemu_block_job *job,
 			       why.msg);
 }
 
+/*
+ * Where the guest's writes are counted from: the job's length once it
+ * has begun copying (QEMU sets it from the dirty bitmap before the first
+ * copy, so it holds the whole first copy by then).
+ */
+static void note_copying(struct src_disk *d)
+{
+	if (d->len_copying || !d->offset || !d->len)
+		return;
+	d->len_copying = d->len;
+	if (!d->b->copying_ms)
+		d->b->copying_ms = ferry_now_ms();
+}
+
+uint64_t blk_src_write_rate(const struct blk_src *b)
+{
+	uint64_t grown = 0, ms;
+
+	if (!b || !b->copying_ms)
+		return 0;
+	ms = ferry_now_ms() - b->copying_ms;
+	for (uint32_t i = 0; i < b->n; i++)
+		if (b->d[i].len_copying && b->d[i].len > b->d[i].len_copying)
+			grown += b->d[i].len - b->d[i].len_copying;
+	return ms ? grown * 1000 / ms : 0;
+}
+
 /* One pass over query-block-jobs for our jobs. */
 static int poll_jobs(struct blk_src *b, struct ferry_error *err)
 {
@@ -563,6 +592,7 @@ static int poll_jobs(struct blk_src *b, struct ferry_error *err)
 		d->offset = job->offset;
 		d->len = job->len;
 		d->ready = job->ready;
+		note_copying(d);
 		if (!strcmp(job->status, "concluded")) {
 			rc = conclude(d, job, err);
 			if (rc < 0)

@@ -107,6 +107,12 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 		   struct ferry_error *err);
 
 int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err);
+/*
+ * QEMU's max-bandwidth (and max-postcopy-bandwidth) from now on, also
+ * for a migration that runs (MIG_BANDWIDTH_UNLIMITED: none).
+ */
+int mig_set_bandwidth(struct qmp *q, uint64_t bytes_per_s,
+		      struct ferry_error *err);
 
 /*
  * QEMU's calc-dirty-rate (page sampling) over @seconds: start it, then

@@ -47,6 +47,9 @@
 /* How long a broken post-copy waits for the receiver's word before it
  * reconnects: an ERROR (the destination QEMU is gone) usually follows. */
 #define MIG_RECOVERY_VERDICT_MS 300
+/* Where QEMU paces the memory, memory and disks each keep at least this
+ * share of --bandwidth (1/N of it): neither stalls the other. */
+#define MIG_CAP_SHARE_MIN_DIV 8
 
 /*
  * The caller's options, copied whole (every string too) and never
@@ -78,6 +81,8 @@ struct mig_run {
 	struct converge conv;
 	uint64_t wire_cap, qemu_cap;	/* the plan's, until hand-off moves
 					   the cap to QEMU */
+	uint64_t disk_share;	/* the disks' part of the cap while QEMU
+				   paces memory beside them (cap_split) */
 	bool resuming;		/* reconnecting a broken post-copy */
 	uint32_t recovery_wait_ms;	/* for the receiver to come back */
 	uint32_t recoveries;
@@ -635,8 +640,9 @@ static int open_tunnel_conns(struct ferry_migration *m, enum wire_conn kind,
 		.frame_max = TUN_FRAME_BYTES,
 		.codec = m->cfg.o.codec,
 		.codec_level = m->cfg.o.codec_level,
-		/* The memory's and the disks' tunnels share it. */
-		.pacer = m->run.wire_cap ? m->pacer : NULL,
+		/* The memory's and the disks' tunnels share it; the disks
+		 * take from it also where QEMU paces the memory. */
+		.pacer = m->pacer,
 	};
 	net_conn_init(&o->ret, -1);
 	for (i = 0; i < m->plan.streams; i++) {
@@ -821,6 +827,73 @@ static int phase_disks(struct ferry_migration *m, struct ferry_error *err)
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 
+/* QEMU paces the memory stream itself (max-bandwidth), not ferry. */
+static bool qemu_paces(const struct ferry_migration *m)
+{
+	return m->run.handoff || m->cfg.o.direct;
+}
+
+/*
+ * One --bandwidth budget for memory and disks: the migration's pacer.
+ * Where ferry paces the memory (its tunnel), both tunnels take from the
+ * pacer at the whole cap, first come, first served. Where QEMU paces it
+ * (hand-off, --direct), only the disks take from the pacer and QEMU's
+ * max-bandwidth is what they leave: while the mirrors copy, before memory
+ * starts, the disks have the whole cap; when memory starts (here), they
+ * keep what the guest's writes were measured to cost them, a quarter more
+ * for bursts, and QEMU gets the rest, each at least 1/MIG_CAP_SHARE_MIN_DIV
+ * of the cap; at the switchover both get it whole again (cap_unsplit).
+ */
+static int cap_split(struct ferry_migration *m, struct ferry_error *err)
+{
+	uint64_t cap = m->plan.cap, floor = cap / MIG_CAP_SHARE_MIN_DIV;
+	uint64_t need = blk_src_write_rate(m->run.blk);
+	uint64_t disks = need + need / 4;
+	int rc;
+
+	if (!m->pacer || !m->run.blk || !qemu_paces(m))
+		return 0;
+	disks = disks < floor ? floor : disks > cap - floor ? cap - floor : disks;
+	rc = mig_set_bandwidth(m->run.q, cap - disks, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "giving the source QEMU its part "
+					  "of --bandwidth: ");
+	pacer_set_rate(m->pacer, disks);
+	m->run.disk_share = disks;
+	m->run.qemu_cap = cap - disks;
+	m->run.conv.link_cap = cap - disks;
+	conv_event(&m->run.conv, "bandwidth_split",
+		   json_pack("{s:I,s:I,s:I}", "disks_bytes_per_s", (json_int_t)disks,
+			     "memory_bytes_per_s", (json_int_t)(cap - disks),
+			     "disk_writes_bytes_per_s", (json_int_t)need),
+		   "--bandwidth split: disks %.1f MiB/s (the guest's writes cost "
+		   "them %.1f MiB/s), memory %.1f MiB/s", (double)disks / (1 << 20),
+		   (double)need / (1 << 20), (double)(cap - disks) / (1 << 20));
+	return 0;
+}
+
+/*
+ * At the switchover the guest is stopped and QEMU waits in pre-switchover
+ * until the disks are done: the disks complete alone, then QEMU sends
+ * alone, so each may have the whole cap and their sum still keeps it.
+ */
+static int cap_unsplit(struct ferry_migration *m, struct ferry_error *err)
+{
+	int rc;
+
+	if (!m->run.disk_share)
+		return 0;
+	rc = mig_set_bandwidth(m->run.q, m->plan.cap, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "giving the source QEMU the whole "
+					  "--bandwidth: ");
+	pacer_set_rate(m->pacer, m->plan.cap);
+	m->run.disk_share = 0;
+	m->run.qemu_cap = m->plan.cap;
+	m->run.conv.link_cap = m->plan.cap;
+	return 0;
+}
+
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 {
 	const struct ferry_converge_opts *co = &m->cfg.o.converge;
@@ -850,6 +923,9 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 			return rc;
 		set_phase(m, FERRY_PHASE_SETUP);
 	}
+	rc = cap_split(m, err);
+	if (rc < 0)
+		return rc;
 	rc = open_tunnel(m, err);
 	if (rc < 0)
 		return rc;
@@ -986,7 +1062,9 @@ static int disks_switchover(struct ferry_migration *m, struct ferry_error *err)
 
 	if (m->run.disks_switched)
 		return 0;
-	rc = blk_src_switchover(m->run.blk, err);
+	rc = cap_unsplit(m, err);
+	if (rc == 0)
+		rc = blk_src_switchover(m->run.blk, err);
 	if (rc < 0) {
 		/* QEMU waits in pre-switchover: even when post-copy was asked
 		 * for, the destination has nothing yet and the source guest
@@ -1626,6 +1704,8 @@ static void run_reset(struct ferry_migration *m)
 	m->run.ctl.fd = -1;
 	m->run.wire_cap = m->plan.wire_cap;
 	m->run.qemu_cap = m->plan.qemu_cap;
+	if (m->pacer)
+		pacer_set_rate(m->pacer, m->plan.cap);
 	m->run.phase = FERRY_PHASE_INIT;
 	m->run.t0_ms = ferry_now_ms();
 	m->run.recovery_wait_ms = MIG_RECOVERY_TIMEOUT_MS;

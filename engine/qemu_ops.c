@@ -143,10 +143,20 @@ int mig_ram_size(struct qmp *q, uint64_t *bytes, struct ferry_error *err)
 	return 0;
 }
 
+/* QEMU's pace, in pre-copy and in post-copy alike (QEMU's 0 there:
+ * unlimited). */
+static json_t *bandwidth_params(uint64_t bytes_per_s)
+{
+	return json_pack("{s:I,s:I}", "max-bandwidth", (json_int_t)bytes_per_s,
+			 "max-postcopy-bandwidth",
+			 (json_int_t)(bytes_per_s == MIG_BANDWIDTH_UNLIMITED ? 0 :
+				      bytes_per_s));
+}
+
 int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 		   struct ferry_error *err)
 {
-	json_t *caps;
+	json_t *caps, *a;
 	int rc;
 
 	/*
@@ -166,34 +176,32 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
-	/* The cap holds in post-copy too (QEMU's 0 there: unlimited). */
-	rc = qmp_execute(q, "migrate-set-parameters",
-			 json_pack("{s:I,s:I,s:I}",
-				   "max-bandwidth", (json_int_t)p->max_bandwidth_bytes_per_s,
-				   "max-postcopy-bandwidth",
-				   (json_int_t)(p->max_bandwidth_bytes_per_s ==
-						MIG_BANDWIDTH_UNLIMITED ? 0 :
-						p->max_bandwidth_bytes_per_s),
-				   "downtime-limit", (json_int_t)p->downtime_ms),
-			 NULL, MIG_QMP_TIMEOUT_MS, err);
+	a = bandwidth_params(p->max_bandwidth_bytes_per_s);
+	json_object_set_new(a, "downtime-limit", json_integer(p->downtime_ms));
+	rc = qmp_execute(q, "migrate-set-parameters", a, NULL,
+			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0 || !p->auto_converge)
 		return rc;
-	{
-		json_t *a = json_pack("{s:b}", "cpu-throttle-tailslow",
-				      p->throttle_tailslow);
+	a = json_pack("{s:b}", "cpu-throttle-tailslow", p->throttle_tailslow);
+	if (p->throttle_initial_pct)
+		json_object_set_new(a, "cpu-throttle-initial",
+				    json_integer(p->throttle_initial_pct));
+	if (p->throttle_increment_pct)
+		json_object_set_new(a, "cpu-throttle-increment",
+				    json_integer(p->throttle_increment_pct));
+	if (p->throttle_max_pct)
+		json_object_set_new(a, "max-cpu-throttle",
+				    json_integer(p->throttle_max_pct));
+	return qmp_execute(q, "migrate-set-parameters", a, NULL,
+			   MIG_QMP_TIMEOUT_MS, err);
+}
 
-		if (p->throttle_initial_pct)
-			json_object_set_new(a, "cpu-throttle-initial",
-					    json_integer(p->throttle_initial_pct));
-		if (p->throttle_increment_pct)
-			json_object_set_new(a, "cpu-throttle-increment",
-					    json_integer(p->throttle_increment_pct));
-		if (p->throttle_max_pct)
-			json_object_set_new(a, "max-cpu-throttle",
-					    json_integer(p->throttle_max_pct));
-		return qmp_execute(q, "migrate-set-parameters", a, NULL,
-				   MIG_QMP_TIMEOUT_MS, err);
-	}
+int mig_set_bandwidth(struct qmp *q, uint64_t bytes_per_s,
+		      struct ferry_error *err)
+{
+	return qmp_execute(q, "migrate-set-parameters",
+			   bandwidth_params(bytes_per_s), NULL,
+			   MIG_QMP_TIMEOUT_MS, err);
 }
 
 void mig_drop_fd(struct qmp *q)

@@ -393,6 +393,55 @@ START_TEST(block_direct)
 END_TEST
 
 /*
+ * One --bandwidth for memory and disks where QEMU paces the memory
+ * (--direct, hand-off): the disk tunnel takes from the migration's pacer
+ * as well, so the mirrors copy at the cap, not at loopback speed. An
+ * upper bound only: a slow machine can only make the rate lower. The
+ * bucket starts empty, and nothing writes during the memory phase, so
+ * nearly all the disk bytes cross while the mirrors copy.
+ */
+static void block_capped(bool direct, const char *transport)
+{
+	const uint64_t cap = 24 * MiB;
+	struct pair p;
+	struct blkpair d;
+	struct rx_thread rx;
+	struct ferry_report rep;
+	struct ferry_error err = { 0 };
+	struct ferry_migrate_opts o = { .direct = direct,
+					.codec = FERRY_CODEC_NONE,
+					.max_bandwidth_bytes_per_s = cap };
+	uint64_t rate;
+
+	blkpair_start(&p, &d, &(struct blkpair_opts){ .size = 64 * MiB,
+						      .data_mib = 32 });
+	ck_assert_msg(blkpair_migrate(&p, &o, &rep, &err, &rx) == 0, "%s", err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert_str_eq(rep.transport, transport);
+	ck_assert_uint_gt(rep.disk_data_bytes, 16 * MiB);
+	ck_assert_uint_gt(rep.disk_mirror_ms, 0);
+	rate = rep.disk_wire_bytes * 1000 / rep.disk_mirror_ms;
+	ck_assert_msg(rate <= cap + cap / 10, "the disks crossed at %llu bytes/s "
+		      "with a cap of %llu", (unsigned long long)rate,
+		      (unsigned long long)cap);
+	expect_same_file(d.src_img, d.dst_img);
+	expect_same_ram(&p);
+	pair_stop(&p);
+}
+
+START_TEST(block_capped_direct)
+{
+	block_capped(true, "direct");
+}
+END_TEST
+
+START_TEST(block_capped_handoff)
+{
+	block_capped(false, "handoff");
+}
+END_TEST
+
+/*
  * Cold migration with a disk (Nova's `nova migrate`): the running guest
  * is paused first and moves stopped, its disk with it; written before,
  * the image arrives byte for byte, RAM the same, and the journal says
@@ -460,6 +509,8 @@ int main(void)
 
 	add(s, "raw_with_writes", block_raw_with_writes);
 	add(s, "direct", block_direct);
+	add(s, "capped_direct", block_capped_direct);
+	add(s, "capped_handoff", block_capped_handoff);
 	add(s, "cold", block_cold);
 	add(s, "qcow2_write_blocking", block_qcow2_write_blocking);
 	add(s, "sparse_4g", block_sparse_4g);
