@@ -17,7 +17,7 @@
  * usage: bench_converge [-m MEM_MIB] [-w WS_MIB] [-l LINK_MIB_S]
  *                       [-d RATE,RATE,...] [-D DOWNTIME_MS] [-p POLICY,...]
  *                       [-T tunnel|handoff|direct] [-t TIMEOUT_S]
- *                       [-n REPEATS] [-o FILE]
+ *                       [-n REPEATS] [-o FILE] [-B TRACE_DIR]
  *        bench_converge -s FILE...   the table of earlier results (medians)
  */
 #include <errno.h>
@@ -71,7 +71,11 @@ struct result {
 	uint32_t throttle;
 };
 
-/* The guest's view of the run, and the check that it arrived whole. */
+/* -B: where each run's heartbeats go (ms from the start, work). */
+static const char *su_trace_dir;
+
+/* The guest's view of the run, and then (dumping RAM stalls the guest)
+ * the check that it arrived whole. */
 static void judge(struct vm *src, struct vm *dst, const char *dir,
 		  uint64_t base, uint64_t from, struct result *res)
 {
@@ -79,23 +83,32 @@ static void judge(struct vm *src, struct vm *dst, const char *dir,
 	struct guest_view v;
 	uint64_t to;
 
-	if (res->completed) {
+	if (res->completed)
 		usleep(BC_SETTLE_MS * 1000);
-		res->verified = vm_wait_heartbeats(dst, BC_ALIVE_BEATS, BC_ALIVE_MS,
-						   &err) == 0 &&
-				stats_same_static_ram(dir, src, dst) == 1;
-		if (!res->verified)
-			fprintf(stderr, "destination guest: %s\n",
-				err.msg[0] ? err.msg : "RAM differs");
-	}
 	to = vm_now_us();
-	if (guest_view_of(src, res->completed ? dst : NULL, base, from, to, &v))
+	if (su_trace_dir) {
+		char path[512];
+
+		snprintf(path, sizeof(path), "%s/run-%llu.beats", su_trace_dir,
+			 (unsigned long long)from);
+		guest_view_trace(src, dst, base, from, path);
+		printf("guest's heartbeats: %s\n", path);
+	}
+	if (!guest_view_of(src, res->completed ? dst : NULL, base, from, to, &v)) {
+		res->viewed = true;
+		res->blackout_ms = (v.blackout_us + 999) / 1000;
+		res->half_rate_ms = v.half_rate_us == UINT64_MAX ? UINT64_MAX :
+				    (v.half_rate_us + 999) / 1000;
+		res->lost_ms = (v.lost_us + 999) / 1000;
+	}
+	if (!res->completed)
 		return;
-	res->viewed = true;
-	res->blackout_ms = (v.blackout_us + 999) / 1000;
-	res->half_rate_ms = v.half_rate_us == UINT64_MAX ? UINT64_MAX :
-			    (v.half_rate_us + 999) / 1000;
-	res->lost_ms = (v.lost_us + 999) / 1000;
+	res->verified = vm_wait_heartbeats(dst, BC_ALIVE_BEATS, BC_ALIVE_MS,
+					   &err) == 0 &&
+			stats_same_static_ram(dir, src, dst) == 1;
+	if (!res->verified)
+		fprintf(stderr, "destination guest: %s\n",
+			err.msg[0] ? err.msg : "RAM differs");
 }
 
 static int one(const struct setup *su, enum pol pol, uint32_t rate,
@@ -396,7 +409,7 @@ int main(int argc, char **argv)
 	FILE *out;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:w:l:d:D:p:T:t:n:o:s")) != -1) {
+	while ((opt = getopt(argc, argv, "m:w:l:d:D:p:T:t:n:o:B:s")) != -1) {
 		switch (opt) {
 		case 'm': su.mem = (uint32_t)atoi(optarg); break;
 		case 'w': su.ws = (uint32_t)atoi(optarg); break;
@@ -405,6 +418,7 @@ int main(int argc, char **argv)
 		case 't': su.timeout_s = (uint32_t)atoi(optarg); break;
 		case 'n': repeats = (uint32_t)atoi(optarg); break;
 		case 'o': out_path = optarg; break;
+		case 'B': su_trace_dir = optarg; break;
 		case 's': summary_only = true; break;
 		case 'p':
 			if (!parse_policies(optarg, su.pol_on))
@@ -492,7 +506,8 @@ int main(int argc, char **argv)
 usage:
 	fprintf(stderr, "usage: %s [-m MEM] [-w WS] [-l LINK_MIB_S] [-d RATES] "
 		"[-D DOWNTIME_MS] [-p POLICY,...] [-T tunnel|handoff|direct] "
-		"[-t TIMEOUT_S] [-n REPEATS] [-o FILE]\n       %s -s FILE...\n",
+		"[-t TIMEOUT_S] [-n REPEATS] [-o FILE] [-B TRACE_DIR]\n"
+		"       %s -s FILE...\n",
 		argv[0], argv[0]);
 	return 2;
 }

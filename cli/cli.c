@@ -334,6 +334,11 @@ static void print_summary(const struct ferry_report *r)
 	       (unsigned long long)(r->ram_bytes >> 20),
 	       (unsigned long long)(r->wire_bytes >> 20),
 	       (double)r->throughput_bytes_per_s / (1 << 20));
+	if (r->has_postcopy_blocktime)
+		printf("post-copy: the destination guest's vCPUs waited %u ms "
+		       "for pages in all (QEMU's postcopy-blocktime), besides "
+		       "the %llu ms of downtime\n", r->postcopy_blocktime_ms,
+		       (unsigned long long)r->downtime_ms);
 	if (r->disks)
 		printf("disks: %u, %llu MiB: %llu MiB data, %llu MiB zeroes, %llu "
 		       "MiB on the wire; mirrors ready after %llu ms, synced at "

@@ -76,9 +76,11 @@ struct mig_info {
 	double mbps;		/* QEMU's measured throughput, Mbit/s */
 	uint32_t throttle_pct;	/* cpu-throttle-percentage */
 	uint64_t incoming_port;	/* destination, tcp incoming: bound port */
+	uint32_t postcopy_blocktime_ms;	/* or MIG_BLOCKTIME_UNKNOWN */
 	char error_desc[256];
 };
 
+#define MIG_BLOCKTIME_UNKNOWN UINT32_MAX
 int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err);
 
 /* Status strings of query-migrate that mean "still going". */
@@ -95,6 +97,7 @@ struct mig_params {
 	uint64_t max_bandwidth_bytes_per_s;
 	uint32_t downtime_ms;
 	bool postcopy;		/* capability postcopy-ram (both sides) */
+	bool blocktime;		/* postcopy-blocktime (destination, post-copy) */
 	bool auto_converge;	/* source only, with the throttle below */
 	uint32_t throttle_initial_pct, throttle_increment_pct, throttle_max_pct;
 	bool throttle_tailslow;

@@ -89,6 +89,7 @@ struct mig_run {
 	bool migrate_started;
 	bool was_running;
 	bool source_completed;	/* the source QEMU completed: never cont it */
+	uint32_t blocktime_ms;	/* the destination's, from FINISHED */
 	uint8_t mig_id[WIRE_MIG_ID_BYTES];
 	uint64_t ram_bytes;
 	uint64_t t0_ms;
@@ -212,6 +213,7 @@ struct ferry_migration *ferry_migration_new_sized(
 	if (!m)
 		goto err_nomem;
 	m->cancel_efd = -1;
+	m->run.blocktime_ms = WIRE_BLOCKTIME_UNKNOWN;
 	if (config_copy(&m->cfg, o) < 0)
 		goto err_free;
 	if (o->streams > WIRE_STREAMS_MAX) {
@@ -1468,7 +1470,8 @@ static int phase_completing(struct ferry_migration *m, struct ferry_error *err)
 	if (h.type != WIRE_CTRL_FINISHED)
 		return ferry_error_set(err, -EPROTO, "expected FINISHED, got %s",
 				       wire_ctrl_name(h.type));
-	rc = wire_finished_decode(&h, payload, &ok, &status, err);
+	rc = wire_finished_decode(&h, payload, &ok, &status, &m->run.blocktime_ms,
+				  err);
 	if (rc < 0)
 		return rc;
 	if (!ok) {
@@ -1649,6 +1652,9 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	if (m->cfg.o.cold && m->run.was_running)
 		r->downtime_ms = r->total_ms;
 	r->downtime_limit_ms = m->run.conv.limits.downtime_max_ms;
+	r->has_postcopy_blocktime = m->run.blocktime_ms != WIRE_BLOCKTIME_UNKNOWN;
+	if (r->has_postcopy_blocktime)
+		r->postcopy_blocktime_ms = m->run.blocktime_ms;
 	r->setup_ms = m->run.last.setup_time_ms;
 	r->ram_size_bytes = m->run.ram_bytes;
 	r->ram_bytes = stream_bytes(m);

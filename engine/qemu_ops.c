@@ -82,6 +82,10 @@ int mig_query(struct qmp *q, struct mig_info *info, struct ferry_error *err)
 	if (!info->page_size)
 		info->page_size = 4096;
 	info->throttle_pct = (uint32_t)get_u64(ret, "cpu-throttle-percentage");
+	/* Destination, post-copy, once completed (capability postcopy-blocktime). */
+	info->postcopy_blocktime_ms = json_is_integer(json_object_get(ret,
+						"postcopy-blocktime")) ?
+		(uint32_t)get_u64(ret, "postcopy-blocktime") : MIG_BLOCKTIME_UNKNOWN;
 	info->incoming_port = incoming_port(ret);
 	copy_str(info->error_desc, sizeof(info->error_desc),
 		 json_object_get(ret, "error-desc"));
@@ -162,13 +166,16 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	/*
 	 * events: progress without polling; return-path: the destination
 	 * tells the source when it failed to load, so the source can keep
-	 * the guest running instead of completing blindly.
+	 * the guest running instead of completing blindly; postcopy-blocktime:
+	 * the destination counts how long its vCPUs waited for pages.
 	 */
-	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b}]}",
+	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},"
+			 "{s:s,s:b}]}",
 			 "capabilities",
 			 "capability", "events", "state", 1,
 			 "capability", "return-path", "state", 1,
 			 "capability", "postcopy-ram", "state", p->postcopy,
+			 "capability", "postcopy-blocktime", "state", p->blocktime,
 			 "capability", "auto-converge", "state", p->auto_converge,
 			 "capability", "pause-before-switchover", "state",
 			 p->pause_before_switchover);

@@ -392,6 +392,7 @@ static int rx_prepare(struct incoming *in, struct ferry_error *err)
 		.max_bandwidth_bytes_per_s = MIG_BANDWIDTH_UNLIMITED,
 		.downtime_ms = FERRY_DEFAULT_DOWNTIME_MS,
 		.postcopy = in->hello.options & WIRE_OPT_POSTCOPY,
+		.blocktime = in->hello.options & WIRE_OPT_POSTCOPY,
 	};
 	int rc;
 
@@ -806,8 +807,10 @@ static int rx_finish(struct incoming *in, struct ferry_error *err)
 		return rc;
 	ferry_log(FERRY_LOG_INFO, "migration %s completed; destination guest %s",
 		  in->id, status);
+	/* MIG_BLOCKTIME_UNKNOWN is WIRE_BLOCKTIME_UNKNOWN: passed as it is. */
 	return net_ctrl_send(&in->ctrl, WIRE_CTRL_FINISHED, text,
-			     wire_finished_encode(true, status, text),
+			     wire_finished_encode(true, status,
+						  info.postcopy_blocktime_ms, text),
 			     MIG_QMP_TIMEOUT_MS, err);
 }
 

@@ -40,6 +40,9 @@ json_t *report_json(const struct ferry_report *r)
 		json_object_set_new(o, "downtime_exceeded",
 				    json_boolean(r->downtime_exceeded));
 	}
+	if (r->has_postcopy_blocktime)
+		json_object_set_new(o, "postcopy_blocktime_ms",
+				    json_integer(r->postcopy_blocktime_ms));
 	json_object_set_new(o, "codec", json_string(r->codec));
 	json_object_set_new(o, "transport", json_string(r->transport));
 	json_object_set_new(o, "probe_bytes_per_s",

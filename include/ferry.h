@@ -303,6 +303,12 @@ struct ferry_report {
 	 * went over it (completed migrations; source side). */
 	uint32_t downtime_limit_ms;
 	bool downtime_exceeded;
+	/* Post-copy: how long the destination guest's vCPUs waited for
+	 * pages, in all (QEMU's postcopy-blocktime, read from the
+	 * destination when it completed): the stall the guest felt beyond
+	 * the downtime. Known only when has_postcopy_blocktime. */
+	bool has_postcopy_blocktime;
+	uint32_t postcopy_blocktime_ms;
 };
 
 #define FERRY_TUNNEL_STAGES 8

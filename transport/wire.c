@@ -221,21 +221,41 @@ int wire_probed_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 	return 0;
 }
 
-uint32_t wire_finished_encode(bool ok, const char *status,
+uint32_t wire_finished_encode(bool ok, const char *status, uint32_t blocktime_ms,
 			      uint8_t out[1 + WIRE_STATUS_MAX])
 {
-	size_t n = strnlen(status, WIRE_STATUS_MAX);
+	/* With the blocktime, the whole still fits what older sources take. */
+	size_t room = blocktime_ms == WIRE_BLOCKTIME_UNKNOWN ? WIRE_STATUS_MAX :
+		      WIRE_STATUS_MAX - 1 - 4;
+	size_t n = strnlen(status, room);
 
 	out[0] = ok ? 1 : 0;
 	memcpy(out + 1, status, n);
-	return (uint32_t)(1 + n);
+	if (blocktime_ms == WIRE_BLOCKTIME_UNKNOWN)
+		return (uint32_t)(1 + n);
+	out[1 + n] = 0;
+	be_put32(out + 2 + n, blocktime_ms);
+	return (uint32_t)(1 + n + 1 + 4);
 }
 
 int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
-			 bool *ok, const char **status, struct ferry_error *err)
+			 bool *ok, const char **status, uint32_t *blocktime_ms,
+			 struct ferry_error *err)
 {
+	size_t n;
+
 	if (h->type != WIRE_CTRL_FINISHED || h->len < 1 || payload[0] > 1)
 		return ferry_error_set(err, -EPROTO, "malformed FINISHED");
+	n = strnlen((const char *)payload + 1, h->len - 1);
+	if (h->len == 1 + n) {
+		*blocktime_ms = WIRE_BLOCKTIME_UNKNOWN;
+	} else if (h->len == 1 + n + 1 + 4) {
+		*blocktime_ms = be_get32(payload + 2 + n);
+	} else {
+		return ferry_error_set(err, -EPROTO, "malformed FINISHED "
+				       "(%u bytes after a %zu-byte state)",
+				       h->len, n);
+	}
 	*ok = payload[0] == 1;
 	*status = (const char *)payload + 1;
 	return 0;

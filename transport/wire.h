@@ -176,13 +176,22 @@ void wire_probed_encode(uint64_t bytes, uint64_t ns,
 			uint8_t out[WIRE_PROBED_BYTES]);
 int wire_probed_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
 		       uint64_t *bytes, uint64_t *ns, struct ferry_error *err);
-/* Returns the payload length. */
-uint32_t wire_finished_encode(bool ok, const char *status,
+/*
+ * FINISHED: u8 ok, the destination's run state (text), and when known,
+ * a NUL and how long the destination guest's vCPUs waited for pages in
+ * post-copy (QEMU's postcopy-blocktime, ms, u32 big-endian). A receiver
+ * that does not know it sends the text alone, as ferry before it did.
+ * Returns the payload length.
+ */
+#define WIRE_BLOCKTIME_UNKNOWN UINT32_MAX
+uint32_t wire_finished_encode(bool ok, const char *status, uint32_t blocktime_ms,
 			      uint8_t out[1 + WIRE_STATUS_MAX]);
 /* @status gets the NUL-terminated text (payload must be NUL-terminated
- * after h->len bytes, as net_ctrl_recv leaves it). */
+ * after h->len bytes, as net_ctrl_recv leaves it); @blocktime_ms the
+ * blocktime or WIRE_BLOCKTIME_UNKNOWN. */
 int wire_finished_decode(const struct wire_ctrl_hdr *h, const uint8_t *payload,
-			 bool *ok, const char **status, struct ferry_error *err);
+			 bool *ok, const char **status, uint32_t *blocktime_ms,
+			 struct ferry_error *err);
 
 /*
  * GUEST: the machine type, the CPU model and the devices of the source

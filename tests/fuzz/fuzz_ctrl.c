@@ -61,11 +61,18 @@ static void decode_payload(const struct wire_ctrl_hdr *h, const uint8_t *p)
 	}
 	case WIRE_CTRL_FINISHED: {
 		const char *status;
+		uint32_t blocktime;
 		bool ok;
 
-		rc = wire_finished_decode(h, p, &ok, &status, &err);
-		if (rc == 0)
-			FUZZ_CHECK(strlen(status) < h->len);
+		rc = wire_finished_decode(h, p, &ok, &status, &blocktime, &err);
+		if (rc == 0) {
+			size_t n = strlen(status);
+
+			FUZZ_CHECK(n < h->len);
+			FUZZ_CHECK(h->len == 1 + n || h->len == 1 + n + 5);
+			FUZZ_CHECK(h->len == 1 + n + 5 ||
+				   blocktime == WIRE_BLOCKTIME_UNKNOWN);
+		}
 		break;
 	}
 	case WIRE_CTRL_DISKS: {

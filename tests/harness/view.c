@@ -133,3 +133,29 @@ int guest_view_of(struct vm *src, struct vm *dst, uint64_t base_us,
 	free(b);
 	return rc;
 }
+
+int guest_view_trace(struct vm *src, struct vm *dst, uint64_t base_us,
+		     uint64_t from_us, const char *path)
+{
+	struct vm_beat *b = calloc(VIEW_BEATS_MAX, sizeof(*b));
+	FILE *f = fopen(path, "w");
+	size_t n;
+	int rc = 0;
+
+	if (!b || !f) {
+		rc = !b ? -ENOMEM : -errno;
+		goto out;
+	}
+	n = vm_beats(src, dst, base_us, b, VIEW_BEATS_MAX);
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%.1f %llu\n",
+			((double)b[i].t_us - (double)from_us) / 1000,
+			(unsigned long long)b[i].work);
+	if (fflush(f) != 0)
+		rc = -errno;
+out:
+	if (f)
+		fclose(f);
+	free(b);
+	return rc;
+}

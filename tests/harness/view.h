@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "tests/harness/vm.h"
 
@@ -55,5 +56,10 @@ int guest_view(const struct vm_beat *b, size_t n, uint64_t from_us,
  * collects the beats since @base_us itself. */
 int guest_view_of(struct vm *src, struct vm *dst, uint64_t base_us,
 		  uint64_t from_us, uint64_t to_us, struct guest_view *v);
+
+/* The beats since @base_us as text, one "ms work" line each, ms from
+ * @from_us (negative before it): the guest's progress to plot. */
+int guest_view_trace(struct vm *src, struct vm *dst, uint64_t base_us,
+		     uint64_t from_us, const char *path);
 
 #endif /* FERRY_TESTS_VIEW_H */

@@ -405,20 +405,36 @@ START_TEST(ctrl_payloads)
 	char name[WIRE_VM_NAME_MAX + 1];
 	struct ferry_error err = { 0 };
 	const char *status;
+	uint32_t n, blocktime;
 	bool flag, ok;
-	uint32_t n;
 
 	ck_assert_int_eq(wire_flag_decode(&h, p, &flag, &err), -EPROTO);
 	p[0] = 1;
 	ck_assert_int_eq(wire_flag_decode(&h, p, &flag, &err), 0);
 	ck_assert(flag);
 
-	n = wire_finished_encode(true, "running", p);
+	n = wire_finished_encode(true, "running", WIRE_BLOCKTIME_UNKNOWN, p);
 	p[n] = '\0';
 	h = (struct wire_ctrl_hdr){ .type = WIRE_CTRL_FINISHED, .len = n };
-	ck_assert_int_eq(wire_finished_decode(&h, p, &ok, &status, &err), 0);
+	ck_assert_int_eq(wire_finished_decode(&h, p, &ok, &status, &blocktime,
+					      &err), 0);
 	ck_assert(ok);
 	ck_assert_str_eq(status, "running");
+	ck_assert_uint_eq(blocktime, WIRE_BLOCKTIME_UNKNOWN);
+	/* With the post-copy blocktime after the text. */
+	n = wire_finished_encode(false, "paused", 1234, p);
+	ck_assert_uint_le(n, 1 + WIRE_STATUS_MAX);
+	p[n] = '\0';
+	h.len = n;
+	ck_assert_int_eq(wire_finished_decode(&h, p, &ok, &status, &blocktime,
+					      &err), 0);
+	ck_assert(!ok);
+	ck_assert_str_eq(status, "paused");
+	ck_assert_uint_eq(blocktime, 1234);
+	/* Anything else after the text is refused. */
+	h.len = n - 1;
+	ck_assert_int_eq(wire_finished_decode(&h, p, &ok, &status, &blocktime,
+					      &err), -EPROTO);
 
 	ck_assert(wire_vm_name_valid("web-1.prod_2"));
 	ck_assert(!wire_vm_name_valid(""));
