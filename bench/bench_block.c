@@ -437,6 +437,8 @@ int main(int argc, char **argv)
 
 		snprintf(p, sizeof(p), "%s.jsonl", out_base);
 		jl = fopen(p, "w");
+		if (jl)
+			stats_write_machine_line(jl);
 	}
 	for (uint32_t r = 0; r < b.repeats; r++) {
 		for (uint32_t k = 0; k < nm; k++) {

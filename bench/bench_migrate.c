@@ -622,7 +622,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	fprintf(b.csv, "mode,run,t_ms,remaining_bytes,transferred_bytes,wire_bytes\n");
+	/* Before the CPU hogs start: the machine's speeds, not what they
+	 * leave of it. */
 	stats_print_machine(stdout);
+	stats_write_machine_line(b.out);
 	if (b.link)
 		printf("# %u MiB guest, %s memory, link (veth + tbf) at %u "
 		       "Mbit/s, %u CPU hog%s\n", b.mem_mib, b.fill, b.link_mbit,

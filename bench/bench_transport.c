@@ -493,6 +493,7 @@ int main(int argc, char **argv)
 	fprintf(stderr, "transport benchmark: %u MiB per run, %s content, "
 		"%u repeats, results in %s\n", mib, profile, repeats, out_path);
 	stats_print_machine(stdout);
+	stats_write_machine_line(out);
 	/* One warm-up of each mode, thrown away. */
 	for (uint32_t r = 0; r <= repeats; r++) {
 		for (uint32_t k = 0; k < nmodes; k++) {

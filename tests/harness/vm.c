@@ -88,6 +88,11 @@ static const char *env_or(const char *name, const char *dflt)
 	return v && *v ? v : dflt;
 }
 
+const char *vm_qemu_binary(void)
+{
+	return env_or("FERRY_QEMU", VM_DEFAULT_QEMU);
+}
+
 static bool fill_known(const char *fill)
 {
 	static const char *const fills[] = { "zero", "random", "text", "mix" };
@@ -141,7 +146,7 @@ static int build_argv(struct argv_builder *b, const struct vm_config *c,
 {
 	int rc = 0;
 
-	rc |= argv_add(b, "%s", env_or("FERRY_QEMU", VM_DEFAULT_QEMU));
+	rc |= argv_add(b, "%s", vm_qemu_binary());
 	rc |= argv_add(b, "-machine") | argv_add(b, "pc");
 	rc |= argv_add(b, "-accel") | argv_add(b, "%s", c->accel);
 	rc |= argv_add(b, "-cpu") | argv_add(b, "qemu64");

@@ -97,6 +97,10 @@ bool vm_alive(struct vm *vm);
 
 pid_t vm_pid(const struct vm *vm);
 
+/* The QEMU binary vm_start() runs: $FERRY_QEMU, else qemu-system-x86_64
+ * from $PATH (benchmarks report its version). */
+const char *vm_qemu_binary(void);
+
 /* The temp dir, e.g. for a test that checks vm_stop() removed it. */
 const char *vm_dir(const struct vm *vm);
 
