@@ -197,16 +197,25 @@ void codec_auto_init(struct codec_auto *a)
 	a->cur = a->best = WIRE_CODEC_RAW;
 }
 
+/* Raw bytes per second over the scored window; 0 when it moved less than
+ * CODEC_EPOCH_MIN_BYTES (too little to say anything). */
+static double window_rate(const struct codec_auto *a)
+{
+	uint64_t wall = a->window_t0_ns ? a->last_ns - a->window_t0_ns : 0;
+
+	if (a->bytes < CODEC_EPOCH_MIN_BYTES || !wall)
+		return 0;
+	return (double)a->bytes * 1e9 / (double)wall;
+}
+
 /* Score the epoch that ends: its codec's EWMA takes the epoch's rate. */
 static void score_epoch(struct codec_auto *a)
 {
-	uint64_t wall = a->window_t0_ns ? a->last_ns - a->window_t0_ns : 0;
-	double sample;
+	double sample = window_rate(a);
 
 	a->epochs++;
-	if (a->bytes < CODEC_EPOCH_MIN_BYTES || !wall)
-		return;		/* too little moved to say anything */
-	sample = (double)a->bytes * 1e9 / (double)wall;
+	if (sample <= 0)
+		return;
 	a->score[a->cur] = a->score[a->cur] > 0 ?
 		a->score[a->cur] + CODEC_EWMA_ALPHA * (sample - a->score[a->cur]) :
 		sample;
@@ -270,6 +279,28 @@ static void start_epoch(struct codec_auto *a, enum wire_codec c, uint64_t now_ns
 	a->bytes = 0;
 }
 
+/*
+ * Whether this epoch's codec is on trial and has already lost: its scored
+ * frames, CODEC_TRIAL_MIN_MS of them at least, delivered less than
+ * 1/CODEC_TRIAL_LOSE of another codec's score (see codec.h). The codec
+ * kept between explorations is not on trial: its epochs run their
+ * length, so that one dip does not throw it out.
+ */
+static bool trial_lost(const struct codec_auto *a)
+{
+	double rate = window_rate(a), top = 0;
+
+	if (a->cur == a->best && a->score[a->cur] > 0)
+		return false;
+	if (rate <= 0 || a->last_ns - a->window_t0_ns <
+			 CODEC_TRIAL_MIN_MS * 1000000ull)
+		return false;
+	for (int c = WIRE_CODEC_RAW; c <= WIRE_CODEC_ZSTD; c++)
+		if (c != (int)a->cur && a->score[c] > top)
+			top = a->score[c];
+	return rate * CODEC_TRIAL_LOSE < top;
+}
+
 enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 {
 	uint64_t len_ms = a->score[a->cur] > 0 ? CODEC_EPOCH_MS :
@@ -282,7 +313,7 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 	}
 	elapsed_ms = (now_ns - a->epoch_t0_ns) / 1000000ull;
 	if ((elapsed_ms >= len_ms && a->bytes >= CODEC_EPOCH_MIN_BYTES) ||
-	    elapsed_ms >= CODEC_EPOCH_MAX_MS) {
+	    elapsed_ms >= CODEC_EPOCH_MAX_MS || trial_lost(a)) {
 		score_epoch(a);
 		start_epoch(a, next_codec(a), now_ns);
 	}

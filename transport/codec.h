@@ -17,6 +17,17 @@
  * must beat raw by CODEC_AUTO_MARGIN to be kept: raw takes no CPU from the
  * guests. The first CODEC_EPOCH_WARM_MS of an epoch after a switch are not
  * scored: the socket still drains what the last codec queued.
+ *
+ * A codec on trial (its first epoch, or an exploration) whose scored
+ * frames deliver less than 1/CODEC_TRIAL_LOSE of another codec's score
+ * ends its epoch after CODEC_TRIAL_MIN_MS of them, scored as far as it
+ * ran: that far behind it cannot be the best, and the rest of its epoch
+ * would only cost time (raw on text memory over a 1 Gbit/s link delivers
+ * a quarter of lz4's rate: its whole first epoch cost about 0.15 s of a
+ * 2.5 s migration). The verdict waits out the warm-up as a score does:
+ * what the last codec queued can make the new one look slower as well as
+ * faster (a stream compressed 3x ahead of raw drains at a third of raw's
+ * rate when the receiving QEMU is what is slow).
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -37,6 +48,13 @@
 #define CODEC_EPOCH_FIRST_MS 200
 #define CODEC_EPOCH_MS 500
 #define CODEC_EPOCH_WARM_MS 50
+/* A trial below 1/CODEC_TRIAL_LOSE of the best score so far ends once it
+ * was scored this long: a 2x gap is far beyond the noise of 25 ms of
+ * whole frames. A stall of QEMU's as long can still lose a codec its
+ * trial, as it can shift a whole epoch's score; it is tried again, as
+ * any codec far behind is. */
+#define CODEC_TRIAL_MIN_MS 25
+#define CODEC_TRIAL_LOSE 2.0
 /* An epoch is scored once it moved this much (else it runs on, up to
  * CODEC_EPOCH_MAX_MS, and then ends unscored: too little to say). */
 #define CODEC_EPOCH_MIN_BYTES (2u << 20)
