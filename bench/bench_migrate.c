@@ -31,13 +31,24 @@
  * in bench/results/; the summary table on stdout; bench/plot.sh draws
  * the plots.
  *
+ * -G resumes the destination instead (ferry with paused=false; QEMU's own
+ * modes with "cont" once it has loaded, as libvirt does) and measures what
+ * the guest felt, from its heartbeats (tests/harness/view.h): the longest
+ * time without progress (blackout), the time until it ran at half its
+ * undisturbed rate again, and the work it lost. A running guest's RAM
+ * cannot be compared whole, so such a run is verified by the guest's own
+ * memory invariant (it beats on only while that holds) and by the RAM
+ * above its working set, byte for byte. -B DIR (with -G) also writes each
+ * run's heartbeats there, to plot.
+ *
  * -H N runs N CPU hogs (busy loops) throughout, for the machine a
  * migration really gets: cores shared with other work. A run that fails
  * (a guest that does not boot, say) is retried once and logged.
  *
  * usage: bench_migrate [-m MEM_MIB] [-n REPEATS] [-p random|text|mix]
  *                      [-w WS_MIB] [-r RATE_MIB_S] [-M modes] [-N net]
- *                      [-R MBIT] [-H HOGS] [-o BASENAME]
+ *                      [-R MBIT] [-H HOGS] [-G] [-B TRACE_DIR]
+ *                      [-o BASENAME]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -62,6 +73,7 @@
 #include "tests/harness/rx.h"
 #include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
+#include "tests/harness/view.h"
 #include "tests/harness/vm.h"
 
 #define BENCH_MAX_REPEATS 20
@@ -71,6 +83,15 @@
 #define BENCH_QEMU_POLL_MS 10	/* QEMU modes: end-of-migration detection */
 #define BENCH_MIGRATE_TIMEOUT_MS 600000
 #define BENCH_MAX_SAMPLES 20000
+/* -G: the guest's undisturbed rate is measured over this long before the
+ * migration starts (the view needs VIEW_BASE_MIN_MS; the rest is margin
+ * for a late first heartbeat on a busy host). */
+#define BENCH_BASE_MS (VIEW_BASE_MIN_MS + 500)
+/* -G: the resumed guest's time to settle before the view's window ends. */
+#define BENCH_SETTLE_MS 2000
+/* -G: a resumed destination must beat this often within this long. */
+#define BENCH_ALIVE_BEATS 5
+#define BENCH_ALIVE_MS 10000
 
 enum kind { K_QEMU, K_FERRY };
 
@@ -119,12 +140,18 @@ struct run {
 	uint64_t total_ms, downtime_ms, wire_bytes, qemu_cpu_ms, ferry_cpu_ms;
 	bool ok;
 	char transport[12];	/* ferry's choice: tunnel, handoff, direct */
+	/* -G: the guest's view, when its heartbeats allowed one (viewed);
+	 * half_rate_ms is UINT64_MAX when it never got back to half rate. */
+	bool viewed;
+	uint64_t blackout_ms, half_rate_ms, lost_ms;
 };
 
 struct bench {
 	uint32_t mem_mib, repeats, ws_mib, rate, link_mbit;
 	const char *fill;
 	bool link;
+	bool resume;		/* -G: destination resumed, the guest's view */
+	const char *trace_dir;	/* -B: each run's heartbeats, or NULL */
 	const char *dst_host;
 	char dir[64], pki[160], psk[160];
 	FILE *out, *csv;
@@ -334,7 +361,16 @@ static int run_qemu_mode(struct bench *b, const struct mode *m, struct vm *src,
 			break;
 		usleep(2000);
 	}
-	/* Wall time from set-up to a loaded destination, like ferry's. */
+	/* -G: run it, as libvirt does once QEMU's migration completed. The
+	 * total includes this, as ferry's includes the FINISH that tells its
+	 * receiver to resume the destination. */
+	if (b->resume) {
+		rc = qcmd(qd, "cont", NULL, err);
+		if (rc)
+			return rc;
+	}
+	/* Wall time from set-up to a loaded (or resumed) destination, like
+	 * ferry's. */
 	res->total_ms = ferry_now_ms() - b->t0_ms;
 	res->downtime_ms = info.downtime_ms;
 	res->wire_bytes = info.ram_transferred;
@@ -356,7 +392,7 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	struct rx_thread rx;
 	struct ferry_migrate_opts mo = {
 		.qmp_path = vm_qmp_path(src), .to_host = b->dst_host,
-		.paused = true, .direct = m->direct, .codec = m->codec,
+		.paused = !b->resume, .direct = m->direct, .codec = m->codec,
 		.streams = m->streams, .codec_level = m->level,
 		.no_handoff = m->no_handoff,
 		.progress = on_progress,
@@ -400,6 +436,63 @@ static bool m_is_qemu(const struct mode *m)
 	return m->kind == K_QEMU;
 }
 
+/* -G: the guest's view of the window [@from_us, now] into @res, its
+ * undisturbed rate from the beats since @base_us; and its heartbeats to
+ * -B's directory. A view the beats do not allow leaves res->viewed false. */
+static void view_run(struct bench *b, const struct mode *m, struct vm *src,
+		     struct vm *dst, uint64_t base_us, uint64_t from_us,
+		     struct run *res)
+{
+	uint64_t to_us = vm_now_us();
+	struct guest_view v;
+
+	if (b->trace_dir) {
+		char path[512];
+
+		snprintf(path, sizeof(path), "%s/%s-%llu.beats", b->trace_dir,
+			 m->name, (unsigned long long)from_us);
+		if (guest_view_trace(src, dst, base_us, from_us, path) == 0)
+			printf("guest's heartbeats: %s\n", path);
+	}
+	if (guest_view_of(src, dst, base_us, from_us, to_us, &v))
+		return;
+	res->viewed = true;
+	res->blackout_ms = (v.blackout_us + 999) / 1000;
+	res->half_rate_ms = v.half_rate_us == UINT64_MAX ? UINT64_MAX :
+			    (v.half_rate_us + 999) / 1000;
+	res->lost_ms = (v.lost_us + 999) / 1000;
+}
+
+/*
+ * -G: after a migration to a resumed destination, first the guest's view
+ * (dumping RAM with pmemsave stalls the guest, so nothing may do that
+ * before), then the proof that it arrived whole: the destination beats on,
+ * which the guest does only while its memory invariant holds, and the RAM
+ * it never writes after READY equals the source's byte for byte.
+ * Returns 0, or -errno with @err saying which check failed.
+ */
+static int judge_resumed(struct bench *b, const struct mode *m,
+			 struct vm *src, struct vm *dst, uint64_t base_us,
+			 uint64_t from_us, struct run *res,
+			 struct ferry_error *err)
+{
+	int rc;
+
+	usleep(BENCH_SETTLE_MS * 1000);
+	view_run(b, m, src, dst, base_us, from_us, res);
+	rc = vm_wait_heartbeats(dst, BENCH_ALIVE_BEATS, BENCH_ALIVE_MS, err);
+	if (rc < 0)
+		return rc;
+	rc = stats_same_static_ram(b->dir, src, dst);
+	if (rc < 0)
+		return ferry_error_set(err, rc, "cannot compare the guests' "
+				       "static RAM: %s", strerror(-rc));
+	if (rc != 1)
+		return ferry_error_set(err, -EIO, "guest RAM above the working "
+				       "set differs");
+	return 0;
+}
+
 static int one_run(struct bench *b, const struct mode *m, struct run *res,
 		   struct ferry_error *err)
 {
@@ -407,7 +500,7 @@ static int one_run(struct bench *b, const struct mode *m, struct run *res,
 				.ws_mib = b->ws_mib, .rate_mib_s = b->rate };
 	struct vm_config dc = sc;
 	struct vm *src = NULL, *dst = NULL;
-	uint64_t c_src, c_dst, c_self, l0;
+	uint64_t c_src, c_dst, c_self, l0, base_us = 0, from_us = 0;
 	int rc;
 
 	memset(res, 0, sizeof(*res));
@@ -424,6 +517,12 @@ static int one_run(struct bench *b, const struct mode *m, struct run *res,
 		rc = -EIO;
 	if (rc < 0)
 		goto out;
+	if (b->resume) {
+		/* The guest's undisturbed rate, before anything happens. */
+		base_us = vm_now_us();
+		usleep(BENCH_BASE_MS * 1000);
+		from_us = vm_now_us();
+	}
 	c_src = proc_cpu_ms(vm_pid(src));
 	c_dst = proc_cpu_ms(vm_pid(dst));
 	c_self = self_cpu_ms();
@@ -439,7 +538,8 @@ static int one_run(struct bench *b, const struct mode *m, struct run *res,
 		res->wire_bytes = link_bytes() - l0;
 	if (rc < 0)
 		goto out;
-	rc = verify_ram(b, src, dst, err);
+	rc = b->resume ? judge_resumed(b, m, src, dst, base_us, from_us, res, err) :
+			 verify_ram(b, src, dst, err);
 	res->ok = rc == 0;
 out:
 	vm_stop(src);
@@ -464,6 +564,23 @@ static uint64_t median_of(struct run *runs, uint32_t n, size_t field)
 		v[i] = *(uint64_t *)((char *)&runs[i] + field);
 	qsort(v, n, sizeof(*v), cmp_u64);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* -G: the median of one view field over the runs with a view into @buf,
+ * "-" for none. */
+static void view_median(const struct run *runs, uint32_t n, size_t field,
+			char *buf, size_t len)
+{
+	uint64_t v[BENCH_MAX_REPEATS];
+	uint32_t k = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		if (runs[i].viewed)
+			v[k++] = *(const uint64_t *)((const char *)&runs[i] + field);
+	if (k)
+		snprintf(buf, len, "%llu", (unsigned long long)stats_median(v, k));
+	else
+		snprintf(buf, len, "-");
 }
 
 static int find_mode(const struct mode **modes, uint32_t n, const char *name)
@@ -492,12 +609,18 @@ static void summarize(struct bench *b, const struct mode **modes, uint32_t nm,
 	       b->repeats);
 	if (b->link)
 		printf("link: veth + tbf at %u Mbit/s\n\n", b->link_mbit);
-	printf("| mode | total ms | downtime ms | wire MiB | QEMU CPU s | ferry CPU s | vs qemu-plain | vs qemu-tls | vs multifd-zstd |\n");
-	printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+	if (b->resume)
+		printf("destination resumed; blackout: the longest time the guest "
+		       "made no progress, work lost: against running undisturbed, "
+		       "in time (from its heartbeats)\n\n");
+	printf("| mode | total ms | downtime ms |%s wire MiB | QEMU CPU s | ferry CPU s | vs qemu-plain | vs qemu-tls | vs multifd-zstd |\n",
+	       b->resume ? " blackout ms | work lost ms |" : "");
+	printf("| --- | ---: | ---: |%s ---: | ---: | ---: | ---: | ---: | ---: |\n",
+	       b->resume ? " ---: | ---: |" : "");
 	for (uint32_t k = 0; k < nm; k++)
 		tot[k] = median_of(runs[k], b->repeats, offsetof(struct run, total_ms));
 	for (uint32_t k = 0; k < nm; k++) {
-		char r1[16] = "", r2[16] = "", r3[16] = "";
+		char r1[16] = "", r2[16] = "", r3[16] = "", view[64] = "";
 
 		if (plain >= 0)
 			snprintf(r1, sizeof(r1), "%.2f", (double)tot[k] / (double)tot[plain]);
@@ -505,10 +628,20 @@ static void summarize(struct bench *b, const struct mode **modes, uint32_t nm,
 			snprintf(r2, sizeof(r2), "%.2f", (double)tot[k] / (double)tot[qtls]);
 		if (mzstd >= 0)
 			snprintf(r3, sizeof(r3), "%.2f", (double)tot[k] / (double)tot[mzstd]);
-		printf("| %s | %llu | %llu | %.0f | %.2f | %.2f | %s | %s | %s |\n",
+		if (b->resume) {
+			char bo[24], lost[24];
+
+			view_median(runs[k], b->repeats,
+				    offsetof(struct run, blackout_ms), bo, sizeof(bo));
+			view_median(runs[k], b->repeats,
+				    offsetof(struct run, lost_ms), lost, sizeof(lost));
+			snprintf(view, sizeof(view), " %s | %s |", bo, lost);
+		}
+		printf("| %s | %llu | %llu |%s %.0f | %.2f | %.2f | %s | %s | %s |\n",
 		       modes[k]->name, (unsigned long long)tot[k],
 		       (unsigned long long)median_of(runs[k], b->repeats,
 						     offsetof(struct run, downtime_ms)),
+		       view,
 		       (double)median_of(runs[k], b->repeats,
 					 offsetof(struct run, wire_bytes)) / (1 << 20),
 		       (double)median_of(runs[k], b->repeats,
@@ -524,6 +657,59 @@ static void summarize(struct bench *b, const struct mode **modes, uint32_t nm,
 		fclose(tsv);
 }
 
+/* One run's line on the terminal. */
+static void print_run(const struct bench *b, const struct mode *m,
+		      uint32_t r, const struct run *x)
+{
+	char view[64] = "";
+
+	if (x->viewed)
+		snprintf(view, sizeof(view), ", blackout %4llu ms, lost %5llu ms",
+			 (unsigned long long)x->blackout_ms,
+			 (unsigned long long)x->lost_ms);
+	else if (b->resume)
+		snprintf(view, sizeof(view), ", no view");
+	printf("%-18s %s %u: %6llu ms, downtime %4llu ms%s, wire %5.0f MiB, "
+	       "%s verified\n", m->name, r ? "run" : "warm-up", r,
+	       (unsigned long long)x->total_ms,
+	       (unsigned long long)x->downtime_ms, view,
+	       (double)x->wire_bytes / (1 << 20), b->resume ? "guest" : "RAM");
+	fflush(stdout);
+}
+
+/* One run's JSON line; the guest's view only where it was measured. */
+static void write_run(struct bench *b, const struct mode *m, uint32_t r,
+		      const struct run *x)
+{
+	fprintf(b->out,
+		"{\"mode\":\"%s\",\"run\":%u,\"net\":\"%s\",\"link_mbit\":%u,"
+		"\"mem_mib\":%u,\"fill\":\"%s\",\"ws_mib\":%u,\"rate_mib_s\":%u,"
+		"\"total_ms\":%llu,\"downtime_ms\":%llu,\"wire_bytes\":%llu,"
+		"\"qemu_cpu_ms\":%llu,\"ferry_cpu_ms\":%llu,\"ram_verified\":%s,"
+		"\"transport\":\"%s\"",
+		m->name, r, b->link ? "link" : "loopback",
+		b->link ? b->link_mbit : 0, b->mem_mib, b->fill, b->ws_mib,
+		b->rate, (unsigned long long)x->total_ms,
+		(unsigned long long)x->downtime_ms,
+		(unsigned long long)x->wire_bytes,
+		(unsigned long long)x->qemu_cpu_ms,
+		(unsigned long long)x->ferry_cpu_ms,
+		x->ok ? "true" : "false",
+		m_is_qemu(m) ? "qemu" : x->transport);
+	if (b->resume)
+		fprintf(b->out, ",\"dst_resumed\":true");
+	if (x->viewed) {
+		fprintf(b->out, ",\"blackout_ms\":%llu,\"work_lost_ms\":%llu",
+			(unsigned long long)x->blackout_ms,
+			(unsigned long long)x->lost_ms);
+		if (x->half_rate_ms != UINT64_MAX)
+			fprintf(b->out, ",\"half_rate_ms\":%llu",
+				(unsigned long long)x->half_rate_ms);
+	}
+	fprintf(b->out, "}\n");
+	fflush(b->out);
+}
+
 int main(int argc, char **argv)
 {
 	static struct run runs[BENCH_MAX_MODES][BENCH_MAX_REPEATS];
@@ -536,7 +722,7 @@ int main(int argc, char **argv)
 	uint32_t nm = 0, hog_count = 0;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:n:p:f:w:r:M:N:R:H:o:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:p:f:w:r:M:N:R:H:GB:o:")) != -1) {
 		switch (opt) {
 		case 'm': b.mem_mib = (uint32_t)atoi(optarg); break;
 		case 'n': b.repeats = (uint32_t)atoi(optarg); break;
@@ -548,18 +734,28 @@ int main(int argc, char **argv)
 		case 'N': net = optarg; break;
 		case 'R': b.link_mbit = (uint32_t)atoi(optarg); break;
 		case 'H': hog_count = (uint32_t)atoi(optarg); break;
+		case 'G': b.resume = true; break;
+		case 'B': b.trace_dir = optarg; break;
 		case 'o': base_opt = optarg; break;
 		default:
 			fprintf(stderr, "usage: %s [-m MEM_MIB] [-n REPEATS] "
 				"[-p random|text|mix] [-w WS_MIB] [-r RATE] "
 				"[-M modes] [-N loopback|link] [-R MBIT] [-H HOGS] "
-				"[-o BASE]\n",
+				"[-G] [-B TRACE_DIR] [-o BASE]\n"
+				"  -G  resume the destination and measure the "
+				"guest's view (blackout, work lost)\n"
+				"  -B  with -G, write each run's heartbeats into "
+				"TRACE_DIR\n",
 				argv[0]);
 			return 2;
 		}
 	}
 	if (b.repeats < 1 || b.repeats > BENCH_MAX_REPEATS) {
 		fprintf(stderr, "repeats must be 1..%d\n", BENCH_MAX_REPEATS);
+		return 2;
+	}
+	if (b.trace_dir && !b.resume) {
+		fprintf(stderr, "-B needs -G (heartbeats of a resumed guest)\n");
 		return 2;
 	}
 	copy = strdup(mlist);
@@ -656,32 +852,11 @@ int main(int argc, char **argv)
 					return 1;
 				}
 			}
-			printf("%-18s %s %u: %6llu ms, downtime %4llu ms, wire %5.0f MiB, "
-			       "RAM verified\n", modes[md]->name,
-			       r ? "run" : "warm-up", r,
-			       (unsigned long long)x.total_ms,
-			       (unsigned long long)x.downtime_ms,
-			       (double)x.wire_bytes / (1 << 20));
-			fflush(stdout);
+			print_run(&b, modes[md], r, &x);
 			if (!r)
 				continue;
 			runs[md][r - 1] = x;
-			fprintf(b.out,
-				"{\"mode\":\"%s\",\"run\":%u,\"net\":\"%s\",\"link_mbit\":%u,"
-				"\"mem_mib\":%u,\"fill\":\"%s\",\"ws_mib\":%u,\"rate_mib_s\":%u,"
-				"\"total_ms\":%llu,\"downtime_ms\":%llu,\"wire_bytes\":%llu,"
-				"\"qemu_cpu_ms\":%llu,\"ferry_cpu_ms\":%llu,\"ram_verified\":%s,"
-				"\"transport\":\"%s\"}\n",
-				modes[md]->name, r, b.link ? "link" : "loopback",
-				b.link ? b.link_mbit : 0, b.mem_mib, b.fill, b.ws_mib,
-				b.rate, (unsigned long long)x.total_ms,
-				(unsigned long long)x.downtime_ms,
-				(unsigned long long)x.wire_bytes,
-				(unsigned long long)x.qemu_cpu_ms,
-				(unsigned long long)x.ferry_cpu_ms,
-				x.ok ? "true" : "false",
-				m_is_qemu(modes[md]) ? "qemu" : x.transport);
-			fflush(b.out);
+			write_run(&b, modes[md], r, &x);
 			for (uint32_t i = 0; i < b.nsamples; i++)
 				fprintf(b.csv, "%s,%u,%u,%llu,%llu,%llu\n",
 					modes[md]->name, r, b.samples[i].t_ms,
