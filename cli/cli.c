@@ -108,6 +108,8 @@ static void usage(FILE *f)
 		"                      or pause (stop the source so it completes)\n"
 		"  --policy P          predict (default), nova, or qemu\n"
 		"  --postcopy M        never (default), auto, or after-pass=N\n"
+		"  --no-postcopy-preempt  post-copy's page requests share the bulk\n"
+		"                      stream (for an older receiver that refuses it)\n"
 		"  --auto-converge     let QEMU throttle the guest's CPUs\n"
 		"  --throttle-initial P, --throttle-increment P, --throttle-max P,\n"
 		"  --throttle-tailslow QEMU's throttle parameters\n"
@@ -222,7 +224,7 @@ static int parse_u32(const char *s, uint32_t *out)
 static void print_progress_json(const struct ferry_progress *p, void *opaque)
 {
 	json_t *o = json_pack("{s:i,s:s,s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-			      "s:b,s:I,s:I,s:I}",
+			      "s:b,s:I,s:I,s:I,s:I}",
 		"schema", FERRY_JSON_SCHEMA, "migration_id", p->migration_id,
 		"timestamp", (json_int_t)unix_ms(),
 		"phase", ferry_phase_name(p->phase),
@@ -235,6 +237,7 @@ static void print_progress_json(const struct ferry_progress *p, void *opaque)
 		"wire_bytes", (json_int_t)p->wire_bytes,
 		"throughput_bytes_per_s", (json_int_t)p->throughput_bytes_per_s,
 		"postcopy", p->postcopy, "eta_ms", (json_int_t)p->eta_ms,
+		"eta_error_ms", (json_int_t)p->eta_error_ms,
 		"disk_total_bytes", (json_int_t)p->disk_total_bytes,
 		"disk_done_bytes", (json_int_t)p->disk_done_bytes);
 	char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
@@ -295,8 +298,9 @@ static void print_progress(const struct ferry_progress *p, void *opaque)
 			 (unsigned long long)(p->disk_total_bytes >> 20));
 	} else {
 		if (p->eta_ms)
-			snprintf(eta, sizeof(eta), "~%.0fs left",
-				 (double)p->eta_ms / 1000.0);
+			snprintf(eta, sizeof(eta), "~%.0fs left (+-%.0fs)",
+				 (double)p->eta_ms / 1000.0,
+				 (double)p->eta_error_ms / 1000.0);
 		snprintf(line, sizeof(line), "%-10s %5.1fs  pass %-3llu  sent %6llu "
 			 "MiB  remaining %6llu MiB  %7.1f MiB/s  %s%s",
 			 ferry_phase_name(p->phase), (double)p->elapsed_ms / 1000.0,
@@ -334,6 +338,19 @@ static void print_summary(const struct ferry_report *r)
 	       (unsigned long long)(r->ram_bytes >> 20),
 	       (unsigned long long)(r->wire_bytes >> 20),
 	       (double)r->throughput_bytes_per_s / (1 << 20));
+	if (r->eta_off_ms[1] != FERRY_ETA_UNKNOWN) {
+		static const char *const at[] = { "25%", "50%", "75%" };
+
+		printf("time-left estimate, predicted total less actual:");
+		for (int k = 0; k < 3; k++) {
+			if (r->eta_off_ms[k] == FERRY_ETA_UNKNOWN)
+				printf(" at %s none", at[k]);
+			else
+				printf(" at %s %+.1f s", at[k],
+				       (double)r->eta_off_ms[k] / 1000.0);
+		}
+		printf("\n");
+	}
 	if (r->has_postcopy_blocktime)
 		printf("post-copy: the destination guest's vCPUs waited %u ms "
 		       "for pages in all (QEMU's postcopy-blocktime), besides "
@@ -360,7 +377,7 @@ enum { OPT_QMP = 1, OPT_TO, OPT_PAUSED, OPT_JSON, OPT_DIRECT, OPT_BW,
        OPT_DISKS, OPT_BLOCK_MODE, OPT_VM, OPT_QMP_DIR, OPT_MAX_MIGRATIONS,
        OPT_LAUNCH, OPT_STATE_DIR, OPT_ALLOW_DIR, OPT_SOURCE_COMPLETED, OPT_WAIT, OPT_STATUS,
        OPT_SINCE, OPT_RAM_RATIO, OPT_PARALLEL, OPT_VMS, OPT_COLD,
-       OPT_LOG_LEVEL, OPT_PROGRESS, OPT_MAX };
+       OPT_LOG_LEVEL, OPT_PROGRESS, OPT_NO_PREEMPT, OPT_MAX };
 
 /* Which commands take an option (the rest refuse it, by name). */
 enum {
@@ -395,7 +412,7 @@ static const unsigned opt_cmds[OPT_MAX] = {
 	[OPT_STATUS] = C_LIST, [OPT_SINCE] = C_LIST, [OPT_RAM_RATIO] = C_RX,
 	[OPT_PARALLEL] = C_EVACUATE, [OPT_VMS] = C_EVACUATE,
 	[OPT_COLD] = C_MOVE, [OPT_LOG_LEVEL] = C_ALL,
-	[OPT_PROGRESS] = C_MIGRATE,
+	[OPT_PROGRESS] = C_MIGRATE, [OPT_NO_PREEMPT] = C_MOVE,
 };
 
 /* The values a choice option takes, for its error message. */
@@ -436,6 +453,7 @@ static const struct option long_opts[] = {
 	{ "timeout-action", required_argument, NULL, OPT_TIMEOUT_ACTION },
 	{ "policy", required_argument, NULL, OPT_POLICY },
 	{ "postcopy", required_argument, NULL, OPT_POSTCOPY },
+	{ "no-postcopy-preempt", no_argument, NULL, OPT_NO_PREEMPT },
 	{ "auto-converge", no_argument, NULL, OPT_AUTO_CONVERGE },
 	{ "throttle-initial", required_argument, NULL, OPT_THR_INIT },
 	{ "throttle-increment", required_argument, NULL, OPT_THR_INC },
@@ -474,7 +492,7 @@ struct cli {
 	char **args;			/* the words after the options */
 	int nargs;
 	char allow_dirs[4096];
-	bool paused, json, direct, quiet, once, no_handoff, cold;
+	bool paused, json, direct, quiet, once, no_handoff, cold, no_preempt;
 	bool seen[OPT_MAX];		/* the options given */
 	uint32_t bw_mib_s, downtime_ms, timeout_s, streams, max_migrations;
 	uint32_t wait_s, parallel;
@@ -734,6 +752,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
 		case OPT_TLS_HOST: c->tls.hostname = optarg; break;
 		case OPT_INSECURE: c->tls.insecure = true; break;
 		case OPT_NO_HANDOFF: c->no_handoff = true; break;
+		case OPT_NO_PREEMPT: c->no_preempt = true; break;
 		case OPT_BLOCK: c->block.enabled = true; break;
 		case OPT_DISKS: c->block.enabled = true; c->block.disks = optarg; break;
 		case OPT_BLOCK_MODE:
@@ -915,6 +934,7 @@ static void migrate_opts(const struct cli *c, struct ferry_migrate_opts *o)
 	o->codec_level = c->codec_level;
 	o->streams = c->streams;
 	o->no_handoff = c->no_handoff;
+	o->no_postcopy_preempt = c->no_preempt;
 	o->tls = c->tls;
 	o->converge = c->conv;
 	o->block = c->block;

@@ -76,6 +76,8 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 	s->auto_converge = c->auto_converge_cap;
 	s->postcopy_possible = c->postcopy_cap;
 	s->postcopy_active = c->postcopy_active;
+	s->in_flight_bytes = c->in_flight_bytes;
+	s->postcopy_preempt = c->preempt;
 }
 
 static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,

@@ -40,6 +40,8 @@ struct converge {
 	bool dirty_pass_known;
 	uint64_t eta_ms;		/* the policy's estimate of the rest */
 	uint64_t link_cap;		/* --bandwidth, 0: none */
+	uint64_t in_flight_bytes;	/* what QEMU does not count, at most */
+	bool preempt;			/* post-copy's preempt channel */
 	uint32_t downtime_now;
 	char mig_id[37];		/* the events' migration_id */
 	bool postcopy_cap, auto_converge_cap;

@@ -98,6 +98,8 @@ struct mig_params {
 	uint32_t downtime_ms;
 	bool postcopy;		/* capability postcopy-ram (both sides) */
 	bool blocktime;		/* postcopy-blocktime (destination, post-copy) */
+	bool preempt;		/* postcopy-preempt: urgent pages on a channel
+				   of their own (both sides; socket URIs) */
 	bool auto_converge;	/* source only, with the throttle below */
 	uint32_t throttle_initial_pct, throttle_increment_pct, throttle_max_pct;
 	bool throttle_tailslow;
@@ -110,6 +112,11 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 		   struct ferry_error *err);
 
 int mig_set_downtime(struct qmp *q, uint32_t ms, struct ferry_error *err);
+int mig_set_capability(struct qmp *q, const char *name, bool on,
+		       struct ferry_error *err);
+/* Migration capability @name: 1 on, 0 off, -1 unknown to this QEMU (or
+ * it could not say). */
+int mig_capability(struct qmp *q, const char *name);
 /*
  * QEMU's max-bandwidth (and max-postcopy-bandwidth) from now on, also
  * for a migration that runs (MIG_BANDWIDTH_UNLIMITED: none).

@@ -35,6 +35,7 @@
 #include "transport/probe.h"
 #include "control.h"
 #include "converge.h"
+#include "eta.h"
 #include "evacuate.h"
 #include "transport/tls.h"
 #include "transport/tunnel.h"
@@ -102,6 +103,20 @@ struct mig_run {
 	struct blk_src *blk;	/* --block */
 	bool disks_switched;	/* mirrors completed at pre-switchover */
 	uint64_t disk_done, disk_total;
+	/*
+	 * Post-copy's preempt channel: QEMU connects to ferry's socket
+	 * (unix:) twice, and the tunnels start once it has; until then the
+	 * connections to the receiver and the listening socket wait here.
+	 */
+	bool preempt;
+	struct eta eta;		/* the time left, as shown */
+	struct preempt_pending {
+		int lfd;			/* -1 when none */
+		struct net_unix_dir dir;
+		struct tun_opts o;		/* the memory tunnel's */
+		struct net_conn streams[WIRE_STREAMS_MAX];
+		struct net_conn conn;		/* to the receiver's PREEMPT */
+	} pend;
 };
 
 struct ferry_migration {
@@ -213,7 +228,6 @@ struct ferry_migration *ferry_migration_new_sized(
 	if (!m)
 		goto err_nomem;
 	m->cancel_efd = -1;
-	m->run.blocktime_ms = WIRE_BLOCKTIME_UNKNOWN;
 	if (config_copy(&m->cfg, o) < 0)
 		goto err_free;
 	if (o->streams > WIRE_STREAMS_MAX) {
@@ -350,6 +364,10 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 			   ((m->run.handoff || m->cfg.o.direct) && kind == WIRE_CONN_DATA ?
 			    WIRE_OPT_HANDOFF : 0) |
 			   (m->run.blk && !m->run.resuming ? WIRE_OPT_BLOCK : 0) |
+			   (m->run.preempt && (kind == WIRE_CONN_DATA ||
+					       kind == WIRE_CONN_RETURN ||
+					       kind == WIRE_CONN_PREEMPT) ?
+			    WIRE_OPT_PREEMPT : 0) |
 			   (m->cfg.o.vm_name && kind == WIRE_CONN_CONTROL &&
 			    !m->run.resuming ? WIRE_OPT_VM : 0),
 		.ram_bytes = m->run.ram_bytes,
@@ -666,6 +684,135 @@ fail:
 	return rc;
 }
 
+static void close_pending_conns(struct preempt_pending *p)
+{
+	for (uint32_t i = 0; i < p->o.nstreams; i++)
+		net_conn_close(&p->streams[i]);
+	net_conn_close(&p->o.ret);
+	net_conn_close(&p->conn);
+}
+
+/* Whatever preempt_prepare() left waiting: closed. */
+static void preempt_drop(struct ferry_migration *m)
+{
+	struct preempt_pending *p = &m->run.pend;
+
+	if (p->lfd < 0)
+		return;
+	close(p->lfd);
+	p->lfd = -1;
+	net_unix_dir_remove(&p->dir);
+	close_pending_conns(p);
+}
+
+/*
+ * The memory tunnel with post-copy's preempt channel: its connections,
+ * one more to the receiver for the channel (PREEMPT), and a socket for
+ * the source QEMU to connect to (QEMU 7.2 opens the channel only to the
+ * address of a socket URI, never on an fd). The tunnels start in
+ * preempt_start(), once QEMU has connected.
+ */
+static int preempt_prepare(struct ferry_migration *m, struct net_conn *streams,
+			   const struct tun_opts *o, struct ferry_error *err)
+{
+	struct preempt_pending *p = &m->run.pend;
+	int rc;
+
+	p->o = *o;
+	memcpy(p->streams, streams, o->nstreams * sizeof(*streams));
+	p->o.streams = p->streams;
+	net_conn_init(&p->conn, -1);
+	p->dir = (struct net_unix_dir){ 0 };
+	rc = open_conn(m, &p->conn, WIRE_CONN_PREEMPT, 0, err);
+	if (rc < 0)
+		ferry_error_prefix(err, "preempt connection: ");
+	if (rc == 0)
+		rc = net_unix_dir_make(&p->dir, m->run.qemu_pid, err);
+	if (rc == 0)
+		rc = net_unix_listen(&p->dir, err);
+	if (rc < 0) {
+		p->lfd = -1;
+		close_pending_conns(p);
+		net_unix_dir_remove(&p->dir);
+		return rc;
+	}
+	p->lfd = rc;
+	return 0;
+}
+
+/*
+ * QEMU was told to migrate to the socket: take its two connections, the
+ * main channel first, and start the memory tunnel on the one and the
+ * preempt channel's own (one-way, urgent: counted in the pacer, never
+ * waiting on the bulk stream's backlog) on the other.
+ */
+static int preempt_start(struct ferry_migration *m, struct ferry_error *err)
+{
+	struct preempt_pending *p = &m->run.pend;
+	struct tun_opts po = {
+		.role = TUN_SOURCE, .streams = &p->conn, .nstreams = 1,
+		.frame_max = TUN_FRAME_BYTES, .codec = FERRY_CODEC_NONE,
+		.pacer = m->pacer, .urgent = true,
+		.idle_timeout_ms = TUN_IDLE_NEVER,	/* quiet until post-copy */
+	};
+	struct tun *pre;
+	int fd, rc;
+
+	fd = net_accept_timeout(p->lfd, MIG_QMP_TIMEOUT_MS, m->cancel_efd, err);
+	if (fd < 0) {
+		preempt_drop(m);
+		return ferry_error_prefix(err, "the source QEMU's main channel: ");
+	}
+	p->o.local_fd = fd;
+	fd = net_accept_timeout(p->lfd, MIG_QMP_TIMEOUT_MS, m->cancel_efd, err);
+	close(p->lfd);
+	p->lfd = -1;
+	net_unix_dir_remove(&p->dir);
+	if (fd < 0) {
+		close(p->o.local_fd);
+		close_pending_conns(p);
+		return ferry_error_prefix(err, "the source QEMU's preempt channel: ");
+	}
+	po.local_fd = fd;
+	net_conn_init(&po.ret, -1);
+	rc = tun_start(&m->run.tun, &p->o, err);	/* takes its conns */
+	if (rc < 0) {
+		close(fd);
+		net_conn_close(&p->conn);
+		return rc;
+	}
+	rc = tun_start(&pre, &po, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "preempt channel: ");
+	tun_adopt(m->run.tun, pre);
+	return 0;
+}
+
+/*
+ * Have the source QEMU stream (@resume: resume a paused post-copy) into
+ * what open_tunnel() made ready: the fd it was given, or, with the
+ * preempt channel, ferry's socket.
+ */
+static int qemu_stream(struct ferry_migration *m, bool resume,
+		       struct ferry_error *err)
+{
+	char uri[sizeof(m->run.pend.dir.path) + 8];
+	int rc;
+
+	if (m->run.pend.lfd < 0)
+		snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
+	else
+		snprintf(uri, sizeof(uri), "unix:%s", m->run.pend.dir.path);
+	rc = qemu_migrate(m->run.q, uri, resume, err);
+	if (rc < 0) {
+		/* Close QEMU's copy, so the receiver's end sees the end. */
+		mig_drop_fd(m->run.q);
+		preempt_drop(m);
+		return rc;
+	}
+	return m->run.pend.lfd < 0 ? 0 : preempt_start(m, err);
+}
+
 static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 {
 	struct net_conn streams[WIRE_STREAMS_MAX];
@@ -681,8 +828,11 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 	if (rc < 0)
 		return rc;
 	in_flight = in_flight_bytes(m);
+	o.hold_bytes = in_flight;
 	for (uint32_t i = 0; i < o.nstreams; i++)
 		net_bound_unsent(streams[i].fd, in_flight);
+	if (m->run.preempt)
+		return preempt_prepare(m, streams, &o, err);
 	rc = mig_hand_socket(m->run.q, in_flight, &o.local_fd, err);
 	if (rc < 0) {
 		ferry_error_prefix(err, "handing the tunnel to the source QEMU: ");
@@ -896,6 +1046,29 @@ static int cap_unsplit(struct ferry_migration *m, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * Post-copy's faults jump the queue: QEMU sends the pages the destination
+ * waits for on a channel of their own (postcopy-preempt), which ferry
+ * carries beside the bulk stream. Through ferry's tunnel only: hand-off
+ * and --direct give QEMU one connection.
+ */
+static bool use_preempt(struct ferry_migration *m)
+{
+	bool on = m->run.conv.postcopy_cap && !m->run.handoff &&
+		  !m->cfg.o.direct && !m->cfg.o.no_postcopy_preempt;
+
+	if (on && mig_capability(m->run.q, "postcopy-preempt") < 0) {
+		conv_event(&m->run.conv, "preempt", NULL, "the source QEMU has "
+			   "no postcopy-preempt: post-copy's page requests "
+			   "wait behind the bulk stream");
+		return false;
+	}
+	if (on)
+		conv_event(&m->run.conv, "preempt", NULL, "post-copy's page "
+			   "requests get a channel of their own");
+	return on;
+}
+
 static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 {
 	const struct ferry_converge_opts *co = &m->cfg.o.converge;
@@ -909,16 +1082,22 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 		.throttle_max_pct = co->throttle_max_pct,
 		.throttle_tailslow = co->throttle_tailslow,
 	};
-	char uri[300];
 	int rc;
 
 	set_phase(m, FERRY_PHASE_SETUP);
 	choose_transport(m);
+	m->run.preempt = use_preempt(m);
+	p.preempt = m->run.preempt;
 	p.max_bandwidth_bytes_per_s = m->run.qemu_cap;
 	p.pause_before_switchover = m->run.blk != NULL;
 	rc = mig_setup_qemu(m->run.q, &p, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the source QEMU: ");
+	/* What QEMU does not count: through the tunnel, its socket, ferry's
+	 * frames and TCP's unsent bytes; with hand-off, TCP's alone. */
+	m->run.conv.preempt = m->run.preempt;
+	m->run.conv.in_flight_bytes = m->cfg.o.direct ? 0 :
+		(uint64_t)in_flight_bytes(m) * (m->run.handoff ? 1 : 3);
 	if (m->run.blk) {
 		rc = phase_disks(m, err);
 		if (rc < 0)
@@ -931,19 +1110,16 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	rc = open_tunnel(m, err);
 	if (rc < 0)
 		return rc;
-	snprintf(uri, sizeof(uri), "fd:%s", MIG_FDNAME);
 	rc = journal_step(m->run.journal, JOURNAL_STREAMING,
 			  json_pack("{s:s}", "transport", run_transport(m)), err);
 	if (rc < 0) {
 		mig_drop_fd(m->run.q);
+		preempt_drop(m);
 		return rc;
 	}
-	rc = qemu_migrate(m->run.q, uri, false, err);
-	if (rc < 0) {
-		/* Close QEMU's copy, so the receiver's end sees the end. */
-		mig_drop_fd(m->run.q);
+	rc = qemu_stream(m, false, err);
+	if (rc < 0)
 		return ferry_error_prefix(err, "source QEMU refused to migrate: ");
-	}
 	m->run.migrate_started = true;
 	return 0;
 }
@@ -982,10 +1158,14 @@ static void report_progress(struct ferry_migration *m)
 		.wire_bytes = bytes,
 		.dirty_pages_rate = m->run.last.dirty_pages_rate,
 		.postcopy = m->run.conv.postcopy_active,
-		.eta_ms = m->run.conv.postcopy_active ? 0 : m->run.conv.eta_ms,
 		.disk_total_bytes = m->run.disk_total,
 		.disk_done_bytes = m->run.disk_done,
 	};
+
+	eta_update(&m->run.eta, p.elapsed_ms,
+		   m->run.conv.postcopy_active ? 0 : m->run.conv.eta_ms);
+	if (!m->run.conv.postcopy_active)
+		p.eta_ms = eta_shown_ms(&m->run.eta, p.elapsed_ms, &p.eta_error_ms);
 
 	wire_mig_id_format(m->run.mig_id, p.migration_id);
 
@@ -1374,11 +1554,8 @@ static int recover_postcopy(struct ferry_migration *m, const char *why,
 			rc = await_ready(m, &e);
 		if (rc == 0)
 			rc = open_tunnel(m, &e);
-		if (rc == 0) {
-			rc = qemu_migrate(m->run.q, "fd:" MIG_FDNAME, true, &e);
-			if (rc < 0)
-				mig_drop_fd(m->run.q);
-		}
+		if (rc == 0)
+			rc = qemu_stream(m, true, &e);
 		if (rc == 0) {
 			m->run.resuming = false;
 			m->run.recoveries++;
@@ -1652,6 +1829,7 @@ static void fill_report(struct ferry_migration *m, struct ferry_report *r)
 	if (m->cfg.o.cold && m->run.was_running)
 		r->downtime_ms = r->total_ms;
 	r->downtime_limit_ms = m->run.conv.limits.downtime_max_ms;
+	eta_accuracy(&m->run.eta, r->total_ms, r->eta_off_ms);
 	r->has_postcopy_blocktime = m->run.blocktime_ms != WIRE_BLOCKTIME_UNKNOWN;
 	if (r->has_postcopy_blocktime)
 		r->postcopy_blocktime_ms = m->run.blocktime_ms;
@@ -1715,6 +1893,9 @@ static void run_reset(struct ferry_migration *m)
 	m->run.phase = FERRY_PHASE_INIT;
 	m->run.t0_ms = ferry_now_ms();
 	m->run.recovery_wait_ms = MIG_RECOVERY_TIMEOUT_MS;
+	m->run.blocktime_ms = WIRE_BLOCKTIME_UNKNOWN;
+	m->run.pend.lfd = -1;
+	eta_init(&m->run.eta);
 }
 
 /* The end of a run, completed (@rc 0) or not: the report, the source
@@ -1723,6 +1904,11 @@ static int run_end(struct ferry_migration *m, int rc, struct ferry_report *repor
 		   struct ferry_error *err)
 {
 	fill_report(m, report);
+	if (rc < 0) {
+		/* A run that did not end has no length to judge it by. */
+		for (int k = 0; k < ETA_CHECKPOINTS; k++)
+			report->eta_off_ms[k] = FERRY_ETA_UNKNOWN;
+	}
 	if (rc == 0) {
 		set_phase(m, FERRY_PHASE_DONE);
 		report->completed = true;
@@ -1881,6 +2067,9 @@ int mig_resume_postcopy(struct ferry_migration *m, const struct mig_resume *rs,
 		return run_end(m, rc, report, err);
 	}
 	rc = resume_connect(m, err);
+	/* QEMU opens the preempt channel again only if it had one. */
+	if (rc == 0)
+		m->run.preempt = mig_capability(m->run.q, "postcopy-preempt") == 1;
 	if (rc == 0)
 		rc = journal_step(m->run.journal, JOURNAL_POSTCOPY,
 				  json_pack("{s:b}", "recover", true), err);

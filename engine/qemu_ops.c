@@ -170,12 +170,13 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	 * the destination counts how long its vCPUs waited for pages.
 	 */
 	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},"
-			 "{s:s,s:b}]}",
+			 "{s:s,s:b},{s:s,s:b}]}",
 			 "capabilities",
 			 "capability", "events", "state", 1,
 			 "capability", "return-path", "state", 1,
 			 "capability", "postcopy-ram", "state", p->postcopy,
 			 "capability", "postcopy-blocktime", "state", p->blocktime,
+			 "capability", "postcopy-preempt", "state", p->preempt,
 			 "capability", "auto-converge", "state", p->auto_converge,
 			 "capability", "pause-before-switchover", "state",
 			 p->pause_before_switchover);
@@ -494,6 +495,33 @@ int qemu_query_block_exports(struct qmp *q, struct qemu_block_export *ex,
 int qemu_cont(struct qmp *q, struct ferry_error *err)
 {
 	return run(q, "cont", NULL, err);
+}
+
+int mig_set_capability(struct qmp *q, const char *name, bool on,
+		       struct ferry_error *err)
+{
+	return run(q, "migrate-set-capabilities",
+		   json_pack("{s:[{s:s,s:b}]}", "capabilities", "capability",
+			     name, "state", on), err);
+}
+
+int mig_capability(struct qmp *q, const char *name)
+{
+	json_t *ret = NULL, *c;
+	int state = -1;
+	size_t i;
+
+	if (qmp_execute(q, "query-migrate-capabilities", NULL, &ret,
+			MIG_QMP_TIMEOUT_MS, NULL) < 0)
+		return -1;
+	json_array_foreach(ret, i, c) {
+		const char *n = json_string_value(json_object_get(c, "capability"));
+
+		if (n && !strcmp(n, name))
+			state = json_is_true(json_object_get(c, "state"));
+	}
+	json_decref(ret);
+	return state;
 }
 
 int qemu_migrate(struct qmp *q, const char *uri, bool resume,

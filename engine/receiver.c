@@ -41,6 +41,7 @@
 #include "mig.h"
 #include "report.h"
 #include "rx.h"
+#include "rx_link.h"
 #include "transport/be.h"
 #include "transport/net.h"
 #include "transport/probe.h"
@@ -101,6 +102,10 @@ struct incoming {
 	struct wire_hello hello;
 	struct qmp *q;
 	struct tun *tun;
+	/* With post-copy's preempt channel: the tunnel's late-connected
+	 * local end, and the directory of the socket QEMU listens on. */
+	struct rx_link *link;
+	struct net_unix_dir qdir;
 	uint64_t t0_ms;
 	bool resume;
 	bool postcopy;		/* told so, or seen in QEMU's state */
@@ -125,6 +130,24 @@ static void rx_set_state(struct incoming *in, enum rx_state s)
 	ferry_log(FERRY_LOG_DEBUG, "migration %s: %s -> %s", in->id,
 		  rx_state_name(in->state), rx_state_name(s));
 	in->state = s;
+}
+
+/* Stop the memory tunnel; QEMU sees its stream end. */
+static void rx_tun_stop(struct incoming *in)
+{
+	if (in->tun)
+		tun_cancel(in->tun);
+	rx_link_close(in->link);	/* its threads may wait on the link */
+}
+
+static void rx_tun_free(struct incoming *in)
+{
+	rx_tun_stop(in);
+	tun_free(in->tun);
+	in->tun = NULL;
+	rx_link_free(in->link);
+	in->link = NULL;
+	net_unix_dir_remove(&in->qdir);
 }
 
 static int send_error(struct incoming *in, const struct ferry_error *why)
@@ -457,6 +480,10 @@ struct rx_conns {
 	struct net_conn ret;
 	bool have_ret;
 	bool handoff;		/* the one data stream goes to QEMU */
+	/* Post-copy's preempt channel: the hellos of the memory tunnel say
+	 * whether it has one (WIRE_OPT_PREEMPT). */
+	bool want_preempt, have_preempt;
+	struct net_conn preempt;
 };
 
 static void rx_conns_close(struct rx_conns *c)
@@ -464,6 +491,16 @@ static void rx_conns_close(struct rx_conns *c)
 	for (uint32_t i = 0; i < c->n; i++)
 		net_conn_close(&c->streams[i]);
 	net_conn_close(&c->ret);
+	net_conn_close(&c->preempt);
+}
+
+/* Every connection a tunnel needs is there. */
+static bool rx_conns_whole(const struct rx_conns *c)
+{
+	if (c->handoff)
+		return c->got == 1;
+	return c->got == c->n && c->have_ret &&
+	       (!c->want_preempt || c->have_preempt);
 }
 
 /* Why connection @h cannot join @c, or NULL. */
@@ -486,7 +523,19 @@ static const char *rx_conn_refusal(const struct incoming *in,
 		return "a direct migration has one data connection for QEMU";
 	if (h->conn == WIRE_CONN_PROBE)
 		return probes >= RX_PROBES_MAX ? "too many link probes" : NULL;
-	if (h->conn != c->data_kind && h->conn != c->ret_kind)
+	if (c->got + c->have_ret + c->have_preempt > 0 &&
+	    !(h->options & WIRE_OPT_PREEMPT) != !c->want_preempt)
+		return "its preempt option differs from the other connections'";
+	if (h->conn == WIRE_CONN_PREEMPT &&
+	    (c->data_kind != WIRE_CONN_DATA || !(h->options & WIRE_OPT_PREEMPT)))
+		return "a preempt connection belongs to a memory tunnel that "
+		       "announces it";
+	if (h->conn == WIRE_CONN_PREEMPT && c->have_preempt)
+		return "a second preempt connection";
+	if ((h->options & WIRE_OPT_PREEMPT) && (h->options & WIRE_OPT_HANDOFF))
+		return "hand-off has no preempt channel";
+	if (h->conn != c->data_kind && h->conn != c->ret_kind &&
+	    h->conn != WIRE_CONN_PREEMPT)
 		return "a connection of another kind was expected now";
 	if (h->stream_count != c->n || h->frame_max != in->hello.frame_max)
 		return "its stream count or frame size differs from the "
@@ -543,10 +592,12 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 	       c->data_kind == WIRE_CONN_DATA ? 1 : in->hello.stream_count;
 	c->got = 0;
 	c->have_ret = c->handoff = false;
+	c->want_preempt = c->have_preempt = false;
 	for (uint32_t i = 0; i < c->n; i++)
 		net_conn_init(&c->streams[i], -1);
 	net_conn_init(&c->ret, -1);
-	while (!(c->handoff ? c->got == 1 : c->got == c->n && c->have_ret)) {
+	net_conn_init(&c->preempt, -1);
+	while (!rx_conns_whole(c)) {
 		struct rx_conn conn;
 		const char *why;
 		int rc = rx_inbox_take(in->m, deadline, in->ctrl.fd, &conn);
@@ -577,6 +628,12 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 				ferry_log(FERRY_LOG_WARN, "link probe from %s: %s",
 					  conn.peer, e.msg);
 			net_conn_close(&conn.c);
+			continue;
+		}
+		c->want_preempt = conn.hello.options & WIRE_OPT_PREEMPT;
+		if (conn.hello.conn == WIRE_CONN_PREEMPT) {
+			c->preempt = conn.c;
+			c->have_preempt = true;
 		} else if (conn.hello.conn == c->ret_kind) {
 			c->ret = conn.c;
 			c->have_ret = true;
@@ -586,14 +643,16 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 			c->got++;
 		}
 	}
-	if (c->handoff ? c->got == 1 : c->got == c->n && c->have_ret)
+	if (rx_conns_whole(c))
 		return 0;
 	rx_conns_close(c);
 	return ferry_error_set(err, -ETIMEDOUT,
-		"%u of %u %s streams and %s return connection of migration %s "
+		"%u of %u %s streams, %s return connection%s of migration %s "
 		"arrived within %u ms; the destination QEMU was not started",
 		c->got, c->n, c->data_kind == WIRE_CONN_DISK ? "disk" : "data",
-		c->have_ret ? "the" : "no", in->id, in->o->hello_timeout_ms);
+		c->have_ret ? "the" : "no", !c->want_preempt ? "" :
+		c->have_preempt ? " and the preempt connection" :
+		" and no preempt connection", in->id, in->o->hello_timeout_ms);
 }
 
 /*
@@ -608,10 +667,10 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 /*
  * Before the destination QEMU takes a stream it cannot give back (QEMU
  * 7.2 exits when an incoming migration fails): wait, bounded, until the
- * stream on @fd (the socket QEMU will get) begins with QEMU's header. A
- * peer that completes the handshake and then sends nothing, a bad frame
- * (the tunnel ends, @fd sees EOF) or something else costs its own
- * migration only; the QEMU was never touched.
+ * stream on @fd (the socket QEMU will get), or in in->link, begins with
+ * QEMU's header. A peer that completes the handshake and then sends
+ * nothing, a bad frame (the tunnel ends, @fd sees EOF) or something else
+ * costs its own migration only; the QEMU was never touched.
  */
 static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
 {
@@ -622,7 +681,10 @@ static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
 
 	/* In slices, to notice a tunnel that failed (a bad frame) at once. */
 	do {
-		rc = net_peek(fd, head, sizeof(head), RX_GATE_SLICE_MS,
+		rc = in->link ?
+		     rx_link_peek(in->link, head, sizeof(head), RX_GATE_SLICE_MS,
+				  rx_stop_fd(in->m->svc)) :
+		     net_peek(fd, head, sizeof(head), RX_GATE_SLICE_MS,
 			      rx_stop_fd(in->m->svc));
 	} while (rc == -ETIMEDOUT && ferry_now_ms() < deadline &&
 		 !(in->tun && tun_wait(in->tun, 0, NULL) != -ETIMEDOUT));
@@ -644,6 +706,59 @@ static int rx_gate_stream(struct incoming *in, int fd, struct ferry_error *err)
 				       "is not a QEMU migration stream (starts "
 				       "0x%08x 0x%08x); the destination QEMU was "
 				       "not started", magic, version);
+	return 0;
+}
+
+/*
+ * Post-copy's preempt channel: the destination QEMU listens on a socket of
+ * its own (migrate-incoming or -recover unix:) and ferry connects twice,
+ * the main channel first: QEMU 7.2 tells the two apart by their order
+ * alone. The memory tunnel writes through in->link once the main channel
+ * is there; @pc, the preempt connection from the source, becomes a
+ * one-way tunnel of its own that lives and dies with the memory tunnel.
+ */
+static int rx_start_qemu_preempt(struct incoming *in, struct net_conn *pc,
+				 bool recover, struct ferry_error *err)
+{
+	struct tun_opts o = {
+		.role = TUN_DEST, .local_fd = -1, .streams = pc, .nstreams = 1,
+		.frame_max = in->hello.frame_max, .codec = FERRY_CODEC_NONE,
+		.idle_timeout_ms = TUN_IDLE_NEVER,	/* quiet until post-copy */
+	};
+	char uri[sizeof(in->qdir.path) + 8];
+	struct tun *pre;
+	int fd, rc;
+
+	net_conn_init(&o.ret, -1);
+	rc = net_unix_dir_make(&in->qdir, qmp_peer_pid(in->q), err);
+	if (rc == 0 && !recover)
+		rc = mig_set_capability(in->q, "postcopy-preempt", true, err);
+	if (rc == 0 && !recover)
+		rc = journal_step(in->journal, JOURNAL_INCOMING, NULL, err);
+	if (rc == 0) {
+		in->qemu_started = true;
+		snprintf(uri, sizeof(uri), "unix:%s", in->qdir.path);
+		rc = qemu_migrate_incoming(in->q, uri, recover, err);
+		if (rc < 0)
+			ferry_error_prefix(err, "destination QEMU refused %s: ",
+					   recover ? "migrate-recover" :
+					   "migrate-incoming");
+	}
+	/* Main first, then preempt: both queue on QEMU's listening socket
+	 * and it takes them in that order. */
+	fd = rc < 0 ? rc : net_unix_connect(in->qdir.path, err);
+	if (fd >= 0)
+		rx_link_set(in->link, fd);
+	o.local_fd = fd < 0 ? fd : net_unix_connect(in->qdir.path, err);
+	net_unix_dir_remove(&in->qdir);	/* QEMU keeps its listening socket */
+	if (o.local_fd < 0) {
+		net_conn_close(pc);
+		return o.local_fd;
+	}
+	rc = tun_start(&pre, &o, err);	/* takes @pc and the socket */
+	if (rc < 0)
+		return ferry_error_prefix(err, "preempt channel: ");
+	tun_adopt(in->tun, pre);
 	return 0;
 }
 
@@ -674,6 +789,25 @@ static int rx_accept_data(struct incoming *in, bool recover,
 		if (rc == 0)
 			rc = rx_start_qemu(in, c.streams[0].fd, recover, err);
 		net_conn_close(&c.streams[0]);	/* QEMU holds its own copy */
+		return rc;
+	}
+	if (c.want_preempt) {
+		rc = rx_link_new(&in->link);
+		if (rc < 0) {
+			rx_conns_close(&c);
+			return ferry_error_set(err, rc, "out of memory");
+		}
+		o.streams = c.streams;
+		o.nstreams = c.n;
+		o.ret = c.ret;
+		o.local_fd = -1;
+		o.local = rx_link_local(in->link);
+		rc = tun_start(&in->tun, &o, err);
+		if (rc == 0 && fresh)
+			rc = rx_gate_stream(in, -1, err);
+		if (rc == 0)
+			return rx_start_qemu_preempt(in, &c.preempt, recover, err);
+		net_conn_close(&c.preempt);
 		return rc;
 	}
 	rc = net_local_pair(sv, err);
@@ -987,7 +1121,7 @@ static int rx_source_lost(struct incoming *in, struct ferry_error *err)
 	/* Through the tunnel no more of the stream can come: QEMU sees its
 	 * end now, and completes only if it had it all. */
 	if (in->tun && !tun_finished(in->tun))
-		tun_cancel(in->tun);
+		rx_tun_stop(in);
 	do {
 		struct pollfd fds[2] = {
 			{ .fd = ctrl_alive ? in->ctrl.fd : -1, .events = POLLIN },
@@ -1182,10 +1316,7 @@ static int rx_recover(struct incoming *in, const char *why,
 	ferry_log(FERRY_LOG_WARN, "migration %s: post-copy interrupted (%s); "
 		  "waiting up to %d s for the source to reconnect", in->id, why,
 		  MIG_RECOVERY_TIMEOUT_MS / 1000);
-	if (in->tun)
-		tun_cancel(in->tun);
-	tun_free(in->tun);
-	in->tun = NULL;
+	rx_tun_free(in);
 	net_conn_close(&in->ctrl);
 	rx_mig_want_resume(in->m, true);
 	for (;;) {
@@ -1423,8 +1554,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	rc = in->state == RX_DONE ? 0 : err->code ? err->code : -EIO;
 	if (rc < 0) {
 		ferry_log(FERRY_LOG_ERROR, "migration %s failed: %s", in->id, err->msg);
-		if (in->tun)
-			tun_cancel(in->tun);
+		rx_tun_stop(in);
 		/* ERROR tells the source the destination did not take over,
 		 * and the source then runs its guest again: never once this
 		 * side may have resumed it (the source then stays stopped,
@@ -1435,7 +1565,7 @@ static int run_incoming(struct incoming *in, struct ferry_report *rep,
 	fill_rx_report(in, rep, rc, err);
 	blk_dst_free(in->blk);
 	in->blk = NULL;
-	tun_free(in->tun);
+	rx_tun_free(in);
 	if (rc < 0)
 		rx_failed_qemu(in, err);
 	qmp_close(in->q);

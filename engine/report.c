@@ -40,6 +40,20 @@ json_t *report_json(const struct ferry_report *r)
 		json_object_set_new(o, "downtime_exceeded",
 				    json_boolean(r->downtime_exceeded));
 	}
+	{
+		static const char *const at[] = { "25%", "50%", "75%" };
+		json_t *off = json_object();
+
+		for (int k = 0; off && k < 3; k++)
+			json_object_set_new(off, at[k],
+					    r->eta_off_ms[k] == FERRY_ETA_UNKNOWN ?
+					    json_null() :
+					    json_integer((json_int_t)r->eta_off_ms[k]));
+		if (r->completed)
+			json_object_set_new(o, "eta_off_ms", off);
+		else
+			json_decref(off);
+	}
 	if (r->has_postcopy_blocktime)
 		json_object_set_new(o, "postcopy_blocktime_ms",
 				    json_integer(r->postcopy_blocktime_ms));

@@ -93,6 +93,9 @@ struct ferry_progress {
 	uint64_t disk_total_bytes;	/* --block: what the mirrors copy */
 	uint64_t disk_done_bytes;	/* ... and have copied so far */
 	char migration_id[37];		/* UUID text */
+	/* How far off eta_ms may be, as it stands now: eta_ms never drops by
+	 * more than the error of the sample before (it may rise). */
+	uint64_t eta_error_ms;
 };
 
 typedef void (*ferry_progress_fn)(const struct ferry_progress *p, void *opaque);
@@ -233,6 +236,11 @@ struct ferry_migrate_opts {
 	 * the destination runs it afterwards unless paused is set. A failure
 	 * resumes it on the source as it was. */
 	bool cold;
+	/* Post-copy through ferry's tunnel carries the pages the destination
+	 * waits for on a channel of their own (QEMU's postcopy-preempt), so
+	 * they do not queue behind the bulk stream. Set this for an older
+	 * receiver that refuses the channel ("unknown option bits 0x80"). */
+	bool no_postcopy_preempt;
 };
 
 #define FERRY_DEFAULT_DOWNTIME_MS 300
@@ -309,7 +317,13 @@ struct ferry_report {
 	 * the downtime. Known only when has_postcopy_blocktime. */
 	bool has_postcopy_blocktime;
 	uint32_t postcopy_blocktime_ms;
+	/* How far off the time-left estimate was (completed migrations):
+	 * the total it predicted at 25%, 50% and 75% of the run, less the
+	 * real total, ms; FERRY_ETA_UNKNOWN where it had none then. */
+	int64_t eta_off_ms[3];
 };
+
+#define FERRY_ETA_UNKNOWN INT64_MIN
 
 #define FERRY_TUNNEL_STAGES 8
 

@@ -47,6 +47,12 @@ struct ferry_policy_sample {
 	bool auto_converge;		/* the capability is on */
 	bool postcopy_possible;		/* the capability is on */
 	bool postcopy_active;
+	/* What may sit between QEMU and the destination that QEMU does not
+	 * count (ferry's buffers and the kernel's), bytes; 0: unknown. */
+	uint64_t in_flight_bytes;
+	/* Post-copy's page requests have a channel of their own, ahead of
+	 * the bulk stream (QEMU's postcopy-preempt through ferry). */
+	bool postcopy_preempt;
 };
 
 /* The user's limits, which a policy must respect. */

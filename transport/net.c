@@ -8,7 +8,10 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -69,6 +72,126 @@ err_close:
 err_free:
 	freeaddrinfo(ai);
 	return rc;
+}
+
+int net_unix_dir_make(struct net_unix_dir *u, int owner_pid,
+		      struct ferry_error *err)
+{
+	const char *tmp = getenv("TMPDIR");
+	char proc[32];
+	struct stat st;
+
+	if (!tmp || !*tmp || strlen(tmp) > sizeof(u->dir) - 20)
+		tmp = "/tmp";
+	snprintf(u->dir, sizeof(u->dir), "%s/ferry-qemu.XXXXXX", tmp);
+	u->path[0] = '\0';
+	if (!mkdtemp(u->dir)) {
+		int rc = -errno;
+
+		u->dir[0] = '\0';
+		return ferry_error_set(err, rc, "cannot make a directory for "
+				       "QEMU's socket in %s: %s", tmp, strerror(-rc));
+	}
+	snprintf(u->path, sizeof(u->path), "%s/mig.sock", u->dir);
+	snprintf(proc, sizeof(proc), "/proc/%d", owner_pid);
+	/* A QEMU of another user: the directory is its. */
+	if (owner_pid > 0 && stat(proc, &st) == 0 && st.st_uid != geteuid() &&
+	    chown(u->dir, st.st_uid, st.st_gid) < 0) {
+		int rc = -errno;
+
+		net_unix_dir_remove(u);
+		return ferry_error_set(err, rc, "cannot give QEMU (pid %d) the "
+				       "directory for its socket: %s", owner_pid,
+				       strerror(-rc));
+	}
+	return 0;
+}
+
+void net_unix_dir_remove(struct net_unix_dir *u)
+{
+	if (u->path[0])
+		unlink(u->path);
+	if (u->dir[0])
+		rmdir(u->dir);
+	u->path[0] = u->dir[0] = '\0';
+}
+
+static int unix_addr(const char *path, struct sockaddr_un *sa,
+		     struct ferry_error *err)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa->sun_path))
+		return ferry_error_set(err, -ENAMETOOLONG, "socket path too "
+				       "long: %s", path);
+	memcpy(sa->sun_path, path, strlen(path));
+	return 0;
+}
+
+int net_unix_listen(const struct net_unix_dir *u, struct ferry_error *err)
+{
+	struct sockaddr_un sa;
+	int fd, rc;
+
+	rc = unix_addr(u->path, &sa, err);
+	if (rc < 0)
+		return rc;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return ferry_error_set(err, -errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(fd, NET_LISTEN_BACKLOG) < 0) {
+		rc = ferry_error_set(err, -errno, "cannot listen on %s: %s",
+				     u->path, strerror(errno));
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int net_unix_connect(const char *path, struct ferry_error *err)
+{
+	struct sockaddr_un sa;
+	int fd, rc;
+
+	rc = unix_addr(path, &sa, err);
+	if (rc < 0)
+		return rc;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return ferry_error_set(err, -errno, "socket: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = ferry_error_set(err, -errno, "cannot connect to %s: %s",
+				     path, strerror(errno));
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int net_accept_timeout(int lfd, int timeout_ms, int cancel_fd,
+		       struct ferry_error *err)
+{
+	struct pollfd p[2] = {
+		{ .fd = lfd, .events = POLLIN },
+		{ .fd = cancel_fd, .events = POLLIN },
+	};
+	int n, fd;
+
+	do {
+		n = poll(p, 2, timeout_ms);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return ferry_error_set(err, -errno, "poll: %s", strerror(errno));
+	if (p[1].revents)
+		return ferry_error_set(err, -ECANCELED, "cancelled");
+	if (n == 0)
+		return ferry_error_set(err, -ETIMEDOUT, "no connection within "
+				       "%d ms", timeout_ms);
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return ferry_error_set(err, -errno, "accept: %s", strerror(errno));
+	return fd;
 }
 
 uint16_t net_local_port(int fd)

@@ -67,6 +67,30 @@ int net_peek(int fd, void *buf, size_t len, int timeout_ms, int cancel_fd);
 
 /* Returns a listening socket (>= 0) or -errno. */
 int net_listen(const char *host, uint16_t port, struct ferry_error *err);
+
+/*
+ * A unix socket path in a private directory of its own, for a QEMU on
+ * this host to reach ferry or ferry to reach it (post-copy's preempt
+ * channel needs a socket URI on both QEMUs). The directory belongs to
+ * @owner_pid's user (the QEMU), so a QEMU that is not root may make or
+ * reach the socket in it; nobody else may.
+ */
+struct net_unix_dir {
+	char dir[96];
+	char path[128];
+};
+int net_unix_dir_make(struct net_unix_dir *u, int owner_pid,
+		      struct ferry_error *err);
+/* Removes the socket (if any) and the directory; idempotent. */
+void net_unix_dir_remove(struct net_unix_dir *u);
+/* A socket listening at @u->path: >= 0, or -errno. */
+int net_unix_listen(const struct net_unix_dir *u, struct ferry_error *err);
+/* A connected socket to @path: >= 0, or -errno. */
+int net_unix_connect(const char *path, struct ferry_error *err);
+/* The next connection on @lfd within @timeout_ms: >= 0, -ETIMEDOUT, or
+ * -ECANCELED when @cancel_fd (may be -1) becomes readable. */
+int net_accept_timeout(int lfd, int timeout_ms, int cancel_fd,
+		       struct ferry_error *err);
 /* The local port of a bound socket, 0 on error. */
 uint16_t net_local_port(int fd);
 /* Returns a connected socket (>= 0) or -errno; bounded by timeout_ms. */

@@ -66,4 +66,10 @@ uint64_t pacer_rate(struct pacer *p);
 int pacer_take(struct pacer *p, uint64_t bytes, bool (*stop)(void *arg),
 	       void *arg);
 
+/*
+ * Count @bytes that went without waiting (a priority stream: post-copy's
+ * urgent pages): the others' takes wait for them instead.
+ */
+void pacer_charge(struct pacer *p, uint64_t bytes);
+
 #endif /* FERRY_PACE_H */

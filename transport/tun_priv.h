@@ -93,7 +93,8 @@ struct tun_dir {
 	uint16_t frame_type;
 	struct tun_conn *conns;
 	uint32_t nconns;
-	uint32_t frame_max;
+	uint32_t frame_max;	/* the most a frame decodes to */
+	uint32_t frame_build;	/* sender: what it reads into a frame */
 	enum ferry_codec codec;
 	int codec_level;
 	bool inline_io;		/* one connection: no hand-off */
@@ -136,6 +137,11 @@ struct tun {
 	uint64_t last_progress_ms;	/* atomic */
 	struct tun_stats st;		/* atomic fields */
 	struct pacer *pacer;		/* a reference, or NULL: not paced */
+	bool urgent;			/* charge the pacer, never wait */
+	/* A companion tunnel (post-copy's preempt channel) that lives and
+	 * dies with this one; set once by tun_adopt(), read atomically. */
+	struct tun *companion;		/* owned */
+	struct tun *parent;		/* the one that owns this */
 };
 
 static inline uint8_t *tun_payload(const struct tun_buf *b)

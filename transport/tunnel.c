@@ -88,9 +88,18 @@ int tun_fail(struct tun *t, int code, const char *fmt, ...)
 	pthread_cond_broadcast(&t->cv);
 	pthread_mutex_unlock(&t->mu);
 	if (first) {
+		struct tun *up = __atomic_load_n(&t->parent, __ATOMIC_ACQUIRE);
+		struct tun *down = __atomic_load_n(&t->companion, __ATOMIC_ACQUIRE);
+
 		ferry_log(2, "tunnel: %s", t->error.msg);
 		shutdown_all(t);
 		signal_done(t);
+		/* One ends the other; the second call finds it failed. */
+		if (up)
+			tun_fail(up, code, "post-copy preempt channel: %s",
+				 t->error.msg);
+		if (down)
+			tun_fail(down, -ECANCELED, "the main stream ended");
 	}
 	return code;
 }
@@ -132,6 +141,10 @@ static int pace_frame(struct tun *t, uint64_t bytes)
 
 	if (!t->pacer)
 		return 0;
+	if (t->urgent) {
+		pacer_charge(t->pacer, bytes);
+		return 0;
+	}
 	rc = pacer_take(t->pacer, bytes, pace_stop, t);
 	if (rc == 0)
 		tun_progress(t);
@@ -323,7 +336,7 @@ static void *reader_main(void *arg)
 		if (!b)
 			break;
 
-		n = tun_local_read(&io, tun_payload(b), d->frame_max);
+		n = tun_local_read(&io, tun_payload(b), d->frame_build);
 		if (n <= 0) {
 			pthread_mutex_lock(&t->mu);
 			b->next = d->free;
@@ -616,6 +629,8 @@ static size_t dir_arena(const struct tun_dir *d)
 {
 	size_t n = 0, frame = buf_bytes(d->frame_max);
 
+	if (d->nconns == 0)
+		return 0;	/* a one-way tunnel's return */
 	for (uint32_t i = 0; i < d->nconns; i++) {
 		if (d->conns[i].c.ssl)
 			n += TUN_STAGE_BYTES;
@@ -634,6 +649,8 @@ static size_t dir_arena(const struct tun_dir *d)
 
 static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 {
+	if (d->nconns == 0)
+		return 0;	/* a one-way tunnel's return */
 	for (uint32_t i = 0; i < d->nconns; i++) {
 		struct tun_conn *c = &d->conns[i];
 
@@ -732,6 +749,8 @@ static int dir_start(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 {
 	int rc = 0;
 
+	if (d->nconns == 0)
+		return 0;	/* a one-way tunnel's return */
 	if (d->sending) {
 		rc = spawn(t, reader_main, d, err);
 		for (uint32_t i = 0; !rc && !d->inline_io && i < d->nconns; i++)
@@ -754,6 +773,22 @@ static void close_opts(const struct tun_opts *o)
 	net_conn_close(&ret);
 	if (o->local_fd >= 0)
 		close(o->local_fd);
+}
+
+/*
+ * What the sender of @d reads into one frame: @hold bytes over all its
+ * buffers, so that ferry itself queues about @hold (0: whole frames).
+ */
+static uint32_t frame_build(const struct tun_dir *d, uint32_t hold)
+{
+	uint32_t nbufs = d->inline_io ? 1 : d->nconns * TUN_BUFS_PER_CONN + 1;
+	uint32_t n = hold / nbufs;
+
+	if (!hold)
+		return d->frame_max;
+	if (n < TUN_FRAME_MIN_BYTES)
+		n = TUN_FRAME_MIN_BYTES;
+	return n < d->frame_max ? n : d->frame_max;
 }
 
 int tun_start(struct tun **out, const struct tun_opts *o,
@@ -799,6 +834,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	t->all_conns[o->nstreams].c = o->ret;
 	/* Only the forward direction is paced: the source sends it. */
 	t->pacer = src ? pacer_ref(o->pacer) : NULL;
+	t->urgent = o->urgent;
 
 	t->fwd = (struct tun_dir){
 		.t = t, .name = "data", .sending = src,
@@ -813,11 +849,14 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	/* One connection: the reader compresses and sends itself; a worker
 	 * thread would only add hand-offs on a busy machine. */
 	t->fwd.inline_io = o->nstreams == 1;
+	t->fwd.frame_build = src ? frame_build(&t->fwd, o->hold_bytes) : frame;
+	/* One-way: the return direction has no connection and is over. */
 	t->ret = (struct tun_dir){
 		.t = t, .name = "return", .sending = !src,
 		.frame_type = WIRE_FRAME_RETURN, .conns = &t->all_conns[o->nstreams],
-		.nconns = 1, .frame_max = frame, .codec = FERRY_CODEC_NONE,
-		.inline_io = true,
+		.nconns = o->ret.fd >= 0 ? 1 : 0, .frame_max = frame,
+		.frame_build = frame, .codec = FERRY_CODEC_NONE,
+		.inline_io = true, .done = o->ret.fd < 0,
 	};
 
 	arena = dir_arena(&t->fwd) + dir_arena(&t->ret);
@@ -899,11 +938,35 @@ _Static_assert(sizeof(struct tun_stats) % sizeof(uint64_t) == 0 &&
 
 void tun_stats(const struct tun *t, struct tun_stats *s)
 {
+	const struct tun *c = __atomic_load_n(&t->companion, __ATOMIC_ACQUIRE);
 	const uint64_t *src = (const uint64_t *)&t->st;
+	const uint64_t *csrc = c ? (const uint64_t *)&c->st : NULL;
 	uint64_t *dst = (uint64_t *)s;
 
 	for (size_t i = 0; i < sizeof(*s) / sizeof(uint64_t); i++)
-		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED) +
+			 (csrc ? __atomic_load_n(&csrc[i], __ATOMIC_RELAXED) : 0);
+}
+
+void tun_adopt(struct tun *t, struct tun *companion)
+{
+	bool t_over, c_failed;
+
+	FERRY_ASSERT(!t->companion && !companion->parent);
+	__atomic_store_n(&companion->parent, t, __ATOMIC_RELEASE);
+	__atomic_store_n(&t->companion, companion, __ATOMIC_RELEASE);
+	/* Either may have failed before they were joined. */
+	pthread_mutex_lock(&companion->mu);
+	c_failed = companion->failed;
+	pthread_mutex_unlock(&companion->mu);
+	pthread_mutex_lock(&t->mu);
+	t_over = t->failed || t->stopping;
+	pthread_mutex_unlock(&t->mu);
+	if (c_failed)
+		tun_fail(t, companion->error.code, "post-copy preempt channel: %s",
+			 companion->error.msg);
+	else if (t_over)
+		tun_fail(companion, -ECANCELED, "the main stream ended");
 }
 
 void tun_cancel(struct tun *t)
@@ -912,7 +975,20 @@ void tun_cancel(struct tun *t)
 		tun_fail(t, -ECANCELED, "the tunnel was cancelled");
 }
 
+static int tun_wait_one(struct tun *t, int timeout_ms, struct ferry_error *err);
+
 int tun_wait(struct tun *t, int timeout_ms, struct ferry_error *err)
+{
+	int rc = tun_wait_one(t, timeout_ms, err);
+
+	/* The companion ends when its QEMU channel closes, about as the
+	 * main stream does. */
+	if (rc == 0 && t->companion)
+		rc = tun_wait_one(t->companion, timeout_ms, err);
+	return rc;
+}
+
+static int tun_wait_one(struct tun *t, int timeout_ms, struct ferry_error *err)
 {
 	struct pollfd p = { .fd = t->done_fd, .events = POLLIN };
 	int rc;
@@ -941,6 +1017,9 @@ void tun_free(struct tun *t)
 {
 	if (!t)
 		return;
+	/* First: its threads may still report to this one. */
+	tun_free(t->companion);
+	t->companion = NULL;
 	pthread_mutex_lock(&t->mu);
 	if (!t->finished)
 		t->stopping = true;

@@ -46,6 +46,10 @@
 #define TUN_BUFS_PER_CONN 4
 /* No byte moved in either direction for this long: the peer stalled. */
 #define TUN_IDLE_TIMEOUT_MS 30000
+/* A tunnel that may stay quiet all along (the preempt channel). */
+#define TUN_IDLE_NEVER UINT32_MAX
+/* The smallest frame a sender builds to keep its queue short. */
+#define TUN_FRAME_MIN_BYTES (64u << 10)
 /* How often a waiting thread looks at the stop flag and the idle clock. */
 #define TUN_TICK_MS 250
 
@@ -75,17 +79,27 @@ struct tun_opts {
 	 * tunnel owns them from tun_start() on, also when it fails. */
 	struct net_conn *streams;	/* nstreams forward connections */
 	uint32_t nstreams;
-	struct net_conn ret;		/* the return connection */
-	/* The forward direction's frame size: what the sender builds, what
-	 * the receiver accepts (from the hello). 0: TUN_FRAME_BYTES. */
+	/* The return connection; fd -1: a one-way tunnel (post-copy's
+	 * preempt channel, on which the destination never writes). */
+	struct net_conn ret;
+	/* The forward direction's frame size: the most the receiver accepts
+	 * (from the hello). 0: TUN_FRAME_BYTES. */
 	uint32_t frame_max;
+	/* The most a sender holds in its frames, in all: each frame it
+	 * builds holds this much divided by its buffers, within
+	 * [TUN_FRAME_MIN_BYTES, frame_max], so that the bytes ferry queues
+	 * drain in a small share of the downtime. 0: frame_max frames. */
+	uint32_t hold_bytes;
 	enum ferry_codec codec;		/* the sender of the forward direction */
 	int codec_level;
 	/* Paces the forward direction's frames on the wire (--bandwidth),
 	 * shared with the migration's other tunnels; the tunnel takes its
 	 * own reference. NULL: not paced. */
 	struct pacer *pacer;
-	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS */
+	/* A priority stream: its frames are counted in the pacer but never
+	 * wait on it (the bulk stream's backlog must not hold them up). */
+	bool urgent;
+	uint32_t idle_timeout_ms;	/* 0: TUN_IDLE_TIMEOUT_MS; TUN_IDLE_NEVER */
 };
 
 /*
@@ -144,7 +158,16 @@ void tun_cancel(struct tun *t);
  */
 int tun_wait(struct tun *t, int timeout_ms, struct ferry_error *err);
 
-/* Cancel if running, join the threads, close everything. NULL is fine. */
+/* Cancel if running, join the threads, close everything (a companion's
+ * too). NULL is fine. */
 void tun_free(struct tun *t);
+
+/*
+ * @t owns @companion from now on (post-copy's preempt channel beside the
+ * main stream): a failure of either ends both, with the companion's error
+ * named as such; tun_wait() waits for both, tun_stats() counts both, and
+ * tun_free(@t) frees both. Call once, from the thread that owns @t.
+ */
+void tun_adopt(struct tun *t, struct tun *companion);
 
 #endif /* FERRY_TUNNEL_H */

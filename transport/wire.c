@@ -58,7 +58,7 @@ int wire_hello_decode(const uint8_t in[WIRE_HELLO_BYTES], struct wire_hello *h,
 			"peer speaks ferry protocol version %u, this is version %u",
 			h->version, WIRE_VERSION);
 	h->conn = be_get16(in + 10);
-	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_HOST)
+	if (h->conn < WIRE_CONN_CONTROL || h->conn > WIRE_CONN_MAX)
 		return ferry_error_set(err, -EPROTO,
 			"hello names unknown connection kind %u", h->conn);
 	h->options = be_get32(in + 12);

@@ -41,6 +41,11 @@ enum wire_conn {
 	WIRE_CONN_HOST = 7,	/* source -> receiver, alone: what this host
 				   can take (answered by HOST, then closed);
 				   the hello's RAM is the guest to place */
+	WIRE_CONN_PREEMPT = 8,	/* source -> destination frames: QEMU's
+				   post-copy preempt channel (urgent pages),
+				   with the memory's data connections when
+				   they carry WIRE_OPT_PREEMPT */
+	WIRE_CONN_MAX = WIRE_CONN_PREEMPT,
 };
 
 /* Option bits in the hello (the source's choices; the receiver follows). */
@@ -54,9 +59,13 @@ enum wire_conn {
 					   hello on the control connection */
 #define WIRE_OPT_VM (1u << 6)	/* the migration names its VM: VM follows
 					   the hello on the control connection */
+#define WIRE_OPT_PREEMPT (1u << 7)	/* the memory tunnel has a PREEMPT
+					   connection for QEMU's post-copy
+					   preempt channel (on DATA, RETURN
+					   and PREEMPT hellos) */
 #define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
 			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF | WIRE_OPT_BLOCK | \
-			WIRE_OPT_VM)
+			WIRE_OPT_VM | WIRE_OPT_PREEMPT)
 
 /* A link probe carries at most this much; the receiver drops the probe
  * connection beyond it. */

@@ -128,6 +128,24 @@ START_TEST(pace_two_takers_share_the_rate)
 }
 END_TEST
 
+/* A priority stream's bytes go at once (charged), and the bulk taker
+ * after them waits for them too: together they keep the rate. */
+START_TEST(pace_charge_goes_first)
+{
+	const uint64_t rate = 8 * MiB;
+	struct fake f = { 0 };
+	struct pacer *p = fake_pacer(&f, rate);
+	uint64_t t0 = f.now_ns;
+
+	pacer_charge(p, 4 * MiB);
+	ck_assert_uint_eq(f.now_ns, t0);		/* never waits */
+	/* The bucket starts empty: the next bulk MiB waits for the charged
+	 * 4 MiB and its own. */
+	take_waiting(&f, MiB, (uint64_t)(5.0 * MiB / rate * NS_PER_S));
+	pacer_unref(p);
+}
+END_TEST
+
 /* A quiet bucket saves one burst, not the whole quiet time's worth. */
 START_TEST(pace_idle_saves_one_burst)
 {
@@ -388,6 +406,7 @@ int main(void)
 	tcase_add_test(tc, pace_two_takers_share_the_rate);
 	tcase_add_test(tc, pace_two_threads_share_the_rate);
 	tcase_add_test(tc, pace_idle_saves_one_burst);
+	tcase_add_test(tc, pace_charge_goes_first);
 	tcase_add_test(tc, pace_rate_change);
 	tcase_add_test(tc, pace_rate_change_reaches_a_waiter);
 	tcase_add_test(tc, pace_stop_ends_a_wait);

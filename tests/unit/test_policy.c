@@ -126,6 +126,61 @@ START_TEST(predict_picks)
 }
 END_TEST
 
+/*
+ * Not faster at the guest's expense: on a slow link with a tight limit,
+ * post-copy's faults would each wait behind the bytes in flight and stall
+ * the guest past the limit, so predict keeps to precopy (which converges)
+ * and says why; with the preempt channel the faults jump the queue, and
+ * post-copy is fine again.
+ */
+static bool chooses_postcopy(bool preempt, char *reason, size_t len)
+{
+	const struct ferry_policy *p = ferry_policy_builtin("predict");
+	struct ferry_policy_limits l = { .downtime_max_ms = 100,
+					 .postcopy = FERRY_POSTCOPY_AUTO,
+					 .auto_converge = true };
+	void *st = p->create(&l);
+	bool post = false;
+
+	reason[0] = '\0';
+	for (uint64_t pass = 0; pass < 3 && !post; pass++) {
+		struct ferry_policy_sample s = {
+			.elapsed_ms = 1000 * pass, .pass = pass,
+			.pass_elapsed_ms = 500, .ram_total_bytes = 256 * MiB,
+			.ram_remaining_bytes = 200 * MiB,
+			.dirty_rate = 2 * MiB, .dirty_rate_known = pass > 0,
+			.link_rate = 4 * MiB, .downtime_limit_ms = 75,
+			.postcopy_possible = true, .auto_converge = true,
+			.in_flight_bytes = 192 << 10, .postcopy_preempt = preempt,
+		};
+		struct ferry_policy_actions a = { 0 };
+
+		p->decide(st, &s, &a);
+		if (pass > 0 && a.reason[0])
+			snprintf(reason, len, "%s", a.reason);
+		post = a.start_postcopy;
+	}
+	p->destroy(st);
+	return post;
+}
+
+START_TEST(predict_keeps_blackout_in_limit)
+{
+	char why[160];
+
+	ck_assert(!chooses_postcopy(false, why, sizeof(why)));
+	ck_assert_msg(strstr(why, "over the limit"), "%s", why);
+	ck_assert_msg(!strncmp(why, "precopy", 7), "%s", why);
+	ck_assert(chooses_postcopy(true, why, sizeof(why)));
+	ck_assert_msg(!strstr(why, "over the limit"), "%s", why);
+	/* The model: switchover, then two faults, each behind what is in
+	 * flight unless preempted. */
+	ck_assert(ferry_predict_postcopy_stall_s(4.0 * MiB, 192 << 10, false) >
+		  ferry_predict_postcopy_stall_s(4.0 * MiB, 192 << 10, true) + 0.09);
+	ck_assert(isinf(ferry_predict_postcopy_stall_s(0, 0, true)));
+}
+END_TEST
+
 /* The model itself: converging series, and the divergent case. */
 START_TEST(precopy_model)
 {
@@ -227,6 +282,7 @@ int main(void)
 
 	tcase_add_loop_test(tc, predict_picks, 0, FERRY_ARRAY_SIZE(cases));
 	tcase_add_test(tc, precopy_model);
+	tcase_add_test(tc, predict_keeps_blackout_in_limit);
 	tcase_add_test(tc, predict_respects_never);
 	tcase_add_test(tc, nova_schedule);
 	tcase_add_test(tc, builtins_by_name);

@@ -25,6 +25,7 @@
 #include "transport/probe.h"
 #include "transport/codec.h"
 #include "transport/tls.h"
+#include "transport/pace.h"
 #include "transport/tunnel.h"
 #include "transport/wire.h"
 
@@ -67,7 +68,7 @@ static const struct {
 	{ 0, 'X', -EBADMSG, "bad hello magic" },
 	{ 9, 7, -EPROTONOSUPPORT, "protocol version 7" },
 	{ 11, 9, -EPROTO, "unknown connection kind 9" },
-	{ 15, 0x80, -EPROTO, "unknown option bits" },
+	{ 14, 0x80, -EPROTO, "unknown option bits" },
 	{ 32, 0xff, -EPROTO, "outside" },		/* RAM far too large */
 	{ 43, 0, -EPROTO, "stream 0 of 0" },
 	{ 44, 0x7f, -EPROTO, "declares frames of" },
@@ -749,6 +750,141 @@ START_TEST(tunnel_end_to_end)
 END_TEST
 
 /*
+ * Post-copy's preempt channel: a one-way tunnel (no return connection),
+ * urgent on a shared pacer, adopted by the memory tunnel, both over
+ * loopback with fake QEMUs. The main stream's frames are cut to what
+ * hold_bytes allows; every byte of both arrives in order; waiting and
+ * counting cover both.
+ */
+START_TEST(tunnel_preempt_companion)
+{
+	const size_t main_len = 8u << 20, pre_len = 1u << 20;
+	struct net_conn sm, dm, sr, dr, sp, dp;
+	struct tun *src = NULL, *dst = NULL, *spre = NULL, *dpre = NULL;
+	struct fake_qemu fsrc = { 0 }, fdst = { 0 }, psrc = { 0 }, pdst = { 0 };
+	struct ferry_error err = { 0 };
+	struct pacer *pacer;
+	int sq[2], dq[2], sp2[2], dp2[2];
+	pthread_t ts, td, tps, tpd;
+	struct tun_stats st;
+
+	ck_assert_int_eq(pacer_new(&pacer, 1ull << 30, NULL), 0);
+	conn_pair(&sm, &dm, false);
+	conn_pair(&sr, &dr, false);
+	conn_pair(&sp, &dp, false);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sq), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, dq), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp2), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, dp2), 0);
+	{
+		struct tun_opts so = { .role = TUN_SOURCE, .local_fd = sq[1],
+				       .streams = &sm, .nstreams = 1, .ret = sr,
+				       .hold_bytes = 128u << 10, .pacer = pacer };
+		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
+					 .streams = &dm, .nstreams = 1, .ret = dr };
+		struct tun_opts spo = { .role = TUN_SOURCE, .local_fd = sp2[1],
+					.streams = &sp, .nstreams = 1,
+					.pacer = pacer, .urgent = true,
+					.idle_timeout_ms = TUN_IDLE_NEVER };
+		struct tun_opts dpo = { .role = TUN_DEST, .local_fd = dp2[1],
+					.streams = &dp, .nstreams = 1,
+					.idle_timeout_ms = TUN_IDLE_NEVER };
+
+		net_conn_init(&spo.ret, -1);
+		net_conn_init(&dpo.ret, -1);
+		ck_assert_msg(tun_start(&src, &so, &err) == 0, "%s", err.msg);
+		ck_assert_msg(tun_start(&dst, &dopt, &err) == 0, "%s", err.msg);
+		ck_assert_msg(tun_start(&spre, &spo, &err) == 0, "%s", err.msg);
+		ck_assert_msg(tun_start(&dpre, &dpo, &err) == 0, "%s", err.msg);
+	}
+	tun_adopt(src, spre);
+	tun_adopt(dst, dpre);
+	fsrc = (struct fake_qemu){ .fd = sq[0], .write_len = main_len,
+				   .write_seed = 1, .read_seed = 2 };
+	fdst = (struct fake_qemu){ .fd = dq[0], .write_len = 1000,
+				   .write_seed = 2, .read_seed = 1,
+				   .close_after_read = true };
+	psrc = (struct fake_qemu){ .fd = sp2[0], .write_len = pre_len,
+				   .write_seed = 3 };
+	pdst = (struct fake_qemu){ .fd = dp2[0], .read_seed = 3,
+				   .close_after_read = true };
+	pthread_create(&td, NULL, fake_qemu_run, &fdst);
+	pthread_create(&tpd, NULL, fake_qemu_run, &pdst);
+	pthread_create(&ts, NULL, fake_writer, &fsrc);
+	pthread_create(&tps, NULL, fake_writer, &psrc);
+	pthread_join(tps, NULL);
+	shutdown(sp2[0], SHUT_WR);	/* QEMU closes its preempt channel */
+	pthread_join(ts, NULL);
+	shutdown(sq[0], SHUT_WR);
+	fsrc.write_len = 0;
+	fake_qemu_run(&fsrc);
+	pthread_join(td, NULL);
+	pthread_join(tpd, NULL);
+
+	ck_assert_msg(tun_wait(src, 5000, &err) == 0, "source: %s", err.msg);
+	ck_assert_msg(tun_wait(dst, 5000, &err) == 0, "destination: %s", err.msg);
+	ck_assert_uint_eq(fdst.read_len, main_len);
+	ck_assert(fdst.read_ok);
+	ck_assert_uint_eq(pdst.read_len, pre_len);
+	ck_assert(pdst.read_ok);
+	ck_assert_uint_eq(fsrc.read_len, 1000);
+	tun_stats(src, &st);
+	ck_assert_uint_eq(st.local_in_bytes, main_len + pre_len);
+	/* 128 KiB frames on the main stream (one buffer: inline), whole
+	 * ones on the preempt channel's. */
+	ck_assert_uint_ge(st.frames_out, main_len / (128u << 10));
+	tun_free(src);		/* frees the companions too */
+	tun_free(dst);
+	pacer_unref(pacer);
+	close(sq[0]);
+	close(dq[0]);
+	close(sp2[0]);
+	close(dp2[0]);
+}
+END_TEST
+
+/* A preempt channel that breaks ends the memory tunnel, and says so. */
+START_TEST(tunnel_preempt_failure_ends_both)
+{
+	struct net_conn sm, dm, sr, dr, sp, dp;
+	struct tun *dst = NULL, *dpre = NULL;
+	struct ferry_error err = { 0 };
+	int dq[2], dp2[2];
+	char c;
+
+	conn_pair(&sm, &dm, false);
+	conn_pair(&sr, &dr, false);
+	conn_pair(&sp, &dp, false);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, dq), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, dp2), 0);
+	{
+		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
+					 .streams = &dm, .nstreams = 1, .ret = dr };
+		struct tun_opts dpo = { .role = TUN_DEST, .local_fd = dp2[1],
+					.streams = &dp, .nstreams = 1,
+					.idle_timeout_ms = TUN_IDLE_NEVER };
+
+		net_conn_init(&dpo.ret, -1);
+		ck_assert_int_eq(tun_start(&dst, &dopt, &err), 0);
+		ck_assert_int_eq(tun_start(&dpre, &dpo, &err), 0);
+	}
+	tun_adopt(dst, dpre);
+	ck_assert_int_eq(send(sp.fd, "garbage!", 8, MSG_NOSIGNAL), 8);
+	shutdown(sp.fd, SHUT_WR);
+	ck_assert_int_lt(tun_wait(dst, 10000, &err), 0);
+	ck_assert_msg(strstr(err.msg, "preempt channel"), "%s", err.msg);
+	/* QEMU sees its main stream end. */
+	ck_assert_int_eq(recv(dq[0], &c, 1, 0), 0);
+	tun_free(dst);
+	close(dq[0]);
+	close(dp2[0]);
+	net_conn_close(&sm);
+	net_conn_close(&sr);
+	net_conn_close(&sp);
+}
+END_TEST
+
+/*
  * A destination tunnel whose peer misbehaves on the data stream: it must
  * end with the expected error and shut the local socket, so QEMU sees the
  * stream end.
@@ -1417,6 +1553,8 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
 	tcase_add_test(tun, tunnel_cancel);
+	tcase_add_test(tun, tunnel_preempt_companion);
+	tcase_add_test(tun, tunnel_preempt_failure_ends_both);
 	tcase_add_test(tun, probe_roundtrip);
 	tcase_add_test(tun, probe_rejects);
 	tcase_set_timeout(tls, 30);
