@@ -321,6 +321,53 @@ START_TEST(tls_psk)
 }
 END_TEST
 
+/*
+ * Post-copy through TLS: the preempt channel is a TLS connection like the
+ * others; the destination guest runs on through it with its memory
+ * invariant intact, and the destination counted its wait for pages.
+ */
+START_TEST(tls_postcopy_preempt)
+{
+	const struct pair_opts dirty = { .mem_mib = 128, .fill = "random",
+					 .ws_mib = 32, .rate_mib_s = 32 };
+	const char *dir = test_pki(NULL, "good");
+	struct ferry_tls_opts tls = { .creds_dir = dir };
+	struct ferry_receiver_opts ro = rx_opts(&tls);
+	struct ferry_migrate_opts o = {
+		.tls = tls, .codec = FERRY_CODEC_NONE,
+		.max_bandwidth_bytes_per_s = 32ull << 20,
+		.converge = { .postcopy = FERRY_POSTCOPY_AFTER_PASS,
+			      .postcopy_after_pass = 1 },
+	};
+	struct ferry_error err = { 0 };
+	struct ferry_report rep;
+	struct rx_thread rx;
+	struct pair p;
+	char events[128], line[1024];
+	bool preempt = false;
+	FILE *f;
+
+	pair_start(&p, &dirty);
+	snprintf(events, sizeof(events), "%s/events.jsonl", p.dir);
+	o.converge.events_path = events;
+	ck_assert_msg(pair_migrate(&p, &o, &ro, &rx, &rep, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_msg(rx.rc == 0, "receiver: %s", rx.err.msg);
+	ck_assert(rep.postcopy);
+	ck_assert_str_eq(rep.tls, "x509");
+	ck_assert(rep.has_postcopy_blocktime);
+	f = fopen(events, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		preempt |= strstr(line, "\"preempt\"") &&
+			   strstr(line, "channel of their own");
+	fclose(f);
+	ck_assert_msg(preempt, "no preempt channel in %s", events);
+	expect_guest_intact(&p);
+	pair_stop(&p);
+}
+END_TEST
+
 /* A migration attempt that must be refused at the handshake. */
 static void expect_refused(struct pair *p, struct rx_thread *rx,
 			   const struct ferry_tls_opts *tls, const char *log_a,
@@ -485,6 +532,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tls, setup_pki, teardown_pki);
 	tcase_add_test(tls, tls_x509_two_streams);
 	tcase_add_test(tls, tls_psk);
+	tcase_add_test(tls, tls_postcopy_preempt);
 	tcase_add_test(tls, tls_refusals);
 	tcase_add_test(tls, plaintext_off_loopback_refused);
 	suite_add_tcase(s, tls);
