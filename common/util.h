@@ -47,6 +47,22 @@ static inline uint64_t ferry_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* The CLOCK_MONOTONIC time @ms from now, for pthread_cond_timedwait on a
+ * condition variable set to that clock. */
+static inline struct timespec ferry_deadline_after(uint32_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
 /* Keep @err's message, now with the code @code (a failure turned into
  * "recover": -EAGAIN); returns @code. */
 static inline int ferry_error_recode(struct ferry_error *err, int code)

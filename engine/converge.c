@@ -80,6 +80,11 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 	s->postcopy_preempt = c->preempt;
 }
 
+uint32_t conv_qemu_downtime(const struct converge *c, uint32_t ms)
+{
+	return ms > c->in_flight_ms + 1 ? ms - c->in_flight_ms : 1;
+}
+
 static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,
 			const char *why, struct ferry_error *err)
 {
@@ -90,14 +95,22 @@ static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,
 	if (!ms || ms == c->downtime_now)
 		return 0;
 	if (q) {
-		rc = mig_set_downtime(q, ms, err);
+		rc = mig_set_downtime(q, conv_qemu_downtime(c, ms), err);
 		if (rc < 0)
 			return rc;
 		c->downtime_changes++;
 	}
 	c->downtime_now = ms;
-	conv_event(c, "downtime", json_pack("{s:i}", "downtime_ms", (int)ms),
-		   "allow %u ms of downtime (%s)", ms, why);
+	if (c->in_flight_ms)
+		conv_event(c, "downtime", json_pack("{s:i,s:i}", "downtime_ms",
+						     (int)ms, "qemu_downtime_ms",
+						     (int)conv_qemu_downtime(c, ms)),
+			   "allow %u ms of downtime (%s; QEMU aims at %u: %u ms "
+			   "drain from ferry's buffers after the stop)", ms, why,
+			   conv_qemu_downtime(c, ms), c->in_flight_ms);
+	else
+		conv_event(c, "downtime", json_pack("{s:i}", "downtime_ms", (int)ms),
+			   "allow %u ms of downtime (%s)", ms, why);
 	return 0;
 }
 

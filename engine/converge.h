@@ -41,6 +41,7 @@ struct converge {
 	uint64_t eta_ms;		/* the policy's estimate of the rest */
 	uint64_t link_cap;		/* --bandwidth, 0: none */
 	uint64_t in_flight_bytes;	/* what QEMU does not count, at most */
+	uint32_t in_flight_ms;		/* ...and how long the link drains it */
 	bool preempt;			/* post-copy's preempt channel */
 	uint32_t downtime_now;
 	char mig_id[37];		/* the events' migration_id */
@@ -60,6 +61,10 @@ int conv_init(struct converge *c, const struct ferry_migrate_opts *o,
 	      bool guest_running, const char *mig_id, struct ferry_error *err);
 
 void conv_fini(struct converge *c);
+
+/* The downtime QEMU is told for a pause of @ms in all: less what drains
+ * from ferry's buffers after the guest stopped (at least 1 ms). */
+uint32_t conv_qemu_downtime(const struct converge *c, uint32_t ms);
 
 /* A new downtime limit while the migration runs (ferry set-downtime):
  * QEMU gets it now, and the policy's steps stay under it. */

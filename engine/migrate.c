@@ -610,7 +610,9 @@ static int phase_connect(struct ferry_migration *m, struct ferry_error *err)
  * link (the --bandwidth cap, or the probe's rate) drains in a share of
  * the downtime limit. Unknown link: the largest, for throughput.
  */
-static uint32_t in_flight_bytes(const struct ferry_migration *m)
+/* The link's rate as far as known before it streams: the cap, or the
+ * probe's answer; 0: unknown. */
+static uint64_t known_link(const struct ferry_migration *m)
 {
 	uint64_t link = m->run.probe_rate;
 	uint64_t cap = m->run.wire_cap ? m->run.wire_cap :
@@ -618,7 +620,30 @@ static uint32_t in_flight_bytes(const struct ferry_migration *m)
 
 	if (cap && (!link || link > cap))
 		link = cap;
-	return net_in_flight_bytes(link, m->run.conv.limits.downtime_max_ms);
+	return link;
+}
+
+static uint32_t in_flight_bytes(const struct ferry_migration *m)
+{
+	return net_in_flight_bytes(known_link(m),
+				   m->run.conv.limits.downtime_max_ms);
+}
+
+/*
+ * What QEMU does not count when it decides to switch over: through the
+ * tunnel, its socket, ferry's frames and TCP's unsent bytes; with
+ * hand-off, TCP's alone. The policy's model and the downtime QEMU is
+ * told (converge.c) count it.
+ */
+static void count_in_flight(struct ferry_migration *m)
+{
+	uint64_t link = known_link(m);
+
+	m->run.conv.preempt = m->run.preempt;
+	m->run.conv.in_flight_bytes = m->cfg.o.direct ? 0 :
+		(uint64_t)in_flight_bytes(m) * (m->run.handoff ? 1 : 3);
+	m->run.conv.in_flight_ms = link ? (uint32_t)(m->run.conv.in_flight_bytes *
+						     1000 / link) : 0;
 }
 
 /* Hand-off: the data connection, after its hello, is QEMU's. */
@@ -1088,16 +1113,13 @@ static int phase_setup(struct ferry_migration *m, struct ferry_error *err)
 	choose_transport(m);
 	m->run.preempt = use_preempt(m);
 	p.preempt = m->run.preempt;
+	count_in_flight(m);
+	p.downtime_ms = conv_qemu_downtime(&m->run.conv, m->run.conv.downtime_now);
 	p.max_bandwidth_bytes_per_s = m->run.qemu_cap;
 	p.pause_before_switchover = m->run.blk != NULL;
 	rc = mig_setup_qemu(m->run.q, &p, err);
 	if (rc < 0)
 		return ferry_error_prefix(err, "configuring the source QEMU: ");
-	/* What QEMU does not count: through the tunnel, its socket, ferry's
-	 * frames and TCP's unsent bytes; with hand-off, TCP's alone. */
-	m->run.conv.preempt = m->run.preempt;
-	m->run.conv.in_flight_bytes = m->cfg.o.direct ? 0 :
-		(uint64_t)in_flight_bytes(m) * (m->run.handoff ? 1 : 3);
 	if (m->run.blk) {
 		rc = phase_disks(m, err);
 		if (rc < 0)

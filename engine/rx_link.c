@@ -29,20 +29,6 @@ struct rx_link {
 	struct tun_local local;
 };
 
-static struct timespec after_ms(int ms)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return ts;
-}
-
 static int write_all(int fd, const uint8_t *p, size_t len)
 {
 	while (len) {
@@ -168,7 +154,7 @@ int rx_link_peek(struct rx_link *l, void *buf, size_t len, int timeout_ms,
 	FERRY_ASSERT(len <= RX_LINK_HEAD_MAX);
 	pthread_mutex_lock(&l->mu);
 	while (l->head_len < len && !l->closed && rc == 0) {
-		struct timespec ts = after_ms(RX_LINK_TICK_MS);
+		struct timespec ts = ferry_deadline_after(RX_LINK_TICK_MS);
 		struct pollfd p = { .fd = cancel_fd, .events = POLLIN };
 
 		pthread_cond_timedwait(&l->cv, &l->mu, &ts);

@@ -1009,12 +1009,7 @@ static int slot_get(struct ferry_receiver *svc)
 			return (int)free_slot;
 		if (now >= deadline)
 			return -EBUSY;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += RX_EVICT_WAIT_MS * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		ts = ferry_deadline_after(RX_EVICT_WAIT_MS);
 		pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
 	}
 }

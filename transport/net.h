@@ -40,8 +40,10 @@
  */
 #define NET_IN_FLIGHT_MIN_BYTES (64u << 10)
 #define NET_IN_FLIGHT_MAX_BYTES NET_LOCAL_BUF_BYTES
-/* The share of the downtime limit each buffer may hold: 1/8. */
-#define NET_IN_FLIGHT_SHARE 8
+/* The share of the downtime limit each buffer may hold: 1/24, so that
+ * the three in a row through ferry's tunnel (QEMU's socket, ferry's
+ * frames, TCP's unsent bytes) hold 1/8 together. */
+#define NET_IN_FLIGHT_SHARE 24
 
 /* What a link of @rate_bytes_per_s drains in @downtime_ms /
  * NET_IN_FLIGHT_SHARE, within the bounds; the maximum when the rate is

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "tests/harness/vm_priv.h"
 
 uint64_t vm_now_us(void)
@@ -225,16 +226,7 @@ void vm_serial_fini(struct vm_serial *s)
 /* Absolute CLOCK_MONOTONIC deadline @timeout_ms from now. */
 static struct timespec deadline_after(int timeout_ms)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return ts;
+	return ferry_deadline_after(timeout_ms > 0 ? (uint32_t)timeout_ms : 0);
 }
 
 int vm_wait_ready(struct vm *vm, int timeout_ms, struct ferry_error *err)

@@ -334,12 +334,13 @@ START_TEST(codec_checks)
 END_TEST
 
 /* The auto policy on synthetic measurements. */
-/* Bytes in flight from the link rate and the downtime limit: 1/8 of the
- * limit's worth, within the bounds; the most for an unknown link. */
+/* Bytes in flight from the link rate and the downtime limit: 1/24 of the
+ * limit's worth per buffer, within the bounds; the most for an unknown
+ * link. */
 START_TEST(in_flight_from_the_link)
 {
 	ck_assert_uint_eq(net_in_flight_bytes(0, 300), NET_IN_FLIGHT_MAX_BYTES);
-	ck_assert_uint_eq(net_in_flight_bytes(8u << 20, 500), 512u << 10);
+	ck_assert_uint_eq(net_in_flight_bytes(24u << 20, 500), 512u << 10);
 	ck_assert_uint_eq(net_in_flight_bytes(1u << 20, 100), NET_IN_FLIGHT_MIN_BYTES);
 	ck_assert_uint_eq(net_in_flight_bytes(10ull << 30, 300),
 			  NET_IN_FLIGHT_MAX_BYTES);
