@@ -82,7 +82,10 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 
 uint32_t conv_qemu_downtime(const struct converge *c, uint32_t ms)
 {
-	return ms > c->in_flight_ms + 1 ? ms - c->in_flight_ms : 1;
+	uint32_t left = ms > c->in_flight_ms + 1 ? ms - c->in_flight_ms : 1;
+	uint32_t t = (uint32_t)(left * CONV_QEMU_DOWNTIME_SHARE);
+
+	return t ? t : 1;
 }
 
 static int set_downtime(struct converge *c, struct qmp *q, uint32_t ms,

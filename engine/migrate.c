@@ -877,6 +877,33 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
  * ferry measures the link first: a link faster than the fastest
  * compressor on this machine cannot gain from compression either.
  */
+/*
+ * No cap and no codec to choose: the link is still measured (a probe
+ * costs at most 40 ms), since the bytes ferry lets queue between QEMU and
+ * the wire are sized from it. A failed probe leaves the link unknown
+ * (the largest buffers).
+ */
+static void probe_for_sizing(struct ferry_migration *m)
+{
+	struct ferry_error e = { 0 };
+	struct net_conn pc;
+	int rc;
+
+	rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
+	if (rc == 0)
+		rc = probe_send(&pc, &m->run.probe_rate, &e);
+	net_conn_close(&pc);
+	if (rc < 0)
+		conv_event(&m->run.conv, "link", NULL, "link probe failed (%s): "
+			   "buffers sized for a fast link", e.msg);
+	else
+		conv_event(&m->run.conv, "link", json_pack("{s:I}",
+				"link_bytes_per_s", (json_int_t)m->run.probe_rate),
+			   "link %.0f MiB/s: buffers hold what it drains in "
+			   "an eighth of the downtime limit",
+			   (double)m->run.probe_rate / (1 << 20));
+}
+
 static void choose_transport(struct ferry_migration *m)
 {
 	bool can_handoff = !m->tls && m->plan.streams <= 1 && !m->cfg.o.no_handoff;
@@ -923,6 +950,8 @@ static void choose_transport(struct ferry_migration *m)
 			   link && link < comp ? "tunnel, compression may pay" :
 			   "tunnel");
 	}
+	if (m->cfg.o.codec != FERRY_CODEC_AUTO && !m->run.wire_cap)
+		probe_for_sizing(m);
 	if (m->run.handoff) {
 		/* QEMU paces the wire now. */
 		m->run.qemu_cap = m->run.wire_cap ? m->run.wire_cap :
