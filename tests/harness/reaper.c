@@ -7,10 +7,10 @@
  *   signal is re-raised with its default action, so the exit status still
  *   says what happened). Only async-signal-safe calls on that path.
  *
- *   Anything else (SIGKILL from a test runner's timeout, abort()): QEMU dies
- *   of its PR_SET_PDEATHSIG, and the janitor, a child forked at the first
- *   registration that only waits for its socket to close, removes the dirs
- *   still registered.
+ *   Anything else (SIGKILL from a test runner's timeout, abort(), libcheck's
+ *   _exit() after a failed test): QEMU dies of its PR_SET_PDEATHSIG, and the
+ *   janitor, a child forked at the first registration that only waits for
+ *   its socket to close, removes the dirs still registered.
  *
  * The state belongs to the process that registered; a forked child that
  * registers VMs of its own starts afresh (its own janitor), and a forked
@@ -19,11 +19,13 @@
 #include <errno.h>
 #include <ftw.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/harness/vm_priv.h"
@@ -33,6 +35,16 @@ struct reg_slot {
 	volatile pid_t pid;	/* 0: none, or already being reaped */
 	char dir[VM_DIR_MAX];
 };
+
+/*
+ * How long the first registration waits for the janitor to say it has left
+ * its parent's process group: a fork and two system calls, so only a
+ * machine that is thrashing comes near it.
+ */
+#define JANITOR_READY_TIMEOUT_MS 5000
+
+/* The janitor's one message to its parent, once it is out of reach. */
+#define JANITOR_READY 'R'
 
 /* One message to the janitor; a SOCK_SEQPACKET keeps it whole. */
 struct janitor_msg {
@@ -115,7 +127,8 @@ static void install_handlers(void)
 /* The janitor: forked from a threaded process, so only async-signal-safe
  * calls, fixed memory. Leaves its parent's process group and ignores the
  * signals a terminal sends, so that a Ctrl-C that kills the program leaves
- * it running long enough to clean up. */
+ * it running long enough to clean up; and says so (JANITOR_READY) before
+ * it does anything else, see janitor_start(). */
 static int rm_entry(const char *path, const struct stat *st, int flag,
 		    struct FTW *ftw)
 {
@@ -140,6 +153,8 @@ static void __attribute__((noreturn)) janitor_main(int fd)
 	if (fd > 0)
 		close_range(0, (unsigned)fd - 1, 0);
 	close_range((unsigned)fd + 1, ~0u, 0);
+	if (send(fd, &(char){ JANITOR_READY }, 1, MSG_NOSIGNAL) != 1)
+		_exit(1);
 	for (;;) {
 		ssize_t n = recv(fd, &m, sizeof(m), 0);
 
@@ -171,9 +186,39 @@ static void __attribute__((noreturn)) janitor_main(int fd)
 	_exit(0);
 }
 
+/*
+ * Wait for the janitor's JANITOR_READY: until then it is still in our
+ * process group, and libcheck, once a forked test has exited, SIGKILLs that
+ * group (killpg() of the test's pid), janitor and all. A test that fails
+ * in the first milliseconds (a missing guest image) used to exit before
+ * the janitor had run at all, and its scratch dir stayed in /tmp.
+ * Returns 0, or -errno when the janitor is dead or silent.
+ */
+static int janitor_wait_ready(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	char c;
+	ssize_t n;
+	int rc;
+
+	do
+		rc = poll(&pfd, 1, JANITOR_READY_TIMEOUT_MS);
+	while (rc < 0 && errno == EINTR);
+	if (rc < 0)
+		return -errno;
+	if (rc == 0)
+		return -ETIMEDOUT;
+	do
+		n = recv(fd, &c, 1, 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return n == 1 && c == JANITOR_READY ? 0 : -EPIPE;
+}
+
 static int janitor_start(struct ferry_error *err)
 {
-	int sv[2];
+	int sv[2], rc;
 	pid_t pid;
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
@@ -181,18 +226,32 @@ static int janitor_start(struct ferry_error *err)
 				       strerror(errno));
 	pid = fork();
 	if (pid < 0) {
-		int rc = -errno;
-
-		close(sv[0]);
-		close(sv[1]);
-		return ferry_error_set(err, rc, "cannot fork the janitor: %s",
-				       strerror(-rc));
+		rc = -errno;
+		ferry_error_set(err, rc, "cannot fork the janitor: %s",
+				strerror(-rc));
+		goto err_close_sockets;
 	}
 	if (pid == 0)
 		janitor_main(sv[1]);
 	close(sv[1]);
+	sv[1] = -1;
+	rc = janitor_wait_ready(sv[0]);
+	if (rc < 0) {
+		ferry_error_set(err, rc, "janitor %d not ready: %s", (int)pid,
+				strerror(-rc));
+		goto err_kill_janitor;
+	}
 	janitor_fd = sv[0];
 	return 0;
+
+err_kill_janitor:
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+err_close_sockets:
+	close(sv[0]);
+	if (sv[1] >= 0)
+		close(sv[1]);
+	return rc;
 }
 
 static void janitor_send(char op, const char *dir)

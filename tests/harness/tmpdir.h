@@ -1,7 +1,8 @@
 /*
  * Scratch directories for tests and benchmarks that disappear when the
- * process exits, also when a failed assertion ends it (libcheck's forked
- * test exits through exit(), so atexit handlers run).
+ * process exits: exit() runs an atexit handler, and when a failed assertion
+ * ends a forked libcheck test with _exit(), which skips it, the janitor
+ * (reaper.c) removes them.
  */
 #ifndef FERRY_TMPDIR_H
 #define FERRY_TMPDIR_H
