@@ -82,8 +82,14 @@ static void sample_of(struct converge *c, const struct mig_info *info,
 
 uint32_t conv_qemu_downtime(const struct converge *c, uint32_t ms)
 {
-	uint32_t left = ms > c->in_flight_ms + 1 ? ms - c->in_flight_ms : 1;
-	uint32_t t = (uint32_t)(left * CONV_QEMU_DOWNTIME_SHARE);
+	uint32_t left = ms > c->in_flight_ms ? ms - c->in_flight_ms : 0;
+	uint32_t t;
+
+	/* On a link too slow for even the smallest buffers to drain in the
+	 * limit, QEMU still gets a share: told 1 ms it would never converge. */
+	if (left < ms / CONV_QEMU_DOWNTIME_MIN_DIV)
+		left = ms / CONV_QEMU_DOWNTIME_MIN_DIV;
+	t = (uint32_t)(left * CONV_QEMU_DOWNTIME_SHARE);
 
 	return t ? t : 1;
 }

@@ -68,6 +68,8 @@ void conv_fini(struct converge *c);
  * QEMU 7.2). It is told this share of what is left of the limit.
  */
 #define CONV_QEMU_DOWNTIME_SHARE 0.8
+/* ...of at least this part of the limit, whatever is in flight. */
+#define CONV_QEMU_DOWNTIME_MIN_DIV 4
 
 /* The downtime QEMU is told for a pause of @ms in all: less what drains
  * from ferry's buffers after the guest stopped, and QEMU's own overrun

@@ -765,6 +765,27 @@ static int preempt_prepare(struct ferry_migration *m, struct net_conn *streams,
 	return 0;
 }
 
+/* The next connection on the preempt socket, from the source QEMU only
+ * (when its pid is known): anything else of its user is refused. */
+static int accept_qemu(struct ferry_migration *m, struct ferry_error *err)
+{
+	for (;;) {
+		int fd = net_accept_timeout(m->run.pend.lfd, MIG_QMP_TIMEOUT_MS,
+					    m->cancel_efd, err);
+		int pid;
+
+		if (fd < 0)
+			return fd;
+		pid = net_peer_pid(fd);
+		if (m->run.qemu_pid <= 0 || pid == m->run.qemu_pid)
+			return fd;
+		ferry_log(FERRY_LOG_WARN, "refused a connection to the source "
+			  "QEMU's migration socket from pid %d, not QEMU's (%d)",
+			  pid, m->run.qemu_pid);
+		close(fd);
+	}
+}
+
 /*
  * QEMU was told to migrate to the socket: take its two connections, the
  * main channel first, and start the memory tunnel on the one and the
@@ -783,13 +804,13 @@ static int preempt_start(struct ferry_migration *m, struct ferry_error *err)
 	struct tun *pre;
 	int fd, rc;
 
-	fd = net_accept_timeout(p->lfd, MIG_QMP_TIMEOUT_MS, m->cancel_efd, err);
+	fd = accept_qemu(m, err);
 	if (fd < 0) {
 		preempt_drop(m);
 		return ferry_error_prefix(err, "the source QEMU's main channel: ");
 	}
 	p->o.local_fd = fd;
-	fd = net_accept_timeout(p->lfd, MIG_QMP_TIMEOUT_MS, m->cancel_efd, err);
+	fd = accept_qemu(m, err);
 	close(p->lfd);
 	p->lfd = -1;
 	net_unix_dir_remove(&p->dir);

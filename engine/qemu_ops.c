@@ -170,13 +170,12 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 	 * the destination counts how long its vCPUs waited for pages.
 	 */
 	caps = json_pack("{s:[{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},{s:s,s:b},"
-			 "{s:s,s:b},{s:s,s:b}]}",
+			 "{s:s,s:b}]}",
 			 "capabilities",
 			 "capability", "events", "state", 1,
 			 "capability", "return-path", "state", 1,
 			 "capability", "postcopy-ram", "state", p->postcopy,
 			 "capability", "postcopy-blocktime", "state", p->blocktime,
-			 "capability", "postcopy-preempt", "state", p->preempt,
 			 "capability", "auto-converge", "state", p->auto_converge,
 			 "capability", "pause-before-switchover", "state",
 			 p->pause_before_switchover);
@@ -184,6 +183,13 @@ int mig_setup_qemu(struct qmp *q, const struct mig_params *p,
 			 MIG_QMP_TIMEOUT_MS, err);
 	if (rc < 0)
 		return rc;
+	/* Named only where it is wanted or on (left by an earlier run): a
+	 * QEMU before 7.0 does not know it, and refuses a list that names it. */
+	if (p->preempt || mig_capability(q, "postcopy-preempt") == 1) {
+		rc = mig_set_capability(q, "postcopy-preempt", p->preempt, err);
+		if (rc < 0)
+			return rc;
+	}
 	a = bandwidth_params(p->max_bandwidth_bytes_per_s);
 	json_object_set_new(a, "downtime-limit", json_integer(p->downtime_ms));
 	rc = qmp_execute(q, "migrate-set-parameters", a, NULL,

@@ -526,6 +526,9 @@ static const char *rx_conn_refusal(const struct incoming *in,
 	if (c->got + c->have_ret + c->have_preempt > 0 &&
 	    !(h->options & WIRE_OPT_PREEMPT) != !c->want_preempt)
 		return "its preempt option differs from the other connections'";
+	if ((h->options & WIRE_OPT_PREEMPT) &&
+	    !(in->hello.options & WIRE_OPT_POSTCOPY))
+		return "a preempt channel without post-copy";
 	if (h->conn == WIRE_CONN_PREEMPT &&
 	    (c->data_kind != WIRE_CONN_DATA || !(h->options & WIRE_OPT_PREEMPT)))
 		return "a preempt connection belongs to a memory tunnel that "
@@ -745,8 +748,15 @@ static int rx_start_qemu_preempt(struct incoming *in, struct net_conn *pc,
 					   "migrate-incoming");
 	}
 	/* Main first, then preempt: both queue on QEMU's listening socket
-	 * and it takes them in that order. */
+	 * and it takes them in that order. The socket must be the QEMU's. */
 	fd = rc < 0 ? rc : net_unix_connect(in->qdir.path, err);
+	if (fd >= 0 && qmp_peer_pid(in->q) > 0 &&
+	    net_peer_pid(fd) != qmp_peer_pid(in->q)) {
+		close(fd);
+		fd = ferry_error_set(err, -EPERM, "the socket at %s is not the "
+				     "destination QEMU's (pid %d)", in->qdir.path,
+				     qmp_peer_pid(in->q));
+	}
 	if (fd >= 0)
 		rx_link_set(in->link, fd);
 	o.local_fd = fd < 0 ? fd : net_unix_connect(in->qdir.path, err);

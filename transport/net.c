@@ -94,15 +94,19 @@ int net_unix_dir_make(struct net_unix_dir *u, int owner_pid,
 	}
 	snprintf(u->path, sizeof(u->path), "%s/mig.sock", u->dir);
 	snprintf(proc, sizeof(proc), "/proc/%d", owner_pid);
+	u->uid = u->gid = -1;
 	/* A QEMU of another user: the directory is its. */
-	if (owner_pid > 0 && stat(proc, &st) == 0 && st.st_uid != geteuid() &&
-	    chown(u->dir, st.st_uid, st.st_gid) < 0) {
-		int rc = -errno;
+	if (owner_pid > 0 && stat(proc, &st) == 0 && st.st_uid != geteuid()) {
+		u->uid = (int)st.st_uid;
+		u->gid = (int)st.st_gid;
+		if (chown(u->dir, st.st_uid, st.st_gid) < 0) {
+			int rc = -errno;
 
-		net_unix_dir_remove(u);
-		return ferry_error_set(err, rc, "cannot give QEMU (pid %d) the "
-				       "directory for its socket: %s", owner_pid,
-				       strerror(-rc));
+			net_unix_dir_remove(u);
+			return ferry_error_set(err, rc, "cannot give QEMU (pid %d) "
+					       "the directory for its socket: %s",
+					       owner_pid, strerror(-rc));
+		}
 	}
 	return 0;
 }
@@ -139,7 +143,11 @@ int net_unix_listen(const struct net_unix_dir *u, struct ferry_error *err)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return ferry_error_set(err, -errno, "socket: %s", strerror(errno));
+	/* Connecting takes write permission on the socket: its user only,
+	 * and that is the QEMU's when it runs as another. */
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(u->path, 0600) < 0 ||
+	    (u->uid >= 0 && chown(u->path, (uid_t)u->uid, (gid_t)u->gid) < 0) ||
 	    listen(fd, NET_LISTEN_BACKLOG) < 0) {
 		rc = ferry_error_set(err, -errno, "cannot listen on %s: %s",
 				     u->path, strerror(errno));
@@ -147,6 +155,16 @@ int net_unix_listen(const struct net_unix_dir *u, struct ferry_error *err)
 		return rc;
 	}
 	return fd;
+}
+
+int net_peer_pid(int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return 0;
+	return (int)cr.pid;
 }
 
 int net_unix_connect(const char *path, struct ferry_error *err)

@@ -80,13 +80,18 @@ int net_listen(const char *host, uint16_t port, struct ferry_error *err);
 struct net_unix_dir {
 	char dir[96];
 	char path[128];
+	int uid, gid;		/* the QEMU's user, when not ours; else -1 */
 };
 int net_unix_dir_make(struct net_unix_dir *u, int owner_pid,
 		      struct ferry_error *err);
 /* Removes the socket (if any) and the directory; idempotent. */
 void net_unix_dir_remove(struct net_unix_dir *u);
-/* A socket listening at @u->path: >= 0, or -errno. */
+/* A socket listening at @u->path, which only the QEMU's user (or ours)
+ * may connect to: >= 0, or -errno. */
 int net_unix_listen(const struct net_unix_dir *u, struct ferry_error *err);
+/* The pid of the process at the other end of unix socket @fd, 0 if not
+ * known. */
+int net_peer_pid(int fd);
 /* A connected socket to @path: >= 0, or -errno. */
 int net_unix_connect(const char *path, struct ferry_error *err);
 /* The next connection on @lfd within @timeout_ms: >= 0, -ETIMEDOUT, or

@@ -1017,9 +1017,6 @@ void tun_free(struct tun *t)
 {
 	if (!t)
 		return;
-	/* First: its threads may still report to this one. */
-	tun_free(t->companion);
-	t->companion = NULL;
 	pthread_mutex_lock(&t->mu);
 	if (!t->finished)
 		t->stopping = true;
@@ -1029,6 +1026,10 @@ void tun_free(struct tun *t)
 		shutdown_all(t);
 	for (uint32_t i = 0; i < t->nthreads; i++)
 		pthread_join(t->threads[i], NULL);
+	/* Now that no thread of this one can report to it: the companion,
+	 * whose threads may still report here until they are joined. */
+	tun_free(t->companion);
+	t->companion = NULL;
 	for (uint32_t i = 0; i < t->nall; i++) {
 		codec_ctx_free(t->all_conns[i].codec);
 		net_conn_close(&t->all_conns[i].c);
