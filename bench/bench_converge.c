@@ -44,11 +44,6 @@
 #define BC_MAX_REPEATS 10
 #define BC_READY_TIMEOUT_MS 120000
 #define BC_DOWNTIME_MS 500
-/* After the migration, the guest's time to settle before the window ends. */
-#define BC_SETTLE_MS 2000
-/* A resumed destination must beat this often within this long. */
-#define BC_ALIVE_BEATS 5
-#define BC_ALIVE_MS 10000
 
 enum transport { T_TUNNEL, T_HANDOFF, T_DIRECT, T_COUNT };
 static const char *const transport_names[] = { "tunnel", "handoff", "direct" };
@@ -84,7 +79,7 @@ static void judge(struct vm *src, struct vm *dst, const char *dir,
 	uint64_t to;
 
 	if (res->completed)
-		usleep(BC_SETTLE_MS * 1000);
+		usleep(VIEW_SETTLE_MS * 1000);
 	to = vm_now_us();
 	if (su_trace_dir) {
 		char path[512];
@@ -96,19 +91,14 @@ static void judge(struct vm *src, struct vm *dst, const char *dir,
 	}
 	if (!guest_view_of(src, res->completed ? dst : NULL, base, from, to, &v)) {
 		res->viewed = true;
-		res->blackout_ms = (v.blackout_us + 999) / 1000;
-		res->half_rate_ms = v.half_rate_us == UINT64_MAX ? UINT64_MAX :
-				    (v.half_rate_us + 999) / 1000;
-		res->lost_ms = (v.lost_us + 999) / 1000;
+		guest_view_ms(&v, &res->blackout_ms, &res->half_rate_ms,
+			      &res->lost_ms);
 	}
 	if (!res->completed)
 		return;
-	res->verified = vm_wait_heartbeats(dst, BC_ALIVE_BEATS, BC_ALIVE_MS,
-					   &err) == 0 &&
-			stats_same_static_ram(dir, src, dst) == 1;
+	res->verified = guest_intact(dir, src, dst, &err) == 0;
 	if (!res->verified)
-		fprintf(stderr, "destination guest: %s\n",
-			err.msg[0] ? err.msg : "RAM differs");
+		fprintf(stderr, "%s\n", err.msg);
 }
 
 static int one(const struct setup *su, enum pol pol, uint32_t rate,

@@ -87,11 +87,6 @@
  * migration starts (the view needs VIEW_BASE_MIN_MS; the rest is margin
  * for a late first heartbeat on a busy host). */
 #define BENCH_BASE_MS (VIEW_BASE_MIN_MS + 500)
-/* -G: the resumed guest's time to settle before the view's window ends. */
-#define BENCH_SETTLE_MS 2000
-/* -G: a resumed destination must beat this often within this long. */
-#define BENCH_ALIVE_BEATS 5
-#define BENCH_ALIVE_MS 10000
 
 enum kind { K_QEMU, K_FERRY };
 
@@ -457,10 +452,7 @@ static void view_run(struct bench *b, const struct mode *m, struct vm *src,
 	if (guest_view_of(src, dst, base_us, from_us, to_us, &v))
 		return;
 	res->viewed = true;
-	res->blackout_ms = (v.blackout_us + 999) / 1000;
-	res->half_rate_ms = v.half_rate_us == UINT64_MAX ? UINT64_MAX :
-			    (v.half_rate_us + 999) / 1000;
-	res->lost_ms = (v.lost_us + 999) / 1000;
+	guest_view_ms(&v, &res->blackout_ms, &res->half_rate_ms, &res->lost_ms);
 }
 
 /*
@@ -476,21 +468,9 @@ static int judge_resumed(struct bench *b, const struct mode *m,
 			 uint64_t from_us, struct run *res,
 			 struct ferry_error *err)
 {
-	int rc;
-
-	usleep(BENCH_SETTLE_MS * 1000);
+	usleep(VIEW_SETTLE_MS * 1000);
 	view_run(b, m, src, dst, base_us, from_us, res);
-	rc = vm_wait_heartbeats(dst, BENCH_ALIVE_BEATS, BENCH_ALIVE_MS, err);
-	if (rc < 0)
-		return rc;
-	rc = stats_same_static_ram(b->dir, src, dst);
-	if (rc < 0)
-		return ferry_error_set(err, rc, "cannot compare the guests' "
-				       "static RAM: %s", strerror(-rc));
-	if (rc != 1)
-		return ferry_error_set(err, -EIO, "guest RAM above the working "
-				       "set differs");
-	return 0;
+	return guest_intact(b->dir, src, dst, err);
 }
 
 static int one_run(struct bench *b, const struct mode *m, struct run *res,

@@ -801,37 +801,28 @@ static int rx_accept_data(struct incoming *in, bool recover,
 		net_conn_close(&c.streams[0]);	/* QEMU holds its own copy */
 		return rc;
 	}
+	/* The tunnel's local end: a socketpair whose other end QEMU gets,
+	 * or, with the preempt channel, QEMU's socket once it listens. */
+	sv[0] = -1;
+	rc = c.want_preempt ? rx_link_new(&in->link) : net_local_pair(sv, err);
+	if (rc < 0) {
+		rx_conns_close(&c);
+		return c.want_preempt ? ferry_error_set(err, rc, "out of memory") : rc;
+	}
+	o.streams = c.streams;
+	o.nstreams = c.n;
+	o.ret = c.ret;
+	o.local_fd = c.want_preempt ? -1 : sv[1];	/* the tunnel's, always */
+	o.local = c.want_preempt ? rx_link_local(in->link) : NULL;
+	rc = tun_start(&in->tun, &o, err);
+	if (rc == 0 && fresh)
+		rc = rx_gate_stream(in, sv[0], err);
 	if (c.want_preempt) {
-		rc = rx_link_new(&in->link);
-		if (rc < 0) {
-			rx_conns_close(&c);
-			return ferry_error_set(err, rc, "out of memory");
-		}
-		o.streams = c.streams;
-		o.nstreams = c.n;
-		o.ret = c.ret;
-		o.local_fd = -1;
-		o.local = rx_link_local(in->link);
-		rc = tun_start(&in->tun, &o, err);
-		if (rc == 0 && fresh)
-			rc = rx_gate_stream(in, -1, err);
 		if (rc == 0)
 			return rx_start_qemu_preempt(in, &c.preempt, recover, err);
 		net_conn_close(&c.preempt);
 		return rc;
 	}
-	rc = net_local_pair(sv, err);
-	if (rc < 0) {
-		rx_conns_close(&c);
-		return rc;
-	}
-	o.streams = c.streams;
-	o.nstreams = c.n;
-	o.ret = c.ret;
-	o.local_fd = sv[1];	/* the tunnel owns it, even when it fails */
-	rc = tun_start(&in->tun, &o, err);
-	if (rc == 0 && fresh)
-		rc = rx_gate_stream(in, sv[0], err);
 	if (rc == 0)
 		rc = rx_start_qemu(in, sv[0], recover, err);
 	close(sv[0]);		/* QEMU holds its own copy */

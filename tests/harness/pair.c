@@ -8,6 +8,7 @@
 #include "tests/harness/proc.h"
 #include "tests/harness/stats.h"
 #include "tests/harness/tmpdir.h"
+#include "tests/harness/view.h"
 
 void pair_start(struct pair *p, const struct pair_opts *o)
 {
@@ -140,20 +141,12 @@ void expect_source_alive(struct pair *p)
 void expect_same_vm_ram(struct vm *a, struct vm *b, const char *dir)
 {
 	struct ferry_error err = { 0 };
-	char fa[128], fb[128];
 	uint64_t diff = 0;
-	int eq;
+	int eq = stats_same_ram_from(dir, a, b, 0, &diff, &err);
 
-	snprintf(fa, sizeof(fa), "%s/src.ram", dir);
-	snprintf(fb, sizeof(fb), "%s/dst.ram", dir);
-	ck_assert_msg(vm_pmemsave(a, fa, &err) == 0, "%s", err.msg);
-	ck_assert_msg(vm_pmemsave(b, fb, &err) == 0, "%s", err.msg);
-	eq = vm_files_equal(fa, fb, &diff, &err);
 	ck_assert_msg(eq >= 0, "%s", err.msg);
 	ck_assert_msg(eq == 1, "guest RAM differs at byte %llu",
 		      (unsigned long long)diff);
-	unlink(fa);
-	unlink(fb);
 }
 
 void expect_same_ram(struct pair *p)
@@ -185,11 +178,9 @@ void expect_listed(const char *dir, const char *side, const char *status)
 
 void expect_guest_intact(struct pair *p)
 {
-	int eq;
+	struct ferry_error err = { 0 };
 
-	expect_guest_runs(p->dst, "destination");
-	eq = stats_same_static_ram(p->dir, p->src, p->dst);
-	ck_assert_msg(eq >= 0, "dumping guest RAM: %s", strerror(-eq));
-	ck_assert_msg(eq == 1, "the destination's RAM above the working set "
-		      "differs from the source's");
+	expect_status(p->dst, "running");
+	ck_assert_msg(guest_intact(p->dir, p->src, p->dst, &err) == 0, "%s",
+		      err.msg);
 }

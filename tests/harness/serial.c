@@ -385,31 +385,45 @@ static bool hb_cursor_peek(const struct hb_cursor *c, uint64_t *t)
 	return true;
 }
 
-/* Merge the two time-ordered sequences, tracking the largest step. */
+/* Both VMs' beats (one guest across a migration) in time order. */
+struct hb_merge {
+	struct hb_cursor a, b;
+};
+
+static void hb_merge_init(struct hb_merge *m, const struct vm_serial *a,
+			  const struct vm_serial *b, uint64_t since_us)
+{
+	hb_cursor_init(&m->a, a, since_us);
+	hb_cursor_init(&m->b, b, since_us);
+}
+
+/* The next beat of either, the earlier first; false past the last. */
+static bool hb_merge_next(struct hb_merge *m, struct vm_beat *out)
+{
+	uint64_t ta, tb;
+	bool ha = hb_cursor_peek(&m->a, &ta), hb = hb_cursor_peek(&m->b, &tb);
+	struct hb_cursor *c;
+
+	if (!ha && !hb)
+		return false;
+	c = ha && (!hb || ta <= tb) ? &m->a : &m->b;
+	*out = c->s->hb_ring[c->i++ % VM_HB_RING];
+	return true;
+}
+
+/* The largest step between consecutive beats of the two. */
 static uint64_t max_gap_locked(const struct vm_serial *a, const struct vm_serial *b,
 			       uint64_t since_us)
 {
-	struct hb_cursor ca, cb;
+	struct hb_merge m;
+	struct vm_beat beat;
 	uint64_t prev = 0, gap = 0, n = 0;
 
-	hb_cursor_init(&ca, a, since_us);
-	hb_cursor_init(&cb, b, since_us);
-	for (;;) {
-		uint64_t ta, tb, t;
-		bool ha = hb_cursor_peek(&ca, &ta), hb = hb_cursor_peek(&cb, &tb);
-
-		if (!ha && !hb)
-			break;
-		if (ha && (!hb || ta <= tb)) {
-			t = ta;
-			ca.i++;
-		} else {
-			t = tb;
-			cb.i++;
-		}
-		if (n++ > 0 && t - prev > gap)
-			gap = t - prev;
-		prev = t;
+	hb_merge_init(&m, a, b, since_us);
+	while (hb_merge_next(&m, &beat)) {
+		if (n++ > 0 && beat.t_us - prev > gap)
+			gap = beat.t_us - prev;
+		prev = beat.t_us;
 	}
 	return n < 2 ? UINT64_MAX : gap;
 }
@@ -440,24 +454,15 @@ size_t vm_beats(struct vm *src, struct vm *dst, uint64_t since_us,
 {
 	struct vm_serial *a = src ? &src->serial : NULL;
 	struct vm_serial *b = dst ? &dst->serial : NULL;
-	struct hb_cursor ca, cb;
+	struct hb_merge m;
 	size_t n = 0;
 
 	lock_two(&a, &b);
 	if (!a)
 		return 0;
-	hb_cursor_init(&ca, a, since_us);
-	hb_cursor_init(&cb, b, since_us);
-	while (n < max) {
-		uint64_t ta, tb;
-		bool ha = hb_cursor_peek(&ca, &ta), hb = hb_cursor_peek(&cb, &tb);
-		struct hb_cursor *c;
-
-		if (!ha && !hb)
-			break;
-		c = ha && (!hb || ta <= tb) ? &ca : &cb;
-		out[n++] = c->s->hb_ring[c->i++ % VM_HB_RING];
-	}
+	hb_merge_init(&m, a, b, since_us);
+	while (n < max && hb_merge_next(&m, &out[n]))
+		n++;
 	unlock_two(a, b);
 	return n;
 }

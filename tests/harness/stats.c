@@ -52,23 +52,20 @@ uint64_t stats_median(uint64_t *v, uint32_t n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* Dump both guests' RAM and compare it from byte @from on. */
-static int same_ram_from(const char *dir, struct vm *a, struct vm *b,
-			 uint64_t from)
+int stats_same_ram_from(const char *dir, struct vm *a, struct vm *b,
+			uint64_t from, uint64_t *first_diff,
+			struct ferry_error *err)
 {
-	struct ferry_error err = { 0 };
 	char pa[256], pb[256];
-	uint64_t diff;
 	int eq;
 
 	snprintf(pa, sizeof(pa), "%s/a.ram", dir);
 	snprintf(pb, sizeof(pb), "%s/b.ram", dir);
-	if (vm_pmemsave(a, pa, &err) || vm_pmemsave(b, pb, &err)) {
-		unlink(pa);
-		unlink(pb);
-		return err.code ? err.code : -1;
-	}
-	eq = vm_files_equal_from(pa, pb, from, &diff, &err);
+	eq = vm_pmemsave(a, pa, err);
+	if (eq == 0)
+		eq = vm_pmemsave(b, pb, err);
+	if (eq == 0)
+		eq = vm_files_equal_from(pa, pb, from, first_diff, err);
 	unlink(pa);
 	unlink(pb);
 	return eq;
@@ -76,14 +73,9 @@ static int same_ram_from(const char *dir, struct vm *a, struct vm *b,
 
 int stats_same_ram(const char *dir, struct vm *a, struct vm *b)
 {
-	return same_ram_from(dir, a, b, 0);
-}
+	struct ferry_error err = { 0 };
 
-int stats_same_static_ram(const char *dir, struct vm *a, struct vm *b)
-{
-	uint64_t from = vm_static_ram_from(a);
-
-	return from ? same_ram_from(dir, a, b, from) : -ENODATA;
+	return stats_same_ram_from(dir, a, b, 0, NULL, &err);
 }
 
 static uint64_t thread_cpu_ns(void)

@@ -19,10 +19,11 @@ uint64_t stats_median(uint64_t *v, uint32_t n);
 /* pmemsave both guests into @dir and compare: 1 equal, 0 different,
  * -errno when a dump failed. The dumps are removed. */
 int stats_same_ram(const char *dir, struct vm *a, struct vm *b);
-/* The same for a destination that runs on: only the RAM the guest never
- * writes after READY (above its working set; the working set checks
- * itself, see the guest's memory invariant). -ENODATA before READY. */
-int stats_same_static_ram(const char *dir, struct vm *a, struct vm *b);
+/* The same from byte @from of the dumps on; *@first_diff (may be NULL)
+ * the first byte that differs, @err why a dump failed. */
+int stats_same_ram_from(const char *dir, struct vm *a, struct vm *b,
+			uint64_t from, uint64_t *first_diff,
+			struct ferry_error *err);
 
 /*
  * The machine a benchmark's figures were measured on, which travel with

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/harness/stats.h"
 #include "tests/harness/view.h"
 
 /* Work at beat @i: the guest's counter, or the beat's index when idle. */
@@ -158,4 +159,42 @@ out:
 		fclose(f);
 	free(b);
 	return rc;
+}
+
+static uint64_t ms_up(uint64_t us)
+{
+	return (us + 999) / 1000;
+}
+
+void guest_view_ms(const struct guest_view *v, uint64_t *blackout_ms,
+		   uint64_t *half_rate_ms, uint64_t *lost_ms)
+{
+	*blackout_ms = ms_up(v->blackout_us);
+	*half_rate_ms = v->half_rate_us == UINT64_MAX ? UINT64_MAX :
+			ms_up(v->half_rate_us);
+	*lost_ms = ms_up(v->lost_us);
+}
+
+int guest_intact(const char *dir, struct vm *src, struct vm *dst,
+		 struct ferry_error *err)
+{
+	uint64_t diff = 0;
+	uint64_t from = vm_static_ram_from(src);
+	int rc;
+
+	rc = vm_wait_heartbeats(dst, VIEW_ALIVE_BEATS, VIEW_ALIVE_MS, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "destination guest: ");
+	if (!from)
+		return ferry_error_set(err, -ENODATA, "the source guest never "
+				       "said where its working set ends");
+	rc = stats_same_ram_from(dir, src, dst, from, &diff, err);
+	if (rc < 0)
+		return ferry_error_prefix(err, "comparing the guests' RAM: ");
+	if (rc != 1)
+		return ferry_error_set(err, -EIO, "the destination's RAM above "
+				       "the working set differs from the "
+				       "source's at byte %llu",
+				       (unsigned long long)diff);
+	return 0;
 }

@@ -57,6 +57,27 @@ int guest_view(const struct vm_beat *b, size_t n, uint64_t from_us,
 int guest_view_of(struct vm *src, struct vm *dst, uint64_t base_us,
 		  uint64_t from_us, uint64_t to_us, struct guest_view *v);
 
+/* After a migration to a resumed destination: the guest's time to settle
+ * before the window ends, and how often it must beat then, within how
+ * long, to count as running. */
+#define VIEW_SETTLE_MS 2000
+#define VIEW_ALIVE_BEATS 5
+#define VIEW_ALIVE_MS 10000
+
+/* The view in whole ms, rounded up, as the benchmarks report it;
+ * *@half_rate_ms UINT64_MAX: not within the window. */
+void guest_view_ms(const struct guest_view *v, uint64_t *blackout_ms,
+		   uint64_t *half_rate_ms, uint64_t *lost_ms);
+
+/*
+ * A resumed destination arrived whole: its guest beats on (so its memory
+ * invariant held: a stale working-set page makes it halt) and the RAM it
+ * never writes after READY equals the source's, byte for byte. Dumping
+ * RAM stalls the guest: after the view. 0, or -errno with @err.
+ */
+int guest_intact(const char *dir, struct vm *src, struct vm *dst,
+		 struct ferry_error *err);
+
 /* The beats since @base_us as text, one "ms work" line each, ms from
  * @from_us (negative before it): the guest's progress to plot. */
 int guest_view_trace(struct vm *src, struct vm *dst, uint64_t base_us,
