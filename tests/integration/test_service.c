@@ -286,6 +286,22 @@ START_TEST(matching_hello_then_close)
 	settle();
 	expect_status(p.dst, "inmigrate");
 
+	/* A preempt channel for a migration without post-copy: every
+	 * connection that announces it is refused, nothing reaches QEMU. */
+	random_id(id);
+	control_ready(&c, rx.port, id);
+	raw_open(&d, rx.port, NULL, id, WIRE_CONN_DATA, WIRE_OPT_PREEMPT,
+		 vm_ram_bytes());
+	raw_open(&ret, rx.port, NULL, id, WIRE_CONN_PREEMPT, WIRE_OPT_PREEMPT,
+		 vm_ram_bytes());
+	ck_assert_int_eq(raw_ctrl(&c, text, sizeof(text)), WIRE_CTRL_ERROR);
+	ck_assert_msg(strstr(text, "0 of 1 data streams"), "%s", text);
+	raw_close(&d);
+	raw_close(&ret);
+	raw_close(&c);
+	settle();
+	expect_status(p.dst, "inmigrate");
+
 	migrate_verified(&p, rx.port, NULL);
 	/* Failed migrations are not the result of a service that is not
 	 * --once: it stops cleanly. */
