@@ -685,6 +685,7 @@ static int open_tunnel_conns(struct ferry_migration *m, enum wire_conn kind,
 		.frame_max = TUN_FRAME_BYTES,
 		.codec = m->cfg.o.codec,
 		.codec_level = m->cfg.o.codec_level,
+		.link_bytes_per_s = known_link(m),
 		/* The memory's and the disks' tunnels share it; the disks
 		 * take from it also where QEMU paces the memory. */
 		.pacer = m->pacer,

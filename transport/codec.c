@@ -197,6 +197,11 @@ void codec_auto_init(struct codec_auto *a)
 	a->cur = a->best = WIRE_CODEC_RAW;
 }
 
+void codec_auto_set_link(struct codec_auto *a, double bytes_per_s)
+{
+	a->link = bytes_per_s > 0 ? bytes_per_s : 0;
+}
+
 /* Raw bytes per second over the scored window; 0 when it moved less than
  * CODEC_EPOCH_MIN_BYTES (too little to say anything). */
 static double window_rate(const struct codec_auto *a)
@@ -211,11 +216,15 @@ static double window_rate(const struct codec_auto *a)
 /* Score the epoch that ends: its codec's EWMA takes the epoch's rate. */
 static void score_epoch(struct codec_auto *a)
 {
-	double sample = window_rate(a);
+	double sample = window_rate(a), wire_rate;
 
 	a->epochs++;
 	if (sample <= 0)
 		return;
+	/* sample > 0: the window has a length */
+	wire_rate = (double)a->wire * 1e9 / (double)(a->last_ns - a->window_t0_ns);
+	if (wire_rate > a->wire_top)
+		a->wire_top = wire_rate;
 	a->score[a->cur] = a->score[a->cur] > 0 ?
 		a->score[a->cur] + CODEC_EWMA_ALPHA * (sample - a->score[a->cur]) :
 		sample;
@@ -237,6 +246,29 @@ static enum wire_codec best_codec(const struct codec_auto *a)
 	return best;
 }
 
+/*
+ * Raw's first trial, settled without a frame when the link is known and
+ * another codec delivers CODEC_TRIAL_LOSE times what it carries (see
+ * codec_auto_set_link()): true when so, raw scored at that ceiling.
+ */
+static bool raw_settled(struct codec_auto *a)
+{
+	double ceiling = a->link > a->wire_top ? a->link : a->wire_top;
+	double top = 0;
+
+	if (!a->link)
+		return false;
+	for (int c = WIRE_CODEC_LZ4; c <= WIRE_CODEC_ZSTD; c++)
+		if (a->score[c] > top)
+			top = a->score[c];
+	if (top <= CODEC_TRIAL_LOSE * ceiling)
+		return false;
+	a->tried |= 1u << WIRE_CODEC_RAW;
+	a->score[WIRE_CODEC_RAW] = ceiling;
+	a->explored_at[WIRE_CODEC_RAW] = a->epochs;
+	return true;
+}
+
 /* The next epoch's codec: one never tried yet, else one due for another
  * try (less often the further it scored below the best), else the best. */
 static enum wire_codec next_codec(struct codec_auto *a)
@@ -248,7 +280,8 @@ static enum wire_codec next_codec(struct codec_auto *a)
 	};
 
 	for (size_t i = 0; i < sizeof(first) / sizeof(first[0]); i++)
-		if (!(a->tried & (1u << first[i])))
+		if (!(a->tried & (1u << first[i])) &&
+		    !(first[i] == WIRE_CODEC_RAW && raw_settled(a)))
 			return first[i];
 	a->best = best_codec(a);
 	top = a->score[a->best];
@@ -276,7 +309,7 @@ static void start_epoch(struct codec_auto *a, enum wire_codec c, uint64_t now_ns
 	a->epoch_t0_ns = now_ns;
 	a->scored_t0_ns = now_ns + (warm ? CODEC_EPOCH_WARM_MS * 1000000ull : 0);
 	a->window_t0_ns = a->last_ns = 0;
-	a->bytes = 0;
+	a->bytes = a->wire = 0;
 }
 
 /*
@@ -323,7 +356,7 @@ enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns)
 /* The scored window runs from the end of the first frame sent after the
  * warm-up to the end of the last: whole frames, whatever their pace. */
 void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
-			  uint64_t now_ns)
+			  uint64_t wire_bytes, uint64_t now_ns)
 {
 	if (now_ns < a->scored_t0_ns)
 		return;
@@ -332,5 +365,6 @@ void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
 		return;
 	}
 	a->bytes += raw_bytes;
+	a->wire += wire_bytes;
 	a->last_ns = now_ns;
 }

@@ -28,6 +28,11 @@
  * what the last codec queued can make the new one look slower as well as
  * faster (a stream compressed 3x ahead of raw drains at a third of raw's
  * rate when the receiving QEMU is what is slow).
+ *
+ * Raw's first trial needs no frame at all where the link's rate is known
+ * (codec_auto_set_link()): raw cannot deliver faster than the link, so
+ * when lz4 or zstd already delivers CODEC_TRIAL_LOSE times that, raw is
+ * scored at the link's rate and explored later like any codec far behind.
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -107,6 +112,9 @@ struct codec_auto {
 	uint64_t scored_t0_ns;		/* its warm-up's end */
 	uint64_t window_t0_ns, last_ns;	/* the first and last frame scored */
 	uint64_t bytes;			/* in the scored window */
+	uint64_t wire;			/* what they took on the wire */
+	double wire_top;		/* the most wire bytes/s seen, scored */
+	double link;			/* the link's bytes/s as known; 0: not */
 	uint64_t epochs;		/* epochs ended */
 	uint64_t explored_at[WIRE_CODEC_MAX + 1];	/* epoch of last try */
 	uint32_t tried;			/* codecs that had an epoch, bit each */
@@ -114,13 +122,22 @@ struct codec_auto {
 
 void codec_auto_init(struct codec_auto *a);
 
+/*
+ * What the link carries, bytes/s (the probe's measure or the cap, this
+ * stream's share; 0: unknown). Raw cannot deliver QEMU's stream faster
+ * than the link carries it: when another codec already delivers
+ * CODEC_TRIAL_LOSE times that (or what the wire was seen to carry, if
+ * more), raw's first trial is settled without sending a frame, scored at
+ * that ceiling. Raw is still explored later, like any codec far behind.
+ */
+void codec_auto_set_link(struct codec_auto *a, double bytes_per_s);
+
 /* The codec for the next frame, at @now_ns (monotonic): this epoch's;
  * an epoch that is over is scored and the next one chosen. */
 enum wire_codec codec_auto_pick(struct codec_auto *a, uint64_t now_ns);
 
-/* @raw_bytes of QEMU's stream were sent (whatever went on the wire),
- * done at @now_ns. */
+/* @raw_bytes of QEMU's stream were sent as @wire_bytes, done at @now_ns. */
 void codec_auto_note_sent(struct codec_auto *a, uint64_t raw_bytes,
-			  uint64_t now_ns);
+			  uint64_t wire_bytes, uint64_t now_ns);
 
 #endif /* FERRY_CODEC_H */

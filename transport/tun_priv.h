@@ -138,6 +138,7 @@ struct tun {
 	struct tun_stats st;		/* atomic fields */
 	struct pacer *pacer;		/* a reference, or NULL: not paced */
 	bool urgent;			/* charge the pacer, never wait */
+	uint64_t link_bytes_per_s;	/* for auto (tun_opts); 0: unknown */
 	/* A companion tunnel (post-copy's preempt channel) that lives and
 	 * dies with this one; set once by tun_adopt(), read atomically. */
 	struct tun *companion;		/* owned */

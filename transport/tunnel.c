@@ -231,7 +231,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	if (type != WIRE_FRAME_END)
 		tun_add(&c->t->st.frames_codec[codec], 1);
 	if (is_auto)
-		codec_auto_note_sent(&c->autop, b->len, ferry_now_ns());
+		codec_auto_note_sent(&c->autop, b->len, len, ferry_now_ns());
 	return 0;
 }
 
@@ -675,6 +675,8 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 			if (!(c->out = carve(t, cap)))
 				return ferry_error_set(err, -ENOMEM, "out of memory");
 			codec_auto_init(&c->autop);
+			codec_auto_set_link(&c->autop, (double)t->link_bytes_per_s /
+						       d->nconns);
 		}
 		if (!d->sending) {
 			uint32_t nb = d->inline_io ? 1 : TUN_BUFS_PER_CONN;
@@ -835,6 +837,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	/* Only the forward direction is paced: the source sends it. */
 	t->pacer = src ? pacer_ref(o->pacer) : NULL;
 	t->urgent = o->urgent;
+	t->link_bytes_per_s = src ? o->link_bytes_per_s : 0;
 
 	t->fwd = (struct tun_dir){
 		.t = t, .name = "data", .sending = src,

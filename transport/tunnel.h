@@ -92,6 +92,10 @@ struct tun_opts {
 	uint32_t hold_bytes;
 	enum ferry_codec codec;		/* the sender of the forward direction */
 	int codec_level;
+	/* The link's rate as ferry knows it (the probe's measure, or the
+	 * cap), bytes/s; 0: unknown. auto does not try raw where it cannot
+	 * win (codec_auto_set_link()). */
+	uint64_t link_bytes_per_s;
 	/* Paces the forward direction's frames on the wire (--bandwidth),
 	 * shared with the migration's other tunnels; the tunnel takes its
 	 * own reference. NULL: not paced. */

@@ -17,6 +17,7 @@ struct sim {
 	struct codec_auto a;
 	uint64_t now;
 	double rate[WIRE_CODEC_MAX + 1];	/* bytes per busy second */
+	double ratio[WIRE_CODEC_MAX + 1];	/* raw bytes per wire byte */
 	uint64_t qemu_ns_per_frame;		/* QEMU producing a frame */
 	uint64_t frames[WIRE_CODEC_MAX + 1];
 };
@@ -31,7 +32,8 @@ static void run(struct sim *s, uint64_t ms)
 
 		s->now += s->qemu_ns_per_frame;
 		s->now += (uint64_t)(FRAME * 1e9 / s->rate[c]);
-		codec_auto_note_sent(&s->a, FRAME, s->now);
+		codec_auto_note_sent(&s->a, FRAME,
+				     (uint64_t)(FRAME / s->ratio[c]), s->now);
 		s->frames[c]++;
 	}
 }
@@ -41,7 +43,8 @@ static void sim_init(struct sim *s, double raw, double lz4, double zstd)
 	*s = (struct sim){ .now = 1000 * MS,
 			   .rate = { [WIRE_CODEC_RAW] = raw,
 				     [WIRE_CODEC_LZ4] = lz4,
-				     [WIRE_CODEC_ZSTD] = zstd } };
+				     [WIRE_CODEC_ZSTD] = zstd },
+			   .ratio = { 1.0, 1.0, 1.0 } };
 	codec_auto_init(&s->a);
 }
 
@@ -109,6 +112,56 @@ START_TEST(first_epochs_are_cheap)
 }
 END_TEST
 
+/*
+ * The same with the link's rate known (the probe's, 1 Gbit/s): raw
+ * cannot deliver faster than the link, lz4 already delivers four times
+ * that, so raw needs no trial at all; it is scored at the link's rate.
+ */
+START_TEST(the_link_settles_raw)
+{
+	struct sim s;
+	double bytes = 0, ideal;
+
+	sim_init(&s, 120e6, 480e6, 470e6);
+	s.ratio[WIRE_CODEC_LZ4] = s.ratio[WIRE_CODEC_ZSTD] = 4.0;
+	codec_auto_set_link(&s.a, 120e6);
+	run(&s, 2500);
+	for (int c = 0; c <= WIRE_CODEC_MAX; c++)
+		bytes += (double)s.frames[c] * FRAME;
+	ideal = 480e6 * 2.5;
+	ck_assert_uint_eq(s.frames[WIRE_CODEC_RAW], 0);
+	ck_assert_msg(bytes > 0.98 * ideal, "delivered %.0f MB of %.0f",
+		      bytes / 1e6, ideal / 1e6);
+	ck_assert(s.a.score[WIRE_CODEC_RAW] > 119e6 && s.a.score[WIRE_CODEC_RAW] < 121e6);
+	ck_assert_int_eq(codec_auto_pick(&s.a, s.now), WIRE_CODEC_LZ4);
+}
+END_TEST
+
+/*
+ * A link faster than the probe said: what the wire carried under lz4
+ * raises the ceiling, raw gets its trial, and wins. And where lz4 is
+ * not far enough ahead of the link, raw is tried as before.
+ */
+START_TEST(a_slow_probe_does_not_keep_raw_out)
+{
+	struct sim s;
+
+	sim_init(&s, 1000e6, 400e6, 300e6);
+	s.ratio[WIRE_CODEC_LZ4] = s.ratio[WIRE_CODEC_ZSTD] = 2.0;
+	codec_auto_set_link(&s.a, 100e6);
+	run(&s, 5000);
+	ck_assert_uint_gt(s.frames[WIRE_CODEC_RAW], 0);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_RAW);
+
+	sim_init(&s, 120e6, 200e6, 150e6);
+	s.ratio[WIRE_CODEC_LZ4] = s.ratio[WIRE_CODEC_ZSTD] = 2.0;
+	codec_auto_set_link(&s.a, 120e6);
+	run(&s, 5000);
+	ck_assert_uint_gt(s.frames[WIRE_CODEC_RAW], 0);
+	ck_assert_int_eq(s.a.best, WIRE_CODEC_LZ4);
+}
+END_TEST
+
 /* Conditions change (a CPU hog arrives): auto follows within seconds. */
 START_TEST(follows_a_change)
 {
@@ -149,6 +202,8 @@ int main(void)
 	tcase_add_test(tc, keeps_the_fastest);
 	tcase_add_test(tc, exploring_is_cheap);
 	tcase_add_test(tc, first_epochs_are_cheap);
+	tcase_add_test(tc, the_link_settles_raw);
+	tcase_add_test(tc, a_slow_probe_does_not_keep_raw_out);
 	tcase_add_test(tc, follows_a_change);
 	tcase_add_test(tc, qemu_bound_stays_raw);
 	suite_add_tcase(su, tc);
