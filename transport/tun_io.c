@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -72,28 +73,19 @@ static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
 	}
 }
 
-/* See tun_priv.h. The wait looks at the stop flag and the idle clock
- * every TUN_TICK_MS. */
-ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
+/*
+ * Submit @sqe (prepared by the caller) and wait for it: its result, or
+ * -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing moved anywhere
+ * in the tunnel for the idle timeout. The wait looks at the stop flag and
+ * the idle clock every TUN_TICK_MS. -EINTR and -EAGAIN are the caller's
+ * to retry.
+ */
+static ssize_t io_run(struct tun_io *io, struct io_uring_sqe *sqe)
 {
 	struct tun *t = io->t;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-	uint8_t *p = buf;
-	bool fixed = io->fixed && p >= t->arena &&
-		     p + len <= t->arena + t->arena_bytes;
 	uint64_t tag = ++io->tag;
 	int rc;
 
-	if (!sqe)
-		return -EBUSY;
-	if (wr && fixed)
-		io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-	else if (wr)
-		io_uring_prep_write(sqe, fd, buf, (unsigned)len, 0);
-	else if (fixed)
-		io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-	else
-		io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
 	sqe->user_data = tag;
 	rc = io_uring_submit(&io->ring);
 	if (rc < 0)
@@ -113,8 +105,6 @@ ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 				continue;	/* a stale cancel */
 			if (res > 0)
 				tun_progress(t);
-			if (res == -EINTR || res == -EAGAIN)
-				return tun_io_once(io, wr, fd, buf, len);
 			return res;
 		}
 		if (rc != -ETIME && rc != -EINTR)
@@ -132,13 +122,86 @@ ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 	}
 }
 
+static bool io_retry(ssize_t n)
+{
+	return n == -EINTR || n == -EAGAIN;
+}
+
+/* See tun_priv.h. */
+ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
+{
+	struct tun *t = io->t;
+	uint8_t *p = buf;
+	bool fixed = io->fixed && p >= t->arena &&
+		     p + len <= t->arena + t->arena_bytes;
+	ssize_t n;
+
+	do {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+		if (!sqe)
+			return -EBUSY;
+		if (wr && fixed)
+			io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
+		else if (wr)
+			io_uring_prep_write(sqe, fd, buf, (unsigned)len, 0);
+		else if (fixed)
+			io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
+		else
+			io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
+		n = io_run(io, sqe);
+	} while (io_retry(n));
+	return n;
+}
+
+/*
+ * One send or recv of all @len on the socket @fd (MSG_WAITALL: the kernel
+ * goes on until all of it moved, one completion where read and write take
+ * one per socket buffer's worth): the count moved, fewer only at the end
+ * of the stream, or -errno as tun_io_once().
+ */
+static ssize_t io_sock_all(struct tun_io *io, bool wr, int fd, void *buf,
+			   size_t len, int flags)
+{
+	ssize_t n;
+
+	do {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+		if (!sqe)
+			return -EBUSY;
+		if (wr)
+			io_uring_prep_send(sqe, fd, buf, len,
+					   MSG_WAITALL | MSG_NOSIGNAL | flags);
+		else
+			io_uring_prep_recv(sqe, fd, buf, len, MSG_WAITALL | flags);
+		n = io_run(io, sqe);
+	} while (io_retry(n));
+	return n;
+}
+
 int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 {
+	return tun_io_full_more(io, wr, fd, buf, len, false);
+}
+
+/* See tun_priv.h. Every fd a tunnel moves bytes on is a stream socket;
+ * anything else is written and read as a file. */
+int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
+		     bool more)
+{
 	uint8_t *p = buf;
+	bool sock = true;
 
 	while (len) {
-		ssize_t n = tun_io_once(io, wr, fd, p, len);
+		ssize_t n = sock ? io_sock_all(io, wr, fd, p, len,
+					       more ? MSG_MORE : 0) :
+				   tun_io_once(io, wr, fd, p, len);
 
+		if (n == -ENOTSOCK && sock) {
+			sock = false;
+			continue;
+		}
 		if (n < 0)
 			return (int)n;
 		if (n == 0)
@@ -147,6 +210,23 @@ int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+/* See tun_priv.h. */
+ssize_t tun_io_splice(struct tun_io *io, int in, int out, size_t len, bool more)
+{
+	ssize_t n;
+
+	do {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+		if (!sqe)
+			return -EBUSY;
+		io_uring_prep_splice(sqe, in, -1, out, -1, (unsigned)len,
+				     SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+		n = io_run(io, sqe);
+	} while (io_retry(n));
+	return n;
 }
 
 /* ---- TLS over the ring ---- */
@@ -345,19 +425,12 @@ int tun_conn_read(struct tun_conn *c, void *buf, size_t len)
 	char why[256];
 
 	if (!c->c.ssl) {
-		while (len) {
-			ssize_t n = tun_io_once(c->io, false, c->c.fd, p, len);
+		int rc = tun_io_full(c->io, false, c->c.fd, p, len);
 
-			if (n <= 0) {
-				tun_charge(c->t, TUN_STAGE_RECEIVE, t0);
-				return n == 0 ? -ECONNRESET : (int)n;
-			}
-			tun_add(&c->t->st.wire_in_bytes, (uint64_t)n);
-			p += n;
-			len -= (size_t)n;
-		}
 		tun_charge(c->t, TUN_STAGE_RECEIVE, t0);
-		return 0;
+		if (rc == 0)
+			tun_add(&c->t->st.wire_in_bytes, len);
+		return rc;
 	}
 	while (len) {
 		int n;

@@ -201,6 +201,17 @@ void tun_io_fini(struct tun_io *io);
 ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len);
 /* All of @len, or an error (-ECONNRESET when the peer closed). */
 int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len);
+/* The same; @more: more follows at once (MSG_MORE: a frame header is
+ * not sent alone ahead of its payload). */
+int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
+		     bool more);
+/*
+ * Up to @len bytes from @in to @out, one of them a pipe, without copying
+ * them through user memory (io_uring's splice, which runs in its worker
+ * threads): the count moved, 0 at the end of @in's stream, or -errno as
+ * tun_io_once(). @more: more follows (SPLICE_F_MORE).
+ */
+ssize_t tun_io_splice(struct tun_io *io, int in, int out, size_t len, bool more);
 
 /* ---- tun_io.c: connections, plaintext or TLS ---- */
 
