@@ -11,6 +11,8 @@
  *                      auto on a link faster than LZ4, hand the connection
  *                      to QEMU)
  *   ferry-none-tunnel, ferry-auto-tunnel   the same, never handing off
+ *   ferry-none-copy    ferry-none-tunnel with its raw frames copied
+ *                      through ferry's memory instead of spliced
  *   ferry-tls          ferry, TLS 1.3 x509, auto codec
  *   ferry-psk          ferry, TLS 1.3 PSK, auto codec
  *   ferry-streams2|4   ferry, auto codec, 2 or 4 streams
@@ -99,27 +101,30 @@ struct mode {
 	uint32_t streams;
 	int level;
 	bool no_handoff;	/* keep ferry's frames even when it could hand off */
+	bool copy;		/* FERRY_TUNNEL_COPY: frames through ferry's
+				 * memory, never by splice (to measure it) */
 };
 
 static const struct mode all_modes[] = {
-	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0, 0, false },
-	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0, 0, false },
-	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0, 0, false },
-	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0, 0, false },
-	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, false },
-	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1, 0, false },
-	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 0, false },
-	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
-	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
-	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false },
-	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 0, false },
-	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4, 0, false },
-	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1, 0, false },
-	{ "ferry-zstd3", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 3, false },
-	{ "ferry-zstd3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 2, 3, false },
-	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3, false },
-	{ "ferry-none-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true },
-	{ "ferry-auto-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, true },
+	{ "qemu-plain", K_QEMU, false, false, false, false, NULL, 0, 0, 0, false, false },
+	{ "qemu-tls", K_QEMU, true, false, false, false, NULL, 0, 0, 0, false, false },
+	{ "qemu-multifd", K_QEMU, false, false, true, false, "none", 0, 0, 0, false, false },
+	{ "qemu-multifd-zstd", K_QEMU, false, false, true, false, "zstd", 0, 0, 0, false, false },
+	{ "ferry-none", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, false, false },
+	{ "ferry-lz4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_LZ4, 1, 0, false, false },
+	{ "ferry-zstd", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 0, false, false },
+	{ "ferry-auto", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false, false },
+	{ "ferry-tls", K_FERRY, true, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false, false },
+	{ "ferry-psk", K_FERRY, false, true, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, false, false },
+	{ "ferry-streams2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 0, false, false },
+	{ "ferry-streams4", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 4, 0, false, false },
+	{ "ferry-direct", K_FERRY, false, false, false, true, NULL, 0, 1, 0, false, false },
+	{ "ferry-zstd3", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 1, 3, false, false },
+	{ "ferry-zstd3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_ZSTD, 2, 3, false, false },
+	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3, false, false },
+	{ "ferry-none-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true, false },
+	{ "ferry-auto-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, true, false },
+	{ "ferry-none-copy", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true, true },
 };
 
 static const char *const default_modes =
@@ -397,6 +402,10 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	struct ferry_report rep;
 	int rc;
 
+	if (m->copy)
+		setenv("FERRY_TUNNEL_COPY", "1", 1);
+	else
+		unsetenv("FERRY_TUNNEL_COPY");
 	if (m->tls)
 		mo.tls.creds_dir = b->pki;
 	if (m->psk)

@@ -3,6 +3,11 @@
  * operation in flight, the connections to the peer (plaintext through the
  * ring, or TLS), and the local end.
  *
+ * Plaintext of a known length moves in one send or recv with MSG_WAITALL;
+ * raw frames between a QEMU socket and a plaintext connection can skip
+ * user memory by splice (tun_io_splice_in/out), the ring polling for
+ * readiness.
+ *
  * TLS: after the handshake, each SSL object gets a BIO of ours that reads
  * and writes through the thread's ring via a staging buffer in the arena,
  * so the ciphertext also moves in large fixed-buffer operations. An SSL
@@ -16,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <poll.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -212,8 +218,9 @@ int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
 	return 0;
 }
 
-/* See tun_priv.h. */
-ssize_t tun_io_splice(struct tun_io *io, int in, int out, size_t len, bool more)
+/* Wait on the ring until @fd is ready for @events (or the tunnel stops,
+ * or the idle clock runs out): 0 or -errno as tun_io_once(). */
+static int io_poll(struct tun_io *io, int fd, unsigned events)
 {
 	ssize_t n;
 
@@ -222,11 +229,55 @@ ssize_t tun_io_splice(struct tun_io *io, int in, int out, size_t len, bool more)
 
 		if (!sqe)
 			return -EBUSY;
-		io_uring_prep_splice(sqe, in, -1, out, -1, (unsigned)len,
-				     SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+		io_uring_prep_poll_add(sqe, fd, events);
 		n = io_run(io, sqe);
 	} while (io_retry(n));
-	return n;
+	return n < 0 ? (int)n : 0;
+}
+
+/*
+ * Up to @len bytes from @in to @out by splice once @wait_fd is ready for
+ * @events. The splice itself is a system call of this thread: io_uring's
+ * splice always runs in a worker thread, and a hand-off to one per splice
+ * cost more than the copy it saves. The ring does the waiting: the socket
+ * end is polled first, so the splice finds it ready; one into a socket
+ * whose buffer then fills waits at most the socket's send timeout
+ * (TUN_TICK_MS, set by the tunnel) before it returns what it moved.
+ */
+static ssize_t io_splice(struct tun_io *io, int in, int out, size_t len,
+			 int wait_fd, unsigned events, bool more)
+{
+	unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK |
+			 (more ? SPLICE_F_MORE : 0);
+
+	for (;;) {
+		int rc = io_poll(io, wait_fd, events);
+		ssize_t n;
+
+		if (rc < 0)
+			return rc;
+		n = splice(in, NULL, out, NULL, len, flags);
+		if (n > 0) {
+			tun_progress(io->t);
+			return n;
+		}
+		if (n == 0)
+			return 0;
+		if (errno != EINTR && errno != EAGAIN)
+			return -errno;
+		if (tun_stopping(io->t))
+			return -ECANCELED;
+	}
+}
+
+ssize_t tun_io_splice_in(struct tun_io *io, int sock, int pipe_w, size_t len)
+{
+	return io_splice(io, sock, pipe_w, len, sock, POLLIN, false);
+}
+
+ssize_t tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len)
+{
+	return io_splice(io, pipe_r, sock, len, sock, POLLOUT, false);
 }
 
 /* ---- TLS over the ring ---- */

@@ -98,6 +98,12 @@ struct tun_dir {
 	enum ferry_codec codec;
 	int codec_level;
 	bool inline_io;		/* one connection: no hand-off */
+	/* Raw frames between the local QEMU's socket and the one plaintext
+	 * connection go through this pipe by splice, not through ferry's
+	 * memory (dir_splice_setup()). */
+	bool splice;
+	int pipe[2];
+	uint32_t pipe_cap;
 	/* sender */
 	struct tun_buf *free;
 	uint64_t next_seq;
@@ -206,12 +212,13 @@ int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len);
 int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
 		     bool more);
 /*
- * Up to @len bytes from @in to @out, one of them a pipe, without copying
- * them through user memory (io_uring's splice, which runs in its worker
- * threads): the count moved, 0 at the end of @in's stream, or -errno as
- * tun_io_once(). @more: more follows (SPLICE_F_MORE).
+ * Up to @len bytes from the socket @sock into the pipe @pipe_w, or from
+ * the pipe @pipe_r into @sock, without copying them through user memory
+ * (splice): the count moved, 0 at the end of @sock's stream, or -errno as
+ * tun_io_once(). @sock has a send timeout of TUN_TICK_MS.
  */
-ssize_t tun_io_splice(struct tun_io *io, int in, int out, size_t len, bool more);
+ssize_t tun_io_splice_in(struct tun_io *io, int sock, int pipe_w, size_t len);
+ssize_t tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len);
 
 /* ---- tun_io.c: connections, plaintext or TLS ---- */
 

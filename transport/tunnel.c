@@ -33,6 +33,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -193,7 +194,17 @@ static enum wire_codec fixed_codec(enum ferry_codec c)
 	}
 }
 
-static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
+/* The codec for @c's next frame, chosen before it is read: auto's pick,
+ * or the fixed one. */
+static enum wire_codec next_frame_codec(struct tun_conn *c)
+{
+	return c->d->codec == FERRY_CODEC_AUTO ? auto_pick(c) :
+						 fixed_codec(c->d->codec);
+}
+
+/* Frame @b as @want (raw where it does not shrink) and send it. */
+static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
+		      enum wire_codec want)
 {
 	struct wire_frame_hdr h = { .type = type, .seq = b->seq };
 	enum wire_codec codec = WIRE_CODEC_RAW;
@@ -202,10 +213,8 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type)
 	uint32_t len = b->len;
 	int rc;
 
-	if (type != WIRE_FRAME_END && c->d->codec != FERRY_CODEC_NONE) {
-		enum wire_codec want = is_auto ? auto_pick(c) :
-					fixed_codec(c->d->codec);
-		size_t n = want != WIRE_CODEC_RAW ? try_codec(c, b, want) : 0;
+	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW) {
+		size_t n = try_codec(c, b, want);
 
 		if (n) {
 			codec = want;
@@ -292,7 +301,7 @@ static void *send_worker(void *arg)
 			c->q_tail = NULL;
 		pthread_mutex_unlock(&t->mu);
 
-		rc = send_frame(c, b, d->frame_type);
+		rc = send_frame(c, b, d->frame_type, next_frame_codec(c));
 
 		pthread_mutex_lock(&t->mu);
 		b->next = d->free;
@@ -307,6 +316,112 @@ static void *send_worker(void *arg)
 	return NULL;
 }
 
+/*
+ * One raw frame from the local QEMU's socket to @c through d->pipe
+ * (d->splice): QEMU's bytes never enter ferry's memory. 1: a frame went;
+ * 0: the local QEMU ended its stream; -errno: the tunnel failed.
+ */
+static int splice_frame(struct tun_conn *c, struct tun_io *io)
+{
+	struct tun_dir *d = c->d;
+	struct tun *t = c->t;
+	struct wire_frame_hdr h = { .type = d->frame_type,
+				    .flags = WIRE_CODEC_RAW };
+	uint8_t hdr[WIRE_FRAME_HDR_BYTES];
+	uint32_t want = d->frame_build < d->pipe_cap ? d->frame_build :
+						       d->pipe_cap;
+	uint64_t t0 = tun_cpu_ns();
+	ssize_t n = tun_io_splice_in(io, t->local_fd, d->pipe[1], want);
+	size_t left;
+	int rc;
+
+	tun_charge(t, TUN_STAGE_READ, t0);
+	if (n < 0) {
+		tun_local_failed(t, (int)n, "reading from");
+		return (int)n;
+	}
+	if (n == 0)
+		return 0;
+	tun_add(&t->st.local_in_bytes, (uint64_t)n);
+	h.seq = d->next_seq++;
+	h.len = h.raw_len = (uint32_t)n;
+	wire_frame_encode(&h, hdr);
+	rc = pace_frame(t, (uint64_t)n + WIRE_FRAME_HDR_BYTES);
+	if (rc)
+		return rc;
+	t0 = tun_cpu_ns();
+	rc = tun_io_full_more(io, true, c->c.fd, hdr, sizeof(hdr), true);
+	for (left = (size_t)n; rc == 0 && left; ) {
+		ssize_t k = tun_io_splice_out(io, d->pipe[0], c->c.fd, left);
+
+		if (k <= 0)
+			rc = k ? (int)k : -EPIPE;
+		else
+			left -= (size_t)k;
+	}
+	tun_charge(t, TUN_STAGE_SEND, t0);
+	if (rc) {
+		tun_conn_failed(c, rc, "sending");
+		return rc;
+	}
+	tun_add(&t->st.wire_out_bytes, (uint64_t)n + WIRE_FRAME_HDR_BYTES);
+	tun_add(&t->st.spliced_bytes, (uint64_t)n);
+	tun_add(&t->st.frames_out, 1);
+	tun_add(&t->st.frames_codec[WIRE_CODEC_RAW], 1);
+	if (d->codec == FERRY_CODEC_AUTO)
+		codec_auto_note_sent(&c->autop, (uint64_t)n, (uint64_t)n,
+				     ferry_now_ns());
+	return 1;
+}
+
+/*
+ * One connection: the reader frames, compresses and sends itself, with
+ * its one buffer; raw frames go by splice where they can (d->splice).
+ */
+static void send_inline(struct tun_dir *d, struct tun_io *io)
+{
+	struct tun *t = d->t;
+	struct tun_conn *c = &d->conns[0];
+	struct tun_buf *b = d->free;	/* the one buffer, this thread's */
+
+	for (;;) {
+		enum wire_codec want;
+		ssize_t n;
+		int rc;
+
+		if (tun_stopping(t))
+			return;
+		want = next_frame_codec(c);
+		if (want == WIRE_CODEC_RAW && d->splice) {
+			rc = splice_frame(c, io);
+			if (rc < 0)
+				return;
+			n = rc;		/* 0: the end */
+			if (n)
+				continue;
+		} else {
+			n = tun_local_read(io, tun_payload(b), d->frame_build);
+			if (n < 0) {
+				tun_local_failed(t, (int)n, "reading from");
+				return;
+			}
+		}
+		if (n == 0) {
+			/* The local QEMU closed its side: END. */
+			if (send_end(c, d->next_seq) == 0) {
+				pthread_mutex_lock(&t->mu);
+				dir_done_locked(d);
+				pthread_mutex_unlock(&t->mu);
+			}
+			return;
+		}
+		b->len = (uint32_t)n;
+		b->seq = d->next_seq++;
+		if (send_frame(c, b, d->frame_type, want))
+			return;
+	}
+}
+
 static void *reader_main(void *arg)
 {
 	struct tun_dir *d = arg;
@@ -319,8 +434,13 @@ static void *reader_main(void *arg)
 		tun_fail(t, rc, "io_uring setup: %s", strerror(-rc));
 		return NULL;
 	}
-	if (d->inline_io)
+	if (d->inline_io) {
 		d->conns[0].io = &io;
+		send_inline(d, &io);
+		d->conns[0].io = NULL;
+		tun_io_fini(&io);
+		return NULL;
+	}
 	for (;;) {
 		struct tun_buf *b;
 		struct tun_conn *c;
@@ -347,34 +467,15 @@ static void *reader_main(void *arg)
 				break;
 			}
 			/* The local QEMU closed its side: END on every stream. */
-			if (d->inline_io) {
-				if (send_end(&d->conns[0], d->next_seq) == 0) {
-					pthread_mutex_lock(&t->mu);
-					dir_done_locked(d);
-					pthread_mutex_unlock(&t->mu);
-				}
-			} else {
-				pthread_mutex_lock(&t->mu);
-				for (uint32_t i = 0; i < d->nconns; i++)
-					d->conns[i].q_end = true;
-				pthread_cond_broadcast(&t->cv);
-				pthread_mutex_unlock(&t->mu);
-			}
+			pthread_mutex_lock(&t->mu);
+			for (uint32_t i = 0; i < d->nconns; i++)
+				d->conns[i].q_end = true;
+			pthread_cond_broadcast(&t->cv);
+			pthread_mutex_unlock(&t->mu);
 			break;
 		}
 		b->len = (uint32_t)n;
 		b->next = NULL;
-		if (d->inline_io) {
-			b->seq = d->next_seq++;
-			rc = send_frame(&d->conns[0], b, d->frame_type);
-			pthread_mutex_lock(&t->mu);
-			b->next = d->free;
-			d->free = b;
-			pthread_mutex_unlock(&t->mu);
-			if (rc)
-				break;
-			continue;
-		}
 		pthread_mutex_lock(&t->mu);
 		b->seq = d->next_seq++;
 		c = &d->conns[b->seq % d->nconns];
@@ -386,8 +487,6 @@ static void *reader_main(void *arg)
 		pthread_cond_broadcast(&t->cv);
 		pthread_mutex_unlock(&t->mu);
 	}
-	if (d->inline_io)
-		d->conns[0].io = NULL;
 	tun_io_fini(&io);
 	return NULL;
 }
@@ -417,6 +516,57 @@ static int recv_end(struct tun_conn *c, uint64_t end)
 	d->conns_ended++;
 	pthread_cond_broadcast(&t->cv);
 	pthread_mutex_unlock(&t->mu);
+	return 0;
+}
+
+/*
+ * A raw frame's @len bytes from @c to the local QEMU's socket through
+ * d->pipe (d->splice), as much at a time as the pipe takes: a pipe's
+ * slots hold one piece of an skb each, so a whole frame need not fit, and
+ * waiting for one would stall. QEMU may so get part of a frame before a
+ * failure ends its stream: frames are arbitrary cuts of QEMU's stream,
+ * and a stream cut inside one is cut like any other. 0, or -errno: the
+ * tunnel failed.
+ */
+static int splice_to_local(struct tun_conn *c, struct tun_io *io, uint32_t len)
+{
+	struct tun_dir *d = c->d;
+	struct tun *t = c->t;
+
+	while (len) {
+		uint64_t t0 = tun_cpu_ns();
+		ssize_t n = tun_io_splice_in(io, c->c.fd, d->pipe[1],
+					     len < d->pipe_cap ? len : d->pipe_cap);
+		size_t left;
+		int rc = 0;
+
+		tun_charge(t, TUN_STAGE_RECEIVE, t0);
+		if (n <= 0) {
+			rc = n ? (int)n : -ECONNRESET;
+			tun_conn_failed(c, rc, "receiving a frame");
+			return rc;
+		}
+		tun_add(&t->st.wire_in_bytes, (uint64_t)n);
+		t0 = tun_cpu_ns();
+		for (left = (size_t)n; left; ) {
+			ssize_t k = tun_io_splice_out(io, d->pipe[0], t->local_fd,
+						      left);
+
+			if (k <= 0) {
+				rc = k ? (int)k : -EPIPE;
+				break;
+			}
+			left -= (size_t)k;
+		}
+		tun_charge(t, TUN_STAGE_WRITE, t0);
+		if (rc) {
+			tun_local_failed(t, rc, "writing to");
+			return rc;
+		}
+		tun_add(&t->st.local_out_bytes, (uint64_t)n);
+		tun_add(&t->st.spliced_bytes, (uint64_t)n);
+		len -= (uint32_t)n;
+	}
 	return 0;
 }
 
@@ -475,6 +625,13 @@ static void *recv_worker(void *arg)
 			break;
 		}
 		c->next_seq += d->nconns;
+
+		if (d->splice && wire_frame_codec(&h) == WIRE_CODEC_RAW) {
+			if (splice_to_local(c, &io, h.len))
+				break;
+			tun_add(&t->st.frames_in, 1);
+			continue;
+		}
 
 		pthread_mutex_lock(&t->mu);
 		while (!c->free && !t->stopping)
@@ -721,6 +878,48 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * Raw frames of the forward direction with one plaintext connection and
+ * a local QEMU socket can skip ferry's memory: splice moves them from
+ * one socket through a pipe to the other, referencing the kernel's pages
+ * where it can, so that a tunnel that only frames costs about what QEMU's
+ * own connection would. Anything that does not allow
+ * it (no pipe, a pipe that cannot grow, FERRY_TUNNEL_COPY set for a
+ * measurement) copies, as every other frame does.
+ */
+static void dir_splice_setup(struct tun *t, struct tun_dir *d)
+{
+	int cap;
+
+	d->pipe[0] = d->pipe[1] = -1;
+	if (d != &t->fwd || !d->inline_io || t->local_fd < 0 ||
+	    d->conns[0].c.ssl || getenv("FERRY_TUNNEL_COPY"))
+		return;
+	if (d->sending && d->codec != FERRY_CODEC_NONE &&
+	    d->codec != FERRY_CODEC_AUTO)
+		return;		/* every frame is compressed */
+	if (pipe2(d->pipe, O_CLOEXEC) < 0) {
+		d->pipe[0] = d->pipe[1] = -1;
+		return;
+	}
+	fcntl(d->pipe[1], F_SETPIPE_SZ, (int)d->frame_max);
+	cap = fcntl(d->pipe[1], F_GETPIPE_SZ);
+	if (cap < (int)TUN_FRAME_MIN_BYTES) {
+		close(d->pipe[0]);
+		close(d->pipe[1]);
+		d->pipe[0] = d->pipe[1] = -1;
+		return;
+	}
+	d->pipe_cap = (uint32_t)cap;
+	d->splice = true;
+	/* A splice into a socket waits at most a tick for room, so that
+	 * its thread still sees a stop or a stalled peer in time (the ring
+	 * ops do not use the timeout). */
+	setsockopt(d->sending ? d->conns[0].c.fd : t->local_fd, SOL_SOCKET,
+		   SO_SNDTIMEO, &(struct timeval){ .tv_usec = TUN_TICK_MS * 1000 },
+		   sizeof(struct timeval));
+}
+
 static int spawn(struct tun *t, void *(*fn)(void *), void *arg,
 		 struct ferry_error *err)
 {
@@ -885,6 +1084,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		rc = dir_setup(t, &t->ret, err);
 	if (rc)
 		goto fail;
+	dir_splice_setup(t, &t->fwd);
 	tun_progress(t);
 	rc = dir_start(t, &t->fwd, err);
 	if (!rc)
@@ -929,7 +1129,7 @@ bool tun_finished(const struct tun *t)
  * (local_in_bytes to frames_in), then the two arrays, without padding. A
  * counter added to it is added to this count too.
  */
-#define TUN_STATS_SCALARS 6
+#define TUN_STATS_SCALARS 7
 _Static_assert(offsetof(struct tun_stats, frames_codec) ==
 	       TUN_STATS_SCALARS * sizeof(uint64_t),
 	       "struct tun_stats begins with its scalar uint64_t counters");
@@ -1045,6 +1245,10 @@ void tun_free(struct tun *t)
 	}
 	free(t->fwd.slots);
 	free(t->ret.slots);
+	if (t->fwd.splice) {
+		close(t->fwd.pipe[0]);
+		close(t->fwd.pipe[1]);
+	}
 	free(t->all_conns);
 	if (t->local_fd >= 0)
 		close(t->local_fd);

@@ -135,6 +135,7 @@ struct tun_stats {
 	uint64_t wire_in_bytes;
 	uint64_t frames_out;
 	uint64_t frames_in;
+	uint64_t spliced_bytes;		/* of local_in/out: moved by splice */
 	uint64_t frames_codec[WIRE_CODEC_MAX + 1];	/* sent, per codec */
 	uint64_t stage_cpu_ns[TUN_STAGES];		/* thread CPU time */
 };
