@@ -14,7 +14,12 @@
  * usage: bench_transport [-s MIB_PER_RUN] [-n REPEATS] [-p random|text|mix]
  *                        [-M mode,mode,...] [-V] [-o results.jsonl]
  * modes: plain-tcp none lz4 zstd auto tls tls-auto streams2 streams4
- *        tls-streams2
+ *        tls-streams2 sock-none sock-copy
+ *
+ * The sock- modes put sockets at the tunnel's ends, as QEMU's are: a
+ * thread send()s the data into one (the source QEMU), another recv()s it
+ * from the other (the destination QEMU); there raw frames go by splice,
+ * or copied through ferry's memory with sock-copy.
  *
  * The machine comes first (stats_print_machine(); the results file's
  * first line is the same as JSON). The tables: speed against plain TCP,
@@ -52,19 +57,25 @@ struct mode {
 	enum ferry_codec codec;
 	uint32_t streams;
 	bool tls;
+	/* The tunnel's local ends are sockets, as QEMU's are: a thread
+	 * send()s the data into one, another recv()s it from the other;
+	 * @copy: with FERRY_TUNNEL_COPY (raw frames copied, not spliced). */
+	bool sock, copy;
 };
 
 static const struct mode all_modes[] = {
-	{ "plain-tcp", true, 0, 1, false },
-	{ "none", false, FERRY_CODEC_NONE, 1, false },
-	{ "lz4", false, FERRY_CODEC_LZ4, 1, false },
-	{ "zstd", false, FERRY_CODEC_ZSTD, 1, false },
-	{ "auto", false, FERRY_CODEC_AUTO, 1, false },
-	{ "tls", false, FERRY_CODEC_NONE, 1, true },
-	{ "tls-auto", false, FERRY_CODEC_AUTO, 1, true },
-	{ "streams2", false, FERRY_CODEC_NONE, 2, false },
-	{ "streams4", false, FERRY_CODEC_NONE, 4, false },
-	{ "tls-streams2", false, FERRY_CODEC_NONE, 2, true },
+	{ "plain-tcp", true, 0, 1, false, false, false },
+	{ "none", false, FERRY_CODEC_NONE, 1, false, false, false },
+	{ "lz4", false, FERRY_CODEC_LZ4, 1, false, false, false },
+	{ "zstd", false, FERRY_CODEC_ZSTD, 1, false, false, false },
+	{ "auto", false, FERRY_CODEC_AUTO, 1, false, false, false },
+	{ "tls", false, FERRY_CODEC_NONE, 1, true, false, false },
+	{ "tls-auto", false, FERRY_CODEC_AUTO, 1, true, false, false },
+	{ "streams2", false, FERRY_CODEC_NONE, 2, false, false, false },
+	{ "streams4", false, FERRY_CODEC_NONE, 4, false, false, false },
+	{ "tls-streams2", false, FERRY_CODEC_NONE, 2, true, false, false },
+	{ "sock-none", false, FERRY_CODEC_NONE, 1, false, true, false },
+	{ "sock-copy", false, FERRY_CODEC_NONE, 1, false, true, true },
 };
 
 static uint8_t *pool;
@@ -227,6 +238,51 @@ static uint64_t expected_hash(void)
 	return h;
 }
 
+/* ---- socket endpoints (the sock- modes): what QEMU does ---- */
+
+struct sock_end {
+	int fd;
+	uint64_t done, hash;
+};
+
+static void *sock_producer(void *p)
+{
+	struct sock_end *e = p;
+
+	while (e->done < run_bytes) {
+		size_t at = e->done % BT_POOL_BYTES, n = BT_CHUNK;
+		ssize_t w;
+
+		if (n > run_bytes - e->done)
+			n = (size_t)(run_bytes - e->done);
+		if (n > BT_POOL_BYTES - at)
+			n = BT_POOL_BYTES - at;
+		w = send(e->fd, pool + at, n, MSG_NOSIGNAL);
+		if (w <= 0)
+			break;
+		e->done += (uint64_t)w;
+	}
+	shutdown(e->fd, SHUT_WR);
+	return NULL;
+}
+
+static void *sock_consumer(void *p)
+{
+	struct sock_end *e = p;
+	uint8_t *buf = malloc(BT_CHUNK);
+	ssize_t n;
+
+	while (buf && (n = recv(e->fd, buf, BT_CHUNK, 0)) > 0) {
+		if (verify)
+			e->hash = fold(e->hash, buf, (size_t)n);
+		e->done += (uint64_t)n;
+	}
+	free(buf);
+	/* The destination QEMU closes when its stream ended. */
+	shutdown(e->fd, SHUT_RDWR);
+	return NULL;
+}
+
 /* ---- connections ---- */
 
 static int tcp_pair(int fds[2])
@@ -352,21 +408,38 @@ static int run_tunnel(const struct mode *m, struct result *res)
 	struct tun *src = NULL, *dst = NULL;
 	struct ferry_error err = { 0 };
 	struct tun_stats st;
-	uint64_t t0, c0;
+	struct sock_end prod = { .fd = -1 }, cons = { .fd = -1 };
+	pthread_t tprod, tcons;
+	int sq[2] = { -1, -1 }, dq[2] = { -1, -1 };
+	uint64_t t0, c0, got = 0;
 	int rc;
 
+	if (m->sock) {
+		struct ferry_error e = { 0 };
+
+		if (net_local_pair(sq, &e) || net_local_pair(dq, &e)) {
+			fprintf(stderr, "socketpair: %s\n", e.msg);
+			return -1;
+		}
+		prod.fd = sq[0];
+		cons.fd = dq[0];
+	}
+	if (m->copy)
+		setenv("FERRY_TUNNEL_COPY", "1", 1);
+	else
+		unsetenv("FERRY_TUNNEL_COPY");
 	for (uint32_t i = 0; i < m->streams; i++)
 		if (conn_pair(&ss[i], &ds[i], m->tls))
 			return -1;
 	if (conn_pair(&sr, &dr, m->tls))
 		return -1;
 	{
-		struct tun_opts so = { .role = TUN_SOURCE, .local_fd = -1,
-				       .local = &lsrc, .streams = ss,
+		struct tun_opts so = { .role = TUN_SOURCE, .local_fd = sq[1],
+				       .local = m->sock ? NULL : &lsrc, .streams = ss,
 				       .nstreams = m->streams, .ret = sr,
 				       .codec = m->codec };
-		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = -1,
-					 .local = &ldst, .streams = ds,
+		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
+					 .local = m->sock ? NULL : &ldst, .streams = ds,
 					 .nstreams = m->streams, .ret = dr };
 
 		c0 = cpu_us();
@@ -376,9 +449,19 @@ static int run_tunnel(const struct mode *m, struct result *res)
 			tun_free(dst);
 			return -1;
 		}
+		if (m->sock) {
+			pthread_create(&tcons, NULL, sock_consumer, &cons);
+			pthread_create(&tprod, NULL, sock_producer, &prod);
+		}
+	}
+	if (m->sock) {
+		pthread_join(tcons, NULL);
+		got = cons.done;
 	}
 	rc = tun_wait(dst, 600000, &err);
-	res->mb_s = (double)msink.got / (double)(now_us() - t0);
+	if (!m->sock)
+		got = msink.got;
+	res->mb_s = (double)got / (double)(now_us() - t0);
 	if (rc == 0)
 		rc = tun_wait(src, 10000, &err);
 	res->cpu_s = (double)(cpu_us() - c0) / 1e6;
@@ -389,12 +472,17 @@ static int run_tunnel(const struct mode *m, struct result *res)
 	tun_stats(dst, &st);
 	for (int i = 0; i < TUN_STAGES; i++)
 		res->stage_s[i] += (double)st.stage_cpu_ns[i] / 1e9;
-	res->ok = rc == 0 && msink.got == run_bytes &&
-		  (!verify || msink.hash == expected_hash());
+	res->ok = rc == 0 && got == run_bytes &&
+		  (!verify || (m->sock ? cons.hash : msink.hash) == expected_hash());
 	if (rc)
 		fprintf(stderr, "%s: %s\n", m->name, err.msg);
 	tun_free(src);
 	tun_free(dst);
+	if (m->sock) {
+		pthread_join(tprod, NULL);
+		close(sq[0]);
+		close(dq[0]);
+	}
 	return 0;
 }
 
