@@ -11,8 +11,8 @@
  *                      auto on a link faster than LZ4, hand the connection
  *                      to QEMU)
  *   ferry-none-tunnel, ferry-auto-tunnel   the same, never handing off
- *   ferry-none-copy    ferry-none-tunnel with its raw frames copied
- *                      through ferry's memory instead of spliced
+ *   ferry-none-splice  ferry-none-tunnel with its raw frames spliced
+ *                      (FERRY_TUNNEL_SPLICE), not copied through ferry
  *   ferry-tls          ferry, TLS 1.3 x509, auto codec
  *   ferry-psk          ferry, TLS 1.3 PSK, auto codec
  *   ferry-streams2|4   ferry, auto codec, 2 or 4 streams
@@ -101,8 +101,8 @@ struct mode {
 	uint32_t streams;
 	int level;
 	bool no_handoff;	/* keep ferry's frames even when it could hand off */
-	bool copy;		/* FERRY_TUNNEL_COPY: frames through ferry's
-				 * memory, never by splice (to measure it) */
+	bool splice;		/* FERRY_TUNNEL_SPLICE: raw frames by splice,
+				 * not through ferry's memory (to measure it) */
 };
 
 static const struct mode all_modes[] = {
@@ -124,7 +124,7 @@ static const struct mode all_modes[] = {
 	{ "ferry-auto3-s2", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 2, 3, false, false },
 	{ "ferry-none-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true, false },
 	{ "ferry-auto-tunnel", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_AUTO, 1, 0, true, false },
-	{ "ferry-none-copy", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true, true },
+	{ "ferry-none-splice", K_FERRY, false, false, false, false, NULL, FERRY_CODEC_NONE, 1, 0, true, true },
 };
 
 static const char *const default_modes =
@@ -402,10 +402,10 @@ static int run_ferry_mode(struct bench *b, const struct mode *m, struct vm *src,
 	struct ferry_report rep;
 	int rc;
 
-	if (m->copy)
-		setenv("FERRY_TUNNEL_COPY", "1", 1);
+	if (m->splice)
+		setenv("FERRY_TUNNEL_SPLICE", "1", 1);
 	else
-		unsetenv("FERRY_TUNNEL_COPY");
+		unsetenv("FERRY_TUNNEL_SPLICE");
 	if (m->tls)
 		mo.tls.creds_dir = b->pki;
 	if (m->psk)

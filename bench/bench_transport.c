@@ -14,12 +14,12 @@
  * usage: bench_transport [-s MIB_PER_RUN] [-n REPEATS] [-p random|text|mix]
  *                        [-M mode,mode,...] [-V] [-o results.jsonl]
  * modes: plain-tcp none lz4 zstd auto tls tls-auto streams2 streams4
- *        tls-streams2 sock-none sock-copy
+ *        tls-streams2 sock-none sock-splice
  *
  * The sock- modes put sockets at the tunnel's ends, as QEMU's are: a
  * thread send()s the data into one (the source QEMU), another recv()s it
- * from the other (the destination QEMU); there raw frames go by splice,
- * or copied through ferry's memory with sock-copy.
+ * from the other (the destination QEMU); sock-splice sets
+ * FERRY_TUNNEL_SPLICE: raw frames go by splice, not through ferry's memory.
  *
  * The machine comes first (stats_print_machine(); the results file's
  * first line is the same as JSON). The tables: speed against plain TCP,
@@ -59,8 +59,8 @@ struct mode {
 	bool tls;
 	/* The tunnel's local ends are sockets, as QEMU's are: a thread
 	 * send()s the data into one, another recv()s it from the other;
-	 * @copy: with FERRY_TUNNEL_COPY (raw frames copied, not spliced). */
-	bool sock, copy;
+	 * @splice: with FERRY_TUNNEL_SPLICE (raw frames by splice). */
+	bool sock, splice;
 };
 
 static const struct mode all_modes[] = {
@@ -75,7 +75,7 @@ static const struct mode all_modes[] = {
 	{ "streams4", false, FERRY_CODEC_NONE, 4, false, false, false },
 	{ "tls-streams2", false, FERRY_CODEC_NONE, 2, true, false, false },
 	{ "sock-none", false, FERRY_CODEC_NONE, 1, false, true, false },
-	{ "sock-copy", false, FERRY_CODEC_NONE, 1, false, true, true },
+	{ "sock-splice", false, FERRY_CODEC_NONE, 1, false, true, true },
 };
 
 static uint8_t *pool;
@@ -424,10 +424,10 @@ static int run_tunnel(const struct mode *m, struct result *res)
 		prod.fd = sq[0];
 		cons.fd = dq[0];
 	}
-	if (m->copy)
-		setenv("FERRY_TUNNEL_COPY", "1", 1);
+	if (m->splice)
+		setenv("FERRY_TUNNEL_SPLICE", "1", 1);
 	else
-		unsetenv("FERRY_TUNNEL_COPY");
+		unsetenv("FERRY_TUNNEL_SPLICE");
 	for (uint32_t i = 0; i < m->streams; i++)
 		if (conn_pair(&ss[i], &ds[i], m->tls))
 			return -1;
@@ -549,23 +549,34 @@ static void print_tls_cost(const struct mode **modes, uint32_t nmodes,
 	}
 }
 
+/* TLS contexts from certificates made for the run; the files are gone
+ * again before this returns (the contexts hold what they need), so no
+ * exit leaves them behind. */
 static int setup_tls(void)
 {
 	struct ferry_error err = { 0 };
 	struct ferry_tls_opts o = { 0 };
+	char cmd[128];
+	int rc = 0;
 
 	snprintf(pki_dir, sizeof(pki_dir), "/tmp/ferry-bench-pki.XXXXXX");
-	if (!mkdtemp(pki_dir) || pki_generate(pki_dir, NULL, &err)) {
-		fprintf(stderr, "pki: %s\n", err.msg);
+	if (!mkdtemp(pki_dir)) {
+		perror("mkdtemp");
 		return -1;
 	}
 	o.creds_dir = pki_dir;
-	if (tls_ctx_new(&tls_client, &o, false, &err) ||
-	    tls_ctx_new(&tls_server, &o, true, &err)) {
+	if (pki_generate(pki_dir, NULL, &err)) {
+		fprintf(stderr, "pki: %s\n", err.msg);
+		rc = -1;
+	} else if (tls_ctx_new(&tls_client, &o, false, &err) ||
+		   tls_ctx_new(&tls_server, &o, true, &err)) {
 		fprintf(stderr, "tls: %s\n", err.msg);
-		return -1;
+		rc = -1;
 	}
-	return 0;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", pki_dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", pki_dir);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -574,7 +585,7 @@ int main(int argc, char **argv)
 	const struct mode *modes[BT_MAX_MODES];
 	uint32_t nmodes = 0, repeats = 5, mib = 2048;
 	const char *profile = "random", *mlist = NULL, *out_path = NULL;
-	char path[256], cmd[128];
+	char path[256];
 	FILE *out;
 	int opt;
 	double base = 0;
@@ -704,9 +715,6 @@ int main(int argc, char **argv)
 	print_tls_cost(modes, nmodes, res, repeats);
 	tls_ctx_free(tls_client);
 	tls_ctx_free(tls_server);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", pki_dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", pki_dir);
 	free(pool);
 	return 0;
 }

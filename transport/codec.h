@@ -45,7 +45,6 @@
 #include "wire.h"
 
 #define CODEC_ZSTD_LEVEL_DEFAULT 1
-#define CODEC_ZSTD_LEVEL_AUTO 3		/* zstd's level under --compress auto */
 #define CODEC_ZSTD_LEVEL_MIN (-7)
 #define CODEC_ZSTD_LEVEL_MAX 19
 /* Epochs: the first of each codec, the later ones, and the unscored

@@ -100,7 +100,7 @@ struct tun_dir {
 	bool inline_io;		/* one connection: no hand-off */
 	/* Raw frames between the local QEMU's socket and the one plaintext
 	 * connection go through this pipe by splice, not through ferry's
-	 * memory (dir_splice_setup()). */
+	 * memory (dir_splice_setup(): FERRY_TUNNEL_SPLICE). */
 	bool splice;
 	int pipe[2];
 	uint32_t pipe_cap;

@@ -882,10 +882,13 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
  * Raw frames of the forward direction with one plaintext connection and
  * a local QEMU socket can skip ferry's memory: splice moves them from
  * one socket through a pipe to the other, referencing the kernel's pages
- * where it can, so that a tunnel that only frames costs about what QEMU's
- * own connection would. Anything that does not allow
- * it (no pipe, a pipe that cannot grow, FERRY_TUNNEL_COPY set for a
- * measurement) copies, as every other frame does.
+ * where it can. It is off unless FERRY_TUNNEL_SPLICE is set: on the
+ * machines ferry is measured on (loopback and veth, a paravirtualized
+ * guest) a splice saved no time against the copy (more system calls per
+ * frame, smaller frames from a pipe's page-sized slots), so the copy stays
+ * the default where the kernel's copy is cheap. Anything that does not
+ * allow it (no pipe, a pipe that cannot grow) copies, as every other
+ * frame does.
  */
 static void dir_splice_setup(struct tun *t, struct tun_dir *d)
 {
@@ -893,7 +896,7 @@ static void dir_splice_setup(struct tun *t, struct tun_dir *d)
 
 	d->pipe[0] = d->pipe[1] = -1;
 	if (d != &t->fwd || !d->inline_io || t->local_fd < 0 ||
-	    d->conns[0].c.ssl || getenv("FERRY_TUNNEL_COPY"))
+	    d->conns[0].c.ssl || !getenv("FERRY_TUNNEL_SPLICE"))
 		return;
 	if (d->sending && d->codec != FERRY_CODEC_NONE &&
 	    d->codec != FERRY_CODEC_AUTO)
@@ -1043,10 +1046,10 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		.frame_type = WIRE_FRAME_DATA, .conns = t->all_conns,
 		.nconns = o->nstreams, .frame_max = frame,
 		.codec = src ? o->codec : FERRY_CODEC_NONE,
-		/* auto only picks zstd where the link, not the CPU, is the
-		 * limit: there, level 3's better ratio pays. */
-		.codec_level = o->codec_level ? o->codec_level :
-			       o->codec == FERRY_CODEC_AUTO ? CODEC_ZSTD_LEVEL_AUTO : 0,
+		/* auto's zstd is --compress zstd's (level 3 lost to level 1
+		 * under auto on the 1 Gbit/s link, text and mixed memory
+		 * alike, 2026-11-30: what it gains in ratio it loses in CPU). */
+		.codec_level = o->codec_level,
 	};
 	/* One connection: the reader compresses and sends itself; a worker
 	 * thread would only add hand-offs on a busy machine. */

@@ -238,10 +238,15 @@ START_TEST(stopped_guest_stays_stopped)
 END_TEST
 
 /*
- * A downtime limit QEMU cannot keep (1 ms: the device state alone takes
- * longer): the migration completes, and the report says the limit was
- * exceeded, with the limit, as does the events file's last decision.
+ * A downtime limit QEMU cannot keep (1 ms: the device state alone
+ * usually takes longer): the migration completes, and the report says the
+ * limit was exceeded, with the limit. QEMU's counter has millisecond
+ * steps, and now and then it measures a switchover within 1 ms: then
+ * nothing may be reported, and the test tries again with fresh VMs, up to
+ * DOWNTIME_TRIES times, for a run where QEMU went over.
  */
+#define DOWNTIME_TRIES 3
+
 START_TEST(downtime_exceeded_said)
 {
 	struct ferry_migrate_opts o = { .paused = true, .downtime_ms = 1 };
@@ -250,13 +255,20 @@ START_TEST(downtime_exceeded_said)
 	struct rx_thread rx;
 	struct pair p;
 
-	pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
-					    .fill = "mix" });
-	ck_assert_msg(pair_migrate(&p, &o, NULL, &rx, &rep, &err) == 0, "%s",
-		      err.msg);
-	ck_assert_uint_eq(rep.downtime_limit_ms, 1);
-	ck_assert_msg(rep.downtime_ms > 1, "QEMU measured %llu ms",
-		      (unsigned long long)rep.downtime_ms);
+	for (int i = 0;; i++) {
+		pair_start(&p, &(struct pair_opts){ .mem_mib = TEST_MEM_MIB,
+						    .fill = "mix" });
+		ck_assert_msg(pair_migrate(&p, &o, NULL, &rx, &rep, &err) == 0,
+			      "%s", err.msg);
+		ck_assert_uint_eq(rep.downtime_limit_ms, 1);
+		if (rep.downtime_ms > 1 || i == DOWNTIME_TRIES - 1)
+			break;
+		ck_assert(!rep.downtime_exceeded);
+		expect_same_ram(&p);
+		pair_stop(&p);
+	}
+	ck_assert_msg(rep.downtime_ms > 1, "QEMU measured %llu ms in %d runs",
+		      (unsigned long long)rep.downtime_ms, DOWNTIME_TRIES);
 	ck_assert(rep.downtime_exceeded);
 	expect_same_ram(&p);
 	pair_stop(&p);
