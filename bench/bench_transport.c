@@ -419,6 +419,10 @@ static int run_tunnel(const struct mode *m, struct result *res)
 
 		if (net_local_pair(sq, &e) || net_local_pair(dq, &e)) {
 			fprintf(stderr, "socketpair: %s\n", e.msg);
+			if (sq[0] >= 0) {
+				close(sq[0]);
+				close(sq[1]);
+			}
 			return -1;
 		}
 		prod.fd = sq[0];

@@ -249,22 +249,24 @@ static enum wire_codec best_codec(const struct codec_auto *a)
 /*
  * Raw's first trial, settled without a frame when the link is known and
  * another codec delivers CODEC_TRIAL_LOSE times what it carries (see
- * codec_auto_set_link()): true when so, raw scored at that ceiling.
+ * codec_auto_set_link()): true when so, raw scored at the link's rate.
+ * Only while the wire never carried more than the link was said to
+ * (CODEC_LINK_SLACK): a wire seen faster proves the measure low, and raw
+ * then gets its trial.
  */
 static bool raw_settled(struct codec_auto *a)
 {
-	double ceiling = a->link > a->wire_top ? a->link : a->wire_top;
 	double top = 0;
 
-	if (!a->link)
+	if (!a->link || a->wire_top > a->link * CODEC_LINK_SLACK)
 		return false;
 	for (int c = WIRE_CODEC_LZ4; c <= WIRE_CODEC_ZSTD; c++)
 		if (a->score[c] > top)
 			top = a->score[c];
-	if (top <= CODEC_TRIAL_LOSE * ceiling)
+	if (top <= CODEC_TRIAL_LOSE * a->link)
 		return false;
 	a->tried |= 1u << WIRE_CODEC_RAW;
-	a->score[WIRE_CODEC_RAW] = ceiling;
+	a->score[WIRE_CODEC_RAW] = a->link;
 	a->explored_at[WIRE_CODEC_RAW] = a->epochs;
 	return true;
 }

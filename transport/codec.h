@@ -59,6 +59,9 @@
  * any codec far behind is. */
 #define CODEC_TRIAL_MIN_MS 25
 #define CODEC_TRIAL_LOSE 2.0
+/* The wire seen this much faster than the link's known rate: the rate
+ * was measured low, and settles nothing. */
+#define CODEC_LINK_SLACK 1.1
 /* An epoch is scored once it moved this much (else it runs on, up to
  * CODEC_EPOCH_MAX_MS, and then ends unscored: too little to say). */
 #define CODEC_EPOCH_MIN_BYTES (2u << 20)
@@ -125,9 +128,10 @@ void codec_auto_init(struct codec_auto *a);
  * What the link carries, bytes/s (the probe's measure or the cap, this
  * stream's share; 0: unknown). Raw cannot deliver QEMU's stream faster
  * than the link carries it: when another codec already delivers
- * CODEC_TRIAL_LOSE times that (or what the wire was seen to carry, if
- * more), raw's first trial is settled without sending a frame, scored at
- * that ceiling. Raw is still explored later, like any codec far behind.
+ * CODEC_TRIAL_LOSE times that, raw's first trial is settled without
+ * sending a frame, scored at the link's rate, unless the wire was seen
+ * carrying more than CODEC_LINK_SLACK times the link's rate (the measure
+ * was low). Raw is still explored later, like any codec far behind.
  */
 void codec_auto_set_link(struct codec_auto *a, double bytes_per_s);
 

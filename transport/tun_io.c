@@ -84,9 +84,10 @@ static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
  * -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing moved anywhere
  * in the tunnel for the idle timeout. The wait looks at the stop flag and
  * the idle clock every TUN_TICK_MS. -EINTR and -EAGAIN are the caller's
- * to retry.
+ * to retry. @moves: a positive result is bytes moved, which restarts the
+ * idle clock (a poll's is readiness, which does not).
  */
-static ssize_t io_run(struct tun_io *io, struct io_uring_sqe *sqe)
+static ssize_t io_run(struct tun_io *io, struct io_uring_sqe *sqe, bool moves)
 {
 	struct tun *t = io->t;
 	uint64_t tag = ++io->tag;
@@ -109,7 +110,7 @@ static ssize_t io_run(struct tun_io *io, struct io_uring_sqe *sqe)
 			io_uring_cqe_seen(&io->ring, cqe);
 			if (ud != tag)
 				continue;	/* a stale cancel */
-			if (res > 0)
+			if (res > 0 && moves)
 				tun_progress(t);
 			return res;
 		}
@@ -155,7 +156,7 @@ ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 			io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
 		else
 			io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
-		n = io_run(io, sqe);
+		n = io_run(io, sqe, true);
 	} while (io_retry(n));
 	return n;
 }
@@ -181,7 +182,7 @@ static ssize_t io_sock_all(struct tun_io *io, bool wr, int fd, void *buf,
 					   MSG_WAITALL | MSG_NOSIGNAL | flags);
 		else
 			io_uring_prep_recv(sqe, fd, buf, len, MSG_WAITALL | flags);
-		n = io_run(io, sqe);
+		n = io_run(io, sqe, true);
 	} while (io_retry(n));
 	return n;
 }
@@ -230,7 +231,7 @@ static int io_poll(struct tun_io *io, int fd, unsigned events)
 		if (!sqe)
 			return -EBUSY;
 		io_uring_prep_poll_add(sqe, fd, events);
-		n = io_run(io, sqe);
+		n = io_run(io, sqe, false);
 	} while (io_retry(n));
 	return n < 0 ? (int)n : 0;
 }
@@ -245,10 +246,9 @@ static int io_poll(struct tun_io *io, int fd, unsigned events)
  * (TUN_TICK_MS, set by the tunnel) before it returns what it moved.
  */
 static ssize_t io_splice(struct tun_io *io, int in, int out, size_t len,
-			 int wait_fd, unsigned events, bool more)
+			 int wait_fd, unsigned events)
 {
-	unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK |
-			 (more ? SPLICE_F_MORE : 0);
+	unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 
 	for (;;) {
 		int rc = io_poll(io, wait_fd, events);
@@ -272,12 +272,12 @@ static ssize_t io_splice(struct tun_io *io, int in, int out, size_t len,
 
 ssize_t tun_io_splice_in(struct tun_io *io, int sock, int pipe_w, size_t len)
 {
-	return io_splice(io, sock, pipe_w, len, sock, POLLIN, false);
+	return io_splice(io, sock, pipe_w, len, sock, POLLIN);
 }
 
 ssize_t tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len)
 {
-	return io_splice(io, pipe_r, sock, len, sock, POLLOUT, false);
+	return io_splice(io, pipe_r, sock, len, sock, POLLOUT);
 }
 
 /* ---- TLS over the ring ---- */

@@ -1129,7 +1129,7 @@ bool tun_finished(const struct tun *t)
 /*
  * The counters are read word by word, each with an atomic load, so struct
  * tun_stats must be its uint64_t counters and nothing else: the scalars
- * (local_in_bytes to frames_in), then the two arrays, without padding. A
+ * (local_in_bytes to spliced_bytes), then the two arrays, without padding. A
  * counter added to it is added to this count too.
  */
 #define TUN_STATS_SCALARS 7
