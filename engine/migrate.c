@@ -891,14 +891,19 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 	return tun_start(&m->run.tun, &o, err);
 }
 
-/*
- * Tunnel or hand-off. Hand-off gives the one data connection to QEMU after
- * its hello, so ferry copies nothing, at the price of what the tunnel adds:
- * compression, TLS, streams, frame checks. With --compress none over one
- * plaintext stream the tunnel would add nothing but copies. With auto,
- * ferry measures the link first: a link faster than the fastest
- * compressor on this machine cannot gain from compression either.
- */
+/* The link probe on a PROBE connection of its own: m->run.probe_rate. */
+static int probe_link(struct ferry_migration *m, struct ferry_error *e)
+{
+	struct net_conn pc;
+	int rc;
+
+	rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, e);
+	if (rc == 0)
+		rc = probe_send(&pc, &m->run.probe_rate, e);
+	net_conn_close(&pc);
+	return rc;
+}
+
 /*
  * No cap and no codec to choose: the link is still measured (a probe
  * costs at most 40 ms), since the bytes ferry lets queue between QEMU and
@@ -908,14 +913,8 @@ static int open_tunnel(struct ferry_migration *m, struct ferry_error *err)
 static void probe_for_sizing(struct ferry_migration *m)
 {
 	struct ferry_error e = { 0 };
-	struct net_conn pc;
-	int rc;
 
-	rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
-	if (rc == 0)
-		rc = probe_send(&pc, &m->run.probe_rate, &e);
-	net_conn_close(&pc);
-	if (rc < 0)
+	if (probe_link(m, &e) < 0)
 		conv_event(&m->run.conv, "link", NULL, "link probe failed (%s): "
 			   "buffers sized for a fast link", e.msg);
 	else
@@ -926,13 +925,19 @@ static void probe_for_sizing(struct ferry_migration *m)
 			   (double)m->run.probe_rate / (1 << 20));
 }
 
+/*
+ * Tunnel or hand-off. Hand-off gives the one data connection to QEMU after
+ * its hello, so ferry copies nothing, at the price of what the tunnel adds:
+ * compression, TLS, streams, frame checks. With --compress none over one
+ * plaintext stream the tunnel would add nothing but copies. With auto,
+ * ferry measures the link first: a link faster than the fastest
+ * compressor on this machine cannot gain from compression either.
+ */
 static void choose_transport(struct ferry_migration *m)
 {
 	bool can_handoff = !m->tls && m->plan.streams <= 1 && !m->cfg.o.no_handoff;
 	struct ferry_error e = { 0 };
 	uint64_t comp, link;
-	struct net_conn pc;
-	int rc;
 
 	if (m->cfg.o.direct)
 		return;
@@ -949,11 +954,7 @@ static void choose_transport(struct ferry_migration *m)
 			   "capped at %.0f MiB/s", (double)m->run.wire_cap / (1 << 20));
 	} else if (m->cfg.o.codec == FERRY_CODEC_AUTO) {
 		/* The probe also gives auto its first link estimate. */
-		rc = open_conn(m, &pc, WIRE_CONN_PROBE, 0, &e);
-		if (rc == 0)
-			rc = probe_send(&pc, &m->run.probe_rate, &e);
-		net_conn_close(&pc);
-		if (rc < 0)
+		if (probe_link(m, &e) < 0)
 			conv_event(&m->run.conv, "transport", NULL, "link probe failed "
 				   "(%s): tunnel", e.msg);
 		comp = probe_compressor_rate();

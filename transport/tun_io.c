@@ -80,111 +80,81 @@ static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
 }
 
 /*
- * Submit @sqe (prepared by the caller) and wait for it: its result, or
- * -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing moved anywhere
- * in the tunnel for the idle timeout. The wait looks at the stop flag and
- * the idle clock every TUN_TICK_MS. -EINTR and -EAGAIN are the caller's
- * to retry. @moves: a positive result is bytes moved, which restarts the
- * idle clock (a poll's is readiness, which does not).
+ * Submit @op (prepared by the caller in a struct of its own) and wait for
+ * it: its result, or -ECANCELED when the tunnel stops, -ETIMEDOUT when
+ * nothing moved anywhere in the tunnel for the idle timeout. The wait
+ * looks at the stop flag and the idle clock every TUN_TICK_MS; an op that
+ * ends in -EINTR or -EAGAIN is submitted again. @moves: a positive result
+ * is bytes moved, which restarts the idle clock (a poll's is readiness,
+ * which does not).
  */
-static ssize_t io_run(struct tun_io *io, struct io_uring_sqe *sqe, bool moves)
+static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
+		      bool moves)
 {
 	struct tun *t = io->t;
-	uint64_t tag = ++io->tag;
-	int rc;
 
-	sqe->user_data = tag;
-	rc = io_uring_submit(&io->ring);
-	if (rc < 0)
-		return rc;
 	for (;;) {
-		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
-		struct io_uring_cqe *cqe;
-		uint64_t idle;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+		uint64_t tag = ++io->tag;
+		int rc, res;
 
-		rc = io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts);
-		if (rc == 0) {
-			uint64_t ud = cqe->user_data;
-			int res = cqe->res;
-
-			io_uring_cqe_seen(&io->ring, cqe);
-			if (ud != tag)
-				continue;	/* a stale cancel */
-			if (res > 0 && moves)
-				tun_progress(t);
-			return res;
-		}
-		if (rc != -ETIME && rc != -EINTR)
+		if (!sqe)
+			return -EBUSY;
+		*sqe = *op;
+		sqe->user_data = tag;
+		rc = io_uring_submit(&io->ring);
+		if (rc < 0)
 			return rc;
-		if (tun_stopping(t)) {
-			io_reap_cancelled(io, tag);
-			return -ECANCELED;
+		for (;;) {
+			struct __kernel_timespec ts = {
+				.tv_nsec = TUN_TICK_MS * 1000000ll
+			};
+			struct io_uring_cqe *cqe;
+			uint64_t ud, idle;
+
+			rc = io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts);
+			if (rc == 0) {
+				ud = cqe->user_data;
+				res = cqe->res;
+				io_uring_cqe_seen(&io->ring, cqe);
+				if (ud == tag)
+					break;
+				continue;	/* a stale cancel */
+			}
+			if (rc != -ETIME && rc != -EINTR)
+				return rc;
+			if (tun_stopping(t)) {
+				io_reap_cancelled(io, tag);
+				return -ECANCELED;
+			}
+			idle = ferry_now_ms() -
+			       __atomic_load_n(&t->last_progress_ms,
+					       __ATOMIC_RELAXED);
+			if (idle > t->idle_ms) {
+				io_reap_cancelled(io, tag);
+				return -ETIMEDOUT;
+			}
 		}
-		idle = ferry_now_ms() -
-		       __atomic_load_n(&t->last_progress_ms, __ATOMIC_RELAXED);
-		if (idle > t->idle_ms) {
-			io_reap_cancelled(io, tag);
-			return -ETIMEDOUT;
-		}
+		if (res == -EINTR || res == -EAGAIN)
+			continue;
+		if (res > 0 && moves)
+			tun_progress(t);
+		return res;
 	}
 }
 
-static bool io_retry(ssize_t n)
-{
-	return n == -EINTR || n == -EAGAIN;
-}
-
 /* See tun_priv.h. */
-ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
+ssize_t tun_io_read(struct tun_io *io, int fd, void *buf, size_t len)
 {
 	struct tun *t = io->t;
+	struct io_uring_sqe op = { 0 };
 	uint8_t *p = buf;
-	bool fixed = io->fixed && p >= t->arena &&
-		     p + len <= t->arena + t->arena_bytes;
-	ssize_t n;
 
-	do {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-
-		if (!sqe)
-			return -EBUSY;
-		if (wr && fixed)
-			io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-		else if (wr)
-			io_uring_prep_write(sqe, fd, buf, (unsigned)len, 0);
-		else if (fixed)
-			io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, 0, 0);
-		else
-			io_uring_prep_read(sqe, fd, buf, (unsigned)len, 0);
-		n = io_run(io, sqe, true);
-	} while (io_retry(n));
-	return n;
-}
-
-/*
- * One send or recv of all @len on the socket @fd (MSG_WAITALL: the kernel
- * goes on until all of it moved, one completion where read and write take
- * one per socket buffer's worth): the count moved, fewer only at the end
- * of the stream, or -errno as tun_io_once().
- */
-static ssize_t io_sock_all(struct tun_io *io, bool wr, int fd, void *buf,
-			   size_t len, int flags)
-{
-	ssize_t n;
-
-	do {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-
-		if (!sqe)
-			return -EBUSY;
-		if (wr)
-			io_uring_prep_send(sqe, fd, buf, len,
-					   MSG_WAITALL | MSG_NOSIGNAL | flags);
-		else
-			io_uring_prep_recv(sqe, fd, buf, len, MSG_WAITALL | flags);
-		n = io_run(io, sqe, true);
-	} while (io_retry(n));
-	return n;
+	if (io->fixed && p >= t->arena && p + len <= t->arena + t->arena_bytes)
+		io_uring_prep_read_fixed(&op, fd, buf, (unsigned)len, 0, 0);
+	else
+		io_uring_prep_read(&op, fd, buf, (unsigned)len, 0);
+	return io_run(io, &op, true);
 }
 
 int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
@@ -192,23 +162,26 @@ int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len)
 	return tun_io_full_more(io, wr, fd, buf, len, false);
 }
 
-/* See tun_priv.h. Every fd a tunnel moves bytes on is a stream socket;
- * anything else is written and read as a file. */
+/*
+ * See tun_priv.h. One send or recv with MSG_WAITALL: the kernel goes on
+ * until all of it moved, one completion where read and write take one per
+ * socket buffer's worth; fewer come back only at the end of the stream.
+ */
 int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
 		     bool more)
 {
 	uint8_t *p = buf;
-	bool sock = true;
 
 	while (len) {
-		ssize_t n = sock ? io_sock_all(io, wr, fd, p, len,
-					       more ? MSG_MORE : 0) :
-				   tun_io_once(io, wr, fd, p, len);
+		struct io_uring_sqe op = { 0 };
+		ssize_t n;
 
-		if (n == -ENOTSOCK && sock) {
-			sock = false;
-			continue;
-		}
+		if (wr)
+			io_uring_prep_send(&op, fd, p, len, MSG_WAITALL |
+					   MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+		else
+			io_uring_prep_recv(&op, fd, p, len, MSG_WAITALL);
+		n = io_run(io, &op, true);
 		if (n < 0)
 			return (int)n;
 		if (n == 0)
@@ -220,19 +193,14 @@ int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
 }
 
 /* Wait on the ring until @fd is ready for @events (or the tunnel stops,
- * or the idle clock runs out): 0 or -errno as tun_io_once(). */
+ * or the idle clock runs out): 0 or -errno as tun_io_read(). */
 static int io_poll(struct tun_io *io, int fd, unsigned events)
 {
+	struct io_uring_sqe op = { 0 };
 	ssize_t n;
 
-	do {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-
-		if (!sqe)
-			return -EBUSY;
-		io_uring_prep_poll_add(sqe, fd, events);
-		n = io_run(io, sqe, false);
-	} while (io_retry(n));
+	io_uring_prep_poll_add(&op, fd, events);
+	n = io_run(io, &op, false);
 	return n < 0 ? (int)n : 0;
 }
 
@@ -275,9 +243,18 @@ ssize_t tun_io_splice_in(struct tun_io *io, int sock, int pipe_w, size_t len)
 	return io_splice(io, sock, pipe_w, len, sock, POLLIN);
 }
 
-ssize_t tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len)
+int tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len)
 {
-	return io_splice(io, pipe_r, sock, len, sock, POLLOUT);
+	while (len) {
+		ssize_t n = io_splice(io, pipe_r, sock, len, sock, POLLOUT);
+
+		if (n < 0)
+			return (int)n;
+		if (n == 0)
+			return -EPIPE;	/* the pipe held less than said */
+		len -= (size_t)n;
+	}
+	return 0;
 }
 
 /* ---- TLS over the ring ---- */
@@ -339,7 +316,7 @@ static int bio_read(BIO *b, char *out, int len)
 	/* With read-ahead OpenSSL asks for its whole buffer: read into it. */
 	if (c->stage_off == c->stage_len && (size_t)len >= TUN_TLS_DIRECT_READ) {
 		uint64_t t0 = tun_cpu_ns();
-		ssize_t got = tun_io_once(c->io, false, c->c.fd, out, (size_t)len);
+		ssize_t got = tun_io_read(c->io, c->c.fd, out, (size_t)len);
 
 		c->tls_io_ns += tun_cpu_ns() - t0;
 		if (got <= 0) {
@@ -351,7 +328,7 @@ static int bio_read(BIO *b, char *out, int len)
 	}
 	if (c->stage_off == c->stage_len) {
 		uint64_t t0 = tun_cpu_ns();
-		ssize_t got = tun_io_once(c->io, false, c->c.fd, c->stage,
+		ssize_t got = tun_io_read(c->io, c->c.fd, c->stage,
 				      TUN_STAGE_BYTES);
 
 		c->tls_io_ns += tun_cpu_ns() - t0;
@@ -538,7 +515,7 @@ ssize_t tun_local_read(struct tun_io *io, void *buf, size_t len)
 		if (n > 0)
 			tun_progress(t);
 	} else {
-		n = tun_io_once(io, false, t->local_fd, buf, len);
+		n = tun_io_read(io, t->local_fd, buf, len);
 	}
 	if (n > 0)
 		tun_add(&t->st.local_in_bytes, (uint64_t)n);

@@ -200,25 +200,26 @@ int tun_fail(struct tun *t, int code, const char *fmt, ...)
 int tun_io_init(struct tun_io *io, struct tun *t);
 void tun_io_fini(struct tun_io *io);
 /*
- * One read or write of up to @len bytes; returns the byte count (0 at end
- * of stream), -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing
- * moved anywhere in the tunnel for the idle timeout, or -errno.
+ * One read of up to @len bytes; returns the byte count (0 at end of
+ * stream), -ECANCELED when the tunnel stops, -ETIMEDOUT when nothing moved
+ * anywhere in the tunnel for the idle timeout, or -errno.
  */
-ssize_t tun_io_once(struct tun_io *io, bool wr, int fd, void *buf, size_t len);
-/* All of @len, or an error (-ECONNRESET when the peer closed). */
+ssize_t tun_io_read(struct tun_io *io, int fd, void *buf, size_t len);
+/* All of @len on the stream socket @fd (every fd a tunnel moves bytes on
+ * is one), or an error (-ECONNRESET when the peer closed). */
 int tun_io_full(struct tun_io *io, bool wr, int fd, void *buf, size_t len);
 /* The same; @more: more follows at once (MSG_MORE: a frame header is
  * not sent alone ahead of its payload). */
 int tun_io_full_more(struct tun_io *io, bool wr, int fd, void *buf, size_t len,
 		     bool more);
 /*
- * Up to @len bytes from the socket @sock into the pipe @pipe_w, or from
- * the pipe @pipe_r into @sock, without copying them through user memory
- * (splice): the count moved, 0 at the end of @sock's stream, or -errno as
- * tun_io_once(). @sock has a send timeout of TUN_TICK_MS.
+ * Without copying through user memory (splice), errors as tun_io_read();
+ * @sock has a send timeout of TUN_TICK_MS. In: up to @len bytes from the
+ * socket @sock into the pipe @pipe_w, the count moved, 0 at the end of
+ * @sock's stream. Out: all of @len from the pipe @pipe_r into @sock, 0.
  */
 ssize_t tun_io_splice_in(struct tun_io *io, int sock, int pipe_w, size_t len);
-ssize_t tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len);
+int tun_io_splice_out(struct tun_io *io, int pipe_r, int sock, size_t len);
 
 /* ---- tun_io.c: connections, plaintext or TLS ---- */
 

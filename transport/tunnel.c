@@ -332,7 +332,6 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 						       d->pipe_cap;
 	uint64_t t0 = tun_cpu_ns();
 	ssize_t n = tun_io_splice_in(io, t->local_fd, d->pipe[1], want);
-	size_t left;
 	int rc;
 
 	tun_charge(t, TUN_STAGE_READ, t0);
@@ -351,14 +350,8 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 		return rc;
 	t0 = tun_cpu_ns();
 	rc = tun_io_full_more(io, true, c->c.fd, hdr, sizeof(hdr), true);
-	for (left = (size_t)n; rc == 0 && left; ) {
-		ssize_t k = tun_io_splice_out(io, d->pipe[0], c->c.fd, left);
-
-		if (k <= 0)
-			rc = k ? (int)k : -EPIPE;
-		else
-			left -= (size_t)k;
-	}
+	if (rc == 0)
+		rc = tun_io_splice_out(io, d->pipe[0], c->c.fd, (size_t)n);
 	tun_charge(t, TUN_STAGE_SEND, t0);
 	if (rc) {
 		tun_conn_failed(c, rc, "sending");
@@ -394,11 +387,11 @@ static void send_inline(struct tun_dir *d, struct tun_io *io)
 		want = next_frame_codec(c);
 		if (want == WIRE_CODEC_RAW && d->splice) {
 			rc = splice_frame(c, io);
+			if (rc > 0)
+				continue;
 			if (rc < 0)
 				return;
-			n = rc;		/* 0: the end */
-			if (n)
-				continue;
+			n = 0;		/* the end */
 		} else {
 			n = tun_local_read(io, tun_payload(b), d->frame_build);
 			if (n < 0) {
@@ -537,8 +530,7 @@ static int splice_to_local(struct tun_conn *c, struct tun_io *io, uint32_t len)
 		uint64_t t0 = tun_cpu_ns();
 		ssize_t n = tun_io_splice_in(io, c->c.fd, d->pipe[1],
 					     len < d->pipe_cap ? len : d->pipe_cap);
-		size_t left;
-		int rc = 0;
+		int rc;
 
 		tun_charge(t, TUN_STAGE_RECEIVE, t0);
 		if (n <= 0) {
@@ -548,16 +540,7 @@ static int splice_to_local(struct tun_conn *c, struct tun_io *io, uint32_t len)
 		}
 		tun_add(&t->st.wire_in_bytes, (uint64_t)n);
 		t0 = tun_cpu_ns();
-		for (left = (size_t)n; left; ) {
-			ssize_t k = tun_io_splice_out(io, d->pipe[0], t->local_fd,
-						      left);
-
-			if (k <= 0) {
-				rc = k ? (int)k : -EPIPE;
-				break;
-			}
-			left -= (size_t)k;
-		}
+		rc = tun_io_splice_out(io, d->pipe[0], t->local_fd, (size_t)n);
 		tun_charge(t, TUN_STAGE_WRITE, t0);
 		if (rc) {
 			tun_local_failed(t, rc, "writing to");
