@@ -54,8 +54,13 @@ void tun_io_fini(struct tun_io *io)
 	io->ready = false;
 }
 
-/* Wait for the completion tagged @tag after a cancel, bounded. */
-static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
+/*
+ * Cancel the op tagged @tag and wait for its completion, bounded: its
+ * result (a send or recv with MSG_WAITALL that was cut short gives what
+ * it moved; one that had moved nothing, -ECANCELED; one that finished
+ * first, what it did), or -ETIMEDOUT when none came in TUN_CANCEL_WAIT_MS.
+ */
+static int io_cancel(struct tun_io *io, uint64_t tag)
 {
 	uint64_t deadline = ferry_now_ms() + TUN_CANCEL_WAIT_MS;
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
@@ -69,14 +74,17 @@ static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
 		struct __kernel_timespec ts = { .tv_nsec = TUN_TICK_MS * 1000000ll };
 		struct io_uring_cqe *cqe;
 		uint64_t ud;
+		int res;
 
 		if (io_uring_wait_cqe_timeout(&io->ring, &cqe, &ts) < 0)
 			continue;
 		ud = cqe->user_data;
+		res = cqe->res;
 		io_uring_cqe_seen(&io->ring, cqe);
 		if (ud == tag)
-			return;
+			return res;
 	}
+	return -ETIMEDOUT;
 }
 
 /*
@@ -87,11 +95,19 @@ static void io_reap_cancelled(struct tun_io *io, uint64_t tag)
  * ends in -EINTR or -EAGAIN is submitted again. @moves: a positive result
  * is bytes moved, which restarts the idle clock (a poll's is readiness,
  * which does not).
+ *
+ * A send or recv with MSG_WAITALL says nothing until all of it moved: on
+ * a slow link a large one can take longer than the idle timeout while
+ * bytes flow all along. So once the idle clock passes half the timeout,
+ * a moving op is cancelled to learn what it moved: that much is returned
+ * (progress; the caller submits the rest), and an op that had moved
+ * nothing is submitted again, once, for the other half.
  */
 static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
 		      bool moves)
 {
 	struct tun *t = io->t;
+	bool asked = !moves;	/* its progress was asked for (or needs not) */
 
 	for (;;) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
@@ -124,15 +140,23 @@ static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
 			if (rc != -ETIME && rc != -EINTR)
 				return rc;
 			if (tun_stopping(t)) {
-				io_reap_cancelled(io, tag);
+				io_cancel(io, tag);
 				return -ECANCELED;
 			}
 			idle = ferry_now_ms() -
 			       __atomic_load_n(&t->last_progress_ms,
 					       __ATOMIC_RELAXED);
-			if (idle > t->idle_ms) {
-				io_reap_cancelled(io, tag);
-				return -ETIMEDOUT;
+			if (idle > t->idle_ms ||
+			    (!asked && idle > t->idle_ms / 2)) {
+				res = io_cancel(io, tag);
+				if (res == -ETIMEDOUT ||
+				    (res == -ECANCELED && idle > t->idle_ms))
+					return -ETIMEDOUT;
+				if (res == -ECANCELED) {
+					asked = true;	/* nothing yet: again */
+					res = -EAGAIN;
+				}
+				break;
 			}
 		}
 		if (res == -EINTR || res == -EAGAIN)

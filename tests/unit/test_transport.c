@@ -1058,6 +1058,67 @@ START_TEST(tunnel_stall)
 }
 END_TEST
 
+/*
+ * A slow peer is not a stalled one: a frame that takes several idle
+ * timeouts to trickle in (256 KiB at 4 KiB per 20 ms, about 1.3 s,
+ * against 400 ms) arrives whole. A recv with MSG_WAITALL says nothing
+ * until all of it came; the tunnel must see the bytes that did.
+ */
+START_TEST(tunnel_slow_not_stalled)
+{
+	enum { LEN = 256u << 10, STEP = 4096 };
+	static uint8_t buf[WIRE_FRAME_HDR_BYTES + LEN];
+	struct net_conn s_data, d_data, s_ret, d_ret;
+	struct tun *t = NULL;
+	struct ferry_error err = { 0 };
+	uint64_t t0 = ferry_now_ms();
+	size_t n, got = 0;
+	uint8_t end[WIRE_FRAME_HDR_BYTES], rd[65536];
+	ssize_t r;
+	bool same = true;
+	int q[2];
+
+	conn_pair(&s_data, &d_data, false);
+	conn_pair(&s_ret, &d_ret, false);
+	ck_assert_int_eq(net_local_pair(q, &err), 0);
+	{
+		struct tun_opts o = { .role = TUN_DEST, .local_fd = q[1],
+				      .streams = &d_data, .nstreams = 1,
+				      .ret = d_ret, .idle_timeout_ms = 400 };
+
+		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
+	}
+	for (size_t i = 0; i < LEN; i++)
+		buf[WIRE_FRAME_HDR_BYTES + i] = pattern(3, i);
+	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_RAW, LEN, LEN, 0, NULL);
+	for (size_t off = 0; off < n; off += STEP) {
+		size_t k = n - off < STEP ? n - off : STEP;
+
+		ck_assert_int_eq(send(s_data.fd, buf + off, k, MSG_NOSIGNAL),
+				 (ssize_t)k);
+		usleep(20000);
+	}
+	frame(end, WIRE_FRAME_END, 0, 0, 0, 1, NULL);
+	ck_assert_int_eq(send(s_data.fd, end, sizeof(end), MSG_NOSIGNAL),
+			 (ssize_t)sizeof(end));
+	while ((r = recv(q[0], rd, sizeof(rd), 0)) > 0) {
+		for (ssize_t i = 0; i < r; i++)
+			same &= rd[i] == pattern(3, got + (size_t)i);
+		got += (size_t)r;
+	}
+	shutdown(q[0], SHUT_WR);	/* the return path ends too */
+	ck_assert_msg(tun_wait(t, 10000, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(got, LEN);
+	ck_assert(same);
+	/* It did take longer than the idle timeout, several times. */
+	ck_assert_uint_ge(ferry_now_ms() - t0, 3 * 400);
+	tun_free(t);
+	close(q[0]);
+	net_conn_close(&s_data);
+	net_conn_close(&s_ret);
+}
+END_TEST
+
 START_TEST(tunnel_cancel)
 {
 	struct net_conn s_data, d_data, s_ret, d_ret;
@@ -1591,6 +1652,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
 	tcase_add_test(tun, tunnel_cancel);
+	tcase_add_test(tun, tunnel_slow_not_stalled);
 	tcase_add_test(tun, tunnel_preempt_companion);
 	tcase_add_test(tun, tunnel_preempt_failure_ends_both);
 	tcase_add_test(tun, probe_roundtrip);
