@@ -8,6 +8,10 @@
 
 #include "codec.h"
 
+/* A zstd frame header's largest size (zstd.h's ZSTD_FRAMEHEADERSIZE_MAX,
+ * which it only gives static linkers). */
+#define ZSTD_HEADER_MAX 18
+
 struct codec_ctx {
 	ZSTD_CCtx *zc;
 	ZSTD_DCtx *zd;
@@ -33,9 +37,51 @@ int codec_ctx_new(struct codec_ctx **out, int zstd_level,
 	}
 	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_compressionLevel, c->zstd_level);
 	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_checksumFlag, 0);
-	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_contentSizeFlag, 1);
+	codec_ctx_set_window(c, CODEC_WINDOW_LOG_MIN);
 	*out = c;
 	return 0;
+}
+
+/*
+ * The zstd stream's window, both ways: what the compressor may refer back
+ * to, and the most the decompressor accepts (a frame asking for more is
+ * refused, so a peer cannot make it allocate beyond it). Above one frame's
+ * worth, the compressor also looks for long matches (zstd's long distance
+ * matching): a page that repeats one sent megabytes earlier is found at
+ * about the cost of level 1's own search.
+ */
+void codec_ctx_set_window(struct codec_ctx *c, int window_log)
+{
+	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_windowLog, window_log);
+	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_enableLongDistanceMatching,
+			       window_log > CODEC_WINDOW_LOG_MIN);
+	ZSTD_DCtx_setParameter(c->zd, ZSTD_d_windowLogMax, window_log);
+}
+
+void codec_ctx_reset(struct codec_ctx *c)
+{
+	ZSTD_CCtx_reset(c->zc, ZSTD_reset_session_only);
+	ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_only);
+}
+
+int codec_window_log(uint32_t streams)
+{
+	uint64_t per = CODEC_WINDOW_BUDGET / (streams ? streams : 1);
+	int log = CODEC_WINDOW_LOG_MIN;
+
+	while (log < CODEC_WINDOW_LOG_MAX && (2ull << log) <= per)
+		log++;
+	return log;
+}
+
+uint32_t codec_zstd_in_max(uint32_t frame_max)
+{
+	uint32_t n = (uint32_t)((uint64_t)(frame_max - ZSTD_HEADER_MAX) *
+				256 / 257);
+
+	while (n && ZSTD_compressBound(n) + ZSTD_HEADER_MAX > frame_max)
+		n -= n < 64 ? n : 64;
+	return n;
 }
 
 void codec_ctx_free(struct codec_ctx *c)
@@ -61,6 +107,8 @@ size_t codec_compress(struct codec_ctx *c, enum wire_codec codec,
 {
 	size_t n = 0;
 
+	if (!len)
+		return 0;	/* nothing to compress: a raw empty frame */
 	switch (codec) {
 	case WIRE_CODEC_LZ4: {
 		int r = LZ4_compress_fast_extState(c->lz4_state, src, dst,
@@ -68,15 +116,56 @@ size_t codec_compress(struct codec_ctx *c, enum wire_codec codec,
 		n = r > 0 ? (size_t)r : 0;
 		break;
 	}
-	case WIRE_CODEC_ZSTD:
-		n = ZSTD_compress2(c->zc, dst, cap, src, len);
-		if (ZSTD_isError(n))
-			n = 0;
-		break;
+	case WIRE_CODEC_ZSTD: {
+		/* The next chunk of this stream, flushed: all of it, whatever
+		 * its size (the decoder's history must see every byte). */
+		ZSTD_inBuffer in = { src, len, 0 };
+		ZSTD_outBuffer out = { dst, cap, 0 };
+		size_t r = ZSTD_compressStream2(c->zc, &out, &in, ZSTD_e_flush);
+
+		return ZSTD_isError(r) || r || in.pos != len ? 0 : out.pos;
+	}
 	case WIRE_CODEC_RAW:
 		return 0;
 	}
 	return n < len ? n : 0;
+}
+
+/* The next chunk of this stream's zstd stream into exactly @raw_len bytes
+ * (see codec_decompress()). */
+static int zstd_chunk(struct codec_ctx *c, const void *src, size_t len,
+		      void *dst, size_t raw_len, unsigned long long s,
+		      struct ferry_error *err)
+{
+	ZSTD_inBuffer in = { src, len, 0 };
+	ZSTD_outBuffer out = { dst, raw_len, 0 };
+	uint8_t more;
+
+	for (;;) {
+		size_t in0 = in.pos, out0 = out.pos;
+		size_t r = ZSTD_decompressStream(c->zd, &out, &in);
+
+		if (ZSTD_isError(r))
+			return ferry_error_set(err, -EBADMSG,
+				"frame %llu: zstd payload does not decode into "
+				"the declared %zu bytes: %s", s, raw_len,
+				ZSTD_getErrorName(r));
+		if ((in.pos == len && out.pos == raw_len) ||
+		    (in.pos == in0 && out.pos == out0))
+			break;
+	}
+	if (out.pos < raw_len)
+		return ferry_error_set(err, -EBADMSG,
+			"frame %llu: zstd payload decodes to %zu bytes, "
+			"declared %zu", s, out.pos, raw_len);
+	/* Input left over, or output still held back: more than said. */
+	out = (ZSTD_outBuffer){ &more, 1, 0 };
+	if (in.pos < len || (!ZSTD_isError(ZSTD_decompressStream(c->zd, &out, &in)) &&
+			     out.pos))
+		return ferry_error_set(err, -EBADMSG,
+			"frame %llu: zstd payload decodes to more than the "
+			"declared %zu bytes", s, raw_len);
+	return 0;
 }
 
 int codec_decompress(struct codec_ctx *c, enum wire_codec codec,
@@ -99,29 +188,8 @@ int codec_decompress(struct codec_ctx *c, enum wire_codec codec,
 				"declared %zu", s, r, raw_len);
 		return 0;
 	}
-	case WIRE_CODEC_ZSTD: {
-		unsigned long long want = ZSTD_getFrameContentSize(src, len);
-		size_t r;
-
-		if (want == ZSTD_CONTENTSIZE_ERROR)
-			return ferry_error_set(err, -EBADMSG,
-				"frame %llu: not a zstd frame", s);
-		if (want != ZSTD_CONTENTSIZE_UNKNOWN && want != raw_len)
-			return ferry_error_set(err, -EBADMSG,
-				"frame %llu: zstd payload declares %llu bytes, "
-				"frame header %zu", s, want, raw_len);
-		r = ZSTD_decompressDCtx(c->zd, dst, raw_len, src, len);
-		if (ZSTD_isError(r))
-			return ferry_error_set(err, -EBADMSG,
-				"frame %llu: zstd payload does not decode into "
-				"the declared %zu bytes: %s", s, raw_len,
-				ZSTD_getErrorName(r));
-		if (r != raw_len)
-			return ferry_error_set(err, -EBADMSG,
-				"frame %llu: zstd payload decodes to %zu bytes, "
-				"declared %zu", s, r, raw_len);
-		return 0;
-	}
+	case WIRE_CODEC_ZSTD:
+		return zstd_chunk(c, src, len, dst, raw_len, s, err);
 	case WIRE_CODEC_RAW:
 		if (len != raw_len)
 			return ferry_error_set(err, -EBADMSG,

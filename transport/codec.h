@@ -75,28 +75,53 @@
 /* EWMA weight of a new epoch's score. */
 #define CODEC_EWMA_ALPHA 0.5
 
+/*
+ * zstd frames on a connection are chunks of one zstd stream, flushed at
+ * each frame, so each can refer back to what the connection carried
+ * before, as far as the window reaches: CODEC_WINDOW_BUDGET over a
+ * direction's streams (each stream its own window, both sides), between
+ * one frame's worth and CODEC_WINDOW_LOG_MAX. The decompressor refuses a
+ * stream that asks for more than its window.
+ */
+#define CODEC_WINDOW_BUDGET (64u << 20)
+#define CODEC_WINDOW_LOG_MIN 20
+#define CODEC_WINDOW_LOG_MAX 25
+
 struct codec_ctx;
 
-/* A compressor + decompressor pair for one thread. */
+/* A compressor + decompressor pair for one connection's streams, one
+ * thread at a time; its zstd window starts at CODEC_WINDOW_LOG_MIN. */
 int codec_ctx_new(struct codec_ctx **out, int zstd_level,
 		  struct ferry_error *err);
 void codec_ctx_free(struct codec_ctx *c);
+/* Its zstd window, 2^@window_log bytes: before the first zstd frame. */
+void codec_ctx_set_window(struct codec_ctx *c, int window_log);
+/* Both zstd streams start over (after an error, or for another input). */
+void codec_ctx_reset(struct codec_ctx *c);
+/* The window of each of @streams connections of one direction. */
+int codec_window_log(uint32_t streams);
+/* The most raw bytes a zstd chunk may hold when its output must fit in
+ * @frame_max, whatever the bytes. */
+uint32_t codec_zstd_in_max(uint32_t frame_max);
 
 /* Worst-case output size for @raw input bytes, for any codec. */
 size_t codec_bound(size_t raw);
 
 /*
  * Compress @len bytes into @dst (capacity @cap >= codec_bound(len)).
- * Returns the compressed size, or 0 when the output would not be smaller
- * than the input (the caller sends the frame raw).
+ * LZ4: the compressed size, or 0 when the output would not be smaller
+ * than the input (the caller sends the frame raw). zstd: the stream's next
+ * chunk, which must be sent whatever its size (the decoder's history must
+ * see every byte), or 0 on an error, after which the stream is unusable.
+ * Nothing to compress (@len 0): 0, the stream untouched.
  */
 size_t codec_compress(struct codec_ctx *c, enum wire_codec codec,
 		      const void *src, size_t len, void *dst, size_t cap);
 
 /*
- * Decode exactly @raw_len bytes into @dst from @len bytes at @src. A
- * payload that fails to decode or decodes to a different size than
- * declared is an error (-EBADMSG) naming @seq.
+ * Decode exactly @raw_len bytes into @dst from @len bytes at @src (zstd:
+ * the stream's next chunk). A payload that fails to decode or decodes to
+ * a different size than declared is an error (-EBADMSG) naming @seq.
  */
 int codec_decompress(struct codec_ctx *c, enum wire_codec codec,
 		     const void *src, size_t len, void *dst, size_t raw_len,

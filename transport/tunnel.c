@@ -216,6 +216,13 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW) {
 		size_t n = try_codec(c, b, want);
 
+		/* A zstd chunk goes whatever its size: it is in the stream. */
+		if (want == WIRE_CODEC_ZSTD && (!n || n > c->d->frame_max)) {
+			tun_fail(c->t, -EIO, "%s stream %u: zstd failed on frame "
+				 "%llu", c->d->name, c->index,
+				 (unsigned long long)b->seq);
+			return -EIO;
+		}
 		if (n) {
 			codec = want;
 			p = tun_payload(c->out);
@@ -839,6 +846,7 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 
 			if (rc)
 				return rc;
+			codec_ctx_set_window(c->codec, codec_window_log(d->nconns));
 		}
 	}
 	if (d->sending) {
@@ -970,12 +978,15 @@ static uint32_t frame_build(const struct tun_dir *d, uint32_t hold)
 {
 	uint32_t nbufs = d->inline_io ? 1 : d->nconns * TUN_BUFS_PER_CONN + 1;
 	uint32_t n = hold / nbufs;
+	/* A zstd chunk is sent whatever its size: it must fit a frame. */
+	uint32_t max = d->codec == FERRY_CODEC_ZSTD || d->codec == FERRY_CODEC_AUTO ?
+		       codec_zstd_in_max(d->frame_max) : d->frame_max;
 
 	if (!hold)
-		return d->frame_max;
+		return max;
 	if (n < TUN_FRAME_MIN_BYTES)
 		n = TUN_FRAME_MIN_BYTES;
-	return n < d->frame_max ? n : d->frame_max;
+	return n < max ? n : max;
 }
 
 int tun_start(struct tun **out, const struct tun_opts *o,

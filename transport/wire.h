@@ -21,7 +21,7 @@
 #include "ferry.h"
 
 #define WIRE_MAGIC 0x4645525259574952ull	/* "FERRYWIR" */
-#define WIRE_VERSION 5
+#define WIRE_VERSION 6
 
 /* Size of the hello that opens every TCP connection. */
 #define WIRE_HELLO_BYTES 64
@@ -308,7 +308,8 @@ enum wire_frame {
 enum wire_codec {
 	WIRE_CODEC_RAW = 0,
 	WIRE_CODEC_LZ4 = 1,	/* one LZ4 block */
-	WIRE_CODEC_ZSTD = 2,	/* one zstd frame */
+	WIRE_CODEC_ZSTD = 2,	/* the next chunk of the connection's zstd
+				   stream (codec.h) */
 	WIRE_CODEC_MAX = 2,
 };
 #define WIRE_FLAGS_CODEC_MASK 0x3u

@@ -24,6 +24,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	struct ferry_error err = { 0 };
 
 	FUZZ_CHECK(codec_ctx_new(&codec, 0, &err) == 0);
+	codec_ctx_set_window(codec, CODEC_WINDOW_LOG_MAX);
 	return 0;
 }
 
@@ -36,6 +37,7 @@ static void decode_payload(const struct wire_frame_hdr *h, const uint8_t *p)
 	src = malloc(h->len ? h->len : 1);
 	FUZZ_CHECK(src);
 	memcpy(src, p, h->len);
+	codec_ctx_reset(codec);	/* the first chunk of a zstd stream */
 	rc = codec_decompress(codec, wire_frame_codec(h), src, h->len, dst,
 			      h->raw_len, h->seq, &err);
 	FUZZ_CHECK_ERR(rc, err);

@@ -361,6 +361,7 @@ static void gen_frame_codec(struct codec_ctx *cc)
 		const char *cn = codec_wire_name((enum wire_codec)c);
 		char name[64];
 
+		codec_ctx_reset(cc);	/* each payload a stream's first chunk */
 		zn = codec_compress(cc, (enum wire_codec)c, raw, sizeof(raw), z,
 				    sizeof(z));
 		if (!zn)

@@ -306,20 +306,27 @@ START_TEST(codec_checks)
 	for (size_t i = 0; i < sizeof(raw); i++)
 		raw[i] = (uint8_t)("ferry carries guests "[i % 21]);
 	for (int codec = WIRE_CODEC_LZ4; codec <= WIRE_CODEC_ZSTD; codec++) {
+		/* Each decode below starts a fresh stream, as enc does. */
+		codec_ctx_reset(c);
 		n = codec_compress(c, codec, raw, sizeof(raw), enc, sizeof(enc));
 		ck_assert_uint_gt(n, 0);
 		ck_assert_uint_lt(n, sizeof(raw) / 4);
+		codec_ctx_reset(c);
 		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec,
 						  sizeof(dec), 1, &err), 0);
 		ck_assert_int_eq(memcmp(raw, dec, sizeof(raw)), 0);
 		/* Declared smaller than it decodes: refused, not overrun. */
+		codec_ctx_reset(c);
 		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec, 1000, 7,
 						  &err), -EBADMSG);
 		ck_assert_ptr_nonnull(strstr(err.msg, "frame 7"));
 		/* Declared larger than it decodes. */
+		codec_ctx_reset(c);
 		ck_assert_int_eq(codec_decompress(c, codec, enc, n, dec,
-						  sizeof(dec) - 1 + 1, 8, &err), 0);
+						  sizeof(dec) - 1, 8, &err), -EBADMSG);
+		ck_assert_ptr_nonnull(strstr(err.msg, "frame 8"));
 		/* Garbage. */
+		codec_ctx_reset(c);
 		memset(enc, 0xa5, 64);
 		ck_assert_int_eq(codec_decompress(c, codec, enc, 64, dec,
 						  sizeof(dec), 9, &err), -EBADMSG);
@@ -330,6 +337,69 @@ START_TEST(codec_checks)
 	ck_assert_uint_eq(codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc,
 					 sizeof(enc)), 0);
 	codec_ctx_free(c);
+}
+END_TEST
+
+/*
+ * zstd frames are chunks of one stream: a chunk repeating what an earlier
+ * one carried, further back than one frame, costs almost nothing, and
+ * decodes in order; out of order it does not. The decoder refuses a
+ * stream whose window is over its own. A chunk of codec_zstd_in_max()
+ * random bytes still fits its frame.
+ */
+START_TEST(codec_zstd_stream)
+{
+	enum { F = 1u << 20, K = 4 };
+	uint32_t in_max = codec_zstd_in_max(F);
+	uint8_t *raw = malloc(F), *enc[K], *dec = malloc(F);
+	size_t n[K];
+	struct codec_ctx *s, *r, *small;
+	struct ferry_error err = { 0 };
+
+	ck_assert_uint_le(in_max, F);
+	ck_assert_uint_ge(in_max, F - F / 128);
+	ck_assert_int_eq(codec_ctx_new(&s, 0, &err), 0);
+	ck_assert_int_eq(codec_ctx_new(&r, 0, &err), 0);
+	ck_assert_int_eq(codec_ctx_new(&small, 0, &err), 0);
+	ck_assert_int_eq(codec_window_log(1), CODEC_WINDOW_LOG_MAX);
+	ck_assert_int_eq(codec_window_log(WIRE_STREAMS_MAX), CODEC_WINDOW_LOG_MIN);
+	codec_ctx_set_window(s, codec_window_log(1));
+	codec_ctx_set_window(r, codec_window_log(1));
+	/* Chunk 0: random; 1 and 2: other random; 3: chunk 0 again, 2 MiB
+	 * back, beyond one frame's window. */
+	for (int k = 0; k < K; k++) {
+		for (uint32_t i = 0; i < in_max; i++)
+			raw[i] = (uint8_t)pattern_rand((k % 3) * in_max + i);
+		enc[k] = malloc(codec_bound(in_max));
+		n[k] = codec_compress(s, WIRE_CODEC_ZSTD, raw, in_max, enc[k],
+				      codec_bound(in_max));
+		ck_assert_uint_gt(n[k], 0);
+		ck_assert_uint_le(n[k], F);
+	}
+	ck_assert_uint_gt(n[0], in_max);	/* random: it did not shrink */
+	ck_assert_uint_lt(n[3], in_max / 100);
+	for (int k = 0; k < K; k++) {
+		ck_assert_int_eq(codec_decompress(r, WIRE_CODEC_ZSTD, enc[k], n[k],
+						  dec, in_max, k, &err), 0);
+		for (uint32_t i = 0; i < in_max; i++)
+			raw[i] = (uint8_t)pattern_rand((k % 3) * in_max + i);
+		ck_assert_int_eq(memcmp(dec, raw, in_max), 0);
+	}
+	/* The last chunk alone, without what it refers to. */
+	codec_ctx_reset(r);
+	ck_assert_int_eq(codec_decompress(r, WIRE_CODEC_ZSTD, enc[3], n[3], dec,
+					  in_max, 3, &err), -EBADMSG);
+	/* A decoder with the smallest window: the stream asks for more. */
+	ck_assert_int_eq(codec_decompress(small, WIRE_CODEC_ZSTD, enc[0], n[0],
+					  dec, in_max, 0, &err), -EBADMSG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "frame 0"));
+	for (int k = 0; k < K; k++)
+		free(enc[k]);
+	free(raw);
+	free(dec);
+	codec_ctx_free(s);
+	codec_ctx_free(r);
+	codec_ctx_free(small);
 }
 END_TEST
 
@@ -1641,6 +1711,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(wire, disk_record_checks);
 	tcase_add_test(wire, disk_record_manifest);
 	tcase_add_test(wire, codec_checks);
+	tcase_add_test(wire, codec_zstd_stream);
 	tcase_set_timeout(tun, 60);
 	tcase_add_loop_test(tun, tunnel_end_to_end, 0, FERRY_ARRAY_SIZE(e2e_cases));
 	tcase_add_test(tun, tunnel_garbage);
