@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/utsname.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -88,6 +89,23 @@ static int io_cancel(struct tun_io *io, uint64_t tag)
 }
 
 /*
+ * Whether a cancelled send or recv with MSG_WAITALL gives back what it
+ * moved: Linux 6.0 on (io_sendrecv_fail()); before, it can say -ECANCELED
+ * after moving bytes, and asking would lose them.
+ */
+static bool cancel_keeps_partial;
+static pthread_once_t partial_once = PTHREAD_ONCE_INIT;
+
+static void partial_check(void)
+{
+	struct utsname u;
+	unsigned major = 0;
+
+	if (uname(&u) == 0 && sscanf(u.release, "%u", &major) == 1)
+		cancel_keeps_partial = major >= 6;
+}
+
+/*
  * Submit @op (prepared by the caller in a struct of its own) and wait for
  * it: its result, or -ECANCELED when the tunnel stops, -ETIMEDOUT when
  * nothing moved anywhere in the tunnel for the idle timeout. The wait
@@ -99,15 +117,19 @@ static int io_cancel(struct tun_io *io, uint64_t tag)
  * A send or recv with MSG_WAITALL says nothing until all of it moved: on
  * a slow link a large one can take longer than the idle timeout while
  * bytes flow all along. So once the idle clock passes half the timeout,
- * a moving op is cancelled to learn what it moved: that much is returned
- * (progress; the caller submits the rest), and an op that had moved
- * nothing is submitted again, once, for the other half.
+ * a moving op is cancelled at each tick to learn what it moved (where the
+ * kernel says: cancel_keeps_partial): that much is returned (progress;
+ * the caller submits the rest), and an op that had moved nothing is
+ * submitted again until the timeout.
  */
 static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
 		      bool moves)
 {
 	struct tun *t = io->t;
-	bool asked = !moves;	/* its progress was asked for (or needs not) */
+	bool ask;
+
+	pthread_once(&partial_once, partial_check);
+	ask = moves && cancel_keeps_partial;
 
 	for (;;) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
@@ -146,16 +168,13 @@ static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
 			idle = ferry_now_ms() -
 			       __atomic_load_n(&t->last_progress_ms,
 					       __ATOMIC_RELAXED);
-			if (idle > t->idle_ms ||
-			    (!asked && idle > t->idle_ms / 2)) {
+			if (idle > t->idle_ms || (ask && idle > t->idle_ms / 2)) {
 				res = io_cancel(io, tag);
 				if (res == -ETIMEDOUT ||
 				    (res == -ECANCELED && idle > t->idle_ms))
 					return -ETIMEDOUT;
-				if (res == -ECANCELED) {
-					asked = true;	/* nothing yet: again */
-					res = -EAGAIN;
-				}
+				if (res == -ECANCELED)
+					res = -EAGAIN;	/* nothing yet: again */
 				break;
 			}
 		}

@@ -98,6 +98,7 @@ struct tun_dir {
 	enum ferry_codec codec;
 	int codec_level;
 	bool inline_io;		/* one connection: no hand-off */
+	bool raw_only;		/* never compressed (a return path) */
 	/* Raw frames between the local QEMU's socket and the one plaintext
 	 * connection go through this pipe by splice, not through ferry's
 	 * memory (dir_splice_setup(): FERRY_TUNNEL_SPLICE). */

@@ -615,6 +615,12 @@ static void *recv_worker(void *arg)
 			break;
 		}
 		c->next_seq += d->nconns;
+		if (d->raw_only && wire_frame_codec(&h) != WIRE_CODEC_RAW) {
+			tun_fail(t, -EPROTO, "%s stream %u: frame %llu is "
+				 "compressed; this direction never is", d->name,
+				 c->index, (unsigned long long)h.seq);
+			break;
+		}
 
 		if (d->splice && wire_frame_codec(&h) == WIRE_CODEC_RAW) {
 			if (splice_to_local(c, &io, h.len))
@@ -841,7 +847,7 @@ static int dir_setup(struct tun *t, struct tun_dir *d, struct ferry_error *err)
 				c->free = b;
 			}
 		}
-		if (d->sending ? d->codec != FERRY_CODEC_NONE : true) {
+		if (d->sending ? d->codec != FERRY_CODEC_NONE : !d->raw_only) {
 			int rc = codec_ctx_new(&c->codec, d->codec_level, err);
 
 			if (rc)
@@ -1055,7 +1061,7 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		.frame_type = WIRE_FRAME_RETURN, .conns = &t->all_conns[o->nstreams],
 		.nconns = o->ret.fd >= 0 ? 1 : 0, .frame_max = frame,
 		.frame_build = frame, .codec = FERRY_CODEC_NONE,
-		.inline_io = true, .done = o->ret.fd < 0,
+		.inline_io = true, .raw_only = true, .done = o->ret.fd < 0,
 	};
 
 	arena = dir_arena(&t->fwd) + dir_arena(&t->ret);

@@ -269,25 +269,28 @@ static void fill_mixed(uint8_t *buf)
 	}
 }
 
-/* Compress @buf in TUN_FRAME_BYTES frames, as the tunnel's sender does,
+/* Compress @buf in frames as the tunnel's sender of one stream does
+ * (zstd: one stream, its window, frames that fit after the worst case),
  * into @sp; @out holds codec_bound(TUN_FRAME_BYTES). */
 static void measure_codec(struct stats_codec_speed *sp, enum wire_codec codec,
 			  int level, const uint8_t *buf, uint8_t *out)
 {
 	size_t cap = codec_bound(TUN_FRAME_BYTES);
+	uint32_t frame = codec == WIRE_CODEC_ZSTD ?
+			 codec_zstd_in_max(TUN_FRAME_BYTES) : TUN_FRAME_BYTES;
 	uint64_t in = 0, wire = 0, t0;
 	struct codec_ctx *c;
 
 	if (codec_ctx_new(&c, level, NULL))
 		return;
+	codec_ctx_set_window(c, codec_window_log(1));
 	t0 = thread_cpu_ns();
-	while (in + TUN_FRAME_BYTES <= STATS_PROBE_BYTES &&
+	while (in + frame <= STATS_PROBE_BYTES &&
 	       thread_cpu_ns() - t0 < STATS_PROBE_MAX_NS) {
-		size_t n = codec_compress(c, codec, buf + in, TUN_FRAME_BYTES,
-					  out, cap);
+		size_t n = codec_compress(c, codec, buf + in, frame, out, cap);
 
-		wire += n ? n : TUN_FRAME_BYTES;
-		in += TUN_FRAME_BYTES;
+		wire += n ? n : frame;
+		in += frame;
 	}
 	sp->mb_s = (double)in * 1e3 / (double)(thread_cpu_ns() - t0);
 	sp->ratio = (double)in / (double)wire;

@@ -1189,6 +1189,45 @@ START_TEST(tunnel_slow_not_stalled)
 }
 END_TEST
 
+/* The return path is never compressed: a source tunnel refuses a
+ * compressed RETURN frame (and keeps no decoder for one). */
+START_TEST(tunnel_return_raw_only)
+{
+	static uint8_t raw[4096], enc[8192], buf[WIRE_FRAME_HDR_BYTES + 8192];
+	struct net_conn s_data, d_data, s_ret, d_ret;
+	struct tun *t = NULL;
+	struct ferry_error err = { 0 };
+	struct codec_ctx *c;
+	size_t n;
+	int q[2];
+
+	memset(raw, 'r', sizeof(raw));
+	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
+	n = codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc, sizeof(enc));
+	codec_ctx_free(c);
+	ck_assert_uint_gt(n, 0);
+	conn_pair(&s_data, &d_data, false);
+	conn_pair(&s_ret, &d_ret, false);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, q), 0);
+	{
+		struct tun_opts o = { .role = TUN_SOURCE, .local_fd = q[1],
+				      .streams = &s_data, .nstreams = 1,
+				      .ret = s_ret, .codec = FERRY_CODEC_LZ4 };
+
+		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
+	}
+	n = frame(buf, WIRE_FRAME_RETURN, WIRE_CODEC_LZ4, (uint32_t)n,
+		  sizeof(raw), 0, enc);
+	ck_assert_int_eq(send(d_ret.fd, buf, n, MSG_NOSIGNAL), (ssize_t)n);
+	ck_assert_int_eq(tun_wait(t, 10000, &err), -EPROTO);
+	ck_assert_msg(strstr(err.msg, "never is"), "%s", err.msg);
+	tun_free(t);
+	close(q[0]);
+	net_conn_close(&d_data);
+	net_conn_close(&d_ret);
+}
+END_TEST
+
 START_TEST(tunnel_cancel)
 {
 	struct net_conn s_data, d_data, s_ret, d_ret;
@@ -1723,6 +1762,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
 	tcase_add_test(tun, tunnel_cancel);
+	tcase_add_test(tun, tunnel_return_raw_only);
 	tcase_add_test(tun, tunnel_slow_not_stalled);
 	tcase_add_test(tun, tunnel_preempt_companion);
 	tcase_add_test(tun, tunnel_preempt_failure_ends_both);
