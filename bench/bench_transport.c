@@ -444,7 +444,9 @@ static int run_tunnel(const struct mode *m, struct result *res)
 				       .codec = m->codec };
 		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
 					 .local = m->sock ? NULL : &ldst, .streams = ds,
-					 .nstreams = m->streams, .ret = dr };
+					 .nstreams = m->streams, .ret = dr,
+					 .zstd = m->codec == FERRY_CODEC_ZSTD ||
+						 m->codec == FERRY_CODEC_AUTO };
 
 		c0 = cpu_us();
 		t0 = now_us();

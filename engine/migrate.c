@@ -369,7 +369,12 @@ static int open_conn(struct ferry_migration *m, struct net_conn *c,
 					       kind == WIRE_CONN_PREEMPT) ?
 			    WIRE_OPT_PREEMPT : 0) |
 			   (m->cfg.o.vm_name && kind == WIRE_CONN_CONTROL &&
-			    !m->run.resuming ? WIRE_OPT_VM : 0),
+			    !m->run.resuming ? WIRE_OPT_VM : 0) |
+			   ((kind == WIRE_CONN_DISK ||
+			     (kind == WIRE_CONN_DATA && !m->run.handoff &&
+			      !m->cfg.o.direct)) &&
+			    (m->cfg.o.codec == FERRY_CODEC_ZSTD ||
+			     m->cfg.o.codec == FERRY_CODEC_AUTO) ? WIRE_OPT_ZSTD : 0),
 		.ram_bytes = m->run.ram_bytes,
 		.stream_index = index,
 		/* --direct: the memory is one connection, QEMU's own stream;

@@ -484,6 +484,7 @@ struct rx_conns {
 	 * whether it has one (WIRE_OPT_PREEMPT). */
 	bool want_preempt, have_preempt;
 	struct net_conn preempt;
+	bool zstd;		/* the data streams announce zstd frames */
 };
 
 static void rx_conns_close(struct rx_conns *c)
@@ -545,6 +546,12 @@ static const char *rx_conn_refusal(const struct incoming *in,
 		       "control connection's";
 	if (h->conn == c->data_kind && c->streams[h->stream_index].fd >= 0)
 		return "a second connection for the same stream";
+	if ((h->options & WIRE_OPT_ZSTD) &&
+	    (h->conn != c->data_kind || (h->options & WIRE_OPT_HANDOFF)))
+		return "zstd frames are for the data streams of a tunnel";
+	if (h->conn == c->data_kind && c->got > 0 &&
+	    !(h->options & WIRE_OPT_ZSTD) != !c->zstd)
+		return "its zstd option differs from the other data streams'";
 	if (h->conn == c->ret_kind && c->have_ret)
 		return "a second return connection";
 	if ((h->options & WIRE_OPT_HANDOFF) &&
@@ -596,6 +603,7 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 	c->got = 0;
 	c->have_ret = c->handoff = false;
 	c->want_preempt = c->have_preempt = false;
+	c->zstd = false;
 	for (uint32_t i = 0; i < c->n; i++)
 		net_conn_init(&c->streams[i], -1);
 	net_conn_init(&c->ret, -1);
@@ -643,6 +651,7 @@ static int rx_accept_conns(struct incoming *in, struct rx_conns *c,
 		} else {
 			c->streams[conn.hello.stream_index] = conn.c;
 			c->handoff = conn.hello.options & WIRE_OPT_HANDOFF;
+			c->zstd = conn.hello.options & WIRE_OPT_ZSTD;
 			c->got++;
 		}
 	}
@@ -812,6 +821,7 @@ static int rx_accept_data(struct incoming *in, bool recover,
 	o.streams = c.streams;
 	o.nstreams = c.n;
 	o.ret = c.ret;
+	o.zstd = c.zstd;
 	o.local_fd = c.want_preempt ? -1 : sv[1];	/* the tunnel's, always */
 	o.local = c.want_preempt ? rx_link_local(in->link) : NULL;
 	rc = tun_start(&in->tun, &o, err);
@@ -849,6 +859,7 @@ static int rx_disks(struct incoming *in, struct ferry_error *err)
 	o.streams = c.streams;
 	o.nstreams = c.n;
 	o.ret = c.ret;
+	o.zstd = c.zstd;
 	rc = blk_dst_start(in->blk, &o, err);
 	if (rc < 0)
 		return rc;

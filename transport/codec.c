@@ -132,6 +132,47 @@ void codec_ctx_set_window(struct codec_ctx *c, int window_log)
 	ZSTD_DCtx_setParameter(c->zd, ZSTD_d_windowLogMax, window_log);
 }
 
+/*
+ * Make the zstd buffers now, for @compress and/or @decompress, so that
+ * the first frames do not pay for them: the compressor compresses a byte
+ * into nothing it keeps; the decompressor decodes a stream of one raw
+ * byte whose header asks for the window (RFC 8878: magic, a descriptor
+ * with no content size, the window as exponent 10 below, one last raw
+ * block of one byte). Both then start over, their buffers kept.
+ */
+void codec_ctx_prime(struct codec_ctx *c, int window_log, bool compress,
+		     bool decompress)
+{
+	if (compress) {
+		uint8_t in = 0, out[64];
+		ZSTD_inBuffer i = { &in, 1, 0 };
+		ZSTD_outBuffer o = { out, sizeof(out), 0 };
+
+		ZSTD_compressStream2(c->zc, &o, &i, ZSTD_e_flush);
+		ZSTD_CCtx_reset(c->zc, ZSTD_reset_session_only);
+	}
+	if (decompress) {
+		const uint8_t frame[] = {
+			0x28, 0xb5, 0x2f, 0xfd,		/* magic */
+			0x00,				/* no size, no checksum */
+			(uint8_t)((window_log - 10) << 3),	/* window */
+			0x09, 0x00, 0x00,		/* last, raw, 1 byte */
+			0x00,
+		};
+		uint8_t out;
+		ZSTD_inBuffer i = { frame, sizeof(frame), 0 };
+		ZSTD_outBuffer o = { &out, 1, 0 };
+
+		ZSTD_decompressStream(c->zd, &o, &i);
+		ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_only);
+	}
+}
+
+size_t codec_ctx_memory(const struct codec_ctx *c)
+{
+	return ZSTD_sizeof_CCtx(c->zc) + ZSTD_sizeof_DCtx(c->zd);
+}
+
 void codec_ctx_reset(struct codec_ctx *c)
 {
 	ZSTD_CCtx_reset(c->zc, ZSTD_reset_session_only);

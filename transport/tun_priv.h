@@ -99,6 +99,10 @@ struct tun_dir {
 	int codec_level;
 	bool inline_io;		/* one connection: no hand-off */
 	bool raw_only;		/* never compressed (a return path) */
+	/* zstd frames may go (sending) or come (receiving, announced); they
+	 * wait for zstd_ready: the primer thread made the buffers. */
+	bool zstd;
+	bool zstd_ready;	/* under t->mu; read atomically */
 	/* Raw frames between the local QEMU's socket and the one plaintext
 	 * connection go through this pipe by splice, not through ferry's
 	 * memory (dir_splice_setup(): FERRY_TUNNEL_SPLICE). */

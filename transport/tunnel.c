@@ -202,6 +202,42 @@ static enum wire_codec next_frame_codec(struct tun_conn *c)
 						 fixed_codec(c->d->codec);
 }
 
+/*
+ * The primer: makes the zstd buffers of every connection of @d (see
+ * codec_ctx_prime()) while the first frames go, so that no frame and no
+ * epoch of auto's pays for them, then lets zstd frames through.
+ */
+static void *primer_main(void *arg)
+{
+	struct tun_dir *d = arg;
+	struct tun *t = d->t;
+	int log = codec_window_log(d->nconns);
+
+	for (uint32_t i = 0; i < d->nconns && !tun_stopping(t); i++)
+		codec_ctx_prime(d->conns[i].codec, log, d->sending, !d->sending);
+	pthread_mutex_lock(&t->mu);
+	__atomic_store_n(&d->zstd_ready, true, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+	return NULL;
+}
+
+/* Wait for the primer of @d: 0, or -ECANCELED when the tunnel stops. */
+static int zstd_wait(struct tun_dir *d)
+{
+	struct tun *t = d->t;
+	bool ready;
+
+	if (__atomic_load_n(&d->zstd_ready, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&t->mu);
+	while (!d->zstd_ready && !t->stopping)
+		pthread_cond_wait(&t->cv, &t->mu);
+	ready = d->zstd_ready;
+	pthread_mutex_unlock(&t->mu);
+	return ready ? 0 : -ECANCELED;
+}
+
 /* Frame @b as @want (raw where it does not shrink) and send it. */
 static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 		      enum wire_codec want)
@@ -214,7 +250,11 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	int rc;
 
 	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW) {
-		size_t n = try_codec(c, b, want);
+		size_t n;
+
+		if (want == WIRE_CODEC_ZSTD && zstd_wait(c->d))
+			return -ECANCELED;
+		n = try_codec(c, b, want);
 
 		/* A zstd chunk goes whatever its size: it is in the stream. */
 		if (want == WIRE_CODEC_ZSTD && (!n || n > c->d->frame_max)) {
@@ -621,6 +661,14 @@ static void *recv_worker(void *arg)
 				 c->index, (unsigned long long)h.seq);
 			break;
 		}
+		if (wire_frame_codec(&h) == WIRE_CODEC_ZSTD && !d->zstd) {
+			tun_fail(t, -EPROTO, "%s stream %u: frame %llu is zstd, "
+				 "which the source's hello did not announce",
+				 d->name, c->index, (unsigned long long)h.seq);
+			break;
+		}
+		if (wire_frame_codec(&h) == WIRE_CODEC_ZSTD && zstd_wait(d))
+			break;
 
 		if (d->splice && wire_frame_codec(&h) == WIRE_CODEC_RAW) {
 			if (splice_to_local(c, &io, h.len))
@@ -1046,6 +1094,8 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 		.frame_type = WIRE_FRAME_DATA, .conns = t->all_conns,
 		.nconns = o->nstreams, .frame_max = frame,
 		.codec = src ? o->codec : FERRY_CODEC_NONE,
+		.zstd = src ? o->codec == FERRY_CODEC_ZSTD ||
+			      o->codec == FERRY_CODEC_AUTO : o->zstd,
 		/* auto's zstd is --compress zstd's (level 3 lost to level 1
 		 * under auto on the 1 Gbit/s link, text and mixed memory
 		 * alike, 2026-11-30: what it gains in ratio it loses in CPU). */
@@ -1092,6 +1142,8 @@ int tun_start(struct tun **out, const struct tun_opts *o,
 	rc = dir_start(t, &t->fwd, err);
 	if (!rc)
 		rc = dir_start(t, &t->ret, err);
+	if (!rc && t->fwd.zstd && t->fwd.nconns)
+		rc = spawn(t, primer_main, &t->fwd, err);
 	if (rc)
 		goto fail;
 	*out = t;

@@ -92,6 +92,10 @@ struct tun_opts {
 	uint32_t hold_bytes;
 	enum ferry_codec codec;		/* the sender of the forward direction */
 	int codec_level;
+	/* TUN_DEST: the source announced zstd frames (WIRE_OPT_ZSTD): the
+	 * decoders are made ready as the tunnel starts; without, a zstd
+	 * frame ends the tunnel. */
+	bool zstd;
 	/* The link's rate as ferry knows it (the probe's measure, or the
 	 * cap), bytes/s; 0: unknown. auto does not try raw where it cannot
 	 * win (codec_auto_set_link()). */

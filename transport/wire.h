@@ -63,9 +63,13 @@ enum wire_conn {
 					   connection for QEMU's post-copy
 					   preempt channel (on DATA, RETURN
 					   and PREEMPT hellos) */
+#define WIRE_OPT_ZSTD (1u << 8)	/* this data (or disk) stream may carry
+					   zstd frames: the receiver makes its
+					   decoder ready before they come, and
+					   refuses them on a stream without */
 #define WIRE_OPT_KNOWN (WIRE_OPT_PAUSED | WIRE_OPT_DIRECT | WIRE_OPT_POSTCOPY | \
 			WIRE_OPT_RESUME | WIRE_OPT_HANDOFF | WIRE_OPT_BLOCK | \
-			WIRE_OPT_VM | WIRE_OPT_PREEMPT)
+			WIRE_OPT_VM | WIRE_OPT_PREEMPT | WIRE_OPT_ZSTD)
 
 /* A link probe carries at most this much; the receiver drops the probe
  * connection beyond it. */

@@ -365,6 +365,13 @@ START_TEST(codec_zstd_stream)
 	ck_assert_int_eq(codec_window_log(WIRE_STREAMS_MAX), CODEC_WINDOW_LOG_MIN);
 	codec_ctx_set_window(s, codec_window_log(1));
 	codec_ctx_set_window(r, codec_window_log(1));
+	/* Primed, each holds its window before the first frame; the stream
+	 * then starts as if nothing had gone through. */
+	codec_ctx_prime(s, codec_window_log(1), true, false);
+	codec_ctx_prime(r, codec_window_log(1), false, true);
+	ck_assert_uint_ge(codec_ctx_memory(s), 1u << CODEC_WINDOW_LOG_MAX);
+	ck_assert_uint_ge(codec_ctx_memory(r), 1u << CODEC_WINDOW_LOG_MAX);
+	ck_assert_uint_lt(codec_ctx_memory(small), 1u << CODEC_WINDOW_LOG_MIN);
 	/* Chunk 0: random; 1 and 2: other random; 3: chunk 0 again, 2 MiB
 	 * back, beyond one frame's window. */
 	for (int k = 0; k < K; k++) {
@@ -774,7 +781,9 @@ START_TEST(tunnel_end_to_end)
 				       .ret = s_ret, .codec = e2e_cases[_i].codec };
 		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
 					 .streams = d_streams, .nstreams = n,
-					 .ret = d_ret };
+					 .ret = d_ret,
+					 .zstd = e2e_cases[_i].codec == FERRY_CODEC_ZSTD ||
+						 e2e_cases[_i].codec == FERRY_CODEC_AUTO };
 
 		ck_assert_msg(tun_start(&src, &so, &err) == 0, "%s", err.msg);
 		ck_assert_msg(tun_start(&dst, &dopt, &err) == 0, "%s", err.msg);
@@ -983,6 +992,9 @@ END_TEST
  */
 /* @may_pass: bytes the local QEMU may get before its stream ends (what
  * arrived of a raw frame cut short, spliced on as it came). */
+/* Whether bad_peer()'s source announced zstd frames (WIRE_OPT_ZSTD). */
+static bool peer_zstd = true;
+
 static void bad_peer(const void *bytes, size_t len, bool close_peer,
 		     uint32_t idle_ms, int want, const char *phrase,
 		     size_t may_pass)
@@ -1001,7 +1013,8 @@ static void bad_peer(const void *bytes, size_t len, bool close_peer,
 	{
 		struct tun_opts o = { .role = TUN_DEST, .local_fd = q[1],
 				      .streams = &d_data, .nstreams = 1,
-				      .ret = d_ret, .idle_timeout_ms = idle_ms };
+				      .ret = d_ret, .idle_timeout_ms = idle_ms,
+				      .zstd = peer_zstd };
 
 		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
 	}
@@ -1116,6 +1129,27 @@ START_TEST(tunnel_decompress_garbage)
 	memset(junk, 0x5a, sizeof(junk));
 	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, sizeof(junk), 4096, 0, junk);
 	bad_peer(buf, n, false, 0, -EBADMSG, "zstd", 0);
+}
+END_TEST
+
+/* A zstd frame from a source whose hello did not announce zstd. */
+START_TEST(tunnel_zstd_unannounced)
+{
+	static uint8_t raw[4096], enc[8192], buf[WIRE_FRAME_HDR_BYTES + 8192];
+	struct codec_ctx *c;
+	struct ferry_error err = { 0 };
+	size_t n;
+
+	memset(raw, 'z', sizeof(raw));
+	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
+	n = codec_compress(c, WIRE_CODEC_ZSTD, raw, sizeof(raw), enc, sizeof(enc));
+	codec_ctx_free(c);
+	ck_assert_uint_gt(n, 0);
+	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, (uint32_t)n, sizeof(raw),
+		  0, enc);
+	peer_zstd = false;
+	bad_peer(buf, n, false, 0, -EPROTO, "did not announce", 0);
+	peer_zstd = true;
 }
 END_TEST
 
@@ -1761,6 +1795,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_decompress_overflow);
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
+	tcase_add_test(tun, tunnel_zstd_unannounced);
 	tcase_add_test(tun, tunnel_cancel);
 	tcase_add_test(tun, tunnel_return_raw_only);
 	tcase_add_test(tun, tunnel_slow_not_stalled);
