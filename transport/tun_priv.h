@@ -139,6 +139,7 @@ struct tun {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool failed, finished, stopping;
+	bool closing;		/* tun_free() runs: the primer stops */
 	bool failed_local;	/* the first failure was the local QEMU side */
 	struct ferry_error error;
 	int done_fd;

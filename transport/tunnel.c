@@ -213,7 +213,8 @@ static void *primer_main(void *arg)
 	struct tun *t = d->t;
 	int log = codec_window_log(d->nconns);
 
-	for (uint32_t i = 0; i < d->nconns && !tun_stopping(t); i++)
+	for (uint32_t i = 0; i < d->nconns && !tun_stopping(t) &&
+			     !__atomic_load_n(&t->closing, __ATOMIC_RELAXED); i++)
 		codec_ctx_prime(d->conns[i].codec, log, d->sending, !d->sending);
 	pthread_mutex_lock(&t->mu);
 	__atomic_store_n(&d->zstd_ready, true, __ATOMIC_RELEASE);
@@ -1278,6 +1279,7 @@ void tun_free(struct tun *t)
 	pthread_mutex_lock(&t->mu);
 	if (!t->finished)
 		t->stopping = true;
+	__atomic_store_n(&t->closing, true, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&t->cv);
 	pthread_mutex_unlock(&t->mu);
 	if (t->stopping)

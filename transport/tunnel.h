@@ -94,7 +94,8 @@ struct tun_opts {
 	int codec_level;
 	/* TUN_DEST: the source announced zstd frames (WIRE_OPT_ZSTD): the
 	 * decoders are made ready as the tunnel starts; without, a zstd
-	 * frame ends the tunnel. */
+	 * frame ends the tunnel. A source's codec left 0 is auto, which
+	 * may send zstd: its destination needs this set. */
 	bool zstd;
 	/* The link's rate as ferry knows it (the probe's measure, or the
 	 * cap), bytes/s; 0: unknown. auto does not try raw where it cannot

@@ -881,15 +881,18 @@ START_TEST(tunnel_preempt_companion)
 		struct tun_opts so = { .role = TUN_SOURCE, .local_fd = sq[1],
 				       .streams = &sm, .nstreams = 1, .ret = sr,
 				       .hold_bytes = 128u << 10, .pacer = pacer };
+		/* The sources' codec is auto: zstd frames may come. */
 		struct tun_opts dopt = { .role = TUN_DEST, .local_fd = dq[1],
-					 .streams = &dm, .nstreams = 1, .ret = dr };
+					 .streams = &dm, .nstreams = 1, .ret = dr,
+					 .zstd = true };
 		struct tun_opts spo = { .role = TUN_SOURCE, .local_fd = sp2[1],
 					.streams = &sp, .nstreams = 1,
 					.pacer = pacer, .urgent = true,
 					.idle_timeout_ms = TUN_IDLE_NEVER };
 		struct tun_opts dpo = { .role = TUN_DEST, .local_fd = dp2[1],
 					.streams = &dp, .nstreams = 1,
-					.idle_timeout_ms = TUN_IDLE_NEVER };
+					.idle_timeout_ms = TUN_IDLE_NEVER,
+					.zstd = true };
 
 		net_conn_init(&spo.ret, -1);
 		net_conn_init(&dpo.ret, -1);
