@@ -1054,6 +1054,25 @@ static size_t frame(uint8_t *buf, uint16_t type, uint16_t flags, uint32_t len,
 	return WIRE_FRAME_HDR_BYTES + len;
 }
 
+/* A frame of @type whose payload is 8 KiB of @fill compressed with @codec
+ * (a fresh stream), declaring @raw_len; returns its length. */
+static size_t compressed_frame(uint8_t *buf, uint16_t type,
+			       enum wire_codec codec, uint8_t fill,
+			       uint32_t raw_len)
+{
+	static uint8_t raw[8192], enc[9000];
+	struct ferry_error err = { 0 };
+	struct codec_ctx *c;
+	size_t n;
+
+	memset(raw, fill, sizeof(raw));
+	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
+	n = codec_compress(c, codec, raw, sizeof(raw), enc, sizeof(enc));
+	codec_ctx_free(c);
+	ck_assert_uint_gt(n, 0);
+	return frame(buf, type, codec, (uint32_t)n, raw_len, 0, enc);
+}
+
 START_TEST(tunnel_garbage)
 {
 	const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -1108,17 +1127,10 @@ END_TEST
 /* An LZ4 payload that decodes to more than the frame declares. */
 START_TEST(tunnel_decompress_overflow)
 {
-	static uint8_t raw[8192], enc[9000], buf[10000];
-	struct codec_ctx *c;
-	struct ferry_error err = { 0 };
-	size_t n;
+	static uint8_t buf[WIRE_FRAME_HDR_BYTES + 9000];
+	size_t n = compressed_frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_LZ4, 'x',
+				    100);
 
-	memset(raw, 'x', sizeof(raw));
-	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
-	n = codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc, sizeof(enc));
-	codec_ctx_free(c);
-	ck_assert_uint_gt(n, 0);
-	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_LZ4, (uint32_t)n, 100, 0, enc);
 	bad_peer(buf, n, false, 0, -EBADMSG, "more than the declared 100 bytes",
 		 0);
 }
@@ -1138,18 +1150,10 @@ END_TEST
 /* A zstd frame from a source whose hello did not announce zstd. */
 START_TEST(tunnel_zstd_unannounced)
 {
-	static uint8_t raw[4096], enc[8192], buf[WIRE_FRAME_HDR_BYTES + 8192];
-	struct codec_ctx *c;
-	struct ferry_error err = { 0 };
-	size_t n;
+	static uint8_t buf[WIRE_FRAME_HDR_BYTES + 9000];
+	size_t n = compressed_frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, 'z',
+				    8192);
 
-	memset(raw, 'z', sizeof(raw));
-	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
-	n = codec_compress(c, WIRE_CODEC_ZSTD, raw, sizeof(raw), enc, sizeof(enc));
-	codec_ctx_free(c);
-	ck_assert_uint_gt(n, 0);
-	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, (uint32_t)n, sizeof(raw),
-		  0, enc);
 	peer_zstd = false;
 	bad_peer(buf, n, false, 0, -EPROTO, "did not announce", 0);
 	peer_zstd = true;
@@ -1230,19 +1234,14 @@ END_TEST
  * compressed RETURN frame (and keeps no decoder for one). */
 START_TEST(tunnel_return_raw_only)
 {
-	static uint8_t raw[4096], enc[8192], buf[WIRE_FRAME_HDR_BYTES + 8192];
+	static uint8_t buf[WIRE_FRAME_HDR_BYTES + 9000];
 	struct net_conn s_data, d_data, s_ret, d_ret;
 	struct tun *t = NULL;
 	struct ferry_error err = { 0 };
-	struct codec_ctx *c;
-	size_t n;
+	size_t n = compressed_frame(buf, WIRE_FRAME_RETURN, WIRE_CODEC_LZ4, 'r',
+				    8192);
 	int q[2];
 
-	memset(raw, 'r', sizeof(raw));
-	ck_assert_int_eq(codec_ctx_new(&c, 0, &err), 0);
-	n = codec_compress(c, WIRE_CODEC_LZ4, raw, sizeof(raw), enc, sizeof(enc));
-	codec_ctx_free(c);
-	ck_assert_uint_gt(n, 0);
 	conn_pair(&s_data, &d_data, false);
 	conn_pair(&s_ret, &d_ret, false);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, q), 0);
@@ -1253,8 +1252,6 @@ START_TEST(tunnel_return_raw_only)
 
 		ck_assert_int_eq(tun_start(&t, &o, &err), 0);
 	}
-	n = frame(buf, WIRE_FRAME_RETURN, WIRE_CODEC_LZ4, (uint32_t)n,
-		  sizeof(raw), 0, enc);
 	ck_assert_int_eq(send(d_ret.fd, buf, n, MSG_NOSIGNAL), (ssize_t)n);
 	ck_assert_int_eq(tun_wait(t, 10000, &err), -EPROTO);
 	ck_assert_msg(strstr(err.msg, "never is"), "%s", err.msg);
