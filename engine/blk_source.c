@@ -744,7 +744,20 @@ int blk_src_switchover(struct blk_src *b, struct ferry_error *err)
 	return 0;
 }
 
-/* Stop the NBD servers: QEMU's connections are shut down. */
+/*
+ * Stop the NBD servers: QEMU's connections are shut down, then closed,
+ * and nothing listens for a new one.
+ *
+ * Closed, not only shut down: a shutdown unix socket keeps what QEMU
+ * wrote into it and ferry never read, and that data stays charged to
+ * QEMU's end. A QEMU blocked sending a request (ferry's server stopped
+ * reading while a record waited on a dead tunnel) then never sees its
+ * socket writable again, only POLLHUP, which its write handler ignores:
+ * its main loop spins, the request never fails, and a cancelled mirror
+ * waits for it forever. Closing frees the data: the write fails with
+ * EPIPE and every request in flight with it. Without a listener, QEMU's
+ * attempt to reconnect fails at once instead of waiting in the backlog.
+ */
 static void stop_servers(struct blk_src *b)
 {
 	uint64_t one = 1;
@@ -758,8 +771,23 @@ static void stop_servers(struct blk_src *b)
 		if (b->d[i].cfd >= 0)
 			shutdown(b->d[i].cfd, SHUT_RDWR);
 	pthread_mutex_unlock(&b->lock);
-	for (uint32_t i = 0; i < b->n; i++)
-		join_server(&b->d[i]);
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct src_disk *d = &b->d[i];
+
+		join_server(d);
+		/* No server thread is left to use them. */
+		if (d->lfd >= 0)
+			close(d->lfd);
+		d->lfd = -1;
+		if (d->sock[0])
+			unlink(d->sock);
+		d->sock[0] = '\0';
+		pthread_mutex_lock(&b->lock);
+		if (d->cfd >= 0)
+			close(d->cfd);
+		d->cfd = -1;
+		pthread_mutex_unlock(&b->lock);
+	}
 }
 
 /*
