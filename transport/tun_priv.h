@@ -79,6 +79,7 @@ struct tun_conn {
 	struct tun_buf *out;	/* compressed output */
 	struct codec_auto autop;
 	int last_pick;		/* auto's previous choice, for the debug log */
+	uint32_t skip;		/* frames to send raw untried (TUN_SKIP_FRAMES) */
 	/* receiving */
 	struct tun_buf *free;
 	struct tun_buf *scratch;	/* compressed payload as received */

@@ -250,12 +250,18 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	uint32_t len = b->len;
 	int rc;
 
+	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW && c->skip) {
+		c->skip--;
+		want = WIRE_CODEC_RAW;
+	}
 	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW) {
 		size_t n;
 
 		if (want == WIRE_CODEC_ZSTD && zstd_wait(c->d))
 			return -ECANCELED;
 		n = try_codec(c, b, want);
+		if (!n || n > b->len - b->len / TUN_SHRINK_MIN_DIV)
+			c->skip = TUN_SKIP_FRAMES;
 
 		/* A zstd chunk goes whatever its size: it is in the stream. */
 		if (want == WIRE_CODEC_ZSTD && (!n || n > c->d->frame_max)) {

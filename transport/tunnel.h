@@ -50,6 +50,12 @@
 #define TUN_IDLE_NEVER UINT32_MAX
 /* The smallest frame a sender builds to keep its queue short. */
 #define TUN_FRAME_MIN_BYTES (64u << 10)
+/* A frame that its codec shrank by less than 1/TUN_SHRINK_MIN_DIV says the
+ * memory here does not compress: the next TUN_SKIP_FRAMES frames go raw
+ * without a try (zstd with long distance matching spends twice raw's
+ * whole cost on random memory), then the codec tries again. */
+#define TUN_SHRINK_MIN_DIV 64
+#define TUN_SKIP_FRAMES 8
 /* How often a waiting thread looks at the stop flag and the idle clock. */
 #define TUN_TICK_MS 250
 
