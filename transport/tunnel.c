@@ -174,6 +174,9 @@ static enum wire_codec auto_pick(struct tun_conn *c)
 	enum wire_codec want = codec_auto_pick(&c->autop, ferry_now_ns());
 
 	if ((int)want != c->last_pick) {
+		/* A new codec tries the next frame itself. */
+		c->skip = 0;
+		c->skip_next = 1;
 		ferry_log(FERRY_LOG_DEBUG, "auto: %s from epoch %llu (MB/s busy: "
 			  "raw %.0f, lz4 %.0f, zstd %.0f)", codec_wire_name(want),
 			  (unsigned long long)a->epochs,
@@ -260,8 +263,13 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 		if (want == WIRE_CODEC_ZSTD && zstd_wait(c->d))
 			return -ECANCELED;
 		n = try_codec(c, b, want);
-		if (!n || n > b->len - b->len / TUN_SHRINK_MIN_DIV)
-			c->skip = TUN_SKIP_FRAMES;
+		if (!n || n > b->len - b->len / TUN_SHRINK_MIN_DIV) {
+			c->skip = c->skip_next ? c->skip_next : 1;
+			c->skip_next = c->skip * 2 < TUN_SKIP_FRAMES ?
+				       c->skip * 2 : TUN_SKIP_FRAMES;
+		} else {
+			c->skip_next = 1;
+		}
 
 		/* A zstd chunk goes whatever its size: it is in the stream. */
 		if (want == WIRE_CODEC_ZSTD && (!n || n > c->d->frame_max)) {
@@ -952,7 +960,7 @@ static void dir_splice_setup(struct tun *t, struct tun_dir *d)
 		return;
 	if (d->sending && d->codec != FERRY_CODEC_NONE &&
 	    d->codec != FERRY_CODEC_AUTO)
-		return;		/* every frame is compressed */
+		return;		/* every frame is compressed, or skipped */
 	if (pipe2(d->pipe, O_CLOEXEC) < 0) {
 		d->pipe[0] = d->pipe[1] = -1;
 		return;

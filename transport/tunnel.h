@@ -51,9 +51,12 @@
 /* The smallest frame a sender builds to keep its queue short. */
 #define TUN_FRAME_MIN_BYTES (64u << 10)
 /* A frame that its codec shrank by less than 1/TUN_SHRINK_MIN_DIV says the
- * memory here does not compress: the next TUN_SKIP_FRAMES frames go raw
- * without a try (zstd with long distance matching spends twice raw's
- * whole cost on random memory), then the codec tries again. */
+ * memory here may not compress: the next frames go raw without a try (zstd
+ * with long distance matching spends twice raw's whole cost on random
+ * memory), 1, then 2, 4, up to TUN_SKIP_FRAMES after each such frame in a
+ * row, back to 1 after a frame that shrinks; then the codec tries again.
+ * Raw frames are outside the zstd stream: what they carry is no history
+ * for later frames. */
 #define TUN_SHRINK_MIN_DIV 64
 #define TUN_SKIP_FRAMES 8
 /* How often a waiting thread looks at the stop flag and the idle clock. */
