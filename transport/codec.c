@@ -22,6 +22,7 @@ struct codec_ctx {
 	ZSTD_DCtx *zd;
 	void *lz4_state;
 	int zstd_level;
+	int window_log;		/* codec_ctx_set_window() */
 };
 
 #ifndef MADV_POPULATE_WRITE
@@ -126,6 +127,7 @@ int codec_ctx_new(struct codec_ctx **out, int zstd_level,
  */
 void codec_ctx_set_window(struct codec_ctx *c, int window_log)
 {
+	c->window_log = window_log;
 	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_windowLog, window_log);
 	ZSTD_CCtx_setParameter(c->zc, ZSTD_c_enableLongDistanceMatching,
 			       window_log > CODEC_WINDOW_LOG_MIN);
@@ -140,8 +142,7 @@ void codec_ctx_set_window(struct codec_ctx *c, int window_log)
  * with no content size, the window as exponent 10 below, one last raw
  * block of one byte). Both then start over, their buffers kept.
  */
-void codec_ctx_prime(struct codec_ctx *c, int window_log, bool compress,
-		     bool decompress)
+void codec_ctx_prime(struct codec_ctx *c, bool compress, bool decompress)
 {
 	if (compress) {
 		uint8_t in = 0, out[64];
@@ -149,13 +150,12 @@ void codec_ctx_prime(struct codec_ctx *c, int window_log, bool compress,
 		ZSTD_outBuffer o = { out, sizeof(out), 0 };
 
 		ZSTD_compressStream2(c->zc, &o, &i, ZSTD_e_flush);
-		ZSTD_CCtx_reset(c->zc, ZSTD_reset_session_only);
 	}
 	if (decompress) {
 		const uint8_t frame[] = {
 			0x28, 0xb5, 0x2f, 0xfd,		/* magic */
 			0x00,				/* no size, no checksum */
-			(uint8_t)((window_log - 10) << 3),	/* window */
+			(uint8_t)((c->window_log - 10) << 3),	/* window */
 			0x09, 0x00, 0x00,		/* last, raw, 1 byte */
 			0x00,
 		};
@@ -164,8 +164,8 @@ void codec_ctx_prime(struct codec_ctx *c, int window_log, bool compress,
 		ZSTD_outBuffer o = { &out, 1, 0 };
 
 		ZSTD_decompressStream(c->zd, &o, &i);
-		ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_only);
 	}
+	codec_ctx_reset(c);
 }
 
 size_t codec_ctx_memory(const struct codec_ctx *c)

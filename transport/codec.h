@@ -96,10 +96,9 @@ int codec_ctx_new(struct codec_ctx **out, int zstd_level,
 void codec_ctx_free(struct codec_ctx *c);
 /* Its zstd window, 2^@window_log bytes: before the first zstd frame. */
 void codec_ctx_set_window(struct codec_ctx *c, int window_log);
-/* Make its zstd buffers for a window of 2^@window_log (as set) now, for
- * compressing and/or decompressing, not in the first frames. */
-void codec_ctx_prime(struct codec_ctx *c, int window_log, bool compress,
-		     bool decompress);
+/* Make its zstd buffers for its window now, for compressing and/or
+ * decompressing, not in the first frames; both streams then start over. */
+void codec_ctx_prime(struct codec_ctx *c, bool compress, bool decompress);
 /* The bytes its zstd contexts hold. */
 size_t codec_ctx_memory(const struct codec_ctx *c);
 /* Both zstd streams start over (after an error, or for another input). */

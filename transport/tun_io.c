@@ -117,7 +117,7 @@ static void partial_check(void)
  * A send or recv with MSG_WAITALL says nothing until all of it moved: on
  * a slow link a large one can take longer than the idle timeout while
  * bytes flow all along. So once the idle clock passes half the timeout,
- * a moving op is cancelled at each tick to learn what it moved (where the
+ * such an op is cancelled at each tick to learn what it moved (where the
  * kernel says: cancel_keeps_partial): that much is returned (progress;
  * the caller submits the rest), and an op that had moved nothing is
  * submitted again until the timeout.
@@ -129,7 +129,10 @@ static ssize_t io_run(struct tun_io *io, const struct io_uring_sqe *op,
 	bool ask;
 
 	pthread_once(&partial_once, partial_check);
-	ask = moves && cancel_keeps_partial;
+	/* Only a send or recv with MSG_WAITALL hides what it moved: any
+	 * other op completes on its first bytes. */
+	ask = cancel_keeps_partial && (op->msg_flags & MSG_WAITALL) &&
+	      (op->opcode == IORING_OP_SEND || op->opcode == IORING_OP_RECV);
 
 	for (;;) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);

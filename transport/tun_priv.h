@@ -80,8 +80,7 @@ struct tun_conn {
 	struct codec_auto autop;
 	int last_pick;		/* auto's previous choice, for the debug log */
 	uint32_t skip;		/* frames to send raw untried (TUN_SKIP_FRAMES) */
-	uint32_t skip_next;	/* the skip after the next frame that does not
-				   shrink: 1, 2, 4 ... TUN_SKIP_FRAMES */
+	uint32_t backoff;	/* the last skip set; 0 after a frame that shrank */
 	/* receiving */
 	struct tun_buf *free;
 	struct tun_buf *scratch;	/* compressed payload as received */

@@ -175,8 +175,7 @@ static enum wire_codec auto_pick(struct tun_conn *c)
 
 	if ((int)want != c->last_pick) {
 		/* A new codec tries the next frame itself. */
-		c->skip = 0;
-		c->skip_next = 1;
+		c->skip = c->backoff = 0;
 		ferry_log(FERRY_LOG_DEBUG, "auto: %s from epoch %llu (MB/s busy: "
 			  "raw %.0f, lz4 %.0f, zstd %.0f)", codec_wire_name(want),
 			  (unsigned long long)a->epochs,
@@ -214,11 +213,10 @@ static void *primer_main(void *arg)
 {
 	struct tun_dir *d = arg;
 	struct tun *t = d->t;
-	int log = codec_window_log(d->nconns);
 
 	for (uint32_t i = 0; i < d->nconns && !tun_stopping(t) &&
 			     !__atomic_load_n(&t->closing, __ATOMIC_RELAXED); i++)
-		codec_ctx_prime(d->conns[i].codec, log, d->sending, !d->sending);
+		codec_ctx_prime(d->conns[i].codec, d->sending, !d->sending);
 	pthread_mutex_lock(&t->mu);
 	__atomic_store_n(&d->zstd_ready, true, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&t->cv);
@@ -264,11 +262,12 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 			return -ECANCELED;
 		n = try_codec(c, b, want);
 		if (!n || n > b->len - b->len / TUN_SHRINK_MIN_DIV) {
-			c->skip = c->skip_next ? c->skip_next : 1;
-			c->skip_next = c->skip * 2 < TUN_SKIP_FRAMES ?
-				       c->skip * 2 : TUN_SKIP_FRAMES;
+			c->backoff = !c->backoff ? 1 :
+				     c->backoff * 2 < TUN_SKIP_FRAMES ?
+				     c->backoff * 2 : TUN_SKIP_FRAMES;
+			c->skip = c->backoff;
 		} else {
-			c->skip_next = 1;
+			c->backoff = 0;
 		}
 
 		/* A zstd chunk goes whatever its size: it is in the stream. */

@@ -367,8 +367,8 @@ START_TEST(codec_zstd_stream)
 	codec_ctx_set_window(r, codec_window_log(1));
 	/* Primed, each holds its window before the first frame; the stream
 	 * then starts as if nothing had gone through. */
-	codec_ctx_prime(s, codec_window_log(1), true, false);
-	codec_ctx_prime(r, codec_window_log(1), false, true);
+	codec_ctx_prime(s, true, false);
+	codec_ctx_prime(r, false, true);
 	ck_assert_uint_ge(codec_ctx_memory(s), 1u << CODEC_WINDOW_LOG_MAX);
 	ck_assert_uint_ge(codec_ctx_memory(r), 1u << CODEC_WINDOW_LOG_MAX);
 	ck_assert_uint_lt(codec_ctx_memory(small), 1u << CODEC_WINDOW_LOG_MIN);
@@ -1143,15 +1143,36 @@ START_TEST(tunnel_oversized)
 }
 END_TEST
 
-/* An LZ4 payload that decodes to more than the frame declares. */
-START_TEST(tunnel_decompress_overflow)
+/*
+ * Compressed payloads a destination refuses: LZ4 that decodes to more
+ * than the frame declares; zstd from a source whose hello did not
+ * announce zstd.
+ */
+static const struct {
+	enum wire_codec codec;
+	uint8_t fill;
+	uint32_t raw_len;	/* declared */
+	bool announced;
+	int want;
+	const char *phrase;
+} bad_compressed_cases[] = {
+	{ WIRE_CODEC_LZ4, 'x', 100, true, -EBADMSG,
+	  "more than the declared 100 bytes" },
+	{ WIRE_CODEC_ZSTD, 'z', 8192, false, -EPROTO, "did not announce" },
+};
+
+START_TEST(tunnel_bad_compressed)
 {
 	static uint8_t buf[WIRE_FRAME_HDR_BYTES + 9000];
-	size_t n = compressed_frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_LZ4, 'x',
-				    100);
+	size_t n = compressed_frame(buf, WIRE_FRAME_DATA,
+				    bad_compressed_cases[_i].codec,
+				    bad_compressed_cases[_i].fill,
+				    bad_compressed_cases[_i].raw_len);
 
-	bad_peer(buf, n, false, 0, -EBADMSG, "more than the declared 100 bytes",
-		 0);
+	peer_zstd = bad_compressed_cases[_i].announced;
+	bad_peer(buf, n, false, 0, bad_compressed_cases[_i].want,
+		 bad_compressed_cases[_i].phrase, 0);
+	peer_zstd = true;
 }
 END_TEST
 
@@ -1163,19 +1184,6 @@ START_TEST(tunnel_decompress_garbage)
 	memset(junk, 0x5a, sizeof(junk));
 	n = frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, sizeof(junk), 4096, 0, junk);
 	bad_peer(buf, n, false, 0, -EBADMSG, "zstd", 0);
-}
-END_TEST
-
-/* A zstd frame from a source whose hello did not announce zstd. */
-START_TEST(tunnel_zstd_unannounced)
-{
-	static uint8_t buf[WIRE_FRAME_HDR_BYTES + 9000];
-	size_t n = compressed_frame(buf, WIRE_FRAME_DATA, WIRE_CODEC_ZSTD, 'z',
-				    8192);
-
-	peer_zstd = false;
-	bad_peer(buf, n, false, 0, -EPROTO, "did not announce", 0);
-	peer_zstd = true;
 }
 END_TEST
 
@@ -1811,10 +1819,10 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_wrong_direction);
 	tcase_add_test(tun, tunnel_out_of_sequence);
 	tcase_add_test(tun, tunnel_oversized);
-	tcase_add_test(tun, tunnel_decompress_overflow);
+	tcase_add_loop_test(tun, tunnel_bad_compressed, 0,
+			    FERRY_ARRAY_SIZE(bad_compressed_cases));
 	tcase_add_test(tun, tunnel_decompress_garbage);
 	tcase_add_test(tun, tunnel_stall);
-	tcase_add_test(tun, tunnel_zstd_unannounced);
 	tcase_add_test(tun, tunnel_cancel);
 	tcase_add_test(tun, tunnel_return_raw_only);
 	tcase_add_test(tun, tunnel_slow_not_stalled);
