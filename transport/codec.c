@@ -385,6 +385,28 @@ void codec_auto_set_link(struct codec_auto *a, double bytes_per_s)
 	a->link = bytes_per_s > 0 ? bytes_per_s : 0;
 }
 
+void codec_auto_note_link(struct codec_auto *a, double bytes_per_s)
+{
+	if (!(bytes_per_s > a->link_seen))
+		return;
+	a->link_seen = bytes_per_s;
+	if (a->raw_from_link && bytes_per_s > a->score[WIRE_CODEC_RAW])
+		a->score[WIRE_CODEC_RAW] = bytes_per_s;
+}
+
+/* The link's rate as best known, and the margin another codec needs over
+ * it to settle raw: the measure taken while streaming where there is one
+ * (the larger of it and the probe's), else the probe's or the cap. */
+static double known_link(const struct codec_auto *a, double *margin)
+{
+	if (a->link_seen > 0) {
+		*margin = CODEC_LINK_SEEN_MARGIN;
+		return a->link_seen > a->link ? a->link_seen : a->link;
+	}
+	*margin = CODEC_TRIAL_LOSE;
+	return a->link;
+}
+
 /* Raw bytes per second over the scored window; 0 when it moved less than
  * CODEC_EPOCH_MIN_BYTES (too little to say anything). */
 static double window_rate(const struct codec_auto *a)
@@ -404,6 +426,8 @@ static void score_epoch(struct codec_auto *a)
 	a->epochs++;
 	if (sample <= 0)
 		return;
+	if (a->cur == WIRE_CODEC_RAW)
+		a->raw_from_link = false;
 	/* sample > 0: the window has a length */
 	wire_rate = (double)a->wire * 1e9 / (double)(a->last_ns - a->window_t0_ns);
 	if (wire_rate > a->wire_top)
@@ -431,25 +455,26 @@ static enum wire_codec best_codec(const struct codec_auto *a)
 
 /*
  * Raw's first trial, settled without a frame when the link is known and
- * another codec delivers CODEC_TRIAL_LOSE times what it carries (see
- * codec_auto_set_link()): true when so, raw scored at the link's rate.
- * Only while the wire never carried more than the link was said to
- * (CODEC_LINK_SLACK): a wire seen faster proves the measure low, and raw
- * then gets its trial.
+ * another codec delivers its margin times what it carries (see
+ * codec_auto_set_link() and codec_auto_note_link()): true when so, raw
+ * scored at the link's rate. Only while the wire never carried more than
+ * the link was said to (CODEC_LINK_SLACK): a wire seen faster proves the
+ * measure low, and raw then gets its trial.
  */
 static bool raw_settled(struct codec_auto *a)
 {
-	double top = 0;
+	double top = 0, margin, link = known_link(a, &margin);
 
-	if (!a->link || a->wire_top > a->link * CODEC_LINK_SLACK)
+	if (!link || a->wire_top > link * CODEC_LINK_SLACK)
 		return false;
 	for (int c = WIRE_CODEC_LZ4; c <= WIRE_CODEC_ZSTD; c++)
 		if (a->score[c] > top)
 			top = a->score[c];
-	if (top <= CODEC_TRIAL_LOSE * a->link)
+	if (top <= margin * link)
 		return false;
 	a->tried |= 1u << WIRE_CODEC_RAW;
-	a->score[WIRE_CODEC_RAW] = a->link;
+	a->score[WIRE_CODEC_RAW] = link;
+	a->raw_from_link = true;
 	a->explored_at[WIRE_CODEC_RAW] = a->epochs;
 	return true;
 }

@@ -62,6 +62,10 @@
 /* The wire seen this much faster than the link's known rate: the rate
  * was measured low, and settles nothing. */
 #define CODEC_LINK_SLACK 1.1
+/* A link rate measured on the stream's own connection while it streams
+ * (codec_auto_note_link()) settles raw's trial once another codec
+ * delivers this much more: the margin of a measure, not of a guess. */
+#define CODEC_LINK_SEEN_MARGIN 1.25
 /* An epoch is scored once it moved this much (else it runs on, up to
  * CODEC_EPOCH_MAX_MS, and then ends unscored: too little to say). */
 #define CODEC_EPOCH_MIN_BYTES (2u << 20)
@@ -147,6 +151,8 @@ struct codec_auto {
 	uint64_t wire;			/* what they took on the wire */
 	double wire_top;		/* the most wire bytes/s seen, scored */
 	double link;			/* the link's bytes/s as known; 0: not */
+	double link_seen;		/* the most measured while streaming */
+	bool raw_from_link;		/* raw's score is the link's, not its own */
 	uint64_t epochs;		/* epochs ended */
 	uint64_t explored_at[WIRE_CODEC_MAX + 1];	/* epoch of last try */
 	uint32_t tried;			/* codecs that had an epoch, bit each */
@@ -164,6 +170,20 @@ void codec_auto_init(struct codec_auto *a);
  * was low). Raw is still explored later, like any codec far behind.
  */
 void codec_auto_set_link(struct codec_auto *a, double bytes_per_s);
+
+/*
+ * What the link carried as measured on this stream's own connection
+ * while it streamed, bytes/s: the kernel's delivery rate, at a moment
+ * when neither the sender (TCP's app-limited mark) nor the receiver (its
+ * window) was what held it back. The most such measure counts: it settles
+ * raw's trial as the probe's does, with the smaller margin
+ * CODEC_LINK_SEEN_MARGIN (it was measured on this very stream, in its
+ * steady state; a probe is a few milliseconds of a fresh connection, and
+ * can be low by far on a long path); one above the probe's unsettles it
+ * (raw gets its trial); and raw's score, while it is the link's, follows
+ * it.
+ */
+void codec_auto_note_link(struct codec_auto *a, double bytes_per_s);
 
 /* The codec for the next frame, at @now_ns (monotonic): this epoch's;
  * an epoch that is over is scored and the next one chosen. */

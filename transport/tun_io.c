@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,6 +24,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/utsname.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -527,6 +530,37 @@ int tun_conn_read(struct tun_conn *c, void *buf, size_t len)
 	}
 	charge_tls(c, t0, io0, TUN_STAGE_DECRYPT, TUN_STAGE_RECEIVE);
 	return 0;
+}
+
+/* See tun_priv.h. */
+double tun_conn_link_rate(struct tun_conn *c, uint64_t now_ns)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	uint64_t wall_us, busy_us, rwnd_us, acked;
+	bool first = !c->link_t0_ns;
+
+	if (!first && now_ns - c->link_t0_ns < TUN_LINK_WINDOW_MS * 1000000ull)
+		return 0;
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(c->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_rwnd_limited) +
+		  sizeof(ti.tcpi_rwnd_limited)) {
+		c->link_t0_ns = now_ns;	/* not TCP, or a kernel before 4.10 */
+		return 0;
+	}
+	wall_us = (now_ns - c->link_t0_ns) / 1000;
+	acked = ti.tcpi_bytes_acked - c->link_acked;
+	busy_us = ti.tcpi_busy_time - c->link_busy_us;
+	rwnd_us = ti.tcpi_rwnd_limited - c->link_rwnd_us;
+	c->link_t0_ns = now_ns;
+	c->link_acked = ti.tcpi_bytes_acked;
+	c->link_busy_us = ti.tcpi_busy_time;
+	c->link_rwnd_us = ti.tcpi_rwnd_limited;
+	if (first || busy_us * 100 < wall_us * TUN_LINK_BUSY_PCT ||
+	    rwnd_us * 100 > wall_us * TUN_LINK_RWND_PCT)
+		return 0;
+	return (double)acked * 1e6 / (double)wall_us;
 }
 
 /* See tun_priv.h: a no-op if already stopping. */

@@ -81,6 +81,9 @@ struct tun_conn {
 	int last_pick;		/* auto's previous choice, for the debug log */
 	uint32_t skip;		/* frames to send raw untried (TUN_SKIP_FRAMES) */
 	uint32_t backoff;	/* the last skip set; 0 after a frame that shrank */
+	/* The link meter (tun_conn_link_rate()): TCP_INFO's counters at the
+	 * start of its window, and when that was (0: not started). */
+	uint64_t link_t0_ns, link_acked, link_busy_us, link_rwnd_us;
 	/* receiving */
 	struct tun_buf *free;
 	struct tun_buf *scratch;	/* compressed payload as received */
@@ -242,6 +245,23 @@ int tun_conn_write(struct tun_conn *c, const void *buf, size_t len);
 int tun_conn_read(struct tun_conn *c, void *buf, size_t len);
 /* Fail the tunnel for an I/O error on @c (nothing when it was stopped). */
 void tun_conn_failed(struct tun_conn *c, int rc, const char *doing);
+/*
+ * The link meter: once per TUN_LINK_WINDOW_MS of @c, the rate at which
+ * its TCP connection got bytes acknowledged over that window, bytes/s,
+ * when the connection spent the window sending (TCP_INFO's busy time at
+ * least TUN_LINK_BUSY_PCT of it: ferry kept the link fed, so the link set
+ * the pace) and not waiting on the receiver's window (at most
+ * TUN_LINK_RWND_PCT: the peer was not what was slow). 0 otherwise: no
+ * window ended, the window says nothing of the link, or the socket is not
+ * TCP. The kernel's own delivery rate is not used: its samples span a
+ * round trip, and a token bucket's burst makes them overshoot (2.5x the
+ * rate measured on a 1 Gbit/s tbf link).
+ */
+double tun_conn_link_rate(struct tun_conn *c, uint64_t now_ns);
+
+#define TUN_LINK_WINDOW_MS 100
+#define TUN_LINK_BUSY_PCT 90
+#define TUN_LINK_RWND_PCT 10
 
 /* ---- tun_io.c: the local end (QEMU's socket, or struct tun_local) ---- */
 

@@ -177,11 +177,13 @@ static enum wire_codec auto_pick(struct tun_conn *c)
 		/* A new codec tries the next frame itself. */
 		c->skip = c->backoff = 0;
 		ferry_log(FERRY_LOG_DEBUG, "auto: %s from epoch %llu (MB/s busy: "
-			  "raw %.0f, lz4 %.0f, zstd %.0f)", codec_wire_name(want),
+			  "raw %.0f, lz4 %.0f, zstd %.0f; link: probe %.0f, "
+			  "seen %.0f)", codec_wire_name(want),
 			  (unsigned long long)a->epochs,
 			  a->score[WIRE_CODEC_RAW] / 1e6,
 			  a->score[WIRE_CODEC_LZ4] / 1e6,
-			  a->score[WIRE_CODEC_ZSTD] / 1e6);
+			  a->score[WIRE_CODEC_ZSTD] / 1e6, a->link / 1e6,
+			  a->link_seen / 1e6);
 		c->last_pick = (int)want;
 	}
 	return want;
@@ -194,6 +196,17 @@ static enum wire_codec fixed_codec(enum ferry_codec c)
 	case FERRY_CODEC_ZSTD: return WIRE_CODEC_ZSTD;
 	default: return WIRE_CODEC_RAW;
 	}
+}
+
+/* A frame of auto's went: what it delivered, and the link as its
+ * connection measures it now (tun_conn_link_rate()). */
+static void auto_sent(struct tun_conn *c, uint64_t raw_bytes,
+		      uint64_t wire_bytes)
+{
+	uint64_t now = ferry_now_ns();
+
+	codec_auto_note_sent(&c->autop, raw_bytes, wire_bytes, now);
+	codec_auto_note_link(&c->autop, tun_conn_link_rate(c, now));
 }
 
 /* The codec for @c's next frame, chosen before it is read: auto's pick,
@@ -301,7 +314,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	if (type != WIRE_FRAME_END)
 		tun_add(&c->t->st.frames_codec[codec], 1);
 	if (is_auto)
-		codec_auto_note_sent(&c->autop, b->len, len, ferry_now_ns());
+		auto_sent(c, b->len, len);
 	return 0;
 }
 
@@ -423,8 +436,7 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	tun_add(&t->st.frames_out, 1);
 	tun_add(&t->st.frames_codec[WIRE_CODEC_RAW], 1);
 	if (d->codec == FERRY_CODEC_AUTO)
-		codec_auto_note_sent(&c->autop, (uint64_t)n, (uint64_t)n,
-				     ferry_now_ns());
+		auto_sent(c, (uint64_t)n, (uint64_t)n);
 	return 1;
 }
 

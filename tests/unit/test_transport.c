@@ -27,6 +27,7 @@
 #include "transport/tls.h"
 #include "transport/pace.h"
 #include "transport/tunnel.h"
+#include "transport/tun_priv.h"
 #include "transport/wire.h"
 
 static struct wire_hello good_hello(void)
@@ -410,7 +411,6 @@ START_TEST(codec_zstd_stream)
 }
 END_TEST
 
-/* The auto policy on synthetic measurements. */
 /* Bytes in flight from the link rate and the downtime limit: 1/24 of the
  * limit's worth per buffer, within the bounds; the most for an unknown
  * link. */
@@ -1289,6 +1289,102 @@ START_TEST(tunnel_return_raw_only)
 }
 END_TEST
 
+/* The receiving end of the link meter's test: reads @chunk bytes every
+ * @pause_us until EOF. */
+struct meter_reader {
+	int fd;
+	size_t chunk;
+	useconds_t pause_us;
+};
+
+static void *meter_read(void *arg)
+{
+	struct meter_reader *r = arg;
+	static uint8_t buf[1 << 20];
+
+	while (read(r->fd, buf, r->chunk) > 0)
+		if (r->pause_us)
+			usleep(r->pause_us);
+	return NULL;
+}
+
+/*
+ * Write to @fd for @ms, asking the meter after each write as the sender
+ * does after each frame: the highest rate it reported (0: never one).
+ */
+static double meter_run(int fd, uint32_t ms)
+{
+	static uint8_t buf[64 << 10];
+	struct tun_conn c = { .c = { .fd = fd } };
+	uint64_t end = ferry_now_ns() + ms * 1000000ull;
+	double top = 0;
+
+	while (ferry_now_ns() < end) {
+		double r;
+
+		ck_assert_int_eq(write(fd, buf, sizeof(buf)), sizeof(buf));
+		r = tun_conn_link_rate(&c, ferry_now_ns());
+		if (r > top)
+			top = r;
+	}
+	return top;
+}
+
+/*
+ * The link meter (tun_conn_link_rate()) on real TCP connections. A
+ * sender that TCP paces to 20 MB/s (SO_MAX_PACING_RATE), to a reader that
+ * keeps up: the pace is the link, and the meter measures it (here 11-13%
+ * above, TCP's pacing letting bursts through; below by as much as a
+ * loaded machine may lag). A reader that lags,
+ * so that its window holds the sender back: nothing. An idle connection:
+ * nothing.
+ */
+START_TEST(link_meter)
+{
+	const double pace = 20e6;
+	struct meter_reader fast = { .chunk = 1 << 20 };
+	struct meter_reader slow = { .chunk = 4096, .pause_us = 2000 };
+	struct tun_conn idle;
+	pthread_t th;
+	int fds[2];
+	double top;
+
+	tcp_pair(fds);
+	ck_assert_int_eq(setsockopt(fds[0], SOL_SOCKET, SO_MAX_PACING_RATE,
+				    &(unsigned int){ (unsigned int)pace },
+				    sizeof(unsigned int)), 0);
+	fast.fd = fds[1];
+	ck_assert_int_eq(pthread_create(&th, NULL, meter_read, &fast), 0);
+	top = meter_run(fds[0], 500);
+	shutdown(fds[0], SHUT_WR);
+	pthread_join(th, NULL);
+	ck_assert_msg(top > pace / 4 && top < pace * 1.5,
+		      "paced at %.0f MB/s, measured %.1f", pace / 1e6, top / 1e6);
+	close(fds[0]);
+	close(fds[1]);
+
+	tcp_pair(fds);
+	setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
+	slow.fd = fds[1];
+	ck_assert_int_eq(pthread_create(&th, NULL, meter_read, &slow), 0);
+	top = meter_run(fds[0], 400);
+	shutdown(fds[0], SHUT_RDWR);
+	pthread_join(th, NULL);
+	ck_assert_msg(top == 0, "a lagging reader measured as a link of "
+		      "%.1f MB/s", top / 1e6);
+	close(fds[0]);
+	close(fds[1]);
+
+	tcp_pair(fds);
+	idle = (struct tun_conn){ .c = { .fd = fds[0] } };
+	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
+	usleep(TUN_LINK_WINDOW_MS * 1000 * 3 / 2);
+	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
+	close(fds[0]);
+	close(fds[1]);
+}
+END_TEST
+
 START_TEST(tunnel_cancel)
 {
 	struct net_conn s_data, d_data, s_ret, d_ret;
@@ -1825,6 +1921,7 @@ static Suite *transport_suite(void)
 	tcase_add_test(tun, tunnel_stall);
 	tcase_add_test(tun, tunnel_cancel);
 	tcase_add_test(tun, tunnel_return_raw_only);
+	tcase_add_test(tun, link_meter);
 	tcase_add_test(tun, tunnel_slow_not_stalled);
 	tcase_add_test(tun, tunnel_preempt_companion);
 	tcase_add_test(tun, tunnel_preempt_failure_ends_both);
