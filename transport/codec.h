@@ -29,10 +29,13 @@
  * faster (a stream compressed 3x ahead of raw drains at a third of raw's
  * rate when the receiving QEMU is what is slow).
  *
- * Raw's first trial needs no frame at all where the link's rate is known
- * (codec_auto_set_link()): raw cannot deliver faster than the link, so
- * when lz4 or zstd already delivers CODEC_TRIAL_LOSE times that, raw is
- * scored at the link's rate and explored later like any codec far behind.
+ * Raw's first trial needs no frame at all where the link's rate is known:
+ * raw cannot deliver faster than the link, so when lz4 or zstd already
+ * delivers enough more than that, raw is scored at the link's rate and
+ * explored later like any codec far behind. Enough is CODEC_TRIAL_LOSE
+ * times the probe's rate or the cap (codec_auto_set_link()), and
+ * CODEC_LINK_SEEN_MARGIN times the rate measured on the stream's own
+ * connection while a codec kept the link busy (codec_auto_note_link()).
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
