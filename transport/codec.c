@@ -426,12 +426,17 @@ static void score_epoch(struct codec_auto *a)
 	a->epochs++;
 	if (sample <= 0)
 		return;
-	if (a->cur == WIRE_CODEC_RAW)
-		a->raw_from_link = false;
 	/* sample > 0: the window has a length */
 	wire_rate = (double)a->wire * 1e9 / (double)(a->last_ns - a->window_t0_ns);
 	if (wire_rate > a->wire_top)
 		a->wire_top = wire_rate;
+	/* raw's first epoch of its own replaces the link's rate it was
+	 * given: that was a bound, not a measure. */
+	if (a->cur == WIRE_CODEC_RAW && a->raw_from_link) {
+		a->raw_from_link = false;
+		a->score[WIRE_CODEC_RAW] = sample;
+		return;
+	}
 	a->score[a->cur] = a->score[a->cur] > 0 ?
 		a->score[a->cur] + CODEC_EWMA_ALPHA * (sample - a->score[a->cur]) :
 		sample;

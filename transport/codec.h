@@ -33,9 +33,10 @@
  * raw cannot deliver faster than the link, so when lz4 or zstd already
  * delivers enough more than that, raw is scored at the link's rate and
  * explored later like any codec far behind. Enough is CODEC_TRIAL_LOSE
- * times the probe's rate or the cap (codec_auto_set_link()), and
- * CODEC_LINK_SEEN_MARGIN times the rate measured on the stream's own
- * connection while a codec kept the link busy (codec_auto_note_link()).
+ * times the probe's rate or the cap (codec_auto_set_link()); once the
+ * stream's own connection measured the link while a codec kept it busy
+ * (codec_auto_note_link()), CODEC_LINK_SEEN_MARGIN times the larger of
+ * that measure and the probe's.
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -175,16 +176,17 @@ void codec_auto_init(struct codec_auto *a);
 void codec_auto_set_link(struct codec_auto *a, double bytes_per_s);
 
 /*
- * What the link carried as measured on this stream's own connection
- * while it streamed, bytes/s: the kernel's delivery rate, at a moment
- * when neither the sender (TCP's app-limited mark) nor the receiver (its
- * window) was what held it back. The most such measure counts: it settles
- * raw's trial as the probe's does, with the smaller margin
- * CODEC_LINK_SEEN_MARGIN (it was measured on this very stream, in its
- * steady state; a probe is a few milliseconds of a fresh connection, and
- * can be low by far on a long path); one above the probe's unsettles it
- * (raw gets its trial); and raw's score, while it is the link's, follows
- * it.
+ * What the link carries as measured on this stream's own connection while
+ * it streams, bytes/s: the tunnel's link meter, over windows in which a
+ * codec kept the link busy and neither the sender, the receiver nor the
+ * socket's buffer held it back; 0: no measure. The most such measure
+ * counts. Once there is one, raw's trial is settled when another codec
+ * delivers CODEC_LINK_SEEN_MARGIN times the larger of it and the probe's
+ * rate (the margin of a measure on this very stream in its steady state,
+ * where a probe is a few milliseconds of a fresh connection, and can be
+ * low by far on a long path). While raw's score is the link's, it follows
+ * the measure up (a window that overshoots can so make raw look better
+ * than it is until raw's own epoch, which replaces it, is scored).
  */
 void codec_auto_note_link(struct codec_auto *a, double bytes_per_s);
 

@@ -537,28 +537,35 @@ double tun_conn_link_rate(struct tun_conn *c, uint64_t now_ns)
 {
 	struct tcp_info ti;
 	socklen_t len = sizeof(ti);
-	uint64_t wall_us, busy_us, rwnd_us, acked;
+	uint64_t wall_us, wait_us, busy_us, rwnd_us, sndbuf_us, acked;
 	bool first = !c->link_t0_ns;
 
 	if (!first && now_ns - c->link_t0_ns < TUN_LINK_WINDOW_MS * 1000000ull)
 		return 0;
 	memset(&ti, 0, sizeof(ti));
 	if (getsockopt(c->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
-	    len < offsetof(struct tcp_info, tcpi_rwnd_limited) +
-		  sizeof(ti.tcpi_rwnd_limited)) {
+	    len < offsetof(struct tcp_info, tcpi_sndbuf_limited) +
+		  sizeof(ti.tcpi_sndbuf_limited)) {
 		c->link_t0_ns = now_ns;	/* not TCP, or a kernel before 4.10 */
+		c->link_wait_ns = 0;
 		return 0;
 	}
 	wall_us = (now_ns - c->link_t0_ns) / 1000;
+	wait_us = c->link_wait_ns / 1000;
 	acked = ti.tcpi_bytes_acked - c->link_acked;
 	busy_us = ti.tcpi_busy_time - c->link_busy_us;
 	rwnd_us = ti.tcpi_rwnd_limited - c->link_rwnd_us;
+	sndbuf_us = ti.tcpi_sndbuf_limited - c->link_sndbuf_us;
 	c->link_t0_ns = now_ns;
+	c->link_wait_ns = 0;
 	c->link_acked = ti.tcpi_bytes_acked;
 	c->link_busy_us = ti.tcpi_busy_time;
 	c->link_rwnd_us = ti.tcpi_rwnd_limited;
-	if (first || busy_us * 100 < wall_us * TUN_LINK_BUSY_PCT ||
-	    rwnd_us * 100 > wall_us * TUN_LINK_RWND_PCT)
+	c->link_sndbuf_us = ti.tcpi_sndbuf_limited;
+	if (first || wait_us * 100 < wall_us * TUN_LINK_WAIT_PCT ||
+	    busy_us * 100 < wall_us * TUN_LINK_BUSY_PCT ||
+	    rwnd_us * 100 > wall_us * TUN_LINK_LIMITED_PCT ||
+	    sndbuf_us * 100 > wall_us * TUN_LINK_LIMITED_PCT)
 		return 0;
 	return (double)acked * 1e6 / (double)wall_us;
 }

@@ -82,8 +82,10 @@ struct tun_conn {
 	uint32_t skip;		/* frames to send raw untried (TUN_SKIP_FRAMES) */
 	uint32_t backoff;	/* the last skip set; 0 after a frame that shrank */
 	/* The link meter (tun_conn_link_rate()): TCP_INFO's counters at the
-	 * start of its window, and when that was (0: not started). */
+	 * start of its window, when that was (0: not started), and the time
+	 * the sender waited in writes to the connection since. */
 	uint64_t link_t0_ns, link_acked, link_busy_us, link_rwnd_us;
+	uint64_t link_sndbuf_us, link_wait_ns;
 	/* receiving */
 	struct tun_buf *free;
 	struct tun_buf *scratch;	/* compressed payload as received */
@@ -248,20 +250,30 @@ void tun_conn_failed(struct tun_conn *c, int rc, const char *doing);
 /*
  * The link meter: once per TUN_LINK_WINDOW_MS of @c, the rate at which
  * its TCP connection got bytes acknowledged over that window, bytes/s,
- * when the connection spent the window sending (TCP_INFO's busy time at
- * least TUN_LINK_BUSY_PCT of it: ferry kept the link fed, so the link set
- * the pace) and not waiting on the receiver's window (at most
- * TUN_LINK_RWND_PCT: the peer was not what was slow). 0 otherwise: no
- * window ended, the window says nothing of the link, or the socket is not
- * TCP. The kernel's own delivery rate is not used: its samples span a
- * round trip, and a token bucket's burst makes them overshoot (2.5x the
- * rate measured on a 1 Gbit/s tbf link).
+ * when the link was what set the pace: the sender was backlogged (it
+ * waited in writes to the connection, c->link_wait_ns, at least
+ * TUN_LINK_WAIT_PCT of the window: the socket's buffer was full, so
+ * compressing or reading QEMU's stream was not what held it back), the
+ * connection was sending (TCP_INFO's busy time at least TUN_LINK_BUSY_PCT
+ * of it), and neither the receiver's window nor the socket's own buffer
+ * limited it (at most TUN_LINK_LIMITED_PCT each: raw would meet a slow
+ * peer as much, and the buffer grows). 0 otherwise: no window ended, the
+ * window says nothing of the link, or the socket is not TCP.
+ *
+ * The busy time alone is not enough: it runs while anything is unacked,
+ * so on a path whose round trip is longer than the gap between frames a
+ * sender that cannot keep up looks busy at its own rate. The kernel's
+ * delivery rate is not used: its samples span a round trip, and a token
+ * bucket's burst makes them overshoot (2.5x the rate, measured on a
+ * 1 Gbit/s tbf link). The kernel counts busy and limited time in jiffies
+ * (4 ms at HZ=250): a window is 25 of them.
  */
 double tun_conn_link_rate(struct tun_conn *c, uint64_t now_ns);
 
 #define TUN_LINK_WINDOW_MS 100
+#define TUN_LINK_WAIT_PCT 25
 #define TUN_LINK_BUSY_PCT 90
-#define TUN_LINK_RWND_PCT 10
+#define TUN_LINK_LIMITED_PCT 10
 
 /* ---- tun_io.c: the local end (QEMU's socket, or struct tun_local) ---- */
 

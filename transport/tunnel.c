@@ -198,6 +198,23 @@ static enum wire_codec fixed_codec(enum ferry_codec c)
 	}
 }
 
+/* The link meter's backlog (tun_conn_link_rate()): the time a write to
+ * the connection waited, its wall time less this thread's CPU time in it
+ * (copying, encrypting). */
+static uint64_t link_wait_start(uint64_t *cpu0)
+{
+	*cpu0 = tun_cpu_ns();
+	return ferry_now_ns();
+}
+
+static void link_wait_end(struct tun_conn *c, uint64_t wall0, uint64_t cpu0)
+{
+	uint64_t wall = ferry_now_ns() - wall0, cpu = tun_cpu_ns() - cpu0;
+
+	if (wall > cpu)
+		c->link_wait_ns += wall - cpu;
+}
+
 /* A frame of auto's went: what it delivered, and the link as its
  * connection measures it now (tun_conn_link_rate()). */
 static void auto_sent(struct tun_conn *c, uint64_t raw_bytes,
@@ -262,6 +279,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	bool is_auto = c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END;
 	uint8_t *p = tun_payload(b);
 	uint32_t len = b->len;
+	uint64_t w0, cpu0;
 	int rc;
 
 	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW && c->skip) {
@@ -305,11 +323,13 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 		if (rc)
 			return rc;
 	}
+	w0 = link_wait_start(&cpu0);
 	rc = tun_conn_write(c, p - WIRE_FRAME_HDR_BYTES, len + WIRE_FRAME_HDR_BYTES);
 	if (rc) {
 		tun_conn_failed(c, rc, "sending");
 		return rc;
 	}
+	link_wait_end(c, w0, cpu0);
 	tun_add(&c->t->st.frames_out, 1);
 	if (type != WIRE_FRAME_END)
 		tun_add(&c->t->st.frames_codec[codec], 1);
@@ -404,7 +424,7 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	uint8_t hdr[WIRE_FRAME_HDR_BYTES];
 	uint32_t want = d->frame_build < d->pipe_cap ? d->frame_build :
 						       d->pipe_cap;
-	uint64_t t0 = tun_cpu_ns();
+	uint64_t t0 = tun_cpu_ns(), w0;
 	ssize_t n = tun_io_splice_in(io, t->local_fd, d->pipe[1], want);
 	int rc;
 
@@ -422,11 +442,12 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	rc = pace_frame(t, (uint64_t)n + WIRE_FRAME_HDR_BYTES);
 	if (rc)
 		return rc;
-	t0 = tun_cpu_ns();
+	w0 = link_wait_start(&t0);
 	rc = tun_io_full_more(io, true, c->c.fd, hdr, sizeof(hdr), true);
 	if (rc == 0)
 		rc = tun_io_splice_out(io, d->pipe[0], c->c.fd, (size_t)n);
 	tun_charge(t, TUN_STAGE_SEND, t0);
+	link_wait_end(c, w0, t0);
 	if (rc) {
 		tun_conn_failed(c, rc, "sending");
 		return rc;

@@ -1308,11 +1308,20 @@ static void *meter_read(void *arg)
 	return NULL;
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /*
- * Write to @fd for @ms, asking the meter after each write as the sender
- * does after each frame: the highest rate it reported (0: never one).
+ * Write to @fd for @ms, a 64 KiB write every @gap_us at most, asking the
+ * meter after each write as the sender does after each frame, with the
+ * time each write waited: the highest rate it reported (0: never one).
  */
-static double meter_run(int fd, uint32_t ms)
+static double meter_run(int fd, uint32_t ms, useconds_t gap_us)
 {
 	static uint8_t buf[64 << 10];
 	struct tun_conn c = { .c = { .fd = fd } };
@@ -1320,54 +1329,72 @@ static double meter_run(int fd, uint32_t ms)
 	double top = 0;
 
 	while (ferry_now_ns() < end) {
+		uint64_t w0 = ferry_now_ns(), c0 = thread_cpu_ns(), wall, cpu;
 		double r;
 
 		ck_assert_int_eq(write(fd, buf, sizeof(buf)), sizeof(buf));
+		wall = ferry_now_ns() - w0;
+		cpu = thread_cpu_ns() - c0;
+		c.link_wait_ns += wall > cpu ? wall - cpu : 0;
 		r = tun_conn_link_rate(&c, ferry_now_ns());
 		if (r > top)
 			top = r;
+		if (gap_us)
+			usleep(gap_us);
 	}
 	return top;
 }
 
 /*
- * The link meter (tun_conn_link_rate()) on real TCP connections. A
- * sender that TCP paces to 20 MB/s (SO_MAX_PACING_RATE), to a reader that
- * keeps up: the pace is the link, and the meter measures it (here 11-13%
- * above, TCP's pacing letting bursts through; below by as much as a
- * loaded machine may lag). A reader that lags,
- * so that its window holds the sender back: nothing. An idle connection:
- * nothing.
+ * The link meter (tun_conn_link_rate()) on real TCP connections, with
+ * TCP pacing the sender to 20 MB/s (SO_MAX_PACING_RATE) as the link:
+ * - a sender that keeps it fed, to a reader that keeps up: the meter
+ *   measures the pace (here 11-13% above it, TCP's pacing letting bursts
+ *   through; below by as much as a loaded machine may lag);
+ * - a sender slower than the pace (a 64 KiB write every 3.5 ms, 18.7
+ *   MB/s) never waits in a write: nothing (on loopback the connection is
+ *   also idle between writes; on a path whose round trip is longer than
+ *   that gap it would look busy, and only the wait tells);
+ * - a reader that lags (64 KiB every 20 ms), so that its window holds
+ *   an unpaced sender back, and an idle connection: nothing.
  */
 START_TEST(link_meter)
 {
 	const double pace = 20e6;
 	struct meter_reader fast = { .chunk = 1 << 20 };
-	struct meter_reader slow = { .chunk = 4096, .pause_us = 2000 };
+	struct meter_reader slow = { .chunk = 64 << 10, .pause_us = 20000 };
 	struct tun_conn idle;
 	pthread_t th;
 	int fds[2];
 	double top;
 
-	tcp_pair(fds);
-	ck_assert_int_eq(setsockopt(fds[0], SOL_SOCKET, SO_MAX_PACING_RATE,
-				    &(unsigned int){ (unsigned int)pace },
-				    sizeof(unsigned int)), 0);
-	fast.fd = fds[1];
-	ck_assert_int_eq(pthread_create(&th, NULL, meter_read, &fast), 0);
-	top = meter_run(fds[0], 500);
-	shutdown(fds[0], SHUT_WR);
-	pthread_join(th, NULL);
-	ck_assert_msg(top > pace / 4 && top < pace * 1.5,
-		      "paced at %.0f MB/s, measured %.1f", pace / 1e6, top / 1e6);
-	close(fds[0]);
-	close(fds[1]);
+	for (int fed = 1; fed >= 0; fed--) {
+		tcp_pair(fds);
+		ck_assert_int_eq(setsockopt(fds[0], SOL_SOCKET,
+					    SO_MAX_PACING_RATE,
+					    &(unsigned int){ (unsigned int)pace },
+					    sizeof(unsigned int)), 0);
+		fast.fd = fds[1];
+		ck_assert_int_eq(pthread_create(&th, NULL, meter_read, &fast), 0);
+		top = meter_run(fds[0], 1000, fed ? 0 : 3500);
+		shutdown(fds[0], SHUT_WR);
+		pthread_join(th, NULL);
+		if (fed)
+			ck_assert_msg(top > pace / 4 && top < pace * 1.5,
+				      "paced at %.0f MB/s, measured %.1f",
+				      pace / 1e6, top / 1e6);
+		else
+			ck_assert_msg(top == 0, "a sender slower than its link "
+				      "measured as a link of %.1f MB/s",
+				      top / 1e6);
+		close(fds[0]);
+		close(fds[1]);
+	}
 
 	tcp_pair(fds);
-	setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
 	slow.fd = fds[1];
 	ck_assert_int_eq(pthread_create(&th, NULL, meter_read, &slow), 0);
-	top = meter_run(fds[0], 400);
+	top = meter_run(fds[0], 400, 0);
 	shutdown(fds[0], SHUT_RDWR);
 	pthread_join(th, NULL);
 	ck_assert_msg(top == 0, "a lagging reader measured as a link of "
