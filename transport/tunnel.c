@@ -198,30 +198,20 @@ static enum wire_codec fixed_codec(enum ferry_codec c)
 	}
 }
 
-/* The link meter's backlog (tun_conn_link_rate()): the time a write to
- * the connection waited, its wall time less this thread's CPU time in it
- * (copying, encrypting). */
-static uint64_t link_wait_start(uint64_t *cpu0)
-{
-	*cpu0 = tun_cpu_ns();
-	return ferry_now_ns();
-}
-
-static void link_wait_end(struct tun_conn *c, uint64_t wall0, uint64_t cpu0)
-{
-	uint64_t wall = ferry_now_ns() - wall0, cpu = tun_cpu_ns() - cpu0;
-
-	if (wall > cpu)
-		c->link_wait_ns += wall - cpu;
-}
-
-/* A frame of auto's went: what it delivered, and the link as its
- * connection measures it now (tun_conn_link_rate()). */
+/*
+ * A frame of auto's went, its write started at @wall0 (ferry_now_ns())
+ * and @cpu0 (tun_cpu_ns()): what it delivered; how long the write waited,
+ * its wall time less this thread's CPU time in it (copying, encrypting),
+ * for the link meter's backlog; and the link as the connection measures
+ * it now (tun_conn_link_rate()). Only auto's frames pay for the clocks.
+ */
 static void auto_sent(struct tun_conn *c, uint64_t raw_bytes,
-		      uint64_t wire_bytes)
+		      uint64_t wire_bytes, uint64_t wall0, uint64_t cpu0)
 {
-	uint64_t now = ferry_now_ns();
+	uint64_t now = ferry_now_ns(), cpu = tun_cpu_ns() - cpu0;
 
+	if (now - wall0 > cpu)
+		c->link_wait_ns += now - wall0 - cpu;
 	codec_auto_note_sent(&c->autop, raw_bytes, wire_bytes, now);
 	codec_auto_note_link(&c->autop, tun_conn_link_rate(c, now));
 }
@@ -279,7 +269,7 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 	bool is_auto = c->d->codec == FERRY_CODEC_AUTO && type != WIRE_FRAME_END;
 	uint8_t *p = tun_payload(b);
 	uint32_t len = b->len;
-	uint64_t w0, cpu0;
+	uint64_t w0 = 0, cpu0 = 0;
 	int rc;
 
 	if (type != WIRE_FRAME_END && want != WIRE_CODEC_RAW && c->skip) {
@@ -323,18 +313,20 @@ static int send_frame(struct tun_conn *c, struct tun_buf *b, uint16_t type,
 		if (rc)
 			return rc;
 	}
-	w0 = link_wait_start(&cpu0);
+	if (is_auto) {
+		cpu0 = tun_cpu_ns();
+		w0 = ferry_now_ns();
+	}
 	rc = tun_conn_write(c, p - WIRE_FRAME_HDR_BYTES, len + WIRE_FRAME_HDR_BYTES);
 	if (rc) {
 		tun_conn_failed(c, rc, "sending");
 		return rc;
 	}
-	link_wait_end(c, w0, cpu0);
 	tun_add(&c->t->st.frames_out, 1);
 	if (type != WIRE_FRAME_END)
 		tun_add(&c->t->st.frames_codec[codec], 1);
 	if (is_auto)
-		auto_sent(c, b->len, len);
+		auto_sent(c, b->len, len, w0, cpu0);
 	return 0;
 }
 
@@ -424,7 +416,7 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	uint8_t hdr[WIRE_FRAME_HDR_BYTES];
 	uint32_t want = d->frame_build < d->pipe_cap ? d->frame_build :
 						       d->pipe_cap;
-	uint64_t t0 = tun_cpu_ns(), w0;
+	uint64_t t0 = tun_cpu_ns(), w0 = 0;
 	ssize_t n = tun_io_splice_in(io, t->local_fd, d->pipe[1], want);
 	int rc;
 
@@ -442,12 +434,13 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	rc = pace_frame(t, (uint64_t)n + WIRE_FRAME_HDR_BYTES);
 	if (rc)
 		return rc;
-	w0 = link_wait_start(&t0);
+	t0 = tun_cpu_ns();
+	if (d->codec == FERRY_CODEC_AUTO)
+		w0 = ferry_now_ns();
 	rc = tun_io_full_more(io, true, c->c.fd, hdr, sizeof(hdr), true);
 	if (rc == 0)
 		rc = tun_io_splice_out(io, d->pipe[0], c->c.fd, (size_t)n);
 	tun_charge(t, TUN_STAGE_SEND, t0);
-	link_wait_end(c, w0, t0);
 	if (rc) {
 		tun_conn_failed(c, rc, "sending");
 		return rc;
@@ -457,7 +450,7 @@ static int splice_frame(struct tun_conn *c, struct tun_io *io)
 	tun_add(&t->st.frames_out, 1);
 	tun_add(&t->st.frames_codec[WIRE_CODEC_RAW], 1);
 	if (d->codec == FERRY_CODEC_AUTO)
-		auto_sent(c, (uint64_t)n, (uint64_t)n);
+		auto_sent(c, (uint64_t)n, (uint64_t)n, w0, t0);
 	return 1;
 }
 

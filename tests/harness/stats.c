@@ -286,11 +286,11 @@ static void measure_codec(struct stats_codec_speed *sp, enum wire_codec codec,
 		return;
 	codec_ctx_set_window(c, codec_window_log(1));
 	/*
-	 * Its buffers made before the clock starts, as a tunnel's primer
-	 * makes them; then two windows' worth compressed and the stream
-	 * reset, untimed (within STATS_PROBE_MAX_NS). The first pass over a
-	 * fresh context's window runs at a third of the speed of the next
-	 * ones on this project's machines (240 against 690-750 MB/s for
+	 * Two windows' worth compressed and the stream reset, untimed
+	 * (within STATS_PROBE_MAX_NS): the first frame makes its buffers,
+	 * as a tunnel's primer does, and the rest warm them. The first pass
+	 * over a fresh context's window runs at a third of the speed of the
+	 * next ones on this project's machines (240 against 690-750 MB/s for
 	 * zstd-1 on this content, with its buffers already faulted in; a
 	 * reset keeps the speed), and the machine line's zstd-1, measured
 	 * first, came out slower than zstd-3 (210 against 340 MB/s). With one
@@ -301,7 +301,6 @@ static void measure_codec(struct stats_codec_speed *sp, enum wire_codec codec,
 		size_t warm = (size_t)2 << codec_window_log(1);
 		uint64_t w0 = thread_cpu_ns();
 
-		codec_ctx_prime(c, true, false);
 		for (size_t at = 0; at + frame <= warm &&
 		     at + frame <= STATS_PROBE_BYTES &&
 		     thread_cpu_ns() - w0 < STATS_PROBE_MAX_NS; at += frame)

@@ -1356,7 +1356,8 @@ static double meter_run(int fd, uint32_t ms, useconds_t gap_us)
  *   also idle between writes; on a path whose round trip is longer than
  *   that gap it would look busy, and only the wait tells);
  * - a reader that lags (64 KiB every 20 ms), so that its window holds
- *   an unpaced sender back, and an idle connection: nothing.
+ *   an unpaced sender back, an idle connection, and a socket that is not
+ *   TCP: nothing.
  */
 START_TEST(link_meter)
 {
@@ -1407,6 +1408,18 @@ START_TEST(link_meter)
 	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
 	usleep(TUN_LINK_WINDOW_MS * 1000 * 3 / 2);
 	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
+	close(fds[0]);
+	close(fds[1]);
+
+	/* Not TCP: nothing, a window later too, however long it waited. */
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	idle = (struct tun_conn){ .c = { .fd = fds[0] } };
+	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
+	ck_assert_uint_gt(idle.link_t0_ns, 0);
+	idle.link_wait_ns = 1000000000ull;
+	usleep(TUN_LINK_WINDOW_MS * 1000 * 3 / 2);
+	ck_assert(tun_conn_link_rate(&idle, ferry_now_ns()) == 0);
+	ck_assert_uint_eq(idle.link_wait_ns, 0);
 	close(fds[0]);
 	close(fds[1]);
 }
